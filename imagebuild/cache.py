@@ -1,0 +1,67 @@
+"""The content-addressed cache: blobs by sha256, and the apt repos / wheelhouses made from them.
+
+Layout under the cache root (default ~/.cache/imagebuild, or $IMAGEBUILD_CACHE, or --cache-dir):
+  blobs/sha256/<hex>          every .deb and wheel, named by its content
+  repos/<key>/                a flat apt repository (pool/*.deb hard links + Packages)
+  wheelhouses/<key>/          wheels under their real names + requirements.txt with hashes
+  apt/<key>/                  the private apt state used to resolve locks (mirror index cache)
+Folders are made under a temporary name and renamed when complete, so a crash never leaves a
+half-made repo that a later build would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def default_root() -> Path:
+    env = os.environ.get("IMAGEBUILD_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "imagebuild"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Cache:
+    root: Path
+
+    def blob(self, sha256: str) -> Path:
+        return self.root / "blobs" / "sha256" / sha256
+
+    def has_blob(self, sha256: str, size: int | None = None) -> bool:
+        p = self.blob(sha256)
+        return p.is_file() and (size is None or p.stat().st_size == size)
+
+    def dir(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    @contextmanager
+    def building(self, kind: str, key: str) -> Iterator[Path]:
+        """Yield a temp folder that becomes `kind/key` only if the body succeeds."""
+        final = self.dir(kind, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=final.parent))
+        try:
+            yield tmp
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

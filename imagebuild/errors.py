@@ -1,0 +1,41 @@
+"""The few exception types that tasks turn into exit codes and one-line messages."""
+
+from __future__ import annotations
+
+
+class ImageBuildError(Exception):
+    """A failure the user can act on; the message is printed as is, without a traceback."""
+
+    exit_code = 1
+
+
+class SpecError(ImageBuildError):
+    """The spec (or a file it names) is invalid: `FILE:LINE: field.path: message`."""
+
+    exit_code = 2
+
+    def __init__(self, where: str, field: str, message: str) -> None:
+        self.where, self.field, self.message = where, field, message
+        super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
+
+    @classmethod
+    def many(cls, errors: list[SpecError]) -> SpecError:
+        """One error carrying every problem found, one per line, in file order."""
+        if len(errors) == 1:
+            return errors[0]
+        first = errors[0]
+        combined = cls(first.where, first.field, first.message)
+        combined.args = ("\n".join(str(e) for e in errors),)
+        return combined
+
+
+class StaleLockError(ImageBuildError):
+    """The lock does not match the spec (or is missing/edited); builds refuse to run on it."""
+
+    exit_code = 3
+
+
+class NotImplementedYet(ImageBuildError):
+    """A task whose issue has not landed yet: never a silent success."""
+
+    exit_code = 4

@@ -1,0 +1,106 @@
+"""`invoke lock`: resolve the OS package closures and the Python wheels once, write the lock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from imagebuild import progress
+from imagebuild.cache import Cache, digest
+from imagebuild.errors import ImageBuildError, SpecError
+from imagebuild.lock.lockfile import (
+    BASE_PACKAGES,
+    DebPackage,
+    Lock,
+    Wheel,
+    inputs_for,
+    load_fresh,
+    make,
+    path_for,
+    read,
+    stack_roles,
+    stale_reasons,
+    write,
+)
+from imagebuild.spec import Spec
+
+__all__ = ["Lock", "load_fresh", "path_for", "read", "resolve", "stale_reasons", "write"]
+
+DEBIAN_PYTHON = "/usr/bin/python3"  # python3-apt imports only under Debian's interpreter
+
+
+def _groups(spec: Spec) -> tuple[list[str], list[str]]:
+    stacks = stack_roles(spec)
+    shared = list(BASE_PACKAGES) + list(spec.packages)
+    vm = list(spec.vm.packages)
+    for r in stacks:
+        shared += r.packages + (r.gpu_packages if spec.gpu else [])
+        vm += r.vm_packages
+    return shared, vm
+
+
+def _blame_package(spec: Spec, name: str, message: str) -> SpecError:
+    for field_name, items in (("packages", spec.packages), ("vm.packages", spec.vm.packages)):
+        if name in items:
+            path = f"{field_name}[{items.index(name)}]"
+            return spec.error(path, f"{name!r}: {message}")
+    for i, r in enumerate(stack_roles(spec)):
+        if name in r.packages + r.vm_packages + r.gpu_packages:
+            return spec.error(f"stacks[{i}]", f"role {r.name!r} needs {name!r}: {message}")
+    return spec.error("base", f"{name!r}: {message}")
+
+
+def resolve_os(spec: Spec, cache: Cache) -> tuple[list[DebPackage], list[DebPackage], int]:
+    shared, vm = _groups(spec)
+    key = digest(spec.base.effective_mirror, spec.base.suite, *spec.base.components)[:16]
+    request = {
+        "root": str(cache.dir("apt", key)),
+        "mirror": spec.base.effective_mirror,
+        "suite": spec.base.suite,
+        "components": spec.base.components,
+        "arch": "amd64",
+        "snapshot": spec.base.snapshot,
+        "groups": [
+            {"name": "shared", "essential": True, "packages": shared},
+            {"name": "vm", "packages": vm},
+        ],
+    }
+    if not Path(DEBIAN_PYTHON).exists():
+        raise ImageBuildError(f"{DEBIAN_PYTHON} not found: locking needs Debian's python3-apt")
+    proc = subprocess.run(
+        [DEBIAN_PYTHON, str(Path(__file__).with_name("apt_resolver.py"))],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise ImageBuildError(f"apt resolver failed:\n{proc.stderr.strip()[-2000:]}")
+    answer = json.loads(proc.stdout)
+    if "fatal" in answer:
+        raise SpecError(spec.where("base.mirror"), "base.mirror", answer["fatal"])
+    if answer["errors"]:
+        raise SpecError.many(
+            [_blame_package(spec, e["package"], e["message"]) for e in answer["errors"]]
+        )
+    return (
+        [DebPackage(**r) for r in answer["groups"]["shared"]],
+        [DebPackage(**r) for r in answer["groups"]["vm"]],
+        int(answer["release_epoch"] or 0),
+    )
+
+
+def resolve(spec: Spec, cache: Cache) -> Lock:
+    """Resolve everything; nothing is written (the caller writes the lock on success)."""
+    from imagebuild.lock.python import lock_python
+
+    inputs_for(spec)  # fail early on unreadable requirement files
+    with progress.stage(
+        "lock: OS packages", f"{spec.base.suite} from {spec.base.effective_mirror}"
+    ) as st:
+        shared, vm, epoch = resolve_os(spec, cache)
+        st["note"] = f"{len(shared)} shared, {len(vm)} VM-only"
+    with progress.stage("lock: Python", f"cp{spec.python_version} wheels") as st:
+        wheels = [Wheel(**w) for w in lock_python(spec)]
+        st["note"] = f"{len(wheels)} distributions"
+    return make(spec, shared, vm, wheels, epoch)

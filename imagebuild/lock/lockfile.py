@@ -1,0 +1,255 @@
+"""The lock file: typed records, a stable diff-friendly text form, and the freshness check.
+
+`<spec>.lock` is JSON laid out one package per line, sorted, so `git diff` shows exactly which
+package moved. `inputs` records everything from the spec the lock was resolved from; comparing
+it with the current spec names what changed, without touching the network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagebuild import __version__, roles
+from imagebuild.errors import StaleLockError
+from imagebuild.spec import Spec
+
+FORMAT = 1
+# In every rootfs besides the spec's packages: apt installs the locked packages, python3 is
+# Ansible's interpreter on the target.
+BASE_PACKAGES = ["apt", "python3"]
+
+
+@dataclass(frozen=True)
+class DebPackage:
+    name: str
+    version: str
+    arch: str
+    sha256: str
+    filename: str  # pool path on the mirror, e.g. pool/main/a/apt/apt_2.6.1_amd64.deb
+    size: int
+
+    @property
+    def basename(self) -> str:
+        return self.filename.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Wheel:
+    name: str
+    version: str
+    filename: str
+    url: str
+    sha256: str
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class Lock:
+    header: dict[str, Any]
+    inputs: dict[str, Any]
+    shared: list[DebPackage]
+    vm: list[DebPackage]
+    python: list[Wheel]
+    path: Path = field(default=Path("imagebuild.lock"), compare=False)
+
+    @property
+    def source_date_epoch(self) -> int:
+        return int(self.header["source_date_epoch"])
+
+    @property
+    def mirror(self) -> str:
+        return str(self.header["mirror"])
+
+    def section_digest(self, section: str) -> str:
+        """Content key of one section (shared, vm, python): names build stages and repos."""
+        items = {"shared": self.shared, "vm": self.shared + self.vm, "python": self.python}[section]
+        return hashlib.sha256("\n".join(sorted(i.sha256 for i in items)).encode()).hexdigest()
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(render(self).encode()).hexdigest()
+
+
+def path_for(spec: Spec) -> Path:
+    return spec.path.with_suffix(".lock")
+
+
+def stack_roles(spec: Spec) -> list[roles.RoleInfo]:
+    return [roles.role(s) for s in spec.stacks]
+
+
+def inputs_for(spec: Spec) -> dict[str, Any]:
+    """Everything in the spec (and in files it names) that the lock's content depends on."""
+    from imagebuild.lock.python import platform_tag, requirement_lines
+
+    stacks = stack_roles(spec)
+    return {
+        "base": {
+            "distro": spec.base.distro,
+            "suite": spec.base.suite,
+            "mirror": spec.base.effective_mirror,
+            "components": spec.base.components,
+        },
+        "packages": sorted(set(BASE_PACKAGES + spec.packages)),
+        "stacks": {
+            r.name: {
+                "packages": r.packages,
+                "vm_packages": r.vm_packages,
+                "gpu_packages": r.gpu_packages if spec.gpu else [],
+            }
+            for r in stacks
+        },
+        "gpu": dataclasses.asdict(spec.gpu) if spec.gpu else None,
+        "vm_packages": sorted(spec.vm.packages),
+        "python": None
+        if spec.python is None
+        else {
+            "requirements": requirement_lines(spec),
+            "target": spec.python_version,
+            "platform": platform_tag(spec),
+        },
+    }
+
+
+def _canon(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def inputs_digest(inputs: dict[str, Any]) -> str:
+    return hashlib.sha256(_canon(inputs).encode()).hexdigest()
+
+
+def render(lock: Lock) -> str:
+    def rows(items: list[Any]) -> str:
+        if not items:
+            return "[]"
+        body = ",\n".join("    " + _canon(dataclasses.asdict(i)) for i in items)
+        return "[\n" + body + "\n  ]"
+
+    return (
+        "{\n"
+        f'  "format": {FORMAT},\n'
+        f'  "header": {json.dumps(lock.header, sort_keys=True)},\n'
+        f'  "inputs": {_canon(lock.inputs)},\n'
+        f'  "os_shared": {rows(lock.shared)},\n'
+        f'  "os_vm_only": {rows(lock.vm)},\n'
+        f'  "python": {rows(lock.python)}\n'
+        "}\n"
+    )
+
+
+def make(
+    spec: Spec,
+    shared: list[DebPackage],
+    vm: list[DebPackage],
+    python: list[Wheel],
+    source_date_epoch: int,
+) -> Lock:
+    inputs = inputs_for(spec)
+    header = {
+        "generated_by": f"imagebuild {__version__}",
+        "spec": spec.path.name,
+        "inputs_sha256": inputs_digest(inputs),
+        "mirror": spec.base.effective_mirror,
+        "suite": spec.base.suite,
+        "components": spec.base.components,
+        "snapshot": spec.base.snapshot,
+        "arch": "amd64",
+        "source_date_epoch": source_date_epoch,
+        "python": spec.python_version,
+        "pypi_index": "https://pypi.org/simple",
+    }
+    return Lock(header, inputs, shared, vm, python, path_for(spec))
+
+
+def write(lock: Lock) -> None:
+    """Atomic: a reader never sees half a lock."""
+    lock.path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{lock.path.name}.", dir=lock.path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(render(lock))
+        os.replace(tmp, lock.path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read(path: Path) -> Lock:
+    if not path.is_file():
+        raise StaleLockError(f"{path}: no lock file; run `invoke lock --spec ...` first")
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != FORMAT:
+            raise StaleLockError(
+                f"{path}: lock format {data.get('format')!r}, expected {FORMAT}; "
+                "re-run `invoke lock`"
+            )
+        return Lock(
+            data["header"],
+            data["inputs"],
+            [DebPackage(**r) for r in data["os_shared"]],
+            [DebPackage(**r) for r in data["os_vm_only"]],
+            [Wheel(**r) for r in data["python"]],
+            path,
+        )
+    except (ValueError, KeyError, TypeError) as e:
+        raise StaleLockError(f"{path}: not a valid lock file ({e}); re-run `invoke lock`") from None
+
+
+def _list_change(key: str, old: list[Any], new: list[Any]) -> list[str]:
+    added = [x for x in new if x not in old]
+    removed = [x for x in old if x not in new]
+    parts = [f"added {', '.join(map(repr, added))}"] if added else []
+    parts += [f"removed {', '.join(map(repr, removed))}"] if removed else []
+    return (
+        [f"{key}: {'; '.join(parts)}"]
+        if parts
+        else ([f"{key}: order changed"] if old != new else [])
+    )
+
+
+def differences(old: Any, new: Any, key: str = "") -> list[str]:
+    """Human-readable differences between two `inputs` trees, naming the spec field."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            sub = f"{key}.{k}" if key else k
+            if k not in old:
+                out.append(f"{sub}: added")
+            elif k not in new:
+                out.append(f"{sub}: removed")
+            else:
+                out += differences(old[k], new[k], sub)
+        return out
+    if isinstance(old, list) and isinstance(new, list):
+        return _list_change(key, old, new)
+    return [] if old == new else [f"{key}: {old!r} -> {new!r}"]
+
+
+def stale_reasons(spec: Spec, lock: Lock) -> list[str]:
+    now = inputs_for(spec)
+    reasons = differences(lock.inputs, now)
+    if not reasons and lock.header.get("inputs_sha256") != inputs_digest(lock.inputs):
+        reasons.append("the lock's inputs section was edited by hand (digest mismatch)")
+    return reasons
+
+
+def load_fresh(spec: Spec) -> Lock:
+    """The lock for this spec, or StaleLockError naming every difference (fail closed)."""
+    lock = read(path_for(spec))
+    reasons = stale_reasons(spec, lock)
+    if reasons:
+        raise StaleLockError(
+            f"{lock.path} is stale; the spec changed since `invoke lock`:\n  "
+            + "\n  ".join(reasons)
+            + "\nrun `invoke lock` to update it"
+        )
+    return lock

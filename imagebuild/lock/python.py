@@ -1,0 +1,164 @@
+"""Lock the Python requirements: uv resolves pins with hashes, then one wheel per pin is chosen
+for the target interpreter (Debian's python3 of the suite, manylinux x86_64) and recorded with
+its URL and sha256, so `fetch` downloads exactly that file and nothing is resolved again later."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from packaging.tags import Tag, compatible_tags, cpython_tags
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+
+from imagebuild.errors import ImageBuildError, SpecError
+from imagebuild.spec import Spec
+
+INDEX = "https://pypi.org/simple"
+GLIBC_MINOR = {"bookworm": 36, "trixie": 41}  # the glibc of each suite bounds the manylinux tag
+REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def platform_tag(spec: Spec) -> str:
+    return f"manylinux_2_{GLIBC_MINOR[spec.base.suite]}_x86_64"
+
+
+def target_tags(spec: Spec) -> list[Tag]:
+    major, minor = (int(x) for x in spec.python_version.split("."))
+    platforms = [f"manylinux_2_{m}_x86_64" for m in range(GLIBC_MINOR[spec.base.suite], 4, -1)]
+    platforms += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+    return [
+        *cpython_tags((major, minor), platforms=platforms),
+        *compatible_tags((major, minor), platforms=platforms),
+    ]
+
+
+def requirement_lines(spec: Spec) -> list[str]:
+    """The requirements file as normalised lines (comments and blanks dropped): a lock input."""
+    assert spec.python is not None
+    text = (spec.base_dir / spec.python.requirements).read_text()
+    return [
+        ln.split(" #")[0].strip()
+        for ln in text.splitlines()
+        if ln.strip() and not ln.strip().startswith("#")
+    ]
+
+
+def _uv() -> str:
+    found = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
+    if not Path(found).exists():
+        raise ImageBuildError("`uv` not found: run scripts/bootstrap.sh (it installs the venv)")
+    return found
+
+
+def _blame(spec: Spec, message: str) -> SpecError:
+    """Point a resolver failure at the requirements line of the package it names."""
+    assert spec.python is not None
+    req = spec.base_dir / spec.python.requirements
+    lines = req.read_text().splitlines()
+    msg = " ".join(message.split())
+    mentioned = {canonicalize_name(m) for m in re.findall(r"[A-Za-z0-9][A-Za-z0-9._-]*", msg)}
+    for i, line in enumerate(lines, 1):
+        m = REQ_NAME.match(line)
+        if m and not line.strip().startswith("#") and canonicalize_name(m.group(1)) in mentioned:
+            return SpecError(
+                f"{req}:{i}", "python.requirements", f"{line.strip()!r} does not resolve: {msg}"
+            )
+    return SpecError(
+        spec.where("python.requirements"),
+        "python.requirements",
+        f"{req.name} does not resolve: {msg}",
+    )
+
+
+def compile_pins(spec: Spec) -> dict[str, tuple[str, set[str]]]:
+    """{name: (version, {sha256...})} from `uv pip compile --generate-hashes`."""
+    assert spec.python is not None
+    cmd = [
+        _uv(),
+        "pip",
+        "compile",
+        "--quiet",
+        "--generate-hashes",
+        "--no-header",
+        "--no-annotate",
+        "--python-version",
+        spec.python_version,
+        "--python-platform",
+        platform_tag(spec),
+        "--only-binary",
+        ":all:",
+        "--index-url",
+        INDEX,
+        str(spec.base_dir / spec.python.requirements),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise _blame(spec, proc.stderr.strip() or proc.stdout.strip())
+    pins: dict[str, tuple[str, set[str]]] = {}
+    current = ""
+    for line in proc.stdout.splitlines():
+        if m := re.match(r"^([A-Za-z0-9._-]+)==(\S+)", line):
+            current = str(canonicalize_name(m.group(1)))
+            pins[current] = (m.group(2), set())
+        for h in re.findall(r"--hash=sha256:([0-9a-f]{64})", line):
+            pins[current][1].add(h)
+    return pins
+
+
+def _index_files(name: str) -> list[dict]:
+    req = urllib.request.Request(
+        f"{INDEX}/{name}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.load(resp)["files"]
+
+
+def choose_wheels(spec: Spec, pins: dict[str, tuple[str, set[str]]]) -> list[dict]:
+    """One wheel per pin: the best tag match for the target, whose sha256 uv also listed."""
+    rank = {t: i for i, t in enumerate(target_tags(spec))}
+
+    def pick(name: str) -> dict:
+        version, hashes = pins[name]
+        best: tuple[int, dict] | None = None
+        for f in _index_files(name):
+            if not f["filename"].endswith(".whl") or f.get("yanked"):
+                continue
+            try:
+                _, ver, _, tags = parse_wheel_filename(f["filename"])
+            except InvalidWheelFilename:  # ancient uploads with non-standard names
+                continue
+            score = min((rank[t] for t in tags if t in rank), default=None)
+            if str(ver) != version or score is None or f["hashes"].get("sha256") not in hashes:
+                continue
+            if best is None or score < best[0]:
+                best = (score, f)
+        if best is None:
+            raise _blame(
+                spec,
+                f"{name}=={version}: no wheel for cp{spec.python_version} "
+                f"{platform_tag(spec)} (sdists are not built here)",
+            )
+        f = best[1]
+        return {
+            "name": name,
+            "version": version,
+            "filename": f["filename"],
+            "url": f["url"],
+            "sha256": f["hashes"]["sha256"],
+            "size": f.get("size"),
+        }
+
+    with ThreadPoolExecutor(8) as pool:
+        return sorted(pool.map(pick, pins), key=lambda r: r["name"])
+
+
+def lock_python(spec: Spec) -> list[dict]:
+    if spec.python is None:
+        return []
+    return choose_wheels(spec, compile_pins(spec))

@@ -1,0 +1,76 @@
+"""`invoke plan`: the dry-run. Says what would be built and what the cache already holds,
+without building, downloading or writing anything."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from imagebuild import lock as locking
+from imagebuild.cache import Cache
+from imagebuild.errors import StaleLockError
+from imagebuild.fetch import COMPLETE
+from imagebuild.spec import Spec
+
+
+@dataclass
+class Plan:
+    lines: list[str] = field(default_factory=list)
+    ok: bool = True
+
+    def add(self, text: str = "") -> None:
+        self.lines.append(text)
+
+    def render(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def make_plan(spec: Spec, cache: Cache) -> Plan:
+    plan = Plan()
+    plan.add(f"spec      {spec.path}  ({spec.name} {spec.version})")
+    try:
+        lock = locking.load_fresh(spec)
+    except StaleLockError as e:
+        plan.ok = False
+        plan.add(f"lock      NOT USABLE: {e}")
+        plan.add("          builds would refuse to run; `invoke lock` first")
+        return plan
+    h = lock.header
+    plan.add(
+        f"lock      {lock.path}  fresh; {h['suite']} from {h['mirror']}, "
+        f"SOURCE_DATE_EPOCH={h['source_date_epoch']}"
+    )
+    sections = [("os shared", lock.shared), ("os vm-only", lock.vm), ("python", lock.python)]
+    for label, items in sections:
+        have = [i for i in items if cache.has_blob(i.sha256, i.size)]
+        size = sum(i.size or 0 for i in items)
+        plan.add(
+            f"  {label:<11} {len(items):>4} items  {_mb(size):>10}  cached {len(have)}/{len(items)}"
+        )
+    repos = {
+        s: (cache.dir("repos", lock.section_digest(s)) / COMPLETE).exists()
+        for s in ("shared", "vm")
+    }
+    wh = (cache.dir("wheelhouses", lock.section_digest("python")) / COMPLETE).exists()
+    plan.add(
+        f"fetch     apt repo shared: {'reuse' if repos['shared'] else 'make'}, "
+        f"vm: {'reuse' if repos['vm'] else 'make'}; wheelhouse: {'reuse' if wh else 'make'}"
+    )
+    plan.add(
+        f"container {spec.repository}:{spec.version}  stacks={spec.stacks or '-'}  "
+        "(build-container: not implemented yet)"
+    )
+    formats = ", ".join(["qcow2", *[f for f in spec.vm.formats if f != "qcow2"]])
+    plan.add(
+        f"vm        {formats}; {spec.vm.cpus} vCPU, {spec.vm.memory_mb} MiB, "
+        f"{spec.vm.disk_gb} GiB  (build-vm: not implemented yet)"
+    )
+    if spec.vm.ami:
+        plan.add(
+            f"ami       {spec.vm.ami.region} {spec.vm.ami.instance_type} from "
+            f"{spec.vm.ami.source_ami} (needs AWS credentials)"
+        )
+    return plan

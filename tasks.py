@@ -1,0 +1,144 @@
+"""imagebuild's command line: `invoke --list`, `invoke <task> --help`.
+
+Tasks are thin: parse the spec once, call one stage module, turn its errors into exit codes
+(2 spec error, 3 stale lock, 4 not implemented yet, 1 anything else, 130 interrupted).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from invoke import Collection, task
+from invoke.exceptions import Exit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from imagebuild import fetch as fetching  # noqa: E402
+from imagebuild import lock as locking  # noqa: E402
+from imagebuild import plan as planning  # noqa: E402
+from imagebuild import progress  # noqa: E402
+from imagebuild.cache import Cache, default_root  # noqa: E402
+from imagebuild.errors import ImageBuildError, NotImplementedYet  # noqa: E402
+from imagebuild.spec import Spec, load  # noqa: E402
+
+DEFAULT_SPEC = "imagebuild.yaml"
+COMMON_HELP = {
+    "spec": "Path to the spec (default ./imagebuild.yaml).",
+    "cache-dir": "Cache root (default $IMAGEBUILD_CACHE or ~/.cache/imagebuild).",
+}
+
+
+def _cache(cache_dir: str | None) -> Cache:
+    return Cache(Path(cache_dir) if cache_dir else default_root())
+
+
+def cli(**helps: str) -> Callable[[Callable[..., Any]], Any]:
+    """A task with the common options documented and errors mapped to exit codes."""
+
+    def wrap(fn: Callable[..., Any]) -> Any:
+        @functools.wraps(fn)
+        def run(c: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(c, *args, **kwargs)
+            except ImageBuildError as e:
+                raise Exit(f"error: {e}", code=e.exit_code) from None
+            except KeyboardInterrupt:
+                raise Exit("interrupted; partial outputs were removed", code=130) from None
+
+        return task(help={**COMMON_HELP, **helps}, auto_shortflags=False)(run)
+
+    return wrap
+
+
+def _load(spec: str) -> Spec:
+    return load(spec)
+
+
+@cli(check="Do not resolve: exit 3 if the lock no longer matches the spec, naming what changed.")
+def lock(c, spec=DEFAULT_SPEC, cache_dir=None, check=False):
+    """Resolve OS packages and Python wheels once; write <spec>.lock next to the spec."""
+    s = _load(spec)
+    if check:
+        lk = locking.load_fresh(s)
+        print(
+            f"{lk.path}: up to date ({len(lk.shared)} shared, {len(lk.vm)} VM-only, "
+            f"{len(lk.python)} Python)"
+        )
+        return
+    new = locking.resolve(s, _cache(cache_dir))
+    path = locking.path_for(s)
+    unchanged = path.is_file() and path.read_text() == locking.lockfile.render(new)
+    locking.write(new)
+    progress.say(f"lock: {'unchanged' if unchanged else 'wrote'} {path}")
+
+
+@cli()
+def fetch(c, spec=DEFAULT_SPEC, cache_dir=None):
+    """Download every locked .deb and wheel (sha256-verified) and make the offline repos."""
+    s = _load(spec)
+    r = fetching.fetch(locking.load_fresh(s), _cache(cache_dir))
+    print(
+        f"fetched {r.downloaded} ({r.bytes_downloaded / 1e6:.1f} MB), reused {r.reused}\n"
+        f"apt repo (container): {r.repo_shared}\napt repo (vm): {r.repo_vm}\n"
+        f"wheelhouse: {r.wheelhouse}"
+    )
+
+
+@cli()
+def plan(c, spec=DEFAULT_SPEC, cache_dir=None):
+    """Dry-run: show what would be built and what is cached; builds nothing."""
+    p = planning.make_plan(_load(spec), _cache(cache_dir))
+    print(p.render())
+    if not p.ok:
+        raise Exit(code=3)
+
+
+def _not_yet(what: str, issue: int) -> None:
+    raise NotImplementedYet(f"{what}: not implemented yet (tracked in issue #{issue})")
+
+
+@cli(push="Also push the image by digest to container.registry.")
+def build_container(c, spec=DEFAULT_SPEC, cache_dir=None, push=False):
+    """Build the Docker image from the spec and its lock (not implemented yet)."""
+    locking.load_fresh(_load(spec))
+    _not_yet("build-container", 3)
+
+
+@cli(target="qemu (default) or ami.", on_error="cleanup (default) or abort (keep the VM).")
+def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, target="qemu", on_error="cleanup"):
+    """Build the VM images with Packer from the spec and its lock (not implemented yet)."""
+    locking.load_fresh(_load(spec))
+    _not_yet("build-vm", 4)
+
+
+@cli(container="Image to verify instead of the last build.", vm="qcow2 to verify instead.")
+def verify(c, spec=DEFAULT_SPEC, cache_dir=None, container=None, vm=None):
+    """Prove the container and the VM are the same where it matters (not implemented yet)."""
+    _load(spec)
+    _not_yet("verify", 5)
+
+
+@cli(registry="Registry host:port (default: container.registry from the spec).")
+def push(c, spec=DEFAULT_SPEC, cache_dir=None, registry=None):
+    """Push the built image by digest (not implemented yet)."""
+    _load(spec)
+    _not_yet("push", 3)
+
+
+@cli()
+def all(c, spec=DEFAULT_SPEC, cache_dir=None):  # noqa: A001 - the task's name on the CLI
+    """The main job: lock, fetch, plan (and the build/verify stages that exist so far)."""
+    lock(c, spec=spec, cache_dir=cache_dir)
+    fetch(c, spec=spec, cache_dir=cache_dir)
+    plan(c, spec=spec, cache_dir=cache_dir)
+    progress.say(
+        "all: build-container, build-vm and verify are not implemented yet "
+        "(issues #3, #4, #5); stopped after plan"
+    )
+
+
+ns = Collection(lock, fetch, plan, build_container, build_vm, verify, push, all)
