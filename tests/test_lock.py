@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -121,7 +122,7 @@ def test_plan_is_a_dry_run(locked_example: Path, cache_dir: Path) -> None:
     r = run_invoke("plan", "--spec", str(locked_example), "--cache-dir", str(cache_dir))
     assert r.returncode == 0, r.stderr
     lk = locking.read(locked_example.with_suffix(".lock"))
-    assert f"os shared    {len(lk.shared):>4} items" in r.stdout
+    assert re.search(rf"os shared\s+{len(lk.shared)} items", r.stdout), r.stdout
     assert f"cached {len(lk.python)}/{len(lk.python)}" in r.stdout
     assert (tree(cache_dir), tree(locked_example.parent)) == before
 
