@@ -101,11 +101,25 @@ def _not_yet(what: str, issue: int) -> None:
     raise NotImplementedYet(f"{what}: not implemented yet (tracked in issue #{issue})")
 
 
-@cli(push="Also push the image by digest to container.registry.")
-def build_container(c, spec=DEFAULT_SPEC, cache_dir=None, push=False):
-    """Build the Docker image from the spec and its lock (not implemented yet)."""
-    locking.load_fresh(_load(spec))
-    _not_yet("build-container", 3)
+@cli(dist="Output folder (default ./dist).")
+def build_container(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist"):
+    """Build the layered, reproducible Docker image from the spec and its lock."""
+    from imagebuild.build import container
+
+    s = _load(spec)
+    lk = locking.load_fresh(s)
+    cache = _cache(cache_dir)
+    with progress.stage("build-container: verify cache"):
+        fetched = fetching.local_sources(lk, cache)
+    r = container.build(s, lk, cache, fetched, Path(dist))
+    for st in r.stages:
+        state = "cached" if st.reused else f"built in {st.seconds}s, changed={st.changed}"
+        print(f"layer {st.name:<7} sha256:{st.diff_id[:12]}  {st.size / 1e6:8.1f} MB  {state}")
+    print(f"image {r.tag} sha256:{r.image_id}" + ("  (nothing changed)" if r.noop else ""))
+    print(
+        f"oci archive {r.oci_archive} ({r.manifest_digest})\npackages {r.packages_file}\n"
+        f"sbom {r.sbom_file}"
+    )
 
 
 @cli(target="qemu (default) or ami.", on_error="cleanup (default) or abort (keep the VM).")
@@ -131,7 +145,7 @@ def push(c, spec=DEFAULT_SPEC, cache_dir=None, registry=None):
 
 @cli()
 def all(c, spec=DEFAULT_SPEC, cache_dir=None):  # noqa: A001 - the task's name on the CLI
-    """The main job: lock, fetch, plan (and the build/verify stages that exist so far)."""
+    """The main job: lock, fetch, plan, build-container (build-vm/verify once they exist)."""
     lock(c, spec=spec, cache_dir=cache_dir)
     fetch(c, spec=spec, cache_dir=cache_dir)
     plan(c, spec=spec, cache_dir=cache_dir)

@@ -4,6 +4,8 @@ a local apt repository per lock section and a wheelhouse, from which all builds 
 
 from __future__ import annotations
 
+import email.utils
+import hashlib
 import os
 import subprocess
 import tempfile
@@ -67,15 +69,20 @@ def _download(cache: Cache, lock: Lock, item: DebPackage | Wheel) -> int:
             os.unlink(tmp)
 
 
-def verify_blob(cache: Cache, item: DebPackage | Wheel) -> bool:
-    """True when the cached blob exists and still hashes to its name; a corrupt one is removed."""
+def verify_blob(cache: Cache, item: DebPackage | Wheel, repair: bool = True) -> bool:
+    """True when the cached blob exists and still hashes to its name; a corrupt one is removed
+    (by fetch, which then downloads it again) or reported (by builds, which never download)."""
     path = cache.blob(item.sha256)
     if not path.is_file():
         return False
     if sha256_file(path) == item.sha256:
         return True
-    progress.say(f"cache entry for {_label(item)} is corrupt (sha256 mismatch); removing it")
-    path.unlink()
+    progress.say(
+        f"cache entry for {_label(item)} is corrupt (sha256 mismatch)"
+        + ("; removing it" if repair else "")
+    )
+    if repair:
+        path.unlink()
     return False
 
 
@@ -85,16 +92,32 @@ def _link_all(cache: Cache, items: list, dest: Path, name: callable) -> None:
         os.link(cache.blob(item.sha256), dest / name(item))
 
 
+def _release(suite: str, packages: Path, epoch: int) -> str:
+    """A minimal Release file: enough for apt (trusted=yes) and for mmdebstrap's essential
+    detection, which looks for suite/component/arch index targets (a flat repo has none)."""
+    data = packages.read_bytes()
+    rel = "main/binary-amd64/Packages"
+    date = email.utils.formatdate(epoch, usegmt=True)
+    return (
+        f"Origin: imagebuild\nSuite: {suite}\nCodename: {suite}\nDate: {date}\n"
+        "Architectures: amd64\n"
+        f"Components: main\nSHA256:\n {hashlib.sha256(data).hexdigest()} {len(data)} {rel}\n"
+    )
+
+
 def _apt_repo(cache: Cache, lock: Lock, section: str) -> Path:
-    """A flat apt repo (`deb [trusted=yes] file:DIR ./`) holding exactly one lock section."""
+    """An apt repo (`deb [trusted=yes] file:DIR SUITE main`) holding exactly one lock section."""
     key = lock.section_digest(section)
     final = cache.dir("repos", key)
     if (final / COMPLETE).exists():
         return final
     items = lock.shared + (lock.vm if section == "vm" else [])
+    suite = str(lock.header["suite"])
     with cache.building("repos", key) as tmp:
         _link_all(cache, items, tmp / "pool", lambda i: i.basename)
-        with (tmp / "Packages").open("w") as out:
+        index = tmp / "dists" / suite / "main" / "binary-amd64" / "Packages"
+        index.parent.mkdir(parents=True)
+        with index.open("w") as out:
             subprocess.run(
                 ["dpkg-scanpackages", "--multiversion", "pool", "/dev/null"],
                 cwd=tmp,
@@ -102,8 +125,16 @@ def _apt_repo(cache: Cache, lock: Lock, section: str) -> Path:
                 stderr=subprocess.DEVNULL,
                 check=True,
             )
+        (tmp / "dists" / suite / "Release").write_text(
+            _release(suite, index, lock.source_date_epoch)
+        )
         (tmp / COMPLETE).write_text(f"{len(items)} packages\n")
     return final
+
+
+def apt_source(repo: Path, suite: str, scheme: str = "file") -> str:
+    """The sources.list line for a repo made by `fetch` (copy:// for mmdebstrap)."""
+    return f"deb [trusted=yes] {scheme}://{repo} {suite} main"
 
 
 def _wheelhouse(cache: Cache, lock: Lock) -> Path:
@@ -120,12 +151,29 @@ def _wheelhouse(cache: Cache, lock: Lock) -> Path:
     return final
 
 
-def missing(cache: Cache, lock: Lock) -> list[DebPackage | Wheel]:
+def missing(cache: Cache, lock: Lock, repair: bool = True) -> list[DebPackage | Wheel]:
     """Locked items not (validly) in the cache; hashes every present blob."""
     items = [*lock.shared, *lock.vm, *lock.python]
     with ThreadPoolExecutor(2) as pool:
-        present = list(pool.map(lambda i: verify_blob(cache, i), items))
+        present = list(pool.map(lambda i: verify_blob(cache, i, repair), items))
     return [i for i, ok in zip(items, present, strict=True) if not ok]
+
+
+def local_sources(lock: Lock, cache: Cache) -> FetchResult:
+    """For builds: the repos and wheelhouse of a completed fetch, every blob re-verified, or an
+    error saying to run `invoke fetch`. Builds never download."""
+    bad = missing(cache, lock, repair=False)
+    paths = (
+        cache.dir("repos", lock.section_digest("shared")),
+        cache.dir("repos", lock.section_digest("vm")),
+        cache.dir("wheelhouses", lock.section_digest("python")),
+    )
+    if bad or not all((p / COMPLETE).exists() for p in paths):
+        first = f" (first: {_label(bad[0])})" if bad else ""
+        raise FetchError(
+            f"{len(bad)} locked files missing or corrupt in {cache.root}{first}; run `invoke fetch`"
+        )
+    return FetchResult(0, len(lock.shared) + len(lock.vm) + len(lock.python), 0, *paths)
 
 
 def fetch(lock: Lock, cache: Cache) -> FetchResult:

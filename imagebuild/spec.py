@@ -190,6 +190,12 @@ class App:
         default="app", metadata=meta("App source folder, relative to the spec.", _existing("dir"))
     )
     dest: str = field(default="/opt/app", metadata=meta("Install path; the WORKDIR.", _abs_path))
+    build: list[str] = field(
+        default_factory=list,
+        metadata=meta(
+            "Exec-form command run once in `dest` at build time (e.g. make a model); no network."
+        ),
+    )
 
 
 @dataclass(frozen=True)

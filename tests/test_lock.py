@@ -103,7 +103,7 @@ def test_repos_and_wheelhouse_hold_exactly_the_lock(locked_example: Path, cache_
     lk = locking.read(locked_example.with_suffix(".lock"))
     cache = Cache(cache_dir)
     repo = cache.dir("repos", lk.section_digest("shared"))
-    stanzas = (repo / "Packages").read_text().strip().split("\n\n")
+    stanzas = (repo / "dists/bookworm/main/binary-amd64/Packages").read_text().strip().split("\n\n")
     got = {
         (s.split("Package: ")[1].split("\n")[0], s.split("SHA256: ")[1].split("\n")[0])
         for s in stanzas

@@ -1,0 +1,108 @@
+"""The one way Ansible is run (ansible-runner), with the variables derived from spec + lock.
+Both the container stages and the VM build use `playbook_vars`, so they cannot drift."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ansible_runner
+
+from imagebuild.errors import ImageBuildError
+from imagebuild.lock.lockfile import Lock, stack_roles
+from imagebuild.roles import ANSIBLE_DIR, ROLES_DIR
+from imagebuild.spec import Spec
+
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class ProvisionError(ImageBuildError):
+    pass
+
+
+@dataclass(frozen=True)
+class ProvisionResult:
+    ok: int
+    changed: int
+
+
+def os_pins(spec: Spec, lock: Lock) -> list[str]:
+    """`name=version` for every top-level package the roles install, from the lock."""
+    versions = {p.name: p.version for p in lock.shared}
+    names = list(spec.packages)
+    for r in stack_roles(spec):
+        names += r.packages + (r.gpu_packages if spec.gpu else [])
+    return [f"{n}={versions[n]}" for n in dict.fromkeys(names)]
+
+
+def runtime_env(spec: Spec) -> dict[str, str]:
+    venv_bin = f"{spec.python.venv}/bin:" if spec.python else ""
+    return {"PATH": venv_bin + PATH, **spec.runtime_env}
+
+
+def playbook_vars(spec: Spec, lock: Lock, repo_dir: str, wheel_dir: str) -> dict[str, Any]:
+    return {
+        "imagebuild_repo_dir": repo_dir,
+        "imagebuild_wheel_dir": wheel_dir,
+        "imagebuild_suite": spec.base.suite,
+        "imagebuild_mirror": spec.base.effective_mirror,
+        "imagebuild_components": spec.base.components,
+        "imagebuild_os_packages": os_pins(spec, lock),
+        "imagebuild_user": spec.user,
+        "imagebuild_sde": str(lock.source_date_epoch),
+        "imagebuild_venv": spec.python.venv if spec.python else "",
+        "imagebuild_stacks": spec.stacks,
+        "imagebuild_gpu": bool(spec.gpu),
+        "imagebuild_app_src": str((spec.base_dir / spec.app.src).resolve()) if spec.app else "",
+        "imagebuild_app_dest": spec.app.dest if spec.app else "/",
+        "imagebuild_app_build": spec.app.build if spec.app else [],
+        "imagebuild_entrypoint": spec.entrypoint,
+        "imagebuild_cmd": spec.cmd,
+        "imagebuild_env": runtime_env(spec),
+    }
+
+
+def run(
+    host: str,
+    hostvars: dict[str, Any],
+    extravars: dict[str, Any],
+    tags: list[str] | None,
+    private_dir: Path,
+) -> ProvisionResult:
+    """Run ansible/site.yml against one host; raise with Ansible's own output on failure."""
+    private_dir.mkdir(parents=True, exist_ok=True)
+    # ansible-playbook lives beside this interpreter (the venv), whatever PATH the caller has.
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    r = ansible_runner.run(
+        private_data_dir=str(private_dir),
+        project_dir=str(ANSIBLE_DIR),
+        playbook="site.yml",
+        inventory={"all": {"hosts": {host: hostvars}}},
+        extravars=extravars,
+        tags=",".join(tags) if tags else None,
+        quiet=True,
+        envvars={
+            "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
+            "ANSIBLE_ROLES_PATH": str(ROLES_DIR),
+            "ANSIBLE_NOCOLOR": "1",
+        },
+    )
+    stats = r.stats or {}
+    if r.rc != 0 or r.status != "successful":
+        tail = r.stdout.read()[-3000:] if r.stdout else ""
+        raise ProvisionError(
+            f"ansible-playbook site.yml (tags {tags}) failed on {host} (rc {r.rc}):\n{tail}"
+        )
+    return ProvisionResult(
+        ok=sum(stats.get("ok", {}).values()), changed=sum(stats.get("changed", {}).values())
+    )
+
+
+def dump(extravars: dict[str, Any]) -> str:
+    return json.dumps(extravars, sort_keys=True)
