@@ -1,0 +1,184 @@
+"""build-container against the real Docker engine: runs, layers, caching, reproducibility,
+failure hygiene. Expected values come from the spec and the lock."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import docker
+import pytest
+
+from imagebuild import lock as locking
+from imagebuild import spec as specmod
+from imagebuild.build.container import STAGES
+from tests.conftest import run_invoke, tree
+
+pytestmark = [pytest.mark.network, pytest.mark.engine]
+
+
+def build(spec: Path, cache: Path, dist: Path) -> subprocess.CompletedProcess[str]:
+    return run_invoke(
+        "build-container", "--spec", str(spec), "--cache-dir", str(cache), "--dist", str(dist)
+    )
+
+
+def inspect(ref: str) -> dict:
+    return docker.from_env().api.inspect_image(ref)
+
+
+def image_id(stdout: str) -> str:
+    """The ID the task printed (`image REPO:TAG sha256:...`)."""
+    return next(ln.split()[2] for ln in stdout.splitlines() if ln.startswith("image "))
+
+
+def containers() -> set[str]:
+    return {c.id for c in docker.from_env().containers.list(all=True)}
+
+
+@pytest.fixture(scope="module")
+def built(locked_example: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    dist = tmp_path_factory.mktemp("dist")
+    r = build(locked_example, cache_dir, dist)
+    assert r.returncode == 0, r.stderr
+    spec = specmod.load(locked_example)
+    return spec, dist, r
+
+
+def test_image_runs_its_entrypoint(built) -> None:
+    spec, _, _ = built
+    ref = f"{spec.repository}:{spec.version}"
+    out = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", ref, "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"{spec.name} {spec.version}"
+    check = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", ref, "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert json.loads(check.stdout)["status"] == "ok", check.stderr
+
+
+def test_metadata_from_spec(built, locked_example: Path) -> None:
+    spec, _, _ = built
+    meta = inspect(f"{spec.repository}:{spec.version}")
+    cfg = meta["Config"]
+    assert cfg["User"] == spec.user != "root"
+    assert cfg["Entrypoint"] == spec.entrypoint and cfg["Cmd"] == spec.cmd
+    assert cfg["WorkingDir"] == spec.app.dest
+    env = dict(e.split("=", 1) for e in cfg["Env"])
+    assert all(env[k] == v for k, v in spec.runtime_env.items())
+    lk = locking.read(locked_example.with_suffix(".lock"))
+    assert cfg["Labels"]["io.imagebuild.lock.sha256"] == lk.digest
+    assert cfg["Labels"]["org.opencontainers.image.version"] == spec.version
+    assert len(meta["RootFS"]["Layers"]) == len(STAGES)
+    history = docker.from_env().api.history(f"{spec.repository}:{spec.version}")
+    stages = [h["CreatedBy"].split()[2].rstrip(":") for h in reversed(history)]
+    assert stages == list(STAGES)
+
+
+def test_package_manifest_matches_lock(built, locked_example: Path) -> None:
+    spec, dist, _ = built
+    lk = locking.read(locked_example.with_suffix(".lock"))
+    lines = (dist / f"{spec.name}-{spec.version}.container.packages.txt").read_text().split("\n")
+    debs = {ln.split()[1] for ln in lines if ln.startswith("deb ")}
+    assert debs == {f"{p.name}={p.version}={p.sha256}" for p in lk.shared}
+    py = {ln.split()[1] for ln in lines if ln.startswith("python ")}
+    assert {f"{w.name}={w.version}={w.sha256}" for w in lk.python} <= py
+    sbom = json.loads((dist / f"{spec.name}-{spec.version}.container.sbom.cdx.json").read_text())
+    assert sbom["bomFormat"] == "CycloneDX" and len(sbom["components"]) == len(lines) - 1
+
+
+def test_oci_archive_is_readable_by_skopeo(built) -> None:
+    spec, dist, r = built
+    archive = dist / f"{spec.name}-{spec.version}.oci.tar"
+    out = subprocess.run(
+        ["skopeo", "inspect", f"oci-archive:{archive}"], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    image_id = inspect(f"{spec.repository}:{spec.version}")["Id"]
+    assert len(info["Layers"]) == len(STAGES)
+    assert image_id.split(":")[1] in r.stdout
+
+
+def test_noop_rebuild_touches_no_container(built, locked_example: Path, cache_dir: Path) -> None:
+    spec, dist, first = built
+    before = containers()
+    r = build(locked_example, cache_dir, dist)
+    assert r.returncode == 0, r.stderr
+    assert "nothing changed" in r.stdout and "built in" not in r.stdout
+    assert containers() == before
+
+
+def test_app_change_rebuilds_only_the_app_layer(built, tmp_path: Path, cache_dir: Path) -> None:
+    spec, _, _ = built
+    shutil.copytree(spec.base_dir, tmp_path / "p")
+    spec_path = tmp_path / "p" / spec.path.name
+    (tmp_path / "p" / spec.app.src / "app" / "extra.py").write_text("# touched\n")
+    before_ctr = containers()
+    old = inspect(f"{spec.repository}:{spec.version}")["RootFS"]["Layers"]
+    r = build(spec_path, cache_dir, tmp_path / "dist")
+    assert r.returncode == 0, r.stderr
+    new_id = [ln.split()[-1] for ln in r.stdout.splitlines() if ln.startswith("image ")][0]
+    new = inspect(new_id)["RootFS"]["Layers"]
+    assert old[:-1] == new[:-1] and old[-1] != new[-1]
+    assert [ln.split()[1] for ln in r.stdout.splitlines() if "built in" in ln] == ["app"]
+    assert containers() == before_ctr  # stage and inventory containers removed
+
+
+def test_clean_rebuild_gives_the_same_image_id(
+    built, locked_example: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    spec, _, first_run = built
+    ref = f"{spec.repository}:{spec.version}"
+    first = image_id(first_run.stdout)
+    # Empty stage cache (same verified downloads), image removed from the engine.
+    cache = tmp_path / "cache"
+    shutil.copytree(cache_dir, cache, ignore=shutil.ignore_patterns("stages"))
+    docker.from_env().images.remove(ref, force=True)
+    r = build(locked_example, cache, tmp_path / "dist")
+    assert r.returncode == 0, r.stderr
+    assert image_id(r.stdout) == first == inspect(ref)["Id"]
+
+
+def test_corrupt_deb_in_cache_is_refused(
+    tmp_path: Path, locked_example: Path, cache_dir: Path
+) -> None:
+    cache = tmp_path / "cache"
+    shutil.copytree(cache_dir, cache, ignore=shutil.ignore_patterns("stages"))
+    lk = locking.read(locked_example.with_suffix(".lock"))
+    victim = lk.shared[3]
+    (cache / "blobs" / "sha256" / victim.sha256).write_bytes(b"tampered")
+    before, dist = containers(), tmp_path / "dist"
+    r = build(locked_example, cache, dist)
+    assert r.returncode == 1
+    assert "run `invoke fetch`" in r.stderr and f"{victim.name}={victim.version}" in r.stderr
+    assert containers() == before and tree(dist) == set()
+
+
+def test_engine_down_is_a_clear_error(
+    tmp_path: Path, locked_example: Path, cache_dir: Path
+) -> None:
+    dist = tmp_path / "dist"
+    r = run_invoke(
+        "build-container",
+        "--spec",
+        str(locked_example),
+        "--cache-dir",
+        str(cache_dir),
+        "--dist",
+        str(dist),
+        env={"DOCKER_HOST": f"unix://{tmp_path}/no-such.sock"},
+    )
+    assert r.returncode == 1
+    assert "Docker engine is not reachable" in r.stderr and "Traceback" not in r.stderr
+    assert tree(dist) == set()
