@@ -1,0 +1,379 @@
+"""`invoke build-container`: a layered, cached, bit-reproducible Docker image.
+
+Layers, stable to volatile: base (mmdebstrap of the locked Essential set + apt + python3, from
+the local repo) -> os -> python -> stacks -> app. Each non-base layer is one tag of
+ansible/site.yml run in a container (community.docker.docker_api connection), exported and
+diffed against the layers below (imagebuild.build.layers). Each stage is cached under the hash
+of its inputs chained with the stage below, so an app change rebuilds only the app layer and a
+build with nothing changed touches no container at all. The config is written by hand with
+fixed timestamps, so the image ID is a pure function of lock + spec + roles + app files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from imagebuild import __version__, progress, provision, roles
+from imagebuild.build import image as img
+from imagebuild.build.layers import (
+    Layer,
+    Manifest,
+    base_layer,
+    diff_layer,
+    empty_layer,
+    load_manifest,
+    save_manifest,
+)
+from imagebuild.cache import Cache, digest
+from imagebuild.errors import ImageBuildError
+from imagebuild.fetch import FetchResult, apt_source
+from imagebuild.lock.lockfile import BASE_PACKAGES, Lock
+from imagebuild.spec import Spec
+
+STAGES = ("base", "os", "python", "stacks", "app")
+MOUNT_REPO, MOUNT_WHEELS = "/var/lib/imagebuild/repo", "/var/lib/imagebuild/wheels"
+
+
+class EngineError(ImageBuildError):
+    pass
+
+
+@dataclass(frozen=True)
+class StageResult:
+    name: str
+    key: str
+    diff_id: str
+    size: int
+    reused: bool
+    seconds: float
+    changed: int | None = None  # Ansible's changed count, when the stage ran
+
+
+@dataclass(frozen=True)
+class ContainerResult:
+    tag: str
+    image_id: str
+    stages: list[StageResult]
+    oci_archive: Path
+    manifest_digest: str
+    packages_file: Path
+    sbom_file: Path
+    noop: bool
+
+
+def engine() -> docker.DockerClient:
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+        return client
+    except docker.errors.DockerException as e:
+        raise EngineError(f"the Docker engine is not reachable ({e.__class__.__name__}); start it "
+                          "with `bash scripts/bootstrap.sh` (dockerd --bridge=none "
+                          "--iptables=false)") from None
+
+
+def _tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if "__pycache__" in p.parts:
+            continue
+        rel = str(p.relative_to(root))
+        h.update(rel.encode() + b"\0")
+        if p.is_file():
+            h.update(p.read_bytes() + b"\0" + str(os.access(p, os.X_OK)).encode())
+    return h.hexdigest()
+
+
+def stage_keys(spec: Spec, lock: Lock) -> dict[str, str]:
+    """Key of each stage = its own inputs chained with the key of the stage below."""
+    pv = provision.playbook_vars(spec, lock, MOUNT_REPO, MOUNT_WHEELS)
+    site = (roles.ANSIBLE_DIR / "site.yml").read_text()
+    common = [__version__, str(lock.source_date_epoch)]
+    own = {
+        "base": [lock.section_digest("shared"), *BASE_PACKAGES],
+        "os": [site, roles.files_digest("base_os"), json.dumps(pv["imagebuild_os_packages"]),
+               spec.user, spec.base.effective_mirror, " ".join(spec.base.components)],
+        "python": [roles.files_digest("python_env"), lock.section_digest("python"),
+                   pv["imagebuild_venv"]],
+        "stacks": [json.dumps(spec.stacks), str(bool(spec.gpu)),
+                   *[roles.files_digest(s) for s in spec.stacks]],
+        "app": [roles.files_digest("app"), json.dumps(pv["imagebuild_app_build"]),
+                json.dumps([pv["imagebuild_entrypoint"], pv["imagebuild_cmd"],
+                            pv["imagebuild_env"], pv["imagebuild_app_dest"]]),
+                _tree_digest(spec.base_dir / spec.app.src) if spec.app else ""],
+    }
+    keys, below = {}, ""
+    for name in STAGES:
+        below = digest(below, name, *common, *own[name])
+        keys[name] = below
+    return keys
+
+
+def _stage_dir(cache: Cache, key: str) -> Path:
+    return cache.dir("stages", key)
+
+
+def _cached(cache: Cache, key: str) -> tuple[Layer, Manifest] | None:
+    d = _stage_dir(cache, key)
+    if not (d / "layer.json").exists():
+        return None
+    meta = json.loads((d / "layer.json").read_text())
+    return Layer(d / "layer.tar", meta["diff_id"], meta["size"], meta["entries"]), \
+        load_manifest(d / "manifest.json")
+
+
+def _store(cache: Cache, key: str, build: Any) -> tuple[Layer, Manifest]:
+    """Run `build(tmpdir) -> (layer, manifest)` and keep its output only if it succeeds."""
+    with cache.building("stages", key) as tmp:
+        layer, manifest = build(tmp)
+        save_manifest(manifest, tmp / "manifest.json")
+        (tmp / "layer.json").write_text(json.dumps(
+            {"diff_id": layer.diff_id, "size": layer.size, "entries": layer.entries}))
+    return _cached(cache, key)  # type: ignore[return-value]
+
+
+def _mmdebstrap(lock: Lock, repo: Path, tmp: Path) -> tuple[Layer, Manifest]:
+    rootfs = tmp / "rootfs.tar"
+    suite = str(lock.header["suite"])
+    # The image's apt source names the real mirror, never the (machine-specific) cache path.
+    source = f"deb {lock.mirror} {suite} {' '.join(lock.header['components'])}"
+    cmd = ["mmdebstrap", "--quiet", "--variant=essential", f"--include={','.join(BASE_PACKAGES)}",
+           "--mode=root", "--format=tar", "--aptopt=Acquire::Languages \"none\"",
+           f"--customize-hook=echo '{source}' > \"$1/etc/apt/sources.list\"",
+           suite, str(rootfs), apt_source(repo, suite, "copy")]
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(lock.source_date_epoch)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise ImageBuildError(f"mmdebstrap failed:\n{proc.stderr[-2000:]}")
+    try:
+        return base_layer(rootfs, tmp / "layer.tar", lock.source_date_epoch)
+    finally:
+        rootfs.unlink()
+
+
+def _load(client: docker.DockerClient, archive: Path) -> None:
+    with archive.open("rb") as f:
+        for _ in client.api.load_image(f):
+            pass
+
+
+def _stage_config(spec: Spec, lock: Lock, layers: list[Layer], names: list[str]) -> img.ImageConfig:
+    return img.ImageConfig(entrypoint=[], cmd=[], env={"PATH": provision.PATH}, workdir="/",
+                           user="", labels={}, created=lock.source_date_epoch,
+                           history=[f"imagebuild stage {n}" for n in names])
+
+
+def _read_file(container: Any, path: str) -> bytes:
+    stream, _ = container.get_archive("/" + path)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as t:
+        member = t.next()
+        assert member is not None
+        f = t.extractfile(member)
+        return f.read() if f else b""
+
+
+def _run_stage(client: docker.DockerClient, spec: Spec, lock: Lock, fetched: FetchResult,
+               name: str, below: list[Layer], manifest: Manifest, names: list[str],
+               tmp: Path, build_id: str) -> tuple[Layer, Manifest, int]:
+    tag = f"imagebuild-stage/{spec.name}:{build_id}-{name}"
+    archive = tmp / "below.tar"
+    config = _stage_config(spec, lock, below, names).render(below)
+    img.docker_archive(archive, config, below, tag)
+    _load(client, archive)
+    archive.unlink()
+    container = None
+    try:
+        container = client.containers.create(
+            tag, entrypoint=["sleep", "infinity"], name=f"imagebuild-{spec.name}-{build_id}-{name}",
+            network_mode="none", labels={"io.imagebuild.build": build_id},
+            volumes={str(fetched.repo_shared): {"bind": MOUNT_REPO, "mode": "ro"},
+                     str(fetched.wheelhouse): {"bind": MOUNT_WHEELS, "mode": "ro"}})
+        container.start()
+        result = provision.run(
+            container.name,
+            {"ansible_connection": "community.docker.docker_api",
+             "ansible_python_interpreter": "/usr/bin/python3"},
+            provision.playbook_vars(spec, lock, MOUNT_REPO, MOUNT_WHEELS), [name], tmp / "ansible")
+        container.stop(timeout=1)
+        layer, new_manifest = diff_layer(container.export(chunk_size=1 << 20), manifest,
+                                         tmp / "layer.tar", lock.source_date_epoch,
+                                         lambda p: _read_file(container, p))
+        return layer, new_manifest, result.changed
+    finally:
+        if container is not None:
+            container.remove(force=True)
+        try:
+            client.images.remove(tag, noprune=False)
+        except docker.errors.APIError:
+            pass
+
+
+def _revision(spec: Spec) -> str:
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=spec.base_dir, capture_output=True,
+                          text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
+
+
+def final_config(spec: Spec, lock: Lock, layers: list[Layer]) -> img.ImageConfig:
+    labels = {
+        "org.opencontainers.image.title": spec.name,
+        "org.opencontainers.image.version": spec.version,
+        "org.opencontainers.image.revision": _revision(spec),
+        "org.opencontainers.image.created": img.rfc3339(lock.source_date_epoch),
+        "org.opencontainers.image.base.digest": f"sha256:{layers[0].diff_id}",
+        "io.imagebuild.lock.sha256": lock.digest,
+        "io.imagebuild.spec": spec.path.name,
+    }
+    return img.ImageConfig(
+        entrypoint=spec.entrypoint, cmd=spec.cmd, env=provision.runtime_env(spec),
+        workdir=spec.app.dest if spec.app else "/", user=spec.user, labels=labels,
+        created=lock.source_date_epoch,
+        history=[f"imagebuild stage {n}: ansible-playbook site.yml --tags {n}"
+                 if n != "base" else "imagebuild stage base: mmdebstrap (locked Essential set)"
+                 for n in STAGES])
+
+
+INVENTORY_SCRIPT = r"""
+import importlib.metadata as m, json, subprocess
+deb = subprocess.run(["dpkg-query", "-W", "-f", "${Package}\t${Version}\t${Architecture}\n"],
+                     capture_output=True, text=True, check=True).stdout
+print(json.dumps({"deb": [l.split("\t") for l in deb.splitlines()],
+                  "python": sorted([d.metadata["Name"], d.version] for d in m.distributions())}))
+"""
+
+
+def inventory(client: docker.DockerClient, image_ref: str, spec: Spec) -> dict[str, Any]:
+    """What is really installed: dpkg's database and the venv's distributions."""
+    python = f"{spec.python.venv}/bin/python" if spec.python else "/usr/bin/python3"
+    out = client.containers.run(image_ref, [python, "-c", INVENTORY_SCRIPT], entrypoint=[],
+                                user="root", network_mode="none", remove=True,
+                                labels={"io.imagebuild.inventory": "1"})
+    return json.loads(out)
+
+
+def package_manifest(inv: dict[str, Any], lock: Lock) -> str:
+    """`deb name=version=sha256` / `python name=version=sha256`, sorted; `unlocked` if the lock
+    has no such artifact (a package that floated in)."""
+    debs = {(p.name, p.version): p.sha256 for p in [*lock.shared, *lock.vm]}
+    wheels = {(w.name, w.version): w.sha256 for w in lock.python}
+    from packaging.utils import canonicalize_name
+    lines = [f"deb {n}={v}={debs.get((n.split(':')[0], v), 'unlocked')}" for n, v, _ in inv["deb"]]
+    lines += [f"python {canonicalize_name(n)}={v}="
+              f"{wheels.get((canonicalize_name(n), v), 'not-in-lock')}" for n, v in inv["python"]]
+    return "\n".join(sorted(lines)) + "\n"
+
+
+def sbom(inv: dict[str, Any], spec: Spec, lock: Lock, image_id: str) -> dict[str, Any]:
+    """CycloneDX 1.5 JSON from the same inventory."""
+    comps = [{"type": "library", "name": n, "version": v,
+              "purl": f"pkg:deb/debian/{n}@{v}?arch={a}"} for n, v, a in inv["deb"]]
+    comps += [{"type": "library", "name": n, "version": v, "purl": f"pkg:pypi/{n.lower()}@{v}"}
+              for n, v in inv["python"]]
+    return {"bomFormat": "CycloneDX", "specVersion": "1.5", "version": 1,
+            "metadata": {"timestamp": img.rfc3339(lock.source_date_epoch),
+                         "component": {"type": "container", "name": spec.name,
+                                       "version": spec.version, "bom-ref": image_id}},
+            "components": sorted(comps, key=lambda c: c["purl"])}
+
+
+def _outputs(dist: Path, spec: Spec) -> dict[str, Path]:
+    stem = f"{spec.name}-{spec.version}"
+    return {"oci": dist / f"{stem}.oci.tar", "packages": dist / f"{stem}.container.packages.txt",
+            "sbom": dist / f"{stem}.container.sbom.cdx.json",
+            "record": dist / f"{stem}.container.json"}
+
+
+def build(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult, dist: Path) -> ContainerResult:
+    if spec.base.image:
+        raise ImageBuildError(f"{spec.where('base.image')}: base.image: building on a registry "
+                              "base is not implemented yet; remove it to build the base locally")
+    keys = stage_keys(spec, lock)
+    tag = f"{spec.repository}:{spec.version}"
+    out = _outputs(dist, spec)
+    client = engine()
+    build_id = uuid.uuid4().hex[:8]
+    layers: list[Layer] = []
+    results: list[StageResult] = []
+    manifest: Manifest = {}
+    with tempfile.TemporaryDirectory(prefix="imagebuild-", dir=cache.root) as tmpdir:
+        for i, name in enumerate(STAGES):
+            start = time.monotonic()
+            hit = _cached(cache, keys[name])
+            changed, built = None, hit is None
+            if hit is None:
+                with progress.stage(f"build-container: {name}", f"key {keys[name][:12]}") as st:
+                    def make(tmp: Path, name: str = name) -> tuple[Layer, Manifest]:
+                        nonlocal changed
+                        if name == "base":
+                            return _mmdebstrap(lock, fetched.repo_shared, tmp)
+                        if name == "stacks" and not spec.stacks:
+                            return empty_layer(tmp / "layer.tar"), manifest
+                        work = Path(tmpdir) / name
+                        work.mkdir()
+                        layer, m, changed = _run_stage(client, spec, lock, fetched, name, layers,
+                                                       manifest, list(STAGES[:i]), work, build_id)
+                        shutil.move(layer.path, tmp / "layer.tar")
+                        return Layer(tmp / "layer.tar", layer.diff_id, layer.size,
+                                     layer.entries), m
+                    hit = _store(cache, keys[name], make)
+                    st["note"] = f"{hit[0].entries} entries, {hit[0].size / 1e6:.1f} MB"
+            else:
+                progress.say(f"build-container: {name}: cached ({keys[name][:12]})")
+            layer, stage_manifest = hit
+            if name != "stacks" or spec.stacks:
+                manifest = stage_manifest
+            layers.append(layer)
+            results.append(StageResult(name, keys[name], layer.diff_id, layer.size,
+                                       not built, round(time.monotonic() - start, 2), changed))
+        config = final_config(spec, lock, layers).render(layers)
+        image_id = hashlib.sha256(config).hexdigest()
+        record = out["record"]
+        if record.exists() and json.loads(record.read_text()).get("image_id") == image_id \
+                and all(p.exists() for p in out.values()) and _has_image(client, tag, image_id):
+            progress.say(f"build-container: nothing changed; {tag} is sha256:{image_id[:12]}")
+            data = json.loads(record.read_text())
+            return ContainerResult(tag, image_id, results, out["oci"], data["manifest_digest"],
+                                   out["packages"], out["sbom"], noop=True)
+        with progress.stage("build-container: load", tag):
+            archive = Path(tmpdir) / "image.tar"
+            img.docker_archive(archive, config, layers, tag)
+            _load(client, archive)
+            archive.unlink()
+        with progress.stage("build-container: outputs", str(dist)):
+            annotations = {"org.opencontainers.image.title": spec.name,
+                           "org.opencontainers.image.version": spec.version}
+            manifest_digest = img.oci_archive(out["oci"], config, layers, spec.version,
+                                              annotations)
+            inv = inventory(client, tag, spec)
+            with img.atomic(out["packages"]) as t:
+                t.write_text(package_manifest(inv, lock))
+            with img.atomic(out["sbom"]) as t:
+                t.write_text(json.dumps(sbom(inv, spec, lock, image_id), indent=1))
+            result = ContainerResult(tag, image_id, results, out["oci"], manifest_digest,
+                                     out["packages"], out["sbom"], noop=False)
+            with img.atomic(record) as t:
+                t.write_text(json.dumps({**asdict(result), "image_id": image_id}, default=str,
+                                        indent=1))
+    return result
+
+
+def _has_image(client: docker.DockerClient, tag: str, image_id: str) -> bool:
+    try:
+        return client.images.get(tag).id == f"sha256:{image_id}"
+    except docker.errors.ImageNotFound:
+        return False

@@ -1,0 +1,125 @@
+"""Image config and archives written by hand, with fixed timestamps, so the image ID (the
+sha256 of the config) is a pure function of the layers and the spec."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from imagebuild.build.layers import Layer
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+def _json(obj: object) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def rfc3339(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """What goes into the config blob; `history` names the stage of each layer."""
+
+    entrypoint: list[str]
+    cmd: list[str]
+    env: dict[str, str]
+    workdir: str
+    user: str
+    labels: dict[str, str]
+    history: list[str]
+    created: int
+
+    def render(self, layers: list[Layer]) -> bytes:
+        when = rfc3339(self.created)
+        return _json({
+            "architecture": "amd64", "os": "linux", "created": when,
+            "config": {"Entrypoint": self.entrypoint, "Cmd": self.cmd or None,
+                       "Env": [f"{k}={v}" for k, v in self.env.items()],
+                       "WorkingDir": self.workdir, "User": self.user, "Labels": self.labels},
+            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{ly.diff_id}" for ly in layers]},
+            "history": [{"created": when, "created_by": h, "empty_layer": False}
+                        for h in self.history],
+        })
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes | None = None, path: Path | None = None,
+         mtime: int = 0) -> None:
+    info = tarfile.TarInfo(name)
+    info.mtime, info.mode, info.uname, info.gname = mtime, 0o644, "", ""
+    if path is not None:
+        info.size = path.stat().st_size
+        with path.open("rb") as f:
+            tar.addfile(info, f)
+    else:
+        assert data is not None
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+
+@contextmanager
+def atomic(dest: Path) -> Iterator[Path]:
+    """Write to a temp file beside `dest`, renamed only on success: nothing half-written."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def docker_archive(dest: Path, config: bytes, layers: list[Layer], tag: str) -> str:
+    """`docker load` format; returns the image ID (sha256 of the config)."""
+    image_id = hashlib.sha256(config).hexdigest()
+    manifest = [{"Config": f"{image_id}.json", "RepoTags": [tag],
+                 "Layers": [f"{ly.diff_id}/layer.tar" for ly in layers]}]
+    with tarfile.open(dest, "w", format=tarfile.GNU_FORMAT) as tar:
+        _add(tar, f"{image_id}.json", config)
+        for ly in layers:
+            _add(tar, f"{ly.diff_id}/layer.tar", path=ly.path)
+        _add(tar, "manifest.json", _json(manifest))
+    return image_id
+
+
+def oci_archive(dest: Path, config: bytes, layers: list[Layer], ref: str,
+                annotations: dict[str, str]) -> str:
+    """An OCI image layout as a tar (`skopeo inspect oci-archive:`); returns the manifest digest."""
+    config_digest = hashlib.sha256(config).hexdigest()
+    manifest = _json({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": f"sha256:{config_digest}",
+                   "size": len(config)},
+        "layers": [{"mediaType": OCI_LAYER, "digest": f"sha256:{ly.diff_id}", "size": ly.size}
+                   for ly in layers],
+        "annotations": annotations,
+    })
+    manifest_digest = hashlib.sha256(manifest).hexdigest()
+    index = _json({"schemaVersion": 2, "manifests": [{
+        "mediaType": OCI_MANIFEST, "digest": f"sha256:{manifest_digest}", "size": len(manifest),
+        "annotations": {"org.opencontainers.image.ref.name": ref}}]})
+    with atomic(dest) as tmp, tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
+        _add(tar, "oci-layout", _json({"imageLayoutVersion": "1.0.0"}))
+        _add(tar, "index.json", index)
+        blobs = {config_digest: (config, None), manifest_digest: (manifest, None)}
+        for ly in layers:
+            blobs[ly.diff_id] = (None, ly.path)
+        for digest in sorted(blobs):
+            data, path = blobs[digest]
+            _add(tar, f"blobs/sha256/{digest}", data, path)
+    return f"sha256:{manifest_digest}"

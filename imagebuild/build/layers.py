@@ -1,0 +1,174 @@
+"""Deterministic layer tars.
+
+A layer is written from a stream of tar entries: entries sorted by path, mtimes clamped to
+SOURCE_DATE_EPOCH, owners kept as numeric ids with no names, no atime/ctime/pax extras.
+Stage layers are the difference between a container's exported filesystem and the manifest of
+the layers below it (whiteouts for removals), so `docker commit`'s timestamps never enter.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagebuild.cache import sha256_file
+
+# Never part of a layer: engine-managed mounts, per-run state, caches and logs.
+EXCLUDE_PREFIXES = (
+    ".dockerenv", "etc/hostname", "etc/hosts", "etc/resolv.conf", "proc/", "sys/", "dev/",
+    "tmp/", "run/", "var/tmp/", "var/log/", "var/cache/apt/", "var/lib/apt/lists/",
+    "var/cache/ldconfig/aux-cache", "var/cache/debconf/", "root/.ansible", "root/.cache",
+    "var/lib/imagebuild/",
+)
+KEEP_DIRS = {"tmp", "run", "proc", "sys", "dev", "var/tmp", "var/log", "var/cache/apt",
+             "var/lib/apt/lists", "var/cache/debconf"}
+
+Manifest = dict[str, list]  # path -> [type, mode, uid, gid, size, mtime, linkname]
+
+
+def _norm(name: str) -> str:
+    name = name.removeprefix("./").lstrip("/")
+    return "" if name == "." else name.rstrip("/")
+
+
+def excluded(path: str) -> bool:
+    if path in KEEP_DIRS:
+        return False
+    return any(path == p.rstrip("/") or path.startswith(p if p.endswith("/") else p + "/")
+               or path == p for p in EXCLUDE_PREFIXES)
+
+
+def _key(info: tarfile.TarInfo) -> list:
+    # Permission bits only: docker's export includes the file-type bits, tar writers do not.
+    return [info.type.decode(), info.mode & 0o7777, info.uid, info.gid, info.size, int(info.mtime),
+            info.linkname]
+
+
+def _clean(info: tarfile.TarInfo, name: str, sde: int) -> tarfile.TarInfo:
+    out = tarfile.TarInfo(name)
+    out.type, out.mode, out.uid, out.gid = info.type, info.mode & 0o7777, info.uid, info.gid
+    out.size = info.size if info.isreg() else 0
+    out.mtime = min(int(info.mtime), sde)
+    out.linkname = _norm(info.linkname) if info.islnk() else info.linkname
+    out.devmajor, out.devminor = info.devmajor, info.devminor
+    out.uname = out.gname = ""
+    return out
+
+
+@dataclass(frozen=True)
+class Layer:
+    path: Path
+    diff_id: str  # sha256 of the uncompressed tar, as docker and OCI name it
+    size: int
+    entries: int
+
+
+def _write_sorted(staging: Path, dest: Path, sde: int) -> Layer:
+    """Re-write an unsorted staging tar as the final, sorted, normalised layer."""
+    with tarfile.open(staging) as src:
+        members = sorted(src.getmembers(), key=lambda m: m.name)
+        with tarfile.open(dest, mode="w", format=tarfile.GNU_FORMAT) as out:
+            for m in members:
+                out.addfile(_clean(m, m.name, sde), src.extractfile(m) if m.isreg() else None)
+    return Layer(dest, sha256_file(dest), dest.stat().st_size, len(members))
+
+
+def _no_reader(path: str) -> bytes:
+    raise ValueError(f"hard link to {path} in a lower layer, and no way to read it")
+
+
+def diff_layer(stream: Iterable[bytes], below: Manifest, dest: Path, sde: int,
+               read_file: Callable[[str], bytes] = _no_reader) -> tuple[Layer, Manifest]:
+    """Layer = what `stream` (a full filesystem tar) changes relative to `below`."""
+    manifest: Manifest = {}
+    staged: set[str] = set()
+    fd, staging = tempfile.mkstemp(suffix=".tar", dir=dest.parent)
+    os.close(fd)
+    try:
+        with tarfile.open(staging, "w", format=tarfile.GNU_FORMAT) as stage, \
+                tarfile.open(fileobj=_IterReader(stream), mode="r|") as src:
+            for info in src:
+                path = _norm(info.name)
+                if not path or excluded(path):
+                    continue
+                # Files from lower layers carry clamped mtimes; compare like with like.
+                key = _key(info)
+                key[5] = min(key[5], sde)
+                manifest[path] = key
+                if below.get(path) == key:
+                    continue
+                info.name = path
+                if info.islnk():
+                    info.linkname = _norm(info.linkname)
+                    if info.linkname not in staged:
+                        # Target is in a lower layer: store a copy, a layer cannot link down.
+                        data = read_file(info.linkname)
+                        info.type, info.size = tarfile.REGTYPE, len(data)
+                        stage.addfile(info, io.BytesIO(data))
+                        staged.add(path)
+                        continue
+                stage.addfile(info, src.extractfile(info) if info.isreg() else None)
+                staged.add(path)
+            removed = sorted(p for p in below if p not in manifest)
+            gone: list[str] = []
+            for p in removed:
+                if any(p.startswith(g + "/") for g in gone):
+                    continue  # inside a removed folder: one whiteout covers it
+                gone.append(p)
+                head, _, tail = p.rpartition("/")
+                wh = tarfile.TarInfo(f"{head}/.wh.{tail}" if head else f".wh.{tail}")
+                stage.addfile(wh, io.BytesIO(b""))
+        layer = _write_sorted(Path(staging), dest, sde)
+    finally:
+        os.unlink(staging)
+    return layer, manifest
+
+
+def empty_layer(dest: Path) -> Layer:
+    """A stage with nothing to do still gets its layer, so the layer order never shifts."""
+    with tarfile.open(dest, "w", format=tarfile.GNU_FORMAT):
+        pass
+    return Layer(dest, sha256_file(dest), dest.stat().st_size, 0)
+
+
+def base_layer(rootfs_tar: Path, dest: Path, sde: int) -> tuple[Layer, Manifest]:
+    def chunks() -> Iterator[bytes]:
+        with rootfs_tar.open("rb") as f:
+            while b := f.read(1 << 20):
+                yield b
+    return diff_layer(chunks(), {}, dest, sde)
+
+
+class _IterReader(io.RawIOBase):
+    """A file object over an iterator of byte chunks (docker's export stream)."""
+
+    def __init__(self, it: Iterable[bytes]) -> None:
+        self.it, self.buf, self.pos = iter(it), b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray) -> int:  # type: ignore[override]
+        while self.pos >= len(self.buf):
+            try:
+                self.buf, self.pos = next(self.it), 0
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self.buf) - self.pos)
+        b[:n] = memoryview(self.buf)[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+
+def save_manifest(manifest: Manifest, path: Path) -> None:
+    path.write_text(json.dumps(manifest, sort_keys=True, separators=(",", ":")))
+
+
+def load_manifest(path: Path) -> Manifest:
+    return json.loads(path.read_text())
