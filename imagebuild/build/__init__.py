@@ -1,0 +1,1 @@
+"""Artifact builds: container.py (Docker image); layers.py and image.py are its helpers."""
