@@ -149,9 +149,10 @@ def all(c, spec=DEFAULT_SPEC, cache_dir=None):  # noqa: A001 - the task's name o
     lock(c, spec=spec, cache_dir=cache_dir)
     fetch(c, spec=spec, cache_dir=cache_dir)
     plan(c, spec=spec, cache_dir=cache_dir)
+    build_container(c, spec=spec, cache_dir=cache_dir)
     progress.say(
-        "all: build-container, build-vm and verify are not implemented yet "
-        "(issues #3, #4, #5); stopped after plan"
+        "all: build-vm and verify are not implemented yet (issues #4, #5); "
+        "stopped after build-container"
     )
 
 

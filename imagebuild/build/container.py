@@ -82,9 +82,11 @@ def engine() -> docker.DockerClient:
         client.ping()
         return client
     except docker.errors.DockerException as e:
-        raise EngineError(f"the Docker engine is not reachable ({e.__class__.__name__}); start it "
-                          "with `bash scripts/bootstrap.sh` (dockerd --bridge=none "
-                          "--iptables=false)") from None
+        raise EngineError(
+            f"the Docker engine is not reachable ({e.__class__.__name__}); start it "
+            "with `bash scripts/bootstrap.sh` (dockerd --bridge=none "
+            "--iptables=false)"
+        ) from None
 
 
 def _tree_digest(root: Path) -> str:
@@ -106,16 +108,37 @@ def stage_keys(spec: Spec, lock: Lock) -> dict[str, str]:
     common = [__version__, str(lock.source_date_epoch)]
     own = {
         "base": [lock.section_digest("shared"), *BASE_PACKAGES],
-        "os": [site, roles.files_digest("base_os"), json.dumps(pv["imagebuild_os_packages"]),
-               spec.user, spec.base.effective_mirror, " ".join(spec.base.components)],
-        "python": [roles.files_digest("python_env"), lock.section_digest("python"),
-                   pv["imagebuild_venv"]],
-        "stacks": [json.dumps(spec.stacks), str(bool(spec.gpu)),
-                   *[roles.files_digest(s) for s in spec.stacks]],
-        "app": [roles.files_digest("app"), json.dumps(pv["imagebuild_app_build"]),
-                json.dumps([pv["imagebuild_entrypoint"], pv["imagebuild_cmd"],
-                            pv["imagebuild_env"], pv["imagebuild_app_dest"]]),
-                _tree_digest(spec.base_dir / spec.app.src) if spec.app else ""],
+        "os": [
+            site,
+            roles.files_digest("base_os"),
+            json.dumps(pv["imagebuild_os_packages"]),
+            spec.user,
+            spec.base.effective_mirror,
+            " ".join(spec.base.components),
+        ],
+        "python": [
+            roles.files_digest("python_env"),
+            lock.section_digest("python"),
+            pv["imagebuild_venv"],
+        ],
+        "stacks": [
+            json.dumps(spec.stacks),
+            str(bool(spec.gpu)),
+            *[roles.files_digest(s) for s in spec.stacks],
+        ],
+        "app": [
+            roles.files_digest("app"),
+            json.dumps(pv["imagebuild_app_build"]),
+            json.dumps(
+                [
+                    pv["imagebuild_entrypoint"],
+                    pv["imagebuild_cmd"],
+                    pv["imagebuild_env"],
+                    pv["imagebuild_app_dest"],
+                ]
+            ),
+            _tree_digest(spec.base_dir / spec.app.src) if spec.app else "",
+        ],
     }
     keys, below = {}, ""
     for name in STAGES:
@@ -133,8 +156,9 @@ def _cached(cache: Cache, key: str) -> tuple[Layer, Manifest] | None:
     if not (d / "layer.json").exists():
         return None
     meta = json.loads((d / "layer.json").read_text())
-    return Layer(d / "layer.tar", meta["diff_id"], meta["size"], meta["entries"]), \
-        load_manifest(d / "manifest.json")
+    return Layer(d / "layer.tar", meta["diff_id"], meta["size"], meta["entries"]), load_manifest(
+        d / "manifest.json"
+    )
 
 
 def _store(cache: Cache, key: str, build: Any) -> tuple[Layer, Manifest]:
@@ -142,8 +166,9 @@ def _store(cache: Cache, key: str, build: Any) -> tuple[Layer, Manifest]:
     with cache.building("stages", key) as tmp:
         layer, manifest = build(tmp)
         save_manifest(manifest, tmp / "manifest.json")
-        (tmp / "layer.json").write_text(json.dumps(
-            {"diff_id": layer.diff_id, "size": layer.size, "entries": layer.entries}))
+        (tmp / "layer.json").write_text(
+            json.dumps({"diff_id": layer.diff_id, "size": layer.size, "entries": layer.entries})
+        )
     return _cached(cache, key)  # type: ignore[return-value]
 
 
@@ -152,10 +177,19 @@ def _mmdebstrap(lock: Lock, repo: Path, tmp: Path) -> tuple[Layer, Manifest]:
     suite = str(lock.header["suite"])
     # The image's apt source names the real mirror, never the (machine-specific) cache path.
     source = f"deb {lock.mirror} {suite} {' '.join(lock.header['components'])}"
-    cmd = ["mmdebstrap", "--quiet", "--variant=essential", f"--include={','.join(BASE_PACKAGES)}",
-           "--mode=root", "--format=tar", "--aptopt=Acquire::Languages \"none\"",
-           f"--customize-hook=echo '{source}' > \"$1/etc/apt/sources.list\"",
-           suite, str(rootfs), apt_source(repo, suite, "copy")]
+    cmd = [
+        "mmdebstrap",
+        "--quiet",
+        "--variant=essential",
+        f"--include={','.join(BASE_PACKAGES)}",
+        "--mode=root",
+        "--format=tar",
+        '--aptopt=Acquire::Languages "none"',
+        f"--customize-hook=echo '{source}' > \"$1/etc/apt/sources.list\"",
+        suite,
+        str(rootfs),
+        apt_source(repo, suite, "copy"),
+    ]
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(lock.source_date_epoch)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -173,9 +207,16 @@ def _load(client: docker.DockerClient, archive: Path) -> None:
 
 
 def _stage_config(spec: Spec, lock: Lock, layers: list[Layer], names: list[str]) -> img.ImageConfig:
-    return img.ImageConfig(entrypoint=[], cmd=[], env={"PATH": provision.PATH}, workdir="/",
-                           user="", labels={}, created=lock.source_date_epoch,
-                           history=[f"imagebuild stage {n}" for n in names])
+    return img.ImageConfig(
+        entrypoint=[],
+        cmd=[],
+        env={"PATH": provision.PATH},
+        workdir="/",
+        user="",
+        labels={},
+        created=lock.source_date_epoch,
+        history=[f"imagebuild stage {n}" for n in names],
+    )
 
 
 def _read_file(container: Any, path: str) -> bytes:
@@ -187,9 +228,18 @@ def _read_file(container: Any, path: str) -> bytes:
         return f.read() if f else b""
 
 
-def _run_stage(client: docker.DockerClient, spec: Spec, lock: Lock, fetched: FetchResult,
-               name: str, below: list[Layer], manifest: Manifest, names: list[str],
-               tmp: Path, build_id: str) -> tuple[Layer, Manifest, int]:
+def _run_stage(
+    client: docker.DockerClient,
+    spec: Spec,
+    lock: Lock,
+    fetched: FetchResult,
+    name: str,
+    below: list[Layer],
+    manifest: Manifest,
+    names: list[str],
+    tmp: Path,
+    build_id: str,
+) -> tuple[Layer, Manifest, int]:
     tag = f"imagebuild-stage/{spec.name}:{build_id}-{name}"
     archive = tmp / "below.tar"
     config = _stage_config(spec, lock, below, names).render(below)
@@ -199,20 +249,35 @@ def _run_stage(client: docker.DockerClient, spec: Spec, lock: Lock, fetched: Fet
     container = None
     try:
         container = client.containers.create(
-            tag, entrypoint=["sleep", "infinity"], name=f"imagebuild-{spec.name}-{build_id}-{name}",
-            network_mode="none", labels={"io.imagebuild.build": build_id},
-            volumes={str(fetched.repo_shared): {"bind": MOUNT_REPO, "mode": "ro"},
-                     str(fetched.wheelhouse): {"bind": MOUNT_WHEELS, "mode": "ro"}})
+            tag,
+            entrypoint=["sleep", "infinity"],
+            name=f"imagebuild-{spec.name}-{build_id}-{name}",
+            network_mode="none",
+            labels={"io.imagebuild.build": build_id},
+            volumes={
+                str(fetched.repo_shared): {"bind": MOUNT_REPO, "mode": "ro"},
+                str(fetched.wheelhouse): {"bind": MOUNT_WHEELS, "mode": "ro"},
+            },
+        )
         container.start()
         result = provision.run(
             container.name,
-            {"ansible_connection": "community.docker.docker_api",
-             "ansible_python_interpreter": "/usr/bin/python3"},
-            provision.playbook_vars(spec, lock, MOUNT_REPO, MOUNT_WHEELS), [name], tmp / "ansible")
+            {
+                "ansible_connection": "community.docker.docker_api",
+                "ansible_python_interpreter": "/usr/bin/python3",
+            },
+            provision.playbook_vars(spec, lock, MOUNT_REPO, MOUNT_WHEELS),
+            [name],
+            tmp / "ansible",
+        )
         container.stop(timeout=1)
-        layer, new_manifest = diff_layer(container.export(chunk_size=1 << 20), manifest,
-                                         tmp / "layer.tar", lock.source_date_epoch,
-                                         lambda p: _read_file(container, p))
+        layer, new_manifest = diff_layer(
+            container.export(chunk_size=1 << 20),
+            manifest,
+            tmp / "layer.tar",
+            lock.source_date_epoch,
+            lambda p: _read_file(container, p),
+        )
         return layer, new_manifest, result.changed
     finally:
         if container is not None:
@@ -224,8 +289,9 @@ def _run_stage(client: docker.DockerClient, spec: Spec, lock: Lock, fetched: Fet
 
 
 def _revision(spec: Spec) -> str:
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=spec.base_dir, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=spec.base_dir, capture_output=True, text=True
+    )
     return proc.stdout.strip() if proc.returncode == 0 else "unknown"
 
 
@@ -240,12 +306,20 @@ def final_config(spec: Spec, lock: Lock, layers: list[Layer]) -> img.ImageConfig
         "io.imagebuild.spec": spec.path.name,
     }
     return img.ImageConfig(
-        entrypoint=spec.entrypoint, cmd=spec.cmd, env=provision.runtime_env(spec),
-        workdir=spec.app.dest if spec.app else "/", user=spec.user, labels=labels,
+        entrypoint=spec.entrypoint,
+        cmd=spec.cmd,
+        env=provision.runtime_env(spec),
+        workdir=spec.app.dest if spec.app else "/",
+        user=spec.user,
+        labels=labels,
         created=lock.source_date_epoch,
-        history=[f"imagebuild stage {n}: ansible-playbook site.yml --tags {n}"
-                 if n != "base" else "imagebuild stage base: mmdebstrap (locked Essential set)"
-                 for n in STAGES])
+        history=[
+            f"imagebuild stage {n}: ansible-playbook site.yml --tags {n}"
+            if n != "base"
+            else "imagebuild stage base: mmdebstrap (locked Essential set)"
+            for n in STAGES
+        ],
+    )
 
 
 INVENTORY_SCRIPT = r"""
@@ -260,9 +334,15 @@ print(json.dumps({"deb": [l.split("\t") for l in deb.splitlines()],
 def inventory(client: docker.DockerClient, image_ref: str, spec: Spec) -> dict[str, Any]:
     """What is really installed: dpkg's database and the venv's distributions."""
     python = f"{spec.python.venv}/bin/python" if spec.python else "/usr/bin/python3"
-    out = client.containers.run(image_ref, [python, "-c", INVENTORY_SCRIPT], entrypoint=[],
-                                user="root", network_mode="none", remove=True,
-                                labels={"io.imagebuild.inventory": "1"})
+    out = client.containers.run(
+        image_ref,
+        [python, "-c", INVENTORY_SCRIPT],
+        entrypoint=[],
+        user="root",
+        network_mode="none",
+        remove=True,
+        labels={"io.imagebuild.inventory": "1"},
+    )
     return json.loads(out)
 
 
@@ -272,36 +352,60 @@ def package_manifest(inv: dict[str, Any], lock: Lock) -> str:
     debs = {(p.name, p.version): p.sha256 for p in [*lock.shared, *lock.vm]}
     wheels = {(w.name, w.version): w.sha256 for w in lock.python}
     from packaging.utils import canonicalize_name
+
     lines = [f"deb {n}={v}={debs.get((n.split(':')[0], v), 'unlocked')}" for n, v, _ in inv["deb"]]
-    lines += [f"python {canonicalize_name(n)}={v}="
-              f"{wheels.get((canonicalize_name(n), v), 'not-in-lock')}" for n, v in inv["python"]]
+    lines += [
+        f"python {canonicalize_name(n)}={v}={wheels.get((canonicalize_name(n), v), 'not-in-lock')}"
+        for n, v in inv["python"]
+    ]
     return "\n".join(sorted(lines)) + "\n"
 
 
 def sbom(inv: dict[str, Any], spec: Spec, lock: Lock, image_id: str) -> dict[str, Any]:
     """CycloneDX 1.5 JSON from the same inventory."""
-    comps = [{"type": "library", "name": n, "version": v,
-              "purl": f"pkg:deb/debian/{n}@{v}?arch={a}"} for n, v, a in inv["deb"]]
-    comps += [{"type": "library", "name": n, "version": v, "purl": f"pkg:pypi/{n.lower()}@{v}"}
-              for n, v in inv["python"]]
-    return {"bomFormat": "CycloneDX", "specVersion": "1.5", "version": 1,
-            "metadata": {"timestamp": img.rfc3339(lock.source_date_epoch),
-                         "component": {"type": "container", "name": spec.name,
-                                       "version": spec.version, "bom-ref": image_id}},
-            "components": sorted(comps, key=lambda c: c["purl"])}
+    comps = [
+        {"type": "library", "name": n, "version": v, "purl": f"pkg:deb/debian/{n}@{v}?arch={a}"}
+        for n, v, a in inv["deb"]
+    ]
+    comps += [
+        {"type": "library", "name": n, "version": v, "purl": f"pkg:pypi/{n.lower()}@{v}"}
+        for n, v in inv["python"]
+    ]
+    return {
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.5",
+        "version": 1,
+        "metadata": {
+            "timestamp": img.rfc3339(lock.source_date_epoch),
+            "component": {
+                "type": "container",
+                "name": spec.name,
+                "version": spec.version,
+                "bom-ref": image_id,
+            },
+        },
+        "components": sorted(comps, key=lambda c: c["purl"]),
+    }
 
 
 def _outputs(dist: Path, spec: Spec) -> dict[str, Path]:
     stem = f"{spec.name}-{spec.version}"
-    return {"oci": dist / f"{stem}.oci.tar", "packages": dist / f"{stem}.container.packages.txt",
-            "sbom": dist / f"{stem}.container.sbom.cdx.json",
-            "record": dist / f"{stem}.container.json"}
+    return {
+        "oci": dist / f"{stem}.oci.tar",
+        "packages": dist / f"{stem}.container.packages.txt",
+        "sbom": dist / f"{stem}.container.sbom.cdx.json",
+        "record": dist / f"{stem}.container.json",
+    }
 
 
-def build(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult, dist: Path) -> ContainerResult:
+def build(
+    spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult, dist: Path
+) -> ContainerResult:
     if spec.base.image:
-        raise ImageBuildError(f"{spec.where('base.image')}: base.image: building on a registry "
-                              "base is not implemented yet; remove it to build the base locally")
+        raise ImageBuildError(
+            f"{spec.where('base.image')}: base.image: building on a registry "
+            "base is not implemented yet; remove it to build the base locally"
+        )
     keys = stage_keys(spec, lock)
     tag = f"{spec.repository}:{spec.version}"
     out = _outputs(dist, spec)
@@ -317,6 +421,7 @@ def build(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult, dist: Path
             changed, built = None, hit is None
             if hit is None:
                 with progress.stage(f"build-container: {name}", f"key {keys[name][:12]}") as st:
+
                     def make(tmp: Path, name: str = name) -> tuple[Layer, Manifest]:
                         nonlocal changed
                         if name == "base":
@@ -325,11 +430,21 @@ def build(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult, dist: Path
                             return empty_layer(tmp / "layer.tar"), manifest
                         work = Path(tmpdir) / name
                         work.mkdir()
-                        layer, m, changed = _run_stage(client, spec, lock, fetched, name, layers,
-                                                       manifest, list(STAGES[:i]), work, build_id)
+                        layer, m, changed = _run_stage(
+                            client,
+                            spec,
+                            lock,
+                            fetched,
+                            name,
+                            layers,
+                            manifest,
+                            list(STAGES[:i]),
+                            work,
+                            build_id,
+                        )
                         shutil.move(layer.path, tmp / "layer.tar")
-                        return Layer(tmp / "layer.tar", layer.diff_id, layer.size,
-                                     layer.entries), m
+                        return Layer(tmp / "layer.tar", layer.diff_id, layer.size, layer.entries), m
+
                     hit = _store(cache, keys[name], make)
                     st["note"] = f"{hit[0].entries} entries, {hit[0].size / 1e6:.1f} MB"
             else:
@@ -338,37 +453,68 @@ def build(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult, dist: Path
             if name != "stacks" or spec.stacks:
                 manifest = stage_manifest
             layers.append(layer)
-            results.append(StageResult(name, keys[name], layer.diff_id, layer.size,
-                                       not built, round(time.monotonic() - start, 2), changed))
+            results.append(
+                StageResult(
+                    name,
+                    keys[name],
+                    layer.diff_id,
+                    layer.size,
+                    not built,
+                    round(time.monotonic() - start, 2),
+                    changed,
+                )
+            )
         config = final_config(spec, lock, layers).render(layers)
         image_id = hashlib.sha256(config).hexdigest()
         record = out["record"]
-        if record.exists() and json.loads(record.read_text()).get("image_id") == image_id \
-                and all(p.exists() for p in out.values()) and _has_image(client, tag, image_id):
+        if (
+            record.exists()
+            and json.loads(record.read_text()).get("image_id") == image_id
+            and all(p.exists() for p in out.values())
+            and _has_image(client, tag, image_id)
+        ):
             progress.say(f"build-container: nothing changed; {tag} is sha256:{image_id[:12]}")
             data = json.loads(record.read_text())
-            return ContainerResult(tag, image_id, results, out["oci"], data["manifest_digest"],
-                                   out["packages"], out["sbom"], noop=True)
+            return ContainerResult(
+                tag,
+                image_id,
+                results,
+                out["oci"],
+                data["manifest_digest"],
+                out["packages"],
+                out["sbom"],
+                noop=True,
+            )
         with progress.stage("build-container: load", tag):
             archive = Path(tmpdir) / "image.tar"
             img.docker_archive(archive, config, layers, tag)
             _load(client, archive)
             archive.unlink()
         with progress.stage("build-container: outputs", str(dist)):
-            annotations = {"org.opencontainers.image.title": spec.name,
-                           "org.opencontainers.image.version": spec.version}
-            manifest_digest = img.oci_archive(out["oci"], config, layers, spec.version,
-                                              annotations)
+            annotations = {
+                "org.opencontainers.image.title": spec.name,
+                "org.opencontainers.image.version": spec.version,
+            }
+            manifest_digest = img.oci_archive(out["oci"], config, layers, spec.version, annotations)
             inv = inventory(client, tag, spec)
             with img.atomic(out["packages"]) as t:
                 t.write_text(package_manifest(inv, lock))
             with img.atomic(out["sbom"]) as t:
                 t.write_text(json.dumps(sbom(inv, spec, lock, image_id), indent=1))
-            result = ContainerResult(tag, image_id, results, out["oci"], manifest_digest,
-                                     out["packages"], out["sbom"], noop=False)
+            result = ContainerResult(
+                tag,
+                image_id,
+                results,
+                out["oci"],
+                manifest_digest,
+                out["packages"],
+                out["sbom"],
+                noop=False,
+            )
             with img.atomic(record) as t:
-                t.write_text(json.dumps({**asdict(result), "image_id": image_id}, default=str,
-                                        indent=1))
+                t.write_text(
+                    json.dumps({**asdict(result), "image_id": image_id}, default=str, indent=1)
+                )
     return result
 
 

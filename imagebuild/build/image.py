@@ -45,19 +45,34 @@ class ImageConfig:
 
     def render(self, layers: list[Layer]) -> bytes:
         when = rfc3339(self.created)
-        return _json({
-            "architecture": "amd64", "os": "linux", "created": when,
-            "config": {"Entrypoint": self.entrypoint, "Cmd": self.cmd or None,
-                       "Env": [f"{k}={v}" for k, v in self.env.items()],
-                       "WorkingDir": self.workdir, "User": self.user, "Labels": self.labels},
-            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{ly.diff_id}" for ly in layers]},
-            "history": [{"created": when, "created_by": h, "empty_layer": False}
-                        for h in self.history],
-        })
+        return _json(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "created": when,
+                "config": {
+                    "Entrypoint": self.entrypoint,
+                    "Cmd": self.cmd or None,
+                    "Env": [f"{k}={v}" for k, v in self.env.items()],
+                    "WorkingDir": self.workdir,
+                    "User": self.user,
+                    "Labels": self.labels,
+                },
+                "rootfs": {"type": "layers", "diff_ids": [f"sha256:{ly.diff_id}" for ly in layers]},
+                "history": [
+                    {"created": when, "created_by": h, "empty_layer": False} for h in self.history
+                ],
+            }
+        )
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes | None = None, path: Path | None = None,
-         mtime: int = 0) -> None:
+def _add(
+    tar: tarfile.TarFile,
+    name: str,
+    data: bytes | None = None,
+    path: Path | None = None,
+    mtime: int = 0,
+) -> None:
     info = tarfile.TarInfo(name)
     info.mtime, info.mode, info.uname, info.gname = mtime, 0o644, "", ""
     if path is not None:
@@ -87,8 +102,13 @@ def atomic(dest: Path) -> Iterator[Path]:
 def docker_archive(dest: Path, config: bytes, layers: list[Layer], tag: str) -> str:
     """`docker load` format; returns the image ID (sha256 of the config)."""
     image_id = hashlib.sha256(config).hexdigest()
-    manifest = [{"Config": f"{image_id}.json", "RepoTags": [tag],
-                 "Layers": [f"{ly.diff_id}/layer.tar" for ly in layers]}]
+    manifest = [
+        {
+            "Config": f"{image_id}.json",
+            "RepoTags": [tag],
+            "Layers": [f"{ly.diff_id}/layer.tar" for ly in layers],
+        }
+    ]
     with tarfile.open(dest, "w", format=tarfile.GNU_FORMAT) as tar:
         _add(tar, f"{image_id}.json", config)
         for ly in layers:
@@ -97,22 +117,41 @@ def docker_archive(dest: Path, config: bytes, layers: list[Layer], tag: str) -> 
     return image_id
 
 
-def oci_archive(dest: Path, config: bytes, layers: list[Layer], ref: str,
-                annotations: dict[str, str]) -> str:
+def oci_archive(
+    dest: Path, config: bytes, layers: list[Layer], ref: str, annotations: dict[str, str]
+) -> str:
     """An OCI image layout as a tar (`skopeo inspect oci-archive:`); returns the manifest digest."""
     config_digest = hashlib.sha256(config).hexdigest()
-    manifest = _json({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": f"sha256:{config_digest}",
-                   "size": len(config)},
-        "layers": [{"mediaType": OCI_LAYER, "digest": f"sha256:{ly.diff_id}", "size": ly.size}
-                   for ly in layers],
-        "annotations": annotations,
-    })
+    manifest = _json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": OCI_CONFIG,
+                "digest": f"sha256:{config_digest}",
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": OCI_LAYER, "digest": f"sha256:{ly.diff_id}", "size": ly.size}
+                for ly in layers
+            ],
+            "annotations": annotations,
+        }
+    )
     manifest_digest = hashlib.sha256(manifest).hexdigest()
-    index = _json({"schemaVersion": 2, "manifests": [{
-        "mediaType": OCI_MANIFEST, "digest": f"sha256:{manifest_digest}", "size": len(manifest),
-        "annotations": {"org.opencontainers.image.ref.name": ref}}]})
+    index = _json(
+        {
+            "schemaVersion": 2,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": f"sha256:{manifest_digest}",
+                    "size": len(manifest),
+                    "annotations": {"org.opencontainers.image.ref.name": ref},
+                }
+            ],
+        }
+    )
     with atomic(dest) as tmp, tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
         _add(tar, "oci-layout", _json({"imageLayoutVersion": "1.0.0"}))
         _add(tar, "index.json", index)

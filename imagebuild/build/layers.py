@@ -21,13 +21,37 @@ from imagebuild.cache import sha256_file
 
 # Never part of a layer: engine-managed mounts, per-run state, caches and logs.
 EXCLUDE_PREFIXES = (
-    ".dockerenv", "etc/hostname", "etc/hosts", "etc/resolv.conf", "proc/", "sys/", "dev/",
-    "tmp/", "run/", "var/tmp/", "var/log/", "var/cache/apt/", "var/lib/apt/lists/",
-    "var/cache/ldconfig/aux-cache", "var/cache/debconf/", "root/.ansible", "root/.cache",
+    ".dockerenv",
+    "etc/hostname",
+    "etc/hosts",
+    "etc/resolv.conf",
+    "proc/",
+    "sys/",
+    "dev/",
+    "tmp/",
+    "run/",
+    "var/tmp/",
+    "var/log/",
+    "var/cache/apt/",
+    "var/lib/apt/lists/",
+    "var/cache/ldconfig/aux-cache",
+    "var/cache/debconf/",
+    "root/.ansible",
+    "root/.cache",
     "var/lib/imagebuild/",
 )
-KEEP_DIRS = {"tmp", "run", "proc", "sys", "dev", "var/tmp", "var/log", "var/cache/apt",
-             "var/lib/apt/lists", "var/cache/debconf"}
+KEEP_DIRS = {
+    "tmp",
+    "run",
+    "proc",
+    "sys",
+    "dev",
+    "var/tmp",
+    "var/log",
+    "var/cache/apt",
+    "var/lib/apt/lists",
+    "var/cache/debconf",
+}
 
 Manifest = dict[str, list]  # path -> [type, mode, uid, gid, size, mtime, linkname]
 
@@ -40,14 +64,23 @@ def _norm(name: str) -> str:
 def excluded(path: str) -> bool:
     if path in KEEP_DIRS:
         return False
-    return any(path == p.rstrip("/") or path.startswith(p if p.endswith("/") else p + "/")
-               or path == p for p in EXCLUDE_PREFIXES)
+    return any(
+        path == p.rstrip("/") or path.startswith(p if p.endswith("/") else p + "/") or path == p
+        for p in EXCLUDE_PREFIXES
+    )
 
 
 def _key(info: tarfile.TarInfo) -> list:
     # Permission bits only: docker's export includes the file-type bits, tar writers do not.
-    return [info.type.decode(), info.mode & 0o7777, info.uid, info.gid, info.size, int(info.mtime),
-            info.linkname]
+    return [
+        info.type.decode(),
+        info.mode & 0o7777,
+        info.uid,
+        info.gid,
+        info.size,
+        int(info.mtime),
+        info.linkname,
+    ]
 
 
 def _clean(info: tarfile.TarInfo, name: str, sde: int) -> tarfile.TarInfo:
@@ -83,16 +116,23 @@ def _no_reader(path: str) -> bytes:
     raise ValueError(f"hard link to {path} in a lower layer, and no way to read it")
 
 
-def diff_layer(stream: Iterable[bytes], below: Manifest, dest: Path, sde: int,
-               read_file: Callable[[str], bytes] = _no_reader) -> tuple[Layer, Manifest]:
+def diff_layer(
+    stream: Iterable[bytes],
+    below: Manifest,
+    dest: Path,
+    sde: int,
+    read_file: Callable[[str], bytes] = _no_reader,
+) -> tuple[Layer, Manifest]:
     """Layer = what `stream` (a full filesystem tar) changes relative to `below`."""
     manifest: Manifest = {}
     staged: set[str] = set()
     fd, staging = tempfile.mkstemp(suffix=".tar", dir=dest.parent)
     os.close(fd)
     try:
-        with tarfile.open(staging, "w", format=tarfile.GNU_FORMAT) as stage, \
-                tarfile.open(fileobj=_IterReader(stream), mode="r|") as src:
+        with (
+            tarfile.open(staging, "w", format=tarfile.GNU_FORMAT) as stage,
+            tarfile.open(fileobj=_IterReader(stream), mode="r|") as src,
+        ):
             for info in src:
                 path = _norm(info.name)
                 if not path or excluded(path):
@@ -142,6 +182,7 @@ def base_layer(rootfs_tar: Path, dest: Path, sde: int) -> tuple[Layer, Manifest]
         with rootfs_tar.open("rb") as f:
             while b := f.read(1 << 20):
                 yield b
+
     return diff_layer(chunks(), {}, dest, sde)
 
 
@@ -161,7 +202,7 @@ class _IterReader(io.RawIOBase):
             except StopIteration:
                 return 0
         n = min(len(b), len(self.buf) - self.pos)
-        b[:n] = memoryview(self.buf)[self.pos:self.pos + n]
+        b[:n] = memoryview(self.buf)[self.pos : self.pos + n]
         self.pos += n
         return n
 
