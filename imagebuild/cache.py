@@ -21,6 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+@contextmanager
+def atomic_file(dest: Path) -> Iterator[Path]:
+    """Write to a temp file beside `dest`, renamed only on success: nothing half-written."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def default_root() -> Path:
     env = os.environ.get("IMAGEBUILD_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "imagebuild"

@@ -10,9 +10,11 @@ import os
 import subprocess
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imagebuild import progress
 from imagebuild.cache import Cache, sha256_file
@@ -86,7 +88,7 @@ def verify_blob(cache: Cache, item: DebPackage | Wheel, repair: bool = True) -> 
     return False
 
 
-def _link_all(cache: Cache, items: list, dest: Path, name: callable) -> None:
+def _link_all(cache: Cache, items: list, dest: Path, name: Callable[[Any], str]) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for item in items:
         os.link(cache.blob(item.sha256), dest / name(item))
@@ -159,15 +161,20 @@ def missing(cache: Cache, lock: Lock, repair: bool = True) -> list[DebPackage | 
     return [i for i, ok in zip(items, present, strict=True) if not ok]
 
 
-def local_sources(lock: Lock, cache: Cache) -> FetchResult:
-    """For builds: the repos and wheelhouse of a completed fetch, every blob re-verified, or an
-    error saying to run `invoke fetch`. Builds never download."""
-    bad = missing(cache, lock, repair=False)
-    paths = (
+def source_dirs(cache: Cache, lock: Lock) -> tuple[Path, Path, Path]:
+    """Where fetch puts the container repo, the VM repo and the wheelhouse of this lock."""
+    return (
         cache.dir("repos", lock.section_digest("shared")),
         cache.dir("repos", lock.section_digest("vm")),
         cache.dir("wheelhouses", lock.section_digest("python")),
     )
+
+
+def local_sources(lock: Lock, cache: Cache) -> FetchResult:
+    """For builds: the repos and wheelhouse of a completed fetch, every blob re-verified, or an
+    error saying to run `invoke fetch`. Builds never download."""
+    bad = missing(cache, lock, repair=False)
+    paths = source_dirs(cache, lock)
     if bad or not all((p / COMPLETE).exists() for p in paths):
         first = f" (first: {_label(bad[0])})" if bad else ""
         raise FetchError(

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from imagebuild import lock as locking
+from imagebuild.build.container import STAGES, stage_cached, stage_keys
 from imagebuild.cache import Cache
 from imagebuild.errors import StaleLockError
-from imagebuild.fetch import COMPLETE
+from imagebuild.fetch import COMPLETE, source_dirs
 from imagebuild.spec import Spec
 
 
@@ -22,6 +23,10 @@ class Plan:
 
     def render(self) -> str:
         return "\n".join(self.lines)
+
+
+def _state(present: bool, otherwise: str) -> str:
+    return "reuse" if present else otherwise
 
 
 def _mb(n: int) -> str:
@@ -50,19 +55,11 @@ def make_plan(spec: Spec, cache: Cache) -> Plan:
         plan.add(
             f"  {label:<11} {len(items):>4} items  {_mb(size):>10}  cached {len(have)}/{len(items)}"
         )
-    repos = {
-        s: (cache.dir("repos", lock.section_digest(s)) / COMPLETE).exists()
-        for s in ("shared", "vm")
-    }
-    wh = (cache.dir("wheelhouses", lock.section_digest("python")) / COMPLETE).exists()
-    plan.add(
-        f"fetch     apt repo shared: {'reuse' if repos['shared'] else 'make'}, "
-        f"vm: {'reuse' if repos['vm'] else 'make'}; wheelhouse: {'reuse' if wh else 'make'}"
-    )
-    plan.add(
-        f"container {spec.repository}:{spec.version}  stacks={spec.stacks or '-'}  "
-        "(build-container: not implemented yet)"
-    )
+    shared, vm, wh = (_state((d / COMPLETE).exists(), "make") for d in source_dirs(cache, lock))
+    plan.add(f"fetch     apt repo shared: {shared}, vm: {vm}; wheelhouse: {wh}")
+    keys = stage_keys(spec, lock)
+    layers = " ".join(f"{n}:{_state(stage_cached(cache, keys[n]), 'build')}" for n in STAGES)
+    plan.add(f"container {spec.repository}:{spec.version}  layers {layers}")
     formats = ", ".join(["qcow2", *[f for f in spec.vm.formats if f != "qcow2"]])
     plan.add(
         f"vm        {formats}; {spec.vm.cpus} vCPU, {spec.vm.memory_mb} MiB, "

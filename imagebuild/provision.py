@@ -3,7 +3,6 @@ Both the container stages and the VM build use `playbook_vars`, so they cannot d
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -102,7 +101,3 @@ def run(
     return ProvisionResult(
         ok=sum(stats.get("ok", {}).values()), changed=sum(stats.get("changed", {}).values())
     )
-
-
-def dump(extravars: dict[str, Any]) -> str:
-    return json.dumps(extravars, sort_keys=True)

@@ -11,6 +11,7 @@ import pytest
 
 from imagebuild import lock as locking
 from imagebuild import spec as specmod
+from imagebuild.build.container import STAGES
 from imagebuild.cache import Cache, sha256_file
 from imagebuild.lock.python import requirement_lines
 from tests.conftest import run_invoke, tree
@@ -121,6 +122,8 @@ def test_plan_is_a_dry_run(locked_example: Path, cache_dir: Path) -> None:
     lk = locking.read(locked_example.with_suffix(".lock"))
     assert re.search(rf"os shared\s+{len(lk.shared)} items", r.stdout), r.stdout
     assert f"cached {len(lk.python)}/{len(lk.python)}" in r.stdout
+    states = " ".join(rf"{n}:(reuse|build)" for n in STAGES)
+    assert re.search(rf"container \S+  layers {states}\n", r.stdout), r.stdout
     assert (tree(cache_dir), tree(locked_example.parent)) == before
 
 

@@ -11,6 +11,7 @@ fixed timestamps, so the image ID is a pure function of lock + spec + roles + ap
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -21,12 +22,15 @@ import tarfile
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
+from packaging.utils import canonicalize_name
 
 from imagebuild import __version__, progress, provision, roles
 from imagebuild.build import image as img
@@ -39,7 +43,7 @@ from imagebuild.build.layers import (
     load_manifest,
     save_manifest,
 )
-from imagebuild.cache import Cache, digest
+from imagebuild.cache import Cache, atomic_file, digest
 from imagebuild.errors import ImageBuildError
 from imagebuild.fetch import FetchResult, apt_source
 from imagebuild.lock.lockfile import BASE_PACKAGES, Lock
@@ -147,29 +151,49 @@ def stage_keys(spec: Spec, lock: Lock) -> dict[str, str]:
     return keys
 
 
-def _stage_dir(cache: Cache, key: str) -> Path:
-    return cache.dir("stages", key)
+def stage_cached(cache: Cache, key: str) -> bool:
+    """`layer.json` is written last, inside the folder that is renamed into place."""
+    return (cache.dir("stages", key) / "layer.json").exists()
 
 
 def _cached(cache: Cache, key: str) -> tuple[Layer, Manifest] | None:
-    d = _stage_dir(cache, key)
-    if not (d / "layer.json").exists():
+    if not stage_cached(cache, key):
         return None
+    d = cache.dir("stages", key)
     meta = json.loads((d / "layer.json").read_text())
     return Layer(d / "layer.tar", meta["diff_id"], meta["size"], meta["entries"]), load_manifest(
         d / "manifest.json"
     )
 
 
-def _store(cache: Cache, key: str, build: Any) -> tuple[Layer, Manifest]:
-    """Run `build(tmpdir) -> (layer, manifest)` and keep its output only if it succeeds."""
+def _store(
+    cache: Cache, key: str, build: Callable[[Path], tuple[Layer, Manifest, int | None]]
+) -> tuple[Layer, Manifest, int | None]:
+    """Run `build(tmpdir)` and keep its layer and manifest only if it succeeds."""
     with cache.building("stages", key) as tmp:
-        layer, manifest = build(tmp)
+        layer, manifest, changed = build(tmp)
         save_manifest(manifest, tmp / "manifest.json")
         (tmp / "layer.json").write_text(
             json.dumps({"diff_id": layer.diff_id, "size": layer.size, "entries": layer.entries})
         )
-    return _cached(cache, key)  # type: ignore[return-value]
+    stored = _cached(cache, key)
+    assert stored is not None
+    return (*stored, changed)
+
+
+def _make_layer(
+    b: _Build, name: str, below: list[Layer], manifest: Manifest, tmp: Path
+) -> tuple[Layer, Manifest, int | None]:
+    """Build one stage into `tmp/layer.tar`."""
+    if name == "base":
+        return (*_mmdebstrap(b.lock, b.fetched.repo_shared, tmp), None)
+    if name == "stacks" and not b.spec.stacks:
+        return empty_layer(tmp / "layer.tar"), manifest, None
+    work = b.workdir / name
+    work.mkdir()
+    layer, new_manifest, changed = _run_stage(b, name, below, manifest, work)
+    shutil.move(layer.path, tmp / "layer.tar")
+    return replace(layer, path=tmp / "layer.tar"), new_manifest, changed
 
 
 def _mmdebstrap(lock: Lock, repo: Path, tmp: Path) -> tuple[Layer, Manifest]:
@@ -206,7 +230,8 @@ def _load(client: docker.DockerClient, archive: Path) -> None:
             pass
 
 
-def _stage_config(spec: Spec, lock: Lock, layers: list[Layer], names: list[str]) -> img.ImageConfig:
+def _stage_config(lock: Lock, names: list[str]) -> img.ImageConfig:
+    """Config of the throw-away image a stage container starts from."""
     return img.ImageConfig(
         entrypoint=[],
         cmd=[],
@@ -228,21 +253,27 @@ def _read_file(container: Any, path: str) -> bytes:
         return f.read() if f else b""
 
 
+@dataclass(frozen=True)
+class _Build:
+    """What every stage of one build shares."""
+
+    client: docker.DockerClient
+    spec: Spec
+    lock: Lock
+    fetched: FetchResult
+    build_id: str  # names the engine objects of this build
+    workdir: Path  # scratch space, removed with the build
+
+
 def _run_stage(
-    client: docker.DockerClient,
-    spec: Spec,
-    lock: Lock,
-    fetched: FetchResult,
-    name: str,
-    below: list[Layer],
-    manifest: Manifest,
-    names: list[str],
-    tmp: Path,
-    build_id: str,
+    b: _Build, name: str, below: list[Layer], manifest: Manifest, tmp: Path
 ) -> tuple[Layer, Manifest, int]:
+    """Run `site.yml --tags NAME` in a container started from the layers below; return the
+    layer it adds, the new manifest and Ansible's changed count."""
+    client, spec, lock, fetched, build_id = b.client, b.spec, b.lock, b.fetched, b.build_id
     tag = f"imagebuild-stage/{spec.name}:{build_id}-{name}"
     archive = tmp / "below.tar"
-    config = _stage_config(spec, lock, below, names).render(below)
+    config = _stage_config(lock, list(STAGES[: len(below)])).render(below)
     img.docker_archive(archive, config, below, tag)
     _load(client, archive)
     archive.unlink()
@@ -282,10 +313,8 @@ def _run_stage(
     finally:
         if container is not None:
             container.remove(force=True)
-        try:
+        with contextlib.suppress(docker.errors.APIError):
             client.images.remove(tag, noprune=False)
-        except docker.errors.APIError:
-            pass
 
 
 def _revision(spec: Spec) -> str:
@@ -351,8 +380,6 @@ def package_manifest(inv: dict[str, Any], lock: Lock) -> str:
     has no such artifact (a package that floated in)."""
     debs = {(p.name, p.version): p.sha256 for p in [*lock.shared, *lock.vm]}
     wheels = {(w.name, w.version): w.sha256 for w in lock.python}
-    from packaging.utils import canonicalize_name
-
     lines = [f"deb {n}={v}={debs.get((n.split(':')[0], v), 'unlocked')}" for n, v, _ in inv["deb"]]
     lines += [
         f"python {canonicalize_name(n)}={v}={wheels.get((canonicalize_name(n), v), 'not-in-lock')}"
@@ -415,106 +442,63 @@ def build(
     results: list[StageResult] = []
     manifest: Manifest = {}
     with tempfile.TemporaryDirectory(prefix="imagebuild-", dir=cache.root) as tmpdir:
-        for i, name in enumerate(STAGES):
+        b = _Build(client, spec, lock, fetched, build_id, Path(tmpdir))
+        for name in STAGES:
             start = time.monotonic()
             hit = _cached(cache, keys[name])
-            changed, built = None, hit is None
-            if hit is None:
+            built, changed = hit is None, None
+            if built:
                 with progress.stage(f"build-container: {name}", f"key {keys[name][:12]}") as st:
-
-                    def make(tmp: Path, name: str = name) -> tuple[Layer, Manifest]:
-                        nonlocal changed
-                        if name == "base":
-                            return _mmdebstrap(lock, fetched.repo_shared, tmp)
-                        if name == "stacks" and not spec.stacks:
-                            return empty_layer(tmp / "layer.tar"), manifest
-                        work = Path(tmpdir) / name
-                        work.mkdir()
-                        layer, m, changed = _run_stage(
-                            client,
-                            spec,
-                            lock,
-                            fetched,
-                            name,
-                            layers,
-                            manifest,
-                            list(STAGES[:i]),
-                            work,
-                            build_id,
-                        )
-                        shutil.move(layer.path, tmp / "layer.tar")
-                        return Layer(tmp / "layer.tar", layer.diff_id, layer.size, layer.entries), m
-
-                    hit = _store(cache, keys[name], make)
+                    make = partial(_make_layer, b, name, list(layers), manifest)
+                    *hit, changed = _store(cache, keys[name], make)
                     st["note"] = f"{hit[0].entries} entries, {hit[0].size / 1e6:.1f} MB"
             else:
                 progress.say(f"build-container: {name}: cached ({keys[name][:12]})")
-            layer, stage_manifest = hit
-            if name != "stacks" or spec.stacks:
-                manifest = stage_manifest
+            layer, manifest = hit
             layers.append(layer)
+            seconds = round(time.monotonic() - start, 2)
             results.append(
                 StageResult(
-                    name,
-                    keys[name],
-                    layer.diff_id,
-                    layer.size,
-                    not built,
-                    round(time.monotonic() - start, 2),
-                    changed,
+                    name, keys[name], layer.diff_id, layer.size, not built, seconds, changed
                 )
             )
         config = final_config(spec, lock, layers).render(layers)
         image_id = hashlib.sha256(config).hexdigest()
         record = out["record"]
-        if (
-            record.exists()
-            and json.loads(record.read_text()).get("image_id") == image_id
+        previous = json.loads(record.read_text()) if record.exists() else {}
+        noop = (
+            previous.get("image_id") == image_id
             and all(p.exists() for p in out.values())
             and _has_image(client, tag, image_id)
-        ):
+        )
+        if noop:
             progress.say(f"build-container: nothing changed; {tag} is sha256:{image_id[:12]}")
-            data = json.loads(record.read_text())
-            return ContainerResult(
-                tag,
-                image_id,
-                results,
-                out["oci"],
-                data["manifest_digest"],
-                out["packages"],
-                out["sbom"],
-                noop=True,
-            )
-        with progress.stage("build-container: load", tag):
-            archive = Path(tmpdir) / "image.tar"
-            img.docker_archive(archive, config, layers, tag)
-            _load(client, archive)
-            archive.unlink()
-        with progress.stage("build-container: outputs", str(dist)):
-            annotations = {
-                "org.opencontainers.image.title": spec.name,
-                "org.opencontainers.image.version": spec.version,
-            }
-            manifest_digest = img.oci_archive(out["oci"], config, layers, spec.version, annotations)
-            inv = inventory(client, tag, spec)
-            with img.atomic(out["packages"]) as t:
-                t.write_text(package_manifest(inv, lock))
-            with img.atomic(out["sbom"]) as t:
-                t.write_text(json.dumps(sbom(inv, spec, lock, image_id), indent=1))
-            result = ContainerResult(
-                tag,
-                image_id,
-                results,
-                out["oci"],
-                manifest_digest,
-                out["packages"],
-                out["sbom"],
-                noop=False,
-            )
-            with img.atomic(record) as t:
-                t.write_text(
-                    json.dumps({**asdict(result), "image_id": image_id}, default=str, indent=1)
+            manifest_digest = previous["manifest_digest"]
+        else:
+            with progress.stage("build-container: load", tag):
+                archive = Path(tmpdir) / "image.tar"
+                img.docker_archive(archive, config, layers, tag)
+                _load(client, archive)
+                archive.unlink()
+            with progress.stage("build-container: outputs", str(dist)):
+                annotations = {
+                    "org.opencontainers.image.title": spec.name,
+                    "org.opencontainers.image.version": spec.version,
+                }
+                manifest_digest = img.oci_archive(
+                    out["oci"], config, layers, spec.version, annotations
                 )
+                inv = inventory(client, tag, spec)
+                with atomic_file(out["packages"]) as t:
+                    t.write_text(package_manifest(inv, lock))
+                with atomic_file(out["sbom"]) as t:
+                    t.write_text(json.dumps(sbom(inv, spec, lock, image_id), indent=1))
+        result = ContainerResult(
+            tag, image_id, results, out["oci"], manifest_digest, out["packages"], out["sbom"], noop
+        )
+        if not noop:  # written last: its presence means every output above is complete
+            with atomic_file(record) as t:
+                t.write_text(json.dumps(asdict(result), default=str, indent=1))
     return result
 
 

@@ -6,16 +6,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import tarfile
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from imagebuild.build.layers import Layer
+from imagebuild.cache import atomic_file
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -85,20 +82,6 @@ def _add(
         tar.addfile(info, io.BytesIO(data))
 
 
-@contextmanager
-def atomic(dest: Path) -> Iterator[Path]:
-    """Write to a temp file beside `dest`, renamed only on success: nothing half-written."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def docker_archive(dest: Path, config: bytes, layers: list[Layer], tag: str) -> str:
     """`docker load` format; returns the image ID (sha256 of the config)."""
     image_id = hashlib.sha256(config).hexdigest()
@@ -152,7 +135,7 @@ def oci_archive(
             ],
         }
     )
-    with atomic(dest) as tmp, tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
+    with atomic_file(dest) as tmp, tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
         _add(tar, "oci-layout", _json({"imageLayoutVersion": "1.0.0"}))
         _add(tar, "index.json", index)
         blobs = {config_digest: (config, None), manifest_digest: (manifest, None)}

@@ -65,7 +65,7 @@ def excluded(path: str) -> bool:
     if path in KEEP_DIRS:
         return False
     return any(
-        path == p.rstrip("/") or path.startswith(p if p.endswith("/") else p + "/") or path == p
+        path == p.rstrip("/") or path.startswith(p if p.endswith("/") else p + "/")
         for p in EXCLUDE_PREFIXES
     )
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from imagebuild import __version__, roles
+from imagebuild.cache import atomic_file
 from imagebuild.errors import StaleLockError
 from imagebuild.spec import Spec
 
@@ -171,15 +170,8 @@ def make(
 
 def write(lock: Lock) -> None:
     """Atomic: a reader never sees half a lock."""
-    lock.path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{lock.path.name}.", dir=lock.path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(render(lock))
-        os.replace(tmp, lock.path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(lock.path) as tmp:
+        tmp.write_text(render(lock))
 
 
 def read(path: Path) -> Lock:
