@@ -101,17 +101,22 @@ def _not_yet(what: str, issue: int) -> None:
     raise NotImplementedYet(f"{what}: not implemented yet (tracked in issue #{issue})")
 
 
+def _prepare(spec: str, cache_dir: str | None, label: str) -> tuple[Spec, Any, Cache, Any]:
+    """Spec, fresh lock, cache and the verified local sources every build starts from."""
+    s = _load(spec)
+    lk = locking.load_fresh(s)
+    cache = _cache(cache_dir)
+    with progress.stage(f"{label}: verify cache"):
+        fetched = fetching.local_sources(lk, cache)
+    return s, lk, cache, fetched
+
+
 @cli(dist="Output folder (default ./dist).")
 def build_container(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist"):
     """Build the layered, reproducible Docker image from the spec and its lock."""
     from imagebuild.build import container
 
-    s = _load(spec)
-    lk = locking.load_fresh(s)
-    cache = _cache(cache_dir)
-    with progress.stage("build-container: verify cache"):
-        fetched = fetching.local_sources(lk, cache)
-    r = container.build(s, lk, cache, fetched, Path(dist))
+    r = container.build(*_prepare(spec, cache_dir, "build-container"), Path(dist))
     for st in r.stages:
         state = "cached" if st.reused else f"built in {st.seconds}s, changed={st.changed}"
         print(f"layer {st.name:<7} sha256:{st.diff_id[:12]}  {st.size / 1e6:8.1f} MB  {state}")
@@ -122,11 +127,34 @@ def build_container(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist"):
     )
 
 
-@cli(target="qemu (default) or ami.", on_error="cleanup (default) or abort (keep the VM).")
-def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, target="qemu", on_error="cleanup"):
-    """Build the VM images with Packer from the spec and its lock (not implemented yet)."""
-    locking.load_fresh(_load(spec))
-    _not_yet("build-vm", 4)
+@cli(
+    dist="Output folder (default ./dist).",
+    target="qemu (default: qcow2/OVA/Vagrant box, built here) or ami (amazon-ebs; needs AWS "
+    "credentials, validated offline without them).",
+    on_error="cleanup (default) or abort: keep the failed VM and its disk, as Packer's "
+    "-on-error=abort.",
+)
+def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", on_error="cleanup"):
+    """Build the VM images with Packer (qemu, TCG unless KVM works) from the spec and its lock,
+    provisioned by the container's playbook."""
+    from imagebuild.build import vm
+
+    if target not in vm.TARGETS:
+        raise Exit(f"error: --target: {target!r} is not one of {', '.join(vm.TARGETS)}", code=2)
+    if on_error not in vm.ON_ERROR:
+        raise Exit(f"error: --on-error: {on_error!r} is not one of {', '.join(vm.ON_ERROR)}", 2)
+    r = vm.build(*_prepare(spec, cache_dir, "build-vm"), Path(dist), target, on_error)
+    if r.base_disk:
+        state = "cached" if r.base_disk.reused else f"built in {r.base_disk.seconds}s"
+        print(f"base disk sha256:{r.base_disk.sha256[:12]} kernel {r.base_disk.kernel} ({state})")
+    if r.noop:
+        print("vm: nothing changed")
+    for name, path in r.outputs.items():
+        print(f"{name:<16} {path}")
+    for k, v in r.parity.items():
+        print(f"parity {k}: {v}")
+    if r.seconds:
+        print("seconds " + ", ".join(f"{k} {v}" for k, v in r.seconds.items()))
 
 
 @cli(container="Image to verify instead of the last build.", vm="qcow2 to verify instead.")
@@ -145,15 +173,13 @@ def push(c, spec=DEFAULT_SPEC, cache_dir=None, registry=None):
 
 @cli()
 def all(c, spec=DEFAULT_SPEC, cache_dir=None):  # noqa: A001 - the task's name on the CLI
-    """The main job: lock, fetch, plan, build-container (build-vm/verify once they exist)."""
+    """The main job: lock, fetch, plan, build-container, build-vm (verify once it exists)."""
     lock(c, spec=spec, cache_dir=cache_dir)
     fetch(c, spec=spec, cache_dir=cache_dir)
     plan(c, spec=spec, cache_dir=cache_dir)
     build_container(c, spec=spec, cache_dir=cache_dir)
-    progress.say(
-        "all: build-vm and verify are not implemented yet (issues #4, #5); "
-        "stopped after build-container"
-    )
+    build_vm(c, spec=spec, cache_dir=cache_dir)
+    progress.say("all: verify is not implemented yet (issue #5); stopped after build-vm")
 
 
 ns = Collection(lock, fetch, plan, build_container, build_vm, verify, push, all)

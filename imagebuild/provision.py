@@ -11,6 +11,7 @@ from typing import Any
 
 import ansible_runner
 
+from imagebuild import inventory
 from imagebuild.errors import ImageBuildError
 from imagebuild.lock.lockfile import Lock, stack_roles
 from imagebuild.roles import ANSIBLE_DIR, ROLES_DIR
@@ -36,6 +37,27 @@ def os_pins(spec: Spec, lock: Lock) -> list[str]:
     for r in stack_roles(spec):
         names += r.packages + (r.gpu_packages if spec.gpu else [])
     return [f"{n}={versions[n]}" for n in dict.fromkeys(names)]
+
+
+def vm_pins(spec: Spec, lock: Lock) -> list[str]:
+    """`name=version` of the VM-only top-level packages (spec + stack roles), from the lock."""
+    versions = {p.name: p.version for p in [*lock.shared, *lock.vm]}
+    names = list(spec.vm.packages)
+    for r in stack_roles(spec):
+        names += r.vm_packages
+    return [f"{n}={versions[n]}" for n in dict.fromkeys(names)]
+
+
+def vm_vars(spec: Spec, lock: Lock, sources_label: str = "", inventory_out: str = "") -> dict:
+    """The variables only vm.yml's VM plays use (on top of `playbook_vars`)."""
+    return {
+        "imagebuild_vm_packages": vm_pins(spec, lock),
+        "imagebuild_service_name": spec.name,
+        "imagebuild_sources_label": sources_label,
+        "imagebuild_inventory_script": str(inventory.SCRIPT_PATH),
+        "imagebuild_inventory_python": inventory.target_python(spec),
+        "imagebuild_inventory_out": inventory_out,
+    }
 
 
 def runtime_env(spec: Spec) -> dict[str, str]:
@@ -71,8 +93,9 @@ def run(
     extravars: dict[str, Any],
     tags: list[str] | None,
     private_dir: Path,
+    playbook: str = "site.yml",
 ) -> ProvisionResult:
-    """Run ansible/site.yml against one host; raise with Ansible's own output on failure."""
+    """Run an ansible/ playbook against one host; raise with Ansible's own output on failure."""
     private_dir.mkdir(parents=True, exist_ok=True)
     # ansible-playbook lives beside this interpreter (the venv), whatever PATH the caller has.
     bindir = str(Path(sys.executable).parent)
@@ -81,7 +104,7 @@ def run(
     r = ansible_runner.run(
         private_data_dir=str(private_dir),
         project_dir=str(ANSIBLE_DIR),
-        playbook="site.yml",
+        playbook=playbook,
         inventory={"all": {"hosts": {host: hostvars}}},
         extravars=extravars,
         tags=",".join(tags) if tags else None,
@@ -96,7 +119,7 @@ def run(
     if r.rc != 0 or r.status != "successful":
         tail = r.stdout.read()[-3000:] if r.stdout else ""
         raise ProvisionError(
-            f"ansible-playbook site.yml (tags {tags}) failed on {host} (rc {r.rc}):\n{tail}"
+            f"ansible-playbook {playbook} (tags {tags}) failed on {host} (rc {r.rc}):\n{tail}"
         )
     return ProvisionResult(
         ok=sum(stats.get("ok", {}).values()), changed=sum(stats.get("changed", {}).values())

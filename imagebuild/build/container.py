@@ -22,7 +22,7 @@ import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -30,9 +30,9 @@ from typing import Any
 
 import docker
 import docker.errors
-from packaging.utils import canonicalize_name
 
 from imagebuild import __version__, progress, provision, roles
+from imagebuild import inventory as inv
 from imagebuild.build import image as img
 from imagebuild.build.layers import (
     Layer,
@@ -260,19 +260,29 @@ class _Build:
     client: docker.DockerClient
     spec: Spec
     lock: Lock
+    cache: Cache
     fetched: FetchResult
     build_id: str  # names the engine objects of this build
     workdir: Path  # scratch space, removed with the build
 
 
-def _run_stage(
-    b: _Build, name: str, below: list[Layer], manifest: Manifest, tmp: Path
-) -> tuple[Layer, Manifest, int]:
-    """Run `site.yml --tags NAME` in a container started from the layers below; return the
-    layer it adds, the new manifest and Ansible's changed count."""
-    client, spec, lock, fetched, build_id = b.client, b.spec, b.lock, b.fetched, b.build_id
+@contextlib.contextmanager
+def stage_container(
+    b: _Build,
+    name: str,
+    below: list[Layer],
+    tags: list[str],
+    playbook: str = "site.yml",
+    repo: Path | None = None,
+    extravars: dict[str, Any] | None = None,
+) -> Iterator[tuple[Any, provision.ProvisionResult]]:
+    """Start a `--network none` container from the layers below, with the local repo and
+    wheelhouse mounted read-only, run `PLAYBOOK --tags TAGS` in it and yield it (stopped) with
+    Ansible's result. The container and its throw-away image are removed on exit, also on error
+    or Ctrl-C."""
+    client, spec, lock, build_id = b.client, b.spec, b.lock, b.build_id
     tag = f"imagebuild-stage/{spec.name}:{build_id}-{name}"
-    archive = tmp / "below.tar"
+    archive = b.workdir / f"{name}-below.tar"
     config = _stage_config(lock, list(STAGES[: len(below)])).render(below)
     img.docker_archive(archive, config, below, tag)
     _load(client, archive)
@@ -286,8 +296,8 @@ def _run_stage(
             network_mode="none",
             labels={"io.imagebuild.build": build_id},
             volumes={
-                str(fetched.repo_shared): {"bind": MOUNT_REPO, "mode": "ro"},
-                str(fetched.wheelhouse): {"bind": MOUNT_WHEELS, "mode": "ro"},
+                str(repo or b.fetched.repo_shared): {"bind": MOUNT_REPO, "mode": "ro"},
+                str(b.fetched.wheelhouse): {"bind": MOUNT_WHEELS, "mode": "ro"},
             },
         )
         container.start()
@@ -297,24 +307,34 @@ def _run_stage(
                 "ansible_connection": "community.docker.docker_api",
                 "ansible_python_interpreter": "/usr/bin/python3",
             },
-            provision.playbook_vars(spec, lock, MOUNT_REPO, MOUNT_WHEELS),
-            [name],
-            tmp / "ansible",
+            {**provision.playbook_vars(spec, lock, MOUNT_REPO, MOUNT_WHEELS), **(extravars or {})},
+            tags,
+            b.workdir / f"{name}-ansible",
+            playbook,
         )
         container.stop(timeout=1)
-        layer, new_manifest = diff_layer(
-            container.export(chunk_size=1 << 20),
-            manifest,
-            tmp / "layer.tar",
-            lock.source_date_epoch,
-            lambda p: _read_file(container, p),
-        )
-        return layer, new_manifest, result.changed
+        yield container, result
     finally:
         if container is not None:
             container.remove(force=True)
         with contextlib.suppress(docker.errors.APIError):
             client.images.remove(tag, noprune=False)
+
+
+def _run_stage(
+    b: _Build, name: str, below: list[Layer], manifest: Manifest, tmp: Path
+) -> tuple[Layer, Manifest, int]:
+    """Run `site.yml --tags NAME` on the layers below; return the layer it adds, the new
+    manifest and Ansible's changed count."""
+    with stage_container(b, name, below, [name]) as (container, result):
+        layer, new_manifest = diff_layer(
+            container.export(chunk_size=1 << 20),
+            manifest,
+            tmp / "layer.tar",
+            b.lock.source_date_epoch,
+            lambda p: _read_file(container, p),
+        )
+    return layer, new_manifest, result.changed
 
 
 def _revision(spec: Spec) -> str:
@@ -351,21 +371,11 @@ def final_config(spec: Spec, lock: Lock, layers: list[Layer]) -> img.ImageConfig
     )
 
 
-INVENTORY_SCRIPT = r"""
-import importlib.metadata as m, json, subprocess
-deb = subprocess.run(["dpkg-query", "-W", "-f", "${Package}\t${Version}\t${Architecture}\n"],
-                     capture_output=True, text=True, check=True).stdout
-print(json.dumps({"deb": [l.split("\t") for l in deb.splitlines()],
-                  "python": sorted([d.metadata["Name"], d.version] for d in m.distributions())}))
-"""
-
-
 def inventory(client: docker.DockerClient, image_ref: str, spec: Spec) -> dict[str, Any]:
-    """What is really installed: dpkg's database and the venv's distributions."""
-    python = f"{spec.python.venv}/bin/python" if spec.python else "/usr/bin/python3"
+    """What is really installed in the image (imagebuild.inventory's script, run as root)."""
     out = client.containers.run(
         image_ref,
-        [python, "-c", INVENTORY_SCRIPT],
+        [inv.target_python(spec), "-c", inv.SCRIPT],
         entrypoint=[],
         user="root",
         network_mode="none",
@@ -373,46 +383,6 @@ def inventory(client: docker.DockerClient, image_ref: str, spec: Spec) -> dict[s
         labels={"io.imagebuild.inventory": "1"},
     )
     return json.loads(out)
-
-
-def package_manifest(inv: dict[str, Any], lock: Lock) -> str:
-    """`deb name=version=sha256` / `python name=version=sha256`, sorted; `unlocked` if the lock
-    has no such artifact (a package that floated in)."""
-    debs = {(p.name, p.version): p.sha256 for p in [*lock.shared, *lock.vm]}
-    wheels = {(w.name, w.version): w.sha256 for w in lock.python}
-    lines = [f"deb {n}={v}={debs.get((n.split(':')[0], v), 'unlocked')}" for n, v, _ in inv["deb"]]
-    lines += [
-        f"python {canonicalize_name(n)}={v}={wheels.get((canonicalize_name(n), v), 'not-in-lock')}"
-        for n, v in inv["python"]
-    ]
-    return "\n".join(sorted(lines)) + "\n"
-
-
-def sbom(inv: dict[str, Any], spec: Spec, lock: Lock, image_id: str) -> dict[str, Any]:
-    """CycloneDX 1.5 JSON from the same inventory."""
-    comps = [
-        {"type": "library", "name": n, "version": v, "purl": f"pkg:deb/debian/{n}@{v}?arch={a}"}
-        for n, v, a in inv["deb"]
-    ]
-    comps += [
-        {"type": "library", "name": n, "version": v, "purl": f"pkg:pypi/{n.lower()}@{v}"}
-        for n, v in inv["python"]
-    ]
-    return {
-        "bomFormat": "CycloneDX",
-        "specVersion": "1.5",
-        "version": 1,
-        "metadata": {
-            "timestamp": img.rfc3339(lock.source_date_epoch),
-            "component": {
-                "type": "container",
-                "name": spec.name,
-                "version": spec.version,
-                "bom-ref": image_id,
-            },
-        },
-        "components": sorted(comps, key=lambda c: c["purl"]),
-    }
 
 
 def _outputs(dist: Path, spec: Spec) -> dict[str, Path]:
@@ -425,43 +395,59 @@ def _outputs(dist: Path, spec: Spec) -> dict[str, Path]:
     }
 
 
-def build(
-    spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult, dist: Path
-) -> ContainerResult:
+def build_layers(
+    b: _Build, keys: dict[str, str], label: str
+) -> tuple[list[Layer], list[StageResult]]:
+    """Every stage's layer, from the stage cache or built (and cached) now."""
+    layers: list[Layer] = []
+    results: list[StageResult] = []
+    manifest: Manifest = {}
+    for name in STAGES:
+        start = time.monotonic()
+        hit = _cached(b.cache, keys[name])
+        built, changed = hit is None, None
+        if built:
+            with progress.stage(f"{label}: {name}", f"key {keys[name][:12]}") as st:
+                make = partial(_make_layer, b, name, list(layers), manifest)
+                *hit, changed = _store(b.cache, keys[name], make)
+                st["note"] = f"{hit[0].entries} entries, {hit[0].size / 1e6:.1f} MB"
+        else:
+            progress.say(f"{label}: {name}: cached ({keys[name][:12]})")
+        layer, manifest = hit
+        layers.append(layer)
+        seconds = round(time.monotonic() - start, 2)
+        results.append(
+            StageResult(name, keys[name], layer.diff_id, layer.size, not built, seconds, changed)
+        )
+    return layers, results
+
+
+def check_base(spec: Spec) -> None:
     if spec.base.image:
         raise ImageBuildError(
             f"{spec.where('base.image')}: base.image: building on a registry "
             "base is not implemented yet; remove it to build the base locally"
         )
+
+
+@contextlib.contextmanager
+def new_build(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult) -> Iterator[_Build]:
+    """The shared context of one build; its scratch folder is removed on exit."""
+    client = engine()
+    with tempfile.TemporaryDirectory(prefix="imagebuild-", dir=cache.root) as tmpdir:
+        yield _Build(client, spec, lock, cache, fetched, uuid.uuid4().hex[:8], Path(tmpdir))
+
+
+def build(
+    spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult, dist: Path
+) -> ContainerResult:
+    check_base(spec)
     keys = stage_keys(spec, lock)
     tag = f"{spec.repository}:{spec.version}"
     out = _outputs(dist, spec)
-    client = engine()
-    build_id = uuid.uuid4().hex[:8]
-    layers: list[Layer] = []
-    results: list[StageResult] = []
-    manifest: Manifest = {}
-    with tempfile.TemporaryDirectory(prefix="imagebuild-", dir=cache.root) as tmpdir:
-        b = _Build(client, spec, lock, fetched, build_id, Path(tmpdir))
-        for name in STAGES:
-            start = time.monotonic()
-            hit = _cached(cache, keys[name])
-            built, changed = hit is None, None
-            if built:
-                with progress.stage(f"build-container: {name}", f"key {keys[name][:12]}") as st:
-                    make = partial(_make_layer, b, name, list(layers), manifest)
-                    *hit, changed = _store(cache, keys[name], make)
-                    st["note"] = f"{hit[0].entries} entries, {hit[0].size / 1e6:.1f} MB"
-            else:
-                progress.say(f"build-container: {name}: cached ({keys[name][:12]})")
-            layer, manifest = hit
-            layers.append(layer)
-            seconds = round(time.monotonic() - start, 2)
-            results.append(
-                StageResult(
-                    name, keys[name], layer.diff_id, layer.size, not built, seconds, changed
-                )
-            )
+    with new_build(spec, lock, cache, fetched) as b:
+        client, tmpdir = b.client, b.workdir
+        layers, results = build_layers(b, keys, "build-container")
         config = final_config(spec, lock, layers).render(layers)
         image_id = hashlib.sha256(config).hexdigest()
         record = out["record"]
@@ -488,11 +474,15 @@ def build(
                 manifest_digest = img.oci_archive(
                     out["oci"], config, layers, spec.version, annotations
                 )
-                inv = inventory(client, tag, spec)
-                with atomic_file(out["packages"]) as t:
-                    t.write_text(package_manifest(inv, lock))
-                with atomic_file(out["sbom"]) as t:
-                    t.write_text(json.dumps(sbom(inv, spec, lock, image_id), indent=1))
+                inv.write(
+                    inventory(client, tag, spec),
+                    spec,
+                    lock,
+                    image_id,
+                    "container",
+                    out["packages"],
+                    out["sbom"],
+                )
         result = ContainerResult(
             tag, image_id, results, out["oci"], manifest_digest, out["packages"], out["sbom"], noop
         )

@@ -1,0 +1,52 @@
+"""Shared by the bench scripts: run a task timed, a private copy of the example, a cache that
+reuses the verified downloads (hard links) but none of the build caches, a Markdown table."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+INVOKE = str(Path(sys.executable).with_name("invoke"))
+DEFAULT_CACHE = os.environ.get("IMAGEBUILD_CACHE", str(Path.home() / ".cache/imagebuild"))
+
+
+def timed(*args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+    start = time.monotonic()
+    r = subprocess.run([INVOKE, *args], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed:\n{r.stderr[-2000:]}")
+    return time.monotonic() - start, r
+
+
+def private_example(work: Path, cache_dir: str) -> str:
+    """A copy of examples/onnx-serve, locked and fetched into `cache_dir`; returns its spec."""
+    proj = work / "onnx-serve"
+    shutil.copytree(
+        ROOT / "examples/onnx-serve", proj, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    spec = str(proj / "imagebuild.yaml")
+    timed("lock", "--spec", spec, "--cache-dir", cache_dir)
+    timed("fetch", "--spec", spec, "--cache-dir", cache_dir)
+    return spec
+
+
+def cold_cache(cache_dir: str, dest: Path) -> Path:
+    """Downloads and repos linked, no stage/disk caches: a cold build without network time."""
+    shutil.copytree(
+        cache_dir,
+        dest,
+        copy_function=os.link,
+        ignore=shutil.ignore_patterns("stages", "disks", "apt", "logs", "imagebuild-*"),
+    )
+    return dest
+
+
+def table(rows: list[tuple[str, str, str]]) -> None:
+    print("| measure | value | target |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} |")

@@ -1,0 +1,233 @@
+"""The VM's base disk, made without downloads and without loop mounts.
+
+It is the container's finished filesystem (its cached layers: base, os, python, stacks, app)
+plus `ansible/vm.yml --tags vm` (the lock's VM-only packages, network, sshd, service) run in a
+container on top, exported into a folder, then laid out as a bootable BIOS disk: `sfdisk` on a
+sparse file, `mkfs.ext4 -d` into the partition's offset, GRUB's boot.img + core.img (from the
+locked grub-pc-bin inside the rootfs) written in front of it, `qemu-img convert` to qcow2.
+Parity with the container therefore holds by construction, and Packer's Ansible pass over the
+booted VM finds the shared roles converged. Cached under the hash of every input.
+
+Also here: the sources disk, a read-only ext4 image of the local apt repo + wheelhouse the build
+VM mounts (the cloud kernel has no 9p), made the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagebuild import progress, provision, roles
+from imagebuild.build.container import STAGES, Layer, _Build, stage_container
+from imagebuild.cache import digest, sha256_file
+from imagebuild.errors import ImageBuildError
+
+DISK_LAYOUT = "1"  # bump when the layout code below changes: it is part of the cache key
+PART_OFFSET = 1 << 20  # first partition at 1 MiB; GRUB's core.img lives in the gap before it
+ROOT_LABEL, SOURCES_LABEL = "imagebuild-root", "imagebuild-src"
+GRUB_MODULES = ["biosdisk", "part_msdos", "ext2", "normal", "linux", "configfile", "search"]
+BOOT_ARGS = "ro console=tty0 console=ttyS0,115200 net.ifnames=0"
+
+
+class DiskError(ImageBuildError):
+    pass
+
+
+@dataclass(frozen=True)
+class BaseDisk:
+    path: Path  # qcow2, in the cache
+    sha256: str
+    key: str
+    kernel: str
+    root_uuid: str
+    reused: bool
+    seconds: float
+
+
+def _run(cmd: list[str], **kw: object) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+    if proc.returncode != 0:
+        raise DiskError(f"{cmd[0]} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+
+
+def disk_key(b: _Build, container_key: str) -> str:
+    vm_vars = provision.vm_vars(b.spec, b.lock)
+    return digest(
+        "base-disk",
+        DISK_LAYOUT,
+        container_key,
+        b.lock.section_digest("vm"),
+        (roles.ANSIBLE_DIR / "vm.yml").read_text(),
+        *(roles.files_digest(r) for r in ("base_os", "vm_sources", "vm_base", "vm_service")),
+        json.dumps({k: v for k, v in vm_vars.items() if "inventory" not in k}, sort_keys=True),
+        str(b.spec.vm.disk_gb),
+        b.spec.name,
+    )
+
+
+def _extract(chunks: object, rootfs: Path) -> None:
+    """`docker export` stream -> folder, owners and modes kept (we are root)."""
+    rootfs.mkdir()
+    tar = subprocess.Popen(
+        ["tar", "-x", "-p", "--numeric-owner", "--xattrs", "--xattrs-include=*",
+         "--exclude=.dockerenv", "-C", str(rootfs), "-f", "-"],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert tar.stdin is not None
+    try:
+        for chunk in chunks:  # type: ignore[attr-defined]
+            tar.stdin.write(chunk)
+    finally:
+        tar.stdin.close()
+        err = tar.stderr.read().decode() if tar.stderr else ""
+        if tar.wait() != 0:
+            raise DiskError(f"extracting the VM rootfs failed:\n{err[-2000:]}")
+
+
+def _configure(rootfs: Path, hostname: str, root_uuid: str) -> str:
+    """Files that belong to the disk, not to provisioning (Docker bind-mounts /etc/hostname,
+    /etc/hosts, /etc/resolv.conf in a container, so a role could not write them). Returns the
+    kernel version the disk boots."""
+    kernels = sorted(p.name.removeprefix("vmlinuz-") for p in rootfs.glob("boot/vmlinuz-*"))
+    if not kernels:
+        raise DiskError("no /boot/vmlinuz-* in the VM rootfs: vm.packages needs a linux-image")
+    kernel = kernels[-1]
+    if not (rootfs / f"boot/initrd.img-{kernel}").exists():
+        raise DiskError(f"no /boot/initrd.img-{kernel}: vm.packages needs initramfs-tools")
+    (rootfs / "etc/fstab").write_text(f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")
+    (rootfs / "etc/hostname").write_text(hostname + "\n")
+    (rootfs / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {hostname}\n")
+    (rootfs / "etc/resolv.conf").unlink(missing_ok=True)  # dhclient writes it at boot
+    grub = rootfs / "boot/grub"
+    grub.mkdir(parents=True, exist_ok=True)
+    (grub / "grub.cfg").write_text(
+        "set timeout=0\n"
+        f"search --no-floppy --fs-uuid --set=root {root_uuid}\n"
+        f"linux /boot/vmlinuz-{kernel} root=UUID={root_uuid} {BOOT_ARGS}\n"
+        f"initrd /boot/initrd.img-{kernel}\n"
+        "boot\n"
+    )
+    return kernel
+
+
+def make_ext4_image(
+    src: Path, dest: Path, size: int, label: str, fs_uuid: str, sde: int, offset: int = 0
+) -> None:
+    """`mkfs.ext4 -d`: a filesystem holding `src`, at `offset` in `dest`, without mounting."""
+    ext = f"offset={offset},root_owner=0:0,hash_seed={fs_uuid}"
+    if not dest.exists():
+        with dest.open("wb") as f:
+            f.truncate(size)
+    _run(
+        ["mkfs.ext4", "-q", "-F", "-L", label, "-U", fs_uuid, "-E", ext, "-d", str(src),
+         str(dest), f"{(size - offset) // 1024}k"],
+        env={**os.environ, "E2FSPROGS_FAKE_TIME": str(sde)},
+    )  # fmt: skip
+
+
+def _assemble(rootfs: Path, out: Path, size: int, root_uuid: str, sde: int) -> None:
+    raw = out.with_suffix(".raw")
+    with raw.open("wb") as f:
+        f.truncate(size)
+    layout = f"label: dos\nstart={PART_OFFSET // 512}, type=83, bootable\n"
+    _run(["sfdisk", "--quiet", str(raw)], input=layout)
+    make_ext4_image(rootfs, raw, size, ROOT_LABEL, root_uuid, sde, PART_OFFSET)
+    grub_dir = rootfs / "usr/lib/grub/i386-pc"
+    if not (grub_dir / "boot.img").exists():
+        raise DiskError("no GRUB i386-pc modules in the VM rootfs: vm.packages needs grub-pc-bin")
+    core = out.parent / "core.img"
+    _run(
+        ["grub-mkimage", "-O", "i386-pc", "-d", str(grub_dir), "-o", str(core),
+         "-p", "(hd0,msdos1)/boot/grub", *GRUB_MODULES],
+    )  # fmt: skip
+    if core.stat().st_size > PART_OFFSET - 512:
+        raise DiskError(f"GRUB core.img ({core.stat().st_size} bytes) does not fit before 1 MiB")
+    with raw.open("r+b") as f:
+        f.write((grub_dir / "boot.img").read_bytes()[:440])  # keep the partition table
+        f.seek(512)
+        f.write(core.read_bytes())
+    core.unlink()
+    _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out)])
+    raw.unlink()
+
+
+def base_disk(b: _Build, layers: list[Layer], container_key: str) -> BaseDisk:
+    """The cached base disk for this spec + lock, made now if missing."""
+    start = time.monotonic()
+    key = disk_key(b, container_key)
+    final = b.cache.dir("disks", key)
+    if not (final / "disk.json").exists():
+        with b.cache.building("disks", key) as tmp:
+            _make(b, layers, key, tmp)
+    else:
+        progress.say(f"build-vm: base disk: cached ({key[:12]})")
+    meta = json.loads((final / "disk.json").read_text())
+    return BaseDisk(
+        final / "disk.qcow2",
+        meta["sha256"],
+        key,
+        meta["kernel"],
+        meta["root_uuid"],
+        reused=time.monotonic() - start < 1,
+        seconds=round(time.monotonic() - start, 2),
+    )
+
+
+def _make(b: _Build, layers: list[Layer], key: str, tmp: Path) -> None:
+    assert len(layers) == len(STAGES)
+    spec, lock = b.spec, b.lock
+    root_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"imagebuild:{key}"))
+    rootfs = b.workdir / "vm-rootfs"
+    try:
+        with (
+            progress.stage("build-vm: base disk: VM-only packages", f"key {key[:12]}") as st,
+            stage_container(
+                b, "vm", layers, ["vm"], "vm.yml", b.fetched.repo_vm,
+                provision.vm_vars(spec, lock),
+            ) as (container, result),
+        ):  # fmt: skip
+            st["note"] = f"ansible changed={result.changed}"
+            _extract(container.export(chunk_size=1 << 20), rootfs)
+        with progress.stage("build-vm: base disk: assemble", f"{spec.vm.disk_gb} GiB") as st:
+            kernel = _configure(rootfs, spec.name, root_uuid)
+            disk = tmp / "disk.qcow2"
+            _assemble(rootfs, disk, spec.vm.disk_gb << 30, root_uuid, lock.source_date_epoch)
+            sha = sha256_file(disk)
+            st["note"] = f"kernel {kernel}, {disk.stat().st_size / 1e6:.0f} MB qcow2"
+        (tmp / "disk.json").write_text(
+            json.dumps({"sha256": sha, "kernel": kernel, "root_uuid": root_uuid}, indent=1)
+        )
+    finally:
+        shutil.rmtree(rootfs, ignore_errors=True)
+
+
+def sources_disk(b: _Build) -> Path:
+    """Read-only ext4 image of `repo/` (shared + VM sections) and `wheels/`, cached by the lock
+    sections it holds. Files are copied (hard links into the blob store would not survive)."""
+    key = digest("sources-disk", DISK_LAYOUT, b.lock.section_digest("vm"),
+                 b.lock.section_digest("python"))  # fmt: skip
+    final = b.cache.dir("disks", key)
+    if (final / "sources.img").exists():
+        return final / "sources.img"
+    with (
+        progress.stage("build-vm: sources disk", "local apt repo + wheelhouse") as st,
+        b.cache.building("disks", key) as tmp,
+    ):
+        tree = b.workdir / "sources"
+        shutil.copytree(b.fetched.repo_vm, tree / "repo", symlinks=False)
+        shutil.copytree(b.fetched.wheelhouse, tree / "wheels", symlinks=False)
+        used = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file())
+        size = (used * 13 // 10 + (64 << 20)) // (1 << 20) << 20  # room for ext4 metadata
+        fs_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"imagebuild:{key}"))
+        make_ext4_image(tree, tmp / "sources.img", size, SOURCES_LABEL, fs_uuid,
+                        b.lock.source_date_epoch)  # fmt: skip
+        shutil.rmtree(tree)
+        st["note"] = f"{used / 1e6:.0f} MB"
+    return final / "sources.img"

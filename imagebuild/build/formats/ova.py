@@ -1,0 +1,141 @@
+"""OVA: an OVF 1.0 descriptor, one streamOptimized VMDK and a SHA256 manifest, in a ustar
+archive with the descriptor first (OVF spec DSP0243 section 5.3)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from imagebuild.cache import sha256_file
+from imagebuild.spec import Spec
+
+SUFFIX = ".ova"
+
+OVF = """<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1"
+  xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
+  xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
+  xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData">
+  <References>
+    <File ovf:id="file1" ovf:href="{vmdk}" ovf:size="{vmdk_size}"/>
+  </References>
+  <DiskSection>
+    <Info>Virtual disks</Info>
+    <Disk ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:capacity="{capacity}"
+      ovf:capacityAllocationUnits="byte"
+      ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>
+  </DiskSection>
+  <NetworkSection>
+    <Info>Logical networks</Info>
+    <Network ovf:name="NAT"><Description>NAT network</Description></Network>
+  </NetworkSection>
+  <VirtualSystem ovf:id="{name}">
+    <Info>{name} {version}, built by imagebuild</Info>
+    <Name>{name}</Name>
+    <OperatingSystemSection ovf:id="96">
+      <Info>Guest operating system</Info>
+      <Description>Debian GNU/Linux (64-bit)</Description>
+    </OperatingSystemSection>
+    <VirtualHardwareSection>
+      <Info>Virtual hardware</Info>
+      <System>
+        <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>
+        <vssd:InstanceID>0</vssd:InstanceID>
+        <vssd:VirtualSystemIdentifier>{name}</vssd:VirtualSystemIdentifier>
+        <vssd:VirtualSystemType>vmx-10 virtualbox-2.2</vssd:VirtualSystemType>
+      </System>
+      <Item>
+        <rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits>
+        <rasd:Description>Number of virtual CPUs</rasd:Description>
+        <rasd:ElementName>{cpus} virtual CPU(s)</rasd:ElementName>
+        <rasd:InstanceID>1</rasd:InstanceID>
+        <rasd:ResourceType>3</rasd:ResourceType>
+        <rasd:VirtualQuantity>{cpus}</rasd:VirtualQuantity>
+      </Item>
+      <Item>
+        <rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>
+        <rasd:Description>Memory size</rasd:Description>
+        <rasd:ElementName>{memory} MB of memory</rasd:ElementName>
+        <rasd:InstanceID>2</rasd:InstanceID>
+        <rasd:ResourceType>4</rasd:ResourceType>
+        <rasd:VirtualQuantity>{memory}</rasd:VirtualQuantity>
+      </Item>
+      <Item>
+        <rasd:Address>0</rasd:Address>
+        <rasd:ElementName>SCSI controller</rasd:ElementName>
+        <rasd:InstanceID>3</rasd:InstanceID>
+        <rasd:ResourceSubType>lsilogic</rasd:ResourceSubType>
+        <rasd:ResourceType>6</rasd:ResourceType>
+      </Item>
+      <Item>
+        <rasd:AddressOnParent>0</rasd:AddressOnParent>
+        <rasd:ElementName>disk1</rasd:ElementName>
+        <rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource>
+        <rasd:InstanceID>4</rasd:InstanceID>
+        <rasd:Parent>3</rasd:Parent>
+        <rasd:ResourceType>17</rasd:ResourceType>
+      </Item>
+      <Item>
+        <rasd:AutomaticAllocation>true</rasd:AutomaticAllocation>
+        <rasd:Connection>NAT</rasd:Connection>
+        <rasd:ElementName>ethernet0</rasd:ElementName>
+        <rasd:InstanceID>5</rasd:InstanceID>
+        <rasd:ResourceSubType>E1000</rasd:ResourceSubType>
+        <rasd:ResourceType>10</rasd:ResourceType>
+      </Item>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+"""
+
+
+def _add(tar: tarfile.TarFile, path: Path, sde: int) -> None:
+    info = tar.gettarinfo(path, path.name)
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime, info.mode = sde, 0o644
+    with path.open("rb") as f:
+        tar.addfile(info, f)
+
+
+def make(disk: Path, dest: Path, spec: Spec, sde: int) -> None:
+    stem = dest.name.removesuffix(SUFFIX)
+    work = dest.parent / f".{stem}.ova.d"
+    work.mkdir()
+    try:
+        vmdk = work / f"{stem}-disk1.vmdk"
+        subprocess.run(
+            ["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized",
+             str(disk), str(vmdk)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        info = json.loads(
+            subprocess.run(
+                ["qemu-img", "info", "--output=json", str(disk)],
+                check=True, capture_output=True, text=True,
+            ).stdout
+        )  # fmt: skip
+        ovf = work / f"{stem}.ovf"
+        ovf.write_text(
+            OVF.format(
+                vmdk=vmdk.name,
+                vmdk_size=vmdk.stat().st_size,
+                capacity=info["virtual-size"],
+                name=escape(spec.name),
+                version=escape(spec.version),
+                cpus=spec.vm.cpus,
+                memory=spec.vm.memory_mb,
+            )
+        )
+        mf = work / f"{stem}.mf"
+        mf.write_text("".join(f"SHA256({p.name})= {sha256_file(p)}\n" for p in (ovf, vmdk)))
+        with tarfile.open(dest, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for p in (ovf, mf, vmdk):  # descriptor first, then manifest, then the disk
+                _add(tar, p, sde)
+    finally:
+        for p in work.iterdir():
+            p.unlink()
+        work.rmdir()

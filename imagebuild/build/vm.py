@@ -1,0 +1,323 @@
+"""`invoke build-vm`: Packer builds the VM from the same spec, lock and playbook as the container.
+
+qemu target: the container's cached layers + the VM-only packages become the base disk
+(imagebuild.build.disk); Packer's qemu source boots it (TCG unless KVM really works), its Ansible
+provisioner runs ansible/vm.yml (the container's site.yml + VM plays + finalize) over SSH on
+127.0.0.1 with a per-build key passed through fw_cfg, then shuts down and converts. The qcow2 is
+turned into the other formats (imagebuild.build.formats). Everything is assembled in a hidden
+folder inside dist/ and renamed into place at the end; the record is written last.
+
+ami target: the same template's amazon-ebs source from a stock AMI, the same vm.yml with the
+sources uploaded; `packer validate` runs offline, the build needs AWS credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagebuild import inventory as inv
+from imagebuild import packer, progress, provision, roles
+from imagebuild.build import container, disk
+from imagebuild.build.formats import FORMATS, filename
+from imagebuild.cache import Cache, atomic_file, digest
+from imagebuild.errors import ImageBuildError
+from imagebuild.fetch import FetchResult
+from imagebuild.lock.lockfile import Lock
+from imagebuild.spec import Spec
+
+TARGETS = ("qemu", "ami")
+ON_ERROR = ("cleanup", "abort")
+SOURCES_DIR = "/var/lib/imagebuild"  # where vm_sources mounts (qemu) or Packer uploads (ami)
+
+
+class AwsCredentialsError(ImageBuildError):
+    pass
+
+
+@dataclass(frozen=True)
+class VmResult:
+    target: str
+    accelerator: str
+    key: str
+    base_disk: disk.BaseDisk | None
+    outputs: dict[str, Path]
+    seconds: dict[str, float] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)
+    noop: bool = False
+
+
+def probe_accelerator() -> tuple[str, str]:
+    """KVM only where it can really run a guest; else TCG. $IMAGEBUILD_ACCEL overrides."""
+    forced = os.environ.get("IMAGEBUILD_ACCEL")
+    if forced in ("kvm", "tcg"):
+        return forced, "forced by IMAGEBUILD_ACCEL"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg", "no usable /dev/kvm"
+    flags = Path("/proc/cpuinfo").read_text()
+    if " vmx" not in flags and " svm" not in flags:
+        # Seen here: /dev/kvm exists, but without vmx/svm guests crawl and -cpu host aborts.
+        return "tcg", "/dev/kvm exists but the CPU has no vmx/svm flag"
+    probe = subprocess.Popen(
+        ["qemu-system-x86_64", "-machine", "pc,accel=kvm", "-cpu", "host", "-nodefaults",
+         "-display", "none", "-S"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        probe.wait(timeout=3)
+        return "tcg", "a KVM probe VM with -cpu host failed to start"
+    except subprocess.TimeoutExpired:
+        return "kvm", "vmx/svm present and a KVM probe VM with -cpu host started"
+    finally:
+        probe.kill()
+        probe.wait()
+
+
+def _kill_stray_qemu(name: str) -> None:
+    """Safety net after Packer: no QEMU process of this build may outlive it."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if name.encode() in argv and any(b"qemu-system" in a for a in argv[:1]):
+            progress.say(f"build-vm: stopping leftover QEMU {proc.name}")
+            os.kill(int(proc.name), signal.SIGKILL)
+
+
+def _outputs(dist: Path, spec: Spec) -> dict[str, Path]:
+    stem = f"{spec.name}-{spec.version}"
+    out = {fmt: dist / filename(fmt, spec) for fmt in spec.vm.formats}
+    out |= {
+        "packages": dist / f"{stem}.vm.packages.txt",
+        "sbom": dist / f"{stem}.vm.sbom.cdx.json",
+        "packer_manifest": dist / f"{stem}.packer-manifest.json",
+        "record": dist / f"{stem}.vm.json",
+    }
+    return out
+
+
+def _ansible_vars(spec: Spec, lock: Lock, sources_label: str, inventory_out: Path) -> Path:
+    """The container's playbook variables (same paths: the sources sit where the container
+    build mounts them) + the VM-only ones, as a JSON file for `--extra-vars @file`."""
+    values = {
+        **provision.playbook_vars(spec, lock, f"{SOURCES_DIR}/repo", f"{SOURCES_DIR}/wheels"),
+        **provision.vm_vars(spec, lock, sources_label, str(inventory_out)),
+        "imagebuild_sources_dir": SOURCES_DIR,
+    }
+    path = inventory_out.with_name("ansible-vars.json")
+    path.write_text(json.dumps(values, indent=1, sort_keys=True))
+    return path
+
+
+def _packer_values(spec: Spec, work: Path, **overrides: Any) -> dict[str, Any]:
+    """Every template variable; the target fills in its own."""
+    ami = spec.vm.ami
+    values: dict[str, Any] = {
+        "name": spec.name,
+        "version": spec.version,
+        "vm_name": f"{spec.name}-{spec.version}.qcow2",
+        "qemu_name": f"imagebuild-{spec.name}-{work.name}",
+        "output_dir": "",
+        "base_disk": "",
+        "base_disk_sha256": "",
+        "sources_disk": "",
+        "sources_dir": "",
+        "disk_size": f"{spec.vm.disk_gb * 1024}M",
+        "memory": spec.vm.memory_mb,
+        "cpus": spec.vm.cpus,
+        "accelerator": "tcg",
+        "ssh_private_key_file": str(work / "build_key"),
+        "ssh_public_key_file": str(work / "build_key.pub"),
+        "serial_log": str(work / "serial.log"),
+        "ansible_dir": str(roles.ANSIBLE_DIR),
+        "ansible_vars_file": "",
+        "ansible_user": "root",
+        "ansible_become": False,
+        "manifest_file": str(work / "packer-manifest.json"),
+        "aws_region": ami.region if ami else "",
+        "aws_instance_type": ami.instance_type if ami else "",
+        "aws_source_ami": ami.source_ami if ami else "",
+        "aws_ssh_username": "admin",
+    }
+    return values | overrides
+
+
+def _build_key(work: Path) -> None:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "imagebuild-build",
+         "-f", str(work / "build_key")],
+        check=True,
+    )  # fmt: skip
+
+
+def vm_key(spec: Spec, lock: Lock, base: disk.BaseDisk) -> str:
+    """Everything the VM's bytes depend on beyond the base disk."""
+    pv = provision.playbook_vars(spec, lock, "", "")
+    return digest(
+        "vm",
+        base.key,
+        (packer.PACKER_DIR / packer.TEMPLATE).read_text(),
+        roles.files_digest("vm_finalize"),
+        json.dumps(pv, sort_keys=True),
+        json.dumps(asdict(spec.vm), sort_keys=True, default=str),
+    )
+
+
+def build(
+    spec: Spec,
+    lock: Lock,
+    cache: Cache,
+    fetched: FetchResult,
+    dist: Path,
+    target: str = "qemu",
+    on_error: str = "cleanup",
+) -> VmResult:
+    container.check_base(spec)
+    dist = dist.resolve()  # Packer runs in the template folder: every path must be absolute
+    if target == "ami":
+        return build_ami(spec, lock, cache, fetched)
+    keys = container.stage_keys(spec, lock)
+    out = _outputs(dist, spec)
+    seconds: dict[str, float] = {}
+    with container.new_build(spec, lock, cache, fetched) as b:
+        start = time.monotonic()
+        layers, _ = container.build_layers(b, keys, "build-vm")
+        base = disk.base_disk(b, layers, keys["app"])
+        seconds["base disk"] = round(time.monotonic() - start, 1)
+        key = vm_key(spec, lock, base)
+        record = out["record"]
+        previous = json.loads(record.read_text()) if record.exists() else {}
+        if previous.get("key") == key and all(p.exists() for p in out.values()):
+            progress.say(f"build-vm: nothing changed ({key[:12]}); outputs in {dist}")
+            return VmResult("qemu", previous["accelerator"], key, base, out, seconds, {}, True)
+        sources = disk.sources_disk(b)
+        accel, why = probe_accelerator()
+        progress.say(f"build-vm: accelerator {accel} ({why})")
+        staging = dist / f".imagebuild-vm-{b.build_id}"
+        staging.mkdir(parents=True)
+        keep = False
+        try:
+            result = _packer_qemu(b, base, sources, accel, on_error, staging, out, seconds)
+            result = VmResult("qemu", accel, key, base, out, seconds, result)
+            with atomic_file(record) as t:  # last: its presence means every output is complete
+                t.write_text(json.dumps(asdict(result), default=str, indent=1))
+            return result
+        except BaseException:
+            keep = on_error == "abort"
+            if keep:
+                progress.say(f"build-vm: --on-error=abort: VM and its disk kept in {staging}")
+            raise
+        finally:
+            if not keep:
+                shutil.rmtree(staging, ignore_errors=True)
+
+
+def _packer_qemu(
+    b: container._Build,
+    base: disk.BaseDisk,
+    sources: Path,
+    accel: str,
+    on_error: str,
+    staging: Path,
+    out: dict[str, Path],
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    spec, lock, work = b.spec, b.lock, b.workdir
+    _build_key(work)
+    inventory_out = work / "inventory.json"
+    values = _packer_values(
+        spec,
+        work,
+        output_dir=str(staging / "packer-out"),
+        base_disk=str(base.path),
+        base_disk_sha256=base.sha256,
+        sources_disk=str(sources),
+        accelerator=accel,
+        ansible_vars_file=str(_ansible_vars(spec, lock, disk.SOURCES_LABEL, inventory_out)),
+    )
+    pkrvars = work / "build.pkrvars.hcl"
+    packer.write_vars(values, pkrvars)
+    tdir = packer.stage_template(work / "packer")
+    log = b.cache.root / "logs" / f"{spec.name}-{b.build_id}.packer.log"  # outlives a failure
+    log.parent.mkdir(exist_ok=True)
+    args = ["-only=qemu.vm", f"-var-file={pkrvars}"]
+    try:
+        with progress.stage("build-vm: packer validate", f"Packer {packer.version()}"):
+            packer.run(["validate", *args], tdir, work, log)
+        with progress.stage("build-vm: packer build", f"qemu/{accel}: boot, vm.yml, shutdown"):
+            timeline = packer.run(["build", f"-on-error={on_error}", *args], tdir, work, log)
+        seconds |= {f"packer {k}": v for k, v in packer.phases(timeline).items()}
+    finally:
+        if on_error != "abort":
+            _kill_stray_qemu(values["qemu_name"])
+    start = time.monotonic()
+    with progress.stage("build-vm: outputs", ", ".join(spec.vm.formats)):
+        qcow2 = staging / "packer-out" / values["vm_name"]
+        for fmt in spec.vm.formats:
+            FORMATS[fmt].make(qcow2, staging / out[fmt].name, spec, lock.source_date_epoch)
+        shutil.copy(work / "packer-manifest.json", staging / out["packer_manifest"].name)
+        vm_inv = json.loads(inventory_out.read_text())
+        inv.write(vm_inv, spec, lock, base.sha256, "vm", staging / out["packages"].name,
+                  staging / out["sbom"].name)  # fmt: skip
+        for name, dest in out.items():
+            if name != "record":
+                os.replace(staging / dest.name, dest)
+    seconds["outputs"] = round(time.monotonic() - start, 1)
+    return inv.parity_with_container(out["packages"], out["packages"].with_name(
+        out["packages"].name.replace(".vm.", ".container.")), lock)  # fmt: skip
+
+
+def build_ami(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult) -> VmResult:
+    """Render and validate the amazon-ebs build offline; build only with AWS credentials."""
+    if spec.vm.ami is None:
+        raise ImageBuildError(
+            f"{spec.where('vm')}: vm.ami: missing; `--target ami` needs vm.ami "
+            "(region, instance_type, source_ami)"
+        )
+    with tempfile.TemporaryDirectory(prefix="imagebuild-ami-", dir=cache.root) as tmp:
+        work = Path(tmp)
+        _build_key(work)
+        tree = work / "sources"  # hard links: the same bytes as the cache, no copy
+        shutil.copytree(fetched.repo_vm, tree / "repo", copy_function=os.link)
+        shutil.copytree(fetched.wheelhouse, tree / "wheels", copy_function=os.link)
+        values = _packer_values(
+            spec,
+            work,
+            sources_dir=str(tree),
+            ansible_user="admin",
+            ansible_become=True,
+            ansible_vars_file=str(_ansible_vars(spec, lock, "", work / "inventory.json")),
+        )
+        pkrvars = work / "build.pkrvars.hcl"
+        packer.write_vars(values, pkrvars)
+        tdir = packer.stage_template(work / "packer")
+        args = ["-only=amazon-ebs.vm", f"-var-file={pkrvars}"]
+        with progress.stage("build-vm: packer validate", "amazon-ebs.vm (offline)"):
+            packer.run(["validate", *args], tdir, work, work / "packer.log")
+        if not _aws_credentials():
+            raise AwsCredentialsError(
+                "build-vm --target ami: the amazon-ebs template is valid (packer validate "
+                "passed), but building an AMI needs AWS credentials: set AWS_ACCESS_KEY_ID "
+                "and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE / ~/.aws/credentials, and re-run"
+            )
+        with progress.stage("build-vm: packer build", "amazon-ebs.vm"):
+            packer.run(["build", *args], tdir, work, work / "packer.log")
+    return VmResult("ami", "", "", None, {})
+
+
+def _aws_credentials() -> bool:
+    env = os.environ
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        return True
+    return bool(env.get("AWS_PROFILE")) or (Path.home() / ".aws" / "credentials").exists()

@@ -1,0 +1,105 @@
+"""What is really installed in an artifact, and the files made from it: the package manifest
+(`deb name=version=sha256`, `python name=version=sha256`, sorted) and a CycloneDX SBOM.
+
+The same script (data/inventory_script.py) runs in the container (docker) and in the VM
+(Ansible's `script` module), so the two manifests are comparable line by line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from packaging.utils import canonicalize_name
+
+from imagebuild.build.image import rfc3339
+from imagebuild.cache import atomic_file
+from imagebuild.lock.lockfile import Lock
+from imagebuild.spec import Spec
+
+SCRIPT_PATH = Path(__file__).parent / "data" / "inventory_script.py"
+SCRIPT = SCRIPT_PATH.read_text()
+
+
+def target_python(spec: Spec) -> str:
+    """The venv's interpreter sees the venv's distributions; without a venv, Debian's."""
+    return f"{spec.python.venv}/bin/python" if spec.python else "/usr/bin/python3"
+
+
+def package_manifest(inv: dict[str, Any], lock: Lock) -> str:
+    """One line per installed package; `unlocked` / `not-in-lock` if the lock has no such
+    artifact (a package that floated in)."""
+    debs = {(p.name, p.version): p.sha256 for p in [*lock.shared, *lock.vm]}
+    wheels = {(w.name, w.version): w.sha256 for w in lock.python}
+    lines = [f"deb {n}={v}={debs.get((n.split(':')[0], v), 'unlocked')}" for n, v, _ in inv["deb"]]
+    lines += [
+        f"python {canonicalize_name(n)}={v}={wheels.get((canonicalize_name(n), v), 'not-in-lock')}"
+        for n, v in inv["python"]
+    ]
+    return "\n".join(sorted(lines)) + "\n"
+
+
+def sbom(inv: dict[str, Any], spec: Spec, lock: Lock, ref: str, kind: str) -> dict[str, Any]:
+    """CycloneDX 1.5 JSON from the same inventory; `kind` is the artifact (container, vm)."""
+    comps = [
+        {"type": "library", "name": n, "version": v, "purl": f"pkg:deb/debian/{n}@{v}?arch={a}"}
+        for n, v, a in inv["deb"]
+    ]
+    comps += [
+        {"type": "library", "name": n, "version": v, "purl": f"pkg:pypi/{n.lower()}@{v}"}
+        for n, v in inv["python"]
+    ]
+    return {
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.5",
+        "version": 1,
+        "metadata": {
+            "timestamp": rfc3339(lock.source_date_epoch),
+            "component": {
+                "type": "container" if kind == "container" else "operating-system",
+                "name": f"{spec.name} ({kind})",
+                "version": spec.version,
+                "bom-ref": ref,
+            },
+        },
+        "components": sorted(comps, key=lambda c: c["purl"]),
+    }
+
+
+def write(
+    inv: dict[str, Any], spec: Spec, lock: Lock, ref: str, kind: str, packages: Path, bom: Path
+) -> None:
+    with atomic_file(packages) as t:
+        t.write_text(package_manifest(inv, lock))
+    with atomic_file(bom) as t:
+        t.write_text(json.dumps(sbom(inv, spec, lock, ref, kind), indent=1))
+
+
+def _entries(text: str) -> dict[str, str]:
+    """`kind name` -> `version=sha256` from a package manifest."""
+    out = {}
+    for line in text.splitlines():
+        kind, _, rest = line.partition(" ")
+        name, _, value = rest.partition("=")
+        out[f"{kind} {name.split(':')[0]}"] = value
+    return out
+
+
+def parity_with_container(vm_file: Path, container_file: Path, lock: Lock) -> dict[str, Any]:
+    """Compare the VM's manifest with the container's over the lock's shared section and the
+    Python lock (they must be identical there); count the VM-only section separately."""
+    if not container_file.exists():
+        return {"container_manifest": f"missing ({container_file.name}); run build-container"}
+    vm, ct = _entries(vm_file.read_text()), _entries(container_file.read_text())
+    shared = [f"deb {p.name}" for p in lock.shared] + [f"python {w.name}" for w in lock.python]
+    differ = [
+        f"{k}: container {ct.get(k)} vm {vm.get(k)}" for k in shared if vm.get(k) != ct.get(k)
+    ]
+    vm_only = [f"deb {p.name}" for p in lock.vm]
+    return {
+        "shared_checked": len(shared),
+        "shared_same": len(shared) - len(differ),
+        "shared_differ": differ,
+        "vm_only_installed": sum(k in vm for k in vm_only),
+        "vm_only_locked": len(vm_only),
+    }

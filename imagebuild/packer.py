@@ -1,0 +1,168 @@
+"""The one way Packer is run, and the one place where Packer versions differ.
+
+The template in `packer/` is committed and readable; the tool only writes variable values
+(a `.pkrvars.hcl`, with python-hcl2) and checks them against the template's declarations.
+Packer >= 1.7 needs `packer { required_plugins }` (plugins.pkr.hcl); Debian's 1.6.6 bundles every
+plugin and rejects that block. `template_files` is where that difference lives.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import hcl2
+from packaging.version import Version
+
+from imagebuild.errors import ImageBuildError
+from imagebuild.roles import PROJECT_ROOT
+
+PACKER_DIR = PROJECT_ROOT / "packer"
+TEMPLATE, PLUGINS = "imagebuild.pkr.hcl", "plugins.pkr.hcl"
+PLUGINS_SINCE = Version("1.7.0")
+
+
+class PackerError(ImageBuildError):
+    pass
+
+
+@cache
+def version() -> Version:
+    if not shutil.which("packer"):
+        raise PackerError("`packer` is not on PATH; run `bash scripts/bootstrap.sh` (apt: packer)")
+    out = subprocess.run(["packer", "version"], capture_output=True, text=True).stdout
+    m = re.search(r"v?(\d+\.\d+\.\d+)", out)
+    if not m:
+        raise PackerError(f"cannot read the Packer version from {out!r}")
+    return Version(m.group(1))
+
+
+def template_files(packer_version: Version) -> list[str]:
+    """The template files this Packer reads: required_plugins only where plugins exist."""
+    return [TEMPLATE, PLUGINS] if packer_version >= PLUGINS_SINCE else [TEMPLATE]
+
+
+def declared_variables(path: Path = PACKER_DIR / TEMPLATE) -> set[str]:
+    with path.open() as f:
+        doc = hcl2.load(f)
+    # python-hcl2 keeps labels quoted, as written in the file
+    return {name.strip('"') for block in doc.get("variable", []) for name in block}
+
+
+def _hcl_value(v: Any) -> Any:
+    """python-hcl2 writes strings as expressions: quote and escape them (also `${`, `%{`)."""
+    if isinstance(v, str):
+        esc = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return '"' + esc.replace("${", "$${").replace("%{", "%%{") + '"'
+    if isinstance(v, list):
+        return [_hcl_value(x) for x in v]
+    return v
+
+
+def write_vars(values: dict[str, Any], dest: Path) -> None:
+    """The .pkrvars.hcl for the template; every declared variable set, nothing undeclared."""
+    declared = declared_variables()
+    missing, extra = declared - values.keys(), values.keys() - declared
+    if missing or extra:
+        raise PackerError(
+            f"packer variables do not match {PACKER_DIR / TEMPLATE}: "
+            f"missing {sorted(missing)}, undeclared {sorted(extra)}"
+        )
+    dest.write_text(hcl2.dumps({k: _hcl_value(values[k]) for k in sorted(values)}))
+
+
+def stage_template(dest: Path) -> Path:
+    """Copy the template files this Packer understands into `dest` (Packer reads a folder)."""
+    dest.mkdir(parents=True)
+    for name in template_files(version()):
+        shutil.copy2(PACKER_DIR / name, dest / name)
+    return dest
+
+
+def _env(workdir: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CHECKPOINT_DISABLE": "1",  # no version check over the network
+        "PACKER_CACHE_DIR": str(workdir / "packer_cache"),
+        # ansible-playbook from the project's venv, whatever PATH the caller has.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+
+
+def run(args: list[str], template_dir: Path, workdir: Path, log: Path) -> list[tuple[float, str]]:
+    """Run `packer ARGS .` in the template folder, streaming its lines as progress and to
+    `log`; return every line with its time since start (for the per-phase timings). On Ctrl-C,
+    Packer gets SIGINT (its own clean-up: stop QEMU, delete output) and a minute to finish
+    before it is killed."""
+    color = ["-color=false"] if args[0] == "build" else []  # validate has no such flag in 1.6
+    cmd = ["packer", args[0], *color, *args[1:], "."]
+    tail: deque[str] = deque(maxlen=40)
+    timeline: list[tuple[float, str]] = []
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        cmd,
+        cwd=template_dir,
+        env=_env(workdir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # the terminal's Ctrl-C reaches us, we forward it
+    )
+    assert proc.stdout is not None
+    try:
+        with log.open("a") as out:
+            for line in proc.stdout:
+                out.write(line)
+                tail.append(line.rstrip())
+                timeline.append((time.monotonic() - start, line.strip()))
+                if line.strip():
+                    print(f"  [packer] {line.rstrip()}", file=sys.stderr, flush=True)
+        rc = proc.wait()
+    except BaseException:
+        stop(proc)
+        raise
+    if rc != 0:
+        raise PackerError(
+            f"packer {args[0]} failed (exit {rc}); full log {log}:\n" + "\n".join(tail)
+        )
+    return timeline
+
+
+PHASES = {  # Packer 1.6 and the qemu plugin print these lines
+    "boot to SSH": "Connected to SSH!",
+    "provisioning": "Gracefully halting virtual machine",
+    "shutdown": "Converting hard drive",
+}
+
+
+def phases(timeline: list[tuple[float, str]]) -> dict[str, float]:
+    """Seconds per phase of a qemu build, from the times its marker lines appeared."""
+    out, last = {}, 0.0
+    for phase, marker in PHASES.items():
+        at = next((t for t, line in timeline if marker in line), None)
+        if at is None:
+            continue
+        out[phase], last = round(at - last, 1), at
+    if timeline:
+        out["convert"] = round(timeline[-1][0] - last, 1)
+    return out
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

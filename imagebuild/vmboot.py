@@ -1,0 +1,141 @@
+"""Boot a built disk under plain QEMU (no Packer, no libvirt) and reach it over SSH on 127.0.0.1.
+
+The disk is never written: the guest runs on a throw-away qcow2 overlay. A fresh key goes in
+through QEMU fw_cfg (vm_base's hook keeps it in the guest's /run), so the image itself needs no
+authorized key. The QEMU process is always stopped on exit, also on error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagebuild.errors import ImageBuildError
+
+
+class BootError(ImageBuildError):
+    pass
+
+
+@dataclass(frozen=True)
+class Booted:
+    port: int
+    key: Path
+    serial_log: Path
+    seconds_to_ssh: float
+
+    def ssh_argv(self) -> list[str]:
+        return [
+            "ssh", "-q", "-i", str(self.key), "-p", str(self.port),
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=5",
+            "root@127.0.0.1",
+        ]  # fmt: skip
+
+    def ssh(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.ssh_argv(), command], capture_output=True, text=True, timeout=timeout
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accel_args(accel: str) -> list[str]:
+    # TCG's default CPU lacks SSE4.2/AVX, which numpy and onnxruntime wheels need.
+    return ["-machine", f"pc,accel={accel}", "-cpu", "host" if accel == "kvm" else "max"]
+
+
+@contextmanager
+def boot(
+    disk: Path,
+    workdir: Path,
+    accel: str = "tcg",
+    memory_mb: int = 2048,
+    cpus: int = 2,
+    name: str = "imagebuild-boot",
+    timeout: float = 300,
+) -> Iterator[Booted]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    key = workdir / "key"
+    if not key.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    overlay = workdir / "overlay.qcow2"
+    overlay.unlink(missing_ok=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(disk.resolve()),
+         str(overlay)],
+        check=True,
+    )  # fmt: skip
+    port, serial = free_port(), workdir / "serial.log"
+    cmd = [
+        "qemu-system-x86_64", "-name", name, *accel_args(accel),
+        "-m", str(memory_mb), "-smp", str(cpus), "-display", "none", "-nodefaults",
+        "-serial", f"file:{serial}",
+        "-drive", f"file={overlay},if=virtio,format=qcow2",
+        "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-device", "virtio-net,netdev=n0",
+        "-fw_cfg", f"name=opt/imagebuild/ssh_key,file={key}.pub",
+    ]  # fmt: skip
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        booted = Booted(port, key, serial, 0.0)
+        while True:
+            if proc.poll() is not None:
+                err = proc.stderr.read() if proc.stderr else ""
+                raise BootError(f"QEMU exited ({proc.returncode}): {err[-1000:]}")
+            if time.monotonic() - start > timeout:
+                tail = serial.read_text(errors="replace")[-2000:] if serial.exists() else ""
+                raise BootError(f"no SSH after {timeout:.0f}s; serial console:\n{tail}")
+            if booted.ssh("true", timeout=30).returncode == 0:
+                break
+            time.sleep(2)
+        yield Booted(port, key, serial, round(time.monotonic() - start, 1))
+    finally:
+        proc.kill()
+        proc.wait()
+        overlay.unlink(missing_ok=True)
+
+
+def partition_image(disk: Path, dest_dir: Path, offset: int = 1 << 20) -> Path:
+    """The root partition of a disk image as a raw file (for debugfs), via qemu-img's raw
+    driver with an offset over the qcow2: no loop device, no mount."""
+    size = int(image_info(disk)["virtual-size"]) - offset
+    out = dest_dir / "root.raw"
+    opts = (
+        f"driver=raw,offset={offset},size={size},file.driver=qcow2,"
+        f"file.file.driver=file,file.file.filename={disk}"
+    )
+    subprocess.run(
+        ["qemu-img", "convert", "--image-opts", opts, "-O", "raw", str(out)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return out
+
+
+def image_info(disk: Path) -> dict[str, Any]:
+    info = subprocess.run(
+        ["qemu-img", "info", "--output=json", str(disk)], capture_output=True, text=True, check=True
+    ).stdout
+    return json.loads(info)
+
+
+def debugfs_cat(fs_image: Path, path: str) -> bytes:
+    r = subprocess.run(
+        ["debugfs", "-R", f"cat {shlex.quote(path)}", str(fs_image)], capture_output=True
+    )
+    if r.returncode != 0:
+        raise BootError(f"debugfs cat {path}: {r.stderr.decode(errors='replace')}")
+    return r.stdout

@@ -1,0 +1,214 @@
+# imagebuild's VM build: one template, two sources (qemu for local images, amazon-ebs for AMIs),
+# one build whose Ansible provisioner runs ansible/vm.yml: the container's own site.yml plus the
+# VM-only plays. imagebuild writes only the variable values (a .pkrvars.hcl) and runs
+# `packer build -only=qemu.vm` or `-only=amazon-ebs.vm`. Packer >= 1.7 also reads
+# plugins.pkr.hcl (required_plugins), which Debian's Packer 1.6.6 rejects; imagebuild.packer
+# decides whether to include it. That is the only difference between the two.
+
+variable "name" {
+  type        = string
+  description = "Spec name."
+}
+
+variable "version" {
+  type        = string
+  description = "Spec version."
+}
+
+variable "vm_name" {
+  type        = string
+  description = "File name of the disk Packer writes in output_dir."
+}
+
+variable "qemu_name" {
+  type        = string
+  description = "QEMU process name (-name), so a stray process can be found and stopped."
+}
+
+variable "output_dir" {
+  type        = string
+  description = "Packer's output directory (must not exist yet)."
+}
+
+variable "base_disk" {
+  type        = string
+  description = "The base disk (qcow2) imagebuild made from the container's layers."
+}
+
+variable "base_disk_sha256" {
+  type        = string
+  description = "sha256 of base_disk."
+}
+
+variable "sources_disk" {
+  type        = string
+  description = "Read-only ext4 image with the local apt repo and wheelhouse (qemu)."
+}
+
+variable "sources_dir" {
+  type        = string
+  description = "The same sources as a folder, uploaded to the instance (amazon-ebs)."
+}
+
+variable "disk_size" {
+  type        = string
+  description = "Virtual disk size, e.g. 6144M."
+}
+
+variable "memory" {
+  type        = number
+  description = "Guest memory in MiB."
+}
+
+variable "cpus" {
+  type        = number
+  description = "Guest CPUs."
+}
+
+variable "accelerator" {
+  type        = string
+  description = "QEMU accelerator imagebuild probed: kvm or tcg."
+}
+
+variable "ssh_private_key_file" {
+  type        = string
+  description = "Per-build SSH key; the guest holds it in /run only (vm_base fw_cfg hook)."
+}
+
+variable "ssh_public_key_file" {
+  type        = string
+  description = "Its public half, passed to the guest through QEMU fw_cfg."
+}
+
+variable "serial_log" {
+  type        = string
+  description = "Where the guest's serial console is written."
+}
+
+variable "ansible_dir" {
+  type        = string
+  description = "The project's ansible/ folder (vm.yml, site.yml, roles/)."
+}
+
+variable "ansible_vars_file" {
+  type        = string
+  description = "JSON file of playbook variables, the same ones the container build uses."
+}
+
+variable "ansible_user" {
+  type        = string
+  description = "SSH user Ansible logs in as: root (qemu) or aws_ssh_username (amazon-ebs)."
+}
+
+variable "ansible_become" {
+  type        = bool
+  description = "Whether Ansible must sudo (amazon-ebs: the login user is not root)."
+}
+
+variable "manifest_file" {
+  type        = string
+  description = "Where the manifest post-processor writes."
+}
+
+variable "aws_region" {
+  type        = string
+  description = "amazon-ebs: region."
+}
+
+variable "aws_instance_type" {
+  type        = string
+  description = "amazon-ebs: builder instance type."
+}
+
+variable "aws_source_ami" {
+  type        = string
+  description = "amazon-ebs: the stock Debian AMI to start from."
+}
+
+variable "aws_ssh_username" {
+  type        = string
+  description = "amazon-ebs: login user of the source AMI (Debian's is admin)."
+}
+
+source "qemu" "vm" {
+  vm_name          = var.vm_name
+  output_directory = var.output_dir
+  disk_image       = true
+  iso_url          = var.base_disk
+  iso_checksum     = "sha256:${var.base_disk_sha256}"
+  use_backing_file = false
+  disk_size        = var.disk_size
+  format           = "qcow2"
+  disk_compression = true
+  accelerator      = var.accelerator
+  headless         = true
+  vnc_bind_address = "127.0.0.1"
+  memory           = var.memory
+  cpus             = var.cpus
+  communicator     = "ssh"
+  ssh_username     = "root"
+  ssh_private_key_file = var.ssh_private_key_file
+  ssh_timeout      = "15m"
+  shutdown_command = "systemctl poweroff"
+  shutdown_timeout = "5m"
+  boot_wait        = "1s" # no boot command to type: start polling SSH at once
+  # The whole device list is given here, so Packer's defaults (SSH forwarded on every
+  # interface) do not apply: SSH on 127.0.0.1 only, the sources disk read-only, the build key
+  # through fw_cfg (never on a disk), -cpu max because TCG's default CPU lacks what numpy needs.
+  qemuargs = [
+    ["-name", var.qemu_name],
+    ["-cpu", "max"],
+    ["-netdev", "user,id=user.0,hostfwd=tcp:127.0.0.1:{{ .SSHHostPort }}-:22"],
+    ["-device", "virtio-net,netdev=user.0"],
+    ["-drive", "file={{ .OutputDir }}/{{ .Name }},if=virtio,cache=writeback,discard=ignore,format=qcow2"],
+    ["-drive", "file=${var.sources_disk},if=virtio,format=raw,readonly=on"],
+    ["-fw_cfg", "name=opt/imagebuild/ssh_key,file=${var.ssh_public_key_file}"],
+    ["-serial", "file:${var.serial_log}"],
+  ]
+}
+
+source "amazon-ebs" "vm" {
+  region        = var.aws_region
+  instance_type = var.aws_instance_type
+  source_ami    = var.aws_source_ami
+  ami_name      = "${var.name}-${var.version}"
+  ssh_username  = var.aws_ssh_username
+  tags = {
+    Name    = var.name
+    Version = var.version
+  }
+}
+
+build {
+  sources = ["source.qemu.vm", "source.amazon-ebs.vm"]
+
+  # A stock AMI has no sources disk: upload the same repo + wheelhouse instead.
+  provisioner "shell" {
+    only   = ["amazon-ebs.vm"]
+    inline = ["sudo install -d -o ${var.aws_ssh_username} /var/lib/imagebuild"]
+  }
+
+  provisioner "file" {
+    only        = ["amazon-ebs.vm"]
+    source      = "${var.sources_dir}/"
+    destination = "/var/lib/imagebuild"
+  }
+
+  provisioner "ansible" {
+    playbook_file   = "${var.ansible_dir}/vm.yml"
+    user            = var.ansible_user
+    use_proxy       = false # Packer's proxy offers only ssh-rsa, which OpenSSH 9 refuses
+    extra_arguments = concat(var.ansible_become ? ["--become"] : [], ["--extra-vars", "@${var.ansible_vars_file}"])
+    ansible_env_vars = [
+      "ANSIBLE_CONFIG=${var.ansible_dir}/ansible.cfg",
+      "ANSIBLE_ROLES_PATH=${var.ansible_dir}/roles",
+      "ANSIBLE_HOST_KEY_CHECKING=False",
+      "ANSIBLE_NOCOLOR=1",
+    ]
+  }
+
+  post-processor "manifest" {
+    output     = var.manifest_file
+    strip_path = true
+  }
+}

@@ -1,0 +1,123 @@
+"""The Packer template and the one place Packer versions differ: parsed with python-hcl2, the
+variables the tool writes checked against the declarations, and real `packer validate` runs."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import hcl2
+import pytest
+from packaging.version import Version
+
+from imagebuild import packer
+from imagebuild.build import vm
+from imagebuild.spec import load
+from tests.conftest import EXAMPLE, run_invoke
+
+
+def test_template_parses_and_declares_exactly_what_the_tool_writes(tmp_path: Path) -> None:
+    spec = load(EXAMPLE / "imagebuild.yaml")
+    written = vm._packer_values(spec, tmp_path)
+    assert packer.declared_variables() == set(written)
+    dest = tmp_path / "x.pkrvars.hcl"
+    packer.write_vars(written, dest)
+    with dest.open() as f:
+        back = hcl2.load(f)
+    assert set(back) == set(written)
+
+
+def test_template_has_both_sources_and_one_build() -> None:
+    with (packer.PACKER_DIR / packer.TEMPLATE).open() as f:
+        doc = hcl2.load(f)
+    sources = {(t.strip('"'), n.strip('"')) for s in doc["source"] for t in s for n in s[t]}
+    assert sources == {("qemu", "vm"), ("amazon-ebs", "vm")}
+    assert len(doc["build"]) == 1
+    assert "packer" not in doc, "required_plugins belongs in plugins.pkr.hcl only"
+
+
+def test_plugins_file_is_the_only_version_difference() -> None:
+    with (packer.PACKER_DIR / packer.PLUGINS).open() as f:
+        doc = hcl2.load(f)
+    plugins = doc["packer"][0]["required_plugins"][0]
+    assert {k.strip('"') for k in plugins if not k.startswith("__")} == {
+        "qemu",
+        "amazon",
+        "ansible",
+    }
+    assert packer.template_files(Version("1.6.6")) == [packer.TEMPLATE]
+    assert packer.template_files(Version("1.11.2")) == [packer.TEMPLATE, packer.PLUGINS]
+
+
+def test_write_vars_refuses_undeclared_or_missing(tmp_path: Path) -> None:
+    spec = load(EXAMPLE / "imagebuild.yaml")
+    values = vm._packer_values(spec, tmp_path)
+    with pytest.raises(packer.PackerError, match="undeclared \\['surprise'\\]"):
+        packer.write_vars({**values, "surprise": "x"}, tmp_path / "a.hcl")
+    values.pop("memory")
+    with pytest.raises(packer.PackerError, match="missing \\['memory'\\]"):
+        packer.write_vars(values, tmp_path / "b.hcl")
+
+
+def test_strings_are_escaped_for_hcl(tmp_path: Path) -> None:
+    spec = load(EXAMPLE / "imagebuild.yaml")
+    tricky = 'a "quoted" ${not_interpolated} %{nor_this} back\\slash'
+    values = vm._packer_values(spec, tmp_path, name=tricky)
+    packer.write_vars(values, tmp_path / "v.hcl")
+    text = (tmp_path / "v.hcl").read_text()
+    assert '"a \\"quoted\\" $${not_interpolated} %%{nor_this} back\\\\slash"' in text
+
+
+def _validate(tmp_path: Path, only: str, **overrides: str) -> subprocess.CompletedProcess[str]:
+    spec = load(EXAMPLE / "imagebuild.yaml")
+    vm._build_key(tmp_path)  # Packer reads the key at validate time
+    for name in ("base.qcow2", "vars.json"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "sources").mkdir()
+    values = vm._packer_values(
+        spec,
+        tmp_path,
+        output_dir=str(tmp_path / "out"),
+        base_disk=str(tmp_path / "base.qcow2"),
+        base_disk_sha256="0" * 64,
+        sources_disk=str(tmp_path / "base.qcow2"),
+        sources_dir=str(tmp_path / "sources"),
+        ansible_vars_file=str(tmp_path / "vars.json"),
+        **overrides,
+    )
+    packer.write_vars(values, tmp_path / "v.pkrvars.hcl")
+    tdir = packer.stage_template(tmp_path / "t")
+    return subprocess.run(
+        ["packer", "validate", f"-only={only}", "-var-file=../v.pkrvars.hcl", "."],
+        cwd=tdir,
+        capture_output=True,
+        text=True,
+        env=packer._env(tmp_path),
+    )
+
+
+@pytest.mark.parametrize("only", ["qemu.vm", "amazon-ebs.vm"])
+def test_packer_validate_passes_offline(tmp_path: Path, only: str) -> None:
+    r = _validate(tmp_path, only)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_packer_validate_catches_a_bad_value(tmp_path: Path) -> None:
+    r = _validate(tmp_path, "amazon-ebs.vm", aws_instance_type="")
+    assert r.returncode != 0
+    assert "instance_type" in r.stdout + r.stderr
+
+
+@pytest.mark.network
+def test_ami_target_validates_then_asks_for_credentials(
+    tmp_path: Path, locked_example: Path, cache_dir: Path
+) -> None:
+    env = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_PROFILE": "",
+           "HOME": str(tmp_path)}  # fmt: skip
+    r = run_invoke("build-vm", "--spec", str(locked_example), "--target", "ami",
+                   "--cache-dir", str(cache_dir), "--dist", str(tmp_path / "dist"),
+                   env=env)  # fmt: skip
+    assert r.returncode != 0
+    assert "packer validate: done" in r.stderr
+    assert "needs AWS credentials" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())

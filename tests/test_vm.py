@@ -1,0 +1,206 @@
+"""build-vm for real: Packer + QEMU (TCG here) + Ansible, then the artifacts are checked by tools
+nobody here wrote (plain qemu-system-x86_64 + ssh, qemu-img, debugfs, vagrant). Expected values
+come from the spec and the lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tarfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import docker
+import pytest
+
+from imagebuild import lock as locking
+from imagebuild import spec as specmod
+from imagebuild.build.formats import filename
+from imagebuild.cache import sha256_file
+from imagebuild.inventory import _entries
+from imagebuild.vmboot import Booted, boot, debugfs_cat, image_info, partition_image
+from tests.conftest import run_invoke, tree
+
+pytestmark = [pytest.mark.network, pytest.mark.engine, pytest.mark.vm]
+
+
+def build_vm(spec: Path, cache: Path, dist: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    args = ["--spec", str(spec), "--cache-dir", str(cache), "--dist", str(dist)]
+    return run_invoke("build-vm", *args, *extra)
+
+
+@pytest.fixture(scope="module")
+def vm_built(locked_example: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The container first (its manifest is the parity reference), then the VM, same dist."""
+    dist = tmp_path_factory.mktemp("vmdist")
+    args = ["--spec", str(locked_example), "--cache-dir", str(cache_dir), "--dist", str(dist)]
+    r = run_invoke("build-container", *args)
+    assert r.returncode == 0, r.stderr
+    r = build_vm(locked_example, cache_dir, dist)
+    assert r.returncode == 0, r.stderr[-5000:]
+    spec = specmod.load(locked_example)
+    return spec, dist, r
+
+
+def _stem(spec: specmod.Spec) -> str:
+    return f"{spec.name}-{spec.version}"
+
+
+@pytest.fixture(scope="module")
+def booted(vm_built, tmp_path_factory: pytest.TempPathFactory):
+    spec, dist, _ = vm_built
+    with boot(dist / f"{_stem(spec)}.qcow2", tmp_path_factory.mktemp("boot")) as vm:
+        yield vm
+
+
+def test_outputs_and_progress(vm_built) -> None:
+    spec, dist, r = vm_built
+    stem = _stem(spec)
+    expected = {filename(f, spec) for f in spec.vm.formats} | {
+        f"{stem}.vm.packages.txt",
+        f"{stem}.vm.sbom.cdx.json",
+        f"{stem}.packer-manifest.json",
+        f"{stem}.vm.json",
+    }
+    assert expected <= tree(dist)
+    assert not [p for p in tree(dist) if p.startswith(".")], "staging left in dist"
+    for stage in ("base disk", "accelerator", "packer validate", "packer build", "outputs"):
+        assert f"build-vm: {stage}" in r.stderr
+    assert "accelerator tcg" in r.stderr or "accelerator kvm" in r.stderr
+    info = image_info(dist / f"{stem}.qcow2")
+    assert info["format"] == "qcow2" and info["virtual-size"] == spec.vm.disk_gb << 30
+    manifest = json.loads((dist / f"{stem}.packer-manifest.json").read_text())
+    assert manifest["builds"][-1]["builder_type"] == "qemu"
+
+
+def test_shared_packages_equal_the_containers(vm_built, locked_example: Path) -> None:
+    """The manifest written from inside the VM equals the container's on every package of the
+    lock's shared section and every locked Python distribution; VM-only ones all present."""
+    spec, dist, r = vm_built
+    lock = locking.load_fresh(spec)
+    vm = _entries((dist / f"{_stem(spec)}.vm.packages.txt").read_text())
+    ct = _entries((dist / f"{_stem(spec)}.container.packages.txt").read_text())
+    shared = [f"deb {p.name}" for p in lock.shared] + [f"python {w.name}" for w in lock.python]
+    assert shared and all(vm[k] == ct[k] for k in shared)
+    for p in lock.vm:
+        assert vm[f"deb {p.name}"] == f"{p.version}={p.sha256}"
+    assert not [k for k, v in vm.items() if v.endswith("=unlocked")], "package not in the lock"
+    assert "parity shared_differ: []" in r.stdout
+
+
+def test_vm_boots_and_runs_the_entrypoint_service(booted: Booted, vm_built) -> None:
+    spec, _, _ = vm_built
+    assert booted.ssh("systemctl is-active " + spec.name).stdout.strip() == "active"
+    unit = booted.ssh(f"systemctl show -p User -p ExecStart {spec.name}").stdout
+    assert f"User={spec.user}" in unit and "/usr/local/bin/imagebuild-entrypoint" in unit
+    out = booted.ssh(f"runuser -u {spec.user} -- /usr/local/bin/imagebuild-entrypoint --version")
+    assert out.stdout.strip() == f"{spec.name} {spec.version}"
+    env = booted.ssh(f"systemctl show -p Environment {spec.name}").stdout
+    for k, v in spec.runtime_env.items():
+        assert f"{k}={v}" in env
+
+
+def test_container_and_vm_entrypoints_agree(vm_built, booted: Booted) -> None:
+    spec, _, _ = vm_built
+    cfg = docker.from_env().api.inspect_image(f"{spec.repository}:{spec.version}")["Config"]
+    wrapper = booted.ssh("cat /usr/local/bin/imagebuild-entrypoint").stdout
+    assert "exec " + " ".join(cfg["Entrypoint"]) in wrapper.replace("'", "")
+    assert " ".join(cfg["Cmd"]) in wrapper.replace("'", "")
+
+
+def test_image_has_no_build_traces(vm_built, tmp_path: Path) -> None:
+    """Read the disk image itself (never booted) with debugfs: no key, no machine-id, no
+    sources, no host keys."""
+    spec, dist, _ = vm_built
+    part = partition_image(dist / f"{_stem(spec)}.qcow2", tmp_path)
+    assert debugfs_cat(part, "/etc/machine-id") == b""
+    ls = subprocess.run(["debugfs", "-R", "ls -l /etc/ssh", str(part)], capture_output=True,
+                        text=True, check=True).stdout  # fmt: skip
+    assert "ssh_host_" not in ls
+    for path in ("/root/.ssh/authorized_keys", "/var/lib/imagebuild", "/root/.ansible"):
+        r = subprocess.run(["debugfs", "-R", f"stat {path}", str(part)], capture_output=True,
+                           text=True)  # fmt: skip
+        assert "File not found" in r.stderr, path
+
+
+def test_ova_is_readable_by_qemu_img_and_well_formed(vm_built, tmp_path: Path) -> None:
+    spec, dist, _ = vm_built
+    ova = dist / filename("ova", spec)
+    with tarfile.open(ova) as t:
+        names = t.getnames()
+        assert names[0].endswith(".ovf") and t.getmember(names[0]).isfile()
+        t.extractall(tmp_path, filter="data")
+    with ova.open("rb") as f:
+        assert f.read(512)[257:265] == b"ustar\x0000"  # POSIX ustar header, as OVF requires
+    ovf = ET.parse(tmp_path / names[0]).getroot()
+    ns = {"o": "http://schemas.dmtf.org/ovf/envelope/1"}
+    refs = ovf.findall("o:References/o:File", ns)
+    for ref in refs:
+        f = tmp_path / ref.get(f"{{{ns['o']}}}href")
+        assert f.stat().st_size == int(ref.get(f"{{{ns['o']}}}size"))
+    mf = (tmp_path / next(n for n in names if n.endswith(".mf"))).read_text().splitlines()
+    for line in mf:
+        name, digest = line.removeprefix("SHA256(").split(")= ")
+        assert sha256_file(tmp_path / name) == digest
+    vmdk = next(tmp_path / n for n in names if n.endswith(".vmdk"))
+    info = image_info(vmdk)
+    assert info["format"] == "vmdk" and info["virtual-size"] == spec.vm.disk_gb << 30
+    capacity = ovf.find("o:DiskSection/o:Disk", ns).get(f"{{{ns['o']}}}capacity")
+    assert int(capacity) == info["virtual-size"]
+
+
+def test_vagrant_box_add_accepts_the_box(vm_built, tmp_path: Path) -> None:
+    spec, dist, _ = vm_built
+    env = {**os.environ, "VAGRANT_HOME": str(tmp_path / "vagrant.d")}
+    box = dist / filename("vagrant", spec)
+    r = subprocess.run(["vagrant", "box", "add", "--name", "imagebuild-test", str(box)],
+                       capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    listed = subprocess.run(["vagrant", "box", "list"], capture_output=True, text=True, env=env)
+    assert "imagebuild-test" in listed.stdout and "libvirt" in listed.stdout
+
+
+def test_second_build_reuses_everything(vm_built, locked_example: Path, cache_dir: Path) -> None:
+    _, dist, _ = vm_built
+    start = time.monotonic()
+    r = build_vm(locked_example, cache_dir, dist)
+    assert r.returncode == 0, r.stderr
+    assert "base disk: cached" in r.stderr and "nothing changed" in r.stderr
+    assert "packer build" not in r.stderr
+    assert time.monotonic() - start < 30
+
+
+def _qemu_processes() -> list[str]:
+    out = subprocess.run(["pgrep", "-a", "qemu-system"], capture_output=True, text=True).stdout
+    return [ln for ln in out.splitlines() if "imagebuild-" in ln]
+
+
+def test_ctrl_c_during_packer_leaves_nothing(vm_built, cache_dir: Path, tmp_path: Path) -> None:
+    """SIGINT while Packer boots the VM: exit != 0, no QEMU, no container, no staging folder,
+    nothing new in dist."""
+    spec, dist, _ = vm_built
+    # Another memory size: new VM key, same cached base disk, so Packer really starts.
+    text = spec.path.read_text().replace(f"memory_mb: {spec.vm.memory_mb}", "memory_mb: 1536")
+    other = spec.path.with_name("imagebuild-ctrlc.yaml")
+    other.write_text(text)
+    before, containers = tree(dist), docker.from_env().containers.list(all=True)
+    proc = subprocess.Popen(
+        [str(Path(os.sys.executable).with_name("invoke")), "build-vm", "--spec", str(other),
+         "--cache-dir", str(cache_dir), "--dist", str(dist)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "Waiting for SSH" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode != 0, "".join(seen) + err
+    assert _qemu_processes() == []
+    assert tree(dist) == before
+    assert len(docker.from_env().containers.list(all=True)) == len(containers)
