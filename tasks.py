@@ -157,11 +157,38 @@ def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", o
         print("seconds " + ", ".join(f"{k} {v}" for k, v in r.seconds.items()))
 
 
-@cli(container="Image to verify instead of the last build.", vm="qcow2 to verify instead.")
-def verify(c, spec=DEFAULT_SPEC, cache_dir=None, container=None, vm=None):
-    """Prove the container and the VM are the same where it matters (not implemented yet)."""
-    _load(spec)
-    _not_yet("verify", 5)
+@cli(
+    dist="Output folder of the builds (default ./dist); the report goes to DIST/verify/.",
+    container="Image to verify (default: REPOSITORY:VERSION from the spec).",
+    vm="qcow2 to verify (default: DIST/NAME-VERSION.qcow2).",
+    backend="auto (default: libvirt qemu:///system, else plain QEMU), libvirt or qemu.",
+)
+def verify(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", container=None, vm=None,
+           backend="auto"):  # fmt: skip
+    """Prove the container and the VM are the same where it matters: one testinfra suite over
+    docker:// and ssh://, a parity table, report.json + junit.xml; exit 1 naming each difference."""
+    from imagebuild.verify import run as verifying
+
+    if backend not in ("auto", "libvirt", "qemu"):
+        raise Exit(f"error: --backend: {backend!r} is not one of auto, libvirt, qemu", code=2)
+    s = _load(spec)
+    locking.load_fresh(s)
+    r = verifying.verify(s, Path(dist), container, Path(vm) if vm else None, backend)
+    print(r.table, end="")
+    counts = {
+        o: sum(row.get("outcome") == o for row in r.rows) for o in ("passed", "failed", "skipped")
+    }
+    print(
+        "verify: "
+        + ", ".join(f"{n} {o}" for o, n in counts.items())
+        + "; "
+        + ", ".join(f"{k} {v}s" for k, v in r.seconds.items())
+        + f"; report {r.out_dir}/report.json, junit {r.out_dir}/junit.xml"
+    )
+    if not r.ok:
+        bad = [row for row in r.rows if row.get("outcome") == "failed"]
+        names = "\n".join(f"  {row['id']}: {row.get('problem', '')}" for row in bad[:30])
+        raise Exit(f"error: verify: {len(bad)} item(s) differ or miss expectations:\n{names}", 1)
 
 
 @cli(registry="Registry host:port (default: container.registry from the spec).")
@@ -173,13 +200,13 @@ def push(c, spec=DEFAULT_SPEC, cache_dir=None, registry=None):
 
 @cli()
 def all(c, spec=DEFAULT_SPEC, cache_dir=None):  # noqa: A001 - the task's name on the CLI
-    """The main job: lock, fetch, plan, build-container, build-vm (verify once it exists)."""
+    """The main job: lock, fetch, plan, build-container, build-vm, verify."""
     lock(c, spec=spec, cache_dir=cache_dir)
     fetch(c, spec=spec, cache_dir=cache_dir)
     plan(c, spec=spec, cache_dir=cache_dir)
     build_container(c, spec=spec, cache_dir=cache_dir)
     build_vm(c, spec=spec, cache_dir=cache_dir)
-    progress.say("all: verify is not implemented yet (issue #5); stopped after build-vm")
+    verify(c, spec=spec, cache_dir=cache_dir)
 
 
 ns = Collection(lock, fetch, plan, build_container, build_vm, verify, push, all)

@@ -124,3 +124,25 @@ def run(
     return ProvisionResult(
         ok=sum(stats.get("ok", {}).values()), changed=sum(stats.get("changed", {}).values())
     )
+
+
+SHARED_ROLES = ("base_os", "python_env", "app")
+
+
+def changed_tasks(lines: list[str]) -> list[str]:
+    """`role : task` of every task Ansible's default output reports as changed."""
+    out, task = [], ""
+    for line in lines:
+        text = line.split(": ", 1)[-1] if line.startswith(("qemu.", "amazon-ebs.")) else line
+        if text.startswith("TASK ["):
+            task = text[len("TASK [") : text.index("]")]
+        elif text.startswith("changed: ") and task not in out:
+            out.append(task)
+    return out
+
+
+def shared_changed(lines: list[str], spec: Spec) -> list[str]:
+    """Changed tasks of the roles both artifacts share: on the qemu path, where the base disk
+    comes from the container's layers, anything here means the two diverged."""
+    shared = (*SHARED_ROLES, *spec.stacks)
+    return [t for t in changed_tasks(lines) if t.split(" : ")[0] in shared]

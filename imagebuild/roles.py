@@ -27,6 +27,7 @@ class RoleInfo:
     packages: list[str] = field(default_factory=list)  # in both artifacts
     vm_packages: list[str] = field(default_factory=list)  # VM only (e.g. kernel modules)
     gpu_packages: list[str] = field(default_factory=list)  # both artifacts, only with `gpu:`
+    imports: list[str] = field(default_factory=list)  # distributions verify imports (versions)
 
 
 @cache

@@ -12,7 +12,7 @@ import shlex
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +57,38 @@ def accel_args(accel: str) -> list[str]:
     return ["-machine", f"pc,accel={accel}", "-cpu", "host" if accel == "kvm" else "max"]
 
 
+def make_key(workdir: Path) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    key = workdir / "key"
+    if not key.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return key
+
+
+def overlay(disk: Path, workdir: Path) -> Path:
+    """A throw-away qcow2 on top of `disk`: the guest never writes the artifact."""
+    out = workdir / "overlay.qcow2"
+    out.unlink(missing_ok=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(disk.resolve()),
+         str(out)],
+        check=True,
+    )  # fmt: skip
+    return out
+
+
+def wait_for_ssh(booted: Booted, start: float, timeout: float, alive: Callable[[], bool]) -> Booted:
+    while booted.ssh("true", timeout=30).returncode != 0:
+        if not alive():
+            raise BootError("the VM stopped before SSH answered")
+        if time.monotonic() - start > timeout:
+            log = booted.serial_log
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise BootError(f"no SSH after {timeout:.0f}s; serial console:\n{tail}")
+        time.sleep(2)
+    return Booted(booted.port, booted.key, booted.serial_log, round(time.monotonic() - start, 1))
+
+
 @contextmanager
 def boot(
     disk: Path,
@@ -67,46 +99,27 @@ def boot(
     name: str = "imagebuild-boot",
     timeout: float = 300,
 ) -> Iterator[Booted]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    key = workdir / "key"
-    if not key.exists():
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    overlay = workdir / "overlay.qcow2"
-    overlay.unlink(missing_ok=True)
-    subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(disk.resolve()),
-         str(overlay)],
-        check=True,
-    )  # fmt: skip
+    key, disk_overlay = make_key(workdir), overlay(disk, workdir)
     port, serial = free_port(), workdir / "serial.log"
     cmd = [
         "qemu-system-x86_64", "-name", name, *accel_args(accel),
         "-m", str(memory_mb), "-smp", str(cpus), "-display", "none", "-nodefaults",
         "-serial", f"file:{serial}",
-        "-drive", f"file={overlay},if=virtio,format=qcow2",
+        "-drive", f"file={disk_overlay},if=virtio,format=qcow2",
         "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-device", "virtio-net,netdev=n0",
         "-fw_cfg", f"name=opt/imagebuild/ssh_key,file={key}.pub",
     ]  # fmt: skip
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        booted = Booted(port, key, serial, 0.0)
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read() if proc.stderr else ""
-                raise BootError(f"QEMU exited ({proc.returncode}): {err[-1000:]}")
-            if time.monotonic() - start > timeout:
-                tail = serial.read_text(errors="replace")[-2000:] if serial.exists() else ""
-                raise BootError(f"no SSH after {timeout:.0f}s; serial console:\n{tail}")
-            if booted.ssh("true", timeout=30).returncode == 0:
-                break
-            time.sleep(2)
-        yield Booted(port, key, serial, round(time.monotonic() - start, 1))
+        yield wait_for_ssh(
+            Booted(port, key, serial, 0.0), start, timeout, lambda: proc.poll() is None
+        )
     finally:
         proc.kill()
         proc.wait()
-        overlay.unlink(missing_ok=True)
+        disk_overlay.unlink(missing_ok=True)
 
 
 def partition_image(disk: Path, dest_dir: Path, offset: int = 1 << 20) -> Path:

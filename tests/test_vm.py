@@ -132,7 +132,7 @@ def test_ova_is_readable_by_qemu_img_and_well_formed(vm_built, tmp_path: Path) -
     with tarfile.open(ova) as t:
         names = t.getnames()
         assert names[0].endswith(".ovf") and t.getmember(names[0]).isfile()
-        t.extractall(tmp_path, filter="data")
+        t.extractall(tmp_path)  # our own archive; Python 3.11.2 has no extraction filter yet
     with ova.open("rb") as f:
         assert f.read(512)[257:265] == b"ustar\x0000"  # POSIX ustar header, as OVF requires
     ovf = ET.parse(tmp_path / names[0]).getroot()

@@ -274,8 +274,14 @@ def _packer_qemu(
             if name != "record":
                 os.replace(staging / dest.name, dest)
     seconds["outputs"] = round(time.monotonic() - start, 1)
-    return inv.parity_with_container(out["packages"], out["packages"].with_name(
-        out["packages"].name.replace(".vm.", ".container.")), lock)  # fmt: skip
+    parity = inv.parity_with_container(
+        out["packages"],
+        out["packages"].with_name(out["packages"].name.replace(".vm.", ".container.")),
+        lock,
+    )
+    # The base disk is the container's filesystem: the shared roles must find nothing to do.
+    parity["shared_roles_changed"] = provision.shared_changed([ln for _, ln in timeline], spec)
+    return parity
 
 
 def build_ami(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult) -> VmResult:

@@ -1,0 +1,143 @@
+"""Facts of one artifact, read through a testinfra host: the same function for `docker://` and
+`ssh://`. The bulk (dpkg, venv, imports, linker cache) comes from one run of the inventory
+script, because every command costs a round trip (and an emulated CPU on the VM side)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from packaging.utils import canonicalize_name
+
+from imagebuild import inventory, vmboot
+from imagebuild.lock.lockfile import Lock
+from imagebuild.spec import Spec
+from imagebuild.verify.items import ABSENT, WRAPPER, import_names
+
+Facts = dict[str, dict[str, str]]
+
+
+def _wrapper_argv(text: str) -> str:
+    """`exec ENTRYPOINT "$@"` + `set -- CMD` of the wrapper the app role writes -> one argv."""
+    entry: list[str] = []
+    cmd: list[str] = []
+    for line in text.splitlines():
+        if not line.strip().startswith(("exec ", "set -- ")):
+            continue  # comments may hold unbalanced quotes
+        words = shlex.split(line.strip())
+        if words[:1] == ["exec"]:
+            entry = [w for w in words[1:] if w != "$@"]
+        elif words[:2] == ["set", "--"]:
+            cmd = words[2:]
+    return " ".join(entry + cmd)
+
+
+def _unit(host: Any, unit: str, prop: str) -> str:
+    return host.check_output(f"systemctl show -p {prop} --value {shlex.quote(unit)}").strip()
+
+
+def _env_pairs(pairs: list[str]) -> dict[str, str]:
+    return dict(p.split("=", 1) for p in pairs if "=" in p)
+
+
+def collect(
+    host: Any, artifact: str, spec: Spec, lock: Lock, config: dict[str, Any], disk: Path | None
+) -> Facts:
+    """`artifact` is "container" (config = the image config) or "vm" (disk = the qcow2)."""
+    want = json.dumps({"imports": import_names(spec)})
+    script = shlex.quote(inventory.SCRIPT)
+    raw = json.loads(
+        host.check_output(f"{inventory.target_python(spec)} -c {script} {shlex.quote(want)}")
+    )
+    deb = {n.split(":")[0]: v for n, v, _ in raw["deb"]}
+    python = {canonicalize_name(n): v for n, v in raw["python"]}
+    locked_debs = {p.name for p in lock.shared} | (
+        {p.name for p in lock.vm} if artifact == "vm" else set()
+    )
+    locked_py = {w.name for w in lock.python}
+    wrapper = host.file(WRAPPER)
+    facts: Facts = {
+        "deb": deb,
+        "deb-unlocked": {
+            "installed but not in the lock": json.dumps(sorted(set(deb) - locked_debs))
+        },
+        "python": python,
+        "python-unlocked": {
+            "venv tooling (pip, setuptools)": " ".join(
+                sorted(f"{n}=={v}" for n, v in python.items() if n not in locked_py)
+            )
+        },
+        "import": raw.get("import", {}),
+        "lib": raw.get("lib", {}),
+        "entrypoint": {"wrapper sha256": wrapper.sha256sum if wrapper.exists else ABSENT},
+    }
+    if artifact == "container":
+        argv = " ".join([*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])])
+        user = config.get("User") or "root"
+        env = _env_pairs(config.get("Env") or [])
+        smoke = host.run(f"{WRAPPER} --version")
+        facts["entrypoint"] |= {
+            "ENTRYPOINT+CMD / wrapper": argv,
+            "what starts it": "image ENTRYPOINT" if config.get("Entrypoint") else "none",
+        }
+        hygiene = dict.fromkeys(
+            ["/etc/machine-id content (disk image)", "authorized SSH keys (disk image)",
+             "SSH host keys (disk image)", "root password (disk image)"], "n/a",
+        )  # fmt: skip
+    else:
+        unit = spec.name
+        # `{ path=... ; argv[]=PROG ARGS ; ignore_errors=no ; ... }`: the command line it runs
+        exec_start = _unit(host, unit, "ExecStart")
+        started = exec_start.partition("argv[]=")[2].partition(" ;")[0] or "none"
+        user = _unit(host, unit, "User") or "root"
+        env = _env_pairs(shlex.split(_unit(host, unit, "Environment")))
+        smoke = host.run(f"runuser -u {shlex.quote(user)} -- {WRAPPER} --version")
+        facts["entrypoint"] |= {
+            "ENTRYPOINT+CMD / wrapper": _wrapper_argv(wrapper.content_string)
+            if wrapper.exists
+            else ABSENT,
+            "what starts it": f"systemd ExecStart={started}",
+        }
+        assert disk is not None
+        hygiene = disk_hygiene(disk)
+    facts["smoke"] = {
+        f"{WRAPPER} --version": smoke.stdout.strip()
+        if smoke.rc == 0
+        else f"exit {smoke.rc}: {smoke.stderr.strip()[-200:]}"
+    }
+    facts["user"] = {"runtime user": user}
+    facts["env"] = env
+    facts["hygiene"] = {"runs as root": "yes" if user in ("root", "0") else "no", **hygiene}
+    return facts
+
+
+def disk_hygiene(disk: Path) -> dict[str, str]:
+    """Read the image itself (never booted; the booted copy makes its own machine-id)."""
+    with tempfile.TemporaryDirectory(prefix="imagebuild-hygiene-") as tmp:
+        part = vmboot.partition_image(disk, Path(tmp))
+
+        def ls(path: str) -> list[str]:
+            r = subprocess.run(["debugfs", "-R", f"ls -p {path}", str(part)],
+                               capture_output=True, text=True)  # fmt: skip
+            return [ln.split("/")[5] for ln in r.stdout.splitlines() if ln.count("/") >= 6]
+
+        keys = [f for f in ls("/root/.ssh") if f.startswith("authorized_keys")]
+        host_keys = [f for f in ls("/etc/ssh") if f.startswith("ssh_host_")]
+        shadow = vmboot.debugfs_cat(part, "/etc/shadow").decode()
+        root_pw = next(
+            (ln.split(":")[1] for ln in shadow.splitlines() if ln.startswith("root:")), ""
+        )
+        return {
+            "/etc/machine-id content (disk image)": vmboot.debugfs_cat(part, "/etc/machine-id")
+            .decode()
+            .strip(),
+            "authorized SSH keys (disk image)": " ".join(keys) or "none",
+            "SSH host keys (disk image)": " ".join(host_keys) or "none",
+            "root password (disk image)": "locked"
+            if root_pw[:1] in ("*", "!")
+            else ("EMPTY" if not root_pw else "SET"),
+        }

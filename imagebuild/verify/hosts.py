@@ -1,0 +1,175 @@
+"""Bring the two artifacts up for testinfra, and always tear them down (also on Ctrl-C).
+
+Container: `--network none`, entrypoint replaced by `sleep infinity`, the image's own USER;
+testinfra's `docker://` backend reaches it with `docker exec` (no IP traffic).
+VM: a throw-away overlay on the qcow2, booted through libvirt (`qemu:///system`, domain type
+qemu; libvirtd/virtlogd started if they are not running) or, if libvirt is unusable, plain QEMU
+(imagebuild.vmboot). Either way: user networking with SSH forwarded on 127.0.0.1 only and a
+fresh key passed through fw_cfg (the image's hook keeps it in /run); testinfra's `ssh://`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+import docker
+import docker.errors
+
+from imagebuild import progress, vmboot
+from imagebuild.build.container import engine
+from imagebuild.errors import ImageBuildError
+
+
+class HostError(ImageBuildError):
+    pass
+
+
+@dataclass(frozen=True)
+class Host:
+    url: str  # testinfra host spec
+    kwargs: dict[str, Any]
+    seconds: float  # start (container) / boot to SSH (VM)
+    how: str
+    config: dict[str, Any]  # container: the image config; VM: {}
+
+
+@contextlib.contextmanager
+def container(ref: str) -> Iterator[Host]:
+    client = engine()
+    try:
+        image = client.images.get(ref)
+    except docker.errors.ImageNotFound:
+        raise HostError(
+            f"container image {ref!r} not found; build it or pass --container"
+        ) from None
+    start = time.monotonic()
+    c = client.containers.run(
+        ref,
+        entrypoint=["sleep", "infinity"],
+        command=[],
+        name=f"imagebuild-verify-{uuid.uuid4().hex[:8]}",
+        network_mode="none",
+        detach=True,
+        labels={"io.imagebuild.verify": "1"},
+    )
+    try:
+        yield Host(f"docker://{c.name}", {}, round(time.monotonic() - start, 2), "docker",
+                   image.attrs["Config"])  # fmt: skip
+    finally:
+        c.remove(force=True)
+
+
+DOMAIN_XML = """<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>{name}</name>
+  <memory unit='MiB'>{memory}</memory>
+  <vcpu>{cpus}</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <features><acpi/><apic/></features>  <!-- the guest finds fw_cfg through ACPI -->
+  <cpu mode='maximum' check='none'/>
+  <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>
+  <on_poweroff>destroy</on_poweroff>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file={disk}/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <serial type='file'><source path={serial}/><target port='0'/></serial>
+  </devices>
+  <qemu:commandline>
+    <qemu:arg value='-netdev'/>
+    <qemu:arg value='user,id=ibnet0,hostfwd=tcp:127.0.0.1:{port}-:22'/>
+    <qemu:arg value='-device'/>
+    <qemu:arg value='virtio-net-pci,netdev=ibnet0,addr=0x10'/>
+    <qemu:arg value='-fw_cfg'/>
+    <qemu:arg value={fwcfg}/>
+  </qemu:commandline>
+</domain>
+"""
+
+
+def _libvirt() -> Any:
+    """A qemu:///system connection, starting virtlogd/libvirtd if none answers; None if libvirt
+    cannot be used here (then plain QEMU is used)."""
+    try:
+        import libvirt
+    except ImportError:
+        return None
+    libvirt.registerErrorHandler(lambda *_: None, None)  # errors are raised, not printed
+    for attempt in range(20):
+        try:
+            return libvirt.open("qemu:///system")
+        except libvirt.libvirtError:
+            if attempt == 0 and shutil.which("libvirtd"):
+                progress.say("verify: starting virtlogd + libvirtd")
+                subprocess.run(["virtlogd", "-d"], capture_output=True)
+                subprocess.run(["libvirtd", "-d"], capture_output=True)
+            time.sleep(0.5)
+    return None
+
+
+@contextlib.contextmanager
+def _libvirt_vm(conn: Any, disk: Path, work: Path, memory: int, cpus: int) -> Iterator[Host]:
+    key = vmboot.make_key(work)
+    overlay = vmboot.overlay(disk, work)
+    port, serial = vmboot.free_port(), work / "serial.log"
+    xml = DOMAIN_XML.format(
+        name=f"imagebuild-verify-{uuid.uuid4().hex[:8]}",
+        memory=memory,
+        cpus=cpus,
+        disk=quoteattr(str(overlay)),
+        serial=quoteattr(str(serial)),
+        port=port,
+        fwcfg=quoteattr(f"name=opt/imagebuild/ssh_key,file={key}.pub"),
+    )
+    start = time.monotonic()
+    dom = conn.createXML(xml, 0)  # transient: gone from libvirt once destroyed
+    try:
+        booted = vmboot.wait_for_ssh(
+            vmboot.Booted(port, key, serial, 0.0), start, 300, lambda: dom.isActive() == 1
+        )
+        yield _ssh_host(booted, work, "libvirt qemu:///system (domain type qemu)")
+    finally:
+        with contextlib.suppress(Exception):
+            dom.destroy()
+        overlay.unlink(missing_ok=True)
+
+
+def _ssh_host(booted: vmboot.Booted, work: Path, how: str) -> Host:
+    config = work / "ssh_config"
+    config.write_text(
+        "Host *\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+    )
+    url = (
+        f"ssh://root@127.0.0.1:{booted.port}?ssh_identity_file={booted.key}"
+        f"&ssh_config={config}&timeout=60"
+    )
+    return Host(url, {}, booted.seconds_to_ssh, how, {})
+
+
+@contextlib.contextmanager
+def vm(disk: Path, work: Path, memory: int, cpus: int, backend: str = "auto") -> Iterator[Host]:
+    if not disk.exists():
+        raise HostError(f"VM disk {disk} not found; run `invoke build-vm` or pass --vm")
+    conn = _libvirt() if backend in ("auto", "libvirt") else None
+    if conn is None and backend == "libvirt":
+        raise HostError("libvirt (qemu:///system) is not usable here; try --backend qemu")
+    if conn is not None:
+        try:
+            with _libvirt_vm(conn, disk, work, memory, cpus) as host:
+                yield host
+        finally:
+            conn.close()
+        return
+    with vmboot.boot(disk, work, memory_mb=memory, cpus=cpus, name="imagebuild-verify") as b:
+        yield _ssh_host(b, work, "plain QEMU (libvirt unavailable)")

@@ -1,0 +1,74 @@
+"""What verify checks, with the expected values derived from the spec and the lock (never from a
+build log). One Item per row of the parity table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from imagebuild.lock.lockfile import Lock
+from imagebuild.lock.python import requirement_lines
+from imagebuild.roles import role
+from imagebuild.spec import Spec
+
+ABSENT = "absent"
+ANY = None  # no fixed expectation: the two artifacts must only agree
+WRAPPER = "/usr/local/bin/imagebuild-entrypoint"
+
+
+@dataclass(frozen=True)
+class Item:
+    kind: str  # the facts section it reads (deb, python, import, lib, ...)
+    key: str
+    container: str | None  # expected value in the container (ANY = only agree with the VM)
+    vm: str | None
+    shared: bool = True  # must the two values be equal?
+    runtime_gpu: bool = False  # needs a GPU at run time: skipped (with the reason) without one
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}:{self.key}"
+
+
+def import_names(spec: Spec) -> list[str]:
+    """Distributions whose top-level module verify imports: the stacks' (meta `imports`), else
+    the spec's top-level requirements."""
+    names = [m for s in spec.stacks for m in role(s).imports]
+    if not names and spec.python:
+        names = [Requirement(line).name for line in requirement_lines(spec)]
+    return sorted(dict.fromkeys(canonicalize_name(n) for n in names))
+
+
+def items(spec: Spec, lock: Lock, container_libs: list[str]) -> list[Item]:
+    out = [Item("deb", p.name, p.version, p.version) for p in lock.shared]
+    out += [Item("deb", p.name, ABSENT, p.version, shared=False) for p in lock.vm]
+    out += [Item("deb-unlocked", "installed but not in the lock", "[]", "[]", shared=False)]
+    out += [Item("python", w.name, w.version, w.version) for w in lock.python]
+    if spec.python:
+        out += [Item("python-unlocked", "venv tooling (pip, setuptools)", ANY, ANY)]
+    out += [Item("import", m, ANY, ANY) for m in import_names(spec)]
+    # Every library the container's linker cache knows must resolve to the same path in the VM.
+    out += [Item("lib", so, ANY, ANY) for so in container_libs]
+    argv = " ".join([*spec.entrypoint, *spec.cmd])
+    out += [
+        Item("entrypoint", "ENTRYPOINT+CMD / wrapper", argv, argv),
+        Item("entrypoint", "wrapper sha256", ANY, ANY),
+        Item("entrypoint", "what starts it", "image ENTRYPOINT", f"systemd ExecStart={WRAPPER}",
+             shared=False),
+        Item("smoke", f"{WRAPPER} --version", f"{spec.name} {spec.version}",
+             f"{spec.name} {spec.version}"),
+        Item("user", "runtime user", spec.user, spec.user),
+    ]  # fmt: skip
+    out += [Item("env", k, v, v) for k, v in sorted(spec.runtime_env.items())]
+    out += [
+        Item("hygiene", "runs as root", "no", "no"),
+        Item("hygiene", "/etc/machine-id content (disk image)", "n/a", "", shared=False),
+        Item("hygiene", "authorized SSH keys (disk image)", "n/a", "none", shared=False),
+        Item("hygiene", "SSH host keys (disk image)", "n/a", "none", shared=False),
+        Item("hygiene", "root password (disk image)", "n/a", "locked", shared=False),
+    ]
+    if spec.gpu:
+        out += [Item("gpu", "nvidia-smi", ANY, ANY, runtime_gpu=True)]
+    return out

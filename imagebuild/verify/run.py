@@ -1,0 +1,115 @@
+"""`invoke verify`: bring both artifacts up, run the suite (imagebuild/verify/suite) over them,
+write dist/verify/{report.json, junit.xml, parity.md}, print the parity table, tear down."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imagebuild import progress
+from imagebuild.errors import ImageBuildError
+from imagebuild.spec import Spec
+from imagebuild.verify import hosts
+
+SUITE = Path(__file__).parent / "suite"
+
+
+class VerifyFailed(ImageBuildError):
+    pass
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    rows: list[dict[str, Any]]
+    out_dir: Path
+    table: str
+    seconds: dict[str, float]
+
+
+def _cell(v: Any) -> str:
+    s = str(v).replace("|", "\\|").replace("\n", " ")
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| item | container | vm | same? | result |", "|---|---|---|---|---|"]
+    for r in rows:
+        same = "yes" if r["same"] else ("no" if r["shared"] else "n/a (differs by design)")
+        result = r["outcome"] if r["outcome"] != "skipped" else f"skipped: {r.get('problem', '')}"
+        lines.append(
+            f"| {_cell(r['id'])} | {_cell(r['container'])} | {_cell(r['vm'])} | {same} | {result} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def verify(
+    spec: Spec, dist: Path, container_ref: str | None, vm_disk: Path | None, backend: str
+) -> VerifyResult:
+    ref = container_ref or f"{spec.repository}:{spec.version}"
+    disk = (vm_disk or dist / f"{spec.name}-{spec.version}.qcow2").resolve()
+    out_dir = dist / "verify"
+    seconds: dict[str, float] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="imagebuild-verify-") as tmp,
+        contextlib.ExitStack() as up,
+    ):
+        work = Path(tmp)
+        with progress.stage("verify: container up", f"{ref}, --network none") as st:
+            c = up.enter_context(hosts.container(ref))
+            seconds["container start"] = c.seconds
+            st["note"] = c.url
+        with progress.stage("verify: VM boot to SSH", str(disk)) as st:
+            v = up.enter_context(
+                hosts.vm(disk, work / "vm", spec.vm.memory_mb, spec.vm.cpus, backend)
+            )
+            seconds["vm boot to ssh"] = v.seconds
+            st["note"] = f"{v.how}, {v.seconds}s"
+        ctx = work / "out" / "context.json"
+        ctx.parent.mkdir()
+        ctx.write_text(
+            json.dumps(
+                {
+                    "spec": str(spec.path),
+                    "disk": str(disk),
+                    "hosts": {
+                        name: {"url": h.url, "how": h.how, "seconds": h.seconds, "config": h.config}
+                        for name, h in (("container", c), ("vm", v))
+                    },
+                }
+            )
+        )
+        start = time.monotonic()
+        with (
+            progress.stage("verify: suite", "pytest + testinfra over docker:// and ssh://"),
+            contextlib.redirect_stdout(sys.stderr),  # stdout carries the table only
+        ):
+            rc = pytest.main(
+                [str(SUITE), "-c", str(SUITE / "pytest.ini"), "--rootdir", str(SUITE),
+                 "--ib-context", str(ctx), f"--junitxml={ctx.parent / 'junit.xml'}"]
+            )  # fmt: skip
+        seconds["test run"] = round(time.monotonic() - start, 1)
+        report_file = ctx.parent / "report.json"
+        if not report_file.exists():
+            raise VerifyFailed(f"the verify suite did not run (pytest exit {rc})")
+        report = json.loads(report_file.read_text())
+        report["seconds"] = seconds
+        report_file.write_text(json.dumps(report, indent=1))
+        table = markdown(report["rows"])
+        (ctx.parent / "parity.md").write_text(table)
+        ctx.unlink()
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(ctx.parent), out_dir)
+    ok = rc == 0 and all(r.get("outcome") in ("passed", "skipped") for r in report["rows"])
+    return VerifyResult(ok, report["rows"], out_dir, table, seconds)

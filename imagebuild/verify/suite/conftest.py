@@ -1,0 +1,99 @@
+"""The verify suite: both artifacts as testinfra hosts (`docker://` and `ssh://`), their facts
+collected by the same code, one parametrised test per item of imagebuild.verify.items.
+
+`invoke verify` writes a context JSON (host URLs, spec, disk) and runs this folder with
+`--ib-context FILE`; every row (container value, VM value, outcome) goes to report.json beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import testinfra
+
+from imagebuild.lock.lockfile import load_fresh
+from imagebuild.spec import load
+from imagebuild.verify import facts as factsmod
+from imagebuild.verify.items import items
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--ib-context", required=True, help="context JSON written by invoke verify")
+
+
+@cache
+def _context(path: str) -> dict[str, Any]:
+    ctx = json.loads(Path(path).read_text())
+    spec = load(ctx["spec"])
+    lock = load_fresh(spec)
+    facts = {}
+    for artifact in ("container", "vm"):
+        h = ctx["hosts"][artifact]
+        host = testinfra.get_host(h["url"])
+        disk = Path(ctx["disk"]) if artifact == "vm" else None
+        facts[artifact] = factsmod.collect(host, artifact, spec, lock, h["config"], disk)
+    libs = sorted(facts["container"]["lib"])
+    return {"ctx": ctx, "spec": spec, "facts": facts, "items": items(spec, lock, libs)}
+
+
+def _ctx(config: pytest.Config) -> dict[str, Any]:
+    return _context(config.getoption("--ib-context"))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "item" in metafunc.fixturenames:
+        its = _ctx(metafunc.config)["items"]
+        metafunc.parametrize("item", its, ids=[i.id for i in its])
+
+
+ROWS: dict[str, dict[str, Any]] = {}
+
+
+@pytest.fixture
+def facts(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return _ctx(request.config)["facts"]
+
+
+@pytest.fixture
+def row(request: pytest.FixtureRequest) -> dict[str, Any]:
+    r: dict[str, Any] = {}
+    ROWS[request.node.nodeid] = r
+    return r
+
+
+def gpu_present() -> tuple[bool, str]:
+    if Path("/dev/nvidiactl").exists() and shutil.which("nvidia-smi"):
+        return True, ""
+    return False, "no NVIDIA GPU on this host (/dev/nvidiactl or nvidia-smi missing)"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # noqa: ANN201
+    outcome = yield
+    rep = outcome.get_result()
+    r = ROWS.get(item.nodeid)
+    if r is not None and (rep.when == "call" or rep.outcome == "skipped"):
+        r["outcome"] = rep.outcome
+        if rep.outcome == "failed":
+            r["problem"] = str(rep.longrepr.reprcrash.message) if rep.longrepr else "failed"
+        elif rep.outcome == "skipped" and isinstance(rep.longrepr, tuple):
+            r["problem"] = rep.longrepr[2]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    path = session.config.getoption("--ib-context")
+    try:
+        ctx = _context(path)["ctx"]
+    except Exception:  # noqa: BLE001 - collection already reported it; no report then
+        return
+    out = Path(path).with_name("report.json")
+    report = {
+        "hosts": {a: {k: h[k] for k in ("url", "how", "seconds")} for a, h in ctx["hosts"].items()},
+        "rows": list(ROWS.values()),
+    }
+    out.write_text(json.dumps(report, indent=1))

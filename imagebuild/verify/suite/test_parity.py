@@ -1,0 +1,29 @@
+"""One test per item: the container's value and the VM's, each against what the spec and the
+lock expect, and against each other where the item is shared."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import gpu_present
+
+from imagebuild.verify.items import ABSENT, Item
+
+
+def test_item(item: Item, facts: dict[str, Any], row: dict[str, Any]) -> None:
+    c = facts["container"].get(item.kind, {}).get(item.key, ABSENT)
+    v = facts["vm"].get(item.kind, {}).get(item.key, ABSENT)
+    row.update(id=item.id, container=c, vm=v, same=c == v, shared=item.shared)
+    if item.runtime_gpu:
+        present, why = gpu_present()
+        if not present:
+            pytest.skip(why)
+    problems = []
+    if item.container is not None and c != item.container:
+        problems.append(f"container has {c!r}, expected {item.container!r}")
+    if item.vm is not None and v != item.vm:
+        problems.append(f"vm has {v!r}, expected {item.vm!r}")
+    if item.shared and c != v:
+        problems.append(f"container {c!r} != vm {v!r}")
+    assert not problems, f"{item.id}: " + "; ".join(problems)
