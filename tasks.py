@@ -1,7 +1,7 @@
 """imagebuild's command line: `invoke --list`, `invoke <task> --help`.
 
 Tasks are thin: parse the spec once, call one stage module, turn its errors into exit codes
-(2 spec error, 3 stale lock, 4 not implemented yet, 1 anything else, 130 interrupted).
+(2 spec error, 3 stale lock, 1 anything else, 130 interrupted).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from imagebuild import lock as locking  # noqa: E402
 from imagebuild import plan as planning  # noqa: E402
 from imagebuild import progress  # noqa: E402
 from imagebuild.cache import Cache, default_root  # noqa: E402
-from imagebuild.errors import ImageBuildError, NotImplementedYet  # noqa: E402
+from imagebuild.errors import ImageBuildError  # noqa: E402
 from imagebuild.spec import Spec, load  # noqa: E402
 
 DEFAULT_SPEC = "imagebuild.yaml"
@@ -88,17 +88,13 @@ def fetch(c, spec=DEFAULT_SPEC, cache_dir=None):
     )
 
 
-@cli()
-def plan(c, spec=DEFAULT_SPEC, cache_dir=None):
+@cli(dist="Output folder of the builds (default ./dist).")
+def plan(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist"):
     """Dry-run: show what would be built and what is cached; builds nothing."""
-    p = planning.make_plan(_load(spec), _cache(cache_dir))
+    p = planning.make_plan(_load(spec), _cache(cache_dir), Path(dist))
     print(p.render())
     if not p.ok:
         raise Exit(code=3)
-
-
-def _not_yet(what: str, issue: int) -> None:
-    raise NotImplementedYet(f"{what}: not implemented yet (tracked in issue #{issue})")
 
 
 def _prepare(spec: str, cache_dir: str | None, label: str) -> tuple[Spec, Any, Cache, Any]:
@@ -191,11 +187,16 @@ def verify(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", container=None, vm
         raise Exit(f"error: verify: {len(bad)} item(s) differ or miss expectations:\n{names}", 1)
 
 
-@cli(registry="Registry host:port (default: container.registry from the spec).")
-def push(c, spec=DEFAULT_SPEC, cache_dir=None, registry=None):
-    """Push the built image by digest (not implemented yet)."""
-    _load(spec)
-    _not_yet("push", 3)
+@cli(
+    registry="Registry HOST:PORT (default: container.registry from the spec).",
+    dist="Output folder (default ./dist); the pushed reference goes to NAME-VERSION.push.json.",
+)
+def push(c, spec=DEFAULT_SPEC, cache_dir=None, registry=None, dist="dist"):
+    """Push the built image and print its reference by digest (REGISTRY/REPO@sha256:...)."""
+    from imagebuild.push import push as pushing
+
+    r = pushing(_load(spec), registry, Path(dist))
+    print(f"pushed {r.reference} (image {r.image_id})")
 
 
 @cli()

@@ -3,11 +3,15 @@ reuses the verified downloads (hard links) but none of the build caches, a Markd
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,3 +54,24 @@ def table(rows: list[tuple[str, str, str]]) -> None:
     print("| measure | value | target |\n|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} |")
+
+
+@contextmanager
+def bench(doc: str, prefix: str) -> Iterator[tuple[str, Path, str, list[str]]]:
+    """Parse `--cache-dir`, make a scratch folder with a private locked example and a cold cache;
+    yield (cache_dir, work, spec, the common task options); remove the folder afterwards."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--cache-dir", default=DEFAULT_CACHE)
+    cache_dir = ap.parse_args().cache_dir
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        spec = private_example(work, cache_dir)
+        cache = cold_cache(cache_dir, work / "cache")
+        yield (
+            cache_dir,
+            work,
+            spec,
+            ["--spec", spec, "--cache-dir", str(cache), "--dist", str(work / "dist")],
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -9,25 +9,15 @@ Markdown table. Targets from issue #3: app-only <= 5 s, no-op <= 1 s.
 
 from __future__ import annotations
 
-import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
 import docker
-from common import DEFAULT_CACHE, cold_cache, private_example, table, timed
+from common import bench, table, timed
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cache-dir", default=DEFAULT_CACHE)
-    args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="ib-bench-"))
-    try:
-        spec = private_example(work, args.cache_dir)
-        warm_fetch, _ = timed("fetch", "--spec", spec, "--cache-dir", args.cache_dir)
-        cache = cold_cache(args.cache_dir, work / "cache")
-        common = ["--spec", spec, "--cache-dir", str(cache), "--dist", str(work / "dist")]
+    with bench(__doc__, "ib-bench-") as (cache_dir, work, spec, common):
+        warm_fetch, _ = timed("fetch", "--spec", spec, "--cache-dir", cache_dir)
         cold, r = timed("build-container", *common)
         with (Path(spec).parent / "app" / "app" / "__init__.py").open("a") as f:
             f.write("# bench touch\n")
@@ -44,8 +34,6 @@ def main() -> None:
                 ("image size", f"{size / 1e6:.0f} MB", ""),
             ]
         )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

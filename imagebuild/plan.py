@@ -4,9 +4,12 @@ without building, downloading or writing anything."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from imagebuild import lock as locking
 from imagebuild.build.container import STAGES, stage_cached, stage_keys
+from imagebuild.build.disk import disk_cached, disk_key
+from imagebuild.build.vm import up_to_date
 from imagebuild.cache import Cache
 from imagebuild.errors import StaleLockError
 from imagebuild.fetch import COMPLETE, source_dirs
@@ -33,7 +36,7 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def make_plan(spec: Spec, cache: Cache) -> Plan:
+def make_plan(spec: Spec, cache: Cache, dist: Path) -> Plan:
     plan = Plan()
     plan.add(f"spec      {spec.path}  ({spec.name} {spec.version})")
     try:
@@ -60,10 +63,11 @@ def make_plan(spec: Spec, cache: Cache) -> Plan:
     keys = stage_keys(spec, lock)
     layers = " ".join(f"{n}:{_state(stage_cached(cache, keys[n]), 'build')}" for n in STAGES)
     plan.add(f"container {spec.repository}:{spec.version}  layers {layers}")
-    formats = ", ".join(["qcow2", *[f for f in spec.vm.formats if f != "qcow2"]])
+    base = disk_key(spec, lock, keys["app"])
+    state = "nothing to do" if up_to_date(spec, lock, dist, base) else "packer build"
     plan.add(
-        f"vm        {formats}; {spec.vm.cpus} vCPU, {spec.vm.memory_mb} MiB, "
-        f"{spec.vm.disk_gb} GiB  (build-vm: not implemented yet)"
+        f"vm        {', '.join(spec.vm.formats)}; {spec.vm.cpus} vCPU, {spec.vm.memory_mb} MiB, "
+        f"{spec.vm.disk_gb} GiB; base disk {_state(disk_cached(cache, base), 'build')}; {state}"
     )
     if spec.vm.ami:
         plan.add(

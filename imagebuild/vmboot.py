@@ -98,7 +98,10 @@ def boot(
     cpus: int = 2,
     name: str = "imagebuild-boot",
     timeout: float = 300,
+    keep: bool = False,
 ) -> Iterator[Booted]:
+    """Boot `disk` on an overlay; with `keep`, power the guest off cleanly at the end and leave
+    the overlay (workdir/overlay.qcow2, backed by `disk`) as a modified copy."""
     key, disk_overlay = make_key(workdir), overlay(disk, workdir)
     port, serial = free_port(), workdir / "serial.log"
     cmd = [
@@ -113,13 +116,18 @@ def boot(
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        yield wait_for_ssh(
+        booted = wait_for_ssh(
             Booted(port, key, serial, 0.0), start, timeout, lambda: proc.poll() is None
         )
+        yield booted
+        if keep:
+            booted.ssh("systemctl poweroff", timeout=30)
+            proc.wait(timeout=120)
     finally:
         proc.kill()
         proc.wait()
-        disk_overlay.unlink(missing_ok=True)
+        if not keep:
+            disk_overlay.unlink(missing_ok=True)
 
 
 def partition_image(disk: Path, dest_dir: Path, offset: int = 1 << 20) -> Path:

@@ -58,3 +58,23 @@ def locked_example(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) ->
         r = run_invoke(task, "--spec", str(spec), "--cache-dir", str(cache_dir))
         assert r.returncode == 0, r.stderr
     return spec
+
+
+def build_vm(spec: Path, cache: Path, dist: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    args = ["--spec", str(spec), "--cache-dir", str(cache), "--dist", str(dist)]
+    return run_invoke("build-vm", *args, *extra)
+
+
+@pytest.fixture(scope="session")
+def vm_built(locked_example: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The example built as both artifacts into one dist: the container first (its manifest is
+    the VM's parity reference), then the VM. Shared by the VM and verify tests."""
+    from imagebuild import spec as specmod
+
+    dist = tmp_path_factory.mktemp("vmdist")
+    args = ["--spec", str(locked_example), "--cache-dir", str(cache_dir), "--dist", str(dist)]
+    r = run_invoke("build-container", *args)
+    assert r.returncode == 0, r.stderr
+    r = build_vm(locked_example, cache_dir, dist)
+    assert r.returncode == 0, r.stderr[-5000:]
+    return specmod.load(locked_example), dist, r

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import docker
@@ -143,7 +146,7 @@ def test_clean_rebuild_gives_the_same_image_id(
     first = image_id(first_run.stdout)
     # Empty stage cache (same verified downloads), image removed from the engine.
     cache = tmp_path / "cache"
-    shutil.copytree(cache_dir, cache, ignore=shutil.ignore_patterns("stages"))
+    shutil.copytree(cache_dir, cache, ignore=shutil.ignore_patterns("stages", "disks", "logs"))
     docker.from_env().images.remove(ref, force=True)
     r = build(locked_example, cache, tmp_path / "dist")
     assert r.returncode == 0, r.stderr
@@ -154,7 +157,7 @@ def test_corrupt_deb_in_cache_is_refused(
     tmp_path: Path, locked_example: Path, cache_dir: Path
 ) -> None:
     cache = tmp_path / "cache"
-    shutil.copytree(cache_dir, cache, ignore=shutil.ignore_patterns("stages"))
+    shutil.copytree(cache_dir, cache, ignore=shutil.ignore_patterns("stages", "disks", "logs"))
     lk = locking.read(locked_example.with_suffix(".lock"))
     victim = lk.shared[3]
     (cache / "blobs" / "sha256" / victim.sha256).write_bytes(b"tampered")
@@ -182,3 +185,32 @@ def test_engine_down_is_a_clear_error(
     assert r.returncode == 1
     assert "Docker engine is not reachable" in r.stderr and "Traceback" not in r.stderr
     assert tree(dist) == set()
+
+
+def test_ctrl_c_during_a_stage_leaves_nothing(built, tmp_path: Path, cache_dir: Path) -> None:
+    """SIGINT while an Ansible stage runs in its container: exit 130, no container, no stage
+    image, nothing in dist, no half-made cache entry."""
+    spec, _, _ = built
+    shutil.copytree(spec.base_dir, tmp_path / "p")
+    (tmp_path / "p" / spec.app.src / "app" / "ctrlc.py").write_text("# new app stage key\n")
+    dist, before = tmp_path / "dist", containers()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("invoke")), "build-container", "--spec",
+         str(tmp_path / "p" / spec.path.name), "--cache-dir", str(cache_dir), "--dist", str(dist)],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "build-container: app: key" in line:
+            time.sleep(3)  # inside the stage: image loaded, container up, Ansible running
+            proc.send_signal(signal.SIGINT)
+            break
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert containers() == before
+    stage_images = [t for i in docker.from_env().images.list() for t in i.tags
+                    if t.startswith("imagebuild-stage/")]  # fmt: skip
+    assert stage_images == []
+    assert tree(dist) == set()
+    assert not list(cache_dir.glob("imagebuild-*")) and not list(cache_dir.glob("stages/.*"))

@@ -124,6 +124,7 @@ def test_plan_is_a_dry_run(locked_example: Path, cache_dir: Path) -> None:
     assert f"cached {len(lk.python)}/{len(lk.python)}" in r.stdout
     states = " ".join(rf"{n}:(reuse|build)" for n in STAGES)
     assert re.search(rf"container \S+  layers {states}\n", r.stdout), r.stdout
+    assert re.search(r"vm .* base disk (reuse|build); (nothing to do|packer build)\n", r.stdout)
     assert (tree(cache_dir), tree(locked_example.parent)) == before
 
 

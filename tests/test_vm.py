@@ -22,27 +22,9 @@ from imagebuild.build.formats import filename
 from imagebuild.cache import sha256_file
 from imagebuild.inventory import _entries
 from imagebuild.vmboot import Booted, boot, debugfs_cat, image_info, partition_image
-from tests.conftest import run_invoke, tree
+from tests.conftest import build_vm, tree
 
 pytestmark = [pytest.mark.network, pytest.mark.engine, pytest.mark.vm]
-
-
-def build_vm(spec: Path, cache: Path, dist: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    args = ["--spec", str(spec), "--cache-dir", str(cache), "--dist", str(dist)]
-    return run_invoke("build-vm", *args, *extra)
-
-
-@pytest.fixture(scope="module")
-def vm_built(locked_example: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The container first (its manifest is the parity reference), then the VM, same dist."""
-    dist = tmp_path_factory.mktemp("vmdist")
-    args = ["--spec", str(locked_example), "--cache-dir", str(cache_dir), "--dist", str(dist)]
-    r = run_invoke("build-container", *args)
-    assert r.returncode == 0, r.stderr
-    r = build_vm(locked_example, cache_dir, dist)
-    assert r.returncode == 0, r.stderr[-5000:]
-    spec = specmod.load(locked_example)
-    return spec, dist, r
 
 
 def _stem(spec: specmod.Spec) -> str:
@@ -89,6 +71,7 @@ def test_shared_packages_equal_the_containers(vm_built, locked_example: Path) ->
         assert vm[f"deb {p.name}"] == f"{p.version}={p.sha256}"
     assert not [k for k, v in vm.items() if v.endswith("=unlocked")], "package not in the lock"
     assert "parity shared_differ: []" in r.stdout
+    assert "parity shared_roles_changed: []" in r.stdout  # Packer's pass found them converged
 
 
 def test_vm_boots_and_runs_the_entrypoint_service(booted: Booted, vm_built) -> None:
@@ -173,9 +156,10 @@ def test_second_build_reuses_everything(vm_built, locked_example: Path, cache_di
     assert time.monotonic() - start < 30
 
 
-def _qemu_processes() -> list[str]:
+def _build_qemu(spec: specmod.Spec) -> list[str]:
+    """QEMU processes of build-vm (Packer names them imagebuild-NAME-...)."""
     out = subprocess.run(["pgrep", "-a", "qemu-system"], capture_output=True, text=True).stdout
-    return [ln for ln in out.splitlines() if "imagebuild-" in ln]
+    return [ln for ln in out.splitlines() if f"-name imagebuild-{spec.name}-" in ln]
 
 
 def test_ctrl_c_during_packer_leaves_nothing(vm_built, cache_dir: Path, tmp_path: Path) -> None:
@@ -201,6 +185,6 @@ def test_ctrl_c_during_packer_leaves_nothing(vm_built, cache_dir: Path, tmp_path
             break
     _, err = proc.communicate(timeout=180)
     assert proc.returncode != 0, "".join(seen) + err
-    assert _qemu_processes() == []
+    assert _build_qemu(spec) == []
     assert tree(dist) == before
     assert len(docker.from_env().containers.list(all=True)) == len(containers)

@@ -25,8 +25,10 @@ from pathlib import Path
 
 from imagebuild import progress, provision, roles
 from imagebuild.build.container import STAGES, Layer, _Build, stage_container
-from imagebuild.cache import digest, sha256_file
+from imagebuild.cache import Cache, digest, sha256_file
 from imagebuild.errors import ImageBuildError
+from imagebuild.lock.lockfile import Lock
+from imagebuild.spec import Spec
 
 DISK_LAYOUT = "1"  # bump when the layout code below changes: it is part of the cache key
 PART_OFFSET = 1 << 20  # first partition at 1 MiB; GRUB's core.img lives in the gap before it
@@ -56,19 +58,23 @@ def _run(cmd: list[str], **kw: object) -> None:
         raise DiskError(f"{cmd[0]} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
 
 
-def disk_key(b: _Build, container_key: str) -> str:
-    vm_vars = provision.vm_vars(b.spec, b.lock)
+def disk_key(spec: Spec, lock: Lock, container_key: str) -> str:
+    vm_vars = provision.vm_vars(spec, lock)
     return digest(
         "base-disk",
         DISK_LAYOUT,
         container_key,
-        b.lock.section_digest("vm"),
+        lock.section_digest("vm"),
         (roles.ANSIBLE_DIR / "vm.yml").read_text(),
         *(roles.files_digest(r) for r in ("base_os", "vm_sources", "vm_base", "vm_service")),
         json.dumps({k: v for k, v in vm_vars.items() if "inventory" not in k}, sort_keys=True),
-        str(b.spec.vm.disk_gb),
-        b.spec.name,
+        str(spec.vm.disk_gb),
+        spec.name,
     )
+
+
+def disk_cached(cache: Cache, key: str) -> bool:
+    return (cache.dir("disks", key) / "disk.json").exists()
 
 
 def _extract(chunks: object, rootfs: Path) -> None:
@@ -161,9 +167,9 @@ def _assemble(rootfs: Path, out: Path, size: int, root_uuid: str, sde: int) -> N
 def base_disk(b: _Build, layers: list[Layer], container_key: str) -> BaseDisk:
     """The cached base disk for this spec + lock, made now if missing."""
     start = time.monotonic()
-    key = disk_key(b, container_key)
+    key = disk_key(b.spec, b.lock, container_key)
     final = b.cache.dir("disks", key)
-    if not (final / "disk.json").exists():
+    if not disk_cached(b.cache, key):
         with b.cache.building("disks", key) as tmp:
             _make(b, layers, key, tmp)
     else:

@@ -95,7 +95,7 @@ def _kill_stray_qemu(name: str) -> None:
             os.kill(int(proc.name), signal.SIGKILL)
 
 
-def _outputs(dist: Path, spec: Spec) -> dict[str, Path]:
+def outputs(dist: Path, spec: Spec) -> dict[str, Path]:
     stem = f"{spec.name}-{spec.version}"
     out = {fmt: dist / filename(fmt, spec) for fmt in spec.vm.formats}
     out |= {
@@ -161,14 +161,15 @@ def _build_key(work: Path) -> None:
     )  # fmt: skip
 
 
-def vm_key(spec: Spec, lock: Lock, base: disk.BaseDisk) -> str:
+def vm_key(spec: Spec, lock: Lock, base_key: str) -> str:
     """Everything the VM's bytes depend on beyond the base disk."""
     pv = provision.playbook_vars(spec, lock, "", "")
     return digest(
         "vm",
-        base.key,
+        base_key,
         (packer.PACKER_DIR / packer.TEMPLATE).read_text(),
         roles.files_digest("vm_finalize"),
+        inv.SCRIPT,  # the VM manifest is made by it
         json.dumps(pv, sort_keys=True),
         json.dumps(asdict(spec.vm), sort_keys=True, default=str),
     )
@@ -188,14 +189,14 @@ def build(
     if target == "ami":
         return build_ami(spec, lock, cache, fetched)
     keys = container.stage_keys(spec, lock)
-    out = _outputs(dist, spec)
+    out = outputs(dist, spec)
     seconds: dict[str, float] = {}
     with container.new_build(spec, lock, cache, fetched) as b:
         start = time.monotonic()
         layers, _ = container.build_layers(b, keys, "build-vm")
         base = disk.base_disk(b, layers, keys["app"])
         seconds["base disk"] = round(time.monotonic() - start, 1)
-        key = vm_key(spec, lock, base)
+        key = vm_key(spec, lock, base.key)
         record = out["record"]
         previous = json.loads(record.read_text()) if record.exists() else {}
         if previous.get("key") == key and all(p.exists() for p in out.values()):
@@ -327,3 +328,12 @@ def _aws_credentials() -> bool:
     if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
         return True
     return bool(env.get("AWS_PROFILE")) or (Path.home() / ".aws" / "credentials").exists()
+
+
+def up_to_date(spec: Spec, lock: Lock, dist: Path, base_key: str) -> bool:
+    """Would `build-vm` find nothing to do (record with this key, every output present)?"""
+    out = outputs(dist, spec)
+    record = out["record"]
+    if not record.exists() or not all(p.exists() for p in out.values()):
+        return False
+    return json.loads(record.read_text()).get("key") == vm_key(spec, lock, base_key)

@@ -1,0 +1,64 @@
+"""push against a real registry (Debian's docker-registry on 127.0.0.1), pulled back by digest."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from imagebuild import spec as specmod
+from tests.conftest import run_invoke
+
+pytestmark = [pytest.mark.network, pytest.mark.engine]
+
+
+@pytest.fixture
+def registry(tmp_path: Path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: "
+        f"{tmp_path / 'store'}\nhttp:\n  addr: 127.0.0.1:{port}\n"
+    )
+    proc = subprocess.Popen(["docker-registry", "serve", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    for _ in range(50):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.2)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait()
+
+
+def test_push_then_pull_by_digest(registry: str, locked_example: Path, cache_dir: Path,
+                                  tmp_path: Path) -> None:  # fmt: skip
+    dist = tmp_path / "dist"
+    common = ["--spec", str(locked_example), "--dist", str(dist)]
+    r = run_invoke("build-container", *common, "--cache-dir", str(cache_dir))
+    assert r.returncode == 0, r.stderr
+    r = run_invoke("push", *common, "--registry", registry)
+    assert r.returncode == 0, r.stderr
+    spec = specmod.load(locked_example)
+    record = json.loads((dist / f"{spec.name}-{spec.version}.push.json").read_text())
+    ref = record["reference"]
+    assert ref.startswith(f"{registry}/{spec.name}@sha256:") and ref in r.stdout
+    client = docker.from_env()
+    local_id = client.images.get(f"{spec.repository}:{spec.version}").id
+    pulled = client.images.pull(ref)
+    assert pulled.id == local_id == record["image_id"]
+    client.images.remove(ref)
+
+
+def test_push_without_registry_names_the_field(locked_example: Path, tmp_path: Path) -> None:
+    r = run_invoke("push", "--spec", str(locked_example), "--dist", str(tmp_path))
+    assert r.returncode == 1
+    assert "container.registry: not set" in r.stderr and "--registry" in r.stderr

@@ -1,0 +1,113 @@
+"""verify for real: the built example passes; sabotaged artifacts fail with the exact items named;
+nothing is left running either way. Expected values come from the spec and the lock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import docker
+import pytest
+
+from imagebuild import lock as locking
+from imagebuild import vmboot
+from imagebuild.verify.items import items
+from tests.conftest import run_invoke
+
+pytestmark = [pytest.mark.network, pytest.mark.engine, pytest.mark.vm]
+
+
+def verify(spec: Path, dist: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run_invoke("verify", "--spec", str(spec), "--dist", str(dist), *extra)
+
+
+def leftovers() -> list[str]:
+    """Anything verify may have started: containers, libvirt domains, QEMU processes."""
+    out = [c.name for c in docker.from_env().containers.list(all=True, filters={
+        "label": "io.imagebuild.verify"})]  # fmt: skip
+    doms = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--name"],
+                          capture_output=True, text=True).stdout  # fmt: skip
+    out += [d for d in doms.split() if d.startswith("imagebuild-verify")]
+    ps = subprocess.run(["pgrep", "-a", "qemu-system"], capture_output=True, text=True).stdout
+    return out + [ln for ln in ps.splitlines() if "imagebuild-verify" in ln]
+
+
+def test_verify_passes_on_the_built_example(vm_built, locked_example: Path) -> None:
+    spec, dist, _ = vm_built
+    r = verify(locked_example, dist)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = json.loads((dist / "verify" / "report.json").read_text())
+    lock = locking.load_fresh(spec)
+    rows = {row["id"]: row for row in report["rows"]}
+    # Every locked package and Python distribution is a row, and every row passed.
+    for p in lock.shared + lock.vm:
+        assert rows[f"deb:{p.name}"]["outcome"] == "passed"
+    for w in lock.python:
+        assert rows[f"python:{w.name}"] == {
+            **rows[f"python:{w.name}"],
+            "vm": w.version,
+            "container": w.version,
+            "outcome": "passed",
+        }
+    assert {row["outcome"] for row in report["rows"]} == {"passed"}
+    assert len(rows) >= len(items(spec, lock, []))
+    assert (dist / "verify" / "junit.xml").read_text().count("<testcase") == len(report["rows"])
+    assert r.stdout.startswith("| item | container | vm | same? | result |")
+    assert set(report["seconds"]) == {"container start", "vm boot to ssh", "test run"}
+    assert leftovers() == []
+
+
+def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path) -> None:
+    """One different package version + one different env var in the container; a changed
+    entrypoint unit + one locked Python package removed in the VM: each item named."""
+    spec, dist, _ = vm_built
+    lock = locking.load_fresh(spec)
+    victim_deb = "ca-certificates"
+    victim_py = lock.python[0].name
+    client = docker.from_env()
+    c = client.containers.run(
+        f"{spec.repository}:{spec.version}", ["sleep", "infinity"], entrypoint=[], user="root",
+        network_mode="none", detach=True,
+    )  # fmt: skip
+    try:
+        # A real package of another version, built and installed with Debian's own tools.
+        script = (
+            "set -e; d=$(mktemp -d); mkdir $d/DEBIAN; printf 'Package: %s\\nVersion: 99.0\\n"
+            "Architecture: all\\nMaintainer: test <t@t>\\nDescription: sabotage\\n' "
+            f"{victim_deb} > $d/DEBIAN/control; dpkg-deb -b $d /tmp/x.deb >/dev/null; "
+            "dpkg -i --force-all /tmp/x.deb >/dev/null 2>&1; rm -rf $d /tmp/x.deb"
+        )
+        rc, out = c.exec_run(["sh", "-c", script])
+        assert rc == 0, out
+        c.commit("local/sabotage", "c", changes=["ENV OMP_NUM_THREADS=4", f"USER {spec.user}",
+                 'ENTRYPOINT ["' + '","'.join(spec.entrypoint) + '"]'])  # fmt: skip
+    finally:
+        c.remove(force=True)
+    bad_vm = tmp_path / "vm"
+    with vmboot.boot(dist / f"{spec.name}-{spec.version}.qcow2", bad_vm, keep=True) as b:
+        unit = f"/etc/systemd/system/{spec.name}.service"
+        wrapper = "/usr/local/bin/imagebuild-entrypoint"
+        cmds = [
+            f"sed -i 's|^ExecStart=.*|ExecStart={wrapper} --debug|' {unit}",
+            f"{spec.python.venv}/bin/pip uninstall -y -q {victim_py}",
+        ]
+        for cmd in cmds:
+            r = b.ssh(cmd)
+            assert r.returncode == 0, r.stderr
+        # Undo what any first boot does, so only the sabotage above differs; in one command
+        # with the power-off, since sshd needs its host keys for every new connection.
+        b.ssh("truncate -s 0 /etc/machine-id; rm -f /etc/ssh/ssh_host_*; systemctl poweroff")
+    r = verify(locked_example, dist, "--container", "local/sabotage:c",
+               "--vm", str(bad_vm / "overlay.qcow2"))  # fmt: skip
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    named = r.stderr.split("differ or miss expectations:")[1]
+    failed = {ln.strip().split(": ")[0] for ln in named.strip().splitlines()}
+    assert failed == {
+        f"deb:{victim_deb}",
+        "env:OMP_NUM_THREADS",
+        f"python:{victim_py}",
+        "entrypoint:what starts it",
+    }, named
+    assert leftovers() == []
+    client.images.remove("local/sabotage:c", force=True)
