@@ -204,6 +204,7 @@ build {
       "ANSIBLE_ROLES_PATH=${var.ansible_dir}/roles",
       "ANSIBLE_HOST_KEY_CHECKING=False",
       "ANSIBLE_NOCOLOR=1",
+      "ANSIBLE_CALLBACKS_ENABLED=ansible.posix.profile_tasks", # per-task seconds in the log
     ]
   }
 

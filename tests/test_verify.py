@@ -80,8 +80,14 @@ def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path) -> No
         )
         rc, out = c.exec_run(["sh", "-c", script])
         assert rc == 0, out
-        c.commit("local/sabotage", "c", changes=["ENV OMP_NUM_THREADS=4", f"USER {spec.user}",
-                 'ENTRYPOINT ["' + '","'.join(spec.entrypoint) + '"]'])  # fmt: skip
+        # commit's ENTRYPOINT resets CMD: give both back as they were, so only ENV differs
+        changes = [
+            "ENV OMP_NUM_THREADS=4",
+            f"USER {spec.user}",
+            f"ENTRYPOINT {json.dumps(spec.entrypoint)}",
+            f"CMD {json.dumps(spec.cmd)}",
+        ]
+        c.commit("local/sabotage", "c", changes=changes)
     finally:
         c.remove(force=True)
     bad_vm = tmp_path / "vm"
@@ -103,11 +109,10 @@ def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path) -> No
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
     named = r.stderr.split("differ or miss expectations:")[1]
     failed = {ln.strip().split(": ")[0] for ln in named.strip().splitlines()}
-    assert failed == {
-        f"deb:{victim_deb}",
-        "env:OMP_NUM_THREADS",
-        f"python:{victim_py}",
-        "entrypoint:what starts it",
-    }, named
+    sabotaged = {f"deb:{victim_deb}", "env:OMP_NUM_THREADS", f"python:{victim_py}",
+                 "entrypoint:what starts it"}  # fmt: skip
+    assert sabotaged <= failed, named
+    # The only other findings allowed: imports that needed the removed distribution.
+    assert all(f.startswith("import:") for f in failed - sabotaged), named
     assert leftovers() == []
     client.images.remove("local/sabotage:c", force=True)

@@ -80,7 +80,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if r is not None and (rep.when == "call" or rep.outcome == "skipped"):
         r["outcome"] = rep.outcome
         if rep.outcome == "failed":
-            r["problem"] = str(rep.longrepr.reprcrash.message) if rep.longrepr else "failed"
+            msg = rep.longrepr.reprcrash.message if rep.longrepr else "failed"
+            # "AssertionError: ITEM: what differs" (first line) -> "what differs"
+            r["problem"] = msg.splitlines()[0].removeprefix("AssertionError: ").split(": ", 1)[-1]
         elif rep.outcome == "skipped" and isinstance(rep.longrepr, tuple):
             r["problem"] = rep.longrepr[2]
 
