@@ -72,8 +72,9 @@ def verify(
             v = up.enter_context(
                 hosts.vm(disk, work / "vm", spec.vm.memory_mb, spec.vm.cpus, backend)
             )
+            seconds["vm start (libvirt)"] = v.setup_seconds
             seconds["vm boot to ssh"] = v.seconds
-            st["note"] = f"{v.how}, {v.seconds}s"
+            st["note"] = f"{v.how}; domain start {v.setup_seconds}s, boot to SSH {v.seconds}s"
         ctx = work / "out" / "context.json"
         ctx.parent.mkdir()
         ctx.write_text(
