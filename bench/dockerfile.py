@@ -74,8 +74,10 @@ def prepare(spec_path: str, cache_dir: Path, ctx: Path) -> tuple[str, str]:
     hit = container._cached(cache, key)
     assert hit is not None, "run build-container first: its base layer is the common base"
     layer = hit[0]
-    cfg = img.ImageConfig([], ["/bin/sh"], {"PATH": provision.PATH}, "/", "", {},
-                          lock.source_date_epoch, ["base"])  # fmt: skip
+    cfg = img.ImageConfig(
+        entrypoint=[], cmd=["/bin/sh"], env={"PATH": provision.PATH}, workdir="/", user="",
+        labels={}, history=["base"], created=lock.source_date_epoch,
+    )  # fmt: skip
     archive = ctx.parent / "base.tar"
     base = f"{BASE_REPO}:{key[:12]}"
     img.docker_archive(archive, cfg.render([layer]), [layer], base)
@@ -89,13 +91,14 @@ def prepare(spec_path: str, cache_dir: Path, ctx: Path) -> tuple[str, str]:
     return base, "imagebuild-bench/dockerfile:latest"
 
 
-def docker_build(ctx: Path, tag: str) -> float:
+def docker_build(ctx: Path, tag: str) -> tuple[float, str]:
+    """Seconds and the image ID of one `docker build` (BuildKit, Debian's CLI)."""
     start = time.monotonic()
-    subprocess.run(
+    r = subprocess.run(
         ["/usr/bin/docker", "build", "-q", "--network", "host", "-t", tag, str(ctx)],
-        check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "1"},
+        check=True, capture_output=True, text=True, env={**os.environ, "DOCKER_BUILDKIT": "1"},
     )  # fmt: skip
-    return time.monotonic() - start
+    return time.monotonic() - start, r.stdout.strip()
 
 
 def size(tag: str) -> int:
@@ -118,11 +121,13 @@ def main() -> None:
         ctx.mkdir()
         base, tag = prepare(spec, cache, ctx)
         subprocess.run(["docker", "builder", "prune", "-af"], capture_output=True)
-        df_cold = docker_build(ctx, tag)
+        df_cold, id_cold = docker_build(ctx, tag)
         with (ctx / "app" / "app" / "__init__.py").open("a") as f:
-            f.write("# bench touch\n")
-        df_app = docker_build(ctx, tag)
-        df_noop = docker_build(ctx, tag)
+            f.write("# bench touch 2\n")
+        df_app, id_app = docker_build(ctx, tag)
+        df_noop, id_noop = docker_build(ctx, tag)
+        # The baseline must really rebuild on the change (and only then), or the ratio lies.
+        assert id_app != id_cold and id_noop == id_app, (id_cold, id_app, id_noop)
         rows = [
             ("cold build", ib_cold, df_cold),
             ("app file changed", ib_app, df_app),
