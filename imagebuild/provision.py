@@ -3,8 +3,10 @@ Both the container stages and the VM build use `playbook_vars`, so they cannot d
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +67,49 @@ def runtime_env(spec: Spec) -> dict[str, str]:
     return {"PATH": venv_bin + PATH, **spec.runtime_env}
 
 
-def playbook_vars(spec: Spec, lock: Lock, repo_dir: str, wheel_dir: str) -> dict[str, Any]:
+def _app_files(root: Path) -> list[Path]:
+    return [p for p in sorted(root.rglob("*")) if "__pycache__" not in p.parts]
+
+
+def app_digest(spec: Spec) -> str:
+    """Content hash of the app tree (names, bytes, exec bits): the app stage's key and the
+    stamp a converged target carries."""
+    if not spec.app:
+        return ""
+    root = spec.base_dir / spec.app.src
+    h = hashlib.sha256()
+    for p in _app_files(root):
+        h.update(str(p.relative_to(root)).encode() + b"\0")
+        if p.is_file():
+            h.update(p.read_bytes() + b"\0" + str(os.access(p, os.X_OK)).encode())
+    return h.hexdigest()
+
+
+def write_app_archive(spec: Spec, lock: Lock, dest: Path) -> str:
+    """The app tree as one tar (sorted, root-owned, u=rwX,go=rX, mtimes = SOURCE_DATE_EPOCH):
+    the app role unpacks it in one step instead of copying file by file, which costs a round
+    trip per file (28 s for 8 files over SSH to an emulated guest)."""
+    if not spec.app:
+        return ""
+    root = spec.base_dir / spec.app.src
+    with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
+        for p in _app_files(root):
+            info = tar.gettarinfo(p, str(p.relative_to(root)))
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            info.mtime = lock.source_date_epoch
+            info.mode = 0o755 if p.is_dir() or os.access(p, os.X_OK) else 0o644
+            if p.is_file():
+                with p.open("rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+    return str(dest)
+
+
+def playbook_vars(
+    spec: Spec, lock: Lock, repo_dir: str, wheel_dir: str, app_archive: str = ""
+) -> dict[str, Any]:
     return {
         "imagebuild_repo_dir": repo_dir,
         "imagebuild_wheel_dir": wheel_dir,
@@ -78,7 +122,8 @@ def playbook_vars(spec: Spec, lock: Lock, repo_dir: str, wheel_dir: str) -> dict
         "imagebuild_venv": spec.python.venv if spec.python else "",
         "imagebuild_stacks": spec.stacks,
         "imagebuild_gpu": bool(spec.gpu),
-        "imagebuild_app_src": str((spec.base_dir / spec.app.src).resolve()) if spec.app else "",
+        "imagebuild_app_archive": app_archive,
+        "imagebuild_app_digest": app_digest(spec),
         "imagebuild_app_dest": spec.app.dest if spec.app else "/",
         "imagebuild_app_build": spec.app.build if spec.app else [],
         "imagebuild_entrypoint": spec.entrypoint,

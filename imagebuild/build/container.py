@@ -93,18 +93,6 @@ def engine() -> docker.DockerClient:
         ) from None
 
 
-def _tree_digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if "__pycache__" in p.parts:
-            continue
-        rel = str(p.relative_to(root))
-        h.update(rel.encode() + b"\0")
-        if p.is_file():
-            h.update(p.read_bytes() + b"\0" + str(os.access(p, os.X_OK)).encode())
-    return h.hexdigest()
-
-
 def stage_keys(spec: Spec, lock: Lock) -> dict[str, str]:
     """Key of each stage = its own inputs chained with the key of the stage below."""
     pv = provision.playbook_vars(spec, lock, MOUNT_REPO, MOUNT_WHEELS)
@@ -141,7 +129,7 @@ def stage_keys(spec: Spec, lock: Lock) -> dict[str, str]:
                     pv["imagebuild_app_dest"],
                 ]
             ),
-            _tree_digest(spec.base_dir / spec.app.src) if spec.app else "",
+            provision.app_digest(spec),
         ],
     }
     keys, below = {}, ""
@@ -307,7 +295,16 @@ def stage_container(
                 "ansible_connection": "community.docker.docker_api",
                 "ansible_python_interpreter": "/usr/bin/python3",
             },
-            {**provision.playbook_vars(spec, lock, MOUNT_REPO, MOUNT_WHEELS), **(extravars or {})},
+            {
+                **provision.playbook_vars(
+                    spec,
+                    lock,
+                    MOUNT_REPO,
+                    MOUNT_WHEELS,
+                    provision.write_app_archive(spec, lock, b.workdir / f"{name}-app.tar"),
+                ),
+                **(extravars or {}),
+            },  # fmt: skip
             tags,
             b.workdir / f"{name}-ansible",
             playbook,
