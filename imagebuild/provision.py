@@ -160,6 +160,10 @@ def run(
             "ANSIBLE_NOCOLOR": "1",
         },
     )
+    if r.status == "canceled":
+        # ansible-runner traps SIGINT, stops ansible-playbook and reports "canceled": it was
+        # the user's Ctrl-C, so let it unwind (and clean up) as one.
+        raise KeyboardInterrupt
     stats = r.stats or {}
     if r.rc != 0 or r.status != "successful":
         tail = r.stdout.read()[-3000:] if r.stdout else ""
