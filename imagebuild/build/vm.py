@@ -198,8 +198,8 @@ def build(
         seconds["base disk"] = round(time.monotonic() - start, 1)
         key = vm_key(spec, lock, base.key)
         record = out["record"]
-        previous = json.loads(record.read_text()) if record.exists() else {}
-        if previous.get("key") == key and all(p.exists() for p in out.values()):
+        if up_to_date(spec, lock, dist, base.key):
+            previous = json.loads(record.read_text())
             progress.say(f"build-vm: nothing changed ({key[:12]}); outputs in {dist}")
             return VmResult("qemu", previous["accelerator"], key, base, out, seconds, {}, True)
         sources = disk.sources_disk(b)

@@ -3,7 +3,6 @@ archive with the descriptor first (OVF spec DSP0243 section 5.3)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import tarfile
 from pathlib import Path
@@ -11,6 +10,7 @@ from xml.sax.saxutils import escape
 
 from imagebuild.cache import sha256_file
 from imagebuild.spec import Spec
+from imagebuild.vmboot import image_info
 
 SUFFIX = ".ova"
 
@@ -112,12 +112,7 @@ def make(disk: Path, dest: Path, spec: Spec, sde: int) -> None:
              str(disk), str(vmdk)],
             check=True, capture_output=True,
         )  # fmt: skip
-        info = json.loads(
-            subprocess.run(
-                ["qemu-img", "info", "--output=json", str(disk)],
-                check=True, capture_output=True, text=True,
-            ).stdout
-        )  # fmt: skip
+        info = image_info(disk)
         ovf = work / f"{stem}.ovf"
         ovf.write_text(
             OVF.format(
