@@ -146,9 +146,14 @@ def _wheelhouse(cache: Cache, lock: Lock) -> Path:
         return final
     with cache.building("wheelhouses", key) as tmp:
         _link_all(cache, lock.python, tmp, lambda w: w.filename)
-        (tmp / "requirements.txt").write_text(
-            "".join(f"{w.name}=={w.version} --hash=sha256:{w.sha256}\n" for w in lock.python)
-        )
+        # One requirements file per installing role: python_env's, then each stack's.
+        for group in dict.fromkeys(w.group for w in lock.python):
+            name = "requirements.txt" if group == "python" else f"requirements-{group}.txt"
+            (tmp / name).write_text(
+                "".join(
+                    f"{w.name}=={w.version} --hash=sha256:{w.sha256}\n" for w in lock.wheels(group)
+                )
+            )
         (tmp / COMPLETE).write_text(f"{len(lock.python)} wheels\n")
     return final
 

@@ -7,7 +7,7 @@ import hashlib
 import os
 import sys
 import tarfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from imagebuild.lock.lockfile import Lock, stack_roles
 from imagebuild.roles import ANSIBLE_DIR, ROLES_DIR
 from imagebuild.spec import Spec
 
+GPU_GUARD = "/usr/local/bin/imagebuild-gpu-guard"  # installed by role nvidia_driver
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -37,7 +38,7 @@ def os_pins(spec: Spec, lock: Lock) -> list[str]:
     versions = {p.name: p.version for p in lock.shared}
     names = list(spec.packages)
     for r in stack_roles(spec):
-        names += r.packages + (r.gpu_packages if spec.gpu else [])
+        names += r.packages
     return [f"{n}={versions[n]}" for n in dict.fromkeys(names)]
 
 
@@ -55,11 +56,21 @@ def vm_vars(spec: Spec, lock: Lock, sources_label: str = "", inventory_out: str 
     return {
         "imagebuild_vm_packages": vm_pins(spec, lock),
         "imagebuild_service_name": spec.name,
+        # Stack roles with a VM-only part (tasks/vm.yml), run by vm.yml's VM play.
+        "imagebuild_vm_stacks": [
+            s for s in spec.stacks if (ROLES_DIR / s / "tasks" / "vm.yml").is_file()
+        ],
         "imagebuild_sources_label": sources_label,
         "imagebuild_inventory_script": str(inventory.SCRIPT_PATH),
         "imagebuild_inventory_python": inventory.target_python(spec),
         "imagebuild_inventory_out": inventory_out,
     }
+
+
+def exec_argv(spec: Spec) -> list[str]:
+    """What starts the app in both artifacts (container ENTRYPOINT, VM wrapper's exec): the
+    spec's entrypoint, behind the GPU guard for GPU specs."""
+    return ([GPU_GUARD] if spec.gpu else []) + spec.entrypoint
 
 
 def runtime_env(spec: Spec) -> dict[str, str]:
@@ -121,12 +132,14 @@ def playbook_vars(
         "imagebuild_sde": str(lock.source_date_epoch),
         "imagebuild_venv": spec.python.venv if spec.python else "",
         "imagebuild_stacks": spec.stacks,
-        "imagebuild_gpu": bool(spec.gpu),
+        "imagebuild_gpu": asdict(spec.gpu) if spec.gpu else {},
+        "imagebuild_gpu_guard": GPU_GUARD,
+        "imagebuild_exec": exec_argv(spec),
+        "imagebuild_wheel_groups": sorted({w.group for w in lock.python}),
         "imagebuild_app_archive": app_archive,
         "imagebuild_app_digest": app_digest(spec),
         "imagebuild_app_dest": spec.app.dest if spec.app else "/",
         "imagebuild_app_build": spec.app.build if spec.app else [],
-        "imagebuild_entrypoint": spec.entrypoint,
         "imagebuild_cmd": spec.cmd,
         "imagebuild_env": runtime_env(spec),
     }

@@ -1,16 +1,19 @@
 """The Ansible roles shipped in `ansible/roles/` and what the tool needs to know of them.
 
 A role is a *stack* when it has `meta/imagebuild.yml` with `stack: true`; that file may also
-list the OS packages the role installs (`packages`, `vm_packages`), which the lock resolves, so a
-new model stack is one new role folder and nothing else.
+list the OS packages the role installs (`packages`, `vm_packages`) and its Python requirements
+(`python`), which the lock resolves, so a new model stack is one new role folder and nothing else.
+A `gpu:` mapping in that file replaces the fields it names when the spec has `gpu:` (the CUDA
+variant of a stack); `needs_gpu: true` marks roles that only make sense with `gpu:`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -26,13 +29,23 @@ class RoleInfo:
     description: str = ""
     packages: list[str] = field(default_factory=list)  # in both artifacts
     vm_packages: list[str] = field(default_factory=list)  # VM only (e.g. kernel modules)
-    gpu_packages: list[str] = field(default_factory=list)  # both artifacts, only with `gpu:`
+    python: list[str] = field(default_factory=list)  # requirement lines, locked with the spec's
     imports: list[str] = field(default_factory=list)  # distributions verify imports (versions)
+    needs_gpu: bool = False
+    gpu: dict[str, Any] = field(default_factory=dict)  # field overrides of the CUDA variant
+
+    def variant(self, gpu: bool) -> RoleInfo:
+        """The role as a spec with (or without) `gpu:` uses it."""
+        return replace(self, **self.gpu, gpu={}) if gpu and self.gpu else self
+
+
+def meta_path(name: str) -> Path:
+    return ROLES_DIR / name / "meta" / "imagebuild.yml"
 
 
 @cache
 def role(name: str) -> RoleInfo:
-    meta = ROLES_DIR / name / "meta" / "imagebuild.yml"
+    meta = meta_path(name)
     data = yaml.safe_load(meta.read_text()) if meta.is_file() else {}
     return RoleInfo(name=name, **(data or {}))
 
@@ -51,3 +64,10 @@ def files_digest(name: str) -> str:
         if p.is_file():
             h.update(str(p.relative_to(base)).encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()
+
+
+@cache
+def defaults(name: str) -> dict[str, Any]:
+    """A role's `defaults/main.yml`: values imagebuild must agree on with the role (e.g. verify's
+    expectations), read from the one place they are set."""
+    return yaml.safe_load((ROLES_DIR / name / "defaults" / "main.yml").read_text()) or {}

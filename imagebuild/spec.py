@@ -29,6 +29,7 @@ USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 # Debian's own python3 is what every image runs, so the suite fixes the target interpreter.
 SUITE_PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
 VM_FORMATS = ("qcow2", "ova", "vagrant")
+GPU_ROLES = ("nvidia_driver", "cuda_runtime")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 DEFAULT_VM_PACKAGES = [
     "linux-image-cloud-amd64",
@@ -178,8 +179,15 @@ class Gpu:
     cuda: str = field(
         default="11.8",
         metadata=meta(
-            "CUDA runtime version (user space).",
+            "CUDA runtime (user space) from Debian non-free; bookworm ships 11.8 only.",
             _pattern(r"\d+\.\d+", "a CUDA version like '11.8'"),
+        ),
+    )
+    allow_missing_env: str = field(
+        default="IMAGEBUILD_ALLOW_NO_GPU",
+        metadata=meta(
+            "Env var that, set to 1, lets the entrypoint start without a usable GPU.",
+            lambda v, _: None if ENV_NAME.match(v) else f"{v!r} is not an env var name",
         ),
     )
 
@@ -458,8 +466,18 @@ def _cross_checks(spec: Spec, ctx: Context) -> None:
     if spec.vm.ami and not spec.vm.ami.source_ami:
         fail("vm.ami.source_ami", "missing: the stock AMI the amazon-ebs build starts from")
     for i, s in enumerate(spec.stacks):
+        info = roles.role(s).variant(bool(spec.gpu))
         if spec.stacks.index(s) != i:
             fail(f"stacks[{i}]", f"{s!r} is listed twice")
+        elif info.needs_gpu and not spec.gpu:
+            fail(f"stacks[{i}]", f"{s!r} needs a `gpu:` profile (it installs the NVIDIA stack)")
+        elif info.python and spec.python is None:
+            fail(f"stacks[{i}]", f"{s!r} installs Python packages but `python:` is null")
+    if spec.gpu:
+        # The guard and verify's GPU checks read what these two roles install.
+        missing = [r for r in GPU_ROLES if r not in spec.stacks]
+        if missing:
+            fail("gpu", f"a GPU profile needs the stacks {', '.join(missing)} (add to `stacks:`)")
 
 
 def load(path: str | Path) -> Spec:

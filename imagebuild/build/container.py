@@ -110,12 +110,14 @@ def stage_keys(spec: Spec, lock: Lock) -> dict[str, str]:
         ],
         "python": [
             roles.files_digest("python_env"),
-            lock.section_digest("python"),
+            lock.groups_digest("python"),
             pv["imagebuild_venv"],
         ],
         "stacks": [
             json.dumps(spec.stacks),
-            str(bool(spec.gpu)),
+            json.dumps(asdict(spec.gpu) if spec.gpu else None),
+            lock.groups_digest(*spec.stacks),
+            json.dumps(lock.inputs.get("stacks")),
             *[roles.files_digest(s) for s in spec.stacks],
         ],
         "app": [
@@ -123,7 +125,7 @@ def stage_keys(spec: Spec, lock: Lock) -> dict[str, str]:
             json.dumps(pv["imagebuild_app_build"]),
             json.dumps(
                 [
-                    pv["imagebuild_entrypoint"],
+                    pv["imagebuild_exec"],
                     pv["imagebuild_cmd"],
                     pv["imagebuild_env"],
                     pv["imagebuild_app_dest"],
@@ -352,7 +354,7 @@ def final_config(spec: Spec, lock: Lock, layers: list[Layer]) -> img.ImageConfig
         "io.imagebuild.spec": spec.path.name,
     }
     return img.ImageConfig(
-        entrypoint=spec.entrypoint,
+        entrypoint=provision.exec_argv(spec),
         cmd=spec.cmd,
         env=provision.runtime_env(spec),
         workdir=spec.app.dest if spec.app else "/",

@@ -35,7 +35,7 @@ def _groups(spec: Spec) -> tuple[list[str], list[str]]:
     shared = list(BASE_PACKAGES) + list(spec.packages)
     vm = list(spec.vm.packages)
     for r in stacks:
-        shared += r.packages + (r.gpu_packages if spec.gpu else [])
+        shared += r.packages
         vm += r.vm_packages
     return shared, vm
 
@@ -46,7 +46,7 @@ def _blame_package(spec: Spec, name: str, message: str) -> SpecError:
             path = f"{field_name}[{items.index(name)}]"
             return spec.error(path, f"{name!r}: {message}")
     for i, r in enumerate(stack_roles(spec)):
-        if name in r.packages + r.vm_packages + r.gpu_packages:
+        if name in r.packages + r.vm_packages:
             return spec.error(f"stacks[{i}]", f"role {r.name!r} needs {name!r}: {message}")
     return spec.error("base", f"{name!r}: {message}")
 
@@ -90,6 +90,25 @@ def resolve_os(spec: Spec, cache: Cache) -> tuple[list[DebPackage], list[DebPack
     )
 
 
+# What the GPU profile's versions are checked against in the resolved shared section.
+GPU_VERSION_PACKAGES = {"driver": "libnvidia-ml1", "cuda": "libcudart11.0"}
+
+
+def check_gpu_versions(spec: Spec, shared: list[DebPackage]) -> None:
+    """`gpu.driver` / `gpu.cuda` must be what the archive really resolved, else a spec error."""
+    if not spec.gpu:
+        return
+    versions = {p.name: p.version for p in shared}
+    for fld, pkg in GPU_VERSION_PACKAGES.items():
+        want = getattr(spec.gpu, fld)
+        got = versions.get(pkg)
+        if got is not None and not got.startswith(want + "."):
+            raise spec.error(
+                f"gpu.{fld}",
+                f"{want!r} is not what {spec.base.suite} has: {pkg} resolves to {got}",
+            )
+
+
 def resolve(spec: Spec, cache: Cache) -> Lock:
     """Resolve everything; nothing is written (the caller writes the lock on success)."""
     from imagebuild.lock.python import lock_python
@@ -99,6 +118,7 @@ def resolve(spec: Spec, cache: Cache) -> Lock:
         "lock: OS packages", f"{spec.base.suite} from {spec.base.effective_mirror}"
     ) as st:
         shared, vm, epoch = resolve_os(spec, cache)
+        check_gpu_versions(spec, shared)
         st["note"] = f"{len(shared)} shared, {len(vm)} VM-only"
     with progress.stage("lock: Python", f"cp{spec.python_version} wheels") as st:
         wheels = [Wheel(**w) for w in lock_python(spec)]

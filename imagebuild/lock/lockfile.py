@@ -47,6 +47,7 @@ class Wheel:
     url: str
     sha256: str
     size: int | None = None
+    group: str = "python"  # who installs it: python_env ("python") or the named stack role
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,20 @@ class Lock:
 
     def section_digest(self, section: str) -> str:
         """Content key of one section (shared, vm, python): names build stages and repos."""
-        items = {"shared": self.shared, "vm": self.shared + self.vm, "python": self.python}[section]
-        return hashlib.sha256("\n".join(sorted(i.sha256 for i in items)).encode()).hexdigest()
+        if section == "python":
+            rows = [f"{w.group}:{w.sha256}" for w in self.python]
+        else:
+            items = self.shared + (self.vm if section == "vm" else [])
+            rows = [p.sha256 for p in items]
+        return hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()
+
+    def wheels(self, group: str) -> list[Wheel]:
+        return [w for w in self.python if w.group == group]
+
+    def groups_digest(self, *groups: str) -> str:
+        """Content key of the wheels some roles install (a build stage's Python input)."""
+        rows = sorted(f"{w.group}:{w.sha256}" for w in self.python if w.group in groups)
+        return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
     @property
     def digest(self) -> str:
@@ -81,7 +94,8 @@ def path_for(spec: Spec) -> Path:
 
 
 def stack_roles(spec: Spec) -> list[roles.RoleInfo]:
-    return [roles.role(s) for s in spec.stacks]
+    """The spec's stack roles, in the variant (CPU or CUDA) the spec's `gpu:` selects."""
+    return [roles.role(s).variant(bool(spec.gpu)) for s in spec.stacks]
 
 
 def inputs_for(spec: Spec) -> dict[str, Any]:
@@ -101,7 +115,7 @@ def inputs_for(spec: Spec) -> dict[str, Any]:
             r.name: {
                 "packages": r.packages,
                 "vm_packages": r.vm_packages,
-                "gpu_packages": r.gpu_packages if spec.gpu else [],
+                "python": r.python,
             }
             for r in stacks
         },

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -76,30 +77,55 @@ def _blame(spec: Spec, message: str) -> SpecError:
     )
 
 
-def compile_pins(spec: Spec) -> dict[str, tuple[str, set[str]]]:
+def requirement_sets(spec: Spec) -> list[tuple[str, list[str]]]:
+    """(group, lines) in install order: the spec's requirements (python_env), then each stack
+    role's `python:` lines. Resolved together, so every group agrees on shared dependencies."""
+    from imagebuild.lock.lockfile import stack_roles
+
+    sets = [("python", requirement_lines(spec))] if spec.python else []
+    return sets + [(r.name, r.python) for r in stack_roles(spec) if r.python]
+
+
+def _blame_stacks(spec: Spec, message: str) -> SpecError | None:
+    msg = " ".join(message.split())
+    mentioned = {canonicalize_name(m) for m in re.findall(r"[A-Za-z0-9][A-Za-z0-9._-]*", msg)}
+    for group, lines in requirement_sets(spec):
+        for line in lines:
+            m = REQ_NAME.match(line)
+            if group != "python" and m and canonicalize_name(m.group(1)) in mentioned:
+                path = f"stacks[{spec.stacks.index(group)}]"
+                return spec.error(path, f"role {group!r} needs {line!r}, which does not resolve: "
+                                        f"{msg}")  # fmt: skip
+    return None
+
+
+def compile_pins(spec: Spec, lines: list[str]) -> dict[str, tuple[str, set[str]]]:
     """{name: (version, {sha256...})} from `uv pip compile --generate-hashes`."""
-    assert spec.python is not None
-    cmd = [
-        _uv(),
-        "pip",
-        "compile",
-        "--quiet",
-        "--generate-hashes",
-        "--no-header",
-        "--no-annotate",
-        "--python-version",
-        spec.python_version,
-        "--python-platform",
-        platform_tag(spec),
-        "--only-binary",
-        ":all:",
-        "--index-url",
-        INDEX,
-        str(spec.base_dir / spec.python.requirements),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        req = Path(tmp, "requirements.in")
+        req.write_text("".join(f"{ln}\n" for ln in lines))
+        cmd = [
+            _uv(),
+            "pip",
+            "compile",
+            "--quiet",
+            "--generate-hashes",
+            "--no-header",
+            "--no-annotate",
+            "--python-version",
+            spec.python_version,
+            "--python-platform",
+            platform_tag(spec),
+            "--only-binary",
+            ":all:",
+            "--index-url",
+            INDEX,
+            str(req),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise _blame(spec, proc.stderr.strip() or proc.stdout.strip())
+        message = proc.stderr.strip() or proc.stdout.strip()
+        raise _blame_stacks(spec, message) or _blame(spec, message)
     pins: dict[str, tuple[str, set[str]]] = {}
     current = ""
     for line in proc.stdout.splitlines():
@@ -109,6 +135,22 @@ def compile_pins(spec: Spec) -> dict[str, tuple[str, set[str]]]:
         for h in re.findall(r"--hash=sha256:([0-9a-f]{64})", line):
             pins[current][1].add(h)
     return pins
+
+
+def pin_groups(spec: Spec) -> tuple[dict[str, tuple[str, set[str]]], dict[str, str]]:
+    """The pins of everything, and which group installs each: the first group whose cumulative
+    resolution needs it (so a stack's layer holds only what the layers below lack)."""
+    sets = requirement_sets(spec)
+    lines = [ln for _, group_lines in sets for ln in group_lines]
+    pins = compile_pins(spec, lines)
+    owner: dict[str, str] = {}
+    upto: list[str] = []
+    for i, (group, group_lines) in enumerate(sets):
+        upto += group_lines
+        names = pins if i == len(sets) - 1 else compile_pins(spec, upto)
+        for name in names:
+            owner.setdefault(name, group)
+    return pins, owner
 
 
 def _index_files(name: str) -> list[dict]:
@@ -159,6 +201,7 @@ def choose_wheels(spec: Spec, pins: dict[str, tuple[str, set[str]]]) -> list[dic
 
 
 def lock_python(spec: Spec) -> list[dict]:
-    if spec.python is None:
+    if not requirement_sets(spec):
         return []
-    return choose_wheels(spec, compile_pins(spec))
+    pins, owner = pin_groups(spec)
+    return [{**w, "group": owner.get(w["name"], "python")} for w in choose_wheels(spec, pins)]

@@ -16,7 +16,8 @@ from packaging.utils import canonicalize_name
 from imagebuild import inventory, vmboot
 from imagebuild.lock.lockfile import Lock
 from imagebuild.spec import Spec
-from imagebuild.verify.items import ABSENT, WRAPPER, import_names
+from imagebuild.verify import gpu
+from imagebuild.verify.items import ABSENT, WRAPPER, import_names, smoke_command
 
 Facts = dict[str, dict[str, str]]
 
@@ -79,7 +80,7 @@ def collect(
         argv = " ".join([*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])])
         user = config.get("User") or "root"
         env = _env_pairs(config.get("Env") or [])
-        smoke = host.run(f"{WRAPPER} --version")
+        run_as = ""
         facts["entrypoint"] |= {
             "ENTRYPOINT+CMD / wrapper": argv,
             "what starts it": "image ENTRYPOINT" if config.get("Entrypoint") else "none",
@@ -95,7 +96,7 @@ def collect(
         started = exec_start.partition("argv[]=")[2].partition(" ;")[0] or "none"
         user = _unit(host, unit, "User") or "root"
         env = _env_pairs(shlex.split(_unit(host, unit, "Environment")))
-        smoke = host.run(f"runuser -u {shlex.quote(user)} -- {WRAPPER} --version")
+        run_as = f"runuser -u {shlex.quote(user)} -- "
         facts["entrypoint"] |= {
             "ENTRYPOINT+CMD / wrapper": _wrapper_argv(wrapper.content_string)
             if wrapper.exists
@@ -104,14 +105,16 @@ def collect(
         }
         assert disk is not None
         hygiene = disk_hygiene(disk)
+    smoke = host.run(f"env {smoke_command(spec).replace(WRAPPER, run_as + WRAPPER)}")
     facts["smoke"] = {
-        f"{WRAPPER} --version": smoke.stdout.strip()
-        if smoke.rc == 0
-        else f"exit {smoke.rc}: {smoke.stderr.strip()[-200:]}"
+        smoke_command(spec): smoke.stdout.strip() if smoke.rc == 0 else smoke.stderr.strip()[-200:],
+        f"{smoke_command(spec)}: exit status": str(smoke.rc),
     }
     facts["user"] = {"runtime user": user}
     facts["env"] = env
     facts["hygiene"] = {"runs as root": "yes" if user in ("root", "0") else "no", **hygiene}
+    if spec.gpu:
+        facts |= gpu.facts(host, spec, run_as, WRAPPER)
     return facts
 
 

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from imagebuild.lock.lockfile import Lock
+from imagebuild.lock.lockfile import Lock, stack_roles
 from imagebuild.lock.python import requirement_lines
-from imagebuild.roles import role
+from imagebuild.provision import exec_argv
 from imagebuild.spec import Spec
+from imagebuild.verify import gpu
 
 ABSENT = "absent"
 ANY = None  # no fixed expectation: the two artifacts must only agree
@@ -32,10 +33,16 @@ class Item:
         return f"{self.kind}:{self.key}"
 
 
+def smoke_command(spec: Spec) -> str:
+    """The entrypoint's `--version`; a GPU image needs the guard's override where no GPU is."""
+    override = f"{spec.gpu.allow_missing_env}=1 " if spec.gpu else ""
+    return f"{override}{WRAPPER} --version"
+
+
 def import_names(spec: Spec) -> list[str]:
     """Distributions whose top-level module verify imports: the stacks' (meta `imports`), else
     the spec's top-level requirements."""
-    names = [m for s in spec.stacks for m in role(s).imports]
+    names = [m for r in stack_roles(spec) for m in r.imports]
     if not names and spec.python:
         names = [Requirement(line).name for line in requirement_lines(spec)]
     return sorted(dict.fromkeys(canonicalize_name(n) for n in names))
@@ -51,14 +58,15 @@ def items(spec: Spec, lock: Lock, container_libs: list[str]) -> list[Item]:
     out += [Item("import", m, ANY, ANY) for m in import_names(spec)]
     # Every library the container's linker cache knows must resolve to the same path in the VM.
     out += [Item("lib", so, ANY, ANY) for so in container_libs]
-    argv = " ".join([*spec.entrypoint, *spec.cmd])
+    argv = " ".join([*exec_argv(spec), *spec.cmd])
     out += [
         Item("entrypoint", "ENTRYPOINT+CMD / wrapper", argv, argv),
         Item("entrypoint", "wrapper sha256", ANY, ANY),
         Item("entrypoint", "what starts it", "image ENTRYPOINT", f"systemd ExecStart={WRAPPER}",
              shared=False),
-        Item("smoke", f"{WRAPPER} --version", f"{spec.name} {spec.version}",
-             f"{spec.name} {spec.version}"),
+        # The app's output is its own business: it must succeed and say the same on both.
+        Item("smoke", smoke_command(spec), ANY, ANY),
+        Item("smoke", f"{smoke_command(spec)}: exit status", "0", "0"),
         Item("user", "runtime user", spec.user, spec.user),
     ]  # fmt: skip
     out += [Item("env", k, v, v) for k, v in sorted(spec.runtime_env.items())]
@@ -69,6 +77,4 @@ def items(spec: Spec, lock: Lock, container_libs: list[str]) -> list[Item]:
         Item("hygiene", "SSH host keys (disk image)", "n/a", "none", shared=False),
         Item("hygiene", "root password (disk image)", "n/a", "locked", shared=False),
     ]
-    if spec.gpu:
-        out += [Item("gpu", "nvidia-smi", ANY, ANY, runtime_gpu=True)]
-    return out
+    return out + gpu.items(spec, lock, Item)

@@ -84,7 +84,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
             # "AssertionError: ITEM: what differs" (first line) -> "what differs"
             r["problem"] = msg.splitlines()[0].removeprefix("AssertionError: ").split(": ", 1)[-1]
         elif rep.outcome == "skipped" and isinstance(rep.longrepr, tuple):
-            r["problem"] = rep.longrepr[2]
+            r["problem"] = rep.longrepr[2].removeprefix("Skipped: ")
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
