@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,13 +27,16 @@ def timed(*args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
     return time.monotonic() - start, r
 
 
-def private_example(work: Path, cache_dir: str) -> str:
-    """A copy of examples/onnx-serve, locked and fetched into `cache_dir`; returns its spec."""
+def private_example(work: Path, cache_dir: str, edit: Callable[[Path], None] | None = None) -> str:
+    """A copy of examples/onnx-serve (`edit` may change its spec), locked and fetched into
+    `cache_dir`; returns its spec."""
     proj = work / "onnx-serve"
     shutil.copytree(
         ROOT / "examples/onnx-serve", proj, ignore=shutil.ignore_patterns("__pycache__")
     )
     spec = str(proj / "imagebuild.yaml")
+    if edit:
+        edit(Path(spec))
     timed("lock", "--spec", spec, "--cache-dir", cache_dir)
     timed("fetch", "--spec", spec, "--cache-dir", cache_dir)
     return spec
@@ -57,7 +60,9 @@ def table(rows: list[tuple[str, str, str]], last: str = "target") -> None:
 
 
 @contextmanager
-def bench(doc: str, prefix: str) -> Iterator[tuple[str, Path, str, list[str]]]:
+def bench(
+    doc: str, prefix: str, edit: Callable[[Path], None] | None = None
+) -> Iterator[tuple[str, Path, str, list[str]]]:
     """Parse `--cache-dir`, make a scratch folder with a private locked example and a cold cache;
     yield (cache_dir, work, spec, the common task options); remove the folder afterwards."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
@@ -65,7 +70,7 @@ def bench(doc: str, prefix: str) -> Iterator[tuple[str, Path, str, list[str]]]:
     cache_dir = ap.parse_args().cache_dir
     work = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        spec = private_example(work, cache_dir)
+        spec = private_example(work, cache_dir, edit)
         cache = cold_cache(cache_dir, work / "cache")
         yield (
             cache_dir,

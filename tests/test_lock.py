@@ -111,8 +111,16 @@ def test_repos_and_wheelhouse_hold_exactly_the_lock(locked_example: Path, cache_
     }
     assert got == {(p.name, p.sha256) for p in lk.shared}
     wh = cache.dir("wheelhouses", lk.section_digest("python"))
-    reqs = (wh / "requirements.txt").read_text().splitlines()
-    assert reqs == [f"{w.name}=={w.version} --hash=sha256:{w.sha256}" for w in lk.python]
+    # One requirements file per installing role: the spec's own (python_env), then each stack's.
+    groups = {w.group for w in lk.python}
+    assert groups == {"python", "onnxruntime"}
+    for group in groups:
+        name = "requirements.txt" if group == "python" else f"requirements-{group}.txt"
+        reqs = (wh / name).read_text().splitlines()
+        want = [f"{w.name}=={w.version} --hash=sha256:{w.sha256}" for w in lk.wheels(group)]
+        assert reqs == want
+    assert "onnxruntime" in {w.name for w in lk.wheels("onnxruntime")}
+    assert "numpy" in {w.name for w in lk.wheels("python")}  # the spec's own, not the stack's
 
 
 def test_plan_is_a_dry_run(locked_example: Path, cache_dir: Path) -> None:
