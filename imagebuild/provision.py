@@ -171,6 +171,7 @@ def run(
             "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
             "ANSIBLE_ROLES_PATH": str(ROLES_DIR),
             "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_PIPELINING": "1",
         },
     )
     if r.status == "canceled":

@@ -23,7 +23,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -220,6 +220,34 @@ def _load(client: docker.DockerClient, archive: Path) -> None:
             pass
 
 
+def engine_has(client: docker.DockerClient, layers: list[Layer], refs: list[str]) -> int:
+    """How many of `layers`, from the bottom, the engine already holds (as the layers of one of
+    the images `refs`, e.g. the last build's image and this build's stage images)."""
+    want = [f"sha256:{ly.diff_id}" for ly in layers]
+    best = 0
+    for ref in refs:
+        try:
+            have = client.api.inspect_image(ref)["RootFS"]["Layers"]
+        except docker.errors.NotFound:
+            continue
+        n = 0
+        while n < min(len(have), len(want)) and have[n] == want[n]:
+            n += 1
+        best = max(best, n)
+    return best
+
+
+def load_image(b: _Build, config: bytes, layers: list[Layer], tag: str) -> None:
+    """Load an image made of `layers`, writing only the layers the engine lacks."""
+    archive = b.workdir / f"{tag.replace('/', '_').replace(':', '_')}.tar"
+    present = engine_has(b.client, layers, [f"{b.spec.repository}:{b.spec.version}", *b.stages])
+    img.docker_archive(archive, config, layers, tag, present)
+    try:
+        _load(b.client, archive)
+    finally:
+        archive.unlink()
+
+
 def _stage_config(lock: Lock, names: list[str]) -> img.ImageConfig:
     """Config of the throw-away image a stage container starts from."""
     return img.ImageConfig(
@@ -254,6 +282,9 @@ class _Build:
     fetched: FetchResult
     build_id: str  # names the engine objects of this build
     workdir: Path  # scratch space, removed with the build
+    # Stage images loaded so far: kept until the build ends, so the next stage (and the final
+    # load) find the layers below already in the engine.
+    stages: list[str] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -272,11 +303,9 @@ def stage_container(
     or Ctrl-C."""
     client, spec, lock, build_id = b.client, b.spec, b.lock, b.build_id
     tag = f"imagebuild-stage/{spec.name}:{build_id}-{name}"
-    archive = b.workdir / f"{name}-below.tar"
     config = _stage_config(lock, list(STAGES[: len(below)])).render(below)
-    img.docker_archive(archive, config, below, tag)
-    _load(client, archive)
-    archive.unlink()
+    load_image(b, config, below, tag)
+    b.stages.append(tag)
     container = None
     try:
         container = client.containers.create(
@@ -311,13 +340,11 @@ def stage_container(
             b.workdir / f"{name}-ansible",
             playbook,
         )
-        container.stop(timeout=1)
+        container.kill()  # PID 1 is `sleep infinity`: SIGTERM would only cost the stop timeout
         yield container, result
     finally:
         if container is not None:
             container.remove(force=True)
-        with contextlib.suppress(docker.errors.APIError):
-            client.images.remove(tag, noprune=False)
 
 
 def _run_stage(
@@ -326,14 +353,50 @@ def _run_stage(
     """Run `site.yml --tags NAME` on the layers below; return the layer it adds, the new
     manifest and Ansible's changed count."""
     with stage_container(b, name, below, [name]) as (container, result):
+        changes = container.diff() or []
+        read = partial(_read_file, container)
+        if len(changes) <= SMALL_CHANGE:
+            stream, deleted = (
+                _changed_entries(container, changes, tmp),
+                [c["Path"] for c in changes if c["Kind"] == DELETED],
+            )
+        else:
+            stream, deleted = container.export(chunk_size=1 << 20), None
         layer, new_manifest = diff_layer(
-            container.export(chunk_size=1 << 20),
-            manifest,
-            tmp / "layer.tar",
-            b.lock.source_date_epoch,
-            lambda p: _read_file(container, p),
+            stream, manifest, tmp / "layer.tar", b.lock.source_date_epoch, read, deleted
         )
     return layer, new_manifest, result.changed
+
+
+SMALL_CHANGE = 500  # paths `docker diff` reports; above this a full export is cheaper
+DELETED = 2  # docker diff's Kind: 0 modified, 1 added, 2 deleted
+
+
+def _changed_entries(container: Any, changes: list[dict[str, Any]], tmp: Path) -> Iterator[bytes]:
+    """A tar of just the entries `docker diff` names (each one's own header and data, not a
+    directory's contents: those are listed on their own), for `diff_layer`."""
+    staging = tmp / "changed.tar"
+    with tarfile.open(staging, "w", format=tarfile.GNU_FORMAT) as out:
+        for path in sorted(c["Path"] for c in changes if c["Kind"] != DELETED):
+            # A directory's archive holds its whole tree; only its first entry is wanted, so
+            # the response is closed unread (the SDK's get_archive would hold the connection).
+            api = container.client.api
+            url = f"{api.base_url}/v{api.api_version}/containers/{container.id}/archive"
+            headers = {"Accept-Encoding": "identity"}  # else the engine gzips it
+            with api.get(url, params={"path": path}, headers=headers, stream=True) as resp:
+                resp.raise_for_status()
+                with tarfile.open(fileobj=resp.raw, mode="r|") as t:
+                    info = t.next()
+                    if info is None:
+                        continue
+                    data = t.extractfile(info) if info.isreg() else None
+                    info.name = path.lstrip("/")
+                    out.addfile(info, data)
+    try:
+        with staging.open("rb") as f:
+            yield from iter(partial(f.read, 1 << 20), b"")
+    finally:
+        staging.unlink()
 
 
 def _revision(spec: Spec) -> str:
@@ -434,7 +497,13 @@ def new_build(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult) -> Ite
     """The shared context of one build; its scratch folder is removed on exit."""
     client = engine()
     with tempfile.TemporaryDirectory(prefix="imagebuild-", dir=cache.root) as tmpdir:
-        yield _Build(client, spec, lock, cache, fetched, uuid.uuid4().hex[:8], Path(tmpdir))
+        b = _Build(client, spec, lock, cache, fetched, uuid.uuid4().hex[:8], Path(tmpdir))
+        try:
+            yield b
+        finally:  # also on error or Ctrl-C: no stage image outlives its build
+            for tag in reversed(b.stages):
+                with contextlib.suppress(docker.errors.APIError):
+                    client.images.remove(tag, noprune=False)
 
 
 def build(
@@ -445,7 +514,7 @@ def build(
     tag = f"{spec.repository}:{spec.version}"
     out = _outputs(dist, spec)
     with new_build(spec, lock, cache, fetched) as b:
-        client, tmpdir = b.client, b.workdir
+        client = b.client
         layers, results = build_layers(b, keys, "build-container")
         config = final_config(spec, lock, layers).render(layers)
         image_id = hashlib.sha256(config).hexdigest()
@@ -461,10 +530,7 @@ def build(
             manifest_digest = previous["manifest_digest"]
         else:
             with progress.stage("build-container: load", tag):
-                archive = Path(tmpdir) / "image.tar"
-                img.docker_archive(archive, config, layers, tag)
-                _load(client, archive)
-                archive.unlink()
+                load_image(b, config, layers, tag)
             with progress.stage("build-container: outputs", str(dist)):
                 annotations = {
                     "org.opencontainers.image.title": spec.name,

@@ -82,8 +82,13 @@ def _add(
         tar.addfile(info, io.BytesIO(data))
 
 
-def docker_archive(dest: Path, config: bytes, layers: list[Layer], tag: str) -> str:
-    """`docker load` format; returns the image ID (sha256 of the config)."""
+def docker_archive(
+    dest: Path, config: bytes, layers: list[Layer], tag: str, present: int = 0
+) -> str:
+    """`docker load` format; returns the image ID (sha256 of the config). The first `present`
+    layers are named but not written: the engine already has that chain, and `docker load` only
+    opens a layer file whose chain it lacks (moby image/tarexport/load.go), so an app-only
+    rebuild streams one small layer instead of the whole image."""
     image_id = hashlib.sha256(config).hexdigest()
     manifest = [
         {
@@ -94,7 +99,7 @@ def docker_archive(dest: Path, config: bytes, layers: list[Layer], tag: str) -> 
     ]
     with tarfile.open(dest, "w", format=tarfile.GNU_FORMAT) as tar:
         _add(tar, f"{image_id}.json", config)
-        for ly in layers:
+        for ly in layers[present:]:
             _add(tar, f"{ly.diff_id}/layer.tar", path=ly.path)
         _add(tar, "manifest.json", _json(manifest))
     return image_id

@@ -122,16 +122,25 @@ def diff_layer(
     dest: Path,
     sde: int,
     read_file: Callable[[str], bytes] = _no_reader,
+    deleted: list[str] | None = None,
 ) -> tuple[Layer, Manifest]:
-    """Layer = what `stream` (a full filesystem tar) changes relative to `below`."""
+    """Layer = what `stream` changes relative to `below`. `stream` is a tar of the whole
+    filesystem (docker export); or, when `deleted` is given, of only the entries the engine
+    reports changed (docker diff) plus those deleted paths, so a small change (the app stage)
+    costs no full export. Both give the same layer for the same change."""
     manifest: Manifest = {}
+    if deleted is not None:
+        gone = [_norm(d) for d in deleted]
+        manifest = {
+            p: k for p, k in below.items() if not any(p == g or p.startswith(g + "/") for g in gone)
+        }
     staged: set[str] = set()
     fd, staging = tempfile.mkstemp(suffix=".tar", dir=dest.parent)
     os.close(fd)
     try:
         with (
             tarfile.open(staging, "w", format=tarfile.GNU_FORMAT) as stage,
-            tarfile.open(fileobj=_IterReader(stream), mode="r|") as src,
+            tarfile.open(fileobj=IterReader(stream), mode="r|") as src,
         ):
             for info in src:
                 path = _norm(info.name)
@@ -186,7 +195,7 @@ def base_layer(rootfs_tar: Path, dest: Path, sde: int) -> tuple[Layer, Manifest]
     return diff_layer(chunks(), {}, dest, sde)
 
 
-class _IterReader(io.RawIOBase):
+class IterReader(io.RawIOBase):
     """A file object over an iterator of byte chunks (docker's export stream)."""
 
     def __init__(self, it: Iterable[bytes]) -> None:
