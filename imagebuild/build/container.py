@@ -99,7 +99,10 @@ def stage_keys(spec: Spec, lock: Lock) -> dict[str, str]:
     site = (roles.ANSIBLE_DIR / "site.yml").read_text()
     common = [__version__, str(lock.source_date_epoch)]
     own = {
-        "base": [lock.section_digest("shared"), *BASE_PACKAGES],
+        # A registry base is named by its digest; a local one by the packages it is made of.
+        "base": [spec.base.image]
+        if spec.base.image
+        else [lock.section_digest("shared"), *BASE_PACKAGES],
         "os": [
             site,
             roles.files_digest("base_os"),
@@ -175,6 +178,8 @@ def _make_layer(
     b: _Build, name: str, below: list[Layer], manifest: Manifest, tmp: Path
 ) -> tuple[Layer, Manifest, int | None]:
     """Build one stage into `tmp/layer.tar`."""
+    if name == "base" and b.spec.base.image:
+        return (*_registry_base(b, tmp), None)
     if name == "base":
         return (*_mmdebstrap(b.lock, b.fetched.repo_shared, tmp), None)
     if name == "stacks" and not b.spec.stacks:
@@ -484,12 +489,38 @@ def build_layers(
     return layers, results
 
 
-def check_base(spec: Spec) -> None:
-    if spec.base.image:
-        raise ImageBuildError(
-            f"{spec.where('base.image')}: base.image: building on a registry "
-            "base is not implemented yet; remove it to build the base locally"
+# What the stages after the base need in it: Ansible's interpreter and apt (for the locked pins).
+BASE_NEEDS = ("usr/bin/python3", "usr/bin/apt-get")
+
+
+def _registry_base(b: _Build, tmp: Path) -> tuple[Layer, Manifest]:
+    """`base.image: NAME@sha256:...`: pulled by digest (from the user's registry; nothing is
+    pulled by tag) and flattened into one normalised layer, like the mmdebstrap base."""
+    ref = b.spec.base.image
+    assert ref is not None
+    try:
+        image = b.client.images.pull(ref)
+    except docker.errors.APIError as e:
+        reason = e.explanation or str(e)
+        raise b.spec.error("base.image", f"cannot pull {ref}: {reason}") from None
+    container = b.client.containers.create(
+        image.id, name=f"imagebuild-{b.spec.name}-{b.build_id}-base", network_mode="none",
+        labels={"io.imagebuild.build": b.build_id},
+    )  # fmt: skip
+    try:
+        layer, manifest = diff_layer(
+            container.export(chunk_size=1 << 20), {}, tmp / "layer.tar", b.lock.source_date_epoch
         )
+    finally:
+        container.remove(force=True)
+    missing = [p for p in BASE_NEEDS if p not in manifest]
+    if missing:
+        raise b.spec.error(
+            "base.image",
+            f"{ref} has no /{', /'.join(missing)}: the shared playbook needs Debian's python3 "
+            "and apt in the base",
+        )
+    return layer, manifest
 
 
 @contextlib.contextmanager
@@ -509,7 +540,6 @@ def new_build(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult) -> Ite
 def build(
     spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult, dist: Path
 ) -> ContainerResult:
-    check_base(spec)
     keys = stage_keys(spec, lock)
     tag = f"{spec.repository}:{spec.version}"
     out = _outputs(dist, spec)

@@ -184,7 +184,6 @@ def build(
     target: str = "qemu",
     on_error: str = "cleanup",
 ) -> VmResult:
-    container.check_base(spec)
     dist = dist.resolve()  # Packer runs in the template folder: every path must be absolute
     if target == "ami":
         return build_ami(spec, lock, cache, fetched)
