@@ -39,13 +39,9 @@ class RoleInfo:
         return replace(self, **self.gpu, gpu={}) if gpu and self.gpu else self
 
 
-def meta_path(name: str) -> Path:
-    return ROLES_DIR / name / "meta" / "imagebuild.yml"
-
-
 @cache
 def role(name: str) -> RoleInfo:
-    meta = meta_path(name)
+    meta = ROLES_DIR / name / "meta" / "imagebuild.yml"
     data = yaml.safe_load(meta.read_text()) if meta.is_file() else {}
     return RoleInfo(name=name, **(data or {}))
 

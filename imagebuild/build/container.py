@@ -120,7 +120,6 @@ def stage_keys(spec: Spec, lock: Lock) -> dict[str, str]:
             json.dumps(spec.stacks),
             json.dumps(asdict(spec.gpu) if spec.gpu else None),
             lock.groups_digest(*spec.stacks),
-            json.dumps(lock.inputs.get("stacks")),
             *[roles.files_digest(s) for s in spec.stacks],
         ],
         "app": [
@@ -381,13 +380,13 @@ def _changed_entries(container: Any, changes: list[dict[str, Any]], tmp: Path) -
     """A tar of just the entries `docker diff` names (each one's own header and data, not a
     directory's contents: those are listed on their own), for `diff_layer`."""
     staging = tmp / "changed.tar"
+    # A directory's archive holds its whole tree; only its first entry is wanted, so each
+    # response is closed unread (the SDK's get_archive would hold the connection).
+    api = container.client.api
+    url = f"{api.base_url}/v{api.api_version}/containers/{container.id}/archive"
+    headers = {"Accept-Encoding": "identity"}  # else the engine gzips it
     with tarfile.open(staging, "w", format=tarfile.GNU_FORMAT) as out:
         for path in sorted(c["Path"] for c in changes if c["Kind"] != DELETED):
-            # A directory's archive holds its whole tree; only its first entry is wanted, so
-            # the response is closed unread (the SDK's get_archive would hold the connection).
-            api = container.client.api
-            url = f"{api.base_url}/v{api.api_version}/containers/{container.id}/archive"
-            headers = {"Accept-Encoding": "identity"}  # else the engine gzips it
             with api.get(url, params={"path": path}, headers=headers, stream=True) as resp:
                 resp.raise_for_status()
                 with tarfile.open(fileobj=resp.raw, mode="r|") as t:

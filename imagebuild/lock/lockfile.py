@@ -70,11 +70,9 @@ class Lock:
     def section_digest(self, section: str) -> str:
         """Content key of one section (shared, vm, python): names build stages and repos."""
         if section == "python":
-            rows = [f"{w.group}:{w.sha256}" for w in self.python]
-        else:
-            items = self.shared + (self.vm if section == "vm" else [])
-            rows = [p.sha256 for p in items]
-        return hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()
+            return self.groups_digest(*{w.group for w in self.python})
+        items = self.shared + (self.vm if section == "vm" else [])
+        return hashlib.sha256("\n".join(sorted(p.sha256 for p in items)).encode()).hexdigest()
 
     def wheels(self, group: str) -> list[Wheel]:
         return [w for w in self.python if w.group == group]

@@ -57,13 +57,18 @@ def _uv() -> str:
     return found
 
 
+def _mentioned(message: str) -> tuple[str, set[str]]:
+    """A resolver message on one line, and the (normalised) names it mentions."""
+    msg = " ".join(message.split())
+    return msg, {canonicalize_name(m) for m in re.findall(r"[A-Za-z0-9][A-Za-z0-9._-]*", msg)}
+
+
 def _blame(spec: Spec, message: str) -> SpecError:
     """Point a resolver failure at the requirements line of the package it names."""
     assert spec.python is not None
     req = spec.base_dir / spec.python.requirements
     lines = req.read_text().splitlines()
-    msg = " ".join(message.split())
-    mentioned = {canonicalize_name(m) for m in re.findall(r"[A-Za-z0-9][A-Za-z0-9._-]*", msg)}
+    msg, mentioned = _mentioned(message)
     for i, line in enumerate(lines, 1):
         m = REQ_NAME.match(line)
         if m and not line.strip().startswith("#") and canonicalize_name(m.group(1)) in mentioned:
@@ -87,8 +92,8 @@ def requirement_sets(spec: Spec) -> list[tuple[str, list[str]]]:
 
 
 def _blame_stacks(spec: Spec, message: str) -> SpecError | None:
-    msg = " ".join(message.split())
-    mentioned = {canonicalize_name(m) for m in re.findall(r"[A-Za-z0-9][A-Za-z0-9._-]*", msg)}
+    """The stack role whose `python:` line names a package the resolver failed on, if any."""
+    msg, mentioned = _mentioned(message)
     for group, lines in requirement_sets(spec):
         for line in lines:
             m = REQ_NAME.match(line)

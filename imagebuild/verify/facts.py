@@ -105,7 +105,7 @@ def collect(
         }
         assert disk is not None
         hygiene = disk_hygiene(disk)
-    smoke = host.run(f"env {smoke_command(spec).replace(WRAPPER, run_as + WRAPPER)}")
+    smoke = host.run(f"env {smoke_command(spec, run_as)}")
     facts["smoke"] = {
         smoke_command(spec): smoke.stdout.strip() if smoke.rc == 0 else smoke.stderr.strip()[-200:],
         f"{smoke_command(spec)}: exit status": str(smoke.rc),

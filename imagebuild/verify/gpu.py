@@ -10,12 +10,13 @@ import shlex
 from typing import Any
 
 from imagebuild import roles
+from imagebuild.lock import GPU_VERSION_PACKAGES
 from imagebuild.lock.lockfile import Lock
 from imagebuild.spec import Spec
+from imagebuild.verify.items import ABSENT, Item
 
-ABSENT = "absent"
 GUARD_EXIT = 78  # EX_CONFIG, what the guard template exits with
-DRIVER_LIBS = {"libcuda.so.1": "libcuda1", "libnvidia-ml.so.1": "libnvidia-ml1"}
+DRIVER_LIBS = {"libcuda.so.1": "libcuda1", "libnvidia-ml.so.1": GPU_VERSION_PACKAGES["driver"]}
 
 
 def _cuda_soname() -> str:
@@ -35,6 +36,12 @@ def min_driver(spec: Spec) -> str:
 
 def version_ge(a: str, b: str) -> bool:
     return [int(x) for x in a.split(".")] >= [int(x) for x in b.split(".")]
+
+
+def driver_enough(driver: str, need: str) -> str:
+    """The row value of "driver >= what the CUDA runtime needs", observed or expected."""
+    ok = driver != ABSENT and version_ge(driver, need)
+    return f"{driver} >= {need}: {'yes' if ok else 'no'}"
 
 
 def script() -> str:
@@ -78,9 +85,7 @@ def facts(host: Any, spec: Spec, run_as: str, wrapper: str) -> dict[str, dict[st
         elif kind == "dev":
             device = rest
     ml = out.get("libnvidia-ml.so.1 version", ABSENT)
-    need = min_driver(spec)
-    ok = ml != ABSENT and version_ge(ml, need)
-    out["driver >= what the CUDA runtime needs"] = f"{ml} >= {need}: {'yes' if ok else 'no'}"
+    out["driver >= what the CUDA runtime needs"] = driver_enough(ml, min_driver(spec))
     r = host.run(f"env -u {spec.gpu.allow_missing_env} {run_as}{wrapper} --version")
     out["entrypoint without a GPU, no override"] = guard_outcome(r.rc, r.stderr)
     smi = host.run("nvidia-smi --query-gpu=driver_version --format=csv,noheader")
@@ -88,28 +93,25 @@ def facts(host: Any, spec: Spec, run_as: str, wrapper: str) -> dict[str, dict[st
     return {"gpu": out, "gpu-device": {"/dev/nvidiactl": device}}
 
 
-def items(spec: Spec, lock: Lock, item: Any) -> list[Any]:
-    """`item` is verify.items.Item (passed in to keep the import one-way)."""
+def items(spec: Spec, lock: Lock) -> list[Item]:
     if not spec.gpu:
         return []
     versions = {p.name: upstream(p.version) for p in [*lock.shared, *lock.vm]}
-    ml = versions.get("libnvidia-ml1", ABSENT)
-    cudart = next((v for n, v in versions.items() if n.startswith("libcudart")), ABSENT)
-    out = [item("gpu", f"{so} version", versions.get(pkg, ABSENT), versions.get(pkg, ABSENT))
+    ml = versions.get(GPU_VERSION_PACKAGES["driver"], ABSENT)
+    cudart = versions.get(GPU_VERSION_PACKAGES["cuda"], ABSENT)
+    out = [Item("gpu", f"{so} version", versions.get(pkg, ABSENT), versions.get(pkg, ABSENT))
            for so, pkg in DRIVER_LIBS.items()]  # fmt: skip
-    need = min_driver(spec)
-    ge = "yes" if ml != ABSENT and version_ge(ml, need) else "no"
+    enough = driver_enough(ml, min_driver(spec))
     out += [
-        item("gpu", f"{_cuda_soname()} version", cudart, cudart),
-        item("gpu", "driver >= what the CUDA runtime needs", f"{ml} >= {need}: {ge}",
-             f"{ml} >= {need}: {ge}"),
+        Item("gpu", f"{_cuda_soname()} version", cudart, cudart),
+        Item("gpu", "driver >= what the CUDA runtime needs", enough, enough),
         # The kernel module exists only in the VM, built for its kernel; its version must be the
         # user space's, or nothing would load.
-        item("gpu", "nvidia kernel module version (modinfo)", ABSENT, ml, shared=False),
-        item("gpu", "nouveau blacklisted", "no", "yes", shared=False),
+        Item("gpu", "nvidia kernel module version (modinfo)", ABSENT, ml, shared=False),
+        Item("gpu", "nouveau blacklisted", "no", "yes", shared=False),
         # Neither artifact sees a GPU under verify: both must refuse to start, naming it.
-        item("gpu", "entrypoint without a GPU, no override", f"exit {GUARD_EXIT}: no GPU",
+        Item("gpu", "entrypoint without a GPU, no override", f"exit {GUARD_EXIT}: no GPU",
              f"exit {GUARD_EXIT}: no GPU"),
-        item("gpu", "nvidia-smi driver version", ml, ml, runtime_gpu=True),
+        Item("gpu", "nvidia-smi driver version", ml, ml, runtime_gpu=True),
     ]  # fmt: skip
     return out

@@ -12,7 +12,6 @@ from imagebuild.lock.lockfile import Lock, stack_roles
 from imagebuild.lock.python import requirement_lines
 from imagebuild.provision import exec_argv
 from imagebuild.spec import Spec
-from imagebuild.verify import gpu
 
 ABSENT = "absent"
 ANY = None  # no fixed expectation: the two artifacts must only agree
@@ -33,10 +32,11 @@ class Item:
         return f"{self.kind}:{self.key}"
 
 
-def smoke_command(spec: Spec) -> str:
-    """The entrypoint's `--version`; a GPU image needs the guard's override where no GPU is."""
+def smoke_command(spec: Spec, run_as: str = "") -> str:
+    """The entrypoint's `--version` (`run_as` e.g. `runuser -u app -- `); a GPU image needs the
+    guard's override where no GPU is."""
     override = f"{spec.gpu.allow_missing_env}=1 " if spec.gpu else ""
-    return f"{override}{WRAPPER} --version"
+    return f"{override}{run_as}{WRAPPER} --version"
 
 
 def import_names(spec: Spec) -> list[str]:
@@ -77,4 +77,6 @@ def items(spec: Spec, lock: Lock, container_libs: list[str]) -> list[Item]:
         Item("hygiene", "SSH host keys (disk image)", "n/a", "none", shared=False),
         Item("hygiene", "root password (disk image)", "n/a", "locked", shared=False),
     ]
-    return out + gpu.items(spec, lock, Item)
+    from imagebuild.verify import gpu  # imports Item from here
+
+    return out + gpu.items(spec, lock)
