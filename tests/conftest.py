@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,27 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # "No tests collected" (5) must fail CI just like a failure does.
     if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _engine_images_left_as_found() -> Iterator[None]:
+    """Remove the images this run created. Runs share a machine (and its disk) with the runs
+    before and after them; each build leaves ~0.5-1 GB of images, and CI once failed on a full
+    disk."""
+    try:
+        import docker
+
+        client = docker.from_env()
+        before = {image.id for image in client.images.list(all=True)}
+    except Exception:  # no engine: the engine tests say so themselves
+        yield
+        return
+    yield
+    for image in client.images.list(all=True):
+        if image.id not in before:
+            # APIError: already gone with a parent, or still used by a container
+            with contextlib.suppress(docker.errors.APIError):
+                client.images.remove(image.id, force=True)
 
 
 def run_invoke(
