@@ -16,13 +16,16 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -40,6 +43,7 @@ from imagebuild.build.layers import (
     base_layer,
     diff_layer,
     empty_layer,
+    excluded,
     load_manifest,
     save_manifest,
 )
@@ -51,6 +55,7 @@ from imagebuild.spec import Spec
 
 STAGES = ("base", "os", "python", "stacks", "app")
 MOUNT_REPO, MOUNT_WHEELS = "/var/lib/imagebuild/repo", "/var/lib/imagebuild/wheels"
+MOUNT_APP = "/var/lib/imagebuild/app.tar"  # the app archive, for the app role
 
 
 class EngineError(ImageBuildError):
@@ -289,6 +294,7 @@ class _Build:
     # Stage images loaded so far: kept until the build ends, so the next stage (and the final
     # load) find the layers below already in the engine.
     stages: list[str] = field(default_factory=list)
+    local_overlay: bool = False  # read stage changes from the engine's upper dirs (see there)
 
 
 @contextlib.contextmanager
@@ -301,15 +307,23 @@ def stage_container(
     repo: Path | None = None,
     extravars: dict[str, Any] | None = None,
 ) -> Iterator[tuple[Any, provision.ProvisionResult]]:
-    """Start a `--network none` container from the layers below, with the local repo and
-    wheelhouse mounted read-only, run `PLAYBOOK --tags TAGS` in it and yield it (stopped) with
-    Ansible's result. The container and its throw-away image are removed on exit, also on error
-    or Ctrl-C."""
+    """Start a `--network none` container from the layers below, with the local repo, the
+    wheelhouse and the app archive mounted read-only, run `PLAYBOOK --tags TAGS` in it and
+    yield it (stopped) with Ansible's result. The container and its throw-away image are
+    removed on exit, also on error or Ctrl-C."""
     client, spec, lock, build_id = b.client, b.spec, b.lock, b.build_id
     tag = f"imagebuild-stage/{spec.name}:{build_id}-{name}"
     config = _stage_config(lock, list(STAGES[: len(below)])).render(below)
     load_image(b, config, below, tag)
     b.stages.append(tag)
+    mounts = {
+        str(repo or b.fetched.repo_shared): {"bind": MOUNT_REPO, "mode": "ro"},
+        str(b.fetched.wheelhouse): {"bind": MOUNT_WHEELS, "mode": "ro"},
+    }
+    # Only where the app role runs (the VM's base-disk stage exports its whole filesystem).
+    app_tar = "app" in tags and provision.write_app_archive(spec, lock, b.workdir / "app.tar")
+    if app_tar:  # mounted, not uploaded: the role unpacks it in place
+        mounts[app_tar] = {"bind": MOUNT_APP, "mode": "ro"}
     container = None
     try:
         container = client.containers.create(
@@ -318,10 +332,7 @@ def stage_container(
             name=f"imagebuild-{spec.name}-{build_id}-{name}",
             network_mode="none",
             labels={"io.imagebuild.build": build_id},
-            volumes={
-                str(repo or b.fetched.repo_shared): {"bind": MOUNT_REPO, "mode": "ro"},
-                str(b.fetched.wheelhouse): {"bind": MOUNT_WHEELS, "mode": "ro"},
-            },
+            volumes=mounts,
         )
         container.start()
         result = provision.run(
@@ -336,7 +347,7 @@ def stage_container(
                     lock,
                     MOUNT_REPO,
                     MOUNT_WHEELS,
-                    provision.write_app_archive(spec, lock, b.workdir / f"{name}-app.tar"),
+                    MOUNT_APP if app_tar else "",
                 ),
                 **(extravars or {}),
             },  # fmt: skip
@@ -357,8 +368,15 @@ def _run_stage(
     """Run `site.yml --tags NAME` on the layers below; return the layer it adds, the new
     manifest and Ansible's changed count."""
     with stage_container(b, name, below, [name]) as (container, result):
-        changes = container.diff() or []
         read = partial(_read_file, container)
+        upper = _upper_dir(b, container)
+        if upper is not None:
+            stream, deleted = _upper_entries(upper, manifest, tmp)
+            layer, new_manifest = diff_layer(
+                stream, manifest, tmp / "layer.tar", b.lock.source_date_epoch, read, deleted
+            )
+            return layer, new_manifest, result.changed
+        changes = container.diff() or []
         if len(changes) <= SMALL_CHANGE:
             stream, deleted = (
                 _changed_entries(container, changes, tmp),
@@ -373,34 +391,127 @@ def _run_stage(
 
 
 SMALL_CHANGE = 500  # paths `docker diff` reports; above this a full export is cheaper
-DELETED = 2  # docker diff's Kind: 0 modified, 1 added, 2 deleted
+ADDED, DELETED = 1, 2  # docker diff's Kind: 0 modified, 1 added, 2 deleted
 
 
 def _changed_entries(container: Any, changes: list[dict[str, Any]], tmp: Path) -> Iterator[bytes]:
-    """A tar of just the entries `docker diff` names (each one's own header and data, not a
-    directory's contents: those are listed on their own), for `diff_layer`."""
+    """A tar of just the entries `docker diff` names, for `diff_layer`. An added folder comes
+    whole in one archive request (everything in it is added too); any other path comes alone:
+    its own header and data, the rest of a modified folder's archive left unread. Each request
+    costs ~50 ms in the engine, so the app stage makes a handful instead of one per file."""
     staging = tmp / "changed.tar"
-    # A directory's archive holds its whole tree; only its first entry is wanted, so each
-    # response is closed unread (the SDK's get_archive would hold the connection).
+    wanted = {
+        c["Path"]: c["Kind"]
+        for c in changes
+        if c["Kind"] != DELETED and not excluded(c["Path"].lstrip("/"))
+    }  # an excluded folder (the repo and wheel mounts) would come whole, for nothing
+    # Each response is closed unread past what is wanted (the SDK's get_archive would hold the
+    # connection); identity, else the engine gzips it.
     api = container.client.api
     url = f"{api.base_url}/v{api.api_version}/containers/{container.id}/archive"
-    headers = {"Accept-Encoding": "identity"}  # else the engine gzips it
+    headers = {"Accept-Encoding": "identity"}
+    whole: list[str] = []
     with tarfile.open(staging, "w", format=tarfile.GNU_FORMAT) as out:
-        for path in sorted(c["Path"] for c in changes if c["Kind"] != DELETED):
+        for path in sorted(wanted):
+            if any(path.startswith(w + "/") for w in whole):
+                continue  # came with its added folder
             with api.get(url, params={"path": path}, headers=headers, stream=True) as resp:
                 resp.raise_for_status()
                 with tarfile.open(fileobj=resp.raw, mode="r|") as t:
-                    info = t.next()
-                    if info is None:
-                        continue
-                    data = t.extractfile(info) if info.isreg() else None
-                    info.name = path.lstrip("/")
-                    out.addfile(info, data)
+                    for info in t:
+                        # Entry names start at the requested path's own name.
+                        full = posixpath.join(posixpath.dirname(path), info.name.rstrip("/"))
+                        if full in wanted:
+                            info.name = full.lstrip("/")
+                            out.addfile(info, t.extractfile(info) if info.isreg() else None)
+                        if full == path:  # the first entry
+                            if not (info.isdir() and wanted[path] == ADDED):
+                                break  # a file, or a modified folder: nothing else wanted
+                            whole.append(path)
     try:
         with staging.open("rb") as f:
             yield from iter(partial(f.read, 1 << 20), b"")
     finally:
         staging.unlink()
+
+
+def local_overlay(client: docker.DockerClient) -> bool:
+    """Whether a stage container's changes can be read from its overlay2 upper directory on
+    this host: what the engine itself trusts for `docker diff` (native diff: no redirect_dir,
+    no metacopy), no user-namespace remapping (owners would be shifted), and not switched off
+    by IMAGEBUILD_ENGINE_DIFF=1 (what a remote engine gets)."""
+    if os.environ.get("IMAGEBUILD_ENGINE_DIFF") == "1":
+        return False
+    info = client.info()
+    status = dict(info.get("DriverStatus") or [])
+    return (
+        info.get("Driver") == "overlay2"
+        and status.get("Native Overlay Diff") == "true"
+        and status.get("Using metacopy", "false") == "false"
+        and not any("userns" in o for o in info.get("SecurityOptions") or [])
+    )
+
+
+def _upper_dir(b: _Build, container: Any) -> Path | None:
+    if not b.local_overlay:
+        return None
+    driver = container.attrs.get("GraphDriver") or {}
+    upper = (driver.get("Data") or {}).get("UpperDir")
+    # A remote engine's path does not exist here: ask the engine instead.
+    return Path(upper) if upper and Path(upper).is_dir() else None
+
+
+OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+
+
+def _opaque(path: Path) -> bool:
+    for name in OPAQUE_XATTRS:
+        with contextlib.suppress(OSError):
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+    return False
+
+
+def _upper_entries(upper: Path, below: Manifest, tmp: Path) -> tuple[Iterator[bytes], list[str]]:
+    """The container's changes read straight from its upper directory (what moby's own diff
+    walks) instead of ~1 s of `docker diff` + archive requests: a tar of what is there, and the
+    deleted paths (whiteouts: 0/0 character devices; an opaque folder hides everything below
+    it). Gives `diff_layer` the same input as the engine's API would."""
+    staging = tmp / "upper.tar"
+    deleted: list[str] = []
+    with tarfile.open(staging, "w", format=tarfile.GNU_FORMAT) as out:
+        for top, dirs, files in os.walk(upper):
+            dirs.sort()
+            for name in sorted(dirs + files):
+                path = Path(top, name)
+                rel = str(path.relative_to(upper))
+                st = path.lstat()
+                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                    deleted.append(rel)
+                    continue
+                if excluded(rel):
+                    if name in dirs:
+                        dirs.remove(name)
+                    continue
+                if stat.S_ISDIR(st.st_mode) and _opaque(path):
+                    deleted += [p for p in below if p.startswith(rel + "/")]
+                info = out.gettarinfo(path, rel)
+                if info is None:  # a socket: not part of an image
+                    continue
+                if info.isreg():
+                    with path.open("rb") as f:
+                        out.addfile(info, f)
+                else:
+                    out.addfile(info)
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            with staging.open("rb") as f:
+                yield from iter(partial(f.read, 1 << 20), b"")
+        finally:
+            staging.unlink()
+
+    return chunks(), deleted
 
 
 def _revision(spec: Spec) -> str:
@@ -527,7 +638,10 @@ def new_build(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult) -> Ite
     """The shared context of one build; its scratch folder is removed on exit."""
     client = engine()
     with tempfile.TemporaryDirectory(prefix="imagebuild-", dir=cache.root) as tmpdir:
-        b = _Build(client, spec, lock, cache, fetched, uuid.uuid4().hex[:8], Path(tmpdir))
+        b = _Build(
+            client, spec, lock, cache, fetched, uuid.uuid4().hex[:8], Path(tmpdir),
+            local_overlay=local_overlay(client),
+        )  # fmt: skip
         try:
             yield b
         finally:  # also on error or Ctrl-C: no stage image outlives its build
@@ -565,11 +679,14 @@ def build(
                     "org.opencontainers.image.title": spec.name,
                     "org.opencontainers.image.version": spec.version,
                 }
-                manifest_digest = img.oci_archive(
-                    out["oci"], config, layers, spec.version, annotations
-                )
+                # The inventory container runs while the archive is written (disk-bound).
+                with ThreadPoolExecutor(1) as pool:
+                    installed = pool.submit(inventory, client, tag, spec)
+                    manifest_digest = img.oci_archive(
+                        out["oci"], config, layers, spec.version, annotations
+                    )
                 inv.write(
-                    inventory(client, tag, spec),
+                    installed.result(),
                     spec,
                     lock,
                     image_id,

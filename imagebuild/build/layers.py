@@ -25,6 +25,7 @@ EXCLUDE_PREFIXES = (
     "etc/hostname",
     "etc/hosts",
     "etc/resolv.conf",
+    "etc/mtab",  # docker's init layer (a link to /proc/mounts), like the three above
     "proc/",
     "sys/",
     "dev/",
@@ -146,6 +147,8 @@ def diff_layer(
                 path = _norm(info.name)
                 if not path or excluded(path):
                     continue
+                if info.islnk():  # "./usr/bin/perl" (mmdebstrap) and "usr/bin/perl" (docker)
+                    info.linkname = _norm(info.linkname)
                 # Files from lower layers carry clamped mtimes; compare like with like.
                 key = _key(info)
                 key[5] = min(key[5], sde)
@@ -153,15 +156,13 @@ def diff_layer(
                 if below.get(path) == key:
                     continue
                 info.name = path
-                if info.islnk():
-                    info.linkname = _norm(info.linkname)
-                    if info.linkname not in staged:
-                        # Target is in a lower layer: store a copy, a layer cannot link down.
-                        data = read_file(info.linkname)
-                        info.type, info.size = tarfile.REGTYPE, len(data)
-                        stage.addfile(info, io.BytesIO(data))
-                        staged.add(path)
-                        continue
+                if info.islnk() and info.linkname not in staged:
+                    # Target is in a lower layer: store a copy, a layer cannot link down.
+                    data = read_file(info.linkname)
+                    info.type, info.size = tarfile.REGTYPE, len(data)
+                    stage.addfile(info, io.BytesIO(data))
+                    staged.add(path)
+                    continue
                 stage.addfile(info, src.extractfile(info) if info.isreg() else None)
                 staged.add(path)
             removed = sorted(p for p in below if p not in manifest)
@@ -173,10 +174,30 @@ def diff_layer(
                 head, _, tail = p.rpartition("/")
                 wh = tarfile.TarInfo(f"{head}/.wh.{tail}" if head else f".wh.{tail}")
                 stage.addfile(wh, io.BytesIO(b""))
+                staged.add(wh.name)
+            _add_parents(stage, staged, manifest)
         layer = _write_sorted(Path(staging), dest, sde)
     finally:
         os.unlink(staging)
     return layer, manifest
+
+
+def _add_parents(stage: tarfile.TarFile, staged: set[str], manifest: Manifest) -> None:
+    """Every entry's folders go into the layer too, as `docker build` does: else the engine
+    makes the missing ones with the time of extraction, so the running filesystem's folder
+    mtimes would differ from run to run, and a later full export would see them as changes."""
+    for path in sorted(staged):
+        parent = path.rpartition("/")[0]
+        while parent and parent not in staged:
+            key = manifest.get(parent)
+            if key is None or key[0] != tarfile.DIRTYPE.decode():
+                break
+            info = tarfile.TarInfo(parent)
+            info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, *key[1:4]
+            info.mtime = key[5]
+            stage.addfile(info)
+            staged.add(parent)
+            parent = parent.rpartition("/")[0]
 
 
 def empty_layer(dest: Path) -> Layer:

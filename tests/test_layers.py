@@ -1,0 +1,107 @@
+"""Pure logic of layer making: what a stage's changes become in its layer, read from an overlay
+upper directory or from the engine's stream, and the app archive. No engine needed."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+from pathlib import Path
+
+from imagebuild import spec as specmod
+from imagebuild.build.container import _upper_entries
+from imagebuild.build.layers import diff_layer
+from imagebuild.provision import app_stamp, write_app_archive
+from tests.conftest import copy_example
+
+SDE = 1_700_000_000
+
+
+def names(layer_path: Path) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(layer_path) as t:
+        return {m.name: m for m in t.getmembers()}
+
+
+def tar_stream(entries: list[tuple[str, bytes | None, str]]) -> list[bytes]:
+    """(name, data or None for a folder, hard-link target or "") as one tar in memory."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
+        for name, data, link in entries:
+            info = tarfile.TarInfo(name)
+            info.mtime, info.mode = SDE - 10, 0o755
+            if link:
+                info.type, info.linkname = tarfile.LNKTYPE, link
+                t.addfile(info)
+            elif data is None:
+                info.type = tarfile.DIRTYPE
+                t.addfile(info)
+            else:
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    return [buf.getvalue()]
+
+
+def test_upper_dir_whiteouts_opaque_folders_and_exclusions(tmp_path: Path) -> None:
+    upper = tmp_path / "upper"
+    (upper / "opt/app").mkdir(parents=True)
+    (upper / "opt/app/main.py").write_text("print(1)\n")
+    os.link(upper / "opt/app/main.py", upper / "opt/app/alias.py")
+    (upper / "etc").mkdir()
+    os.mknod(upper / "etc/gone.conf", stat.S_IFCHR | 0o600, os.makedev(0, 0))  # a whiteout
+    (upper / "srv/data").mkdir(parents=True)
+    os.setxattr(upper / "srv/data", "trusted.overlay.opaque", b"y")
+    (upper / "srv/data/new").write_text("n\n")
+    (upper / "tmp").mkdir()
+    (upper / "tmp/ansible-leftover").write_text("x")
+    (upper / "var/lib/imagebuild/repo").mkdir(parents=True)  # the read-only mount points
+    below = {p: ["5", 0o755, 0, 0, 0, SDE, ""] for p in ("etc", "srv", "srv/data", "opt")}
+    below |= {p: ["0", 0o644, 0, 0, 2, SDE, ""] for p in ("srv/data/old", "etc/gone.conf")}
+
+    stream, deleted = _upper_entries(upper, below, tmp_path)
+    layer, manifest = diff_layer(stream, below, tmp_path / "layer.tar", SDE, deleted=deleted)
+
+    assert sorted(deleted) == ["etc/gone.conf", "srv/data/old"]
+    got = names(layer.path)
+    assert {"etc/.wh.gone.conf", "srv/data/.wh.old", "srv/data/new", "opt/app/main.py"} <= set(got)
+    # A hard-linked pair stays one: the first name in walk order holds the data.
+    assert got["opt/app/main.py"].islnk() and got["opt/app/main.py"].linkname == "opt/app/alias.py"
+    assert not [n for n in got if n.startswith(("tmp/", "var/lib/imagebuild"))]
+    assert "srv/data/old" not in manifest and "srv/data/new" in manifest
+
+
+def test_layer_carries_the_folders_of_its_entries(tmp_path: Path) -> None:
+    # opt/ is unchanged, but the engine would make it with the time of extraction if the
+    # layer left it out.
+    below = {"opt": ["5", 0o755, 0, 0, 0, SDE - 10, ""]}
+    stream = tar_stream([("opt/", None, ""), ("opt/app/", None, ""), ("opt/app/x", b"x", "")])
+    layer, _ = diff_layer(stream, below, tmp_path / "layer.tar", SDE)
+    got = names(layer.path)
+    assert list(got) == ["opt", "opt/app", "opt/app/x"]
+    assert got["opt"].isdir() and got["opt"].mtime == SDE - 10
+
+
+def test_hard_link_names_compare_without_dot_slash(tmp_path: Path) -> None:
+    # mmdebstrap writes "./usr/bin/perl", docker export "usr/bin/perl": the same link.
+    base = tar_stream([("./usr/bin/perl", b"elf", ""), ("./usr/bin/perl5", None, "./usr/bin/perl")])
+    _, below = diff_layer(base, {}, tmp_path / "base.tar", SDE)
+    again = tar_stream([("usr/bin/perl", b"elf", ""), ("usr/bin/perl5", None, "usr/bin/perl")])
+    layer, _ = diff_layer(again, below, tmp_path / "layer.tar", SDE)
+    assert layer.entries == 0
+
+
+def test_app_archive_is_rooted_at_its_destination_with_the_stamp_last(tmp_path: Path) -> None:
+    spec = specmod.load(copy_example(tmp_path / "ex"))
+    archive = Path(write_app_archive(spec, _Lock(), tmp_path / "app.tar"))
+    with tarfile.open(archive) as t:
+        members = t.getmembers()
+    top = spec.app.dest.strip("/")
+    assert members[0].name == top and members[0].isdir()
+    assert members[-1].name == app_stamp(spec).lstrip("/") and members[-1].size == 0
+    assert all(m.name == top or m.name.startswith(top + "/") for m in members)
+    assert {(m.uid, m.gid, m.uname, m.mtime) for m in members} == {(0, 0, "root", SDE)}
+    assert any(m.name.endswith("/app/__main__.py") for m in members)
+
+
+class _Lock:
+    source_date_epoch = SDE
