@@ -12,6 +12,7 @@ from typing import Any
 
 from packaging.utils import canonicalize_name
 
+from imagebuild import progress
 from imagebuild.build.image import rfc3339
 from imagebuild.cache import atomic_file
 from imagebuild.lock.lockfile import Lock
@@ -66,13 +67,38 @@ def sbom(inv: dict[str, Any], spec: Spec, lock: Lock, ref: str, kind: str) -> di
     }
 
 
+FLOATING = ("=unlocked", "=not-in-lock")
+# What `python3 -m venv` puts in every venv from Debian's bundled wheels (locked as debs).
+VENV_TOOLING = ("python pip=", "python setuptools=")
+
+
+def floating(manifest: str) -> list[str]:
+    """`kind name=version` of every line the lock has no artifact for, venv tooling aside."""
+    return [
+        ln.rsplit("=", 1)[0]
+        for ln in manifest.splitlines()
+        if ln.endswith(FLOATING) and not ln.startswith(VENV_TOOLING)
+    ]
+
+
 def write(
     inv: dict[str, Any], spec: Spec, lock: Lock, ref: str, kind: str, packages: Path, bom: Path
-) -> None:
+) -> list[str]:
+    """Write both files; say (and return) what floated in: with a registry base, its own
+    packages; with the lock's own base, a bug worth a look."""
+    manifest = package_manifest(inv, lock)
     with atomic_file(packages) as t:
-        t.write_text(package_manifest(inv, lock))
+        t.write_text(manifest)
     with atomic_file(bom) as t:
         t.write_text(json.dumps(sbom(inv, spec, lock, ref, kind), indent=1))
+    extra = floating(manifest)
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        progress.say(
+            f"warning: {len(extra)} packages in the {kind} are not in the lock ({shown}); "
+            f"marked in {packages.name}"
+        )
+    return extra
 
 
 def _entries(text: str) -> dict[str, str]:

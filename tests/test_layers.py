@@ -1,5 +1,6 @@
-"""Pure logic of layer making: what a stage's changes become in its layer, read from an overlay
-upper directory or from the engine's stream, and the app archive. No engine needed."""
+"""Pure logic of making an artifact's files: what a stage's changes become in its layer (read
+from an overlay upper directory or from the engine's stream), the app archive, the package
+manifest. No engine needed."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from imagebuild import spec as specmod
 from imagebuild.build.container import _upper_entries
 from imagebuild.build.layers import diff_layer
+from imagebuild.inventory import write
+from imagebuild.lock.lockfile import DebPackage, Lock, Wheel
 from imagebuild.provision import app_stamp, write_app_archive
 from tests.conftest import copy_example
 
@@ -105,3 +108,25 @@ def test_app_archive_is_rooted_at_its_destination_with_the_stamp_last(tmp_path: 
 
 class _Lock:
     source_date_epoch = SDE
+
+
+def test_packages_not_in_the_lock_are_marked_and_said(tmp_path: Path, capsys) -> None:
+    deb = DebPackage("libc6", "2.36-9", "amd64", "ab" * 32, "pool/main/g/glibc/libc6.deb", 1)
+    lock = Lock(
+        {"source_date_epoch": SDE}, {}, [deb], [], [Wheel("numpy", "2.0", "n.whl", "", "cd")]
+    )
+    installed = {
+        "deb": [
+            ["libc6", "2.36-9", "amd64"],
+            ["libc6", "2.36-9+deb12u9", "amd64"],
+            ["curl", "1", "a"],
+        ],
+        "python": [["NumPy", "2.0"], ["six", "1.16"], ["pip", "23.0.1"]],
+    }
+    spec = specmod.load(copy_example(tmp_path / "ex"))
+    out = write(installed, spec, lock, "x", "container", tmp_path / "p.txt", tmp_path / "b.json")
+    assert out == ["deb curl=1", "deb libc6=2.36-9+deb12u9", "python six=1.16"]
+    manifest = (tmp_path / "p.txt").read_text()
+    assert "deb libc6=2.36-9=" + "ab" * 32 in manifest
+    assert "python pip=23.0.1=not-in-lock" in manifest  # marked, but venv tooling: not said
+    assert "3 packages in the container are not in the lock" in capsys.readouterr().err
