@@ -5,6 +5,7 @@ Layout under the cache root (default ~/.cache/imagebuild, or $IMAGEBUILD_CACHE, 
   repos/<key>/                a flat apt repository (pool/*.deb hard links + Packages)
   wheelhouses/<key>/          wheels under their real names + requirements.txt with hashes
   apt/<key>/                  the private apt state used to resolve locks (mirror index cache)
+  verified.json               blob -> inode stat at its last good hash (see Cache.verified)
 Folders are made under a temporary name and renamed when complete, so a crash never leaves a
 half-made repo that a later build would trust.
 """
@@ -12,6 +13,7 @@ half-made repo that a later build would trust.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -62,6 +64,23 @@ class Cache:
     def has_blob(self, sha256: str, size: int | None = None) -> bool:
         p = self.blob(sha256)
         return p.is_file() and (size is None or p.stat().st_size == size)
+
+    @contextmanager
+    def verified(self) -> Iterator[dict[str, list[int]]]:
+        """What the last hashes proved: blob -> [inode, size, mtime_ns, ctime_ns] at the time.
+        A blob whose stat still matches is not hashed again (as git trusts its index): any
+        write, truncation or chmod moves ctime, which user space cannot set back. Saved on
+        exit; a lost update only costs one more hash."""
+        path = self.root / "verified.json"
+        try:
+            memo = json.loads(path.read_text())
+        except (OSError, ValueError):
+            memo = {}
+        before = dict(memo)
+        yield memo
+        if memo != before:
+            with atomic_file(path) as tmp:
+                tmp.write_text(json.dumps(memo, sort_keys=True))
 
     def dir(self, kind: str, key: str) -> Path:
         return self.root / kind / key

@@ -71,14 +71,28 @@ def _download(cache: Cache, lock: Lock, item: DebPackage | Wheel) -> int:
             os.unlink(tmp)
 
 
-def verify_blob(cache: Cache, item: DebPackage | Wheel, repair: bool = True) -> bool:
-    """True when the cached blob exists and still hashes to its name; a corrupt one is removed
-    (by fetch, which then downloads it again) or reported (by builds, which never download)."""
+def _stat_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def verify_blob(
+    cache: Cache, item: DebPackage | Wheel, repair: bool = True, memo: dict | None = None
+) -> bool:
+    """True when the cached blob exists and still hashes to its name (or is unchanged since it
+    last did, per `memo`: see Cache.verified); a corrupt one is removed (by fetch, which then
+    downloads it again) or reported (by builds, which never download)."""
     path = cache.blob(item.sha256)
     if not path.is_file():
         return False
-    if sha256_file(path) == item.sha256:
+    memo = {} if memo is None else memo
+    key = _stat_key(path)
+    if memo.get(item.sha256) == key:
         return True
+    if sha256_file(path) == item.sha256:
+        memo[item.sha256] = key
+        return True
+    memo.pop(item.sha256, None)
     progress.say(
         f"cache entry for {_label(item)} is corrupt (sha256 mismatch)"
         + ("; removing it" if repair else "")
@@ -159,10 +173,11 @@ def _wheelhouse(cache: Cache, lock: Lock) -> Path:
 
 
 def missing(cache: Cache, lock: Lock, repair: bool = True) -> list[DebPackage | Wheel]:
-    """Locked items not (validly) in the cache; hashes every present blob."""
+    """Locked items not (validly) in the cache; hashes every present blob that changed since
+    its last good hash."""
     items = [*lock.shared, *lock.vm, *lock.python]
-    with ThreadPoolExecutor(2) as pool:
-        present = list(pool.map(lambda i: verify_blob(cache, i, repair), items))
+    with cache.verified() as memo, ThreadPoolExecutor(2) as pool:
+        present = list(pool.map(lambda i: verify_blob(cache, i, repair, memo), items))
     return [i for i, ok in zip(items, present, strict=True) if not ok]
 
 
