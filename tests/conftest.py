@@ -21,10 +21,15 @@ EXAMPLE = ROOT / "examples" / "onnx-serve"
 NEEDS_GB = 16
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    # One clear message instead of dozens of ENOSPC errors half-way through the VM builds.
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # One clear message instead of dozens of ENOSPC errors half-way through the VM builds;
+    # only when engine tests are selected (the unit tests need next to nothing).
+    if session.config.option.collectonly or not any(
+        item.get_closest_marker("engine") for item in session.items
+    ):
+        return
     free = min(shutil.disk_usage(p).free for p in (tempfile.gettempdir(), "/var/lib"))
-    if free < NEEDS_GB * 1e9 and not session.config.option.collectonly:
+    if free < NEEDS_GB * 1e9:
         pytest.exit(
             f"only {free / 1e9:.1f} GB free on {tempfile.gettempdir()} / /var/lib (docker, "
             f"libvirt); a full run needs about {NEEDS_GB} GB at its peak",
@@ -40,9 +45,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _engine_images_left_as_found() -> Iterator[None]:
-    """Remove the images this run created. Runs share a machine (and its disk) with the runs
-    before and after them; each build leaves ~0.5-1 GB of images, and CI once failed on a full
-    disk."""
+    """Remove the images this run made (imagebuild's labels, new since the start). Runs share a
+    machine (and its disk) with the runs before and after them; each build leaves ~0.5-1 GB of
+    images, and CI once failed on a full disk. Anyone else's images are left alone."""
     try:
         import docker
 
@@ -53,7 +58,8 @@ def _engine_images_left_as_found() -> Iterator[None]:
         return
     yield
     for image in client.images.list(all=True):
-        if image.id not in before:
+        ours = any(k.startswith("io.imagebuild") for k in image.labels or {})
+        if image.id not in before and ours:
             # APIError: already gone with a parent, or still used by a container
             with contextlib.suppress(docker.errors.APIError):
                 client.images.remove(image.id, force=True)

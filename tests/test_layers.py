@@ -130,3 +130,25 @@ def test_packages_not_in_the_lock_are_marked_and_said(tmp_path: Path, capsys) ->
     assert "deb libc6=2.36-9=" + "ab" * 32 in manifest
     assert "python pip=23.0.1=not-in-lock" in manifest  # marked, but venv tooling: not said
     assert "3 packages in the container are not in the lock" in capsys.readouterr().err
+
+
+def test_hard_link_group_data_goes_with_the_first_name_in_layer_order(tmp_path: Path) -> None:
+    # The upper-dir walk meets opt/t/run before opt/t/bin/run; the layer lists bin/ first, and
+    # the engine extracts in order, so the data must move to opt/t/bin/run.
+    stream = tar_stream(
+        [
+            ("opt/t/", None, ""),
+            ("opt/t/run", b"#!elf", ""),
+            ("opt/t/bin/", None, ""),
+            ("opt/t/bin/run", None, "opt/t/run"),
+        ]
+    )
+    layer, _ = diff_layer(stream, {}, tmp_path / "layer.tar", SDE)
+    got = names(layer.path)
+    assert list(got) == ["opt/t", "opt/t/bin", "opt/t/bin/run", "opt/t/run"]
+    assert got["opt/t/bin/run"].isreg() and got["opt/t/bin/run"].size == 5
+    assert got["opt/t/run"].islnk() and got["opt/t/run"].linkname == "opt/t/bin/run"
+    with tarfile.open(layer.path) as t:  # extractable in order, same bytes under both names
+        t.extractall(tmp_path / "x")
+    assert (tmp_path / "x/opt/t/run").read_bytes() == b"#!elf"
+    assert (tmp_path / "x/opt/t/run").stat().st_ino == (tmp_path / "x/opt/t/bin/run").stat().st_ino

@@ -38,6 +38,7 @@ from imagebuild import __version__, progress, provision, roles
 from imagebuild import inventory as inv
 from imagebuild.build import image as img
 from imagebuild.build.layers import (
+    LAYER_FORMAT,
     Layer,
     Manifest,
     base_layer,
@@ -102,7 +103,7 @@ def stage_keys(spec: Spec, lock: Lock) -> dict[str, str]:
     """Key of each stage = its own inputs chained with the key of the stage below."""
     pv = provision.playbook_vars(spec, lock, MOUNT_REPO, MOUNT_WHEELS)
     site = (roles.ANSIBLE_DIR / "site.yml").read_text()
-    common = [__version__, str(lock.source_date_epoch)]
+    common = [__version__, LAYER_FORMAT, str(lock.source_date_epoch)]
     own = {
         # A registry base is named by its digest; a local one by the packages it is made of.
         "base": [spec.base.image]
@@ -420,9 +421,12 @@ def _changed_entries(container: Any, changes: list[dict[str, Any]], tmp: Path) -
                 with tarfile.open(fileobj=resp.raw, mode="r|") as t:
                     for info in t:
                         # Entry names start at the requested path's own name.
-                        full = posixpath.join(posixpath.dirname(path), info.name.rstrip("/"))
+                        base = posixpath.dirname(path)
+                        full = posixpath.join(base, info.name.rstrip("/"))
                         if full in wanted:
                             info.name = full.lstrip("/")
+                            if info.islnk():  # named like the entries: from the request's folder
+                                info.linkname = posixpath.join(base, info.linkname).lstrip("/")
                             out.addfile(info, t.extractfile(info) if info.isreg() else None)
                         if full == path:  # the first entry
                             if not (info.isdir() and wanted[path] == ADDED):
@@ -440,15 +444,16 @@ def local_overlay(client: docker.DockerClient) -> bool:
     this host: what the engine itself trusts for `docker diff` (native diff: no redirect_dir,
     no metacopy), no user-namespace remapping (owners would be shifted), and not switched off
     by IMAGEBUILD_ENGINE_DIFF=1 (what a remote engine gets)."""
-    if os.environ.get("IMAGEBUILD_ENGINE_DIFF") == "1":
-        return False
+    if os.environ.get("IMAGEBUILD_ENGINE_DIFF") == "1" or os.geteuid() != 0:
+        return False  # the engine's folders are root's alone
     info = client.info()
     status = dict(info.get("DriverStatus") or [])
     return (
         info.get("Driver") == "overlay2"
         and status.get("Native Overlay Diff") == "true"
         and status.get("Using metacopy", "false") == "false"
-        and not any("userns" in o for o in info.get("SecurityOptions") or [])
+        and status.get("userxattr", "false") == "false"  # so only trusted.* xattrs count
+        and not any("userns" in o or "rootless" in o for o in info.get("SecurityOptions") or [])
     )
 
 
@@ -458,18 +463,17 @@ def _upper_dir(b: _Build, container: Any) -> Path | None:
     driver = container.attrs.get("GraphDriver") or {}
     upper = (driver.get("Data") or {}).get("UpperDir")
     # A remote engine's path does not exist here: ask the engine instead.
-    return Path(upper) if upper and Path(upper).is_dir() else None
-
-
-OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+    try:
+        return Path(upper) if upper and Path(upper).is_dir() else None
+    except OSError:
+        return None
 
 
 def _opaque(path: Path) -> bool:
-    for name in OPAQUE_XATTRS:
-        with contextlib.suppress(OSError):
-            if os.getxattr(path, name, follow_symlinks=False) == b"y":
-                return True
-    return False
+    try:
+        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
+    except OSError:
+        return False
 
 
 def _upper_entries(upper: Path, below: Manifest, tmp: Path) -> tuple[Iterator[bytes], list[str]]:

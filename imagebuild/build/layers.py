@@ -19,6 +19,10 @@ from pathlib import Path
 
 from imagebuild.cache import sha256_file
 
+# Part of every stage key: bump when a change here makes different layers from the same input
+# (2: folders of every entry included, hard links compared without "./", etc/mtab excluded).
+LAYER_FORMAT = "2"
+
 # Never part of a layer: engine-managed mounts, per-run state, caches and logs.
 EXCLUDE_PREFIXES = (
     ".dockerenv",
@@ -104,12 +108,27 @@ class Layer:
 
 
 def _write_sorted(staging: Path, dest: Path, sde: int) -> Layer:
-    """Re-write an unsorted staging tar as the final, sorted, normalised layer."""
+    """Re-write an unsorted staging tar as the final, sorted, normalised layer. A hard-link
+    group's data goes with its first name in sorted order and the others link to it: the
+    engine extracts in order, so a link must follow its target, whichever name the producer
+    (export walk, upper-dir walk) happened to meet first."""
     with tarfile.open(staging) as src:
         members = sorted(src.getmembers(), key=lambda m: m.name)
+        by_name = {m.name: m for m in members}
+        head: dict[str, str] = {}  # data member's name -> first name of its group
+        for m in members:
+            head.setdefault(m.linkname if m.islnk() else m.name, m.name)
         with tarfile.open(dest, mode="w", format=tarfile.GNU_FORMAT) as out:
             for m in members:
-                out.addfile(_clean(m, m.name, sde), src.extractfile(m) if m.isreg() else None)
+                data = by_name.get(m.linkname) if m.islnk() else m
+                if data is None or not (m.isreg() or m.islnk()):
+                    out.addfile(_clean(m, m.name, sde), None)
+                elif head[data.name] == m.name:
+                    out.addfile(_clean(data, m.name, sde), src.extractfile(data))
+                else:
+                    info = _clean(m, m.name, sde)
+                    info.type, info.linkname, info.size = tarfile.LNKTYPE, head[data.name], 0
+                    out.addfile(info)
     return Layer(dest, sha256_file(dest), dest.stat().st_size, len(members))
 
 
