@@ -24,7 +24,7 @@ import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -369,26 +369,27 @@ def _run_stage(
     """Run `site.yml --tags NAME` on the layers below; return the layer it adds, the new
     manifest and Ansible's changed count."""
     with stage_container(b, name, below, [name]) as (container, result):
-        read = partial(_read_file, container)
-        upper = _upper_dir(b, container)
-        if upper is not None:
-            stream, deleted = _upper_entries(upper, manifest, tmp)
-            layer, new_manifest = diff_layer(
-                stream, manifest, tmp / "layer.tar", b.lock.source_date_epoch, read, deleted
-            )
-            return layer, new_manifest, result.changed
-        changes = container.diff() or []
-        if len(changes) <= SMALL_CHANGE:
-            stream, deleted = (
-                _changed_entries(container, changes, tmp),
-                [c["Path"] for c in changes if c["Kind"] == DELETED],
-            )
-        else:
-            stream, deleted = container.export(chunk_size=1 << 20), None
+        stream, deleted = _changes(b, container, manifest, tmp)
         layer, new_manifest = diff_layer(
-            stream, manifest, tmp / "layer.tar", b.lock.source_date_epoch, read, deleted
-        )
+            stream, manifest, tmp / "layer.tar", b.lock.source_date_epoch,
+            partial(_read_file, container), deleted,
+        )  # fmt: skip
     return layer, new_manifest, result.changed
+
+
+def _changes(
+    b: _Build, container: Any, below: Manifest, tmp: Path
+) -> tuple[Iterable[bytes], list[str] | None]:
+    """A stage's changes for `diff_layer`: from the container's upper dir when it is readable
+    here, else through the engine (a few: path by path; many: a full export)."""
+    upper = _upper_dir(b, container)
+    if upper is not None:
+        return _upper_entries(upper, below, tmp)
+    changes = container.diff() or []
+    if len(changes) > SMALL_CHANGE:
+        return container.export(chunk_size=1 << 20), None
+    deleted = [c["Path"] for c in changes if c["Kind"] == DELETED]
+    return _changed_entries(container, changes, tmp), deleted
 
 
 SMALL_CHANGE = 500  # paths `docker diff` reports; above this a full export is cheaper
@@ -418,10 +419,10 @@ def _changed_entries(container: Any, changes: list[dict[str, Any]], tmp: Path) -
                 continue  # came with its added folder
             with api.get(url, params={"path": path}, headers=headers, stream=True) as resp:
                 resp.raise_for_status()
+                # Entry (and hard-link) names start at the requested path's own name.
+                base = posixpath.dirname(path)
                 with tarfile.open(fileobj=resp.raw, mode="r|") as t:
                     for info in t:
-                        # Entry names start at the requested path's own name.
-                        base = posixpath.dirname(path)
                         full = posixpath.join(base, info.name.rstrip("/"))
                         if full in wanted:
                             info.name = full.lstrip("/")
@@ -432,6 +433,11 @@ def _changed_entries(container: Any, changes: list[dict[str, Any]], tmp: Path) -
                             if not (info.isdir() and wanted[path] == ADDED):
                                 break  # a file, or a modified folder: nothing else wanted
                             whole.append(path)
+    yield from _drain(staging)
+
+
+def _drain(staging: Path) -> Iterator[bytes]:
+    """A staging tar as the byte stream `diff_layer` reads, removed once read or abandoned."""
     try:
         with staging.open("rb") as f:
             yield from iter(partial(f.read, 1 << 20), b"")
@@ -507,15 +513,7 @@ def _upper_entries(upper: Path, below: Manifest, tmp: Path) -> tuple[Iterator[by
                         out.addfile(info, f)
                 else:
                     out.addfile(info)
-
-    def chunks() -> Iterator[bytes]:
-        try:
-            with staging.open("rb") as f:
-                yield from iter(partial(f.read, 1 << 20), b"")
-        finally:
-            staging.unlink()
-
-    return chunks(), deleted
+    return _drain(staging), deleted
 
 
 def _revision(spec: Spec) -> str:
