@@ -3,7 +3,9 @@ variables the tool writes checked against the declarations, and real `packer val
 
 from __future__ import annotations
 
+import json
 import subprocess
+import tarfile
 from pathlib import Path
 
 import hcl2
@@ -12,6 +14,9 @@ from packaging.version import Version
 
 from imagebuild import packer
 from imagebuild.build import vm
+from imagebuild.fetch import FetchResult
+from imagebuild.lock import lockfile
+from imagebuild.provision import app_stamp
 from imagebuild.spec import load
 from tests.conftest import EXAMPLE, run_invoke
 
@@ -121,3 +126,26 @@ def test_ami_target_validates_then_asks_for_credentials(
     assert "packer validate: done" in r.stderr
     assert "needs AWS credentials" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
+
+
+@pytest.mark.network
+def test_ami_uploads_the_app_the_stock_ami_lacks(tmp_path: Path, locked_example: Path) -> None:
+    """A stock AMI has no app (the qemu base disk does): the uploaded folder carries the app
+    archive and the playbook variables point the app role at it."""
+    spec = load(locked_example)
+    lock = lockfile.read(locked_example.with_suffix(".lock"))
+    repo, wheels = tmp_path / "repo", tmp_path / "wheels"
+    for d in (repo, wheels):
+        d.mkdir()
+        (d / "marker").write_text(d.name)
+    fetched = FetchResult(0, 0, 0, repo, repo, wheels)
+    archive = vm.ami_sources(spec, lock, fetched, tmp_path / "up")
+    assert archive == f"{vm.SOURCES_DIR}/app.tar"
+    with tarfile.open(tmp_path / "up" / "app.tar") as tar:
+        names = tar.getnames()
+    assert names[0] == spec.app.dest.strip("/") and names[-1] == app_stamp(spec).lstrip("/")
+    assert (tmp_path / "up" / "wheels" / "marker").read_text() == "wheels"
+    values = json.loads(vm._ansible_vars(spec, lock, "", tmp_path / "inv.json", archive)
+                        .read_text())  # fmt: skip
+    assert values["imagebuild_app_archive"] == archive
+    assert values["imagebuild_repo_dir"] == f"{vm.SOURCES_DIR}/repo"

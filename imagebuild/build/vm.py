@@ -107,11 +107,14 @@ def outputs(dist: Path, spec: Spec) -> dict[str, Path]:
     return out
 
 
-def _ansible_vars(spec: Spec, lock: Lock, sources_label: str, inventory_out: Path) -> Path:
+def _ansible_vars(
+    spec: Spec, lock: Lock, sources_label: str, inventory_out: Path, app_archive: str = ""
+) -> Path:
     """The container's playbook variables (same paths: the sources sit where the container
     build mounts them) + the VM-only ones, as a JSON file for `--extra-vars @file`."""
+    repo, wheels = f"{SOURCES_DIR}/repo", f"{SOURCES_DIR}/wheels"
     values = {
-        **provision.playbook_vars(spec, lock, f"{SOURCES_DIR}/repo", f"{SOURCES_DIR}/wheels"),
+        **provision.playbook_vars(spec, lock, repo, wheels, app_archive),
         **provision.vm_vars(spec, lock, sources_label, str(inventory_out)),
         "imagebuild_sources_dir": SOURCES_DIR,
     }
@@ -294,16 +297,17 @@ def build_ami(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult) -> VmR
     with tempfile.TemporaryDirectory(prefix="imagebuild-ami-", dir=cache.root) as tmp:
         work = Path(tmp)
         _build_key(work)
-        tree = work / "sources"  # hard links: the same bytes as the cache, no copy
-        shutil.copytree(fetched.repo_vm, tree / "repo", copy_function=os.link)
-        shutil.copytree(fetched.wheelhouse, tree / "wheels", copy_function=os.link)
+        tree = work / "sources"
+        app_archive = ami_sources(spec, lock, fetched, tree)
         values = _packer_values(
             spec,
             work,
             sources_dir=str(tree),
             ansible_user="admin",
             ansible_become=True,
-            ansible_vars_file=str(_ansible_vars(spec, lock, "", work / "inventory.json")),
+            ansible_vars_file=str(
+                _ansible_vars(spec, lock, "", work / "inventory.json", app_archive)
+            ),
         )
         pkrvars = work / "build.pkrvars.hcl"
         packer.write_vars(values, pkrvars)
@@ -320,6 +324,18 @@ def build_ami(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult) -> VmR
         with progress.stage("build-vm: packer build", "amazon-ebs.vm"):
             packer.run(["build", *args], tdir, work, work / "packer.log")
     return VmResult("ami", "", "", None, {})
+
+
+def ami_sources(spec: Spec, lock: Lock, fetched: FetchResult, tree: Path) -> str:
+    """The folder Packer uploads to a stock AMI's SOURCES_DIR: the apt repo and wheelhouse
+    (hard links: the cache's bytes, no copy) and the app archive. A stock AMI, unlike the qemu
+    base disk, does not hold the app yet, so the app role must unpack it there. Returns the
+    archive's path on the instance ("" when the spec has no app)."""
+    shutil.copytree(fetched.repo_vm, tree / "repo", copy_function=os.link)
+    shutil.copytree(fetched.wheelhouse, tree / "wheels", copy_function=os.link)
+    if not provision.write_app_archive(spec, lock, tree / "app.tar"):
+        return ""
+    return f"{SOURCES_DIR}/app.tar"
 
 
 def _aws_credentials() -> bool:
