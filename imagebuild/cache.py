@@ -22,6 +22,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+# Read once at import, while single-threaded (os.umask can only be read by setting it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_file(dest: Path) -> Iterator[Path]:
@@ -31,6 +35,8 @@ def atomic_file(dest: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes 0600; an output is made like any other file (0644 under umask 022).
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):

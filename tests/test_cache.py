@@ -6,8 +6,9 @@ import hashlib
 import os
 from pathlib import Path
 
+from imagebuild import cache as cache_mod
 from imagebuild import fetch
-from imagebuild.cache import Cache
+from imagebuild.cache import Cache, atomic_file
 from imagebuild.lock.lockfile import Wheel
 
 
@@ -38,3 +39,18 @@ def test_verified_memo_skips_unchanged_blobs_and_catches_rewrites(
         assert not fetch.verify_blob(cache, item, repair=False, memo=memo)
         assert item.sha256 not in memo
     assert hashed == [blob, blob]
+
+
+def test_atomic_file_gives_a_normal_file_mode_and_nothing_on_failure(tmp_path: Path) -> None:
+    dest = tmp_path / "out" / "x.json"
+    with atomic_file(dest) as tmp:
+        tmp.write_text("{}")
+    # Not mkstemp's 0600: a dist/ output other users and CI uploaders can read.
+    assert dest.stat().st_mode & 0o777 == 0o666 & ~cache_mod._UMASK
+    try:
+        with atomic_file(tmp_path / "out" / "y.json") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError
+    except RuntimeError:
+        pass
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["x.json"]
