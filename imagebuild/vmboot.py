@@ -8,6 +8,7 @@ authorized key. The QEMU process is always stopped on exit, also on error or Ctr
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import socket
 import subprocess
@@ -50,6 +51,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def probe_accelerator() -> tuple[str, str]:
+    """KVM only where it can really run a guest; else TCG. $IMAGEBUILD_ACCEL overrides."""
+    forced = os.environ.get("IMAGEBUILD_ACCEL")
+    if forced in ("kvm", "tcg"):
+        return forced, "forced by IMAGEBUILD_ACCEL"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg", "no usable /dev/kvm"
+    flags = Path("/proc/cpuinfo").read_text()
+    if " vmx" not in flags and " svm" not in flags:
+        # Seen here: /dev/kvm exists, but without vmx/svm guests crawl and -cpu host aborts.
+        return "tcg", "/dev/kvm exists but the CPU has no vmx/svm flag"
+    probe = subprocess.Popen(
+        ["qemu-system-x86_64", "-machine", "pc,accel=kvm", "-cpu", "host", "-nodefaults",
+         "-display", "none", "-S"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        probe.wait(timeout=3)
+        return "tcg", "a KVM probe VM with -cpu host failed to start"
+    except subprocess.TimeoutExpired:
+        return "kvm", "vmx/svm present and a KVM probe VM with -cpu host started"
+    finally:
+        probe.kill()
+        probe.wait()
 
 
 def accel_args(accel: str) -> list[str]:

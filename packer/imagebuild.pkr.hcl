@@ -105,6 +105,11 @@ variable "ansible_become" {
   description = "Whether Ansible must sudo (amazon-ebs: the login user is not root)."
 }
 
+variable "ansible_strategy_env" {
+  type        = list(string)
+  description = "ANSIBLE_STRATEGY(_PLUGINS)=... for a faster strategy (mitogen); empty = Ansible's own."
+}
+
 variable "manifest_file" {
   type        = string
   description = "Where the manifest post-processor writes."
@@ -199,13 +204,16 @@ build {
     user            = var.ansible_user
     use_proxy       = false # Packer's proxy offers only ssh-rsa, which OpenSSH 9 refuses
     extra_arguments = concat(var.ansible_become ? ["--become"] : [], ["--extra-vars", "@${var.ansible_vars_file}"])
-    ansible_env_vars = [
+    ansible_env_vars = concat([
       "ANSIBLE_CONFIG=${var.ansible_dir}/ansible.cfg",
       "ANSIBLE_ROLES_PATH=${var.ansible_dir}/roles",
       "ANSIBLE_HOST_KEY_CHECKING=False",
       "ANSIBLE_NOCOLOR=1",
+      # Ansible's temp files on the guest's tmpfs: never on the image's disk, and vm_finalize's
+      # clean-up does not pull them from under the running task.
+      "ANSIBLE_REMOTE_TMP=/dev/shm/imagebuild-ansible",
       "ANSIBLE_CALLBACKS_ENABLED=ansible.posix.profile_tasks", # per-task seconds in the log
-    ]
+    ], var.ansible_strategy_env)
   }
 
   post-processor "manifest" {

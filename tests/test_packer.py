@@ -12,8 +12,9 @@ import hcl2
 import pytest
 from packaging.version import Version
 
-from imagebuild import packer
+from imagebuild import packer, provision
 from imagebuild.build import vm
+from imagebuild.errors import ImageBuildError
 from imagebuild.fetch import FetchResult
 from imagebuild.lock import lockfile
 from imagebuild.provision import app_stamp
@@ -149,3 +150,16 @@ def test_ami_uploads_the_app_the_stock_ami_lacks(tmp_path: Path, locked_example:
                         .read_text())  # fmt: skip
     assert values["imagebuild_app_archive"] == archive
     assert values["imagebuild_repo_dir"] == f"{vm.SOURCES_DIR}/repo"
+
+
+def test_vm_ansible_strategy_is_mitogen_unless_turned_off(monkeypatch) -> None:
+    monkeypatch.delenv(provision.STRATEGY_ENV, raising=False)
+    name, env = provision.ssh_strategy()
+    plugins = Path(env[0].split("=", 1)[1])
+    assert name == "mitogen_linear" and env[1] == "ANSIBLE_STRATEGY=mitogen_linear"
+    assert (plugins / "mitogen_linear.py").is_file()
+    monkeypatch.setenv(provision.STRATEGY_ENV, "linear")
+    assert provision.ssh_strategy() == ("linear", [])
+    monkeypatch.setenv(provision.STRATEGY_ENV, "free")
+    with pytest.raises(ImageBuildError, match="IMAGEBUILD_ANSIBLE_STRATEGY='free'"):
+        provision.ssh_strategy()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from imagebuild import inventory as inv
-from imagebuild import packer, progress, provision, roles
+from imagebuild import packer, progress, provision, roles, vmboot
 from imagebuild.build import container, disk
 from imagebuild.build.formats import FORMATS, filename
 from imagebuild.cache import Cache, atomic_file, digest
@@ -53,32 +53,6 @@ class VmResult:
     seconds: dict[str, float] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
     noop: bool = False
-
-
-def probe_accelerator() -> tuple[str, str]:
-    """KVM only where it can really run a guest; else TCG. $IMAGEBUILD_ACCEL overrides."""
-    forced = os.environ.get("IMAGEBUILD_ACCEL")
-    if forced in ("kvm", "tcg"):
-        return forced, "forced by IMAGEBUILD_ACCEL"
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "tcg", "no usable /dev/kvm"
-    flags = Path("/proc/cpuinfo").read_text()
-    if " vmx" not in flags and " svm" not in flags:
-        # Seen here: /dev/kvm exists, but without vmx/svm guests crawl and -cpu host aborts.
-        return "tcg", "/dev/kvm exists but the CPU has no vmx/svm flag"
-    probe = subprocess.Popen(
-        ["qemu-system-x86_64", "-machine", "pc,accel=kvm", "-cpu", "host", "-nodefaults",
-         "-display", "none", "-S"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        probe.wait(timeout=3)
-        return "tcg", "a KVM probe VM with -cpu host failed to start"
-    except subprocess.TimeoutExpired:
-        return "kvm", "vmx/svm present and a KVM probe VM with -cpu host started"
-    finally:
-        probe.kill()
-        probe.wait()
 
 
 def _kill_stray_qemu(name: str) -> None:
@@ -147,6 +121,7 @@ def _packer_values(spec: Spec, work: Path, **overrides: Any) -> dict[str, Any]:
         "ansible_vars_file": "",
         "ansible_user": "root",
         "ansible_become": False,
+        "ansible_strategy_env": provision.ssh_strategy()[1],
         "manifest_file": str(work / "packer-manifest.json"),
         "aws_region": ami.region if ami else "",
         "aws_instance_type": ami.instance_type if ami else "",
@@ -205,7 +180,7 @@ def build(
             progress.say(f"build-vm: nothing changed ({key[:12]}); outputs in {dist}")
             return VmResult("qemu", previous["accelerator"], key, base, out, seconds, {}, True)
         sources = disk.sources_disk(b)
-        accel, why = probe_accelerator()
+        accel, why = vmboot.probe_accelerator()
         progress.say(f"build-vm: accelerator {accel} ({why})")
         staging = dist / f".imagebuild-vm-{b.build_id}"
         staging.mkdir(parents=True)
@@ -258,7 +233,9 @@ def _packer_qemu(
     try:
         with progress.stage("build-vm: packer validate", f"Packer {packer.version()}"):
             packer.run(["validate", *args], tdir, work, log)
-        with progress.stage("build-vm: packer build", f"qemu/{accel}: boot, vm.yml, shutdown"):
+        strategy = provision.ssh_strategy()[0]
+        what = f"qemu/{accel}: boot, vm.yml (Ansible strategy {strategy}), shutdown"
+        with progress.stage("build-vm: packer build", what):
             timeline = packer.run(["build", f"-on-error={on_error}", *args], tdir, work, log)
         seconds |= {f"packer {k}": v for k, v in packer.phases(timeline).items()}
     finally:
