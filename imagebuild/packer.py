@@ -137,10 +137,9 @@ def run(args: list[str], template_dir: Path, workdir: Path, log: Path) -> list[t
     return timeline
 
 
-PHASES = {  # Packer 1.6 and the qemu plugin print these lines
+PHASES = {  # Packer 1.6 and the qemu plugin print these lines; the rest is "shutdown"
     "boot to SSH": "Connected to SSH!",
     "provisioning": "Gracefully halting virtual machine",
-    "shutdown": "Converting hard drive",
 }
 
 
@@ -153,7 +152,7 @@ def phases(timeline: list[tuple[float, str]]) -> dict[str, float]:
             continue
         out[phase], last = round(at - last, 1), at
     if timeline:
-        out["convert"] = round(timeline[-1][0] - last, 1)
+        out["shutdown"] = round(timeline[-1][0] - last, 1)
     return out
 
 

