@@ -1,5 +1,5 @@
 """Benchmark: build-vm per stage (base disk, Packer boot to SSH, provisioning, shutdown,
-convert, outputs) beside the container's cold build, a no-op rebuild, and verify split into
+outputs) beside the container's cold build, a no-op rebuild, and verify split into
 container start, VM boot to SSH and the test run.
 
     .venv/bin/python bench/vm.py [--cache-dir DIR]

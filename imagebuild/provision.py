@@ -213,8 +213,9 @@ def ssh_strategy() -> tuple[str, list[str]]:
     """The Ansible strategy for a booted VM (over SSH), and the environment that selects it.
     Mitogen keeps one Python in the guest and sends module code once; the default strategy
     starts a new interpreter per task that compiles the module anew, 2-8 s per task under
-    TCG (vm.yml on a converged guest: 65 s -> 14 s, measured). $IMAGEBUILD_ANSIBLE_STRATEGY=linear
-    picks Ansible's own. Containers keep `linear`: they run at native speed over docker_api."""
+    TCG (Packer's provisioning of the example: 73 s -> 16-21 s, measured).
+    $IMAGEBUILD_ANSIBLE_STRATEGY=linear picks Ansible's own. Containers keep `linear`: they
+    run at native speed over docker_api."""
     wanted = os.environ.get(STRATEGY_ENV) or STRATEGIES[0]
     if wanted not in STRATEGIES:
         raise ImageBuildError(

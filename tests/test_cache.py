@@ -41,12 +41,15 @@ def test_verified_memo_skips_unchanged_blobs_and_catches_rewrites(
     assert hashed == [blob, blob]
 
 
-def test_atomic_file_gives_a_normal_file_mode_and_nothing_on_failure(tmp_path: Path) -> None:
+def test_atomic_file_gives_a_normal_file_mode_and_nothing_on_failure(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(cache_mod, "_UMASK", 0o022)
     dest = tmp_path / "out" / "x.json"
     with atomic_file(dest) as tmp:
         tmp.write_text("{}")
     # Not mkstemp's 0600: a dist/ output other users and CI uploaders can read.
-    assert dest.stat().st_mode & 0o777 == 0o666 & ~cache_mod._UMASK
+    assert dest.stat().st_mode & 0o777 == 0o644
     try:
         with atomic_file(tmp_path / "out" / "y.json") as tmp:
             tmp.write_text("half")

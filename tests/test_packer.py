@@ -163,3 +163,13 @@ def test_vm_ansible_strategy_is_mitogen_unless_turned_off(monkeypatch) -> None:
     monkeypatch.setenv(provision.STRATEGY_ENV, "free")
     with pytest.raises(ImageBuildError, match="IMAGEBUILD_ANSIBLE_STRATEGY='free'"):
         provision.ssh_strategy()
+
+
+def test_phases_split_a_qemu_build_at_packers_own_lines() -> None:
+    timeline = [
+        (1.0, "==> qemu.vm: Starting VM, booting disk image"),
+        (24.0, "==> qemu.vm: Connected to SSH!"),
+        (40.5, "==> qemu.vm: Gracefully halting virtual machine..."),
+        (43.5, "Build 'qemu.vm' finished after 43 seconds."),
+    ]
+    assert packer.phases(timeline) == {"boot to SSH": 24.0, "provisioning": 16.5, "shutdown": 3.0}

@@ -109,10 +109,11 @@ def _libvirt() -> Any:
     except ImportError:
         return None
     libvirt.registerErrorHandler(lambda *_: None, None)  # errors are raised, not printed
-    _kvm_device_for_libvirt()
     for attempt in range(20):
         try:
-            return libvirt.open("qemu:///system")
+            conn = libvirt.open("qemu:///system")
+            _kvm_device_for_libvirt()
+            return conn
         except libvirt.libvirtError:
             if attempt == 0 and shutil.which("libvirtd"):
                 progress.say("verify: starting virtlogd + libvirtd")
@@ -134,7 +135,12 @@ def _kvm_device_for_libvirt(dev: Path = Path("/dev/kvm")) -> None:
             return
         os.chown(dev, -1, kvm)
         os.chmod(dev, st.st_mode & 0o7777 | 0o060)
-    except (OSError, KeyError):  # no device, no kvm group, not root: libvirt is just slower
+    except PermissionError:
+        fix = f"chgrp kvm {dev} && chmod g+rw {dev}"
+        progress.say(f"verify: {dev} is root-only, so libvirt re-probes QEMU on every domain "
+                     f"start (~48 s here); as root: {fix}")  # fmt: skip
+        return
+    except (OSError, KeyError):  # no device or no kvm group: nothing libvirt could disagree on
         return
     progress.say("verify: /dev/kvm set to root:kvm 0660 (Debian's udev default), so libvirt "
                  "keeps its QEMU capabilities cache")  # fmt: skip

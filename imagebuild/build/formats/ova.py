@@ -3,14 +3,13 @@ archive with the descriptor first (OVF spec DSP0243 section 5.3)."""
 
 from __future__ import annotations
 
-import subprocess
 import tarfile
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 from imagebuild.cache import sha256_file
 from imagebuild.spec import Spec
-from imagebuild.vmboot import image_info
+from imagebuild.vmboot import image_info, qemu_img, wait_qemu_img
 
 SUFFIX = ".ova"
 COMPRESSED_INPUT = False  # the VMDK is compressed anew: read the uncompressed disk
@@ -108,10 +107,9 @@ def make(disk: Path, dest: Path, spec: Spec, sde: int) -> None:
     work.mkdir()
     try:
         vmdk = work / f"{stem}-disk1.vmdk"
-        subprocess.run(
-            ["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized",
-             str(disk), str(vmdk)],
-            check=True, capture_output=True,
+        wait_qemu_img(
+            qemu_img("convert", "-O", "vmdk", "-o", "subformat=streamOptimized", str(disk),
+                     str(vmdk))
         )  # fmt: skip
         info = image_info(disk)
         ovf = work / f"{stem}.ovf"

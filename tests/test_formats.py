@@ -1,0 +1,75 @@
+"""VM outputs from Packer's disk, with real qemu-img on small images (no VM): which disk each
+format reads, that the shipped qcow2 is compressed, and that a failure stops everything."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from imagebuild.build import vm
+from imagebuild.build.formats import qcow2
+from imagebuild.errors import ImageBuildError
+
+LOCK = SimpleNamespace(source_date_epoch=0)
+
+
+def packer_disk(tmp_path: Path) -> Path:
+    """An uncompressed qcow2 holding 16 MiB of very compressible data, as Packer leaves it."""
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(b"imagebuild " * ((16 << 20) // 11))
+    disk = tmp_path / "packer-out" / "vm.qcow2"
+    disk.parent.mkdir()
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(disk)], check=True)
+    return disk
+
+
+def recorder(compressed: bool, seen: dict[str, tuple[Path, int]], fail: bool = False):
+    def make(disk: Path, dest: Path, spec: object, sde: int) -> None:
+        seen[dest.name] = (disk, disk.stat().st_size)
+        if fail:
+            raise RuntimeError("format failed")
+        dest.write_text("made")
+
+    return SimpleNamespace(SUFFIX=".x", COMPRESSED_INPUT=compressed, make=make)
+
+
+def test_formats_read_the_right_disk_and_the_shipped_one_is_compressed(
+    tmp_path: Path, monkeypatch
+) -> None:
+    written = packer_disk(tmp_path)
+    size = written.stat().st_size
+    seen: dict[str, tuple[Path, int]] = {}
+    monkeypatch.setattr(vm, "FORMATS", {"a": recorder(False, seen), "b": recorder(True, seen)})
+    made = {"a": tmp_path / "a.out", "b": tmp_path / "b.out"}
+    vm._make_formats(written, made, None, LOCK)  # type: ignore[arg-type]
+    assert seen["a.out"] == (written, size)
+    disk_b, size_b = seen["b.out"]
+    assert disk_b == written.with_name("compressed.qcow2") and size_b < size // 4
+    assert not written.exists()  # read by then; not carried to the end of the build
+    assert all(p.read_text() == "made" for p in made.values())
+
+
+def test_a_failing_format_stops_the_compression(tmp_path: Path, monkeypatch) -> None:
+    written = packer_disk(tmp_path)
+    procs: list[subprocess.Popen[bytes]] = []
+    real = qcow2.start_compress
+    monkeypatch.setattr(qcow2, "start_compress", lambda *a: procs.append(real(*a)) or procs[-1])
+    seen: dict[str, tuple[Path, int]] = {}
+    fake = {"a": recorder(False, seen, fail=True), "b": recorder(True, seen)}
+    monkeypatch.setattr(vm, "FORMATS", fake)
+    with pytest.raises(RuntimeError, match="format failed"):
+        vm._make_formats(written, {"a": tmp_path / "a", "b": tmp_path / "b"}, None, LOCK)  # type: ignore[arg-type]
+    assert procs and procs[0].returncode is not None  # not left running
+    assert "b" not in seen
+
+
+def test_a_failed_compression_is_an_error_in_qemu_imgs_words(tmp_path: Path, monkeypatch) -> None:
+    seen: dict[str, tuple[Path, int]] = {}
+    monkeypatch.setattr(vm, "FORMATS", {"b": recorder(True, seen)})
+    missing = tmp_path / "packer-out" / "vm.qcow2"
+    with pytest.raises(ImageBuildError, match=r"qemu-img convert -c .* failed \(exit 1\)"):
+        vm._make_formats(missing, {"b": tmp_path / "b"}, None, LOCK)  # type: ignore[arg-type]
+    assert not seen
