@@ -5,6 +5,7 @@ refuses, the override starts it) and VM + verify (static GPU checks pass, runtim
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -171,3 +172,68 @@ def test_gpu_vm_verifies_statically_and_skips_runtime_checks(gpu_built, cache_di
     smi = rows["gpu:nvidia-smi driver version"]
     assert smi["outcome"] == "skipped" and "no NVIDIA GPU" in smi["problem"]
     assert "skipped: no NVIDIA GPU" in r.stdout
+
+
+FAKE_HOST = r"""
+set -eu
+F=$1
+# Keep the real /dev/null reachable, then a private /dev with only what the case gives.
+touch "$F/null" && mount --bind /dev/null "$F/null"
+mount --bind "$F/ldconfig" /sbin/ldconfig
+mount -t tmpfs none /proc/driver
+[ ! -e "$F/version" ] || { mkdir /proc/driver/nvidia; cp "$F/version" /proc/driver/nvidia/; }
+mount -t tmpfs none /dev
+touch /dev/null && mount --bind "$F/null" /dev/null
+[ ! -e "$F/nvidia0" ] || touch /dev/nvidia0
+shift
+exec "$@"
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare"),
+    reason="a private mount namespace (fake driver, libraries, devices) needs root",
+)
+@pytest.mark.parametrize(
+    ("kernel", "userspace", "device", "says"),
+    [
+        (None, "535.261.03", True, "no GPU: the NVIDIA kernel driver is not loaded"),
+        ("535.261.03", "535.261.03", False, "no GPU: no /dev/nvidia<N> device"),
+        ("470.256.02", "470.256.02", True, "driver too old: kernel driver 470.256.02 < 520.61.05"),
+        ("535.261.03", "535.247.01", True,
+         "driver mismatch: user-space libcuda.so.535.247.01 does not match the kernel driver "
+         "535.261.03"),
+        ("535.261.03", "535.261.03", True, None),
+    ],
+    ids=["no-driver", "no-device", "too-old", "mismatch", "starts"],
+)  # fmt: skip
+def test_guard_names_each_missing_piece_on_a_faked_gpu_host(
+    tmp_path: Path, kernel: str | None, userspace: str, device: bool, says: str | None
+) -> None:
+    """The guard's later checks, on this GPU-less host: its /proc/driver, /dev and linker cache
+    are faked in a private mount namespace (the host's are untouched)."""
+    guard = render_guard(tmp_path)
+    fake, lib = tmp_path / "fake", tmp_path / "lib"
+    fake.mkdir(), lib.mkdir()
+    (lib / f"libcuda.so.{userspace}").touch()
+    (lib / "libcuda.so.1").symlink_to(f"libcuda.so.{userspace}")
+    libs = roles.defaults("nvidia_driver")["nvidia_driver_libraries"]
+    cache = "".join(f"\t{n} (libc6,x86-64) => {lib / n}\n" for n in libs)
+    (fake / "ldconfig").write_text(f"#!/bin/sh\nprintf '%s' {shlex.quote(cache)}\n")
+    (fake / "ldconfig").chmod(0o755)
+    if kernel:
+        (fake / "version").write_text(
+            f"NVRM version: NVIDIA UNIX x86_64 Kernel Module  {kernel}  Release Build\n"
+        )
+    if device:
+        (fake / "nvidia0").touch()
+    r = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", FAKE_HOST, "sh",
+         str(fake), str(guard), "echo", "started"],
+        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, timeout=30,
+    )  # fmt: skip
+    if says is None:
+        assert (r.returncode, r.stdout, r.stderr) == (0, "started\n", "")
+    else:
+        assert r.returncode == gpu.GUARD_EXIT and r.stdout == "", r.stderr
+        assert f"imagebuild GPU guard: {says}" in r.stderr
