@@ -26,6 +26,16 @@ class BootError(ImageBuildError):
     pass
 
 
+# A throw-away guest on 127.0.0.1 with a fresh key: no host key to trust or remember.
+SSH_OPTIONS = {
+    "BatchMode": "yes",
+    "StrictHostKeyChecking": "no",
+    "UserKnownHostsFile": "/dev/null",
+    "ConnectTimeout": "5",
+    "LogLevel": "ERROR",
+}
+
+
 @dataclass(frozen=True)
 class Booted:
     port: int
@@ -34,12 +44,8 @@ class Booted:
     seconds_to_ssh: float
 
     def ssh_argv(self) -> list[str]:
-        return [
-            "ssh", "-q", "-i", str(self.key), "-p", str(self.port),
-            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=5",
-            "root@127.0.0.1",
-        ]  # fmt: skip
+        opts = [arg for k, v in SSH_OPTIONS.items() for arg in ("-o", f"{k}={v}")]
+        return ["ssh", "-q", "-i", str(self.key), "-p", str(self.port), *opts, "root@127.0.0.1"]
 
     def ssh(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -177,9 +177,7 @@ def _libvirt_vm(conn: Any, disk: Path, work: Path, memory: int, cpus: int) -> It
 
 def _ssh_host(booted: vmboot.Booted, work: Path, how: str) -> Host:
     config = work / "ssh_config"
-    config.write_text(
-        "Host *\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
-    )
+    config.write_text("Host *\n" + "".join(f"  {k} {v}\n" for k, v in vmboot.SSH_OPTIONS.items()))
     url = (
         f"ssh://root@127.0.0.1:{booted.port}?ssh_identity_file={booted.key}"
         f"&ssh_config={config}&timeout=60"
