@@ -71,7 +71,7 @@ def prepare(spec_path: str, cache_dir: Path, ctx: Path) -> tuple[str, str]:
     cache = Cache(cache_dir)
     fetched = local_sources(lock, cache)
     key = container.stage_keys(spec, lock)["base"]
-    hit = container._cached(cache, key)
+    hit = container.cached(cache, key)
     assert hit is not None, "run build-container first: its base layer is the common base"
     layer = hit[0]
     cfg = img.ImageConfig(

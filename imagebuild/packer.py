@@ -88,7 +88,7 @@ def stage_template(dest: Path) -> Path:
     return dest
 
 
-def _env(workdir: Path) -> dict[str, str]:
+def run_env(workdir: Path) -> dict[str, str]:
     return {
         **os.environ,
         "CHECKPOINT_DISABLE": "1",  # no version check over the network
@@ -111,7 +111,7 @@ def run(args: list[str], template_dir: Path, workdir: Path, log: Path) -> list[t
     proc = subprocess.Popen(
         cmd,
         cwd=template_dir,
-        env=_env(workdir),
+        env=run_env(workdir),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -44,7 +44,7 @@ def test_formats_read_the_right_disk_and_the_shipped_one_is_compressed(
     seen: dict[str, tuple[Path, int]] = {}
     monkeypatch.setattr(vm, "FORMATS", {"a": recorder(False, seen), "b": recorder(True, seen)})
     made = {"a": tmp_path / "a.out", "b": tmp_path / "b.out"}
-    vm._make_formats(written, made, None, LOCK)  # type: ignore[arg-type]
+    vm.make_formats(written, made, None, LOCK)  # type: ignore[arg-type]
     assert seen["a.out"] == (written, size)
     disk_b, size_b = seen["b.out"]
     assert disk_b == written.with_name("compressed.qcow2") and size_b < size // 4
@@ -61,7 +61,7 @@ def test_a_failing_format_stops_the_compression(tmp_path: Path, monkeypatch) -> 
     fake = {"a": recorder(False, seen, fail=True), "b": recorder(True, seen)}
     monkeypatch.setattr(vm, "FORMATS", fake)
     with pytest.raises(RuntimeError, match="format failed"):
-        vm._make_formats(written, {"a": tmp_path / "a", "b": tmp_path / "b"}, None, LOCK)  # type: ignore[arg-type]
+        vm.make_formats(written, {"a": tmp_path / "a", "b": tmp_path / "b"}, None, LOCK)  # type: ignore[arg-type]
     assert procs and procs[0].returncode is not None  # not left running
     assert "b" not in seen
 
@@ -71,5 +71,5 @@ def test_a_failed_compression_is_an_error_in_qemu_imgs_words(tmp_path: Path, mon
     monkeypatch.setattr(vm, "FORMATS", {"b": recorder(True, seen)})
     missing = tmp_path / "packer-out" / "vm.qcow2"
     with pytest.raises(ImageBuildError, match=r"qemu-img convert -c .* failed \(exit 1\)"):
-        vm._make_formats(missing, {"b": tmp_path / "b"}, None, LOCK)  # type: ignore[arg-type]
+        vm.make_formats(missing, {"b": tmp_path / "b"}, None, LOCK)  # type: ignore[arg-type]
     assert not seen

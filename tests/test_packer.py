@@ -24,7 +24,7 @@ from tests.conftest import EXAMPLE, run_invoke
 
 def test_template_parses_and_declares_exactly_what_the_tool_writes(tmp_path: Path) -> None:
     spec = load(EXAMPLE / "imagebuild.yaml")
-    written = vm._packer_values(spec, tmp_path)
+    written = vm.packer_values(spec, tmp_path)
     assert packer.declared_variables() == set(written)
     dest = tmp_path / "x.pkrvars.hcl"
     packer.write_vars(written, dest)
@@ -57,7 +57,7 @@ def test_plugins_file_is_the_only_version_difference() -> None:
 
 def test_write_vars_refuses_undeclared_or_missing(tmp_path: Path) -> None:
     spec = load(EXAMPLE / "imagebuild.yaml")
-    values = vm._packer_values(spec, tmp_path)
+    values = vm.packer_values(spec, tmp_path)
     with pytest.raises(packer.PackerError, match="undeclared \\['surprise'\\]"):
         packer.write_vars({**values, "surprise": "x"}, tmp_path / "a.hcl")
     values.pop("memory")
@@ -68,7 +68,7 @@ def test_write_vars_refuses_undeclared_or_missing(tmp_path: Path) -> None:
 def test_strings_are_escaped_for_hcl(tmp_path: Path) -> None:
     spec = load(EXAMPLE / "imagebuild.yaml")
     tricky = 'a "quoted" ${not_interpolated} %{nor_this} back\\slash'
-    values = vm._packer_values(spec, tmp_path, name=tricky)
+    values = vm.packer_values(spec, tmp_path, name=tricky)
     packer.write_vars(values, tmp_path / "v.hcl")
     text = (tmp_path / "v.hcl").read_text()
     assert '"a \\"quoted\\" $${not_interpolated} %%{nor_this} back\\\\slash"' in text
@@ -76,11 +76,11 @@ def test_strings_are_escaped_for_hcl(tmp_path: Path) -> None:
 
 def _validate(tmp_path: Path, only: str, **overrides: str) -> subprocess.CompletedProcess[str]:
     spec = load(EXAMPLE / "imagebuild.yaml")
-    vm._build_key(tmp_path)  # Packer reads the key at validate time
+    vm.make_build_key(tmp_path)  # Packer reads the key at validate time
     for name in ("base.qcow2", "vars.json"):
         (tmp_path / name).write_text("")
     (tmp_path / "sources").mkdir()
-    values = vm._packer_values(
+    values = vm.packer_values(
         spec,
         tmp_path,
         output_dir=str(tmp_path / "out"),
@@ -98,7 +98,7 @@ def _validate(tmp_path: Path, only: str, **overrides: str) -> subprocess.Complet
         cwd=tdir,
         capture_output=True,
         text=True,
-        env=packer._env(tmp_path),
+        env=packer.run_env(tmp_path),
     )
 
 
@@ -146,7 +146,7 @@ def test_ami_uploads_the_app_the_stock_ami_lacks(tmp_path: Path, locked_example:
         names = tar.getnames()
     assert names[0] == spec.app.dest.strip("/") and names[-1] == app_stamp(spec).lstrip("/")
     assert (tmp_path / "up" / "wheels" / "marker").read_text() == "wheels"
-    values = json.loads(vm._ansible_vars(spec, lock, "", tmp_path / "inv.json", archive)
+    values = json.loads(vm.ansible_vars(spec, lock, "", tmp_path / "inv.json", archive)
                         .read_text())  # fmt: skip
     assert values["imagebuild_app_archive"] == archive
     assert values["imagebuild_repo_dir"] == f"{vm.SOURCES_DIR}/repo"

@@ -27,9 +27,9 @@ def test_root_only_kvm_device_gets_debians_udev_mode(tmp_path: Path) -> None:
     dev = tmp_path / "kvm"
     dev.touch(mode=0o600)
     os.chown(dev, 0, 0)
-    hosts._kvm_device_for_libvirt(dev)
+    hosts.kvm_device_for_libvirt(dev)
     st = dev.stat()
     assert (st.st_gid, st.st_mode & 0o777) == (kvm, 0o660)
-    hosts._kvm_device_for_libvirt(dev)  # already aligned: left as it is
+    hosts.kvm_device_for_libvirt(dev)  # already aligned: left as it is
     assert dev.stat().st_ctime_ns == st.st_ctime_ns
-    hosts._kvm_device_for_libvirt(tmp_path / "absent")  # no device: nothing to do, no error
+    hosts.kvm_device_for_libvirt(tmp_path / "absent")  # no device: nothing to do, no error

@@ -154,7 +154,7 @@ def stage_cached(cache: Cache, key: str) -> bool:
     return (cache.dir("stages", key) / "layer.json").exists()
 
 
-def _cached(cache: Cache, key: str) -> tuple[Layer, Manifest] | None:
+def cached(cache: Cache, key: str) -> tuple[Layer, Manifest] | None:
     if not stage_cached(cache, key):
         return None
     d = cache.dir("stages", key)
@@ -174,7 +174,7 @@ def _store(
         (tmp / "layer.json").write_text(
             json.dumps({"diff_id": layer.diff_id, "size": layer.size, "entries": layer.entries})
         )
-    stored = _cached(cache, key)
+    stored = cached(cache, key)
     assert stored is not None
     return (*stored, changed)
 
@@ -583,7 +583,7 @@ def build_layers(
     manifest: Manifest = {}
     for name in STAGES:
         start = time.monotonic()
-        hit = _cached(b.cache, keys[name])
+        hit = cached(b.cache, keys[name])
         built, changed = hit is None, None
         if built:
             with progress.stage(f"{label}: {name}", f"key {keys[name][:12]}") as st:

@@ -81,7 +81,7 @@ def outputs(dist: Path, spec: Spec) -> dict[str, Path]:
     return out
 
 
-def _ansible_vars(
+def ansible_vars(
     spec: Spec, lock: Lock, sources_label: str, inventory_out: Path, app_archive: str = ""
 ) -> Path:
     """The container's playbook variables (same paths: the sources sit where the container
@@ -97,7 +97,7 @@ def _ansible_vars(
     return path
 
 
-def _packer_values(spec: Spec, work: Path, **overrides: Any) -> dict[str, Any]:
+def packer_values(spec: Spec, work: Path, **overrides: Any) -> dict[str, Any]:
     """Every template variable; the target fills in its own."""
     ami = spec.vm.ami
     values: dict[str, Any] = {
@@ -131,7 +131,7 @@ def _packer_values(spec: Spec, work: Path, **overrides: Any) -> dict[str, Any]:
     return values | overrides
 
 
-def _build_key(work: Path) -> None:
+def make_build_key(work: Path) -> None:
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "imagebuild-build",
          "-f", str(work / "build_key")],
@@ -213,9 +213,9 @@ def _packer_qemu(
     seconds: dict[str, float],
 ) -> dict[str, Any]:
     spec, lock, work = b.spec, b.lock, b.workdir
-    _build_key(work)
+    make_build_key(work)
     inventory_out = work / "inventory.json"
-    values = _packer_values(
+    values = packer_values(
         spec,
         work,
         output_dir=str(staging / "packer-out"),
@@ -223,7 +223,7 @@ def _packer_qemu(
         base_disk_sha256=base.sha256,
         sources_disk=str(sources),
         accelerator=accel,
-        ansible_vars_file=str(_ansible_vars(spec, lock, disk.SOURCES_LABEL, inventory_out)),
+        ansible_vars_file=str(ansible_vars(spec, lock, disk.SOURCES_LABEL, inventory_out)),
     )
     pkrvars = work / "build.pkrvars.hcl"
     packer.write_vars(values, pkrvars)
@@ -245,7 +245,7 @@ def _packer_qemu(
     start = time.monotonic()
     with progress.stage("build-vm: outputs", ", ".join(spec.vm.formats)):
         made = {fmt: staging / out[fmt].name for fmt in spec.vm.formats}
-        _make_formats(staging / "packer-out" / values["vm_name"], made, spec, lock)
+        make_formats(staging / "packer-out" / values["vm_name"], made, spec, lock)
         shutil.copy(work / "packer-manifest.json", staging / out["packer_manifest"].name)
         vm_inv = json.loads(inventory_out.read_text())
         inv.write(vm_inv, spec, lock, base.sha256, "vm", staging / out["packages"].name,
@@ -264,7 +264,7 @@ def _packer_qemu(
     return parity
 
 
-def _make_formats(written: Path, made: dict[str, Path], spec: Spec, lock: Lock) -> None:
+def make_formats(written: Path, made: dict[str, Path], spec: Spec, lock: Lock) -> None:
     """Compress Packer's disk while the formats that read it uncompressed are made: qemu-img
     compresses on one thread, so on two cores the OVA costs no extra wall time (Packer's
     convert + outputs: 32 s -> 19-21 s here). Then the formats that ship the compressed qcow2.
@@ -298,17 +298,17 @@ def build_ami(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult) -> VmR
         )
     with tempfile.TemporaryDirectory(prefix="imagebuild-ami-", dir=cache.root) as tmp:
         work = Path(tmp)
-        _build_key(work)
+        make_build_key(work)
         tree = work / "sources"
         app_archive = ami_sources(spec, lock, fetched, tree)
-        values = _packer_values(
+        values = packer_values(
             spec,
             work,
             sources_dir=str(tree),
             ansible_user="admin",
             ansible_become=True,
             ansible_vars_file=str(
-                _ansible_vars(spec, lock, "", work / "inventory.json", app_archive)
+                ansible_vars(spec, lock, "", work / "inventory.json", app_archive)
             ),
         )
         pkrvars = work / "build.pkrvars.hcl"

@@ -112,7 +112,7 @@ def _libvirt() -> Any:
     for attempt in range(20):
         try:
             conn = libvirt.open("qemu:///system")
-            _kvm_device_for_libvirt()
+            kvm_device_for_libvirt()
             return conn
         except libvirt.libvirtError:
             if attempt == 0 and shutil.which("libvirtd"):
@@ -123,7 +123,7 @@ def _libvirt() -> Any:
     return None
 
 
-def _kvm_device_for_libvirt(dev: Path = Path("/dev/kvm")) -> None:
+def kvm_device_for_libvirt(dev: Path = Path("/dev/kvm")) -> None:
     """Give /dev/kvm Debian's udev mode (root:kvm 0660) where it is root-only (no udev). libvirt
     probes QEMU with CAP_DAC_OVERRIDE (KVM found) but checks its capabilities cache as the
     qemu user (KVM not usable): the two never agree, so every capabilities lookup re-probes
