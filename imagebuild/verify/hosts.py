@@ -142,7 +142,7 @@ def kvm_device_for_libvirt(dev: Path = Path("/dev/kvm")) -> None:
         return
     except (OSError, KeyError):  # no device or no kvm group: nothing libvirt could disagree on
         return
-    progress.say("verify: /dev/kvm set to root:kvm 0660 (Debian's udev default), so libvirt "
+    progress.say(f"verify: {dev} set to root:kvm 0660 (Debian's udev default), so libvirt "
                  "keeps its QEMU capabilities cache")  # fmt: skip
 
 
