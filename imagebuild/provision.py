@@ -78,6 +78,20 @@ def runtime_env(spec: Spec) -> dict[str, str]:
     return {"PATH": venv_bin + PATH, **spec.runtime_env}
 
 
+def toolkit_env(spec: Spec) -> dict[str, str]:
+    """The NVIDIA Container Toolkit's conventions in the container's config (as NVIDIA's CUDA
+    images have them): which GPUs and driver parts to inject, and the CUDA the host driver must
+    support (the toolkit refuses to start the container otherwise). Container only: in the VM
+    the driver is the image's own."""
+    if not spec.gpu:
+        return {}
+    return {
+        "NVIDIA_VISIBLE_DEVICES": "all",
+        "NVIDIA_DRIVER_CAPABILITIES": "compute,utility",
+        "NVIDIA_REQUIRE_CUDA": f"cuda>={spec.gpu.cuda}",
+    }
+
+
 def _app_files(root: Path) -> list[Path]:
     return [p for p in sorted(root.rglob("*")) if "__pycache__" not in p.parts]
 

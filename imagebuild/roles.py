@@ -33,10 +33,26 @@ class RoleInfo:
     imports: list[str] = field(default_factory=list)  # distributions verify imports (versions)
     needs_gpu: bool = False
     gpu: dict[str, Any] = field(default_factory=dict)  # field overrides of the CUDA variant
+    cuda: list[str] = field(default_factory=list)  # CUDA components it loads (cuda_runtime's)
+    cuda_libs: list[str] = field(default_factory=list)  # site-packages libraries verify `ldd`s
+    # CUDA version -> component -> requirement line (role cuda_runtime: the CUDA user space)
+    cuda_wheels: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def variant(self, gpu: bool) -> RoleInfo:
         """The role as a spec with (or without) `gpu:` uses it."""
         return replace(self, **self.gpu, gpu={}) if gpu and self.gpu else self
+
+
+def with_cuda_wheels(stacks: list[RoleInfo], cuda: str) -> list[RoleInfo]:
+    """The stacks with the CUDA user-space role's `python:` filled in: the runtime plus every
+    component the other stacks list in `cuda:`, all pinned to the spec's CUDA version."""
+    wanted = {"runtime"} | {c for r in stacks for c in r.cuda}
+    return [
+        replace(r, python=[line for c, line in r.cuda_wheels.get(cuda, {}).items() if c in wanted])
+        if r.cuda_wheels
+        else r
+        for r in stacks
+    ]
 
 
 @cache

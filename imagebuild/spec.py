@@ -177,10 +177,11 @@ class Gpu:
         ),
     )
     cuda: str = field(
-        default="11.8",
+        default="12.2",
         metadata=meta(
-            "CUDA runtime (user space) from Debian non-free; bookworm ships 11.8 only.",
-            _pattern(r"\d+\.\d+", "a CUDA version like '11.8'"),
+            "CUDA user space (PyPI's nvidia-*-cu12 wheels, role `cuda_runtime`); the container's "
+            "`NVIDIA_REQUIRE_CUDA`.",
+            _pattern(r"\d+\.\d+", "a CUDA version like '12.2'"),
         ),
     )
     allow_missing_env: str = field(
@@ -478,6 +479,15 @@ def _cross_checks(spec: Spec, ctx: Context) -> None:
         missing = [r for r in GPU_ROLES if r not in spec.stacks]
         if missing:
             fail("gpu", f"a GPU profile needs the stacks {', '.join(missing)} (add to `stacks:`)")
+        tables = roles.role("cuda_runtime").cuda_wheels
+        if spec.gpu.cuda not in tables:
+            fail("gpu.cuda", f"{spec.gpu.cuda!r}: role cuda_runtime has the CUDA user space of "
+                             f"{', '.join(tables)} (meta/imagebuild.yml, cuda_wheels)")  # fmt: skip
+        for i, s in enumerate(spec.stacks):
+            unknown = set(roles.role(s).variant(True).cuda) - set(tables.get(spec.gpu.cuda, {}))
+            if unknown and spec.gpu.cuda in tables:
+                fail(f"stacks[{i}]", f"{s!r} needs CUDA components cuda_runtime does not have: "
+                                     f"{', '.join(sorted(unknown))}")  # fmt: skip
 
 
 def load(path: str | Path) -> Spec:

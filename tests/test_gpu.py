@@ -11,14 +11,16 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import pytest
 import yaml
 
-from imagebuild import roles
+from imagebuild import provision, roles
 from imagebuild import spec as specmod
 from imagebuild.errors import SpecError
+from imagebuild.lock.lockfile import stack_roles
 from imagebuild.verify import gpu
 from tests.conftest import ROOT, build_vm, run_invoke
 
@@ -75,10 +77,10 @@ def test_version_helpers() -> None:
     )
 
 
-def render_guard(tmp_path: Path) -> Path:
+def render_guard(tmp_path: Path, **overrides: object) -> Path:
     env = jinja2.Environment(undefined=jinja2.StrictUndefined)
     env.filters["quote"] = shlex.quote
-    defaults = roles.defaults("nvidia_driver")
+    defaults = roles.defaults("nvidia_driver") | overrides
     text = env.from_string(GUARD.read_text()).render(**defaults)
     out = tmp_path / "guard"
     out.write_text(text)
@@ -93,7 +95,7 @@ def test_guard_refuses_without_the_stack_and_the_override_starts(tmp_path: Path)
     r = subprocess.run([guard, "echo", "started"], capture_output=True, text=True, env=env)
     # This host has neither the NVIDIA libraries nor a GPU: the first missing thing is named.
     assert r.returncode == gpu.GUARD_EXIT and r.stdout == ""
-    assert "library missing: libcuda.so.1" in r.stderr and "refusing to start" in r.stderr
+    assert "library missing: libcudart.so.12" in r.stderr and "refusing to start" in r.stderr
     env["IMAGEBUILD_ALLOW_NO_GPU"] = "1"
     r = subprocess.run([guard, "echo", "started"], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and r.stdout == "started\n"
@@ -117,13 +119,46 @@ def gpu_built(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):
     return specmod.load(spec), dist
 
 
+def test_a_cuda_version_without_locked_wheels_is_refused_at_its_line(tmp_path: Path) -> None:
+    err = str(spec_error(gpu_spec(tmp_path, gpu={"driver": "535", "cuda": "11.8"})))
+    assert "gpu.cuda" in err and "'11.8'" in err and "12.2" in err
+
+
+def test_cuda_components_follow_the_stacks(tmp_path: Path) -> None:
+    """cuda_runtime installs the runtime plus what the other stacks ask for, all one CUDA minor."""
+    spec = specmod.load(gpu_spec(tmp_path / "a"))
+    cuda = {r.name: r for r in stack_roles(spec)}["cuda_runtime"]
+    assert cuda.python == [
+        "nvidia-cuda-runtime-cu12==12.2.*", "nvidia-cublas-cu12==12.2.*",
+        "nvidia-cufft-cu12==11.0.8.*", "nvidia-curand-cu12==10.3.3.*", "nvidia-cudnn-cu12==9.*",
+    ]  # fmt: skip
+    probe = specmod.load(gpu_spec(tmp_path / "b", stacks=["nvidia_driver", "cuda_runtime"]))
+    cuda = {r.name: r for r in stack_roles(probe)}["cuda_runtime"]
+    assert cuda.python == ["nvidia-cuda-runtime-cu12==12.2.*"]
+
+
+def test_the_toolkit_variables_come_from_the_spec(tmp_path: Path) -> None:
+    spec = specmod.load(gpu_spec(tmp_path))
+    assert provision.toolkit_env(spec) == {
+        "NVIDIA_VISIBLE_DEVICES": "all",
+        "NVIDIA_DRIVER_CAPABILITIES": "compute,utility",
+        "NVIDIA_REQUIRE_CUDA": "cuda>=12.2",
+    }
+
+
 @pytest.mark.network
-def test_lock_refuses_a_cuda_the_archive_lacks(tmp_path: Path, cache_dir: Path) -> None:
-    spec = gpu_spec(tmp_path, gpu={"driver": "535", "cuda": "12.4"})
+def test_lock_refuses_a_driver_the_archive_lacks(tmp_path: Path, cache_dir: Path) -> None:
+    spec = gpu_spec(tmp_path, gpu={"driver": "550", "cuda": "12.2"})
     r = run_invoke("lock", "--spec", str(spec), "--cache-dir", str(cache_dir))
     assert r.returncode == 2, r.stderr
-    assert "gpu.cuda" in r.stderr and "libcudart11.0 resolves to 11.8" in r.stderr
+    assert "gpu.driver" in r.stderr and "libnvidia-ml1 resolves to 535." in r.stderr
     assert not spec.with_suffix(".lock").exists()
+
+
+def _in_image(image: str, *argv: str, env: tuple[str, ...] = (), entry: str = "") -> Any:
+    run = ["docker", "run", "--rm", "--network", "none", *[f"-e{e}" for e in env]]
+    run += [f"--entrypoint={entry}"] if entry else []
+    return subprocess.run([*run, image, *argv], capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.network
@@ -131,24 +166,66 @@ def test_lock_refuses_a_cuda_the_archive_lacks(tmp_path: Path, cache_dir: Path) 
 def test_gpu_container_fails_loudly_without_a_gpu(gpu_built) -> None:
     spec, _ = gpu_built
     image = f"{spec.repository}:{spec.version}"
-    run = ["docker", "run", "--rm", "--network", "none"]
     start = time.monotonic()
-    r = subprocess.run([*run, image], capture_output=True, text=True, timeout=60)
+    r = _in_image(image)
     took = time.monotonic() - start
     assert r.returncode == gpu.GUARD_EXIT, r.stderr
     assert "no GPU" in r.stderr and "IMAGEBUILD_ALLOW_NO_GPU=1" in r.stderr
     assert took < 3, f"the guard took {took:.1f}s (docker run included)"
-    r = subprocess.run([*run, "-e", "IMAGEBUILD_ALLOW_NO_GPU=1", image, "--version"],
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = _in_image(image, "--version", env=("IMAGEBUILD_ALLOW_NO_GPU=1",))
     assert r.returncode == 0 and r.stdout.strip().endswith(spec.version), r.stderr
-    # The NVIDIA user space is in the container at the locked versions; no kernel module.
+
+
+@pytest.mark.network
+@pytest.mark.engine
+def test_gpu_container_has_cuda_but_no_driver(gpu_built) -> None:
+    """No driver user space in the lock's shared section or the image; the CUDA 12 wheels in
+    both; the toolkit's variables in the config; every CUDA library resolves but libcuda."""
+    spec, _ = gpu_built
+    image = f"{spec.repository}:{spec.version}"
     lock = json.loads(spec.path.with_suffix(".lock").read_text())
-    shared = {p["name"]: p["version"] for p in lock["os_shared"]}
-    for pkg in ("libcuda1", "libnvidia-ml1", "libcudart11.0", "nvidia-smi"):
-        assert pkg in shared
-    assert "nvidia-kernel-dkms" in {p["name"] for p in lock["os_vm_only"]}
-    onnx = [w for w in lock["python"] if w["group"] == "onnxruntime"]
-    assert "onnxruntime-gpu" in {w["name"] for w in onnx}
+    shared = {p["name"] for p in lock["os_shared"]}
+    vm_only = {p["name"] for p in lock["os_vm_only"]}
+    for pkg in ("libcuda1", "libnvidia-ml1", "nvidia-smi", "nvidia-kernel-dkms"):
+        assert pkg in vm_only and pkg not in shared
+    groups = {w["name"]: w["group"] for w in lock["python"]}
+    for dist in ("nvidia-cuda-runtime-cu12", "nvidia-cublas-cu12", "nvidia-cudnn-cu12"):
+        assert groups[dist] == "cuda_runtime"
+    assert groups["onnxruntime-gpu"] == "onnxruntime"
+    find = "find / -xdev ( -name 'libcuda.so*' -o -name 'libnvidia-ml.so*' -o -name nvidia-smi )"
+    found = _in_image(image, "-c", find.replace("(", "\\(").replace(")", "\\)"), entry="/bin/sh")
+    assert found.returncode == 0 and found.stdout == "", found.stdout + found.stderr
+    inspect = ["docker", "image", "inspect", image]
+    config = json.loads(subprocess.run(inspect, capture_output=True, text=True).stdout)[0]
+    env = dict(e.split("=", 1) for e in config["Config"]["Env"])
+    assert {k: env.get(k) for k in provision.toolkit_env(spec)} == provision.toolkit_env(spec)
+    provider = "onnxruntime/capi/libonnxruntime_providers_cuda.so"
+    r = _in_image(image, f"/opt/venv/lib/python3.11/site-packages/{provider}", entry="ldd")
+    missing = sorted({ln.split()[0] for ln in r.stdout.splitlines() if "not found" in ln})
+    assert r.returncode == 0 and missing == [], r.stdout  # libcuda: cudart loads it at run time
+    for lib in ("libcudnn.so.9", "libcublasLt.so.12", "libcudart.so.12", "libcufft.so.11"):
+        assert f"{lib} => /opt/venv/" in r.stdout, r.stdout
+
+
+@pytest.mark.network
+@pytest.mark.engine
+def test_gpu_app_refuses_the_cpu_unless_told(gpu_built) -> None:
+    """The app asks for the CUDA provider (guard bypassed: the app's own refusal is tested)."""
+    spec, _ = gpu_built
+    image = f"{spec.repository}:{spec.version}"
+    args = ("-m", "app", "--config", "/opt/app/gpu.yaml", "--check")
+    r = _in_image(image, *args, entry="/opt/venv/bin/python")
+    assert r.returncode == 3 and r.stdout == "", r.stderr
+    assert "CUDAExecutionProvider could not start" in r.stderr and "libcuda.so.1" in r.stderr
+    assert "refusing to run on the CPU" in r.stderr
+    r = _in_image(image, *args, env=("IMAGEBUILD_ALLOW_NO_GPU=1",), entry="/opt/venv/bin/python")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["provider"] == "CPUExecutionProvider"
+    assert "running on the CPU" in r.stderr
+    # The image's own CUDA call gets as far as the (absent) driver and says so.
+    r = _in_image(image, entry="/usr/local/bin/imagebuild-cuda-probe")
+    assert r.returncode == 1 and "cuda runtime: 12.2" in r.stdout, r.stdout + r.stderr
+    assert "cudaGetDeviceCount: error 35" in r.stderr
 
 
 @pytest.mark.network
@@ -163,16 +240,29 @@ def test_gpu_vm_verifies_statically_and_skips_runtime_checks(gpu_built, cache_di
     rows = {row["id"]: row for row in json.loads((dist / "verify" / "report.json").read_text())[
         "rows"]}  # fmt: skip
     ml = rows["gpu:libnvidia-ml.so.1 version"]
-    assert ml["outcome"] == "passed" and ml["container"] == ml["vm"] != gpu.ABSENT
+    assert ml["outcome"] == "passed" and ml["container"] == gpu.ABSENT != ml["vm"]
     module = rows["gpu:nvidia kernel module version (modinfo)"]
     assert module["outcome"] == "passed" and module["vm"] == ml["vm"]
     assert module["container"] == gpu.ABSENT
+    driver = rows["gpu:driver user space in the image"]
+    assert (driver["container"], driver["outcome"]) == ("none", "passed")
+    ldd = rows[f"gpu:{gpu.LDD_ROW}"]
+    assert (ldd["container"], ldd["vm"], ldd["outcome"]) == ("none", "none", "passed")
+    assert int(rows[f"gpu:{gpu.LDD_COUNT_ROW}"]["vm"]) > 10
+    digest = rows[f"gpu:{gpu.DIGEST_ROW}"]
+    assert digest["outcome"] == "passed" and len(digest["vm"]) == 64
+    require = rows["gpu:NVIDIA_REQUIRE_CUDA"]
+    assert (require["container"], require["outcome"]) == ("cuda>=12.2", "passed")
+    enough = rows["gpu:driver >= what the CUDA runtime needs"]
+    assert enough["outcome"] == "passed" and enough["vm"].endswith(": yes")
     guard = rows["gpu:entrypoint without a GPU, no override"]
     assert guard["outcome"] == "passed" and guard["vm"] == f"exit {gpu.GUARD_EXIT}: no GPU"
-    smi = rows["gpu:nvidia-smi driver version"]
-    assert smi["outcome"] == "skipped" and "no NVIDIA GPU" in smi["problem"]
+    for runtime in ("gpu:nvidia-smi driver version", "gpu:CUDA call (imagebuild-cuda-probe)"):
+        assert rows[runtime]["outcome"] == "skipped" and "no NVIDIA GPU" in rows[runtime]["problem"]
     assert "skipped: no NVIDIA GPU" in r.stdout
 
+
+VERSIONS = Path(__file__).parent / "data" / "nvidia-version"
 
 FAKE_HOST = r"""
 set -eu
@@ -182,6 +272,9 @@ touch "$F/null" && mount --bind /dev/null "$F/null"
 mount --bind "$F/ldconfig" /sbin/ldconfig
 mount -t tmpfs none /proc/driver
 [ ! -e "$F/version" ] || { mkdir /proc/driver/nvidia; cp "$F/version" /proc/driver/nvidia/; }
+mount -t tmpfs none /sys/module
+[ ! -e "$F/sysversion" ] ||
+  { mkdir /sys/module/nvidia; cp "$F/sysversion" /sys/module/nvidia/version; }
 mount -t tmpfs none /dev
 touch /dev/null && mount --bind "$F/null" /dev/null
 [ ! -e "$F/nvidia0" ] || touch /dev/nvidia0
@@ -190,41 +283,70 @@ exec "$@"
 """
 
 
+def _proc(name: str) -> str:
+    return (VERSIONS / f"{name}.txt").read_text()
+
+
 @pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("unshare"),
     reason="a private mount namespace (fake driver, libraries, devices) needs root",
 )
 @pytest.mark.parametrize(
-    ("kernel", "userspace", "device", "says"),
+    ("proc", "sys", "libcuda", "owned", "device", "says"),
     [
-        (None, "535.261.03", True, "no GPU: the NVIDIA kernel driver is not loaded"),
-        ("535.261.03", "535.261.03", False, "no GPU: no /dev/nvidia<N> device"),
-        ("470.256.02", "470.256.02", True, "driver too old: kernel driver 470.256.02 < 520.61.05"),
-        ("535.261.03", "535.247.01", True,
-         "driver mismatch: user-space libcuda.so.535.247.01 does not match the kernel driver "
-         "535.261.03"),
-        ("535.261.03", "535.261.03", True, None),
+        (None, None, "580.159.04", False, True, "no GPU: the NVIDIA kernel driver is not loaded"),
+        (_proc("open-580"), None, "580.159.04", False, False, "no GPU: no /dev/nvidia<N> device"),
+        (_proc("proprietary-470"), None, "470.256.02", False, True,
+         "driver too old: kernel driver 470.256.02 < 535.54.03, which CUDA 12.2 needs"),
+        (_proc("open-580"), None, None, False, True,
+         "driver user space missing: libcuda.so.1 is not in the linker cache"),
+        # The VM owns its driver: user space and module must agree.
+        (_proc("proprietary-535"), None, "535.104.05", True, True,
+         "driver mismatch: user-space libcuda.so.535.104.05 does not match the kernel driver "
+         "535.129.03"),
+        (_proc("proprietary-535"), None, "535.129.03", True, True, None),
+        # A container: the toolkit's libcuda is the host's; any driver >= the minimum starts.
+        (_proc("proprietary-535"), None, "535.129.03", False, True, None),
+        (_proc("open-535"), None, "535.129.03", False, True, None),
+        (_proc("open-550"), None, "550.54.14", False, True, None),
+        (_proc("open-580"), None, "580.159.04", False, True, None),
+        # /sys/module/nvidia/version, where it is readable, wins over /proc's wording.
+        (_proc("proprietary-470"), "580.159.04\n", "580.159.04", False, True, None),
     ],
-    ids=["no-driver", "no-device", "too-old", "mismatch", "starts"],
+    ids=["no-driver", "no-device", "too-old-470", "no-libcuda", "vm-mismatch", "vm-match",
+         "proprietary-535", "open-535", "open-550", "open-580", "sysfs-580"],
 )  # fmt: skip
 def test_guard_names_each_missing_piece_on_a_faked_gpu_host(
-    tmp_path: Path, kernel: str | None, userspace: str, device: bool, says: str | None
+    tmp_path: Path,
+    proc: str | None,
+    sys: str | None,
+    libcuda: str | None,
+    owned: bool,
+    device: bool,
+    says: str | None,
 ) -> None:
-    """The guard's later checks, on this GPU-less host: its /proc/driver, /dev and linker cache
-    are faked in a private mount namespace (the host's are untouched)."""
-    guard = render_guard(tmp_path)
+    """The guard's later checks, on this GPU-less host: its /proc/driver, /sys/module, /dev and
+    linker cache are faked in a private mount namespace (the host's are untouched)."""
+    marker = tmp_path / "driver-in-image"
+    guard = render_guard(tmp_path, nvidia_driver_owned_marker=str(marker))
+    if owned:
+        marker.write_text("535\n")
     fake, lib = tmp_path / "fake", tmp_path / "lib"
     fake.mkdir(), lib.mkdir()
-    (lib / f"libcuda.so.{userspace}").touch()
-    (lib / "libcuda.so.1").symlink_to(f"libcuda.so.{userspace}")
-    libs = roles.defaults("nvidia_driver")["nvidia_driver_libraries"]
+    libs = list(roles.defaults("nvidia_driver")["nvidia_driver_libraries"])
+    for n in libs:
+        (lib / n).touch()
+    if libcuda:
+        (lib / f"libcuda.so.{libcuda}").touch()
+        (lib / "libcuda.so.1").symlink_to(f"libcuda.so.{libcuda}")
+        libs.append("libcuda.so.1")
     cache = "".join(f"\t{n} (libc6,x86-64) => {lib / n}\n" for n in libs)
     (fake / "ldconfig").write_text(f"#!/bin/sh\nprintf '%s' {shlex.quote(cache)}\n")
     (fake / "ldconfig").chmod(0o755)
-    if kernel:
-        (fake / "version").write_text(
-            f"NVRM version: NVIDIA UNIX x86_64 Kernel Module  {kernel}  Release Build\n"
-        )
+    if proc:
+        (fake / "version").write_text(proc)
+    if sys:
+        (fake / "sysversion").write_text(sys)
     if device:
         (fake / "nvidia0").touch()
     r = subprocess.run(

@@ -536,7 +536,7 @@ def final_config(spec: Spec, lock: Lock, layers: list[Layer]) -> img.ImageConfig
     return img.ImageConfig(
         entrypoint=provision.exec_argv(spec),
         cmd=spec.cmd,
-        env=provision.runtime_env(spec),
+        env=provision.runtime_env(spec) | provision.toolkit_env(spec),
         workdir=spec.app.dest if spec.app else "/",
         user=spec.user,
         labels=labels,

@@ -90,22 +90,23 @@ def resolve_os(spec: Spec, cache: Cache) -> tuple[list[DebPackage], list[DebPack
     )
 
 
-# What the GPU profile's versions are checked against in the resolved shared section.
-GPU_VERSION_PACKAGES = {"driver": "libnvidia-ml1", "cuda": "libcudart11.0"}
+# What the GPU profile's versions are checked against: the VM's driver (VM-only section) and the
+# CUDA runtime wheel (the container has no driver; its CUDA comes from the wheels).
+GPU_VERSION_PACKAGES = {"driver": "libnvidia-ml1", "cuda": "nvidia-cuda-runtime-cu12"}
 
 
-def check_gpu_versions(spec: Spec, shared: list[DebPackage]) -> None:
-    """`gpu.driver` / `gpu.cuda` must be what the archive really resolved, else a spec error."""
+def check_gpu_versions(spec: Spec, locked: dict[str, str]) -> None:
+    """`gpu.driver` / `gpu.cuda` must be what was really resolved ({name: version} of the VM
+    section and the wheels), else a spec error."""
     if not spec.gpu:
         return
-    versions = {p.name: p.version for p in shared}
     for fld, pkg in GPU_VERSION_PACKAGES.items():
         want = getattr(spec.gpu, fld)
-        got = versions.get(pkg)
+        got = locked.get(pkg)
         if got is not None and not got.startswith(want + "."):
             raise spec.error(
                 f"gpu.{fld}",
-                f"{want!r} is not what {spec.base.suite} has: {pkg} resolves to {got}",
+                f"{want!r} is not what was resolved: {pkg} resolves to {got}",
             )
 
 
@@ -118,9 +119,10 @@ def resolve(spec: Spec, cache: Cache) -> Lock:
         "lock: OS packages", f"{spec.base.suite} from {spec.base.effective_mirror}"
     ) as st:
         shared, vm, epoch = resolve_os(spec, cache)
-        check_gpu_versions(spec, shared)
+        check_gpu_versions(spec, {p.name: p.version for p in vm})
         st["note"] = f"{len(shared)} shared, {len(vm)} VM-only"
     with progress.stage("lock: Python", f"cp{spec.python_version} wheels") as st:
         wheels = [Wheel(**w) for w in lock_python(spec)]
+        check_gpu_versions(spec, {w.name: w.version for w in wheels})
         st["note"] = f"{len(wheels)} distributions"
     return make(spec, shared, vm, wheels, epoch)

@@ -92,8 +92,10 @@ def path_for(spec: Spec) -> Path:
 
 
 def stack_roles(spec: Spec) -> list[roles.RoleInfo]:
-    """The spec's stack roles, in the variant (CPU or CUDA) the spec's `gpu:` selects."""
-    return [roles.role(s).variant(bool(spec.gpu)) for s in spec.stacks]
+    """The spec's stack roles, in the variant (CPU or CUDA) the spec's `gpu:` selects, the CUDA
+    user space resolved for the spec's CUDA version."""
+    stacks = [roles.role(s).variant(bool(spec.gpu)) for s in spec.stacks]
+    return roles.with_cuda_wheels(stacks, spec.gpu.cuda) if spec.gpu else stacks
 
 
 def inputs_for(spec: Spec) -> dict[str, Any]:

@@ -114,7 +114,7 @@ def collect(
     facts["env"] = env
     facts["hygiene"] = {"runs as root": "yes" if user in ("root", "0") else "no", **hygiene}
     if spec.gpu:
-        facts |= gpu.facts(host, spec, run_as, WRAPPER)
+        facts |= gpu.facts(host, spec, run_as, WRAPPER, env)
     return facts
 
 

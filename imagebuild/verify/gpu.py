@@ -1,26 +1,29 @@
 """The GPU part of verify (specs with `gpu:`): static checks that need no GPU, the start-up
 guard's refusal, and runtime checks that are skipped, with the reason, where no GPU is visible.
 
-Expected values come from the lock (package versions) and the roles' defaults (sonames, module
-name, the minimum driver per CUDA version): the same sources the roles themselves use."""
+The container carries the CUDA user space but no driver (the host's is injected); the VM
+carries both. Expected values come from the lock (package versions), the spec (CUDA version)
+and the roles' defaults and meta (sonames, module name, minimum drivers, libraries to `ldd`):
+the same sources the roles themselves use."""
 
 from __future__ import annotations
 
 import shlex
 from typing import Any
 
-from imagebuild import roles
+from imagebuild import provision, roles
 from imagebuild.lock import GPU_VERSION_PACKAGES
-from imagebuild.lock.lockfile import Lock
+from imagebuild.lock.lockfile import Lock, stack_roles
 from imagebuild.spec import Spec
 from imagebuild.verify.items import ABSENT, Item
 
 GUARD_EXIT = 78  # EX_CONFIG, what the guard template exits with
 DRIVER_LIBS = {"libcuda.so.1": "libcuda1", "libnvidia-ml.so.1": GPU_VERSION_PACKAGES["driver"]}
-
-
-def _cuda_soname() -> str:
-    return str(roles.defaults("cuda_runtime")["cuda_runtime_soname"])
+# The driver's user space by file name: in the VM only (the toolkit injects the host's).
+DRIVER_FILES = ("libcuda", "libnvidia-ml", "nvidia-smi")
+LDD_ROW = "CUDA libraries with a dependency ldd cannot find (libcuda.so.1 aside)"
+LDD_COUNT_ROW = "CUDA libraries checked with ldd"
+DIGEST_ROW = "CUDA user space sha256 (site-packages/nvidia)"
 
 
 def upstream(version: str) -> str:
@@ -28,10 +31,9 @@ def upstream(version: str) -> str:
     return version.rsplit("-", 1)[0].split("~")[0]
 
 
-def min_driver(spec: Spec) -> str:
-    assert spec.gpu is not None
+def min_driver(cuda: str) -> str:
     table = roles.defaults("nvidia_driver")["nvidia_driver_min_for_cuda"]
-    return str(table.get(spec.gpu.cuda, "0"))
+    return str(table.get(cuda, "0"))
 
 
 def version_ge(a: str, b: str) -> bool:
@@ -44,19 +46,40 @@ def driver_enough(driver: str, need: str) -> str:
     return f"{driver} >= {need}: {'yes' if ok else 'no'}"
 
 
-def script() -> str:
+def ldd_targets(spec: Spec) -> list[str]:
+    """site-packages-relative libraries whose dependencies must all resolve, besides every
+    library of the CUDA wheels: the stacks' own CUDA-linked libraries (meta `cuda_libs`)."""
+    return sorted({lib for r in stack_roles(spec) for lib in r.cuda_libs})
+
+
+def script(spec: Spec) -> str:
+    assert spec.python is not None  # cuda_runtime installs wheels: the spec has a venv
     d = roles.defaults("nvidia_driver")
-    sonames = " ".join([*DRIVER_LIBS, _cuda_soname()])
     ko = f"/lib/modules/*/{d['nvidia_driver_modules_dir']}/{d['nvidia_driver_module']}"
+    names = " -o ".join(f"-name '{n}*'" for n in DRIVER_FILES)
+    extra = " ".join(f'"$sp"/{shlex.quote(lib)}' for lib in ldd_targets(spec))
     return f"""
-for so in {sonames}; do
+for so in {" ".join(DRIVER_LIBS)}; do
   p=$(/sbin/ldconfig -p | awk -v so="$so" '$1 == so {{print $NF; exit}}')
   echo "lib $so ${{p:+$(readlink -f "$p")}}"
 done
+echo "driverfiles $(find / -xdev \\( {names} \\) 2>/dev/null | sed 's,.*/,,; s,\\.so.*,,' \\
+  | LC_ALL=C sort -u | tr '\\n' ' ')"
 ko=$(ls {ko} 2>/dev/null | head -n 1)
 echo "ko ${{ko:+$(/sbin/modinfo -F version "$ko")}}"
 echo "nouveau $(cat /etc/modprobe.d/*.conf 2>/dev/null | grep -c '^blacklist nouveau')"
 if [ -e /dev/nvidiactl ]; then echo "dev present"; else echo "dev absent"; fi
+sp=$(ls -d {shlex.quote(spec.python.venv)}/lib/python3*/site-packages | head -n 1)
+n=0
+for f in "$sp"/nvidia/*/lib/*.so* {extra}; do
+  [ -f "$f" ] || {{ echo "ldd ${{f#"$sp"/}}: file missing"; continue; }}
+  n=$((n + 1))
+  m=$(ldd "$f" 2>&1 | awk '/not found/ && $1 != "libcuda.so.1" {{print $1}}' | sort -u | tr '\\n' ' ')
+  [ -z "$m" ] || echo "ldd ${{f#"$sp"/}}: $m"
+done
+echo "lddcount $n"
+echo "digest $(cd "$sp" && find nvidia -type f | LC_ALL=C sort | xargs -d '\\n' sha256sum \\
+  | sha256sum | cut -c1-64)"
 """
 
 
@@ -68,50 +91,85 @@ def guard_outcome(rc: int, stderr: str) -> str:
     return f"exit {rc}: {reason.removeprefix('imagebuild GPU guard:').split(':')[0].strip()}"
 
 
-def facts(host: Any, spec: Spec, run_as: str, wrapper: str) -> dict[str, dict[str, str]]:
-    """`run_as` prefixes commands that must run as the runtime user (empty in the container)."""
+def facts(
+    host: Any, spec: Spec, run_as: str, wrapper: str, env: dict[str, str]
+) -> dict[str, dict[str, str]]:
+    """`run_as` prefixes commands that must run as the runtime user (empty in the container);
+    `env` is the artifact's runtime environment (image config / systemd unit)."""
     assert spec.gpu is not None
     out: dict[str, str] = {}
     device = "absent"
-    for line in host.check_output(f"sh -c {shlex.quote(script())}").splitlines():
+    missing: list[str] = []
+    count = 0
+    for line in host.check_output(f"sh -c {shlex.quote(script(spec))}").splitlines():
         kind, _, rest = line.partition(" ")
         if kind == "lib":
             so, _, path = rest.partition(" ")
             out[f"{so} version"] = path.rsplit(".so.", 1)[1] if ".so." in path else ABSENT
+        elif kind == "driverfiles":
+            out["driver user space in the image"] = rest.strip() or "none"
         elif kind == "ko":
             out["nvidia kernel module version (modinfo)"] = rest or ABSENT
         elif kind == "nouveau":
             out["nouveau blacklisted"] = "yes" if rest.strip() not in ("", "0") else "no"
         elif kind == "dev":
             device = rest
+        elif kind == "ldd":
+            missing.append(rest.strip())
+        elif kind == "lddcount":
+            count = int(rest)
+        elif kind == "digest":
+            out[DIGEST_ROW] = rest.strip()
+    out[LDD_ROW] = "; ".join(missing) or "none"
+    out[LDD_COUNT_ROW] = str(count)
     ml = out.get("libnvidia-ml.so.1 version", ABSENT)
-    out["driver >= what the CUDA runtime needs"] = driver_enough(ml, min_driver(spec))
+    out["driver >= what the CUDA runtime needs"] = (
+        driver_enough(ml, min_driver(spec.gpu.cuda)) if ml != ABSENT else ABSENT
+    )
+    for k in provision.toolkit_env(spec):
+        out[k] = env.get(k, ABSENT)
     r = host.run(f"env -u {spec.gpu.allow_missing_env} {run_as}{wrapper} --version")
     out["entrypoint without a GPU, no override"] = guard_outcome(r.rc, r.stderr)
     smi = host.run("nvidia-smi --query-gpu=driver_version --format=csv,noheader")
     out["nvidia-smi driver version"] = smi.stdout.strip() if smi.rc == 0 else f"exit {smi.rc}"
+    probe = roles.defaults("cuda_runtime")["cuda_runtime_probe"]
+    r = host.run(f"{run_as}{probe}")
+    out["CUDA call (imagebuild-cuda-probe)"] = (
+        "ok" if r.rc == 0 else f"exit {r.rc}: {r.stderr.strip()[-200:]}"
+    )
     return {"gpu": out, "gpu-device": {"/dev/nvidiactl": device}}
 
 
 def items(spec: Spec, lock: Lock) -> list[Item]:
     if not spec.gpu:
         return []
-    versions = {p.name: upstream(p.version) for p in [*lock.shared, *lock.vm]}
-    ml = versions.get(GPU_VERSION_PACKAGES["driver"], ABSENT)
-    cudart = versions.get(GPU_VERSION_PACKAGES["cuda"], ABSENT)
-    out = [Item("gpu", f"{so} version", versions.get(pkg, ABSENT), versions.get(pkg, ABSENT))
-           for so, pkg in DRIVER_LIBS.items()]  # fmt: skip
-    enough = driver_enough(ml, min_driver(spec))
-    out += [
-        Item("gpu", f"{_cuda_soname()} version", cudart, cudart),
-        Item("gpu", "driver >= what the CUDA runtime needs", enough, enough),
+    vm_versions = {p.name: upstream(p.version) for p in lock.vm}
+    ml = vm_versions.get(GPU_VERSION_PACKAGES["driver"], ABSENT)
+    enough = driver_enough(ml, min_driver(spec.gpu.cuda))
+    toolkit = provision.toolkit_env(spec)
+    out = [
+        # The driver's user space: the VM's own, never the container's (the host's is injected).
+        Item("gpu", "driver user space in the image", "none", " ".join(DRIVER_FILES),
+             shared=False),
+        *[Item("gpu", f"{so} version", ABSENT, vm_versions.get(pkg, ABSENT), shared=False)
+          for so, pkg in DRIVER_LIBS.items()],
         # The kernel module exists only in the VM, built for its kernel; its version must be the
         # user space's, or nothing would load.
         Item("gpu", "nvidia kernel module version (modinfo)", ABSENT, ml, shared=False),
         Item("gpu", "nouveau blacklisted", "no", "yes", shared=False),
+        Item("gpu", "driver >= what the CUDA runtime needs", ABSENT, enough, shared=False),
+        # The toolkit's variables are the container's; the VM's driver must meet what the
+        # container requires of a host (the row above, for the same CUDA version).
+        *[Item("gpu", k, v, ABSENT, shared=False) for k, v in toolkit.items()],
+        # The CUDA user space: every library resolves (the driver's libcuda aside) and the
+        # files are the same bytes in both.
+        Item("gpu", LDD_ROW, "none", "none"),
+        Item("gpu", LDD_COUNT_ROW, None, None),
+        Item("gpu", DIGEST_ROW, None, None),
         # Neither artifact sees a GPU under verify: both must refuse to start, naming it.
         Item("gpu", "entrypoint without a GPU, no override", f"exit {GUARD_EXIT}: no GPU",
              f"exit {GUARD_EXIT}: no GPU"),
-        Item("gpu", "nvidia-smi driver version", ml, ml, runtime_gpu=True),
+        Item("gpu", "nvidia-smi driver version", None, ml, shared=False, runtime_gpu=True),
+        Item("gpu", "CUDA call (imagebuild-cuda-probe)", "ok", "ok", runtime_gpu=True),
     ]  # fmt: skip
     return out

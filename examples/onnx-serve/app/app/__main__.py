@@ -26,12 +26,21 @@ def run_check(cfg: Config) -> int:
         import numpy as np
         import onnxruntime as ort
 
-        from .infer import load_session, predict
+        from .infer import ProviderError, load_session, predict
 
-        y = predict(load_session(cfg.model), CHECK_INPUT)
+        session = load_session(cfg.model, cfg.provider)
+        y = predict(session, CHECK_INPUT)
+    except ProviderError as exc:
+        return _fail(str(exc), 3)
     except Exception as exc:  # Smoke check: report any failure, don't trace.
         return _fail(f"check failed: {type(exc).__name__}: {exc}", 1)
-    result = {"status": "ok", "onnxruntime": ort.__version__, "numpy": np.__version__, "y": y}
+    result = {
+        "status": "ok",
+        "onnxruntime": ort.__version__,
+        "numpy": np.__version__,
+        "provider": session.get_providers()[0],
+        "y": y,
+    }
     print(json.dumps(result))
     return 0
 
@@ -39,9 +48,14 @@ def run_check(cfg: Config) -> int:
 def run_server(cfg: Config) -> int:
     import uvicorn
 
+    from .infer import ProviderError
     from .server import create_app
 
-    uvicorn.run(create_app(cfg.model), host=cfg.host, port=cfg.port)
+    try:
+        api = create_app(cfg.model, cfg.provider)
+    except ProviderError as exc:
+        return _fail(str(exc), 3)
+    uvicorn.run(api, host=cfg.host, port=cfg.port)
     return 0
 
 

@@ -12,6 +12,7 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8080
     model: str = "/opt/app/model.onnx"
+    provider: str = "cpu"  # or "cuda": onnxruntime's CUDA execution provider, no CPU fallback
 
 
 def parse_flat_yaml(text: str) -> dict[str, str]:
@@ -34,7 +35,7 @@ def parse_flat_yaml(text: str) -> dict[str, str]:
 
 def load_config(path: str) -> Config:
     data = parse_flat_yaml(Path(path).read_text(encoding="utf-8"))
-    unknown = set(data) - {"host", "port", "model"}
+    unknown = set(data) - {"host", "port", "model", "provider"}
     if unknown:
         raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
     defaults = Config()
@@ -42,4 +43,11 @@ def load_config(path: str) -> Config:
         host=data.get("host", defaults.host),
         port=int(data.get("port", defaults.port)),
         model=data.get("model", defaults.model),
+        provider=_provider(data.get("provider", defaults.provider)),
     )
+
+
+def _provider(value: str) -> str:
+    if value not in ("cpu", "cuda"):
+        raise ValueError(f"provider: {value!r} is not 'cpu' or 'cuda'")
+    return value

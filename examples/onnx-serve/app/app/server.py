@@ -15,14 +15,14 @@ class PredictResponse(BaseModel):
     y: list[list[float]]
 
 
-def create_app(model_path: str) -> FastAPI:
+def create_app(model_path: str, provider: str = "cpu") -> FastAPI:
     # Load once at startup so requests don't pay the session creation cost.
-    session = load_session(model_path)
+    session = load_session(model_path, provider)
     api = FastAPI(title="onnx-serve", version=__version__)
 
     @api.get("/health")
     def health() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
+        return {"status": "ok", "version": __version__, "provider": session.get_providers()[0]}
 
     @api.post("/predict")
     def do_predict(req: PredictRequest) -> PredictResponse:
