@@ -27,14 +27,19 @@ def timed(*args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
     return time.monotonic() - start, r
 
 
-def private_example(work: Path, cache_dir: str, edit: Callable[[Path], None] | None = None) -> str:
-    """A copy of examples/onnx-serve (`edit` may change its spec), locked and fetched into
-    `cache_dir`; returns its spec."""
-    proj = work / "onnx-serve"
+def private_example(
+    work: Path,
+    cache_dir: str,
+    edit: Callable[[Path], None] | None = None,
+    example: str = "onnx-serve",
+) -> str:
+    """A copy of examples/ (some examples share files) whose `example` (`edit` may change its
+    spec) is locked and fetched into `cache_dir`; returns its spec."""
     shutil.copytree(
-        ROOT / "examples/onnx-serve", proj, ignore=shutil.ignore_patterns("__pycache__")
-    )
-    spec = str(proj / "imagebuild.yaml")
+        ROOT / "examples", work / "examples", ignore=shutil.ignore_patterns("__pycache__", "dist"),
+        dirs_exist_ok=True,
+    )  # fmt: skip
+    spec = str(work / "examples" / example / "imagebuild.yaml")
     if edit:
         edit(Path(spec))
     timed("lock", "--spec", spec, "--cache-dir", cache_dir)

@@ -155,8 +155,11 @@ def test_lock_refuses_a_driver_the_archive_lacks(tmp_path: Path, cache_dir: Path
     assert not spec.with_suffix(".lock").exists()
 
 
-def _in_image(image: str, *argv: str, env: tuple[str, ...] = (), entry: str = "") -> Any:
+def _in_image(
+    image: str, *argv: str, env: tuple[str, ...] = (), entry: str = "", root: bool = False
+) -> Any:
     run = ["docker", "run", "--rm", "--network", "none", *[f"-e{e}" for e in env]]
+    run += ["--user=root"] if root else []
     run += [f"--entrypoint={entry}"] if entry else []
     return subprocess.run([*run, image, *argv], capture_output=True, text=True, timeout=120)
 
@@ -193,7 +196,8 @@ def test_gpu_container_has_cuda_but_no_driver(gpu_built) -> None:
         assert groups[dist] == "cuda_runtime"
     assert groups["onnxruntime-gpu"] == "onnxruntime"
     find = "find / -xdev ( -name 'libcuda.so*' -o -name 'libnvidia-ml.so*' -o -name nvidia-smi )"
-    found = _in_image(image, "-c", find.replace("(", "\\(").replace(")", "\\)"), entry="/bin/sh")
+    found = _in_image(image, "-c", find.replace("(", "\\(").replace(")", "\\)"), entry="/bin/sh",
+                      root=True)  # fmt: skip
     assert found.returncode == 0 and found.stdout == "", found.stdout + found.stderr
     inspect = ["docker", "image", "inspect", image]
     config = json.loads(subprocess.run(inspect, capture_output=True, text=True).stdout)[0]
