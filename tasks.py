@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,9 @@ def _cache(cache_dir: str | None) -> Cache:
     return Cache(Path(cache_dir) if cache_dir else default_root())
 
 
-def cli(**helps: str) -> Callable[[Callable[..., Any]], Any]:
-    """A task with the common options documented and errors mapped to exit codes."""
+def cli(optional: tuple[str, ...] = (), **helps: str) -> Callable[[Callable[..., Any]], Any]:
+    """A task with the common options documented and errors mapped to exit codes; `optional`
+    names flags that may be given with or without a value."""
 
     def wrap(fn: Callable[..., Any]) -> Any:
         @functools.wraps(fn)
@@ -49,7 +51,8 @@ def cli(**helps: str) -> Callable[[Callable[..., Any]], Any]:
             except KeyboardInterrupt:
                 raise Exit("interrupted; partial outputs were removed", code=130) from None
 
-        return task(help={**COMMON_HELP, **helps}, auto_shortflags=False)(run)
+        return task(help={**COMMON_HELP, **helps}, optional=list(optional),
+                    auto_shortflags=False)(run)  # fmt: skip
 
     return wrap
 
@@ -58,9 +61,16 @@ def _load(spec: str) -> Spec:
     return load(spec)
 
 
-@cli(check="Do not resolve: exit 3 if the lock no longer matches the spec, naming what changed.")
-def lock(c, spec=DEFAULT_SPEC, cache_dir=None, check=False):
-    """Resolve OS packages and Python wheels once; write <spec>.lock next to the spec."""
+@cli(
+    optional=("update",),
+    check="Do not resolve: exit 3 if the lock no longer matches the spec, naming what changed.",
+    update="Re-resolve and say what moved. Alone: everything. With NAME[,NAME...] (Debian or "
+    "Python names): only those and what they drag in; the rest keep their locked versions.",
+    dry_run="With --update (or a plain re-resolve): print what would move, write nothing.",
+)
+def lock(c, spec=DEFAULT_SPEC, cache_dir=None, check=False, update=None, dry_run=False):
+    """Resolve OS packages and Python wheels; write <spec>.lock next to the spec. Only this task
+    resolves (and `all` when there is no lock yet): every other task uses the lock as it is."""
     s = _load(spec)
     if check:
         lk = locking.load_fresh(s)
@@ -69,23 +79,50 @@ def lock(c, spec=DEFAULT_SPEC, cache_dir=None, check=False):
             f"{len(lk.python)} Python)"
         )
         return
-    new = locking.resolve(s, _cache(cache_dir))
     path = locking.path_for(s)
-    unchanged = path.is_file() and path.read_text() == locking.lockfile.render(new)
+    old = locking.read(path) if path.is_file() else None
+    names = None
+    if isinstance(update, str) and update:
+        names = {n.strip() for n in update.split(",") if n.strip()}
+        known = {p.name for p in [*old.shared, *old.vm, *old.python]} if old else set()
+        unknown = sorted(n for n in names if n not in known)
+        if unknown:
+            raise Exit(f"error: --update: {', '.join(unknown)} not in {path}", code=2)
+    new = locking.resolve(s, _cache(cache_dir), old, names)
+    new = locking.lockfile.stamped(new, old, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    moved = locking.lockfile.moves(old, new) if old else []
+    if old is not None:
+        print("\n".join(moved) if moved else "nothing moved")
+    if dry_run:
+        progress.say(f"lock: dry run: {path} not written")
+        return
+    unchanged = old is not None and path.read_text() == locking.lockfile.render(new)
     locking.write(new)
     progress.say(f"lock: {'unchanged' if unchanged else 'wrote'} {path}")
 
 
-@cli()
-def fetch(c, spec=DEFAULT_SPEC, cache_dir=None):
+@cli(
+    export="Also write every blob the lock needs (verified) into this archive (a tar).",
+    import_="First load blobs from an archive made by --export (each sha256 checked against "
+    "the lock); then nothing it held is downloaded.",
+)
+def fetch(c, spec=DEFAULT_SPEC, cache_dir=None, export=None, import_=None):
     """Download every locked .deb and wheel (sha256-verified) and make the offline repos."""
     s = _load(spec)
-    r = fetching.fetch(locking.load_fresh(s), _cache(cache_dir))
+    lk = locking.load_fresh(s)
+    cache = _cache(cache_dir)
+    if import_:
+        n = fetching.import_archive(lk, cache, Path(import_))
+        print(f"imported {n} blobs from {import_}")
+    r = fetching.fetch(lk, cache)
     print(
         f"fetched {r.downloaded} ({r.bytes_downloaded / 1e6:.1f} MB), reused {r.reused}\n"
         f"apt repo (container): {r.repo_shared}\napt repo (vm): {r.repo_vm}\n"
         f"wheelhouse: {r.wheelhouse}"
     )
+    if export:
+        n = fetching.export_archive(lk, cache, Path(export))
+        print(f"exported {n} blobs to {export}")
 
 
 @cli(dist="Output folder of the builds (default ./dist).")
@@ -201,8 +238,16 @@ def push(c, spec=DEFAULT_SPEC, cache_dir=None, registry=None, dist="dist"):
 
 @cli()
 def all(c, spec=DEFAULT_SPEC, cache_dir=None):  # noqa: A001 - the task's name on the CLI
-    """The main job: lock, fetch, plan, build-container, build-vm, verify."""
-    lock(c, spec=spec, cache_dir=cache_dir)
+    """The main job: fetch, plan, build-container, build-vm, verify, from the lock as it is (a
+    stale lock is refused; only a missing one is resolved, and then it says it wrote one)."""
+    s = _load(spec)
+    if locking.path_for(s).is_file():
+        locking.load_fresh(s)
+        progress.say(f"lock: using {locking.path_for(s)} as it is (`invoke lock --update` "
+                     "refreshes it)")  # fmt: skip
+    else:
+        progress.say(f"lock: no {locking.path_for(s)} yet: resolving one")
+        lock(c, spec=spec, cache_dir=cache_dir)
     fetch(c, spec=spec, cache_dir=cache_dir)
     plan(c, spec=spec, cache_dir=cache_dir)
     build_container(c, spec=spec, cache_dir=cache_dir)

@@ -8,7 +8,9 @@ import email.utils
 import hashlib
 import os
 import subprocess
+import tarfile
 import tempfile
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from imagebuild import progress
-from imagebuild.cache import Cache, sha256_file
+from imagebuild.cache import Cache, atomic_file, sha256_file
 from imagebuild.errors import ImageBuildError
 from imagebuild.lock.lockfile import DebPackage, Lock, Wheel
 
@@ -64,11 +66,90 @@ def _download(cache: Cache, lock: Lock, item: DebPackage | Wheel) -> int:
         size = Path(tmp).stat().st_size
         os.replace(tmp, dest)
         return size
+    except urllib.error.HTTPError as e:
+        if e.code in (404, 410):
+            raise FetchError(_gone(lock, item, e.code)) from None
+        raise FetchError(f"{_label(item)}: download from {_url(lock, item)} failed: {e}") from None
     except OSError as e:
         raise FetchError(f"{_label(item)}: download from {_url(lock, item)} failed: {e}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _gone(lock: Lock, item: DebPackage | Wheel, code: int) -> str:
+    """A locked file the source no longer serves: which one, why, and what the user can do."""
+    kind = "Python wheel" if isinstance(item, Wheel) else "Debian package"
+    where = "the index" if isinstance(item, Wheel) else f"the mirror {lock.mirror}"
+    return (
+        f"{lock.path}: {kind} {item.name} {item.version} is gone: {where} no longer carries it "
+        f"(HTTP {code} for {_url(lock, item)}; Debian's mirrors keep only the current point "
+        f"release). Either load it from a cache that has it (`invoke fetch --export FILE` there, "
+        f"`invoke fetch --import FILE` here), or resolve against a snapshot (`base.snapshot`), "
+        f"or move the lock to what the mirror has now (`invoke lock --update {item.name}`). "
+        "Nothing was written for it."
+    )
+
+
+def export_archive(lock: Lock, cache: Cache, dest: Path) -> int:
+    """Every blob the lock needs, verified, into one tar (`blobs/sha256/<hex>`): the way a lock
+    keeps building on a machine without the mirror, or after the mirror moved on."""
+    items = _unique([*lock.shared, *lock.vm, *lock.python])
+    bad = missing(cache, lock, repair=False)
+    if bad:
+        raise FetchError(f"{len(bad)} locked files are not in {cache.root} (first: "
+                         f"{_label(bad[0])}); run `invoke fetch` first")  # fmt: skip
+    with atomic_file(dest) as tmp, tarfile.open(tmp, "w") as tar:
+        for item in items:
+            tar.add(cache.blob(item.sha256), f"blobs/sha256/{item.sha256}", recursive=False,
+                    filter=_plain)  # fmt: skip
+    return len(items)
+
+
+def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode = 0o644
+    return info
+
+
+def import_archive(lock: Lock, cache: Cache, src: Path) -> int:
+    """Blobs from an `export_archive` tar into the cache: only names the lock has, each hashed
+    before it is renamed into place; anything else in the archive is skipped, never extracted."""
+    wanted = {i.sha256 for i in [*lock.shared, *lock.vm, *lock.python]}
+    if not tarfile.is_tarfile(src):
+        raise FetchError(f"--import {src}: not a tar archive made by `invoke fetch --export`")
+    count = 0
+    with tarfile.open(src) as tar:
+        for member in tar:
+            name = member.name.removeprefix("./")
+            hexdigest = name.removeprefix("blobs/sha256/")
+            if not member.isreg() or hexdigest not in wanted or name == hexdigest:
+                continue
+            dest = cache.blob(hexdigest)
+            if dest.is_file() and sha256_file(dest) == hexdigest:
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".import-", dir=dest.parent)
+            try:
+                data = tar.extractfile(member)
+                assert data is not None  # a regular member
+                with os.fdopen(fd, "wb") as out, data:
+                    while chunk := data.read(1 << 20):
+                        out.write(chunk)
+                if sha256_file(Path(tmp)) != hexdigest:
+                    raise FetchError(f"--import {src}: {name} does not hash to its name; "
+                                     "refusing the archive")  # fmt: skip
+                os.replace(tmp, dest)
+                count += 1
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+    return count
+
+
+def _unique(items: list[DebPackage | Wheel]) -> list[DebPackage | Wheel]:
+    return list({i.sha256: i for i in items}.values())
 
 
 def _stat_key(path: Path) -> list[int]:

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 from imagebuild import lock as locking
 from imagebuild import spec as specmod
 from imagebuild.build.container import STAGES, local_overlay
+from imagebuild.cache import Cache
 from tests.conftest import run_invoke, tree
 
 pytestmark = [pytest.mark.network, pytest.mark.engine]
@@ -231,3 +233,45 @@ def test_ctrl_c_during_a_stage_leaves_nothing(built, tmp_path: Path, cache_dir: 
     assert stage_images == []
     assert tree(dist) == set()
     assert not list(cache_dir.glob("imagebuild-*")) and not list(cache_dir.glob("stages/.*"))
+
+
+def test_exported_blobs_build_the_same_image_without_the_network(
+    built, locked_example: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """`fetch --export` then `--import` into an empty cache with every download blocked (proxy
+    on a closed port): nothing is fetched, and the cold build gives the same image ID."""
+    spec, _, first_run = built
+    archive = tmp_path / "blobs.tar"
+    args = ["--spec", str(locked_example)]
+    r = run_invoke("fetch", *args, "--cache-dir", str(cache_dir), "--export", str(archive))
+    assert r.returncode == 0 and archive.is_file(), r.stderr
+    blocked = {k: "http://127.0.0.1:9" for k in ("http_proxy", "https_proxy", "HTTP_PROXY",
+                                                 "HTTPS_PROXY")}  # fmt: skip
+    cache = str(tmp_path / "cache")
+    r = run_invoke("fetch", *args, "--cache-dir", cache, "--import", str(archive), env=blocked)
+    assert r.returncode == 0, r.stderr
+    assert "fetched 0 (0.0 MB)" in r.stdout and "imported " in r.stdout
+    docker.from_env().images.remove(f"{spec.repository}:{spec.version}", force=True)
+    r = run_invoke("build-container", *args, "--cache-dir", cache, "--dist", str(tmp_path / "d"),
+                   env=blocked)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert image_id(r.stdout) == image_id(first_run.stdout)
+
+
+def test_import_refuses_bytes_that_are_not_what_the_lock_says(
+    locked_example: Path, tmp_path: Path
+) -> None:
+    lk = locking.read(locked_example.with_suffix(".lock"))
+    archive = tmp_path / "bad.tar"
+    bad = tmp_path / "x"
+    bad.write_bytes(b"not the package")
+    with tarfile.open(archive, "w") as tar:
+        tar.add(bad, f"blobs/sha256/{lk.shared[0].sha256}")
+        tar.add(bad, "../../outside")  # a name the lock does not have: never extracted
+    cache = tmp_path / "cache"
+    r = run_invoke("fetch", "--spec", str(locked_example), "--cache-dir", str(cache),
+                   "--import", str(archive))  # fmt: skip
+    assert r.returncode == 1 and "does not hash to its name" in r.stderr, r.stderr
+    assert (
+        not (tmp_path / "outside").exists() and not Cache(cache).blob(lk.shared[0].sha256).exists()
+    )

@@ -9,6 +9,8 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -363,3 +365,54 @@ def test_guard_names_each_missing_piece_on_a_faked_gpu_host(
     else:
         assert r.returncode == gpu.GUARD_EXIT and r.stdout == "", r.stderr
         assert f"imagebuild GPU guard: {says}" in r.stderr
+
+
+# --- the GPU proof: the smallest GPU image, packed for a Docker-less GPU host --------------------
+
+
+@pytest.fixture(scope="module")
+def probe_built(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):
+    """examples/gpu-probe locked, fetched and built as a container."""
+    work = tmp_path_factory.mktemp("probe")
+    shutil.copytree(ROOT / "examples", work / "examples",
+                    ignore=shutil.ignore_patterns("*.lock", "__pycache__"))  # fmt: skip
+    spec = work / "examples" / "gpu-probe" / "imagebuild.yaml"
+    args = ["--spec", str(spec), "--cache-dir", str(cache_dir)]
+    for task in ("lock", "fetch"):
+        r = run_invoke(task, *args)
+        assert r.returncode == 0, r.stderr
+    r = run_invoke("build-container", *args, "--dist", str(spec.parent / "dist"))
+    assert r.returncode == 0, r.stderr[-5000:]
+    return specmod.load(spec)
+
+
+@pytest.mark.network
+@pytest.mark.engine
+def test_gpu_probe_packs_small_and_runs_only_on_a_gpu_host(probe_built, tmp_path: Path) -> None:
+    spec = probe_built
+    image = f"{spec.repository}:{spec.version}"
+    proof = [sys.executable, str(ROOT / "bench" / "gpu_proof.py")]
+    out = tmp_path / "probe.rootfs.tar.xz"
+    r = subprocess.run([*proof, "pack", image, str(out)], capture_output=True, text=True,
+                       timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert out.stat().st_size < 60 * 2**20, f"{out.stat().st_size / 2**20:.1f} MiB"
+    with tarfile.open(out) as tar:
+        names = set(tar.getnames())
+    for path in (
+        "usr/local/bin/imagebuild-gpu-guard",
+        "usr/local/bin/imagebuild-cuda-probe",
+        "opt/venv/lib/python3.11/site-packages/nvidia/cuda_runtime/lib/libcudart.so.12",
+        "etc/ld.so.conf.d/imagebuild-cuda.conf",
+        ".imagebuild-proof-config.json",
+    ):
+        assert path in names, path  # fmt: skip
+    assert not [n for n in names if "/libcuda.so" in n or n.endswith("nvidia-smi")]
+    # This host has no NVIDIA driver: `run` says so before touching anything.
+    r = subprocess.run([*proof, "run", str(out)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no NVIDIA driver on this host" in r.stderr, r.stderr
+    # The image's own entrypoint is the guarded probe: refused here, naming the missing GPU.
+    r = _in_image(image)
+    assert r.returncode == gpu.GUARD_EXIT and "no GPU" in r.stderr, r.stderr
+    r = _in_image(image, env=("IMAGEBUILD_ALLOW_NO_GPU=1",))
+    assert r.returncode == 1 and "cuda runtime: 12.2" in r.stdout, r.stdout + r.stderr

@@ -51,7 +51,9 @@ def _blame_package(spec: Spec, name: str, message: str) -> SpecError:
     return spec.error("base", f"{name!r}: {message}")
 
 
-def resolve_os(spec: Spec, cache: Cache) -> tuple[list[DebPackage], list[DebPackage], int]:
+def resolve_os(
+    spec: Spec, cache: Cache, keep: dict[str, str] | None = None
+) -> tuple[list[DebPackage], list[DebPackage], int]:
     shared, vm = _groups(spec)
     key = digest(spec.base.effective_mirror, spec.base.suite, *spec.base.components)[:16]
     request = {
@@ -61,6 +63,7 @@ def resolve_os(spec: Spec, cache: Cache) -> tuple[list[DebPackage], list[DebPack
         "components": spec.base.components,
         "arch": "amd64",
         "snapshot": spec.base.snapshot,
+        "keep": keep or {},
         "groups": [
             {"name": "shared", "essential": True, "packages": shared},
             {"name": "vm", "packages": vm},
@@ -110,19 +113,27 @@ def check_gpu_versions(spec: Spec, locked: dict[str, str]) -> None:
             )
 
 
-def resolve(spec: Spec, cache: Cache) -> Lock:
-    """Resolve everything; nothing is written (the caller writes the lock on success)."""
+def resolve(
+    spec: Spec, cache: Cache, old: Lock | None = None, update: set[str] | None = None
+) -> Lock:
+    """Resolve everything; nothing is written (the caller writes the lock on success). With an
+    `old` lock and `update` names, every other package prefers its locked version, so only the
+    named ones and what they drag in move."""
+    keep_os = keep_py = None
+    if old is not None and update is not None:
+        keep_os = {p.name: p.version for p in [*old.shared, *old.vm] if p.name not in update}
+        keep_py = {w.name: w.version for w in old.python if w.name not in update}
     from imagebuild.lock.python import lock_python
 
     inputs_for(spec)  # fail early on unreadable requirement files
     with progress.stage(
         "lock: OS packages", f"{spec.base.suite} from {spec.base.effective_mirror}"
     ) as st:
-        shared, vm, epoch = resolve_os(spec, cache)
+        shared, vm, epoch = resolve_os(spec, cache, keep_os)
         check_gpu_versions(spec, {p.name: p.version for p in vm})
         st["note"] = f"{len(shared)} shared, {len(vm)} VM-only"
     with progress.stage("lock: Python", f"cp{spec.python_version} wheels") as st:
-        wheels = [Wheel(**w) for w in lock_python(spec)]
+        wheels = [Wheel(**w) for w in lock_python(spec, keep_py)]
         check_gpu_versions(spec, {w.name: w.version for w in wheels})
         st["note"] = f"{len(wheels)} distributions"
     return make(spec, shared, vm, wheels, epoch)

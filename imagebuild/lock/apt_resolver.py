@@ -80,7 +80,16 @@ def main():
         return
     cache.open()
     raw, depcache = cache._cache, cache._depcache
-    out = {"release_epoch": release_epoch(root), "groups": {}, "errors": []}
+    out = {"release_epoch": release_epoch(root), "groups": {}, "errors": [], "moved": []}
+    # `lock --update NAME`: every other package keeps its locked version while the index still
+    # has it (apt's candidate), so only NAME and what it drags in move.
+    for name, version in sorted(req.get("keep", {}).items()):
+        if name in raw:
+            found = [v for v in raw[name].version_list if v.ver_str == version]
+            if found:
+                depcache.set_candidate_ver(raw[name], found[0])
+            else:
+                out["moved"].append(name)
     seen = set()
     for group in req["groups"]:
         names = list(group["packages"])

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -176,10 +177,42 @@ def make(
         "snapshot": spec.base.snapshot,
         "arch": "amd64",
         "source_date_epoch": source_date_epoch,
+        # The mirror state resolved against: the suite's Release date (also SOURCE_DATE_EPOCH).
+        "index_date": datetime.fromtimestamp(source_date_epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "python": spec.python_version,
         "pypi_index": "https://pypi.org/simple",
     }
     return Lock(header, inputs, shared, vm, python, path_for(spec))
+
+
+SECTIONS = {"os_shared": "shared", "os_vm_only": "vm", "python": "python"}
+
+
+def moves(old: Lock, new: Lock) -> list[str]:
+    """What a re-resolution moved, per lock section: `+ name version`, `- name version`,
+    `name old -> new`; empty when nothing did."""
+    out: list[str] = []
+    for title, attr in SECTIONS.items():
+        before = {p.name: p.version for p in getattr(old, attr)}
+        after = {p.name: p.version for p in getattr(new, attr)}
+        lines = [f"  + {n} {after[n]}" for n in sorted(set(after) - set(before))]
+        lines += [f"  - {n} {before[n]}" for n in sorted(set(before) - set(after))]
+        lines += [f"  {n} {before[n]} -> {after[n]}" for n in sorted(set(before) & set(after))
+                  if before[n] != after[n]]  # fmt: skip
+        if lines:
+            out += [f"{title}:", *lines]
+    return out
+
+
+def stamped(new: Lock, old: Lock | None, now: str) -> Lock:
+    """`new` with `resolved_at` in its header: the old lock's when nothing but the stamp would
+    differ (same mirror state, same result: byte-identical lock), else `now`."""
+    if old is not None:
+        keep = dataclasses.replace(new, header={**new.header, "resolved_at": old.header.get(
+            "resolved_at", now)})  # fmt: skip
+        if render(keep) == render(old):
+            return keep
+    return dataclasses.replace(new, header={**new.header, "resolved_at": now})
 
 
 def write(lock: Lock) -> None:

@@ -104,11 +104,18 @@ def _blame_stacks(spec: Spec, message: str) -> SpecError | None:
     return None
 
 
-def compile_pins(spec: Spec, lines: list[str]) -> dict[str, tuple[str, set[str]]]:
-    """{name: (version, {sha256...})} from `uv pip compile --generate-hashes`."""
+def compile_pins(
+    spec: Spec, lines: list[str], keep: dict[str, str] | None = None
+) -> dict[str, tuple[str, set[str]]]:
+    """{name: (version, {sha256...})} from `uv pip compile --generate-hashes`. With `keep`
+    ({name: version} of a lock being updated), uv prefers those versions (its output-file
+    preferences) and moves only what the requirements force: `lock --update NAME`."""
     with tempfile.TemporaryDirectory() as tmp:
         req = Path(tmp, "requirements.in")
         req.write_text("".join(f"{ln}\n" for ln in lines))
+        out = Path(tmp, "requirements.txt")
+        if keep is not None:
+            out.write_text("".join(f"{n}=={v}\n" for n, v in sorted(keep.items())))
         cmd = [
             _uv(),
             "pip",
@@ -125,15 +132,17 @@ def compile_pins(spec: Spec, lines: list[str]) -> dict[str, tuple[str, set[str]]
             ":all:",
             "--index-url",
             INDEX,
+            *(["--output-file", str(out)] if keep is not None else []),
             str(req),
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
+        text = out.read_text() if keep is not None and proc.returncode == 0 else proc.stdout
     if proc.returncode != 0:
         message = proc.stderr.strip() or proc.stdout.strip()
         raise _blame_stacks(spec, message) or _blame(spec, message)
     pins: dict[str, tuple[str, set[str]]] = {}
     current = ""
-    for line in proc.stdout.splitlines():
+    for line in text.splitlines():
         if m := re.match(r"^([A-Za-z0-9._-]+)==(\S+)", line):
             current = str(canonicalize_name(m.group(1)))
             pins[current] = (m.group(2), set())
@@ -142,17 +151,19 @@ def compile_pins(spec: Spec, lines: list[str]) -> dict[str, tuple[str, set[str]]
     return pins
 
 
-def pin_groups(spec: Spec) -> tuple[dict[str, tuple[str, set[str]]], dict[str, str]]:
+def pin_groups(
+    spec: Spec, keep: dict[str, str] | None = None
+) -> tuple[dict[str, tuple[str, set[str]]], dict[str, str]]:
     """The pins of everything, and which group installs each: the first group whose cumulative
     resolution needs it (so a stack's layer holds only what the layers below lack)."""
     sets = requirement_sets(spec)
     lines = [ln for _, group_lines in sets for ln in group_lines]
-    pins = compile_pins(spec, lines)
+    pins = compile_pins(spec, lines, keep)
     owner: dict[str, str] = {}
     upto: list[str] = []
     for i, (group, group_lines) in enumerate(sets):
         upto += group_lines
-        names = pins if i == len(sets) - 1 else compile_pins(spec, upto)
+        names = pins if i == len(sets) - 1 else compile_pins(spec, upto, keep)
         for name in names:
             owner.setdefault(name, group)
     return pins, owner
@@ -205,8 +216,8 @@ def choose_wheels(spec: Spec, pins: dict[str, tuple[str, set[str]]]) -> list[dic
         return sorted(pool.map(pick, pins), key=lambda r: r["name"])
 
 
-def lock_python(spec: Spec) -> list[dict]:
+def lock_python(spec: Spec, keep: dict[str, str] | None = None) -> list[dict]:
     if not requirement_sets(spec):
         return []
-    pins, owner = pin_groups(spec)
+    pins, owner = pin_groups(spec, keep)
     return [{**w, "group": owner.get(w["name"], "python")} for w in choose_wheels(spec, pins)]

@@ -74,7 +74,8 @@ n=0
 for f in "$sp"/nvidia/*/lib/*.so* {extra}; do
   [ -f "$f" ] || {{ echo "ldd ${{f#"$sp"/}}: file missing"; continue; }}
   n=$((n + 1))
-  m=$(ldd "$f" 2>&1 | awk '/not found/ && $1 != "libcuda.so.1" {{print $1}}' | sort -u | tr '\\n' ' ')
+  m=$(ldd "$f" 2>&1 | awk '/not found/ && $1 != "libcuda.so.1" {{print $1}}' | sort -u \\
+    | tr '\\n' ' ')
   [ -z "$m" ] || echo "ldd ${{f#"$sp"/}}: $m"
 done
 echo "lddcount $n"
