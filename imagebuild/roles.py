@@ -68,12 +68,19 @@ def known_stacks() -> list[str]:
     return sorted(d.name for d in ROLES_DIR.iterdir() if d.is_dir() and role(d.name).stack)
 
 
-def files_digest(name: str) -> str:
-    """Content hash of a role's files: a change to the role invalidates its build stage."""
+# A stack role's VM-only part (run by vm.yml's VM play): part of the base disk's key, not of the
+# container's stacks layer, so a VM-only change rebuilds no container layer.
+VM_ONLY = "tasks/vm.yml"
+
+
+def files_digest(name: str, part: str = "all") -> str:
+    """Content hash of a role's files: a change to the role invalidates its build stage.
+    `part`: "all", "shared" (without VM_ONLY) or "vm" (VM_ONLY alone)."""
     h = hashlib.sha256()
     base = ROLES_DIR / name
     for p in sorted(base.rglob("*")):
-        if p.is_file():
+        vm_only = str(p.relative_to(base)) == VM_ONLY
+        if p.is_file() and (part == "all" or (part == "vm") == vm_only):
             h.update(str(p.relative_to(base)).encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()
 

@@ -416,3 +416,18 @@ def test_gpu_probe_packs_small_and_runs_only_on_a_gpu_host(probe_built, tmp_path
     assert r.returncode == gpu.GUARD_EXIT and "no GPU" in r.stderr, r.stderr
     r = _in_image(image, env=("IMAGEBUILD_ALLOW_NO_GPU=1",))
     assert r.returncode == 1 and "cuda runtime: 12.2" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_vm_only_change_keys_the_disk_not_the_stacks_layer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(roles.ROLES_DIR / "nvidia_driver", tmp_path / "nvidia_driver")
+    monkeypatch.setattr(roles, "ROLES_DIR", tmp_path)
+    before = {part: roles.files_digest("nvidia_driver", part) for part in ("shared", "vm")}
+    vm_tasks = tmp_path / "nvidia_driver" / roles.VM_ONLY
+    vm_tasks.write_text(vm_tasks.read_text() + "\n# changed\n")
+    assert roles.files_digest("nvidia_driver", "shared") == before["shared"]
+    assert roles.files_digest("nvidia_driver", "vm") != before["vm"]
+    guard = tmp_path / "nvidia_driver" / "templates" / "gpu-guard.sh.j2"
+    guard.write_text(guard.read_text() + "\n# changed\n")
+    assert roles.files_digest("nvidia_driver", "shared") != before["shared"]

@@ -126,7 +126,7 @@ def stage_keys(spec: Spec, lock: Lock) -> dict[str, str]:
             json.dumps(spec.stacks),
             json.dumps(asdict(spec.gpu) if spec.gpu else None),
             lock.groups_digest(*spec.stacks),
-            *[roles.files_digest(s) for s in spec.stacks],
+            *[roles.files_digest(s, "shared") for s in spec.stacks],
         ],
         "app": [
             roles.files_digest("app"),

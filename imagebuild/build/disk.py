@@ -67,6 +67,7 @@ def disk_key(spec: Spec, lock: Lock, container_key: str) -> str:
         lock.section_digest("vm"),
         (roles.ANSIBLE_DIR / "vm.yml").read_text(),
         *(roles.files_digest(r) for r in ("base_os", "vm_sources", "vm_base", "vm_service")),
+        *(roles.files_digest(s, "vm") for s in spec.stacks),
         json.dumps({k: v for k, v in vm_vars.items() if "inventory" not in k}, sort_keys=True),
         str(spec.vm.disk_gb),
         spec.name,
