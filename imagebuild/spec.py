@@ -138,8 +138,16 @@ class Base:
     snapshot: str | None = field(
         default=None,
         metadata=meta(
-            "snapshot.debian.org timestamp (`20250520T000000Z`); replaces `mirror`.",
+            "snapshot.debian.org timestamp (`20250520T000000Z`); replaces `mirror`: the lock "
+            "and `fetch` use `<snapshot_url>/<snapshot>`, which keeps every version.",
             _pattern(r"\d{8}T\d{6}Z", "a snapshot timestamp like 20250520T000000Z"),
+        ),
+    )
+    snapshot_url: str = field(
+        default="http://snapshot.debian.org/archive/debian",
+        metadata=meta(
+            "The snapshot service (a mirror of it, or a local one) `snapshot` is read from.",
+            _pattern(r"https?://\S+", "an http(s) URL"),
         ),
     )
     image: str | None = field(
@@ -152,7 +160,7 @@ class Base:
     @property
     def effective_mirror(self) -> str:
         if self.snapshot:
-            return f"http://snapshot.debian.org/archive/debian/{self.snapshot}"
+            return f"{self.snapshot_url.rstrip('/')}/{self.snapshot}"
         return self.mirror.rstrip("/")
 
 

@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,3 +134,57 @@ def test_a_deb_gone_from_the_mirror_is_named(
     blobs = cache.blob(gone.sha256).parent
     assert not cache.blob(gone.sha256).exists()
     assert not [f for f in os.listdir(blobs) if f.startswith(".")], "a partial download was left"
+
+
+class _Snapshot(http.server.BaseHTTPRequestHandler):
+    """A local stand-in for snapshot.debian.org: /archive/debian/<timestamp>/<path> is answered
+    from the Debian mirror (what a snapshot of today holds), and every path asked is recorded."""
+
+    upstream = "http://deb.debian.org/debian"
+    seen: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        parts = self.path.split("/", 4)  # '', 'archive', 'debian', timestamp, rest
+        self.seen.append(parts[4] if len(parts) == 5 else self.path)
+        try:
+            with urllib.request.urlopen(f"{self.upstream}/{parts[4]}", timeout=60) as r:
+                body = r.read()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except urllib.error.HTTPError as e:
+            self.send_error(e.code)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.network
+def test_a_snapshot_lock_is_resolved_and_fetched_from_the_snapshot(
+    tmp_path: Path, cache_dir: Path, locked_example: Path
+) -> None:
+    _Snapshot.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Snapshot)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        spec = copy_example(tmp_path / "onnx-serve")
+        service = f"http://127.0.0.1:{server.server_address[1]}/archive/debian"
+        spec.write_text(spec.read_text().replace(
+            "  snapshot: null", f"  snapshot: 20261130T000000Z\n  snapshot_url: {service}"))  # fmt: skip
+        cache = Cache(tmp_path / "cache")
+        r = run_invoke("lock", "--spec", str(spec), "--cache-dir", str(cache.root))
+        assert r.returncode == 0, r.stderr
+        lk = locking.read(spec.with_suffix(".lock"))
+        assert lk.mirror == f"{service}/20261130T000000Z" and lk.header["snapshot"]
+        # The wheels from the session cache (no PyPI traffic); every .deb from the snapshot.
+        source = Cache(cache_dir)
+        for w in lk.python:
+            cache.blob(w.sha256).parent.mkdir(parents=True, exist_ok=True)
+            os.link(source.blob(w.sha256), cache.blob(w.sha256))
+        r = run_invoke("fetch", "--spec", str(spec), "--cache-dir", str(cache.root))
+        assert r.returncode == 0, r.stderr
+        assert {p.filename for p in lk.shared + lk.vm} <= set(_Snapshot.seen)
+        assert any(s.startswith("dists/bookworm/") for s in _Snapshot.seen)
+    finally:
+        server.shutdown()
