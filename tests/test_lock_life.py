@@ -170,8 +170,8 @@ def test_a_snapshot_lock_is_resolved_and_fetched_from_the_snapshot(
     try:
         spec = copy_example(tmp_path / "onnx-serve")
         service = f"http://127.0.0.1:{server.server_address[1]}/archive/debian"
-        spec.write_text(spec.read_text().replace(
-            "  snapshot: null", f"  snapshot: 20261130T000000Z\n  snapshot_url: {service}"))  # fmt: skip
+        snapshot = f"  snapshot: 20261130T000000Z\n  snapshot_url: {service}"
+        spec.write_text(spec.read_text().replace("  snapshot: null", snapshot))
         cache = Cache(tmp_path / "cache")
         r = run_invoke("lock", "--spec", str(spec), "--cache-dir", str(cache.root))
         assert r.returncode == 0, r.stderr
