@@ -17,6 +17,7 @@ import io
 import json
 import os
 import posixpath
+import shlex
 import shutil
 import stat
 import subprocess
@@ -209,7 +210,8 @@ def _mmdebstrap(lock: Lock, repo: Path, tmp: Path) -> tuple[Layer, Manifest]:
         "--mode=root",
         "--format=tar",
         '--aptopt=Acquire::Languages "none"',
-        f"--customize-hook=echo '{source}' > \"$1/etc/apt/sources.list\"",
+        # mmdebstrap runs the hook with `sh -c` on this host: the line is quoted as one word.
+        f'--customize-hook=printf "%s\\n" {shlex.quote(source)} > "$1/etc/apt/sources.list"',
         suite,
         str(rootfs),
         apt_source(repo, suite, "copy"),

@@ -18,6 +18,7 @@ from typing import Any
 from imagebuild import __version__, roles
 from imagebuild.cache import atomic_file
 from imagebuild.errors import StaleLockError
+from imagebuild.lock import schema
 from imagebuild.spec import Spec
 
 FORMAT = 1
@@ -225,12 +226,14 @@ def read(path: Path) -> Lock:
     if not path.is_file():
         raise StaleLockError(f"{path}: no lock file; run `invoke lock --spec ...` first")
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
+        data = json.loads(text)
         if data.get("format") != FORMAT:
             raise StaleLockError(
                 f"{path}: lock format {data.get('format')!r}, expected {FORMAT}; "
                 "re-run `invoke lock`"
             )
+        schema.check(data, text, str(path))
         return Lock(
             data["header"],
             data["inputs"],
