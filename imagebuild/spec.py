@@ -12,6 +12,7 @@ import difflib
 import re
 import sys
 import types
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -23,9 +24,13 @@ from imagebuild.errors import SpecError
 
 Check = Any  # Callable[[value, Context], str | None]; kept loose to allow lambdas in metadata
 
-DEBIAN_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# Matched with fullmatch: `$` would also match before a trailing newline.
+DEBIAN_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+OCI_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+IMAGE_PATH = re.compile(r"(/[A-Za-z0-9._+-]+)+")
 # Debian's own python3 is what every image runs, so the suite fixes the target interpreter.
 SUITE_PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
 VM_FORMATS = ("qcow2", "ova", "vagrant")
@@ -51,11 +56,38 @@ def meta(doc: str, check: Check = None, item_check: Check = None) -> dict[str, A
 
 
 def _debian_name(v: str, _: Context) -> str | None:
-    return None if DEBIAN_NAME.match(v) else f"{v!r} is not a Debian package name"
+    return None if DEBIAN_NAME.fullmatch(v) else f"{v!r} is not a Debian package name"
 
 
 def _abs_path(v: str, _: Context) -> str | None:
-    return None if v.startswith("/") else f"{v!r} must be an absolute path in the image"
+    """A clean absolute path in the image: not `/`, no `.`/`..`/empty segments, no spaces or
+    shell-special characters (it reaches command lines and unit files)."""
+    parts = v.split("/")[1:]
+    if not IMAGE_PATH.fullmatch(v) or any(p in (".", "..") for p in parts):
+        return f"{v!r} must be a clean absolute path in the image (not /, no '..', no spaces)"
+    return None
+
+
+def _url(v: str, _: Context) -> str | None:
+    """Parsed, not pattern-matched: http(s), a host, nothing a shell or apt line would split."""
+    u = urllib.parse.urlsplit(v)
+    if u.scheme not in ("http", "https") or not u.hostname or re.search(r"[\s'\"`$\\;|&<>]", v):
+        return f"{v!r} is not an http(s) URL"
+    return None
+
+
+def _outside_root(spec: Spec, v: str) -> str | None:
+    """Files the spec names stay inside its project root (`project_root`, default the spec's
+    folder), so a spec cannot ship /root or ../../etc into an image."""
+    root = (spec.base_dir / spec.project_root).resolve()
+    target = (spec.base_dir / v).resolve()
+    if target == root or target.is_relative_to(root):
+        return None
+    return f"{v!r} is outside the project root {root} (widen `project_root` to allow it)"
+
+
+def _between(low: int, high: int) -> Check:
+    return lambda v, _: None if low <= v <= high else f"{v} is not between {low} and {high}"
 
 
 def _one_of(*choices: str) -> Check:
@@ -71,10 +103,6 @@ def _one_of(*choices: str) -> Check:
 
 def _pattern(rx: str, what: str) -> Check:
     return lambda v, _: None if re.fullmatch(rx, v) else f"{v!r} is not {what}"
-
-
-def _at_least(n: int) -> Check:
-    return lambda v, _: None if v >= n else f"{v} is below the minimum {n}"
 
 
 def _existing(kind: str) -> Check:
@@ -109,7 +137,7 @@ def _non_empty(v: list[str], _: Context) -> str | None:
 
 
 def _env_names(v: dict[str, str], _: Context) -> str | None:
-    bad = [k for k in v if not ENV_NAME.match(k)]
+    bad = [k for k in v if not ENV_NAME.fullmatch(k)]
     return f"{bad[0]!r} is not a valid environment variable name" if bad else None
 
 
@@ -124,7 +152,7 @@ class Base:
         default="http://deb.debian.org/debian",
         metadata=meta(
             "Debian mirror (plain HTTP works inside builds).",
-            _pattern(r"https?://\S+", "an http(s) URL"),
+            _url,
         ),
     )
     components: list[str] = field(
@@ -147,7 +175,7 @@ class Base:
         default="http://snapshot.debian.org/archive/debian",
         metadata=meta(
             "The snapshot service (a mirror of it, or a local one) `snapshot` is read from.",
-            _pattern(r"https?://\S+", "an http(s) URL"),
+            _url,
         ),
     )
     image: str | None = field(
@@ -196,7 +224,7 @@ class Gpu:
         default="IMAGEBUILD_ALLOW_NO_GPU",
         metadata=meta(
             "Env var that, set to 1, lets the entrypoint start without a usable GPU.",
-            lambda v, _: None if ENV_NAME.match(v) else f"{v!r} is not an env var name",
+            lambda v, _: None if ENV_NAME.fullmatch(v) else f"{v!r} is not an env var name",
         ),
     )
 
@@ -252,7 +280,13 @@ class Ami:
             "Stock Debian AMI to start from.", _pattern(r"(ami-[0-9a-f]{8,17})?", "an AMI id")
         ),
     )
-    ssh_username: str = field(default="admin", metadata=meta("Login user of the source AMI."))
+    ssh_username: str = field(
+        default="admin",
+        metadata=meta(
+            "Login user of the source AMI.",
+            lambda v, _: None if USER_NAME.fullmatch(v) else f"{v!r} is not a user name",
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -261,9 +295,9 @@ class Vm:
         default_factory=lambda: list(VM_FORMATS),
         metadata=meta("Outputs besides the qcow2 base.", None, _one_of(*VM_FORMATS)),
     )
-    disk_gb: int = field(default=6, metadata=meta("Virtual disk size.", _at_least(2)))
-    memory_mb: int = field(default=2048, metadata=meta("Guest memory.", _at_least(256)))
-    cpus: int = field(default=2, metadata=meta("Guest vCPUs.", _at_least(1)))
+    disk_gb: int = field(default=6, metadata=meta("Virtual disk size.", _between(2, 2048)))
+    memory_mb: int = field(default=2048, metadata=meta("Guest memory.", _between(256, 1048576)))
+    cpus: int = field(default=2, metadata=meta("Guest vCPUs.", _between(1, 256)))
     packages: list[str] = field(
         default_factory=lambda: list(DEFAULT_VM_PACKAGES),
         metadata=meta(
@@ -285,7 +319,9 @@ class Spec:
     )
     version: str = field(
         metadata=meta(
-            "Artifact version.", _pattern(r"[0-9A-Za-z][0-9A-Za-z.+_-]*", "a version like 0.1.0")
+            "Artifact version; the image tag.",
+            lambda v, _: None if OCI_TAG.fullmatch(v) and v[0].isalnum() else (
+                f"{v!r} is not a valid image tag (letters, digits, '.', '_', '-'; up to 128)"),
         )
     )
     entrypoint: list[str] = field(
@@ -311,7 +347,7 @@ class Spec:
             "Runtime user (created, non-root).",
             lambda v, _: (
                 None
-                if USER_NAME.match(v) and v != "root"
+                if USER_NAME.fullmatch(v) and v != "root"
                 else f"{v!r} is not a valid non-root user name"
             ),
         ),
@@ -323,6 +359,14 @@ class Spec:
     )
     container: Container = field(default_factory=Container, metadata=meta("Container settings."))
     vm: Vm = field(default_factory=Vm, metadata=meta("VM settings."))
+    project_root: str = field(
+        default=".",
+        metadata=meta(
+            "Folder (relative to the spec) that `app.src` and `python.requirements` must stay "
+            "inside; `..` lets examples share files.",
+            _existing("dir"),
+        ),
+    )
     # Not user fields: where the spec came from and the line of every field path.
     path: Path = field(default=Path("imagebuild.yaml"), compare=False, metadata={"internal": True})
     lines: dict[str, int] = field(
@@ -407,12 +451,18 @@ def _convert(tp: Any, node: yaml.Node, path: str, ctx: Context) -> Any:
             return _INVALID
         out = {}
         for k, v in node.value:
+            if CONTROL.search(str(k.value)):
+                ctx.fail(k, _join(path, repr(k.value)), "key contains a control character")
             out[k.value] = _convert(args[1], v, _join(path, k.value), ctx)
         return out
     tag, want = _TAGS[tp]
     if not isinstance(node, yaml.ScalarNode) or not node.tag.endswith(":" + tag):
         hint = " (quote it)" if tp is str and isinstance(node, yaml.ScalarNode) else ""
         ctx.fail(node, path, f"must be {want}, got {_describe(node)}{hint}")
+        return _INVALID
+    if tp is str and CONTROL.search(node.value):
+        # A newline would add a line to the VM's unit or the wrapper; nothing legitimate needs one.
+        ctx.fail(node, path, f"{node.value!r} contains a control character (newline, tab, ...)")
         return _INVALID
     return int(node.value, 0) if tp is int else node.value
 
@@ -465,6 +515,10 @@ def _cross_checks(spec: Spec, ctx: Context) -> None:
     def fail(path: str, message: str) -> None:
         ctx.errors.append(spec.error(path, message))
 
+    for fld, value in (("app.src", spec.app.src if spec.app else None),
+                       ("python.requirements", spec.python.requirements if spec.python else None)):
+        if value is not None and (problem := _outside_root(spec, value)):
+            fail(fld, problem)  # fmt: skip
     if spec.entrypoint and not spec.entrypoint[0].startswith("/"):
         fail(
             "entrypoint[0]",

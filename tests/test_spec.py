@@ -87,7 +87,7 @@ BAD = [
     ("duplicate-key", BASE + "user: other\n", "user", 14, "duplicate key"),
     ("vm-format", swap("vm", "vm: {formats: [iso]}"), "vm.formats[0]", 13, "not one of"),
     ("vm-cpus-string", swap("vm", 'vm: {cpus: "2"}'), "vm.cpus", 13, "must be an integer"),
-    ("vm-disk-small", swap("vm", "vm: {disk_gb: 1}"), "vm.disk_gb", 13, "below the minimum 2"),
+    ("vm-disk-small", swap("vm", "vm: {disk_gb: 1}"), "vm.disk_gb", 13, "not between 2 and 2048"),
     ("env-number", swap("env", "env: {OMP_NUM_THREADS: 1}"), "env.OMP_NUM_THREADS", 12, "quote it"),
     ("env-bad-name", swap("env", 'env: {"1BAD": "x"}'), "env", 12, "not a valid environment"),
     ("user-root", swap("user", "user: root"), "user", 9, "non-root"),

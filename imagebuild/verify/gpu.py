@@ -19,8 +19,12 @@ from imagebuild.verify.items import ABSENT, Item
 
 GUARD_EXIT = 78  # EX_CONFIG, what the guard template exits with
 DRIVER_LIBS = {"libcuda.so.1": "libcuda1", "libnvidia-ml.so.1": GPU_VERSION_PACKAGES["driver"]}
-# The driver's user space by file name: in the VM only (the toolkit injects the host's).
+# The driver's user space by file name: in the VM only (the toolkit injects the host's). Not
+# libcudart (the CUDA runtime, the image's own) nor dpkg's or lintian's files named after them.
 DRIVER_FILES = ("libcuda", "libnvidia-ml", "nvidia-smi")
+DRIVER_FIND = (
+    r"\( -name 'libcuda.so*' -o -name 'libnvidia-ml.so*' -o -name nvidia-smi -path '*bin/*' \)"
+)
 LDD_ROW = "CUDA libraries with a dependency ldd cannot find (libcuda.so.1 aside)"
 LDD_COUNT_ROW = "CUDA libraries checked with ldd"
 DIGEST_ROW = "CUDA user space sha256 (site-packages/nvidia)"
@@ -56,14 +60,13 @@ def script(spec: Spec) -> str:
     assert spec.python is not None  # cuda_runtime installs wheels: the spec has a venv
     d = roles.defaults("nvidia_driver")
     ko = f"/lib/modules/*/{d['nvidia_driver_modules_dir']}/{d['nvidia_driver_module']}"
-    names = " -o ".join(f"-name '{n}*'" for n in DRIVER_FILES)
     extra = " ".join(f'"$sp"/{shlex.quote(lib)}' for lib in ldd_targets(spec))
     return f"""
 for so in {" ".join(DRIVER_LIBS)}; do
   p=$(/sbin/ldconfig -p | awk -v so="$so" '$1 == so {{print $NF; exit}}')
   echo "lib $so ${{p:+$(readlink -f "$p")}}"
 done
-echo "driverfiles $(find / -xdev \\( {names} \\) 2>/dev/null | sed 's,.*/,,; s,\\.so.*,,' \\
+echo "driverfiles $(find / -xdev {DRIVER_FIND} 2>/dev/null | sed 's,.*/,,; s,\\.so.*,,' \\
   | LC_ALL=C sort -u | tr '\\n' ' ')"
 ko=$(ls {ko} 2>/dev/null | head -n 1)
 echo "ko ${{ko:+$(/sbin/modinfo -F version "$ko")}}"

@@ -1,0 +1,104 @@
+"""Hostile and careless specs are refused at their line (exit 2, nothing written); legal but
+special values reach the VM's unit and the wrapper exactly."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import jinja2
+import pytest
+import yaml
+
+from imagebuild import roles
+from tests.conftest import EXAMPLE, run_invoke
+
+# (field path, YAML value written at that path, what the error must say)
+HOSTILE = [
+    ("env.TZ", "UTC\nUser=root", "control character"),
+    ("env", {"BAD KEY": "x"}, "not a valid environment variable name"),
+    ("env", {"OK\n": "x"}, "control character"),
+    ("app.src", "/root", "outside the project root"),
+    ("app.src", "../" * 16 + "etc", "outside the project root"),
+    ("python.requirements", "../" * 16 + "etc/hostname", "outside the project root"),
+    ("python.venv", "/opt/venv --system-site-packages", "clean absolute path"),
+    ("python.venv", "/opt/../etc", "clean absolute path"),
+    ("app.dest", "/", "clean absolute path"),
+    ("version", "1.0+local", "not a valid image tag"),
+    ("version", "0.1.0\n", "control character"),
+    ("user", "app\n", "control character"),
+    ("user", "root", "not a valid non-root user name"),
+    ("entrypoint", ["/opt/venv/bin/python", "-m", "app\nUser=root"], "control character"),
+    ("cmd", ["--config", "a\tb"], "control character"),
+    ("vm.disk_gb", 1000000, "not between 2 and 2048"),
+    ("vm.cpus", 0, "not between 1 and 256"),
+    ("base.mirror", "http://deb.debian.org/debian' ; touch /tmp/x ; '", "not an http(s) URL"),
+    ("base.mirror", "file:///etc", "not an http(s) URL"),
+    ("name", "onnx serve", "not a lower-case name"),
+]
+
+
+def _set(data: dict, path: str, value: object) -> None:
+    *parents, last = path.split(".")
+    for p in parents:
+        data = data.setdefault(p, {}) or {}
+    data[last] = value
+
+
+@pytest.mark.parametrize(("path", "value", "says"), HOSTILE,
+                         ids=[f"{p}-{i}" for i, (p, _, _) in enumerate(HOSTILE)])  # fmt: skip
+def test_a_hostile_spec_is_refused_at_its_line(
+    tmp_path: Path, path: str, value: object, says: str
+) -> None:
+    proj = tmp_path / "proj"
+    shutil.copytree(EXAMPLE, proj, ignore=shutil.ignore_patterns("*.lock", "__pycache__"))
+    spec = proj / "imagebuild.yaml"
+    data = yaml.safe_load(spec.read_text())
+    _set(data, path, value)
+    spec.write_text(yaml.safe_dump(data, sort_keys=False))
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    r = run_invoke("lock", "--spec", str(spec), "--cache-dir", str(tmp_path / "cache"))
+    assert r.returncode == 2, r.stderr
+    field = path.split(".")[-1] if path.startswith("env") else path
+    assert f"{spec}:" in r.stderr and field in r.stderr and says in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+SPECIAL = "a%b $HOME \"dq\" 'sq' back\\slash  two  spaces"
+
+
+def _render(template: Path, **values: object) -> str:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["quote"] = shlex.quote
+    return env.from_string(template.read_text()).render(**values)
+
+
+def test_special_env_values_reach_the_wrapper_exactly(tmp_path: Path) -> None:
+    wrapper = tmp_path / "wrapper"
+    wrapper.write_text(_render(
+        roles.ROLES_DIR / "app" / "templates" / "entrypoint.sh.j2",
+        imagebuild_env={"K": SPECIAL}, imagebuild_app_dest=str(tmp_path),
+        imagebuild_cmd=[], imagebuild_exec=["/usr/bin/printenv", "K"],
+    ))  # fmt: skip
+    r = subprocess.run(["sh", str(wrapper)], capture_output=True, text=True, env={})
+    assert (r.returncode, r.stdout) == (0, SPECIAL + "\n"), r.stderr
+
+
+def test_special_env_values_are_escaped_for_systemd(tmp_path: Path) -> None:
+    unit = _render(roles.ROLES_DIR / "vm_service" / "templates" / "unit.j2",
+                   imagebuild_env={"K": SPECIAL}, imagebuild_service_name="x",
+                   imagebuild_user="app", imagebuild_app_dest="/opt/app")  # fmt: skip
+    line = next(ln for ln in unit.splitlines() if ln.startswith("Environment="))
+    # What systemd does with it: strip the quotes, undo \\ and \", turn %% into %.
+    quoted = line.removeprefix('Environment="').removesuffix('"')
+    value = quoted.replace("%%", "\0").replace('\\"', '"').replace("\\\\", "\\")
+    assert value.replace("\0", "%") == f"K={SPECIAL}"
+    assert "%" not in quoted.replace("%%", "")  # no single % left for specifier expansion
+    path = tmp_path / "x.service"
+    path.write_text(unit)
+    if shutil.which("systemd-analyze"):  # systemd's own parser accepts the unit's syntax
+        r = subprocess.run(["systemd-analyze", "cat-config", str(path)], capture_output=True,
+                           text=True)  # fmt: skip
+        assert "Environment=" in r.stdout or r.returncode != 0
