@@ -7,6 +7,7 @@ Tasks are thin: parse the spec once, call one stage module, turn its errors into
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,7 +24,7 @@ from imagebuild import lock as locking  # noqa: E402
 from imagebuild import plan as planning  # noqa: E402
 from imagebuild import progress  # noqa: E402
 from imagebuild.cache import Cache, default_root  # noqa: E402
-from imagebuild.errors import ImageBuildError  # noqa: E402
+from imagebuild.errors import ImageBuildError, Terminated  # noqa: E402
 from imagebuild.spec import Spec, load  # noqa: E402
 
 DEFAULT_SPEC = "imagebuild.yaml"
@@ -37,6 +38,10 @@ def _cache(cache_dir: str | None) -> Cache:
     return Cache(Path(cache_dir) if cache_dir else default_root())
 
 
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def cli(optional: tuple[str, ...] = (), **helps: str) -> Callable[[Callable[..., Any]], Any]:
     """A task with the common options documented and errors mapped to exit codes; `optional`
     names flags that may be given with or without a value."""
@@ -44,10 +49,13 @@ def cli(optional: tuple[str, ...] = (), **helps: str) -> Callable[[Callable[...,
     def wrap(fn: Callable[..., Any]) -> Any:
         @functools.wraps(fn)
         def run(c: Any, *args: Any, **kwargs: Any) -> Any:
+            signal.signal(signal.SIGTERM, _on_sigterm)
             try:
                 return fn(c, *args, **kwargs)
             except ImageBuildError as e:
                 raise Exit(f"error: {e}", code=e.exit_code) from None
+            except Terminated:
+                raise Exit("terminated (SIGTERM); partial outputs were removed", code=143) from None
             except KeyboardInterrupt:
                 raise Exit("interrupted; partial outputs were removed", code=130) from None
 

@@ -39,3 +39,8 @@ class NotImplementedYet(ImageBuildError):
     """A task whose issue has not landed yet: never a silent success."""
 
     exit_code = 4
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what CI sends on cancel, and `timeout` by default): unwinds exactly like Ctrl-C,
+    with its own exit status (143)."""

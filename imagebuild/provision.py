@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import sys
 import tarfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +18,7 @@ from typing import Any
 import ansible_runner
 
 from imagebuild import inventory
-from imagebuild.errors import ImageBuildError
+from imagebuild.errors import ImageBuildError, Terminated
 from imagebuild.lock.lockfile import Lock, stack_roles
 from imagebuild.roles import ANSIBLE_DIR, ROLES_DIR
 from imagebuild.spec import Spec
@@ -175,6 +179,25 @@ def playbook_vars(
     }
 
 
+@contextmanager
+def _signals_cancel() -> Iterator[list[int]]:
+    """While Ansible runs, SIGINT/SIGTERM are recorded (ansible-runner polls the list and stops
+    ansible-playbook cleanly), and the caller's handlers are restored afterwards: ansible-runner's
+    own handlers would stay installed and swallow every later signal of this process."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # only the main thread gets signals
+        return
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, lambda num, _frame: received.append(num))
+    try:
+        yield received
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
 def run(
     host: str,
     hostvars: dict[str, Any],
@@ -189,25 +212,27 @@ def run(
     bindir = str(Path(sys.executable).parent)
     if bindir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-    r = ansible_runner.run(
-        private_data_dir=str(private_dir),
-        project_dir=str(ANSIBLE_DIR),
-        playbook=playbook,
-        inventory={"all": {"hosts": {host: hostvars}}},
-        extravars=extravars,
-        tags=",".join(tags) if tags else None,
-        quiet=True,
-        envvars={
-            "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
-            "ANSIBLE_ROLES_PATH": str(ROLES_DIR),
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_PIPELINING": "1",
-        },
-    )
-    if r.status == "canceled":
-        # ansible-runner traps SIGINT, stops ansible-playbook and reports "canceled": it was
-        # the user's Ctrl-C, so let it unwind (and clean up) as one.
-        raise KeyboardInterrupt
+    with _signals_cancel() as received:
+        r = ansible_runner.run(
+            private_data_dir=str(private_dir),
+            project_dir=str(ANSIBLE_DIR),
+            playbook=playbook,
+            inventory={"all": {"hosts": {host: hostvars}}},
+            extravars=extravars,
+            tags=",".join(tags) if tags else None,
+            quiet=True,
+            cancel_callback=lambda: bool(received),
+            envvars={
+                "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
+                "ANSIBLE_ROLES_PATH": str(ROLES_DIR),
+                "ANSIBLE_NOCOLOR": "1",
+                "ANSIBLE_PIPELINING": "1",
+            },
+        )
+    if r.status == "canceled" or received:
+        # A signal stopped ansible-playbook (runner reports "canceled"): unwind and clean up as
+        # the signal would have.
+        raise Terminated if signal.SIGTERM in received else KeyboardInterrupt
     stats = r.stats or {}
     if r.rc != 0 or r.status != "successful":
         tail = r.stdout.read()[-3000:] if r.stdout else ""

@@ -320,8 +320,11 @@ class Spec:
     version: str = field(
         metadata=meta(
             "Artifact version; the image tag.",
-            lambda v, _: None if OCI_TAG.fullmatch(v) and v[0].isalnum() else (
-                f"{v!r} is not a valid image tag (letters, digits, '.', '_', '-'; up to 128)"),
+            lambda v, _: (
+                None
+                if OCI_TAG.fullmatch(v) and v[0].isalnum()
+                else (f"{v!r} is not a valid image tag (letters, digits, '.', '_', '-'; up to 128)")
+            ),
         )
     )
     entrypoint: list[str] = field(
@@ -515,8 +518,10 @@ def _cross_checks(spec: Spec, ctx: Context) -> None:
     def fail(path: str, message: str) -> None:
         ctx.errors.append(spec.error(path, message))
 
-    for fld, value in (("app.src", spec.app.src if spec.app else None),
-                       ("python.requirements", spec.python.requirements if spec.python else None)):
+    for fld, value in (
+        ("app.src", spec.app.src if spec.app else None),
+        ("python.requirements", spec.python.requirements if spec.python else None),
+    ):
         if value is not None and (problem := _outside_root(spec, value)):
             fail(fld, problem)  # fmt: skip
     if spec.entrypoint and not spec.entrypoint[0].startswith("/"):

@@ -162,9 +162,12 @@ def _build_qemu(spec: specmod.Spec) -> list[str]:
     return [ln for ln in out.splitlines() if f"-name imagebuild-{spec.name}-" in ln]
 
 
-def test_ctrl_c_during_packer_leaves_nothing(vm_built, cache_dir: Path, tmp_path: Path) -> None:
-    """SIGINT while Packer boots the VM: exit != 0, no QEMU, no container, no staging folder,
-    nothing new in dist."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_during_packer_leaves_nothing(
+    vm_built, cache_dir: Path, tmp_path: Path, sig: int
+) -> None:
+    """SIGINT or SIGTERM while Packer boots the VM: exit != 0, no QEMU, no container, no
+    staging folder, nothing new in dist."""
     spec, dist, _ = vm_built
     # Another memory size: new VM key, same cached base disk, so Packer really starts.
     text = spec.path.read_text().replace(f"memory_mb: {spec.vm.memory_mb}", "memory_mb: 1536")
@@ -181,7 +184,7 @@ def test_ctrl_c_during_packer_leaves_nothing(vm_built, cache_dir: Path, tmp_path
     for line in proc.stderr:
         seen.append(line)
         if "Waiting for SSH" in line:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             break
     _, err = proc.communicate(timeout=180)
     assert proc.returncode != 0, "".join(seen) + err
