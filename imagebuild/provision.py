@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import ansible_runner
+import pathspec
 
 from imagebuild import inventory
 from imagebuild.errors import ImageBuildError, Terminated
@@ -96,8 +97,44 @@ def toolkit_env(spec: Spec) -> dict[str, str]:
     }
 
 
+# Never shipped unless `.imagebuildignore` re-includes them (`!PATTERN`): VCS data, caches and
+# the usual secrets a project folder holds.
+DEFAULT_IGNORE = [
+    ".git/", ".hg/", ".svn/", "__pycache__/", "*.pyc", ".imagebuildignore", ".env", ".env.*",
+    "*.pem", "*.key", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".ssh/", ".aws/",
+    ".netrc", ".npmrc", ".pypirc", ".docker/",
+]  # fmt: skip
+IGNORE_FILE = ".imagebuildignore"
+
+
 def _app_files(root: Path) -> list[Path]:
-    return [p for p in sorted(root.rglob("*")) if "__pycache__" not in p.parts]
+    """The app tree as shipped: everything but what DEFAULT_IGNORE and the tree's own
+    `.imagebuildignore` (gitignore syntax, via pathspec) exclude; an ignored folder is not
+    entered. Sorted, so the archive and the digest are stable."""
+    ignore = root / IGNORE_FILE
+    lines = DEFAULT_IGNORE + (ignore.read_text().splitlines() if ignore.is_file() else [])
+    rules = pathspec.GitIgnoreSpec.from_lines(lines)
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        rel = here.relative_to(root)
+        kept = [d for d in dirnames if not rules.match_file(f"{rel / d}/")]
+        dirnames[:] = sorted(kept)
+        out += [here / d for d in dirnames]
+        out += [here / f for f in filenames if not rules.match_file(str(rel / f))]
+    return sorted(out)
+
+
+def app_manifest(spec: Spec) -> list[str]:
+    """What the app tree ships, for the build record: `MODE PATH` (owner is root)."""
+    if not spec.app:
+        return []
+    root = spec.base_dir / spec.app.src
+    rows = []
+    for p in _app_files(root):
+        mode = "0755" if p.is_dir() or os.access(p, os.X_OK) else "0644"
+        rows.append(f"{mode} {p.relative_to(root)}{'/' if p.is_dir() else ''}")
+    return rows
 
 
 def app_digest(spec: Spec) -> str:

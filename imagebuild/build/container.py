@@ -703,7 +703,8 @@ def build(
         )
         if not noop:  # written last: its presence means every output above is complete
             with atomic_file(record) as t:
-                t.write_text(json.dumps(asdict(result), default=str, indent=1))
+                shipped = {"app_files": provision.app_manifest(spec)}
+                t.write_text(json.dumps(asdict(result) | shipped, default=str, indent=1))
     return result
 
 
