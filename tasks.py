@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,9 @@ def lock(c, spec=DEFAULT_SPEC, cache_dir=None, check=False, update=None, dry_run
         unknown = sorted(n for n in names if n not in known)
         if unknown:
             raise Exit(f"error: --update: {', '.join(unknown)} not in {path}", code=2)
-    new = locking.resolve(s, _cache(cache_dir), old, names)
+    cache = _cache(cache_dir)
+    with cache.exclusive("lock"):
+        new = locking.resolve(s, cache, old, names)
     new = locking.lockfile.stamped(new, old, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     moved = locking.lockfile.moves(old, new) if old else []
     if old is not None:
@@ -119,10 +122,11 @@ def fetch(c, spec=DEFAULT_SPEC, cache_dir=None, export=None, import_=None):
     s = _load(spec)
     lk = locking.load_fresh(s)
     cache = _cache(cache_dir)
-    if import_:
-        n = fetching.import_archive(lk, cache, Path(import_))
-        print(f"imported {n} blobs from {import_}")
-    r = fetching.fetch(lk, cache)
+    with cache.exclusive("fetch"):
+        if import_:
+            n = fetching.import_archive(lk, cache, Path(import_))
+            print(f"imported {n} blobs from {import_}")
+        r = fetching.fetch(lk, cache)
     print(
         f"fetched {r.downloaded} ({r.bytes_downloaded / 1e6:.1f} MB), reused {r.reused}\n"
         f"apt repo (container): {r.repo_shared}\napt repo (vm): {r.repo_vm}\n"
@@ -142,14 +146,19 @@ def plan(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist"):
         raise Exit(code=3)
 
 
-def _prepare(spec: str, cache_dir: str | None, label: str) -> tuple[Spec, Any, Cache, Any]:
-    """Spec, fresh lock, cache and the verified local sources every build starts from."""
+@contextmanager
+def _prepare(
+    spec: str, cache_dir: str | None, label: str
+) -> Iterator[tuple[Spec, Any, Cache, Any]]:
+    """Spec, fresh lock, cache and the verified local sources every build starts from; the
+    cache is this build's alone until the body returns (a second build waits)."""
     s = _load(spec)
     lk = locking.load_fresh(s)
     cache = _cache(cache_dir)
-    with progress.stage(f"{label}: verify cache"):
-        fetched = fetching.local_sources(lk, cache)
-    return s, lk, cache, fetched
+    with cache.exclusive(label):
+        with progress.stage(f"{label}: verify cache"):
+            fetched = fetching.local_sources(lk, cache)
+        yield s, lk, cache, fetched
 
 
 @cli(dist="Output folder (default ./dist).")
@@ -157,7 +166,8 @@ def build_container(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist"):
     """Build the layered, reproducible Docker image from the spec and its lock."""
     from imagebuild.build import container
 
-    r = container.build(*_prepare(spec, cache_dir, "build-container"), Path(dist))
+    with _prepare(spec, cache_dir, "build-container") as prepared:
+        r = container.build(*prepared, Path(dist))
     for st in r.stages:
         state = "cached" if st.reused else f"built in {st.seconds}s, changed={st.changed}"
         print(f"layer {st.name:<7} sha256:{st.diff_id[:12]}  {st.size / 1e6:8.1f} MB  {state}")
@@ -184,7 +194,8 @@ def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", o
         raise Exit(f"error: --target: {target!r} is not one of {', '.join(vm.TARGETS)}", code=2)
     if on_error not in vm.ON_ERROR:
         raise Exit(f"error: --on-error: {on_error!r} is not one of {', '.join(vm.ON_ERROR)}", 2)
-    r = vm.build(*_prepare(spec, cache_dir, "build-vm"), Path(dist), target, on_error)
+    with _prepare(spec, cache_dir, "build-vm") as prepared:
+        r = vm.build(*prepared, Path(dist), target, on_error)
     if r.base_disk:
         state = "cached" if r.base_disk.reused else f"built in {r.base_disk.seconds}s"
         print(f"base disk sha256:{r.base_disk.sha256[:12]} kernel {r.base_disk.kernel} ({state})")

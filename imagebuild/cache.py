@@ -12,6 +12,7 @@ half-made repo that a later build would trust.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -21,6 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from imagebuild import progress
 
 # Read once at import, while single-threaded (os.umask can only be read by setting it).
 _UMASK = os.umask(0o022)
@@ -90,6 +93,29 @@ class Cache:
 
     def dir(self, kind: str, key: str) -> Path:
         return self.root / kind / key
+
+    @contextmanager
+    def exclusive(self, task: str) -> Iterator[None]:
+        """One writer at a time on this cache (flock on `<root>/.lock`; the kernel releases it
+        when its holder dies, even by kill -9). A second build waits, saying who holds it, then
+        finds the first one's entries: two builds of one spec end with the same image."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path, owner = self.root / ".lock", self.root / ".lock.owner"
+        with path.open("a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    who = owner.read_text().strip()
+                except OSError:
+                    who = "another process"
+                progress.say(f"{task}: waiting for {who}, which is using the cache {self.root}")
+                fcntl.flock(f, fcntl.LOCK_EX)
+            owner.write_text(f"imagebuild {task} (pid {os.getpid()})\n")
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     @contextmanager
     def building(self, kind: str, key: str) -> Iterator[Path]:

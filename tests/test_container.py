@@ -280,3 +280,36 @@ def test_import_refuses_bytes_that_are_not_what_the_lock_says(
     assert (
         not (tmp_path / "outside").exists() and not Cache(cache).blob(lk.shared[0].sha256).exists()
     )
+
+
+def test_two_builds_on_one_cache_at_once(
+    built, locked_example: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """Two cold builds of one spec started together on one cache: one waits for the other
+    (saying so), both succeed with the same image ID, nothing corrupt in the cache."""
+    spec, _, first_run = built
+    cache = tmp_path / "cache"
+    shutil.copytree(cache_dir, cache, ignore=shutil.ignore_patterns("stages", "disks", "logs"))
+    invoke = str(Path(sys.executable).with_name("invoke"))
+    procs = [
+        subprocess.Popen(
+            [
+                invoke,
+                "build-container",
+                "--spec",
+                str(locked_example),
+                "--cache-dir",
+                str(cache),
+                "--dist",
+                str(tmp_path / f"dist{n}"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for n in (1, 2)
+    ]
+    outs = [p.communicate(timeout=1200) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert image_id(outs[0][0]) == image_id(outs[1][0]) == image_id(first_run.stdout)
+    assert any("waiting for imagebuild build-container (pid" in err for _, err in outs)
