@@ -21,9 +21,12 @@ from invoke.exceptions import Exit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from imagebuild import fetch as fetching  # noqa: E402
+from imagebuild import (
+    leftovers,  # noqa: E402
+    progress,  # noqa: E402
+)
 from imagebuild import lock as locking  # noqa: E402
 from imagebuild import plan as planning  # noqa: E402
-from imagebuild import progress  # noqa: E402
 from imagebuild.cache import Cache, default_root  # noqa: E402
 from imagebuild.errors import ImageBuildError, Terminated  # noqa: E402
 from imagebuild.spec import Spec, load  # noqa: E402
@@ -123,6 +126,7 @@ def fetch(c, spec=DEFAULT_SPEC, cache_dir=None, export=None, import_=None):
     lk = locking.load_fresh(s)
     cache = _cache(cache_dir)
     with cache.exclusive("fetch"):
+        leftovers.sweep(cache, "fetch")
         if import_:
             n = fetching.import_archive(lk, cache, Path(import_))
             print(f"imported {n} blobs from {import_}")
@@ -156,6 +160,7 @@ def _prepare(
     lk = locking.load_fresh(s)
     cache = _cache(cache_dir)
     with cache.exclusive(label):
+        leftovers.sweep(cache, label)
         with progress.stage(f"{label}: verify cache"):
             fetched = fetching.local_sources(lk, cache)
         yield s, lk, cache, fetched

@@ -313,3 +313,39 @@ def test_two_builds_on_one_cache_at_once(
     assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
     assert image_id(outs[0][0]) == image_id(outs[1][0]) == image_id(first_run.stdout)
     assert any("waiting for imagebuild build-container (pid" in err for _, err in outs)
+
+
+def test_leftovers_of_a_killed_build_are_removed_by_the_next_run(
+    built, tmp_path: Path, cache_dir: Path
+) -> None:
+    """kill -9 inside a stage runs no clean-up: its container and scratch folder stay. The next
+    task on the same cache (here a warm fetch) removes them and says so."""
+    spec, _, _ = built
+    shutil.copytree(spec.base_dir, tmp_path / "p")
+    (tmp_path / "p" / spec.app.src / "app" / "kill9.py").write_text("# new app stage key\n")
+    spec_file = tmp_path / "p" / spec.path.name
+    text = spec_file.read_text()
+    spec_file.write_text(re.sub(r"(?m)^(  build: ).*$", r"\1[/bin/sleep, '60']", text, count=1))
+    before = containers()
+    args = ["--spec", str(spec_file), "--cache-dir", str(cache_dir)]
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("invoke")), "build-container", *args,
+         "--dist", str(tmp_path / "dist")],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "build-container: app: key" in line:
+            deadline = time.monotonic() + 60
+            while containers() == before and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(2)
+            proc.kill()
+            break
+    proc.wait(timeout=60)
+    left = containers() - before
+    assert left and list(cache_dir.glob("imagebuild-*")), "kill -9 should have left something"
+    r = run_invoke("fetch", *args)
+    assert r.returncode == 0, r.stderr
+    assert "removed what a killed build left on this cache" in r.stderr
+    assert not (containers() & left) and not list(cache_dir.glob("imagebuild-*"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tarfile
@@ -22,7 +23,7 @@ from imagebuild.build.formats import filename
 from imagebuild.cache import sha256_file
 from imagebuild.inventory import _entries
 from imagebuild.vmboot import Booted, boot, debugfs_cat, image_info, partition_image
-from tests.conftest import build_vm, tree
+from tests.conftest import build_vm, run_invoke, tree
 
 pytestmark = [pytest.mark.network, pytest.mark.engine, pytest.mark.vm]
 
@@ -191,3 +192,33 @@ def test_ctrl_c_during_packer_leaves_nothing(
     assert _build_qemu(spec) == []
     assert tree(dist) == before
     assert len(docker.from_env().containers.list(all=True)) == len(containers)
+
+
+def test_kill_9_during_packer_is_cleaned_by_the_next_run(vm_built, cache_dir: Path) -> None:
+    """kill -9 of build-vm while Packer boots: Packer and QEMU (their own session) outlive it.
+    The next task on the same cache stops them and removes the scratch folder, saying so."""
+    spec, dist, _ = vm_built
+    text = spec.path.read_text().replace(f"memory_mb: {spec.vm.memory_mb}", "memory_mb: 1280")
+    other = spec.path.with_name("imagebuild-kill9.yaml")
+    other.write_text(text)
+    proc = subprocess.Popen(
+        [str(Path(os.sys.executable).with_name("invoke")), "build-vm", "--spec", str(other),
+         "--cache-dir", str(cache_dir), "--dist", str(dist)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "Waiting for SSH" in line:
+            proc.kill()
+            break
+    proc.wait(timeout=60)
+    assert _build_qemu(spec), "QEMU should have outlived the killed build"
+    r = run_invoke("fetch", "--spec", str(other), "--cache-dir", str(cache_dir))
+    assert r.returncode == 0, r.stderr
+    assert "removed what a killed build left on this cache" in r.stderr and "qemu" in r.stderr
+    deadline = time.monotonic() + 30
+    while _build_qemu(spec) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _build_qemu(spec) == []
+    assert not list(cache_dir.glob("imagebuild-*"))
+    shutil.rmtree(next(dist.glob(".imagebuild-vm-*"), dist / "none"), ignore_errors=True)

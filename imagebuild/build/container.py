@@ -52,6 +52,7 @@ from imagebuild.build.layers import (
 from imagebuild.cache import Cache, atomic_file, digest
 from imagebuild.errors import ImageBuildError
 from imagebuild.fetch import FetchResult, apt_source
+from imagebuild.leftovers import CACHE_LABEL
 from imagebuild.lock.lockfile import BASE_PACKAGES, Lock
 from imagebuild.spec import Spec
 
@@ -334,7 +335,7 @@ def stage_container(
             entrypoint=["sleep", "infinity"],
             name=f"imagebuild-{spec.name}-{build_id}-{name}",
             network_mode="none",
-            labels={"io.imagebuild.build": build_id},
+            labels={"io.imagebuild.build": build_id, CACHE_LABEL: str(b.cache.root)},
             volumes=mounts,
         )
         container.start()
@@ -619,7 +620,7 @@ def _registry_base(b: _Build, tmp: Path) -> tuple[Layer, Manifest]:
         raise b.spec.error("base.image", f"cannot pull {ref}: {reason}") from None
     container = b.client.containers.create(
         image.id, name=f"imagebuild-{b.spec.name}-{b.build_id}-base", network_mode="none",
-        labels={"io.imagebuild.build": b.build_id},
+        labels={"io.imagebuild.build": b.build_id, CACHE_LABEL: str(b.cache.root)},
     )  # fmt: skip
     try:
         layer, manifest = diff_layer(

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from imagebuild import inventory as inv
-from imagebuild import packer, progress, provision, roles, vmboot
+from imagebuild import leftovers, packer, progress, provision, roles, vmboot
 from imagebuild.build import container, disk
 from imagebuild.build.formats import FORMATS, filename, qcow2
 from imagebuild.cache import Cache, atomic_file, digest
@@ -183,8 +183,10 @@ def build(
         sources = disk.sources_disk(b)
         accel, why = vmboot.probe_accelerator()
         progress.say(f"build-vm: accelerator {accel} ({why})")
+        leftovers.sweep_staging(dist, b.cache, "build-vm")
         staging = dist / f".imagebuild-vm-{b.build_id}"
         staging.mkdir(parents=True)
+        (staging / ".owner").write_text(f"{b.cache.root}\n")  # whose it is, should we be killed
         keep = False
         try:
             result = _packer_qemu(b, base, sources, accel, on_error, staging, out, seconds)
