@@ -157,7 +157,9 @@ source "qemu" "vm" {
   ssh_username     = "root"
   ssh_private_key_file = var.ssh_private_key_file
   ssh_timeout      = "15m"
-  shutdown_command = "systemctl poweroff"
+  # systemd saves a random seed when its service stops, at shutdown: stop it first and remove
+  # the seed, so every clone makes its own (vm_finalize removed the other per-instance state).
+  shutdown_command = "systemctl stop systemd-random-seed.service; rm -f /var/lib/systemd/random-seed; systemctl poweroff"
   shutdown_timeout = "5m"
   boot_wait        = "1s" # no boot command to type: start polling SSH at once
   # The whole device list is given here, so Packer's defaults (SSH forwarded on every

@@ -17,7 +17,14 @@ from imagebuild import inventory, vmboot
 from imagebuild.lock.lockfile import Lock
 from imagebuild.spec import Spec
 from imagebuild.verify import gpu
-from imagebuild.verify.items import ABSENT, WRAPPER, import_names, smoke_command
+from imagebuild.verify.items import (
+    ABSENT,
+    DISK_HYGIENE,
+    SETUID_ROW,
+    WRAPPER,
+    import_names,
+    smoke_command,
+)
 
 Facts = dict[str, dict[str, str]]
 
@@ -85,10 +92,7 @@ def collect(
             "ENTRYPOINT+CMD / wrapper": argv,
             "what starts it": "image ENTRYPOINT" if config.get("Entrypoint") else "none",
         }
-        hygiene = dict.fromkeys(
-            ["/etc/machine-id content (disk image)", "authorized SSH keys (disk image)",
-             "SSH host keys (disk image)", "root password (disk image)"], "n/a",
-        )  # fmt: skip
+        hygiene = dict.fromkeys(DISK_HYGIENE, "n/a")
     else:
         unit = spec.name
         # `{ path=... ; argv[]=PROG ARGS ; ignore_errors=no ; ... }`: the command line it runs
@@ -112,10 +116,32 @@ def collect(
     }
     facts["user"] = {"runtime user": user}
     facts["env"] = env
-    facts["hygiene"] = {"runs as root": "yes" if user in ("root", "0") else "no", **hygiene}
+    facts["hygiene"] = {
+        "runs as root": "yes" if user in ("root", "0") else "no",
+        SETUID_ROW: _setuid_outside_packages(host),
+        **hygiene,
+    }
     if spec.gpu:
         facts |= gpu.facts(host, spec, run_as, WRAPPER, env)
     return facts
+
+
+SETUID_SCRIPT = r"""
+files=$(find / -xdev -type f \( -perm -4000 -o -perm -2000 \) 2>/dev/null)
+[ -n "$files" ] || exit 0
+# dpkg knows merged-/usr files by the path their package ships (/bin/su, not /usr/bin/su).
+miss=$(dpkg -S $files 2>&1 >/dev/null | sed -n 's/^dpkg-query: no path found matching pattern //p')
+for f in $miss; do
+  alt=${f#/usr}
+  [ "$alt" != "$f" ] && dpkg -S "$alt" >/dev/null 2>&1 || echo "$f"
+done
+"""
+
+
+def _setuid_outside_packages(host: Any) -> str:
+    """setuid/setgid files no installed package owns (dpkg -S), e.g. a copied-in binary."""
+    out = host.run(f"sh -c {shlex.quote(SETUID_SCRIPT)}").stdout.split()
+    return " ".join(sorted(out)) or "none"
 
 
 def disk_hygiene(disk: Path) -> dict[str, str]:
@@ -129,6 +155,11 @@ def disk_hygiene(disk: Path) -> dict[str, str]:
             return [ln.split("/")[5] for ln in r.stdout.splitlines() if ln.count("/") >= 6]
 
         keys = [f for f in ls("/root/.ssh") if f.startswith("authorized_keys")]
+        homes = ["/root", *[f"/home/{h}" for h in ls("/home") if h not in (".", "..")]]
+        history = [f"{h}/{f}" for h in homes for f in ls(h) if f.endswith("_history")]
+        seed = [f for f in ls("/var/lib/systemd") if f == "random-seed"]
+        leases = [f for f in ls("/var/lib/dhcp") if f.endswith(".leases") or "dhclient" in f]
+        journal = [f for f in ls("/var/log/journal") if f not in (".", "..")]
         host_keys = [f for f in ls("/etc/ssh") if f.startswith("ssh_host_")]
         shadow = vmboot.debugfs_cat(part, "/etc/shadow").decode()
         root_pw = next(
@@ -143,4 +174,8 @@ def disk_hygiene(disk: Path) -> dict[str, str]:
             "root password (disk image)": "locked"
             if root_pw[:1] in ("*", "!")
             else ("EMPTY" if not root_pw else "SET"),
+            "shell history (disk image)": " ".join(history) or "none",
+            "systemd random seed (disk image)": " ".join(seed) or "none",
+            "DHCP leases (disk image)": " ".join(leases) or "none",
+            "journal files (disk image)": " ".join(journal) or "none",
         }

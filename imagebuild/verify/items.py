@@ -16,6 +16,18 @@ from imagebuild.spec import Spec
 ABSENT = "absent"
 ANY = None  # no fixed expectation: the two artifacts must only agree
 WRAPPER = "/usr/local/bin/imagebuild-entrypoint"
+SETUID_ROW = "setuid/setgid files no package owns"
+# Read from the VM's disk image itself (never booted), as shipped: (row, expected).
+DISK_HYGIENE = {
+    "/etc/machine-id content (disk image)": "",
+    "authorized SSH keys (disk image)": "none",
+    "SSH host keys (disk image)": "none",
+    "root password (disk image)": "locked",
+    "shell history (disk image)": "none",
+    "systemd random seed (disk image)": "none",
+    "DHCP leases (disk image)": "none",
+    "journal files (disk image)": "none",
+}
 
 
 @dataclass(frozen=True)
@@ -72,11 +84,9 @@ def items(spec: Spec, lock: Lock, container_libs: list[str]) -> list[Item]:
     out += [Item("env", k, v, v) for k, v in sorted(spec.runtime_env.items())]
     out += [
         Item("hygiene", "runs as root", "no", "no"),
-        Item("hygiene", "/etc/machine-id content (disk image)", "n/a", "", shared=False),
-        Item("hygiene", "authorized SSH keys (disk image)", "n/a", "none", shared=False),
-        Item("hygiene", "SSH host keys (disk image)", "n/a", "none", shared=False),
-        Item("hygiene", "root password (disk image)", "n/a", "locked", shared=False),
+        Item("hygiene", SETUID_ROW, "none", "none"),
     ]
+    out += [Item("hygiene", row, "n/a", want, shared=False) for row, want in DISK_HYGIENE.items()]
     from imagebuild.verify import gpu  # imports Item from here
 
     return out + gpu.items(spec, lock)
