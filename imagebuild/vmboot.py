@@ -142,7 +142,7 @@ def boot(
         "-m", str(memory_mb), "-smp", str(cpus), "-display", "none", "-nodefaults",
         "-serial", f"file:{serial}",
         "-drive", f"file={disk_overlay},if=virtio,format=qcow2",
-        "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-device", "virtio-net,netdev=n0",
         "-fw_cfg", f"name=opt/imagebuild/ssh_key,file={key}.pub",
     ]  # fmt: skip

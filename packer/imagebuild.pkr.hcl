@@ -163,12 +163,13 @@ source "qemu" "vm" {
   shutdown_timeout = "5m"
   boot_wait        = "1s" # no boot command to type: start polling SSH at once
   # The whole device list is given here, so Packer's defaults (SSH forwarded on every
-  # interface) do not apply: SSH on 127.0.0.1 only, the sources disk read-only, the build key
+  # interface) do not apply: SSH on 127.0.0.1 only, and nothing else (restrict=on: the guest
+  # reaches neither the host nor beyond, so the build is hermetic), the sources disk read-only, the build key
   # through fw_cfg (never on a disk), -cpu max because TCG's default CPU lacks what numpy needs.
   qemuargs = [
     ["-name", var.qemu_name],
     ["-cpu", "max"],
-    ["-netdev", "user,id=user.0,hostfwd=tcp:127.0.0.1:{{ .SSHHostPort }}-:22"],
+    ["-netdev", "user,id=user.0,restrict=on,hostfwd=tcp:127.0.0.1:{{ .SSHHostPort }}-:22"],
     ["-device", "virtio-net,netdev=user.0"],
     ["-drive", "file={{ .OutputDir }}/{{ .Name }},if=virtio,cache=writeback,discard=ignore,format=qcow2"],
     ["-drive", "file=${var.sources_disk},if=virtio,format=raw,readonly=on"],

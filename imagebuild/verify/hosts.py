@@ -91,7 +91,7 @@ DOMAIN_XML = """<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domai
   </devices>
   <qemu:commandline>
     <qemu:arg value='-netdev'/>
-    <qemu:arg value='user,id=ibnet0,hostfwd=tcp:127.0.0.1:{port}-:22'/>
+    <qemu:arg value='user,id=ibnet0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22'/>
     <qemu:arg value='-device'/>
     <qemu:arg value='virtio-net-pci,netdev=ibnet0,addr=0x10'/>
     <qemu:arg value='-fw_cfg'/>
