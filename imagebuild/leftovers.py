@@ -19,7 +19,8 @@ CACHE_LABEL = "io.imagebuild.cache"  # on every container a build starts: whose 
 SCRATCH = "imagebuild-*"  # a build's scratch folder in the cache root (tempfile prefix)
 
 
-def _processes() -> list[tuple[int, str]]:
+def processes() -> list[tuple[int, str]]:
+    """(pid, command line) of every process, arguments joined by spaces."""
     out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -55,7 +56,7 @@ def sweep(cache: Cache, task: str) -> list[str]:
     # Packer runs in its own session and outlives a killed build; its QEMU is named after the
     # scratch folder, and Packer's arguments name files in it.
     marks = [str(p) for p in scratch] + [f"-{p.name}" for p in scratch]
-    for pid, cmd in _processes():
+    for pid, cmd in processes():
         ours = ("qemu-system" in cmd or "packer" in cmd) and any(m in cmd for m in marks)
         if ours and pid != os.getpid():
             with contextlib.suppress(ProcessLookupError):

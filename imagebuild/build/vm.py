@@ -13,8 +13,10 @@ sources uploaded; `packer validate` runs offline, the build needs AWS credential
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -55,18 +57,32 @@ class VmResult:
     noop: bool = False
 
 
+def _build_qemu(name: str) -> list[tuple[int, str]]:
+    """This build's QEMU processes (Packer names them with `-name NAME`)."""
+    qemu = ("qemu-system", "/usr/bin/qemu-system")
+    return [(pid, cmd) for pid, cmd in leftovers.processes()
+            if cmd.startswith(qemu) and f" {name} " in cmd]  # fmt: skip
+
+
 def _kill_stray_qemu(name: str) -> None:
     """Safety net after Packer: no QEMU process of this build may outlive it."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if name.encode() in argv and any(b"qemu-system" in a for a in argv[:1]):
-            progress.say(f"build-vm: stopping leftover QEMU {proc.name}")
-            os.kill(int(proc.name), signal.SIGKILL)
+    for pid, _ in _build_qemu(name):
+        progress.say(f"build-vm: stopping leftover QEMU {pid}")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _keep_for_login(values: dict[str, Any], work: Path, staging: Path) -> None:
+    """--on-error=abort: the VM stays up; keep what it takes to log in (the build key would go
+    with the scratch folder) and say how."""
+    for name in ("build_key", "build_key.pub"):
+        shutil.copy2(work / name, staging / name)
+    ports = [m for _, cmd in _build_qemu(values["qemu_name"])
+             for m in re.findall(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-:22", cmd)]  # fmt: skip
+    login = (f"ssh -i {staging / 'build_key'} -p {ports[0]} -o StrictHostKeyChecking=no "
+             "root@127.0.0.1") if ports else "(the VM is not running any more)"  # fmt: skip
+    progress.say(f"build-vm: --on-error=abort: the VM is kept running; log in with: {login}; "
+                 f"serial console: {staging / 'serial.log'}")  # fmt: skip
 
 
 def outputs(dist: Path, spec: Spec) -> dict[str, Path]:
@@ -226,6 +242,7 @@ def _packer_qemu(
         sources_disk=str(sources),
         accelerator=accel,
         ansible_vars_file=str(ansible_vars(spec, lock, disk.SOURCES_LABEL, inventory_out)),
+        serial_log=str(staging / "serial.log"),  # kept with the VM by --on-error=abort
     )
     pkrvars = work / "build.pkrvars.hcl"
     packer.write_vars(values, pkrvars)
@@ -241,6 +258,10 @@ def _packer_qemu(
         with progress.stage("build-vm: packer build", what):
             timeline = packer.run(["build", f"-on-error={on_error}", *args], tdir, work, log)
         seconds |= {f"packer {k}": v for k, v in packer.phases(timeline).items()}
+    except BaseException:
+        if on_error == "abort":
+            _keep_for_login(values, work, staging)
+        raise
     finally:
         if on_error != "abort":
             _kill_stray_qemu(values["qemu_name"])
