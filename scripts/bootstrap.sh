@@ -30,11 +30,15 @@ fi
 
 # Debian's interpreter on purpose: python3-apt (the lock resolver) only imports under it, and it
 # is the interpreter every image gets, so host and targets agree on 3.11.
-stamp="$VENV/.bootstrap-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+# The builder pins itself: every Python dependency (and theirs) from requirements.lock, by
+# version and sha256 (`uv pip compile pyproject.toml --extra dev --generate-hashes`), so two
+# fresh machines install the same bytes; then imagebuild itself, without dependencies.
+stamp="$VENV/.bootstrap-$(cat "$ROOT/pyproject.toml" "$ROOT/requirements.lock" | sha256sum | cut -c1-16)"
 if [[ ! -f "$stamp" ]]; then
-  log "creating venv $VENV"
+  log "creating venv $VENV (dependencies from requirements.lock)"
   [[ -x "$VENV/bin/python" ]] || /usr/bin/python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[dev]"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --require-hashes -r "$ROOT/requirements.lock"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e "$ROOT"
   rm -f "$VENV"/.bootstrap-* && touch "$stamp"
 fi
 

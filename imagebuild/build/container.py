@@ -35,7 +35,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from imagebuild import __version__, progress, provision, roles
+from imagebuild import __version__, builder, progress, provision, roles
 from imagebuild import inventory as inv
 from imagebuild.build import image as img
 from imagebuild.build.layers import (
@@ -704,7 +704,7 @@ def build(
         )
         if not noop:  # written last: its presence means every output above is complete
             with atomic_file(record) as t:
-                shipped = {"app_files": provision.app_manifest(spec)}
+                shipped = {"app_files": provision.app_manifest(spec), "builder": builder.versions()}
                 t.write_text(json.dumps(asdict(result) | shipped, default=str, indent=1))
     return result
 

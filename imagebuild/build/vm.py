@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imagebuild import builder, leftovers, packer, progress, provision, roles, vmboot
 from imagebuild import inventory as inv
-from imagebuild import leftovers, packer, progress, provision, roles, vmboot
 from imagebuild.build import container, disk
 from imagebuild.build.formats import FORMATS, filename, qcow2
 from imagebuild.cache import Cache, atomic_file, digest
@@ -208,7 +208,10 @@ def build(
             result = _packer_qemu(b, base, sources, accel, on_error, staging, out, seconds)
             result = VmResult("qemu", accel, key, base, out, seconds, result)
             with atomic_file(record) as t:  # last: its presence means every output is complete
-                t.write_text(json.dumps(asdict(result), default=str, indent=1))
+                body = asdict(result) | {
+                    "builder": builder.versions() | {"packer": packer.version()}
+                }
+                t.write_text(json.dumps(body, default=str, indent=1))
             return result
         except BaseException:
             keep = on_error == "abort"
