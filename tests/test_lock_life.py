@@ -134,6 +134,15 @@ def test_a_deb_gone_from_the_mirror_is_named(
     blobs = cache.blob(gone.sha256).parent
     assert not cache.blob(gone.sha256).exists()
     assert not [f for f in os.listdir(blobs) if f.startswith(".")], "a partial download was left"
+    # The same lock keeps working from a cache that has the file: export there, import here.
+    archive = tmp_path / "blobs.tar"
+    r = run_invoke("fetch", "--spec", str(private), "--cache-dir", str(cache_dir),
+                   "--export", str(archive))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = run_invoke("fetch", "--spec", str(private), "--cache-dir", str(cache.root),
+                   "--import", str(archive))  # fmt: skip
+    assert r.returncode == 0 and "fetched 0 (0.0 MB)" in r.stdout, r.stderr
+    assert cache.blob(gone.sha256).is_file()
 
 
 class _Snapshot(http.server.BaseHTTPRequestHandler):
