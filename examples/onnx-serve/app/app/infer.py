@@ -1,5 +1,6 @@
 """Model loading and prediction, shared by `--check` and the HTTP server."""
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -40,7 +41,9 @@ def load_session(model_path: str, provider: str = "cpu") -> ort.InferenceSession
     if want not in available:
         problem = f"this onnxruntime build has no {want} ({', '.join(available)})"
     else:
-        session = ort.InferenceSession(model_path, providers=[want])
+        # onnxruntime prints its provider error and CPU retry on stdout: keep stdout the app's.
+        with contextlib.redirect_stdout(sys.stderr):
+            session = ort.InferenceSession(model_path, providers=[want])
         if session.get_providers()[0] == want:
             return session
         problem = f"{want} could not start: {_missing_library()}"
