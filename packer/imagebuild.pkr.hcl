@@ -157,9 +157,11 @@ source "qemu" "vm" {
   ssh_username     = "root"
   ssh_private_key_file = var.ssh_private_key_file
   ssh_timeout      = "15m"
-  # systemd saves a random seed when its service stops, at shutdown: stop it first and remove
-  # the seed, so every clone makes its own (vm_finalize removed the other per-instance state).
-  shutdown_command = "systemctl stop systemd-random-seed.service; rm -f /var/lib/systemd/random-seed; systemctl poweroff"
+  # After vm_finalize removed the per-instance state, power off without stopping services:
+  # an orderly stop would write it again (systemd saves a random seed, journald flushes,
+  # ifdown's DHCP release rewrites the lease file). --force still kills every process and
+  # unmounts the filesystems, so the disk is clean.
+  shutdown_command = "sync; systemctl poweroff --force"
   shutdown_timeout = "5m"
   boot_wait        = "1s" # no boot command to type: start polling SSH at once
   # The whole device list is given here, so Packer's defaults (SSH forwarded on every
