@@ -309,6 +309,35 @@ class Vm:
     ami: Ami | None = field(default=None, metadata=meta("amazon-ebs settings (`--target ami`)."))
 
 
+def _regex(v: str, _: Context) -> str | None:
+    try:
+        re.compile(v)
+    except re.error as e:
+        return f"{v!r} is not a regular expression ({e})"
+    return None
+
+
+@dataclass(frozen=True)
+class Verify:
+    commands: list[list[str]] = field(
+        default_factory=list,
+        metadata=meta(
+            "Argument lists run through the entrypoint wrapper in both artifacts (runtime user, "
+            "runtime env); exit status and stdout must be identical, e.g. `[[--check]]`. Empty: "
+            "the `--version` smoke row.",
+        ),
+    )
+    ignore: list[str] = field(
+        default_factory=list,
+        metadata=meta(
+            "Regexes whose matches in that stdout are blanked before comparing (timestamps, "
+            "PIDs, host names).",
+            None,
+            _regex,
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class Spec:
     name: str = field(
@@ -362,6 +391,9 @@ class Spec:
     )
     container: Container = field(default_factory=Container, metadata=meta("Container settings."))
     vm: Vm = field(default_factory=Vm, metadata=meta("VM settings."))
+    verify: Verify = field(
+        default_factory=Verify, metadata=meta("What `invoke verify` runs besides its own checks.")
+    )
     project_root: str = field(
         default=".",
         metadata=meta(

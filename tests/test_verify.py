@@ -51,6 +51,10 @@ def test_verify_passes_on_the_built_example(vm_built, locked_example: Path) -> N
             "outcome": "passed",
         }
     assert {row["outcome"] for row in report["rows"]} == {"passed"}
+    # Behaviour: the spec's `verify.commands` (one real prediction) gave the same in both.
+    check = rows["behaviour:[--check]: stdout"]
+    assert '"status": "ok"' in check["vm"] and check["container"] == check["vm"]
+    assert rows["behaviour:[--check]: exit status"]["vm"] == "0"
     assert len(rows) >= len(items(spec, lock, []))
     assert (dist / "verify" / "junit.xml").read_text().count("<testcase") == len(report["rows"])
     assert r.stdout.startswith("| item | container | vm | same? | result |")
@@ -80,6 +84,14 @@ def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path) -> No
             "dpkg -i --force-all /tmp/x.deb >/dev/null 2>&1; rm -rf $d /tmp/x.deb"
         )
         rc, out = c.exec_run(["sh", "-c", script])
+        assert rc == 0, out
+        # A model whose prediction differs (one weight changed): only behaviour shows it.
+        model = (
+            "import onnx; from onnx import numpy_helper as h; m = onnx.load('/opt/app/model.onnx');"
+            " t = m.graph.initializer[1]; t.CopyFrom(h.from_array(h.to_array(t) + 1, t.name));"
+            " onnx.save(m, '/opt/app/model.onnx')"
+        )
+        rc, out = c.exec_run([f"{spec.python.venv}/bin/python", "-c", model])
         assert rc == 0, out
         # commit's ENTRYPOINT resets CMD: give both back as they were, so only ENV differs
         changes = [
@@ -114,7 +126,7 @@ def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path) -> No
     named = r.stderr.split("differ or miss expectations:")[1]
     failed = {ln.strip().split(": ")[0] for ln in named.strip().splitlines()}
     sabotaged = {f"deb:{victim_deb}", "env:OMP_NUM_THREADS", f"python:{victim_py}",
-                 "entrypoint:what starts it"}  # fmt: skip
+                 "entrypoint:what starts it", "behaviour:[--check]: stdout"}  # fmt: skip
     assert sabotaged <= failed, named
     # The only other findings allowed: imports that needed the removed distribution.
     assert all(f.startswith("import:") for f in failed - sabotaged), named

@@ -4,7 +4,9 @@ script, because every command costs a round trip (and an emulated CPU on the VM 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shlex
 import subprocess
 import tempfile
@@ -22,6 +24,8 @@ from imagebuild.verify.items import (
     DISK_HYGIENE,
     SETUID_ROW,
     WRAPPER,
+    behaviour_commands,
+    behaviour_key,
     import_names,
     smoke_command,
 )
@@ -114,6 +118,12 @@ def collect(
         smoke_command(spec): smoke.stdout.strip() if smoke.rc == 0 else smoke.stderr.strip()[-200:],
         f"{smoke_command(spec)}: exit status": str(smoke.rc),
     }
+    facts["behaviour"] = {}
+    for cmd in behaviour_commands(spec):
+        r = host.run(f"env {smoke_command(spec, run_as, cmd)}")
+        key = behaviour_key(cmd)
+        facts["behaviour"][f"{key}: exit status"] = str(r.rc)
+        facts["behaviour"][f"{key}: stdout"] = _comparable(r.stdout, spec.verify.ignore)
     facts["user"] = {"runtime user": user}
     facts["env"] = env
     facts["hygiene"] = {
@@ -136,6 +146,18 @@ for f in $miss; do
   [ "$alt" != "$f" ] && dpkg -S "$alt" >/dev/null 2>&1 || echo "$f"
 done
 """
+
+
+def _comparable(stdout: str, ignore: list[str]) -> str:
+    """stdout with the spec's ignore patterns blanked; long output by its length and digest."""
+    for rx in ignore:
+        stdout = re.sub(rx, "<ignored>", stdout)
+    text = stdout.strip()
+    if len(text) <= 300:
+        return text
+    return (
+        f"{text[:200]}... ({len(text)} chars, sha256 {hashlib.sha256(text.encode()).hexdigest()})"
+    )
 
 
 def _setuid_outside_packages(host: Any) -> str:

@@ -3,6 +3,7 @@ build log). One Item per row of the parity table."""
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 
 from packaging.requirements import Requirement
@@ -44,11 +45,21 @@ class Item:
         return f"{self.kind}:{self.key}"
 
 
-def smoke_command(spec: Spec, run_as: str = "") -> str:
-    """The entrypoint's `--version` (`run_as` e.g. `runuser -u app -- `); a GPU image needs the
+def smoke_command(spec: Spec, run_as: str = "", args: str = "--version") -> str:
+    """The entrypoint with `args` (`run_as` e.g. `runuser -u app -- `); a GPU image needs the
     guard's override where no GPU is."""
     override = f"{spec.gpu.allow_missing_env}=1 " if spec.gpu else ""
-    return f"{override}{run_as}{WRAPPER} --version"
+    return f"{override}{run_as}{WRAPPER} {args}".rstrip()
+
+
+def behaviour_commands(spec: Spec) -> list[str]:
+    """The spec's `verify.commands`, each as the shell words given to the wrapper."""
+    return [shlex.join(argv) for argv in spec.verify.commands]
+
+
+def behaviour_key(cmd: str) -> str:
+    """A behaviour row's name: the wrapper's arguments in brackets (`[]`: none)."""
+    return f"[{cmd}]"
 
 
 def import_names(spec: Spec) -> list[str]:
@@ -76,11 +87,18 @@ def items(spec: Spec, lock: Lock, container_libs: list[str]) -> list[Item]:
         Item("entrypoint", "wrapper sha256", ANY, ANY),
         Item("entrypoint", "what starts it", "image ENTRYPOINT", f"systemd ExecStart={WRAPPER}",
              shared=False),
-        # The app's output is its own business: it must succeed and say the same on both.
-        Item("smoke", smoke_command(spec), ANY, ANY),
-        Item("smoke", f"{smoke_command(spec)}: exit status", "0", "0"),
         Item("user", "runtime user", spec.user, spec.user),
     ]  # fmt: skip
+    if spec.verify.commands:
+        # Behaviour: the same command gives the same exit status and stdout in both.
+        for cmd in behaviour_commands(spec):
+            key = behaviour_key(cmd)
+            out += [Item("behaviour", f"{key}: exit status", ANY, ANY),
+                    Item("behaviour", f"{key}: stdout", ANY, ANY)]  # fmt: skip
+    else:
+        # The app's output is its own business: it must succeed and say the same on both.
+        out += [Item("smoke", smoke_command(spec), ANY, ANY),
+                Item("smoke", f"{smoke_command(spec)}: exit status", "0", "0")]  # fmt: skip
     out += [Item("env", k, v, v) for k, v in sorted(spec.runtime_env.items())]
     out += [
         Item("hygiene", "runs as root", "no", "no"),
