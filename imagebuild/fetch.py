@@ -242,7 +242,9 @@ def _wheelhouse(cache: Cache, lock: Lock) -> Path:
     with cache.building("wheelhouses", key) as tmp:
         _link_all(cache, lock.python, tmp, lambda w: w.filename)
         # One requirements file per installing role: python_env's, then each stack's.
-        for group in dict.fromkeys(w.group for w in lock.python):
+        # python_env's file even when the spec's own requirements pin nothing (gpu-probe: every
+        # wheel is a stack's): the role reads it in both artifacts.
+        for group in dict.fromkeys(["python", *(w.group for w in lock.python)]):
             name = "requirements.txt" if group == "python" else f"requirements-{group}.txt"
             (tmp / name).write_text(
                 "".join(
