@@ -198,26 +198,22 @@ def test_engine_down_is_a_clear_error(
     assert tree(dist) == set()
 
 
-@pytest.mark.parametrize(("sig", "code", "says"), [(signal.SIGINT, 130, "interrupted"),
-                                                   (signal.SIGTERM, 143, "terminated")],
-                         ids=["SIGINT", "SIGTERM"])  # fmt: skip
-def test_ctrl_c_during_a_stage_leaves_nothing(
-    built, tmp_path: Path, cache_dir: Path, sig: int, code: int, says: str
-) -> None:
-    """SIGINT (Ctrl-C) or SIGTERM (a CI cancel) while an Ansible stage runs in its container:
-    exit 130/143, no container, no stage image, nothing in dist, no half-made cache entry."""
+def _inside_a_stage(
+    built, tmp_path: Path, cache_dir: Path, dist: Path
+) -> tuple[subprocess.Popen[str], Path]:
+    """A build-container started on a copy of the example whose app stage runs a 60 s build
+    step; returns once that stage's container is up and Ansible is at the step."""
     spec, _, _ = built
     shutil.copytree(spec.base_dir, tmp_path / "p")
-    (tmp_path / "p" / spec.app.src / "app" / "ctrlc.py").write_text("# new app stage key\n")
-    # A build step that outlasts the signal: the app stage alone takes ~3 s.
+    (tmp_path / "p" / spec.app.src / "app" / "stage.py").write_text("# new app stage key\n")
     spec_file = tmp_path / "p" / spec.path.name
     text = spec_file.read_text()
     spec_file.write_text(re.sub(r"(?m)^(  build: ).*$", r"\1[/bin/sleep, '60']", text, count=1))
     assert spec_file.read_text() != text
-    dist, before = tmp_path / "dist", containers()
+    before = containers()
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("invoke")), "build-container", "--spec",
-         str(tmp_path / "p" / spec.path.name), "--cache-dir", str(cache_dir), "--dist", str(dist)],
+         str(spec_file), "--cache-dir", str(cache_dir), "--dist", str(dist)],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     assert proc.stderr is not None
@@ -227,8 +223,21 @@ def test_ctrl_c_during_a_stage_leaves_nothing(
             while containers() == before and time.monotonic() < deadline:
                 time.sleep(0.2)
             time.sleep(2)  # inside the stage: container up, Ansible at the build step
-            proc.send_signal(sig)
             break
+    return proc, spec_file
+
+
+@pytest.mark.parametrize(("sig", "code", "says"), [(signal.SIGINT, 130, "interrupted"),
+                                                   (signal.SIGTERM, 143, "terminated")],
+                         ids=["SIGINT", "SIGTERM"])  # fmt: skip
+def test_ctrl_c_during_a_stage_leaves_nothing(
+    built, tmp_path: Path, cache_dir: Path, sig: int, code: int, says: str
+) -> None:
+    """SIGINT (Ctrl-C) or SIGTERM (a CI cancel) while an Ansible stage runs in its container:
+    exit 130/143, no container, no stage image, nothing in dist, no half-made cache entry."""
+    dist, before = tmp_path / "dist", containers()
+    proc, _ = _inside_a_stage(built, tmp_path, cache_dir, dist)
+    proc.send_signal(sig)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == code, err
     assert says in err
@@ -320,32 +329,13 @@ def test_leftovers_of_a_killed_build_are_removed_by_the_next_run(
 ) -> None:
     """kill -9 inside a stage runs no clean-up: its container and scratch folder stay. The next
     task on the same cache (here a warm fetch) removes them and says so."""
-    spec, _, _ = built
-    shutil.copytree(spec.base_dir, tmp_path / "p")
-    (tmp_path / "p" / spec.app.src / "app" / "kill9.py").write_text("# new app stage key\n")
-    spec_file = tmp_path / "p" / spec.path.name
-    text = spec_file.read_text()
-    spec_file.write_text(re.sub(r"(?m)^(  build: ).*$", r"\1[/bin/sleep, '60']", text, count=1))
     before = containers()
-    args = ["--spec", str(spec_file), "--cache-dir", str(cache_dir)]
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("invoke")), "build-container", *args,
-         "--dist", str(tmp_path / "dist")],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "build-container: app: key" in line:
-            deadline = time.monotonic() + 60
-            while containers() == before and time.monotonic() < deadline:
-                time.sleep(0.2)
-            time.sleep(2)
-            proc.kill()
-            break
+    proc, spec_file = _inside_a_stage(built, tmp_path, cache_dir, tmp_path / "dist")
+    proc.kill()
     proc.wait(timeout=60)
     left = containers() - before
     assert left and list(cache_dir.glob("imagebuild-*")), "kill -9 should have left something"
-    r = run_invoke("fetch", *args)
+    r = run_invoke("fetch", "--spec", str(spec_file), "--cache-dir", str(cache_dir))
     assert r.returncode == 0, r.stderr
     assert "removed what a killed build left on this cache" in r.stderr
     assert not (containers() & left) and not list(cache_dir.glob("imagebuild-*"))

@@ -14,6 +14,7 @@ import tarfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -176,43 +177,11 @@ def _build_qemu(spec: specmod.Spec) -> list[str]:
     return [ln for ln in out.splitlines() if f"-name imagebuild-{spec.name}-" in ln]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_ctrl_c_during_packer_leaves_nothing(
-    vm_built, cache_dir: Path, tmp_path: Path, sig: int
-) -> None:
-    """SIGINT or SIGTERM while Packer boots the VM: exit != 0, no QEMU, no container, no
-    staging folder, nothing new in dist."""
-    spec, dist, _ = vm_built
-    # Another memory size: new VM key, same cached base disk, so Packer really starts.
-    text = spec.path.read_text().replace(f"memory_mb: {spec.vm.memory_mb}", "memory_mb: 1536")
-    other = spec.path.with_name("imagebuild-ctrlc.yaml")
-    other.write_text(text)
-    before, containers = tree(dist), docker.from_env().containers.list(all=True)
-    proc = subprocess.Popen(
-        [str(Path(os.sys.executable).with_name("invoke")), "build-vm", "--spec", str(other),
-         "--cache-dir", str(cache_dir), "--dist", str(dist)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert proc.stderr is not None
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if "Waiting for SSH" in line:
-            proc.send_signal(sig)
-            break
-    _, err = proc.communicate(timeout=180)
-    assert proc.returncode != 0, "".join(seen) + err
-    assert _build_qemu(spec) == []
-    assert tree(dist) == before
-    assert len(docker.from_env().containers.list(all=True)) == len(containers)
-
-
-def test_kill_9_during_packer_is_cleaned_by_the_next_run(vm_built, cache_dir: Path) -> None:
-    """kill -9 of build-vm while Packer boots: Packer and QEMU (their own session) outlive it.
-    The next task on the same cache stops them and removes the scratch folder, saying so."""
-    spec, dist, _ = vm_built
-    text = spec.path.read_text().replace(f"memory_mb: {spec.vm.memory_mb}", "memory_mb: 1280")
-    other = spec.path.with_name("imagebuild-kill9.yaml")
+def _packer_booting(spec: specmod.Spec, cache_dir: Path, dist: Path, name: str, memory: int) -> Any:
+    """build-vm of a copy of the spec with another memory size (new VM key, same cached base
+    disk, so Packer really starts); returns once Packer waits for the VM's SSH."""
+    text = spec.path.read_text().replace(f"memory_mb: {spec.vm.memory_mb}", f"memory_mb: {memory}")
+    other = spec.path.with_name(f"imagebuild-{name}.yaml")
     other.write_text(text)
     proc = subprocess.Popen(
         [str(Path(os.sys.executable).with_name("invoke")), "build-vm", "--spec", str(other),
@@ -222,11 +191,37 @@ def test_kill_9_during_packer_is_cleaned_by_the_next_run(vm_built, cache_dir: Pa
     assert proc.stderr is not None
     for line in proc.stderr:
         if "Waiting for SSH" in line:
-            proc.kill()
             break
+    proc.spec_file = other  # type: ignore[attr-defined]
+    return proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_during_packer_leaves_nothing(
+    vm_built, cache_dir: Path, tmp_path: Path, sig: int
+) -> None:
+    """SIGINT or SIGTERM while Packer boots the VM: exit != 0, no QEMU, no container, no
+    staging folder, nothing new in dist."""
+    spec, dist, _ = vm_built
+    before, containers = tree(dist), docker.from_env().containers.list(all=True)
+    proc = _packer_booting(spec, cache_dir, dist, "ctrlc", 1536)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode != 0, err
+    assert _build_qemu(spec) == []
+    assert tree(dist) == before
+    assert len(docker.from_env().containers.list(all=True)) == len(containers)
+
+
+def test_kill_9_during_packer_is_cleaned_by_the_next_run(vm_built, cache_dir: Path) -> None:
+    """kill -9 of build-vm while Packer boots: Packer and QEMU (their own session) outlive it.
+    The next task on the same cache stops them and removes the scratch folder, saying so."""
+    spec, dist, _ = vm_built
+    proc = _packer_booting(spec, cache_dir, dist, "kill9", 1280)
+    proc.kill()
     proc.wait(timeout=60)
     assert _build_qemu(spec), "QEMU should have outlived the killed build"
-    r = run_invoke("fetch", "--spec", str(other), "--cache-dir", str(cache_dir))
+    r = run_invoke("fetch", "--spec", str(proc.spec_file), "--cache-dir", str(cache_dir))
     assert r.returncode == 0, r.stderr
     assert "removed what a killed build left on this cache" in r.stderr and "qemu" in r.stderr
     deadline = time.monotonic() + 30
