@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,7 +24,7 @@ from imagebuild.build.formats import filename
 from imagebuild.cache import sha256_file
 from imagebuild.inventory import _entries
 from imagebuild.vmboot import Booted, boot, debugfs_cat, image_info, partition_image
-from tests.conftest import build_vm, run_invoke, tree
+from tests.conftest import build_vm, tree
 
 pytestmark = [pytest.mark.network, pytest.mark.engine, pytest.mark.vm]
 
@@ -211,26 +210,3 @@ def test_ctrl_c_during_packer_leaves_nothing(
     assert _build_qemu(spec) == []
     assert tree(dist) == before
     assert len(docker.from_env().containers.list(all=True)) == len(containers)
-
-
-def test_kill_9_during_packer_is_cleaned_by_the_next_run(vm_built, cache_dir: Path) -> None:
-    """kill -9 of build-vm while Packer boots: its scratch folder stays, and Packer and QEMU
-    (their own session) may outlive it. The next task on the same cache stops them and removes
-    the scratch folder, saying so."""
-    spec, dist, _ = vm_built
-    proc = _packer_booting(spec, cache_dir, dist, "kill9", 1280)
-    proc.kill()
-    proc.wait(timeout=60)
-    # Packer may notice its closed output pipe and stop QEMU itself, or outlive the build.
-    assert list(cache_dir.glob("imagebuild-*")), "kill -9 should have left its scratch folder"
-    qemu_left = bool(_build_qemu(spec))
-    r = run_invoke("fetch", "--spec", str(proc.spec_file), "--cache-dir", str(cache_dir))
-    assert r.returncode == 0, r.stderr
-    assert "removed what a killed build left on this cache" in r.stderr
-    assert not qemu_left or "qemu" in r.stderr, r.stderr
-    deadline = time.monotonic() + 30
-    while _build_qemu(spec) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert _build_qemu(spec) == []
-    assert not list(cache_dir.glob("imagebuild-*"))
-    shutil.rmtree(next(dist.glob(".imagebuild-vm-*"), dist / "none"), ignore_errors=True)
