@@ -28,6 +28,8 @@ TAMPERED = [
     ("header", None, "mirror", "http://deb.debian.org/debian' ; touch /tmp/imagebuild-pwned ; '"),
     ("header", None, "source_date_epoch", "0; id"),
     ("header", None, "suite", "bookworm/../../x"),
+    ("header", None, "resolved_at", "2026-11-30T04:00:00Z\n; id"),
+    ("header", None, "index_date", 10**30),
 ]
 
 

@@ -37,6 +37,11 @@ HOSTILE = [
     ("base.mirror", "http://deb.debian.org/debian' ; touch /tmp/x ; '", "not an http(s) URL"),
     ("base.mirror", "file:///etc", "not an http(s) URL"),
     ("name", "onnx serve", "not a lower-case name"),
+    ("project_root", "..\n", "control character"),
+    ("project_root", "no-such-folder", "not found"),
+    ("verify.commands", [["--check\nUser=root"]], "control character"),
+    ("verify.ignore", ["(unclosed"], "not a regular expression"),
+    ("base.snapshot_url", "http://x/' ; id ; '", "not an http(s) URL"),
 ]
 
 

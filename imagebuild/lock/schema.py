@@ -21,6 +21,7 @@ POOL_PATH = re.compile(r"pool/[a-z0-9-]+(/[A-Za-z0-9+._~-]+)+\.deb")
 WHEEL_FILE = re.compile(r"[A-Za-z0-9._+-]+\.whl")
 GROUP = re.compile(r"[a-z0-9_]+")
 SUITE = re.compile(r"[a-z]+")
+UTC_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 COMPONENTS = {"main", "contrib", "non-free", "non-free-firmware"}
 WHEEL_HOSTS = {"files.pythonhosted.org"}  # where PyPI's simple index points its files
 
@@ -100,6 +101,10 @@ def _header(header: dict[str, Any]) -> list[tuple[str, str]]:
     epoch = header.get("source_date_epoch")
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
         bad.append(("source_date_epoch", "not a Unix time"))
+    for stamp in ("index_date", "resolved_at"):  # optional (older locks lack them)
+        value = header.get(stamp)
+        if value is not None and not (isinstance(value, str) and UTC_TIME.fullmatch(value)):
+            bad.append((stamp, "not a UTC time like 2026-11-30T04:00:00Z"))
     if not isinstance(header.get("python"), str) or not re.fullmatch(r"\d+\.\d+", header["python"]):
         bad.append(("python", "not a Python version like 3.11"))
     return bad
