@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import re
 import sys
 import types
@@ -84,6 +85,15 @@ def _outside_root(spec: Spec, v: str) -> str | None:
     if target == root or target.is_relative_to(root):
         return None
     return f"{v!r} is outside the project root {root} (widen `project_root` to allow it)"
+
+
+def _public_cidr(v: str, _: Context) -> str | None:
+    """An IPv4/IPv6 network in CIDR form that is not the whole internet."""
+    try:
+        net = ipaddress.ip_network(v, strict=True)
+    except ValueError:
+        return f"{v!r} is not a network in CIDR form (e.g. 203.0.113.7/32)"
+    return f"{v!r} opens SSH to everyone" if net.prefixlen == 0 else None
 
 
 def _between(low: int, high: int) -> Check:
@@ -285,6 +295,18 @@ class Ami:
         metadata=meta(
             "Login user of the source AMI.",
             lambda v, _: None if USER_NAME.fullmatch(v) else f"{v!r} is not a user name",
+        ),
+    )
+    encrypt_boot: bool = field(
+        default=True, metadata=meta("Encrypt the AMI's boot volume snapshot (EBS).")
+    )
+    ssh_cidrs: list[str] = field(
+        default_factory=list,
+        metadata=meta(
+            "Who may reach the builder's SSH port; empty = the caller's public IP/32 (asked "
+            "from checkip.amazonaws.com at build time, as Packer's own option does).",
+            None,
+            _public_cidr,
         ),
     )
 

@@ -1,8 +1,8 @@
 """Boot a built disk under plain QEMU (no Packer, no libvirt) and reach it over SSH on 127.0.0.1.
 
 The disk is never written: the guest runs on a throw-away qcow2 overlay. A fresh key goes in
-through QEMU fw_cfg (vm_base's hook keeps it in the guest's /run), so the image itself needs no
-authorized key. The QEMU process is always stopped on exit, also on error or Ctrl-C.
+as systemd's own login credential (`guest_args`), so the image itself needs no authorized key
+and no hook of ours. The QEMU process is always stopped on exit, also on error or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -51,6 +51,27 @@ class Booted:
         return subprocess.run(
             [*self.ssh_argv(), command], capture_output=True, text=True, timeout=timeout
         )
+
+
+# systemd.system-credentials(7), systemd >= 252: PID 1 imports credentials from the SMBIOS OEM
+# strings (type 11; the cloud kernel has DMI_SYSFS built in, so nothing has to load first), and
+# systemd-tmpfiles (provision.conf) writes this one to /root/.ssh/authorized_keys if it is absent.
+# Stock Debian behaviour, also reachable from libvirt's <sysinfo><oemStrings>: images ship no
+# login hook of imagebuild's, and vm_finalize removes the key Packer's boot wrote.
+LOGIN_CREDENTIAL = "io.systemd.credential:ssh.authorized_keys.root"
+
+
+def guest_args(port: int | str, public_key: str) -> list[str]:
+    """The QEMU arguments every boot of an image shares (Packer's, verify's, the tests'): user
+    networking that forwards only SSH, on 127.0.0.1 (restrict=on: the guest reaches nothing
+    else, so builds stay hermetic), and the login key as systemd's credential."""
+    if "," in public_key or "\n" in public_key.strip():
+        raise BootError(f"not a one-line OpenSSH public key: {public_key[:60]!r}")
+    return [
+        "-netdev", f"user,id=ibnet0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-device", "virtio-net-pci,netdev=ibnet0,addr=0x10",
+        "-smbios", f"type=11,value={LOGIN_CREDENTIAL}={public_key.strip()}",
+    ]  # fmt: skip
 
 
 def free_port() -> int:
@@ -142,9 +163,7 @@ def boot(
         "-m", str(memory_mb), "-smp", str(cpus), "-display", "none", "-nodefaults",
         "-serial", f"file:{serial}",
         "-drive", f"file={disk_overlay},if=virtio,format=qcow2",
-        "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
-        "-device", "virtio-net,netdev=n0",
-        "-fw_cfg", f"name=opt/imagebuild/ssh_key,file={key}.pub",
+        *guest_args(port, Path(f"{key}.pub").read_text()),
     ]  # fmt: skip
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -72,12 +72,12 @@ variable "accelerator" {
 
 variable "ssh_private_key_file" {
   type        = string
-  description = "Per-build SSH key; the guest holds it in /run only (vm_base fw_cfg hook)."
+  description = "Per-build SSH key (vm_finalize removes its public half from the image)."
 }
 
-variable "ssh_public_key_file" {
-  type        = string
-  description = "Its public half, passed to the guest through QEMU fw_cfg."
+variable "guest_qemuargs" {
+  type        = list(list(string))
+  description = "imagebuild.vmboot.guest_args: SSH-only user networking + the key as systemd credential."
 }
 
 variable "serial_log" {
@@ -135,6 +135,21 @@ variable "aws_ssh_username" {
   description = "amazon-ebs: login user of the source AMI (Debian's is admin)."
 }
 
+variable "aws_ami_name" {
+  type        = string
+  description = "amazon-ebs: AMI name, unique per build (name-version-build id)."
+}
+
+variable "aws_encrypt_boot" {
+  type        = bool
+  description = "amazon-ebs: encrypt the AMI's boot volume snapshot (vm.ami.encrypt_boot)."
+}
+
+variable "aws_ssh_cidrs" {
+  type        = list(string)
+  description = "amazon-ebs: who may reach the builder's SSH port (default: the caller's IP/32)."
+}
+
 source "qemu" "vm" {
   vm_name          = var.vm_name
   output_directory = var.output_dir
@@ -165,27 +180,33 @@ source "qemu" "vm" {
   shutdown_timeout = "5m"
   boot_wait        = "1s" # no boot command to type: start polling SSH at once
   # The whole device list is given here, so Packer's defaults (SSH forwarded on every
-  # interface) do not apply: SSH on 127.0.0.1 only, and nothing else (restrict=on: the guest
-  # reaches neither the host nor beyond, so the build is hermetic), the sources disk read-only, the build key
-  # through fw_cfg (never on a disk), -cpu max because TCG's default CPU lacks what numpy needs.
-  qemuargs = [
+  # interface) do not apply. guest_qemuargs (the same as every other boot of the image): SSH on
+  # 127.0.0.1 only and nothing else (restrict=on: the build is hermetic), the build key as
+  # systemd's login credential. Also: the sources disk read-only, -cpu max because TCG's
+  # default CPU lacks what numpy needs.
+  qemuargs = concat([
     ["-name", var.qemu_name],
     ["-cpu", "max"],
-    ["-netdev", "user,id=user.0,restrict=on,hostfwd=tcp:127.0.0.1:{{ .SSHHostPort }}-:22"],
-    ["-device", "virtio-net,netdev=user.0"],
     ["-drive", "file={{ .OutputDir }}/{{ .Name }},if=virtio,cache=writeback,discard=ignore,format=qcow2"],
     ["-drive", "file=${var.sources_disk},if=virtio,format=raw,readonly=on"],
-    ["-fw_cfg", "name=opt/imagebuild/ssh_key,file=${var.ssh_public_key_file}"],
     ["-serial", "file:${var.serial_log}"],
-  ]
+  ], var.guest_qemuargs)
 }
 
 source "amazon-ebs" "vm" {
   region        = var.aws_region
   instance_type = var.aws_instance_type
   source_ami    = var.aws_source_ami
-  ami_name      = "${var.name}-${var.version}"
+  ami_name      = var.aws_ami_name
   ssh_username  = var.aws_ssh_username
+  # Packer's temporary key leaves the image with the build; SSH from the caller only (Packer's
+  # default is 0.0.0.0/0); the snapshot encrypted (EBS default key unless the account sets one).
+  # IMDSv2 (imds_support/metadata_options) exists only in the amazon plugin >= 1.1, not in
+  # Debian's Packer 1.6.6: see the README's AMI section.
+  ssh_clear_authorized_keys             = true
+  temporary_security_group_source_cidrs = var.aws_ssh_cidrs
+  encrypt_boot                          = var.aws_encrypt_boot
+  ena_support                           = true
   tags = {
     Name    = var.name
     Version = var.version

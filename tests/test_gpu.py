@@ -237,8 +237,12 @@ def test_gpu_app_refuses_the_cpu_unless_told(gpu_built) -> None:
 @pytest.mark.network
 @pytest.mark.engine
 @pytest.mark.vm
-def test_gpu_vm_verifies_statically_and_skips_runtime_checks(gpu_built, cache_dir: Path) -> None:
-    spec, dist = gpu_built
+def test_gpu_vm_verifies_statically_and_skips_runtime_checks(probe_built, cache_dir: Path) -> None:
+    """The smallest GPU spec (gpu-probe: the driver stack and CUDA's runtime, qcow2 only) as a
+    VM: the same rows as for onnx-gpu at a third of the CI time (no 2.5 GB of CUDA wheels to
+    install, compress and hash under TCG)."""
+    spec = probe_built
+    dist = spec.path.parent / "dist"
     r = build_vm(spec.path, cache_dir, dist)
     assert r.returncode == 0, r.stderr[-5000:]
     r = run_invoke("verify", "--spec", str(spec.path), "--dist", str(dist))
@@ -254,7 +258,7 @@ def test_gpu_vm_verifies_statically_and_skips_runtime_checks(gpu_built, cache_di
     assert (driver["container"], driver["outcome"]) == ("none", "passed")
     ldd = rows[f"gpu:{gpu.LDD_ROW}"]
     assert (ldd["container"], ldd["vm"], ldd["outcome"]) == ("none", "none", "passed")
-    assert int(rows[f"gpu:{gpu.LDD_COUNT_ROW}"]["vm"]) > 10
+    assert int(rows[f"gpu:{gpu.LDD_COUNT_ROW}"]["vm"]) > 0
     digest = rows[f"gpu:{gpu.DIGEST_ROW}"]
     assert digest["outcome"] == "passed" and len(digest["vm"]) == 64
     require = rows["gpu:NVIDIA_REQUIRE_CUDA"]

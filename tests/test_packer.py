@@ -3,7 +3,9 @@ variables the tool writes checked against the declarations, and real `packer val
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -173,3 +175,47 @@ def test_phases_split_a_qemu_build_at_packers_own_lines() -> None:
         (43.5, "Build 'qemu.vm' finished after 43 seconds."),
     ]
     assert packer.phases(timeline) == {"boot to SSH": 24.0, "provisioning": 16.5, "shutdown": 3.0}
+
+
+def test_caller_ip_is_checked_before_it_opens_ssh(tmp_path: Path) -> None:
+    """The AMI builder's SSH port opens to the caller's IP only; whatever the lookup answers
+    is parsed as an address first (a body that is not one stops the build, naming the field)."""
+    import http.server
+    import threading
+
+    answers = iter([b"203.0.113.7\n", b"203.0.113.7/0; rm -rf /\n"])
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = next(answers)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/"
+    try:
+        assert vm.caller_public_ip(url) == "203.0.113.7"
+        with pytest.raises(ImageBuildError, match="vm.ami.ssh_cidrs"):
+            vm.caller_public_ip(url)
+    finally:
+        server.shutdown()
+
+
+def test_ami_values_follow_the_spec(tmp_path: Path) -> None:
+    """ssh_username, encryption and SSH networks reach the template; every build's AMI name is
+    new."""
+    spec = load(EXAMPLE / "imagebuild.yaml")
+    ami = dataclasses.replace(
+        spec.vm.ami, ssh_username="debian", encrypt_boot=False, ssh_cidrs=["198.51.100.0/24"]
+    )
+    spec = dataclasses.replace(spec, vm=dataclasses.replace(spec.vm, ami=ami))
+    values = vm.packer_values(spec, tmp_path)
+    assert values["aws_ssh_username"] == "debian" and values["aws_encrypt_boot"] is False
+    assert values["aws_ssh_cidrs"] == ["198.51.100.0/24"]
+    assert re.fullmatch(rf"{spec.name}-{spec.version}-\d{{8}}T\d{{6}}Z", values["aws_ami_name"])

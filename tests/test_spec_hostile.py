@@ -42,6 +42,10 @@ HOSTILE = [
     ("verify.commands", [["--check\nUser=root"]], "control character"),
     ("verify.ignore", ["(unclosed"], "not a regular expression"),
     ("base.snapshot_url", "http://x/' ; id ; '", "not an http(s) URL"),
+    ("vm.ami.ssh_cidrs", ["0.0.0.0/0"], "opens SSH to everyone"),
+    ("vm.ami.ssh_cidrs", ["10.0.0.1/8"], "not a network in CIDR form"),
+    ("vm.ami.ssh_cidrs", ["1.2.3.4/32 -p 22"], "not a network in CIDR form"),
+    ("vm.ami.ssh_username", "admin;id", "not a user name"),
 ]
 
 

@@ -3,7 +3,7 @@
 qemu target: the container's cached layers + the VM-only packages become the base disk
 (imagebuild.build.disk); Packer's qemu source boots it (TCG unless KVM really works), its Ansible
 provisioner runs ansible/vm.yml (the container's site.yml + VM plays + finalize) over SSH on
-127.0.0.1 with a per-build key passed through fw_cfg, then shuts down. Its disk is compressed
+127.0.0.1 with a per-build key passed as systemd credential, then shuts down. Its disk is compressed
 while it is turned into the other formats (imagebuild.build.formats). Everything is assembled
 in a hidden folder inside dist/ and renamed into place at the end; the record is written last.
 
@@ -14,6 +14,7 @@ sources uploaded; `packer validate` runs offline, the build needs AWS credential
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -22,6 +23,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +118,7 @@ def ansible_vars(
 def packer_values(spec: Spec, work: Path, **overrides: Any) -> dict[str, Any]:
     """Every template variable; the target fills in its own."""
     ami = spec.vm.ami
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     values: dict[str, Any] = {
         "name": spec.name,
         "version": spec.version,
@@ -131,7 +134,7 @@ def packer_values(spec: Spec, work: Path, **overrides: Any) -> dict[str, Any]:
         "cpus": spec.vm.cpus,
         "accelerator": "tcg",
         "ssh_private_key_file": str(work / "build_key"),
-        "ssh_public_key_file": str(work / "build_key.pub"),
+        "guest_qemuargs": [],
         "serial_log": str(work / "serial.log"),
         "ansible_dir": str(roles.ANSIBLE_DIR),
         "ansible_vars_file": "",
@@ -142,9 +145,18 @@ def packer_values(spec: Spec, work: Path, **overrides: Any) -> dict[str, Any]:
         "aws_region": ami.region if ami else "",
         "aws_instance_type": ami.instance_type if ami else "",
         "aws_source_ami": ami.source_ami if ami else "",
-        "aws_ssh_username": "admin",
+        "aws_ssh_username": ami.ssh_username if ami else "admin",
+        # unique per build, as Packer's {{timestamp}} convention: a rebuild never collides
+        "aws_ami_name": f"{spec.name}-{spec.version}-{stamp}",
+        "aws_encrypt_boot": ami.encrypt_boot if ami else True,
+        "aws_ssh_cidrs": list(ami.ssh_cidrs) if ami else [],
     }
     return values | overrides
+
+
+def _pairs(args: list[str]) -> list[list[str]]:
+    """QEMU's `-opt value` list as Packer's qemuargs rows."""
+    return [args[i : i + 2] for i in range(0, len(args), 2)]
 
 
 def make_build_key(work: Path) -> None:
@@ -246,6 +258,9 @@ def _packer_qemu(
         accelerator=accel,
         ansible_vars_file=str(ansible_vars(spec, lock, disk.SOURCES_LABEL, inventory_out)),
         serial_log=str(staging / "serial.log"),  # kept with the VM by --on-error=abort
+        guest_qemuargs=_pairs(
+            vmboot.guest_args("{{ .SSHHostPort }}", (work / "build_key.pub").read_text())
+        ),
     )
     pkrvars = work / "build.pkrvars.hcl"
     packer.write_vars(values, pkrvars)
@@ -331,7 +346,7 @@ def build_ami(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult) -> VmR
             spec,
             work,
             sources_dir=str(tree),
-            ansible_user="admin",
+            ansible_user=spec.vm.ami.ssh_username,
             ansible_become=True,
             ansible_vars_file=str(
                 ansible_vars(spec, lock, "", work / "inventory.json", app_archive)
@@ -349,9 +364,27 @@ def build_ami(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult) -> VmR
                 "passed), but building an AMI needs AWS credentials: set AWS_ACCESS_KEY_ID "
                 "and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE / ~/.aws/credentials, and re-run"
             )
+        if not values["aws_ssh_cidrs"]:
+            values["aws_ssh_cidrs"] = [f"{caller_public_ip()}/32"]
+            packer.write_vars(values, pkrvars)
         with progress.stage("build-vm: packer build", "amazon-ebs.vm"):
             packer.run(["build", *args], tdir, work, work / "packer.log")
     return VmResult("ami", "", "", None, {})
+
+
+def caller_public_ip(url: str = "https://checkip.amazonaws.com") -> str:
+    """This machine's address as AWS sees it (the service Packer's
+    temporary_security_group_source_public_ip asks), so the builder's SSH port is open to it
+    alone; checked to be an address before it reaches a security group."""
+    try:
+        with urllib.request.urlopen(url, timeout=20) as r:
+            text = r.read(64).decode().strip()
+        return str(ipaddress.ip_address(text))
+    except (OSError, ValueError) as e:
+        raise ImageBuildError(
+            f"build-vm --target ami: cannot learn this machine's public IP from {url} ({e}); "
+            "set vm.ami.ssh_cidrs to the networks that may reach the builder's SSH port"
+        ) from e
 
 
 def ami_sources(spec: Spec, lock: Lock, fetched: FetchResult, tree: Path) -> str:

@@ -5,7 +5,7 @@ testinfra's `docker://` backend reaches it with `docker exec` (no IP traffic).
 VM: a throw-away overlay on the qcow2, booted through libvirt (`qemu:///system`, domain type
 qemu; libvirtd/virtlogd started if they are not running) or, if libvirt is unusable, plain QEMU
 (imagebuild.vmboot). Either way: user networking with SSH forwarded on 127.0.0.1 only and a
-fresh key passed through fw_cfg (the image's hook keeps it in /run); testinfra's `ssh://`.
+fresh key passed as systemd's login credential (vmboot.guest_args); testinfra's `ssh://`.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ DOMAIN_XML = """<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domai
   <memory unit='MiB'>{memory}</memory>
   <vcpu>{cpus}</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
-  <features><acpi/><apic/></features>  <!-- the guest finds fw_cfg through ACPI -->
+  <features><acpi/><apic/></features>
   <cpu mode='maximum' check='none'/>
   <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>
   <on_poweroff>destroy</on_poweroff>
@@ -90,12 +90,7 @@ DOMAIN_XML = """<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domai
     <serial type='file'><source path={serial}/><target port='0'/></serial>
   </devices>
   <qemu:commandline>
-    <qemu:arg value='-netdev'/>
-    <qemu:arg value='user,id=ibnet0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22'/>
-    <qemu:arg value='-device'/>
-    <qemu:arg value='virtio-net-pci,netdev=ibnet0,addr=0x10'/>
-    <qemu:arg value='-fw_cfg'/>
-    <qemu:arg value={fwcfg}/>
+{qemu_args}
   </qemu:commandline>
 </domain>
 """
@@ -157,8 +152,10 @@ def _libvirt_vm(conn: Any, disk: Path, work: Path, memory: int, cpus: int) -> It
         cpus=cpus,
         disk=quoteattr(str(overlay)),
         serial=quoteattr(str(serial)),
-        port=port,
-        fwcfg=quoteattr(f"name=opt/imagebuild/ssh_key,file={key}.pub"),
+        qemu_args="\n".join(
+            f"    <qemu:arg value={quoteattr(a)}/>"
+            for a in vmboot.guest_args(port, Path(f"{key}.pub").read_text())
+        ),
     )
     start = time.monotonic()
     dom = conn.createXML(xml, 0)  # transient: gone from libvirt once destroyed
