@@ -5,9 +5,12 @@ Layout under the cache root (default ~/.cache/imagebuild, or $IMAGEBUILD_CACHE, 
   repos/<key>/                a flat apt repository (pool/*.deb hard links + Packages)
   wheelhouses/<key>/          wheels under their real names + requirements.txt with hashes
   apt/<key>/                  the private apt state used to resolve locks (mirror index cache)
-  verified.json               blob -> inode stat at its last good hash (see Cache.verified)
+  stages/<key>/, disks/<key>/ a container stage's layer; a base disk or sources disk
+  verified.json               blob or entry file -> inode stat at its last good hash
 Folders are made under a temporary name and renamed when complete, so a crash never leaves a
-half-made repo that a later build would trust.
+half-made repo that a later build would trust. Each such entry is sealed (`.seal.json`: the
+sha256 of every file, written last) and checked against its seal whenever it is reused, so
+a changed, added or removed file is found before it reaches an artifact (`Cache.intact`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imagebuild import progress
 
@@ -59,8 +63,17 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def stat_key(path: Path) -> list[int]:
+    """What Cache.verified remembers of a file at its last good hash."""
+    st = path.stat()
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 def digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+SEAL = ".seal.json"
 
 
 @dataclass(frozen=True)
@@ -75,7 +88,7 @@ class Cache:
         return p.is_file() and (size is None or p.stat().st_size == size)
 
     @contextmanager
-    def verified(self) -> Iterator[dict[str, list[int]]]:
+    def verified(self) -> Iterator[dict[str, list[Any]]]:
         """What the last hashes proved: blob -> [inode, size, mtime_ns, ctime_ns] at the time.
         A blob whose stat still matches is not hashed again (as git trusts its index): any
         write, truncation or chmod moves ctime, which user space cannot set back. Saved on
@@ -118,15 +131,72 @@ class Cache:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     @contextmanager
-    def building(self, kind: str, key: str) -> Iterator[Path]:
-        """Yield a temp folder that becomes `kind/key` only if the body succeeds."""
+    def building(self, kind: str, key: str, known: dict[str, str] | None = None) -> Iterator[Path]:
+        """Yield a temp folder that becomes `kind/key` only if the body succeeds, sealed with
+        the sha256 of every file in it (`known`: hashes the body already computed, by path
+        relative to the folder, e.g. a layer's diff_id; the rest are hashed now)."""
         final = self.dir(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=final.parent))
         try:
             yield tmp
+            self._seal(tmp, final, known or {})
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _seal(self, tmp: Path, final: Path, known: dict[str, str]) -> None:
+        files = sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != SEAL)
+        seal = {}
+        with self.verified() as memo:
+            for path in files:
+                rel = str(path.relative_to(tmp))
+                seal[rel] = known.get(rel) or sha256_file(path)
+                # renaming the folder keeps every file's inode and times: remembered as good
+                memo[self._memo_key(final / rel)] = [*stat_key(path), seal[rel]]
+        (tmp / SEAL).write_text(json.dumps(seal, indent=0, sort_keys=True))
+
+    def _memo_key(self, path: Path) -> str:
+        return "entry:" + str(path.relative_to(self.root))
+
+    def seal_problem(self, kind: str, key: str, expect: dict[str, str] | None = None) -> str | None:
+        """Why the entry `kind/key` cannot be trusted, or None: no seal, a file added, removed
+        or with other bytes than sealed, or (`expect`, for entries the lock determines) a
+        sealed hash other than the lock's. Only files whose stat changed are hashed again."""
+        folder = self.dir(kind, key)
+        try:
+            seal: dict[str, str] = json.loads((folder / SEAL).read_text())
+        except (OSError, ValueError):
+            return "has no seal (made by an older imagebuild, or cut short)"
+        for rel, sha in (expect or {}).items():
+            if seal.get(rel) != sha:
+                return f"seals {rel} as {seal.get(rel)}, the lock says {sha}"
+        present = {str(p.relative_to(folder)) for p in folder.rglob("*")
+                   if p.is_file() and p.name != SEAL}  # fmt: skip
+        if present != seal.keys():
+            extra, gone = sorted(present - seal.keys()), sorted(seal.keys() - present)
+            return f"has files added {extra[:3]} or removed {gone[:3]} since it was sealed"
+        with self.verified() as memo:
+            for rel, sha in seal.items():
+                path, mkey = folder / rel, self._memo_key(folder / rel)
+                if memo.get(mkey) == [*stat_key(path), sha]:
+                    continue
+                memo.pop(mkey, None)
+                if sha256_file(path) != sha:
+                    return f"has {rel} changed since it was sealed (sha256 differs)"
+                memo[mkey] = [*stat_key(path), sha]
+        return None
+
+    def intact(self, kind: str, key: str, expect: dict[str, str] | None = None) -> bool:
+        """Whether a finished entry can be reused; a tampered one is said, removed, and then
+        made again by its caller like a missing one."""
+        if not self.dir(kind, key).is_dir():
+            return False
+        problem = self.seal_problem(kind, key, expect)
+        if problem is None:
+            return True
+        progress.say(f"cache entry {kind}/{key[:12]} {problem}: removing it, it is made again")
+        shutil.rmtree(self.dir(kind, key))
+        return False

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from imagebuild import progress
-from imagebuild.cache import Cache, atomic_file, sha256_file
+from imagebuild.cache import Cache, atomic_file, sha256_file, stat_key
 from imagebuild.errors import ImageBuildError
 from imagebuild.lock.lockfile import DebPackage, Lock, Wheel
 
@@ -152,11 +152,6 @@ def _unique(items: list[DebPackage | Wheel]) -> list[DebPackage | Wheel]:
     return list({i.sha256: i for i in items}.values())
 
 
-def _stat_key(path: Path) -> list[int]:
-    st = path.stat()
-    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-
-
 def verify_blob(
     cache: Cache, item: DebPackage | Wheel, repair: bool = True, memo: dict | None = None
 ) -> bool:
@@ -167,7 +162,7 @@ def verify_blob(
     if not path.is_file():
         return False
     memo = {} if memo is None else memo
-    key = _stat_key(path)
+    key = stat_key(path)
     if memo.get(item.sha256) == key:
         return True
     if sha256_file(path) == item.sha256:
@@ -202,15 +197,25 @@ def _release(suite: str, packages: Path, epoch: int) -> str:
     )
 
 
+def _pool_hashes(items: list[DebPackage]) -> dict[str, str]:
+    """What a repo's pool must hold: the lock anchors the entry's seal (a seal rewritten along
+    with a file still differs from the lock)."""
+    return {f"pool/{i.basename}": i.sha256 for i in items}
+
+
+def _wheel_hashes(lock: Lock) -> dict[str, str]:
+    return {w.filename: w.sha256 for w in lock.python}
+
+
 def _apt_repo(cache: Cache, lock: Lock, section: str) -> Path:
     """An apt repo (`deb [trusted=yes] file:DIR SUITE main`) holding exactly one lock section."""
     key = lock.section_digest(section)
     final = cache.dir("repos", key)
-    if (final / COMPLETE).exists():
-        return final
     items = lock.shared + (lock.vm if section == "vm" else [])
+    if cache.intact("repos", key, _pool_hashes(items)):
+        return final
     suite = str(lock.header["suite"])
-    with cache.building("repos", key) as tmp:
+    with cache.building("repos", key, _pool_hashes(items)) as tmp:
         _link_all(cache, items, tmp / "pool", lambda i: i.basename)
         index = tmp / "dists" / suite / "main" / "binary-amd64" / "Packages"
         index.parent.mkdir(parents=True)
@@ -237,9 +242,9 @@ def apt_source(repo: Path, suite: str, scheme: str = "file") -> str:
 def _wheelhouse(cache: Cache, lock: Lock) -> Path:
     key = lock.section_digest("python")
     final = cache.dir("wheelhouses", key)
-    if (final / COMPLETE).exists():
+    if cache.intact("wheelhouses", key, _wheel_hashes(lock)):
         return final
-    with cache.building("wheelhouses", key) as tmp:
+    with cache.building("wheelhouses", key, _wheel_hashes(lock)) as tmp:
         _link_all(cache, lock.python, tmp, lambda w: w.filename)
         # One requirements file per installing role: python_env's, then each stack's.
         # python_env's file even when the spec's own requirements pin nothing (gpu-probe: every
@@ -278,11 +283,20 @@ def local_sources(lock: Lock, cache: Cache) -> FetchResult:
     error saying to run `invoke fetch`. Builds never download."""
     bad = missing(cache, lock, repair=False)
     paths = source_dirs(cache, lock)
-    if bad or not all((p / COMPLETE).exists() for p in paths):
-        first = f" (first: {_label(bad[0])})" if bad else ""
+    if bad:
         raise FetchError(
-            f"{len(bad)} locked files missing or corrupt in {cache.root}{first}; run `invoke fetch`"
+            f"{len(bad)} locked files missing or corrupt in {cache.root} (first: "
+            f"{_label(bad[0])}); run `invoke fetch`"
         )
+    expect = (
+        _pool_hashes(lock.shared), _pool_hashes(lock.shared + lock.vm), _wheel_hashes(lock)
+    )  # fmt: skip
+    for path, anchor in zip(paths, expect, strict=True):
+        problem = cache.seal_problem(path.parent.name, path.name, anchor)
+        if problem or not (path / COMPLETE).exists():
+            raise FetchError(
+                f"{path} {problem or 'is not complete'}; run `invoke fetch` (it makes it again)"
+            )
     return FetchResult(0, len(lock.shared) + len(lock.vm) + len(lock.python), 0, *paths)
 
 

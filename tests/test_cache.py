@@ -1,14 +1,16 @@
-"""The blob cache's stat memo: unchanged blobs are not hashed again, any change is."""
+"""The blob cache's stat memo (unchanged blobs are not hashed again, any change is) and the
+seals of derived entries."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
 from imagebuild import cache as cache_mod
 from imagebuild import fetch
-from imagebuild.cache import Cache, atomic_file
+from imagebuild.cache import SEAL, Cache, atomic_file
 from imagebuild.lock.lockfile import Wheel
 
 
@@ -57,3 +59,36 @@ def test_atomic_file_gives_a_normal_file_mode_and_nothing_on_failure(
     except RuntimeError:
         pass
     assert sorted(p.name for p in dest.parent.iterdir()) == ["x.json"]
+
+
+def test_entries_are_sealed_and_a_changed_file_is_found(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    with cache.building("repos", "k1", {"pool/a.deb": hashlib.sha256(b"A").hexdigest()}) as d:
+        (d / "pool").mkdir()
+        (d / "pool" / "a.deb").write_bytes(b"A")
+        (d / "Packages").write_text("Package: a\n")
+    expect = {"pool/a.deb": hashlib.sha256(b"A").hexdigest()}
+    assert cache.seal_problem("repos", "k1", expect) is None
+    (cache.dir("repos", "k1") / "Packages").write_text("Package: b\n")
+    assert "has Packages changed" in (cache.seal_problem("repos", "k1") or "")
+    assert not cache.intact("repos", "k1") and not cache.dir("repos", "k1").exists()
+
+    with cache.building("repos", "k2") as d:
+        (d / "x").write_text("x")
+    (cache.dir("repos", "k2") / "extra").write_text("y")
+    assert "added ['extra']" in (cache.seal_problem("repos", "k2") or "")
+
+    # A seal rewritten together with the file still differs from what the lock says.
+    with cache.building("repos", "k3", dict(expect)) as d:
+        (d / "pool").mkdir()
+        (d / "pool" / "a.deb").write_bytes(b"A")
+    folder = cache.dir("repos", "k3")
+    (folder / "pool" / "a.deb").write_bytes(b"B")
+    seal = json.loads((folder / SEAL).read_text())
+    seal["pool/a.deb"] = hashlib.sha256(b"B").hexdigest()
+    (folder / SEAL).write_text(json.dumps(seal))
+    assert cache.seal_problem("repos", "k3") is None  # consistent in itself...
+    assert "the lock says" in (cache.seal_problem("repos", "k3", expect) or "")  # ...not with it
+
+    (folder / SEAL).unlink()
+    assert "has no seal" in (cache.seal_problem("repos", "k3") or "")

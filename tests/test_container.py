@@ -339,3 +339,40 @@ def test_leftovers_of_a_killed_build_are_removed_by_the_next_run(
     assert r.returncode == 0, r.stderr
     assert "removed what a killed build left on this cache" in r.stderr
     assert not (containers() & left) and not list(cache_dir.glob("imagebuild-*"))
+
+
+def test_tampered_cache_entries_are_found_before_they_reach_an_image(
+    built, tmp_path: Path, locked_example: Path, cache_dir: Path
+) -> None:
+    """Derived entries are checked against their seals (and repos against the lock): a pool
+    .deb swapped for other bytes (a new file, so the blob store's own check cannot see it)
+    stops the build with what to do; a stage layer changed in place is made again, giving the
+    very image it should have."""
+    from imagebuild.build.container import stage_keys
+    from imagebuild.fetch import source_dirs
+
+    spec, _, first = built
+    lk = locking.read(locked_example.with_suffix(".lock"))
+    cache = tmp_path / "cache"
+    shutil.copytree(cache_dir, cache, ignore=shutil.ignore_patterns("disks", "logs"))
+    repo = source_dirs(Cache(cache), lk)[0]
+    victim, other = lk.shared[3], lk.shared[4]
+    pool = repo / "pool" / victim.basename
+    pool.unlink()
+    shutil.copy(repo / "pool" / other.basename, pool)
+    r = build(locked_example, cache, tmp_path / "dist")
+    assert r.returncode == 1 and tree(tmp_path / "dist") == set()
+    assert f"seals pool/{victim.basename}" not in r.stderr  # the seal is intact, the file not
+    assert f"has pool/{victim.basename} changed" in r.stderr and "run `invoke fetch`" in r.stderr
+    r = run_invoke("fetch", "--spec", str(locked_example), "--cache-dir", str(cache))
+    assert r.returncode == 0 and "removing it, it is made again" in r.stderr, r.stderr
+
+    app = Cache(cache).dir("stages", stage_keys(spec, lk)["app"]) / "layer.tar"
+    data = bytearray(app.read_bytes())
+    data[-1030] ^= 0xFF  # inside the last member or its padding: same size, other bytes
+    app.write_bytes(bytes(data))
+    r = build(locked_example, cache, tmp_path / "dist")
+    assert r.returncode == 0, r.stderr
+    assert "has layer.tar changed since it was sealed" in r.stderr
+    assert [ln.split()[1] for ln in r.stdout.splitlines() if "built in" in ln] == ["app"]
+    assert image_id(r.stdout) == image_id(first.stdout)

@@ -105,9 +105,44 @@ def test_special_env_values_are_escaped_for_systemd(tmp_path: Path) -> None:
     value = quoted.replace("%%", "\0").replace('\\"', '"').replace("\\\\", "\\")
     assert value.replace("\0", "%") == f"K={SPECIAL}"
     assert "%" not in quoted.replace("%%", "")  # no single % left for specifier expansion
-    path = tmp_path / "x.service"
-    path.write_text(unit)
-    if shutil.which("systemd-analyze"):  # systemd's own parser accepts the unit's syntax
-        r = subprocess.run(["systemd-analyze", "cat-config", str(path)], capture_output=True,
-                           text=True)  # fmt: skip
-        assert "Environment=" in r.stdout or r.returncode != 0
+
+
+HOSTILE_WORDS = [SPECIAL, "; touch /tmp/pwned", "$(id)", "`id`", "a\\'b", "--flag=x y", "*", ""]
+
+
+def test_hostile_arguments_stay_one_word_in_the_wrapper(tmp_path: Path) -> None:
+    """cmd and entrypoint arguments (legal in a spec) reach the program as the same argv."""
+    wrapper = tmp_path / "wrapper"
+    wrapper.write_text(_render(
+        roles.ROLES_DIR / "app" / "templates" / "entrypoint.sh.j2",
+        imagebuild_env={}, imagebuild_app_dest=str(tmp_path),
+        imagebuild_cmd=HOSTILE_WORDS, imagebuild_exec=["/usr/bin/printf", "[%s]\\n"],
+    ))  # fmt: skip
+    r = subprocess.run(["sh", str(wrapper)], capture_output=True, text=True, cwd=tmp_path)
+    assert r.stdout == "".join(f"[{w}]\n" for w in HOSTILE_WORDS), r.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_the_mirror_hook_writes_the_line_and_runs_nothing(tmp_path: Path) -> None:
+    """mmdebstrap's customize hook, run the way mmdebstrap runs it (`sh -c HOOK sh ROOT`),
+    with a source line crafted to close the quote (the lock schema refuses such a mirror
+    first; this is the second wall)."""
+    from imagebuild.build.container import sources_hook
+
+    (tmp_path / "etc" / "apt").mkdir(parents=True)
+    line = f"deb http://x/' ; touch {tmp_path}/pwned ; ' bookworm main $(id) `id`"
+    r = subprocess.run(["sh", "-c", sources_hook(line), "sh", str(tmp_path)])
+    assert r.returncode == 0
+    assert (tmp_path / "etc" / "apt" / "sources.list").read_text() == line + "\n"
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_the_login_key_cannot_add_qemu_options() -> None:
+    """QEMU splits option values at commas: a key with one (or a second line) is refused."""
+    from imagebuild import vmboot
+
+    args = vmboot.guest_args(2222, "ssh-ed25519 AAAAC3Nza k@h\n")
+    assert args[-1] == f"type=11,value={vmboot.LOGIN_CREDENTIAL}=ssh-ed25519 AAAAC3Nza k@h"
+    for bad in ("ssh-ed25519 AAAA,file=/etc/shadow", "ssh-ed25519 A\nssh-rsa B"):
+        with pytest.raises(vmboot.BootError):
+            vmboot.guest_args(2222, bad)

@@ -157,7 +157,9 @@ def stage_cached(cache: Cache, key: str) -> bool:
 
 
 def cached(cache: Cache, key: str) -> tuple[Layer, Manifest] | None:
-    if not stage_cached(cache, key):
+    """The stage's layer and manifest, if made and still what was sealed (else None: made
+    again; a tampered entry is said and removed)."""
+    if not (stage_cached(cache, key) and cache.intact("stages", key)):
         return None
     d = cache.dir("stages", key)
     meta = json.loads((d / "layer.json").read_text())
@@ -170,8 +172,10 @@ def _store(
     cache: Cache, key: str, build: Callable[[Path], tuple[Layer, Manifest, int | None]]
 ) -> tuple[Layer, Manifest, int | None]:
     """Run `build(tmpdir)` and keep its layer and manifest only if it succeeds."""
-    with cache.building("stages", key) as tmp:
+    known: dict[str, str] = {}
+    with cache.building("stages", key, known) as tmp:
         layer, manifest, changed = build(tmp)
+        known["layer.tar"] = layer.diff_id.removeprefix("sha256:")
         save_manifest(manifest, tmp / "manifest.json")
         (tmp / "layer.json").write_text(
             json.dumps({"diff_id": layer.diff_id, "size": layer.size, "entries": layer.entries})
@@ -198,6 +202,12 @@ def _make_layer(
     return replace(layer, path=tmp / "layer.tar"), new_manifest, changed
 
 
+def sources_hook(source: str) -> str:
+    """mmdebstrap's hook that writes the image's apt source. mmdebstrap runs it with `sh -c`
+    on this host (as root), the root folder as $1: the line is quoted as one word."""
+    return f'printf "%s\\n" {shlex.quote(source)} > "$1/etc/apt/sources.list"'
+
+
 def _mmdebstrap(lock: Lock, repo: Path, tmp: Path) -> tuple[Layer, Manifest]:
     rootfs = tmp / "rootfs.tar"
     suite = str(lock.header["suite"])
@@ -211,8 +221,7 @@ def _mmdebstrap(lock: Lock, repo: Path, tmp: Path) -> tuple[Layer, Manifest]:
         "--mode=root",
         "--format=tar",
         '--aptopt=Acquire::Languages "none"',
-        # mmdebstrap runs the hook with `sh -c` on this host: the line is quoted as one word.
-        f'--customize-hook=printf "%s\\n" {shlex.quote(source)} > "$1/etc/apt/sources.list"',
+        f"--customize-hook={sources_hook(source)}",
         suite,
         str(rootfs),
         apt_source(repo, suite, "copy"),

@@ -170,9 +170,10 @@ def base_disk(b: _Build, layers: list[Layer], container_key: str) -> BaseDisk:
     start = time.monotonic()
     key = disk_key(b.spec, b.lock, container_key)
     final = b.cache.dir("disks", key)
-    if not disk_cached(b.cache, key):
-        with b.cache.building("disks", key) as tmp:
-            _make(b, layers, key, tmp)
+    if not (disk_cached(b.cache, key) and b.cache.intact("disks", key)):
+        known: dict[str, str] = {}
+        with b.cache.building("disks", key, known) as tmp:
+            known["disk.qcow2"] = _make(b, layers, key, tmp)
     else:
         progress.say(f"build-vm: base disk: cached ({key[:12]})")
     meta = json.loads((final / "disk.json").read_text())
@@ -187,7 +188,8 @@ def base_disk(b: _Build, layers: list[Layer], container_key: str) -> BaseDisk:
     )
 
 
-def _make(b: _Build, layers: list[Layer], key: str, tmp: Path) -> None:
+def _make(b: _Build, layers: list[Layer], key: str, tmp: Path) -> str:
+    """Make the base disk in `tmp`; returns its sha256."""
     assert len(layers) == len(STAGES)
     spec, lock = b.spec, b.lock
     root_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"imagebuild:{key}"))
@@ -211,6 +213,7 @@ def _make(b: _Build, layers: list[Layer], key: str, tmp: Path) -> None:
         (tmp / "disk.json").write_text(
             json.dumps({"sha256": sha, "kernel": kernel, "root_uuid": root_uuid}, indent=1)
         )
+        return sha
     finally:
         shutil.rmtree(rootfs, ignore_errors=True)
 
@@ -221,7 +224,7 @@ def sources_disk(b: _Build) -> Path:
     key = digest("sources-disk", DISK_LAYOUT, b.lock.section_digest("vm"),
                  b.lock.section_digest("python"))  # fmt: skip
     final = b.cache.dir("disks", key)
-    if (final / "sources.img").exists():
+    if (final / "sources.img").exists() and b.cache.intact("disks", key):
         return final / "sources.img"
     with (
         progress.stage("build-vm: sources disk", "local apt repo + wheelhouse") as st,
