@@ -185,8 +185,8 @@ def build_container(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist"):
 
 @cli(
     dist="Output folder (default ./dist).",
-    target="qemu (default: qcow2/OVA/Vagrant box, built here) or ami (amazon-ebs; needs AWS "
-    "credentials, validated offline without them).",
+    target="qemu (default: qcow2/OVA/Vagrant box, built here) or ami (the same qcow2 as an "
+    "EBS snapshot + AMI, vm.ami; needs AWS credentials from the standard chain).",
     on_error="cleanup (default) or abort: keep the failed VM and its disk, as Packer's "
     "-on-error=abort.",
 )
@@ -200,7 +200,12 @@ def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", o
     if on_error not in vm.ON_ERROR:
         raise Exit(f"error: --on-error: {on_error!r} is not one of {', '.join(vm.ON_ERROR)}", 2)
     with _prepare(spec, cache_dir, "build-vm") as prepared:
-        r = vm.build(*prepared, Path(dist), target, on_error)
+        if target == "ami":
+            from imagebuild.build import ami
+
+            r = ami.build(*prepared, Path(dist), on_error)
+        else:
+            r = vm.build(*prepared, Path(dist), target, on_error)
     if r.base_disk:
         state = "cached" if r.base_disk.reused else f"built in {r.base_disk.seconds}s"
         print(f"base disk sha256:{r.base_disk.sha256[:12]} kernel {r.base_disk.kernel} ({state})")

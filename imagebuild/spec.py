@@ -49,6 +49,8 @@ DEFAULT_VM_PACKAGES = [
     "initramfs-tools",
     "kmod",
     "e2fsprogs",
+    # the platform's login (NoCloud, ConfigDrive, OVF, EC2 metadata): one disk for every format
+    "cloud-init",
 ]
 
 
@@ -272,6 +274,14 @@ class Container:
 
 @dataclass(frozen=True)
 class Ami:
+    method: str = field(
+        default="import",
+        metadata=meta(
+            "import: this build's qcow2 disk becomes the AMI (EBS direct APIs + RegisterImage); "
+            "stock: Packer's amazon-ebs provisions `source_ami` (its own packages stay).",
+            _one_of("import", "stock"),
+        ),
+    )
     region: str = field(
         default="eu-west-1",
         metadata=meta(
@@ -281,30 +291,38 @@ class Ami:
     instance_type: str = field(
         default="t3.large",
         metadata=meta(
-            "Builder instance type.", _pattern(r"[a-z0-9]+\.[a-z0-9]+", "an instance type")
+            "method stock: builder instance type.",
+            _pattern(r"[a-z0-9]+\.[a-z0-9]+", "an instance type"),
         ),
     )
     source_ami: str = field(
         default="",
         metadata=meta(
-            "Stock Debian AMI to start from.", _pattern(r"(ami-[0-9a-f]{8,17})?", "an AMI id")
+            "method stock: the Debian AMI to start from.",
+            _pattern(r"(ami-[0-9a-f]{8,17})?", "an AMI id"),
         ),
     )
     ssh_username: str = field(
         default="admin",
         metadata=meta(
-            "Login user of the source AMI.",
+            "method stock: login user of the source AMI.",
             lambda v, _: None if USER_NAME.fullmatch(v) else f"{v!r} is not a user name",
         ),
     )
     encrypt_boot: bool = field(
-        default=True, metadata=meta("Encrypt the AMI's boot volume snapshot (EBS).")
+        default=True, metadata=meta("Encrypt the AMI's snapshot (EBS default key).")
+    )
+    force_deregister: bool = field(
+        default=False,
+        metadata=meta(
+            "method import: replace an AMI of the same name (names are unique per build)."
+        ),
     )
     ssh_cidrs: list[str] = field(
         default_factory=list,
         metadata=meta(
-            "Who may reach the builder's SSH port; empty = the caller's public IP/32 (asked "
-            "from checkip.amazonaws.com at build time, as Packer's own option does).",
+            "method stock: who may reach the builder's SSH port; empty = the caller's public "
+            "IP/32 (asked from checkip.amazonaws.com at build time, as Packer's option does).",
             None,
             _public_cidr,
         ),
@@ -585,8 +603,8 @@ def _cross_checks(spec: Spec, ctx: Context) -> None:
         )
     if spec.gpu and "non-free" not in spec.base.components:
         fail("base.components", "gpu: needs the 'non-free' component for the NVIDIA driver")
-    if spec.vm.ami and not spec.vm.ami.source_ami:
-        fail("vm.ami.source_ami", "missing: the stock AMI the amazon-ebs build starts from")
+    if spec.vm.ami and spec.vm.ami.method == "stock" and not spec.vm.ami.source_ami:
+        fail("vm.ami.source_ami", "missing: vm.ami.method stock starts from a stock AMI")
     for i, s in enumerate(spec.stacks):
         info = roles.role(s).variant(bool(spec.gpu))
         if spec.stacks.index(s) != i:

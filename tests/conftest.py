@@ -105,9 +105,11 @@ def locked_example(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) ->
     return spec
 
 
-def build_vm(spec: Path, cache: Path, dist: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def build_vm(
+    spec: Path, cache: Path, dist: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     args = ["--spec", str(spec), "--cache-dir", str(cache), "--dist", str(dist)]
-    return run_invoke("build-vm", *args, *extra)
+    return run_invoke("build-vm", *args, *extra, env=env)
 
 
 @pytest.fixture(scope="session")

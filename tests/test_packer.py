@@ -15,7 +15,7 @@ import pytest
 from packaging.version import Version
 
 from imagebuild import packer, provision
-from imagebuild.build import vm
+from imagebuild.build import ami, vm
 from imagebuild.errors import ImageBuildError
 from imagebuild.fetch import FetchResult
 from imagebuild.lock import lockfile
@@ -117,7 +117,7 @@ def test_packer_validate_catches_a_bad_value(tmp_path: Path) -> None:
 
 
 @pytest.mark.network
-def test_ami_target_validates_then_asks_for_credentials(
+def test_ami_target_asks_for_credentials_before_building(
     tmp_path: Path, locked_example: Path, cache_dir: Path
 ) -> None:
     env = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_PROFILE": "",
@@ -126,8 +126,8 @@ def test_ami_target_validates_then_asks_for_credentials(
                    "--cache-dir", str(cache_dir), "--dist", str(tmp_path / "dist"),
                    env=env)  # fmt: skip
     assert r.returncode != 0
-    assert "packer validate: done" in r.stderr
-    assert "needs AWS credentials" in r.stderr and "Traceback" not in r.stderr
+    assert "needs AWS credentials (nothing was built)" in r.stderr and "Traceback" not in r.stderr
+    assert "build-vm: base disk" not in r.stderr
     assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
 
 
@@ -142,7 +142,7 @@ def test_ami_uploads_the_app_the_stock_ami_lacks(tmp_path: Path, locked_example:
         d.mkdir()
         (d / "marker").write_text(d.name)
     fetched = FetchResult(0, 0, 0, repo, repo, wheels)
-    archive = vm.ami_sources(spec, lock, fetched, tmp_path / "up")
+    archive = ami.stock_sources(spec, lock, fetched, tmp_path / "up")
     assert archive == f"{vm.SOURCES_DIR}/app.tar"
     with tarfile.open(tmp_path / "up" / "app.tar") as tar:
         names = tar.getnames()
@@ -200,9 +200,9 @@ def test_caller_ip_is_checked_before_it_opens_ssh(tmp_path: Path) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/"
     try:
-        assert vm.caller_public_ip(url) == "203.0.113.7"
+        assert ami.caller_public_ip(url) == "203.0.113.7"
         with pytest.raises(ImageBuildError, match="vm.ami.ssh_cidrs"):
-            vm.caller_public_ip(url)
+            ami.caller_public_ip(url)
     finally:
         server.shutdown()
 

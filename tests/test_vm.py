@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from typing import Any
 import docker
 import pytest
 
+from imagebuild import leftovers
 from imagebuild import lock as locking
 from imagebuild import spec as specmod
 from imagebuild.build.formats import filename
@@ -182,15 +184,21 @@ def _packer_booting(spec: specmod.Spec, cache_dir: Path, dist: Path, name: str, 
     text = spec.path.read_text().replace(f"memory_mb: {spec.vm.memory_mb}", f"memory_mb: {memory}")
     other = spec.path.with_name(f"imagebuild-{name}.yaml")
     other.write_text(text)
+    # memory is no lock input: the example's lock is this spec's lock
+    shutil.copy(spec.path.with_suffix(".lock"), other.with_suffix(".lock"))
     proc = subprocess.Popen(
         [str(Path(os.sys.executable).with_name("invoke")), "build-vm", "--spec", str(other),
          "--cache-dir", str(cache_dir), "--dist", str(dist)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stderr is not None
+    seen = []
     for line in proc.stderr:
+        seen.append(line)
         if "Waiting for SSH" in line:
             break
+    else:  # the build ended before Packer booted: the test would prove nothing
+        pytest.fail("build-vm never reached Packer's boot:\n" + "".join(seen[-30:]))
     proc.spec_file = other  # type: ignore[attr-defined]
     return proc
 
@@ -210,3 +218,28 @@ def test_ctrl_c_during_packer_leaves_nothing(
     assert _build_qemu(spec) == []
     assert tree(dist) == before
     assert len(docker.from_env().containers.list(all=True)) == len(containers)
+
+
+def test_kill_9_during_packer_leaves_nothing_after_the_next_run(vm_built, cache_dir: Path) -> None:
+    """kill -9 of build-vm while Packer boots (no clean-up of its own runs): once the next
+    build-vm on the same cache and dist has run (nothing to rebuild for it), no QEMU or Packer
+    process, scratch folder or staging folder of the killed build remains, and it said so."""
+    spec, dist, _ = vm_built
+    proc = _packer_booting(spec, cache_dir, dist, "kill9", 1280)
+    scratch, staging = set(cache_dir.glob("imagebuild-*")), set(dist.glob(".imagebuild-vm-*"))
+    assert scratch and staging, "a booting build has a scratch and a staging folder"
+    proc.kill()
+    proc.wait(timeout=60)
+    r = build_vm(spec.path, cache_dir, dist)
+    assert r.returncode == 0 and "nothing changed" in r.stderr, r.stderr
+    # Packer (its own session) may stop its QEMU itself once its output pipe closes, or
+    # outlive the build: either way the scratch folder is left, and the sweep names it.
+    assert "removed what a killed build left on this cache" in r.stderr, r.stderr
+    assert "removed a killed build's staging folder" in r.stderr, r.stderr
+    deadline = time.monotonic() + 30
+    while _build_qemu(spec) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _build_qemu(spec) == []
+    assert not set(cache_dir.glob("imagebuild-*")) & scratch
+    assert not set(dist.glob(".imagebuild-vm-*")) & staging
+    assert not [cmd for _, cmd in leftovers.processes() if "packer" in cmd and "kill9" in cmd]

@@ -7,23 +7,20 @@ provisioner runs ansible/vm.yml (the container's site.yml + VM plays + finalize)
 while it is turned into the other formats (imagebuild.build.formats). Everything is assembled
 in a hidden folder inside dist/ and renamed into place at the end; the record is written last.
 
-ami target: the same template's amazon-ebs source from a stock AMI, the same vm.yml with the
-sources uploaded; `packer validate` runs offline, the build needs AWS credentials.
+ami target: imagebuild.build.ami (this build's qcow2 as an EBS snapshot, or a stock AMI
+provisioned by the template's amazon-ebs source).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +30,6 @@ from imagebuild import inventory as inv
 from imagebuild.build import container, disk
 from imagebuild.build.formats import FORMATS, filename, qcow2
 from imagebuild.cache import Cache, atomic_file, digest
-from imagebuild.errors import ImageBuildError
 from imagebuild.fetch import FetchResult
 from imagebuild.lock.lockfile import Lock
 from imagebuild.spec import Spec
@@ -41,10 +37,6 @@ from imagebuild.spec import Spec
 TARGETS = ("qemu", "ami")
 ON_ERROR = ("cleanup", "abort")
 SOURCES_DIR = "/var/lib/imagebuild"  # where vm_sources mounts (qemu) or Packer uploads (ami)
-
-
-class AwsCredentialsError(ImageBuildError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -192,8 +184,7 @@ def build(
     on_error: str = "cleanup",
 ) -> VmResult:
     dist = dist.resolve()  # Packer runs in the template folder: every path must be absolute
-    if target == "ami":
-        return build_ami(spec, lock, cache, fetched)
+    assert target == "qemu", "--target ami is imagebuild.build.ami"
     keys = container.stage_keys(spec, lock)
     out = outputs(dist, spec)
     seconds: dict[str, float] = {}
@@ -204,6 +195,7 @@ def build(
         seconds["base disk"] = round(time.monotonic() - start, 1)
         key = vm_key(spec, lock, base.key)
         record = out["record"]
+        leftovers.sweep_staging(dist, b.cache, "build-vm")  # also when nothing else is to do
         if up_to_date(spec, lock, dist, base.key):
             previous = json.loads(record.read_text())
             progress.say(f"build-vm: nothing changed ({key[:12]}); outputs in {dist}")
@@ -211,7 +203,6 @@ def build(
         sources = disk.sources_disk(b)
         accel, why = vmboot.probe_accelerator()
         progress.say(f"build-vm: accelerator {accel} ({why})")
-        leftovers.sweep_staging(dist, b.cache, "build-vm")
         staging = dist / f".imagebuild-vm-{b.build_id}"
         staging.mkdir(parents=True)
         (staging / ".owner").write_text(f"{b.cache.root}\n")  # whose it is, should we be killed
@@ -328,82 +319,6 @@ def make_formats(written: Path, made: dict[str, Path], spec: Spec, lock: Lock) -
     written.unlink()
     for f in then:
         FORMATS[f].make(compressed, made[f], spec, sde)
-
-
-def build_ami(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult) -> VmResult:
-    """Render and validate the amazon-ebs build offline; build only with AWS credentials."""
-    if spec.vm.ami is None:
-        raise ImageBuildError(
-            f"{spec.where('vm')}: vm.ami: missing; `--target ami` needs vm.ami "
-            "(region, instance_type, source_ami)"
-        )
-    with tempfile.TemporaryDirectory(prefix="imagebuild-ami-", dir=cache.root) as tmp:
-        work = Path(tmp)
-        make_build_key(work)
-        tree = work / "sources"
-        app_archive = ami_sources(spec, lock, fetched, tree)
-        values = packer_values(
-            spec,
-            work,
-            sources_dir=str(tree),
-            ansible_user=spec.vm.ami.ssh_username,
-            ansible_become=True,
-            ansible_vars_file=str(
-                ansible_vars(spec, lock, "", work / "inventory.json", app_archive)
-            ),
-        )
-        pkrvars = work / "build.pkrvars.hcl"
-        packer.write_vars(values, pkrvars)
-        tdir = packer.stage_template(work / "packer")
-        args = ["-only=amazon-ebs.vm", f"-var-file={pkrvars}"]
-        with progress.stage("build-vm: packer validate", "amazon-ebs.vm (offline)"):
-            packer.run(["validate", *args], tdir, work, work / "packer.log")
-        if not _aws_credentials():
-            raise AwsCredentialsError(
-                "build-vm --target ami: the amazon-ebs template is valid (packer validate "
-                "passed), but building an AMI needs AWS credentials: set AWS_ACCESS_KEY_ID "
-                "and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE / ~/.aws/credentials, and re-run"
-            )
-        if not values["aws_ssh_cidrs"]:
-            values["aws_ssh_cidrs"] = [f"{caller_public_ip()}/32"]
-            packer.write_vars(values, pkrvars)
-        with progress.stage("build-vm: packer build", "amazon-ebs.vm"):
-            packer.run(["build", *args], tdir, work, work / "packer.log")
-    return VmResult("ami", "", "", None, {})
-
-
-def caller_public_ip(url: str = "https://checkip.amazonaws.com") -> str:
-    """This machine's address as AWS sees it (the service Packer's
-    temporary_security_group_source_public_ip asks), so the builder's SSH port is open to it
-    alone; checked to be an address before it reaches a security group."""
-    try:
-        with urllib.request.urlopen(url, timeout=20) as r:
-            text = r.read(64).decode().strip()
-        return str(ipaddress.ip_address(text))
-    except (OSError, ValueError) as e:
-        raise ImageBuildError(
-            f"build-vm --target ami: cannot learn this machine's public IP from {url} ({e}); "
-            "set vm.ami.ssh_cidrs to the networks that may reach the builder's SSH port"
-        ) from e
-
-
-def ami_sources(spec: Spec, lock: Lock, fetched: FetchResult, tree: Path) -> str:
-    """The folder Packer uploads to a stock AMI's SOURCES_DIR: the apt repo and wheelhouse
-    (hard links: the cache's bytes, no copy) and the app archive. A stock AMI, unlike the qemu
-    base disk, does not hold the app yet, so the app role must unpack it there. Returns the
-    archive's path on the instance ("" when the spec has no app)."""
-    shutil.copytree(fetched.repo_vm, tree / "repo", copy_function=os.link)
-    shutil.copytree(fetched.wheelhouse, tree / "wheels", copy_function=os.link)
-    if not provision.write_app_archive(spec, lock, tree / "app.tar"):
-        return ""
-    return f"{SOURCES_DIR}/app.tar"
-
-
-def _aws_credentials() -> bool:
-    env = os.environ
-    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-        return True
-    return bool(env.get("AWS_PROFILE")) or (Path.home() / ".aws" / "credentials").exists()
 
 
 def up_to_date(spec: Spec, lock: Lock, dist: Path, base_key: str) -> bool:
