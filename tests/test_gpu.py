@@ -270,6 +270,12 @@ def test_gpu_vm_verifies_statically_and_skips_runtime_checks(probe_built, cache_
     for runtime in ("gpu:nvidia-smi driver version", "gpu:CUDA call (imagebuild-cuda-probe)"):
         assert rows[runtime]["outcome"] == "skipped" and "no NVIDIA GPU" in rows[runtime]["problem"]
     assert "skipped: no NVIDIA GPU" in r.stdout
+    # An env value with %, $, quotes, a backslash and double spaces: the same in both artifacts
+    # (the container's image config and the VM's unit + wrapper, as the service sees it).
+    note = rows["env:PROBE_NOTE"]
+    assert (note["outcome"], note["container"], note["vm"]) == ("passed", spec.env["PROBE_NOTE"],
+                                                                spec.env["PROBE_NOTE"])  # fmt: skip
+    assert "\\" in spec.env["PROBE_NOTE"] and "%" in spec.env["PROBE_NOTE"]
 
 
 VERSIONS = Path(__file__).parent / "data" / "nvidia-version"

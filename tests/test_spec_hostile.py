@@ -146,3 +146,21 @@ def test_the_login_key_cannot_add_qemu_options() -> None:
     for bad in ("ssh-ed25519 AAAA,file=/etc/shadow", "ssh-ed25519 A\nssh-rsa B"):
         with pytest.raises(vmboot.BootError):
             vmboot.guest_args(2222, bad)
+
+
+def test_every_shell_task_splits_as_ansible_splits_it() -> None:
+    """Ansible splits a free-form `shell:` string as key=value arguments first: an odd quote in
+    a comment (an apostrophe) fails the play at load time, on the build VM, minutes in."""
+    from ansible.parsing.splitter import split_args
+
+    found = 0
+    for tasks in roles.ROLES_DIR.glob("*/tasks/*.yml"):
+        for task in yaml.safe_load(tasks.read_text()) or []:
+            for key in ("ansible.builtin.shell", "shell", "ansible.builtin.command"):
+                if isinstance(task.get(key), str):
+                    found += 1
+                    try:
+                        split_args(task[key])
+                    except Exception as e:  # AnsibleParserError: which task, and why
+                        pytest.fail(f"{tasks}: {task.get('name')}: {e}")
+    assert found > 5

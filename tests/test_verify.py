@@ -135,3 +135,30 @@ def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path) -> No
     assert all(ln.startswith("import:") for ln in others), named
     assert leftovers() == []
     client.images.remove("local/sabotage:c", force=True)
+
+
+def test_sha256sums_list_every_artifact_and_verify_checks_the_disk(
+    vm_built, locked_example: Path, tmp_path: Path
+) -> None:
+    """dist/SHA256SUMS (coreutils' format) holds every file the container and VM builds wrote;
+    verify refuses a disk whose bytes differ from its line, before booting anything."""
+    spec, dist, _ = vm_built
+    stem = f"{spec.name}-{spec.version}"
+    listed = {ln.split("  ", 1)[1] for ln in (dist / "SHA256SUMS").read_text().splitlines()}
+    suffixes = (".qcow2", ".ova", ".libvirt.box", ".oci.tar", ".vm.json", ".container.json",
+                ".vm.packages.txt", ".container.packages.txt")  # fmt: skip
+    for name in (stem + s for s in suffixes):
+        assert name in listed, name
+    r = subprocess.run(["sha256sum", "--ignore-missing", "-c", "SHA256SUMS"], cwd=dist,
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0 and "FAILED" not in r.stdout, r.stdout + r.stderr
+    copy = tmp_path / "dist"
+    copy.mkdir()
+    for name in (f"{stem}.qcow2", "SHA256SUMS"):
+        subprocess.run(["cp", "--reflink=auto", str(dist / name), str(copy / name)], check=True)
+    with (copy / f"{stem}.qcow2").open("ab") as f:
+        f.write(b"\0")
+    before = leftovers()
+    r = verify(locked_example, copy)
+    assert r.returncode == 1 and f"{stem}.qcow2: sha256 differs" in r.stderr, r.stderr[-2000:]
+    assert "VM boot to SSH" not in r.stderr and leftovers() == before

@@ -37,7 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from imagebuild import packer, progress, provision, vmboot
+from imagebuild import checksums, packer, progress, provision, vmboot
 from imagebuild.build import vm
 from imagebuild.cache import Cache, atomic_file, sha256_file
 from imagebuild.errors import ImageBuildError
@@ -224,6 +224,7 @@ def build(
     }  # fmt: skip
     with atomic_file(record) as t:
         t.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
+    checksums.record(dist.resolve(), [record])
     seconds = qemu.seconds | {"ami": round(time.monotonic() - start, 1)}
     parity = qemu.parity | {
         "ami": image_id,

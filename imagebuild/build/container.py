@@ -35,7 +35,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from imagebuild import __version__, builder, progress, provision, roles
+from imagebuild import __version__, builder, checksums, progress, provision, roles
 from imagebuild import inventory as inv
 from imagebuild.build import image as img
 from imagebuild.build.layers import (
@@ -715,6 +715,8 @@ def build(
             with atomic_file(record) as t:
                 shipped = {"app_files": provision.app_manifest(spec), "builder": builder.versions()}
                 t.write_text(json.dumps(asdict(result) | shipped, default=str, indent=1))
+        if not noop or not {p.name for p in out.values()} <= checksums.read(dist).keys():
+            checksums.record(dist, list(out.values()))
     return result
 
 

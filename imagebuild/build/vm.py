@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imagebuild import builder, leftovers, packer, progress, provision, roles, vmboot
+from imagebuild import builder, checksums, leftovers, packer, progress, provision, roles, vmboot
 from imagebuild import inventory as inv
 from imagebuild.build import container, disk
 from imagebuild.build.formats import FORMATS, filename, qcow2
@@ -215,6 +215,7 @@ def build(
                     "builder": builder.versions() | {"packer": packer.version()}
                 }
                 t.write_text(json.dumps(body, default=str, indent=1))
+            checksums.record(dist, list(out.values()))
             return result
         except BaseException:
             keep = on_error == "abort"

@@ -183,6 +183,8 @@ def disk_hygiene(disk: Path) -> dict[str, str]:
         leases = [f for f in ls("/var/lib/dhcp") if f.endswith(".leases") or "dhclient" in f]
         journal = [f for f in ls("/var/log/journal") if f not in (".", "..")]
         host_keys = [f for f in ls("/etc/ssh") if f.startswith("ssh_host_")]
+        # what cloud-init keeps of a boot: a clone with it would skip its own first boot
+        cloud = [f for f in ls("/var/lib/cloud") if f in ("instance", "instances", "data", "sem")]
         shadow = vmboot.debugfs_cat(part, "/etc/shadow").decode()
         root_pw = next(
             (ln.split(":")[1] for ln in shadow.splitlines() if ln.startswith("root:")), ""
@@ -200,4 +202,5 @@ def disk_hygiene(disk: Path) -> dict[str, str]:
             "systemd random seed (disk image)": " ".join(seed) or "none",
             "DHCP leases (disk image)": " ".join(leases) or "none",
             "journal files (disk image)": " ".join(journal) or "none",
+            "cloud-init instance state (disk image)": " ".join(cloud) or "none",
         }

@@ -28,6 +28,7 @@ DISK_HYGIENE = {
     "systemd random seed (disk image)": "none",
     "DHCP leases (disk image)": "none",
     "journal files (disk image)": "none",
+    "cloud-init instance state (disk image)": "none",
 }
 
 

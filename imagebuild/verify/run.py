@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from imagebuild import progress
+from imagebuild import checksums, progress
 from imagebuild.errors import ImageBuildError
 from imagebuild.spec import Spec
 from imagebuild.verify import hosts
@@ -64,6 +64,10 @@ def verify(
         contextlib.ExitStack() as up,
     ):
         work = Path(tmp)
+        if (dist / checksums.NAME).is_file() and disk.parent == dist.resolve():
+            with progress.stage("verify: SHA256SUMS", disk.name):
+                if problems := checksums.check(dist, [disk]):
+                    raise VerifyFailed("; ".join(problems) + " (rebuild it, or pass --vm)")
         with progress.stage("verify: container up", f"{ref}, --network none") as st:
             c = up.enter_context(hosts.container(ref))
             seconds["container start"] = c.seconds
