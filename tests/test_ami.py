@@ -4,6 +4,7 @@ moto cannot show (an instance booting from the AMI) is listed in the README's AM
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -128,7 +129,9 @@ def test_register_asks_for_imdsv2_ena_and_tags(tmp_path: Path, aws, monkeypatch)
     urllib.request.urlopen(urllib.request.Request(f"{base}/stop-recording", method="POST"))
     lines = urllib.request.urlopen(f"{base}/download-recording").read().decode().splitlines()
     calls = [json.loads(ln) for ln in lines if ln.strip()]
-    bodies = [urllib.parse.parse_qs(c.get("body") or "") for c in calls]
+    raw = [base64.b64decode(c["body"]).decode() if c.get("body_encoded") else c.get("body") or ""
+           for c in calls]  # fmt: skip
+    bodies = [urllib.parse.parse_qs(b) for b in raw]
     reg = next(b for b in bodies if b.get("Action") == ["RegisterImage"])
     assert {k: reg[k][0] for k in ("ImdsSupport", "EnaSupport", "BootMode", "Architecture",
                                    "RootDeviceName", "VirtualizationType", "Name")} == {

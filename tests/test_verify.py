@@ -117,8 +117,10 @@ def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path) -> No
         # Undo what any first boot does, so only the sabotage above differs; in one command
         # with the power-off, since sshd needs its host keys for every new connection. As
         # Packer's shutdown does: --force, so no service writes its state back.
+        # The login key too: systemd writes the credential's key only where there is none.
         b.ssh("truncate -s 0 /etc/machine-id; rm -f /etc/ssh/ssh_host_*; rm -f /var/lib/dhcp/* "
-              "/var/lib/systemd/random-seed; rm -rf /var/log/journal/*; sync; "
+              "/var/lib/systemd/random-seed /root/.ssh/authorized_keys; "
+              "rm -rf /var/log/journal/*; sync; "
               "systemctl poweroff --force")  # fmt: skip
     r = verify(locked_example, dist, "--container", "local/sabotage:c",
                "--vm", str(bad_vm / "overlay.qcow2"))  # fmt: skip

@@ -178,7 +178,7 @@ def ami_tags(spec: Spec, lock: Lock, dist: Path) -> list[dict[str, str]]:
         "Name": f"{spec.name} {spec.version}",
         "imagebuild:spec": spec.name,
         "imagebuild:version": spec.version,
-        "imagebuild:lock-sha256": lock.digest(),
+        "imagebuild:lock-sha256": lock.digest,
         "imagebuild:container-image": image_id,
     }
     return [{"Key": k, "Value": v} for k, v in pairs.items()]
