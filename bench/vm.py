@@ -1,6 +1,7 @@
 """Benchmark: build-vm per stage (base disk, Packer boot to SSH, provisioning, shutdown,
-outputs) beside the container's cold build, a no-op rebuild, and verify split into
-container start, VM boot to SSH and the test run.
+outputs) beside the container's cold build, a no-op rebuild, `--target ami` of that disk
+into a local AWS API (moto's server on 127.0.0.1: raw disk, EBS snapshot, RegisterImage), and
+verify split into container start, VM boot to SSH and the test run.
 
     .venv/bin/python bench/vm.py [--cache-dir DIR]
 
@@ -11,8 +12,41 @@ hard links). Issue #4's goal: VM build <= 3x the container's cold build (emulate
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from common import bench, table, timed
+
+
+@contextmanager
+def local_aws(work: Path) -> Iterator[dict[str, str]]:
+    """moto_server on a free loopback port, and the AWS settings that point at it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    moto = str(Path(sys.executable).with_name("moto_server"))
+    proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], cwd=work,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.3)
+    try:
+        yield {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+               "AWS_ENDPOINT_URL": url, "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def main() -> None:
@@ -20,6 +54,11 @@ def main() -> None:
         container_cold, _ = timed("build-container", *common)
         vm_cold, r = timed("build-vm", *common)
         vm_noop, _ = timed("build-vm", *common)
+        with local_aws(work) as env:
+            os.environ.update(env)
+            ami_total, a = timed("build-vm", *common, "--target", "ami")
+        ami_seconds = float(next(ln for ln in a.stdout.splitlines() if ln.startswith("seconds "))
+                            .rsplit("ami ", 1)[1])  # fmt: skip
         verify_total, _ = timed("verify", "--spec", spec, "--dist", str(work / "dist"))
         report = json.loads((work / "dist" / "verify" / "report.json").read_text())
         line = next(ln for ln in r.stdout.splitlines() if ln.startswith("seconds "))
@@ -31,6 +70,8 @@ def main() -> None:
             ("vm: build-vm total (container layers cached)", f"{vm_cold:.1f} s", ""),
             ("vm / container cold", f"{vm_cold / container_cold:.2f}x", "<= 3x"),
             ("vm: build-vm, nothing changed", f"{vm_noop:.1f} s", ""),
+            ("ami: raw disk + EBS snapshot + register (local AWS API)", f"{ami_seconds:.1f} s", ""),
+            ("ami: build-vm --target ami total", f"{ami_total:.1f} s", ""),
             *[(f"verify: {k}", f"{v:.1f} s", "") for k, v in report["seconds"].items()],
             ("verify: total", f"{verify_total:.1f} s", ""),
             ("vm: " + accel, "", ""),
