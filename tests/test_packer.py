@@ -121,7 +121,7 @@ def test_ami_target_asks_for_credentials_before_building(
     tmp_path: Path, locked_example: Path, cache_dir: Path
 ) -> None:
     env = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_PROFILE": "",
-           "HOME": str(tmp_path)}  # fmt: skip
+           "HOME": str(tmp_path), "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
     r = run_invoke("build-vm", "--spec", str(locked_example), "--target", "ami",
                    "--cache-dir", str(cache_dir), "--dist", str(tmp_path / "dist"),
                    env=env)  # fmt: skip
@@ -219,3 +219,16 @@ def test_ami_values_follow_the_spec(tmp_path: Path) -> None:
     assert values["aws_ssh_username"] == "debian" and values["aws_encrypt_boot"] is False
     assert values["aws_ssh_cidrs"] == ["198.51.100.0/24"]
     assert re.fullmatch(rf"{spec.name}-{spec.version}-\d{{8}}T\d{{6}}Z", values["aws_ami_name"])
+
+
+def test_no_aws_credentials_is_a_clear_error_before_anything(tmp_path: Path, monkeypatch) -> None:
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_PROFILE", "")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(ami.AwsCredentialsError, match="nothing was built"):
+        ami.session(load(EXAMPLE / "imagebuild.yaml"))
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    with pytest.raises(ami.AwsCredentialsError, match="no-such-profile"):
+        ami.session(load(EXAMPLE / "imagebuild.yaml"))

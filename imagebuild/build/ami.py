@@ -65,6 +65,8 @@ def session(spec: Spec) -> Any:
     import botocore.exceptions
 
     assert spec.vm.ami is not None
+    if os.environ.get("AWS_PROFILE") == "":  # blanked (as CI jobs do): no profile, not ""
+        del os.environ["AWS_PROFILE"]
     try:
         s = boto3.Session(region_name=spec.vm.ami.region)
         creds = s.get_credentials()
