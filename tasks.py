@@ -189,8 +189,10 @@ def build_container(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist"):
     "EBS snapshot + AMI, vm.ami; needs AWS credentials from the standard chain).",
     on_error="cleanup (default) or abort: keep the failed VM and its disk, as Packer's "
     "-on-error=abort.",
+    aws_region="--target ami: AWS region (default vm.ami.region).",
 )
-def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", on_error="cleanup"):
+def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", on_error="cleanup",
+             aws_region=None):  # fmt: skip
     """Build the VM images with Packer (qemu, TCG unless KVM works) from the spec and its lock,
     provisioned by the container's playbook."""
     from imagebuild.build import vm
@@ -203,7 +205,7 @@ def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", o
         if target == "ami":
             from imagebuild.build import ami
 
-            r = ami.build(*prepared, Path(dist), on_error)
+            r = ami.build(*prepared, Path(dist), on_error, aws_region)
         else:
             r = vm.build(*prepared, Path(dist), target, on_error)
     if r.base_disk:

@@ -29,6 +29,7 @@ Check = Any  # Callable[[value, Context], str | None]; kept loose to allow lambd
 DEBIAN_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+AWS_REGION = r"[a-z]{2}(-[a-z]+)+-\d"
 OCI_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 IMAGE_PATH = re.compile(r"(/[A-Za-z0-9._+-]+)+")
@@ -285,7 +286,8 @@ class Ami:
     region: str = field(
         default="eu-west-1",
         metadata=meta(
-            "AWS region.", _pattern(r"[a-z]{2}(-[a-z]+)+-\d", "an AWS region like eu-west-1")
+            "AWS region (`build-vm --aws-region` overrides it).",
+            _pattern(AWS_REGION, "an AWS region like eu-west-1"),
         ),
     )
     instance_type: str = field(

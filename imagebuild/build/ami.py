@@ -26,6 +26,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -43,7 +44,7 @@ from imagebuild.cache import Cache, atomic_file, sha256_file
 from imagebuild.errors import ImageBuildError
 from imagebuild.fetch import FetchResult
 from imagebuild.lock.lockfile import Lock
-from imagebuild.spec import Spec
+from imagebuild.spec import AWS_REGION, Spec
 
 BLOCK = 512 * 1024  # the EBS direct APIs' block size
 ROOT_DEVICE = "/dev/xvda"
@@ -58,9 +59,9 @@ class AwsError(ImageBuildError):
     pass
 
 
-def session(spec: Spec) -> Any:
-    """A boto3 session in the spec's region, credentials from the standard chain; refused
-    early (nothing built) without any."""
+def session(spec: Spec, region: str | None = None) -> Any:
+    """A boto3 session in `region` (default the spec's), credentials from the standard chain;
+    refused early (nothing built) without any."""
     import boto3
     import botocore.exceptions
 
@@ -68,7 +69,7 @@ def session(spec: Spec) -> Any:
     if os.environ.get("AWS_PROFILE") == "":  # blanked (as CI jobs do): no profile, not ""
         del os.environ["AWS_PROFILE"]
     try:
-        s = boto3.Session(region_name=spec.vm.ami.region)
+        s = boto3.Session(region_name=region or spec.vm.ami.region)
         creds = s.get_credentials()
     except botocore.exceptions.BotoCoreError as e:  # e.g. AWS_PROFILE names no profile
         raise AwsCredentialsError(f"build-vm --target ami: AWS configuration: {e}") from e
@@ -187,7 +188,13 @@ def ami_tags(spec: Spec, lock: Lock, dist: Path) -> list[dict[str, str]]:
 
 
 def build(
-    spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult, dist: Path, on_error: str
+    spec: Spec,
+    lock: Lock,
+    cache: Cache,
+    fetched: FetchResult,
+    dist: Path,
+    on_error: str,
+    region: str | None = None,
 ) -> vm.VmResult:
     if spec.vm.ami is None:
         raise ImageBuildError(
@@ -195,7 +202,9 @@ def build(
         )
     if spec.vm.ami.method == "stock":
         return build_stock(spec, lock, cache, fetched)
-    client = session(spec)
+    if region is not None and not re.fullmatch(AWS_REGION, region):
+        raise ImageBuildError(f"--aws-region: {region!r} is not an AWS region like eu-west-1")
+    client = session(spec, region)
     qemu = vm.build(spec, lock, cache, fetched, dist, "qemu", on_error)
     out = vm.outputs(dist.resolve(), spec)
     qcow2 = out["qcow2"]
