@@ -164,3 +164,17 @@ def test_every_shell_task_splits_as_ansible_splits_it() -> None:
                     except Exception as e:  # AnsibleParserError: which task, and why
                         pytest.fail(f"{tasks}: {task.get('name')}: {e}")
     assert found > 5
+
+
+def test_systemctl_show_quoting_is_read_back_exactly() -> None:
+    """verify reads the VM unit's Environment= from `systemctl show`, which quotes a value
+    with specials as systemd's shell_maybe_quote does (backslash before \\ " $ `)."""
+    from imagebuild.verify.facts import systemd_words
+
+    def systemd_quote(word: str) -> str:
+        if not any(c in word for c in " \\\"$`'"):
+            return word
+        return '"' + "".join("\\" + c if c in '\\"$`' else c for c in word) + '"'
+
+    words = [f"K={SPECIAL}", "PLAIN=1", "TICK=`id` \\$x", "EMPTY="]
+    assert systemd_words(" ".join(systemd_quote(w) for w in words)) == words

@@ -52,6 +52,29 @@ def _unit(host: Any, unit: str, prop: str) -> str:
     return host.check_output(f"systemctl show -p {prop} --value {shlex.quote(unit)}").strip()
 
 
+def systemd_words(text: str) -> list[str]:
+    """Split what `systemctl show` prints for a list of strings: words between spaces; a word
+    with special characters is in double quotes, with a backslash before each backslash,
+    double quote, dollar and backquote (systemd's shell_maybe_quote). Python's shlex.split
+    keeps a backslash before a dollar inside quotes, so it is not used here."""
+    words: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        if text[i] == " ":
+            i += 1
+            continue
+        word, quoted = [], text[i] == '"'
+        i += quoted
+        while i < n and text[i] != ('"' if quoted else " "):
+            if quoted and text[i] == "\\" and i + 1 < n:
+                i += 1
+            word.append(text[i])
+            i += 1
+        i += quoted
+        words.append("".join(word))
+    return words
+
+
 def _env_pairs(pairs: list[str]) -> dict[str, str]:
     return dict(p.split("=", 1) for p in pairs if "=" in p)
 
@@ -103,7 +126,7 @@ def collect(
         exec_start = _unit(host, unit, "ExecStart")
         started = exec_start.partition("argv[]=")[2].partition(" ;")[0] or "none"
         user = _unit(host, unit, "User") or "root"
-        env = _env_pairs(shlex.split(_unit(host, unit, "Environment")))
+        env = _env_pairs(systemd_words(_unit(host, unit, "Environment")))
         run_as = f"runuser -u {shlex.quote(user)} -- "
         facts["entrypoint"] |= {
             "ENTRYPOINT+CMD / wrapper": _wrapper_argv(wrapper.content_string)
