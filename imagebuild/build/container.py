@@ -327,8 +327,8 @@ def stage_container(
     client, spec, lock, build_id = b.client, b.spec, b.lock, b.build_id
     tag = f"imagebuild-stage/{spec.name}:{build_id}-{name}"
     config = _stage_config(lock, list(STAGES[: len(below)])).render(below)
+    b.stages.append(tag)  # before the load: an interrupted load is cleaned up too
     load_image(b, config, below, tag)
-    b.stages.append(tag)
     mounts = {
         str(repo or b.fetched.repo_shared): {"bind": MOUNT_REPO, "mode": "ro"},
         str(b.fetched.wheelhouse): {"bind": MOUNT_WHEELS, "mode": "ro"},
@@ -659,7 +659,12 @@ def new_build(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult) -> Ite
         try:
             yield b
         finally:  # also on error or Ctrl-C: no stage image outlives its build
-            for tag in reversed(b.stages):
+            # By this build's tag pattern, not only the list: a signal between an image's load
+            # and its listing must not leave it behind.
+            ours, tags = f"imagebuild-stage/{spec.name}:{b.build_id}-*", set()
+            with contextlib.suppress(docker.errors.APIError):
+                tags = {t for i in client.images.list(filters={"reference": ours}) for t in i.tags}
+            for tag in [*reversed(b.stages), *sorted(tags - set(b.stages))]:
                 with contextlib.suppress(docker.errors.APIError):
                     client.images.remove(tag, noprune=False)
 
