@@ -226,9 +226,11 @@ def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", o
     container="Image to verify (default: REPOSITORY:VERSION from the spec).",
     vm="qcow2 to verify (default: DIST/NAME-VERSION.qcow2).",
     backend="auto (default: libvirt qemu:///system, else plain QEMU), libvirt or qemu.",
+    vm_seed="A NoCloud seed ISO (cloud-localds) to boot the VM with, as your platform would "
+    "(libvirt only); the login verify itself uses stays systemd's credential.",
 )
 def verify(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", container=None, vm=None,
-           backend="auto"):  # fmt: skip
+           backend="auto", vm_seed=None):  # fmt: skip
     """Prove the container and the VM are the same where it matters: one testinfra suite over
     docker:// and ssh://, a parity table, report.json + junit.xml; exit 1 naming each difference."""
     from imagebuild.verify import run as verifying
@@ -237,7 +239,10 @@ def verify(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", container=None, vm
         raise Exit(f"error: --backend: {backend!r} is not one of auto, libvirt, qemu", code=2)
     s = _load(spec)
     locking.load_fresh(s)
-    r = verifying.verify(s, Path(dist), container, Path(vm) if vm else None, backend)
+    r = verifying.verify(
+        s, Path(dist), container, Path(vm) if vm else None, backend,
+        Path(vm_seed) if vm_seed else None,
+    )  # fmt: skip
     print(r.table, end="")
     counts = {
         o: sum(row.get("outcome") == o for row in r.rows) for o in ("passed", "failed", "skipped")

@@ -27,6 +27,13 @@ def timed(*args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
     return time.monotonic() - start, r
 
 
+def stage_seconds(stdout: str) -> dict[str, float]:
+    """The `seconds NAME S, NAME S` line a build prints, as a dict."""
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("seconds "))
+    parts = [part.rsplit(" ", 1) for part in line.removeprefix("seconds ").split(", ")]
+    return {name: float(sec) for name, sec in parts}
+
+
 def private_example(
     work: Path,
     cache_dir: str,

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from common import bench, table, timed
+from common import bench, stage_seconds, table, timed
 
 
 @contextmanager
@@ -57,15 +57,14 @@ def main() -> None:
         with local_aws(work) as env:
             os.environ.update(env)
             ami_total, a = timed("build-vm", *common, "--target", "ami")
-        ami_seconds = float(next(ln for ln in a.stdout.splitlines() if ln.startswith("seconds "))
-                            .rsplit("ami ", 1)[1])  # fmt: skip
+        ami_seconds = stage_seconds(a.stdout)["ami"]
         verify_total, _ = timed("verify", "--spec", spec, "--dist", str(work / "dist"))
         report = json.loads((work / "dist" / "verify" / "report.json").read_text())
-        line = next(ln for ln in r.stdout.splitlines() if ln.startswith("seconds "))
-        stages = [part.rsplit(" ", 1) for part in line.removeprefix("seconds ").split(", ")]
         accel = next(ln for ln in r.stderr.splitlines() if "accelerator" in ln).split(": ", 1)[1]
         rows = [("container: build-container, cold", f"{container_cold:.1f} s", "")]
-        rows += [(f"vm: {name}", f"{float(sec):.1f} s", "") for name, sec in stages]
+        rows += [
+            (f"vm: {name}", f"{sec:.1f} s", "") for name, sec in stage_seconds(r.stdout).items()
+        ]
         rows += [
             ("vm: build-vm total (container layers cached)", f"{vm_cold:.1f} s", ""),
             ("vm / container cold", f"{vm_cold / container_cold:.2f}x", "<= 3x"),

@@ -42,10 +42,12 @@ class Booted:
     key: Path
     serial_log: Path
     seconds_to_ssh: float
+    user: str = "root"
 
     def ssh_argv(self) -> list[str]:
         opts = [arg for k, v in SSH_OPTIONS.items() for arg in ("-o", f"{k}={v}")]
-        return ["ssh", "-q", "-i", str(self.key), "-p", str(self.port), *opts, "root@127.0.0.1"]
+        login = f"{self.user}@127.0.0.1"
+        return ["ssh", "-q", "-i", str(self.key), "-p", str(self.port), *opts, login]
 
     def ssh(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -13,7 +13,8 @@ APT_PACKAGES=(
   packer qemu-system-x86 qemu-utils                 # VM builds
   grub-pc-bin fdisk e2fsprogs                       # bootable disk without loop mounts
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-dev pkg-config  # verify + libvirt-python
-  vagrant vagrant-libvirt                           # `vagrant box add` of the built box
+  vagrant vagrant-libvirt                           # `vagrant up` of the built box
+  cloud-image-utils virt-v2v                        # a NoCloud seed; a third-party OVA reader
   openssh-client curl ca-certificates git
 )
 

@@ -118,7 +118,9 @@ def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path) -> No
         # with the power-off, since sshd needs its host keys for every new connection. As
         # Packer's shutdown does: --force, so no service writes its state back.
         # The login key too: systemd writes the credential's key only where there is none.
-        b.ssh("truncate -s 0 /etc/machine-id; rm -f /etc/ssh/ssh_host_*; rm -f /var/lib/dhcp/* "
+        # journald moves to /run first, as vm_finalize does, or it writes /var/log/journal again.
+        b.ssh("journalctl --relinquish-var; "
+              "truncate -s 0 /etc/machine-id; rm -f /etc/ssh/ssh_host_*; rm -f /var/lib/dhcp/* "
               "/var/lib/systemd/random-seed /root/.ssh/authorized_keys; "
               "rm -rf /var/log/journal/*; sync; "
               "systemctl poweroff --force")  # fmt: skip

@@ -15,17 +15,19 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import docker
 import pytest
 
-from imagebuild import leftovers
+from imagebuild import leftovers, seed
 from imagebuild import lock as locking
 from imagebuild import spec as specmod
 from imagebuild.build.formats import filename
 from imagebuild.cache import sha256_file
 from imagebuild.inventory import _entries
-from imagebuild.vmboot import Booted, boot, debugfs_cat, image_info, partition_image
+from imagebuild.verify import hosts
+from imagebuild.vmboot import Booted, boot, debugfs_cat, image_info, make_key, partition_image
 from tests.conftest import build_vm, tree
 
 pytestmark = [pytest.mark.network, pytest.mark.engine, pytest.mark.vm]
@@ -149,6 +151,57 @@ def test_ova_is_readable_by_qemu_img_and_well_formed(vm_built, tmp_path: Path) -
     assert info["format"] == "vmdk" and info["virtual-size"] == spec.vm.disk_gb << 30
     capacity = ovf.find("o:DiskSection/o:Disk", ns).get(f"{{{ns['o']}}}capacity")
     assert int(capacity) == info["virtual-size"]
+
+
+def test_virt_v2v_reads_the_ova_as_the_spec_asked(vm_built) -> None:
+    """A third-party importer (virt-v2v, libguestfs) reads the OVA: name, CPUs, memory, firmware,
+    one disk and one NIC, as the spec asked."""
+    spec, dist, _ = vm_built
+    r = subprocess.run(
+        ["virt-v2v", "--print-source", "-i", "ova", str(dist / filename("ova", spec))],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    fields = dict(
+        (k.strip(), v.strip())
+        for k, v in (ln.split(":", 1) for ln in r.stdout.splitlines() if ":" in ln)
+    )
+    assert fields["source name"] == spec.name
+    assert fields["nr vCPUs"] == str(spec.vm.cpus)
+    assert fields["memory"] == f"{spec.vm.memory_mb << 20} (bytes)"
+    assert fields["firmware"] == "bios"
+    disks = r.stdout.split("disks:")[1].split("removable media:")[0].split()
+    nics = r.stdout.split("NICs:")[1].strip().splitlines()
+    assert disks[0] == "0" and len(nics) == 1, r.stdout
+
+
+def test_nocloud_seed_logs_in_its_user_on_every_clone(vm_built, tmp_path: Path) -> None:
+    """The qcow2 as a libvirt or OpenStack user boots it: under libvirt, with a NoCloud seed made
+    by cloud-localds carrying a user and key made here. cloud-init creates the user, SSH as that
+    user works, the service runs. A second clone (a new instance) is a first boot again: the
+    shipped image holds no instance of its own, so cloud-init runs again."""
+    spec, dist, _ = vm_built
+    disk = dist / f"{_stem(spec)}.qcow2"
+    for n in (1, 2):
+        key, name = make_key(tmp_path / f"key{n}"), f"clouduser{n}"
+        iso = seed.nocloud(
+            tmp_path / f"seed{n}.iso", instance_id=f"iid-clone-{n}", hostname=f"clone-{n}",
+            cloud_config={"users": [seed.user(name, Path(f"{key}.pub").read_text())]},
+        )  # fmt: skip
+        work = tmp_path / f"vm{n}"
+        with hosts.vm(disk, work, spec.vm.memory_mb, spec.vm.cpus, "libvirt", iso) as host:
+            port = urlsplit(host.url).port
+            assert port is not None
+            as_user = Booted(port, key, work / "serial.log", 0.0, user=name)
+            probe = (
+                "id -un; hostname; cloud-init status --wait | tail -1; ls /var/lib/cloud/instances;"
+                f" sudo -n systemctl is-active {spec.name}"
+            )
+            r = as_user.ssh(probe, timeout=600)
+            assert r.returncode == 0, r.stderr + work.joinpath("serial.log").read_text()[-3000:]
+            assert r.stdout.split() == [
+                name, f"clone-{n}", "status:", "done", f"iid-clone-{n}", "active"
+            ]  # fmt: skip
 
 
 def test_vagrant_box_add_accepts_the_box(vm_built, tmp_path: Path) -> None:

@@ -87,13 +87,24 @@ DOMAIN_XML = """<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domai
       <source file={disk}/>
       <target dev='vda' bus='virtio'/>
     </disk>
-    <serial type='file'><source path={serial}/><target port='0'/></serial>
+    <serial type='file'><source path={serial}/><target port='0'/></serial>{seed}
   </devices>
   <qemu:commandline>
 {qemu_args}
   </qemu:commandline>
 </domain>
 """
+
+
+# The seed as a second, read-only disk, as OpenStack attaches its config drive: cloud-init finds
+# it by its label (cidata) on any block device, and virtio needs no IDE/CD-ROM driver.
+SEED_XML = """
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file={iso}/>
+      <target dev='vdb' bus='virtio'/>
+      <readonly/>
+    </disk>"""
 
 
 def _libvirt() -> Any:
@@ -142,7 +153,9 @@ def kvm_device_for_libvirt(dev: Path = Path("/dev/kvm")) -> None:
 
 
 @contextlib.contextmanager
-def _libvirt_vm(conn: Any, disk: Path, work: Path, memory: int, cpus: int) -> Iterator[Host]:
+def _libvirt_vm(
+    conn: Any, disk: Path, work: Path, memory: int, cpus: int, seed: Path | None
+) -> Iterator[Host]:
     key = vmboot.make_key(work)
     overlay = vmboot.overlay(disk, work)
     port, serial = vmboot.free_port(), work / "serial.log"
@@ -152,6 +165,7 @@ def _libvirt_vm(conn: Any, disk: Path, work: Path, memory: int, cpus: int) -> It
         cpus=cpus,
         disk=quoteattr(str(overlay)),
         serial=quoteattr(str(serial)),
+        seed=SEED_XML.format(iso=quoteattr(str(seed.resolve()))) if seed else "",
         qemu_args="\n".join(
             f"    <qemu:arg value={quoteattr(a)}/>"
             for a in vmboot.guest_args(port, Path(f"{key}.pub").read_text())
@@ -183,15 +197,20 @@ def _ssh_host(booted: vmboot.Booted, work: Path, how: str) -> Host:
 
 
 @contextlib.contextmanager
-def vm(disk: Path, work: Path, memory: int, cpus: int, backend: str = "auto") -> Iterator[Host]:
+def vm(
+    disk: Path, work: Path, memory: int, cpus: int, backend: str = "auto", seed: Path | None = None
+) -> Iterator[Host]:
+    """`seed`: a NoCloud seed ISO to boot with (libvirt only), as a libvirt user would attach it."""
     if not disk.exists():
         raise HostError(f"VM disk {disk} not found; run `invoke build-vm` or pass --vm")
+    if seed is not None and not seed.is_file():
+        raise HostError(f"NoCloud seed {seed} not found")
     conn = _libvirt() if backend in ("auto", "libvirt") else None
-    if conn is None and backend == "libvirt":
+    if conn is None and (backend == "libvirt" or seed is not None):
         raise HostError("libvirt (qemu:///system) is not usable here; try --backend qemu")
     if conn is not None:
         try:
-            with _libvirt_vm(conn, disk, work, memory, cpus) as host:
+            with _libvirt_vm(conn, disk, work, memory, cpus, seed) as host:
                 yield host
         finally:
             conn.close()

@@ -53,7 +53,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def verify(
-    spec: Spec, dist: Path, container_ref: str | None, vm_disk: Path | None, backend: str
+    spec: Spec,
+    dist: Path,
+    container_ref: str | None,
+    vm_disk: Path | None,
+    backend: str,
+    seed: Path | None = None,
 ) -> VerifyResult:
     ref = container_ref or f"{spec.repository}:{spec.version}"
     disk = (vm_disk or dist / f"{spec.name}-{spec.version}.qcow2").resolve()
@@ -74,7 +79,7 @@ def verify(
             st["note"] = c.url
         with progress.stage("verify: VM boot to SSH", str(disk)) as st:
             v = up.enter_context(
-                hosts.vm(disk, work / "vm", spec.vm.memory_mb, spec.vm.cpus, backend)
+                hosts.vm(disk, work / "vm", spec.vm.memory_mb, spec.vm.cpus, backend, seed)
             )
             seconds["vm start (libvirt)"] = v.setup_seconds
             seconds["vm boot to ssh"] = v.seconds
