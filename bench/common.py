@@ -65,8 +65,8 @@ def cold_cache(cache_dir: str, dest: Path) -> Path:
     return dest
 
 
-def table(rows: list[tuple[str, str, str]], last: str = "target") -> None:
-    print(f"| measure | value | {last} |\n|---|---|---|")
+def table(rows: list[tuple[str, str, str]], last: str = "target", value: str = "value") -> None:
+    print(f"| measure | {value} | {last} |\n|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} |")
 

@@ -360,6 +360,28 @@ def _regex(v: str, _: Context) -> str | None:
 
 
 @dataclass(frozen=True)
+class Service:
+    port: int = field(metadata=meta("TCP port the app listens on, inside the artifact.",
+                                    _between(1, 65535)))  # fmt: skip
+    path: str = field(
+        default="/",
+        metadata=meta(
+            "HTTP path requested with GET, inside each artifact.",
+            _pattern(r"/[A-Za-z0-9._~!$&'()*+,;=:@/?%-]*", "an HTTP path starting with /"),
+        ),
+    )
+    status: int = field(default=200, metadata=meta("Expected HTTP status.", _between(100, 599)))
+    start_s: int = field(
+        default=180,
+        metadata=meta(
+            "Seconds the service may take to open its port (TCG VMs start slowly); no answer "
+            "by then is a failure.",
+            _between(1, 3600),
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class Verify:
     commands: list[list[str]] = field(
         default_factory=list,
@@ -376,6 +398,14 @@ class Verify:
             "PIDs, host names).",
             None,
             _regex,
+        ),
+    )
+    service: Service | None = field(
+        default=None,
+        metadata=meta(
+            "The app as a service: verify starts the container with its own ENTRYPOINT + CMD "
+            "(`--network none`) and boots the VM (its unit), requests the path inside each and "
+            "compares status and body. `null`: not a service.",
         ),
     )
 

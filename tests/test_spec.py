@@ -145,6 +145,27 @@ BAD = [
         5,
         "absolute path",
     ),
+    (
+        "service-port",
+        BASE + "verify: {service: {port: 70000}}\n",
+        "verify.service.port",
+        14,
+        "not between 1 and 65535",
+    ),
+    (
+        "service-path",
+        BASE + "verify: {service: {port: 80, path: health}}\n",
+        "verify.service.path",
+        14,
+        "an HTTP path",
+    ),
+    (
+        "service-no-port",
+        BASE + "verify: {service: {path: /}}\n",
+        "verify.service.port",
+        14,
+        "missing required field",
+    ),  # fmt: skip
 ]
 
 

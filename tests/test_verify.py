@@ -4,6 +4,7 @@ nothing is left running either way. Expected values come from the spec and the l
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,6 +17,15 @@ from imagebuild.verify.items import items
 from tests.conftest import run_invoke
 
 pytestmark = [pytest.mark.network, pytest.mark.engine, pytest.mark.vm]
+
+
+DEB_FILE = "/usr/lib/python3.11/textwrap.py"  # libpython3.11-stdlib, in both artifacts
+VM_DEB_FILE = "/usr/lib/python3.11/shlex.py"
+UNLOCKED = "bytes:programs and /usr/local files no package owns, /etc/ld.so.preload"
+
+
+def module_path(spec) -> str:
+    return f"{spec.python.venv}/lib/python3.11/site-packages/numpy/version.py"
 
 
 def verify(spec: Path, dist: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -55,6 +65,12 @@ def test_verify_passes_on_the_built_example(vm_built, locked_example: Path) -> N
     check = rows["behaviour:[--check]: stdout"]
     assert '"status": "ok"' in check["vm"] and check["container"] == check["vm"]
     assert rows["behaviour:[--check]: exit status"]["vm"] == "0"
+    # The service as shipped answered the same in both; the files are their packages' bytes.
+    health = rows["service:GET 127.0.0.1:8080/health: body"]
+    assert '"status":"ok"' in health["vm"] and health["container"] == health["vm"]
+    assert rows[UNLOCKED]["vm"] == rows[UNLOCKED]["container"] == "none"
+    assert rows["bytes:deb files changed or missing (dpkg --verify)"]["vm"] == "none"
+    assert rows["app-file:model.onnx"]["vm"] == rows["app-file:model.onnx"]["container"]
     assert len(rows) >= len(items(spec, lock, []))
     assert (dist / "verify" / "junit.xml").read_text().count("<testcase") == len(report["rows"])
     assert r.stdout.startswith("| item | container | vm | same? | result |")
@@ -93,12 +109,26 @@ def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path) -> No
         )
         rc, out = c.exec_run([f"{spec.python.venv}/bin/python", "-c", model])
         assert rc == 0, out
-        # commit's ENTRYPOINT resets CMD: give both back as they were, so only ENV differs
+        # Bytes with every record untouched: a file of a locked .deb and a venv module each get
+        # a harmless line; a program and /etc/ld.so.preload no package owns appear.
+        bytes_sabotage = (
+            f"echo '# x' >> {DEB_FILE}; echo '# x' >> {module_path(spec)}; "
+            "cp /bin/true /usr/local/bin/extra; touch /etc/ld.so.preload"
+        )
+        rc, out = c.exec_run(["sh", "-c", bytes_sabotage])
+        assert rc == 0, out
+        # The service as shipped on another port: a config beside the default, named by CMD.
+        other = "/opt/app/other-port.yaml"
+        rc, out = c.exec_run(
+            ["sh", "-c", f"sed 's/^port: .*/port: 9090/' {spec.cmd[-1]} > {other}"]
+        )
+        assert rc == 0, out
+        # commit's ENTRYPOINT resets CMD: set both, ENTRYPOINT as it was.
         changes = [
             "ENV OMP_NUM_THREADS=4",
             f"USER {spec.user}",
             f"ENTRYPOINT {json.dumps(spec.entrypoint)}",
-            f"CMD {json.dumps(spec.cmd)}",
+            f"CMD {json.dumps(['--config', other])}",
         ]
         c.commit("local/sabotage", "c", changes=changes)
     finally:
@@ -110,6 +140,7 @@ def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path) -> No
         cmds = [
             f"sed -i 's|^ExecStart=.*|ExecStart={wrapper} --debug|' {unit}",
             f"{spec.python.venv}/bin/pip uninstall -y -q {victim_py}",
+            f"echo '# x' >> {VM_DEB_FILE}; touch /etc/ld.so.preload",
         ]
         for cmd in cmds:
             r = b.ssh(cmd)
@@ -124,19 +155,41 @@ def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path) -> No
               "/var/lib/systemd/random-seed /root/.ssh/authorized_keys; "
               "rm -rf /var/log/journal/*; sync; "
               "systemctl poweroff --force")  # fmt: skip
-    r = verify(locked_example, dist, "--container", "local/sabotage:c",
+    # The same spec, waiting 20 s (not 180) for a port that will not open.
+    impatient = tmp_path / "spec"
+    shutil.copytree(locked_example.parent, impatient)
+    text = locked_example.read_text().replace("path: /health}", "path: /health, start_s: 20}")
+    (impatient / locked_example.name).write_text(text)
+    r = verify(impatient / locked_example.name, dist, "--container", "local/sabotage:c",
                "--vm", str(bad_vm / "overlay.qcow2"))  # fmt: skip
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
-    named = r.stderr.split("differ or miss expectations:")[1]
-    lines = [ln.strip() for ln in named.strip().splitlines()]
-    sabotaged = {f"deb:{victim_deb}", "env:OMP_NUM_THREADS", f"python:{victim_py}",
-                 "entrypoint:what starts it", "behaviour:[--check]: stdout"}  # fmt: skip
-    # Each line is `ID: problem`; an ID may itself hold ": " (behaviour rows).
-    for item_id in sabotaged:
-        assert any(ln.startswith(f"{item_id}: ") for ln in lines), (item_id, named)
+    report = json.loads((dist / "verify" / "report.json").read_text())
+    failed = {row["id"]: row for row in report["rows"] if row["outcome"] == "failed"}
+    request = "GET 127.0.0.1:8080/health"
+    sabotaged = {
+        f"deb:{victim_deb}", "env:OMP_NUM_THREADS", f"python:{victim_py}",
+        "entrypoint:what starts it", "entrypoint:ENTRYPOINT+CMD / wrapper",
+        "behaviour:[--check]: stdout", "app-file:model.onnx",
+        "bytes:app folder sha256 (every file)", "app-file:other-port.yaml",
+        f"service:{request}: body",
+    }  # fmt: skip
+    assert sabotaged <= set(failed), sorted(failed)
+    # Each changed byte is named, and on the side it was made.
+    # Each change is named with its path, on the side it was made: (container, vm) values.
+    bad = {
+        "bytes:deb files changed or missing (dpkg --verify)": (DEB_FILE, VM_DEB_FILE),
+        "bytes:venv files not as their wheel's RECORD says": (module_path(spec), "none"),
+        UNLOCKED: ("/etc/ld.so.preload /usr/local/bin/extra", "/etc/ld.so.preload"),
+        "service:running as shipped": ("running", "failed"),
+        f"service:{request}: status": ("no answer after 20s", "not probed: failed"),
+    }
+    for item_id, (in_container, in_vm) in bad.items():
+        row = failed[item_id]
+        assert row["container"].startswith(in_container), row
+        assert row["vm"].startswith(in_vm), row
     # The only other findings allowed: imports that needed the removed distribution.
-    others = [ln for ln in lines if not any(ln.startswith(f"{i}: ") for i in sabotaged)]
-    assert all(ln.startswith("import:") for ln in others), named
+    others = set(failed) - sabotaged - set(bad)
+    assert all(i.startswith("import:") for i in others), sorted(others)
     assert leftovers() == []
     client.images.remove("local/sabotage:c", force=True)
 

@@ -18,7 +18,7 @@ from packaging.utils import canonicalize_name
 from imagebuild import inventory, vmboot
 from imagebuild.lock.lockfile import Lock
 from imagebuild.spec import Spec
-from imagebuild.verify import gpu
+from imagebuild.verify import filebytes, gpu
 from imagebuild.verify.items import (
     ABSENT,
     DISK_HYGIENE,
@@ -83,6 +83,7 @@ def collect(
     host: Any, artifact: str, spec: Spec, lock: Lock, config: dict[str, Any], disk: Path | None
 ) -> Facts:
     """`artifact` is "container" (config = the image config) or "vm" (disk = the qcow2)."""
+    hashing = filebytes.start(host, spec)
     want = json.dumps({"imports": import_names(spec)})
     script = shlex.quote(inventory.SCRIPT)
     raw = json.loads(
@@ -154,6 +155,7 @@ def collect(
         SETUID_ROW: _setuid_outside_packages(host),
         **hygiene,
     }
+    facts |= filebytes.finish(hashing)
     if spec.gpu:
         facts |= gpu.facts(host, spec, run_as, WRAPPER, env)
     return facts

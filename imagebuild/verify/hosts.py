@@ -43,10 +43,13 @@ class Host:
     how: str
     config: dict[str, Any]  # container: the image config; VM: {}
     setup_seconds: float = 0.0  # VM: libvirt's own time to create and start the domain
+    service_url: str = ""  # where the app runs as it ships (container: a second one; VM: itself)
 
 
 @contextlib.contextmanager
-def container(ref: str) -> Iterator[Host]:
+def container(ref: str, service: bool = False) -> Iterator[Host]:
+    """With `service`, a second container runs the image as it ships (its own ENTRYPOINT + CMD,
+    still `--network none`): verify requests the app's port inside it."""
     client = engine()
     try:
         image = client.images.get(ref)
@@ -55,20 +58,22 @@ def container(ref: str) -> Iterator[Host]:
             f"container image {ref!r} not found; build it or pass --container"
         ) from None
     start = time.monotonic()
-    c = client.containers.run(
-        ref,
-        entrypoint=["sleep", "infinity"],
-        command=[],
-        name=f"imagebuild-verify-{uuid.uuid4().hex[:8]}",
-        network_mode="none",
-        detach=True,
-        labels={"io.imagebuild.verify": "1"},
-    )
+    name = f"imagebuild-verify-{uuid.uuid4().hex[:8]}"
+    labels = {"io.imagebuild.verify": "1"}
+    started = []
     try:
-        yield Host(f"docker://{c.name}", {}, round(time.monotonic() - start, 2), "docker",
-                   image.attrs["Config"])  # fmt: skip
+        if service:
+            started.append(client.containers.run(ref, name=f"{name}-service", network_mode="none",
+                                                 detach=True, labels=labels))  # fmt: skip
+        started.append(client.containers.run(ref, entrypoint=["sleep", "infinity"], command=[],
+                                             name=name, network_mode="none", detach=True,
+                                             labels=labels))  # fmt: skip
+        seconds, url = round(time.monotonic() - start, 2), f"docker://{name}"
+        yield Host(url, {}, seconds, "docker", image.attrs["Config"],
+                   service_url=f"{url}-service" if service else "")  # fmt: skip
     finally:
-        c.remove(force=True)
+        for c in started:
+            c.remove(force=True)
 
 
 DOMAIN_XML = """<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
@@ -179,7 +184,7 @@ def _libvirt_vm(
             vmboot.Booted(port, key, serial, 0.0), start, 300, lambda: dom.isActive() == 1
         )
         host = _ssh_host(booted, work, "libvirt qemu:///system (domain type qemu)")
-        yield replace(host, setup_seconds=setup)
+        yield replace(host, setup_seconds=setup, service_url=host.url)
     finally:
         with contextlib.suppress(Exception):
             dom.destroy()
@@ -216,4 +221,5 @@ def vm(
             conn.close()
         return
     with vmboot.boot(disk, work, memory_mb=memory, cpus=cpus, name="imagebuild-verify") as b:
-        yield _ssh_host(b, work, "plain QEMU (libvirt unavailable)")
+        host = _ssh_host(b, work, "plain QEMU (libvirt unavailable)")
+        yield replace(host, service_url=host.url)

@@ -74,7 +74,7 @@ def verify(
                 if problems := checksums.check(dist, [disk]):
                     raise VerifyFailed("; ".join(problems) + " (rebuild it, or pass --vm)")
         with progress.stage("verify: container up", f"{ref}, --network none") as st:
-            c = up.enter_context(hosts.container(ref))
+            c = up.enter_context(hosts.container(ref, service=spec.verify.service is not None))
             seconds["container start"] = c.seconds
             st["note"] = c.url
         with progress.stage("verify: VM boot to SSH", str(disk)) as st:
@@ -92,7 +92,13 @@ def verify(
                     "spec": str(spec.path),
                     "disk": str(disk),
                     "hosts": {
-                        name: {"url": h.url, "how": h.how, "seconds": h.seconds, "config": h.config}
+                        name: {
+                            "url": h.url,
+                            "how": h.how,
+                            "seconds": h.seconds,
+                            "config": h.config,
+                            "service_url": h.service_url,
+                        }  # fmt: skip
                         for name, h in (("container", c), ("vm", v))
                     },
                 }

@@ -19,6 +19,7 @@ import testinfra
 from imagebuild.lock.lockfile import load_fresh
 from imagebuild.spec import load
 from imagebuild.verify import facts as factsmod
+from imagebuild.verify import filebytes, service
 from imagebuild.verify.items import items
 
 
@@ -37,8 +38,13 @@ def _context(path: str) -> dict[str, Any]:
         host = testinfra.get_host(h["url"])
         disk = Path(ctx["disk"]) if artifact == "vm" else None
         facts[artifact] = factsmod.collect(host, artifact, spec, lock, h["config"], disk)
+        if h["service_url"]:
+            service_host = testinfra.get_host(h["service_url"])
+            facts[artifact] |= service.facts(service_host, artifact, spec)
     libs = sorted(facts["container"]["lib"])
-    return {"ctx": ctx, "spec": spec, "facts": facts, "items": items(spec, lock, libs)}
+    app_files = sorted(facts["container"]["app-file"])
+    its = items(spec, lock, libs) + filebytes.items(spec, app_files) + service.items(spec)
+    return {"ctx": ctx, "spec": spec, "facts": facts, "items": its}
 
 
 def _ctx(config: pytest.Config) -> dict[str, Any]:

@@ -1,0 +1,84 @@
+"""Benchmark: `invoke verify` of this checkout beside an earlier revision's, on the same built
+artifacts, alternating runs (so both see the same machine state). Times are verify's own:
+container start, VM boot to SSH, the test run, and the whole command.
+
+    .venv/bin/python bench/verify.py --baseline REV [--spec SPEC] [--dist DIST] [--runs N]
+
+The artifacts must exist (`invoke all` or build-container + build-vm into DIST). The baseline
+runs from a git worktree of REV with the same venv; spec keys it does not know are dropped from
+its copy of the spec (it checks less: that is the point of the comparison).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from common import INVOKE, ROOT, table
+
+NEW_KEYS = {"verify": ["service"]}  # spec keys added since the baselines this was written for
+
+
+def run_verify(checkout: Path, spec: Path, dist: Path) -> dict[str, float]:
+    start = time.monotonic()
+    r = subprocess.run([INVOKE, "verify", "--spec", str(spec), "--dist", str(dist)],
+                       cwd=checkout, capture_output=True, text=True)  # fmt: skip
+    total = time.monotonic() - start
+    if r.returncode != 0:
+        raise SystemExit(f"verify in {checkout} failed:\n{r.stderr[-3000:]}")
+    seconds = json.loads((dist / "verify" / "report.json").read_text())["seconds"]
+    rows = len(json.loads((dist / "verify" / "report.json").read_text())["rows"])
+    return {**seconds, "rows": rows, "total": total}
+
+
+def baseline_spec(spec: Path, dest: Path) -> Path:
+    """A copy of the spec (and its folder: lock, app) without the keys the baseline lacks."""
+    shutil.copytree(spec.parent, dest, dirs_exist_ok=True)
+    data = yaml.safe_load(spec.read_text())
+    for section, keys in NEW_KEYS.items():
+        for k in keys:
+            (data.get(section) or {}).pop(k, None)
+    out = dest / spec.name
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", required=True)
+    ap.add_argument("--spec", default=str(ROOT / "examples/onnx-serve/imagebuild.yaml"))
+    ap.add_argument("--dist", default=str(ROOT / "dist"))
+    ap.add_argument("--runs", type=int, default=2)
+    args = ap.parse_args()
+    spec, dist = Path(args.spec).resolve(), Path(args.dist).resolve()
+    with tempfile.TemporaryDirectory(prefix="ib-bench-verify-") as tmp:
+        old = Path(tmp) / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", str(old), args.baseline],
+                       cwd=ROOT, check=True, capture_output=True)  # fmt: skip
+        try:
+            old_spec = baseline_spec(spec, Path(tmp) / "spec")
+            runs: dict[str, list[dict[str, float]]] = {"baseline": [], "this": []}
+            for _ in range(args.runs):
+                runs["baseline"].append(run_verify(old, old_spec, dist))
+                runs["this"].append(run_verify(ROOT, spec, dist))
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT)
+    keys = list(runs["this"][0])
+    rows = []
+    for k in keys:
+        b = statistics.median(r[k] for r in runs["baseline"])
+        t = statistics.median(r[k] for r in runs["this"])
+        ratio = f"{t / b:.2f}x" if k == "total" and b else ""
+        rows.append((f"{k} (median of {args.runs})", f"{b:.1f}", f"{t:.1f} {ratio}".strip()))
+    table(rows, last="this checkout (target: total <= 1.5x)", value=f"baseline {args.baseline}")
+
+
+if __name__ == "__main__":
+    main()

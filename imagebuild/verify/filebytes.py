@@ -1,0 +1,106 @@
+"""Parity by bytes: names and versions agreeing is not enough, the files behind them must be the
+bytes their packages recorded. One run of data/bytes_script.py per artifact, as root (dpkg's
+digests, the venv's wheel RECORDs, the app folder's files, what no package owns)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import testinfra
+
+from imagebuild import inventory, provision, roles
+from imagebuild.spec import Spec
+from imagebuild.verify.items import ANY, WRAPPER, Item
+
+SCRIPT = (Path(inventory.__file__).parent / "data" / "bytes_script.py").read_text()
+
+# (row, the script's key, expected in both (ANY: only agree), must the two agree?)
+ROWS = [
+    ("deb files changed or missing (dpkg --verify)", "deb", "none", True),
+    # Conffiles are the admin's: reported apart, the VM's own roles may edit theirs.
+    ("deb conffiles changed (dpkg --verify)", "conffiles", ANY, False),
+    ("venv files not as their wheel's RECORD says", "record", "none", True),
+    ("venv files no RECORD lists", "venv-extra", ANY, True),
+    ("programs and /usr/local files no package owns, /etc/ld.so.preload", "unlocked", "none", True),
+]
+APP_TREE = "app folder sha256 (every file)"
+
+
+def _as_root(host: Any) -> Any:
+    """The container's facts are read as its runtime user; these need root (dpkg --verify reads
+    every package file). The VM's host is root already."""
+    backend = host.backend
+    if backend.NAME == "docker" and backend.user != "root":
+        return testinfra.get_host(f"docker://root@{backend.name}")
+    return host
+
+
+@dataclass(frozen=True)
+class Running:
+    host: Any  # root on the artifact
+    out: str  # where the script's JSON appears, once it is complete
+
+
+def ours(spec: Spec) -> list[str]:
+    """What imagebuild's own roles install outside the packages (checked by other rows): the
+    entrypoint wrapper, the GPU guard, and the stack roles' /usr/local files (the CUDA probe)."""
+    paths = {WRAPPER, *([provision.GPU_GUARD] if spec.gpu else [])}
+    for name in spec.stacks:
+        paths |= {v for v in roles.defaults(name).values()
+                  if isinstance(v, str) and v.startswith("/usr/local/")}  # fmt: skip
+    return sorted(paths)
+
+
+def start(host: Any, spec: Spec) -> Running:
+    """Start the script in the background: it hashes every package and venv file (about 20 s
+    on the VM under TCG) while verify collects the other facts over many short round trips."""
+    arg = {
+        "venv": spec.python.venv if spec.python else None,
+        "app": spec.app.dest if spec.app else "/nonexistent",
+        "skip": ours(spec),
+    }
+    out = f"/tmp/imagebuild-verify-bytes-{uuid.uuid4().hex[:8]}.json"
+    cmd = f"{inventory.target_python(spec)} -c {shlex.quote(SCRIPT)} {shlex.quote(json.dumps(arg))}"
+    job = f"{cmd} > {out}.part 2>&1; mv {out}.part {out}"
+    root = _as_root(host)
+    root.check_output(f"nohup sh -c {shlex.quote(job)} </dev/null >/dev/null 2>&1 &")
+    return Running(root, out)
+
+
+def finish(run: Running, timeout: float = 900) -> dict[str, dict[str, str]]:
+    deadline = time.monotonic() + timeout
+    while (r := run.host.run(f"cat {run.out}")).rc != 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the file digest script gave no result in {timeout:.0f}s")
+        time.sleep(1)
+    run.host.run(f"rm -f {run.out}")
+    try:
+        raw = json.loads(r.stdout)
+    except json.JSONDecodeError:
+        raise RuntimeError(f"the file digest script failed: {r.stdout[-2000:]}") from None
+    rows = {row: raw[key] for row, key, _, _ in ROWS if key in raw}
+    app: dict[str, str] = raw["app"]
+    whole = hashlib.sha256("".join(f"{p}\0{d}\n" for p, d in sorted(app.items())).encode())
+    rows[APP_TREE] = f"{whole.hexdigest()} ({len(app)} files)"
+    return {"bytes": rows, "app-file": app}
+
+
+def items(spec: Spec, container_app_files: list[str]) -> list[Item]:
+    """The rows above, and one per file of the container's app folder (a changed file is named;
+    one the VM has in addition changes the folder's digest)."""
+    out = [
+        Item("bytes", row, want, want, shared=shared)
+        for row, key, want, shared in ROWS
+        if key not in ("record", "venv-extra") or spec.python
+    ]
+    if spec.app:
+        out.append(Item("bytes", APP_TREE, ANY, ANY))
+        out += [Item("app-file", f, ANY, ANY) for f in container_app_files]
+    return out
