@@ -171,7 +171,6 @@ def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path) -> No
         "entrypoint:what starts it", "entrypoint:ENTRYPOINT+CMD / wrapper",
         "behaviour:[--check]: stdout", "app-file:model.onnx",
         "bytes:app folder sha256 (every file)", "app-file:other-port.yaml",
-        f"service:{request}: body",
     }  # fmt: skip
     assert sabotaged <= set(failed), sorted(failed)
     # Each changed byte is named, and on the side it was made.
