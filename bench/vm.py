@@ -72,6 +72,11 @@ def main() -> None:
             ("ami: raw disk + EBS snapshot + register (local AWS API)", f"{ami_seconds:.1f} s", ""),
             ("ami: build-vm --target ami total", f"{ami_total:.1f} s", ""),
             *[(f"verify: {k}", f"{v:.1f} s", "") for k, v in report["seconds"].items()],
+            *[
+                (f"verify, {artifact} facts: {group}", f"{float(sec):.1f} s", "")
+                for artifact, groups in report["group_seconds"].items()
+                for group, sec in groups.items()
+            ],
             ("verify: total", f"{verify_total:.1f} s", ""),
             ("vm: " + accel, "", ""),
         ]

@@ -10,6 +10,8 @@ import re
 import shlex
 import subprocess
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -82,13 +84,36 @@ def _env_pairs(pairs: list[str]) -> dict[str, str]:
 def collect(
     host: Any, artifact: str, spec: Spec, lock: Lock, config: dict[str, Any], disk: Path | None
 ) -> Facts:
-    """`artifact` is "container" (config = the image config) or "vm" (disk = the qcow2)."""
+    """`artifact` is "container" (config = the image config) or "vm" (disk = the qcow2).
+    `seconds`: each group's time (the digest script runs behind the others)."""
+    laps = Laps()
     hashing = filebytes.start(host, spec)
+    # The disk image's hygiene is read on this host (qemu-img + debugfs): beside the VM's checks.
+    with ThreadPoolExecutor(1) as reading:
+        image = reading.submit(disk_hygiene, disk) if disk is not None else None
+        facts, run_as = _collect(host, artifact, spec, lock, config, laps)
+        if image is not None:
+            facts["hygiene"] |= image.result()
+    laps.lap("the rest of the disk image's hygiene")
+    facts |= filebytes.finish(hashing)
+    laps.lap("bytes: what the digest script still needed")
+    if spec.gpu:
+        facts |= gpu.facts(host, spec, run_as, WRAPPER, facts["env"])
+        laps.lap("gpu")
+    return facts | {"seconds": laps.laps}
+
+
+def _collect(
+    host: Any, artifact: str, spec: Spec, lock: Lock, config: dict[str, Any], laps: Laps
+) -> tuple[Facts, str]:
+    """The facts read over the host's own commands, and the prefix that runs a command as the
+    runtime user there."""
     want = json.dumps({"imports": import_names(spec)})
     script = shlex.quote(inventory.SCRIPT)
     raw = json.loads(
         host.check_output(f"{inventory.target_python(spec)} -c {script} {shlex.quote(want)}")
     )
+    laps.lap("inventory: packages, imports, libraries")
     deb = {n.split(":")[0]: v for n, v, _ in raw["deb"]}
     python = {canonicalize_name(n): v for n, v in raw["python"]}
     locked_debs = {p.name for p in lock.shared} | (
@@ -135,8 +160,8 @@ def collect(
             else ABSENT,
             "what starts it": f"systemd ExecStart={started}",
         }
-        assert disk is not None
-        hygiene = disk_hygiene(disk)
+        hygiene = {}  # read from the disk image beside these checks
+    laps.lap("entrypoint, user, env")
     smoke = host.run(f"env {smoke_command(spec, run_as)}")
     facts["smoke"] = {
         smoke_command(spec): smoke.stdout.strip() if smoke.rc == 0 else smoke.stderr.strip()[-200:],
@@ -148,6 +173,7 @@ def collect(
         key = behaviour_key(cmd)
         facts["behaviour"][f"{key}: exit status"] = str(r.rc)
         facts["behaviour"][f"{key}: stdout"] = _comparable(r.stdout, spec.verify.ignore)
+    laps.lap("smoke and behaviour commands")
     facts["user"] = {"runtime user": user}
     facts["env"] = env
     facts["hygiene"] = {
@@ -155,10 +181,21 @@ def collect(
         SETUID_ROW: _setuid_outside_packages(host),
         **hygiene,
     }
-    facts |= filebytes.finish(hashing)
-    if spec.gpu:
-        facts |= gpu.facts(host, spec, run_as, WRAPPER, env)
-    return facts
+    laps.lap("setuid scan")
+    return facts, run_as
+
+
+class Laps:
+    """Wall time per group of checks, as the report's `group_seconds` shows them."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, str] = {}
+        self._last = time.monotonic()
+
+    def lap(self, group: str) -> None:
+        now = time.monotonic()
+        self.laps[group] = f"{now - self._last:.1f}"
+        self._last = now
 
 
 SETUID_SCRIPT = r"""

@@ -39,8 +39,10 @@ def _context(path: str) -> dict[str, Any]:
         disk = Path(ctx["disk"]) if artifact == "vm" else None
         facts[artifact] = factsmod.collect(host, artifact, spec, lock, h["config"], disk)
         if h["service_url"]:
-            service_host = testinfra.get_host(h["service_url"])
-            facts[artifact] |= service.facts(service_host, artifact, spec)
+            laps = factsmod.Laps()
+            facts[artifact] |= service.facts(testinfra.get_host(h["service_url"]), artifact, spec)
+            laps.lap("service as shipped")
+            facts[artifact]["seconds"] |= laps.laps
     libs = sorted(facts["container"]["lib"])
     app_files = sorted(facts["container"]["app-file"])
     its = items(spec, lock, libs) + filebytes.items(spec, app_files) + service.items(spec)
@@ -103,5 +105,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     report = {
         "hosts": {a: {k: h[k] for k in ("url", "how", "seconds")} for a, h in ctx["hosts"].items()},
         "rows": list(ROWS.values()),
+        "group_seconds": {a: f.get("seconds", {}) for a, f in _context(path)["facts"].items()},
     }
     out.write_text(json.dumps(report, indent=1))
