@@ -14,7 +14,7 @@ import pytest
 from imagebuild import lock as locking
 from imagebuild import vmboot
 from imagebuild.verify.items import items
-from tests.conftest import run_invoke
+from tests.conftest import ROOT, run_invoke
 
 pytestmark = [pytest.mark.network, pytest.mark.engine, pytest.mark.vm]
 
@@ -171,6 +171,7 @@ def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path) -> No
         "entrypoint:what starts it", "entrypoint:ENTRYPOINT+CMD / wrapper",
         "behaviour:[--check]: stdout", "app-file:model.onnx",
         "bytes:app folder sha256 (every file)", "app-file:other-port.yaml",
+        "bytes:venv sha256 (every file but byte-code caches)",
     }  # fmt: skip
     assert sabotaged <= set(failed), sorted(failed)
     # Each changed byte is named, and on the side it was made.
@@ -218,3 +219,34 @@ def test_sha256sums_list_every_artifact_and_verify_checks_the_disk(
     r = verify(locked_example, copy)
     assert r.returncode == 1 and f"{stem}.qcow2: sha256 differs" in r.stderr, r.stderr[-2000:]
     assert "VM boot to SSH" not in r.stderr and leftovers() == before
+
+
+@pytest.fixture(scope="module")
+def wordcount_built(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A second kind of spec: a plain FastAPI service (no ML stack, another user, port, app
+    folder), from its committed lock, built as both artifacts."""
+    spec = tmp_path_factory.mktemp("wordcount") / "wordcount-api"
+    shutil.copytree(ROOT / "examples" / "wordcount-api", spec,
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    dist = tmp_path_factory.mktemp("wordcount-dist")
+    common = ["--spec", str(spec / "imagebuild.yaml"), "--cache-dir", str(cache_dir)]
+    for task in ("fetch", "build-container", "build-vm"):
+        r = run_invoke(task, *common, *(["--dist", str(dist)] if task != "fetch" else []))
+        assert r.returncode == 0, (task, r.stderr[-3000:])
+    return spec / "imagebuild.yaml", dist
+
+
+def test_a_plain_fastapi_service_verifies_green(wordcount_built) -> None:
+    spec, dist = wordcount_built
+    r = verify(spec, dist)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = {
+        row["id"]: row for row in json.loads((dist / "verify" / "report.json").read_text())["rows"]
+    }
+    health = rows["service:GET 127.0.0.1:8000/health: body"]
+    assert '"max_words":10000' in health["vm"] and health["vm"] == health["container"]
+    counted = rows["behaviour:[--check]: stdout"]
+    assert '"words": 12' in counted["vm"] and counted["vm"] == counted["container"]
+    assert rows["user:runtime user"]["vm"] == "svc"
+    assert rows[UNLOCKED]["vm"] == "none"
+    assert leftovers() == []

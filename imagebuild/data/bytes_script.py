@@ -23,14 +23,12 @@ want = json.loads(sys.argv[1])
 LIMIT = 20  # files named per finding; the count says how many there are
 
 
-def sha256(path, b64=False):
+def sha256(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    if b64:
-        return base64.urlsafe_b64encode(h.digest()).rstrip(b"=").decode()
-    return h.hexdigest()
+    return h.digest()
 
 
 def listed(paths):
@@ -62,10 +60,37 @@ def dpkg_verify(output):
         elif flags[2] != "5":
             continue
         (conf if conffile else plain).append(path)
-    return plain, conf
+    return with_package(plain), with_package(conf)
+
+
+def with_package(paths):
+    """`path (package)` for the paths that will be shown: which package to look at."""
+    shown = sorted(paths)[:LIMIT]
+    bare = [p.removesuffix(" (missing)") for p in shown]
+    r = (
+        subprocess.run(["dpkg-query", "-S", *bare], capture_output=True, text=True)
+        if bare
+        else None
+    )
+    owner = {}
+    for line in r.stdout.splitlines() if r else []:
+        pkg, _, path = line.partition(": ")
+        owner.setdefault(path, pkg)
+    return [f"{p} ({owner.get(b, '?')})" for p, b in zip(shown, bare, strict=True)] + sorted(paths)[
+        LIMIT:
+    ]
 
 
 def venv_record(venv):
+    """The files RECORDs list whose bytes differ (or are gone), the files none lists, and one
+    digest over the whole venv (byte-code caches aside: root's imports write them)."""
+    digests = {}  # every file's sha256, read once
+    for root, dirs, files in os.walk(venv):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files:
+            path = os.path.join(root, name)
+            if not name.endswith(".pyc") and os.path.isfile(path):
+                digests[path] = sha256(path)
     changed, listed_files = [], set()
     for record in glob.glob(f"{venv}/lib/python3*/site-packages/*.dist-info/RECORD"):
         site = os.path.dirname(os.path.dirname(record))
@@ -79,18 +104,19 @@ def venv_record(venv):
                 listed_files.add(path)
                 if not digest.startswith("sha256="):
                     continue
-                if not os.path.isfile(path):
+                if path not in digests:
                     changed.append(f"{path} (missing)")
-                elif sha256(path, b64=True) != digest[len("sha256=") :]:
+                elif b64(digests[path]) != digest[len("sha256=") :]:
                     changed.append(path)
-    extra = []
-    for root, dirs, files in os.walk(venv):
-        dirs[:] = [d for d in dirs if d != "__pycache__"]
-        for name in files:
-            path = os.path.join(root, name)
-            if path not in listed_files and not name.endswith(".pyc"):
-                extra.append(path)
-    return changed, extra
+    extra = [p for p in digests if p not in listed_files]
+    whole = hashlib.sha256()
+    for path in sorted(digests):
+        whole.update(f"{os.path.relpath(path, venv)}\0{digests[path].hex()}\n".encode())
+    return changed, extra, f"{whole.hexdigest()} ({len(digests)} files)"
+
+
+def b64(digest):
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def tree(top):
@@ -100,7 +126,7 @@ def tree(top):
         for name in files:
             path = os.path.join(root, name)
             if not name.endswith(".pyc") and os.path.isfile(path):
-                out[os.path.relpath(path, top)] = sha256(path)
+                out[os.path.relpath(path, top)] = sha256(path).hex()
     return out
 
 
@@ -138,8 +164,8 @@ def unlocked(skip):
 dpkg = subprocess.Popen(["dpkg", "--verify"], stdout=subprocess.PIPE, text=True)
 out = {"unlocked": listed(unlocked(want["skip"]))}
 if want.get("venv"):
-    changed, extra = venv_record(want["venv"])
-    out |= {"record": listed(changed), "venv-extra": listed(extra)}
+    changed, extra, whole = venv_record(want["venv"])
+    out |= {"record": listed(changed), "venv-extra": listed(extra), "venv": whole}
 out["app"] = tree(want["app"]) if os.path.isdir(want["app"]) else {}
 plain, conf = dpkg_verify(dpkg.communicate()[0])
 out |= {"deb": listed(plain), "conffiles": listed(conf)}

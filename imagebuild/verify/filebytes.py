@@ -28,6 +28,7 @@ ROWS = [
     ("deb conffiles changed (dpkg --verify)", "conffiles", ANY, False),
     ("venv files not as their wheel's RECORD says", "record", "none", True),
     ("venv files no RECORD lists", "venv-extra", ANY, True),
+    ("venv sha256 (every file but byte-code caches)", "venv", ANY, True),
     ("programs and /usr/local files no package owns, /etc/ld.so.preload", "unlocked", "none", True),
 ]
 APP_TREE = "app folder sha256 (every file)"
@@ -98,7 +99,7 @@ def items(spec: Spec, container_app_files: list[str]) -> list[Item]:
     out = [
         Item("bytes", row, want, want, shared=shared)
         for row, key, want, shared in ROWS
-        if key not in ("record", "venv-extra") or spec.python
+        if key not in ("record", "venv-extra", "venv") or spec.python
     ]
     if spec.app:
         out.append(Item("bytes", APP_TREE, ANY, ANY))
