@@ -84,13 +84,7 @@ def with_package(paths):
 def venv_record(venv):
     """The files RECORDs list whose bytes differ (or are gone), the files none lists, and one
     digest over the whole venv (byte-code caches aside: root's imports write them)."""
-    digests = {}  # every file's sha256, read once
-    for root, dirs, files in os.walk(venv):
-        dirs[:] = [d for d in dirs if d != "__pycache__"]
-        for name in files:
-            path = os.path.join(root, name)
-            if not name.endswith(".pyc") and os.path.isfile(path):
-                digests[path] = sha256(path)
+    digests = file_digests(venv)  # every file read once
     changed, listed_files = [], set()
     for record in glob.glob(f"{venv}/lib/python3*/site-packages/*.dist-info/RECORD"):
         site = os.path.dirname(os.path.dirname(record))
@@ -119,15 +113,21 @@ def b64(digest):
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def tree(top):
+def file_digests(top):
+    """{path: sha256} of every regular file below `top`, byte-code caches aside (root's imports
+    write them in one artifact and not the other)."""
     out = {}
     for root, dirs, files in os.walk(top):
         dirs[:] = [d for d in dirs if d != "__pycache__"]
         for name in files:
             path = os.path.join(root, name)
             if not name.endswith(".pyc") and os.path.isfile(path):
-                out[os.path.relpath(path, top)] = sha256(path).hex()
+                out[path] = sha256(path)
     return out
+
+
+def tree(top):
+    return {os.path.relpath(p, top): d.hex() for p, d in file_digests(top).items()}
 
 
 def owned():

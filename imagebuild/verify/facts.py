@@ -172,7 +172,7 @@ def _collect(
         r = host.run(f"env {smoke_command(spec, run_as, cmd)}")
         key = behaviour_key(cmd)
         facts["behaviour"][f"{key}: exit status"] = str(r.rc)
-        facts["behaviour"][f"{key}: stdout"] = _comparable(r.stdout, spec.verify.ignore)
+        facts["behaviour"][f"{key}: stdout"] = comparable(r.stdout, spec.verify.ignore)
     laps.lap("smoke and behaviour commands")
     facts["user"] = {"runtime user": user}
     facts["env"] = env
@@ -210,7 +210,7 @@ done
 """
 
 
-def _comparable(stdout: str, ignore: list[str]) -> str:
+def comparable(stdout: str, ignore: list[str]) -> str:
     """stdout with the spec's ignore patterns blanked; long output by its length and digest."""
     for rx in ignore:
         stdout = re.sub(rx, "<ignored>", stdout)

@@ -6,7 +6,6 @@ venv's Python, waiting for the port to open while the service is still starting.
 from __future__ import annotations
 
 import json
-import re
 import shlex
 from typing import Any
 
@@ -15,6 +14,7 @@ import docker.errors
 from imagebuild import inventory
 from imagebuild.build.container import engine
 from imagebuild.spec import Spec
+from imagebuild.verify.facts import comparable
 from imagebuild.verify.items import ANY, Item
 
 PROBE = r"""
@@ -77,10 +77,8 @@ def facts(service_host: Any, artifact: str, spec: Spec) -> dict[str, dict[str, s
     status = answer["status"]
     if not status.isdigit() and log:
         status += f"; its last lines: {log[-300:]}"
-    body = answer["body"]
-    for rx in spec.verify.ignore:
-        body = re.sub(rx, "<ignored>", body)
-    return {"service": {state_row: state, status_row: status, body_row: body.strip()[:300]}}
+    body = comparable(answer["body"], spec.verify.ignore)
+    return {"service": {state_row: state, status_row: status, body_row: body}}
 
 
 def items(spec: Spec) -> list[Item]:
