@@ -166,6 +166,34 @@ BAD = [
         14,
         "missing required field",
     ),  # fmt: skip
+    (
+        "service-path-newline",
+        BASE + 'verify: {service: {port: 80, path: "/health\\nX: y"}}\n',
+        "verify.service.path",
+        14,
+        "control character",
+    ),
+    (
+        "service-path-space",
+        BASE + "verify: {service: {port: 80, path: '/a b'}}\n",
+        "verify.service.path",
+        14,
+        "an HTTP path",
+    ),
+    (
+        "service-wait-huge",
+        BASE + "verify: {service: {port: 80, start_s: 99999999999}}\n",
+        "verify.service.start_s",
+        14,
+        "not between 1 and 3600",
+    ),
+    (
+        "service-status-bad",
+        BASE + "verify: {service: {port: 80, status: 999}}\n",
+        "verify.service.status",
+        14,
+        "not between 100 and 599",
+    ),
 ]
 
 
