@@ -10,15 +10,13 @@ import os
 import subprocess
 import tarfile
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagebuild import progress
+from imagebuild import download, progress
 from imagebuild.cache import Cache, atomic_file, sha256_file, stat_key
 from imagebuild.errors import ImageBuildError
 from imagebuild.lock.lockfile import DebPackage, Lock, Wheel
@@ -54,24 +52,22 @@ def _download(cache: Cache, lock: Lock, item: DebPackage | Wheel) -> int:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".dl-", dir=dest.parent)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(_url(lock, item), timeout=120) as r:
-            while chunk := r.read(1 << 20):
-                out.write(chunk)
+        with os.fdopen(fd, "wb") as out:
+            size = download.fetch_to(_url(lock, item), out)
         got = sha256_file(Path(tmp))
         if got != item.sha256:
             raise FetchError(
                 f"{lock.path}: {_label(item)}: downloaded sha256 {got} does not match "
                 f"the locked {item.sha256}; refusing it (lock edited or mirror changed)"
             )
-        size = Path(tmp).stat().st_size
         os.replace(tmp, dest)
         return size
-    except urllib.error.HTTPError as e:
-        if e.code in (404, 410):
-            raise FetchError(_gone(lock, item, e.code)) from None
-        raise FetchError(f"{_label(item)}: download from {_url(lock, item)} failed: {e}") from None
+    except download.DownloadError as e:
+        if e.status in (404, 410):
+            raise FetchError(_gone(lock, item, e.status)) from None
+        raise FetchError(f"{_label(item)}: download from {e.url} failed: {e.reason}") from None
     except OSError as e:
-        raise FetchError(f"{_label(item)}: download from {_url(lock, item)} failed: {e}") from None
+        raise FetchError(f"{_label(item)}: writing {dest.parent} failed: {e}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

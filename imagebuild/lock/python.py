@@ -10,13 +10,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
+from imagebuild import download
 from imagebuild.errors import ImageBuildError, SpecError
 from imagebuild.spec import Spec
 
@@ -170,11 +170,11 @@ def pin_groups(
 
 
 def _index_files(name: str) -> list[dict]:
-    req = urllib.request.Request(
-        f"{INDEX}/{name}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
-    )
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.load(resp)["files"]
+    try:
+        body = download.read(f"{INDEX}/{name}/", {"Accept": "application/vnd.pypi.simple.v1+json"})
+    except download.DownloadError as e:
+        raise ImageBuildError(f"python lock: cannot read the index's page of {name}: {e}") from None
+    return json.loads(body)["files"]
 
 
 def choose_wheels(spec: Spec, pins: dict[str, tuple[str, set[str]]]) -> list[dict]:

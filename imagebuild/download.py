@@ -1,0 +1,74 @@
+"""HTTP GETs that outlive the network's blips. A mirror or index that cannot be resolved for a
+moment, refuses a connection, times out, answers 429/5xx or drops a connection mid-body is asked
+again with exponential backoff (urllib3's Retry, the policy pip and requests use); a 404 is an
+answer, not a blip, and is returned at once. CI runners see such blips: one DNS failure for
+deb.debian.org once failed a whole suite."""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import BinaryIO
+
+import urllib3
+from urllib3.exceptions import HTTPError, MaxRetryError
+from urllib3.util import Retry, Timeout
+
+ATTEMPTS = 6
+# urllib3 sleeps 0, 2, 4, 8, 16 s between its attempts (backoff_factor * 2**(n-1), the first at
+# once): a blip of up to ~30 s is survived, a mirror that is really down fails within a minute.
+BACKOFF = 1.0
+TRANSIENT = (429, 500, 502, 503, 504)
+
+
+class DownloadError(Exception):
+    """The last attempt's failure; `status` is the HTTP status when the server answered."""
+
+    def __init__(self, url: str, reason: str, status: int | None = None) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url, self.reason, self.status = url, reason, status
+
+
+def _pool(attempts: int, backoff: float) -> urllib3.PoolManager:
+    retry = Retry(total=attempts - 1, backoff_factor=backoff, status_forcelist=TRANSIENT,
+                  allowed_methods={"GET"}, raise_on_status=False)  # fmt: skip
+    return urllib3.PoolManager(retries=retry, timeout=Timeout(connect=20, read=120))
+
+
+_POOL = _pool(ATTEMPTS, BACKOFF)
+
+
+def fetch_to(url: str, out: BinaryIO, headers: dict[str, str] | None = None, *,
+             pool: urllib3.PoolManager | None = None) -> int:  # fmt: skip
+    """The body of `url` into `out` (from its start: a body cut off mid-way is fetched again
+    whole, never appended to); returns its size. Raises DownloadError after the last attempt,
+    or at once for a status that is not a blip (404, 403, ...)."""
+    pool = pool or _POOL
+    attempts = pool.connection_pool_kw["retries"].total + 1
+    for attempt in range(attempts):
+        try:
+            r = pool.request("GET", url, headers=headers, preload_content=False)
+        except MaxRetryError as e:  # connect/read/status retries all spent
+            raise DownloadError(url, str(e.reason)) from None
+        try:
+            if r.status >= 400:
+                raise DownloadError(url, f"HTTP {r.status} {r.reason}", r.status)
+            out.seek(0)
+            out.truncate()
+            for chunk in r.stream(1 << 20):
+                out.write(chunk)
+            return out.tell()
+        except HTTPError as e:  # the body: a dropped connection, a read timeout, a short read
+            if attempt == attempts - 1:
+                raise DownloadError(url, f"body cut off after {attempts} attempts: {e}") from None
+            time.sleep(pool.connection_pool_kw["retries"].backoff_factor * 2**attempt)
+        finally:
+            r.release_conn()
+    raise AssertionError("unreachable")
+
+
+def read(url: str, headers: dict[str, str] | None = None) -> bytes:
+    """A small body (an index page, a JSON document) in memory, with the same retries."""
+    buf = io.BytesIO()
+    fetch_to(url, buf, headers)
+    return buf.getvalue()

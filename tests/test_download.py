@@ -1,0 +1,96 @@
+"""Downloads survive the network's blips and do not retry real answers: a local HTTP server on
+127.0.0.1 that fails on purpose (5xx, a connection cut mid-body, an address nobody serves)."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from imagebuild import download
+
+BODY = bytes(range(256)) * 4096  # 1 MiB
+
+
+class _Flaky(http.server.BaseHTTPRequestHandler):
+    """/503-N: 503 for the first N requests; /cut-N: the first N bodies cut off half-way;
+    /missing: 404. Every request is counted per path."""
+
+    hits: dict[str, int] = {}
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        n = self.hits[self.path] = self.hits.get(self.path, 0) + 1
+        kind, _, count = self.path.strip("/").partition("-")
+        if kind == "missing":
+            self.send_error(404)
+            return
+        if kind == "503" and n <= int(count):
+            self.send_error(503)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(BODY)))
+        self.end_headers()
+        if kind == "cut" and n <= int(count):
+            self.wfile.write(BODY[: len(BODY) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.wfile.write(BODY)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    _Flaky.hits = {}
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+
+
+FAST = download._pool(attempts=4, backoff=0.01)
+
+
+def test_5xx_is_asked_again_until_it_answers(server: str) -> None:
+    out = io.BytesIO()
+    assert download.fetch_to(f"{server}/503-2", out, pool=FAST) == len(BODY)
+    assert out.getvalue() == BODY and _Flaky.hits["/503-2"] == 3
+
+
+def test_a_body_cut_off_is_fetched_again_whole(server: str) -> None:
+    out = io.BytesIO()
+    out.write(b"stale bytes from before")
+    download.fetch_to(f"{server}/cut-2", out, pool=FAST)
+    assert out.getvalue() == BODY and _Flaky.hits["/cut-2"] == 3
+
+
+def test_404_is_an_answer_not_a_blip(server: str) -> None:
+    with pytest.raises(download.DownloadError) as e:
+        download.fetch_to(f"{server}/missing", io.BytesIO(), pool=FAST)
+    assert e.value.status == 404 and _Flaky.hits["/missing"] == 1
+
+
+def test_blips_that_do_not_end_fail_after_the_last_attempt(server: str) -> None:
+    with pytest.raises(download.DownloadError) as e:
+        download.fetch_to(f"{server}/503-99", io.BytesIO(), pool=FAST)
+    assert e.value.status == 503 and _Flaky.hits["/503-99"] == 4
+    with pytest.raises(download.DownloadError) as e:
+        download.fetch_to(f"{server}/cut-99", io.BytesIO(), pool=FAST)
+    assert "cut off after 4 attempts" in str(e.value) and _Flaky.hits["/cut-99"] == 4
+
+
+def test_nobody_listening_is_retried_then_named() -> None:
+    with socket.socket() as s:  # a port that was free a moment ago: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(download.DownloadError) as e:
+        download.fetch_to(f"http://127.0.0.1:{port}/x", io.BytesIO(), pool=FAST)
+    assert e.value.status is None and f"127.0.0.1:{port}" in str(e.value)
