@@ -1,7 +1,9 @@
 """A NoCloud seed: the small `cidata` ISO (user-data + meta-data) that libvirt and OpenStack
 users hand a qcow2 so cloud-init logs them in (cloud-init's NoCloud datasource). Made with
 cloud-image-utils' `cloud-localds`, the tool those users run themselves, so what the tests boot
-is what users boot."""
+is what users boot. A seed that ships inside an artifact (the Vagrant box's) is made with
+dosfstools + mtools instead, with fixed dates and volume id: the same inputs give the same bytes,
+which genisoimage (cloud-localds's ISO) does not."""
 
 from __future__ import annotations
 
@@ -32,24 +34,47 @@ def user(name: str, public_key: str) -> dict[str, Any]:
     }
 
 
+def _documents(
+    tmp: str, instance_id: str, hostname: str, cloud_config: dict[str, Any]
+) -> list[Path]:
+    user_data, meta_data = Path(tmp, "user-data"), Path(tmp, "meta-data")
+    user_data.write_text("#cloud-config\n" + yaml.safe_dump(cloud_config, sort_keys=False))
+    meta_data.write_text(yaml.safe_dump({"instance-id": instance_id, "local-hostname": hostname}))
+    return [user_data, meta_data]
+
+
+def _run(argv: list[str], env: dict[str, str] | None = None) -> None:
+    if shutil.which(argv[0]) is None:
+        raise SeedError(f"{argv[0]} not found: apt-get install cloud-image-utils dosfstools mtools")
+    r = subprocess.run(argv, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise SeedError(f"{argv[0]} failed (exit {r.returncode}): {r.stderr.strip()}")
+
+
 def nocloud(dest: Path, *, instance_id: str, hostname: str, cloud_config: dict[str, Any]) -> Path:
     """Write the seed ISO to `dest` (atomically: a half-written seed would boot as no seed).
     A new `instance_id` is a new instance to cloud-init: it runs its first-boot modules again."""
-    tool = shutil.which("cloud-localds")
-    if tool is None:
-        raise SeedError("cloud-localds not found: apt-get install cloud-image-utils")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".seed-") as tmp:
-        user_data, meta_data = Path(tmp, "user-data"), Path(tmp, "meta-data")
-        user_data.write_text("#cloud-config\n" + yaml.safe_dump(cloud_config, sort_keys=False))
-        meta_data.write_text(
-            yaml.safe_dump({"instance-id": instance_id, "local-hostname": hostname})
-        )
         iso = Path(tmp, "seed.iso")
-        r = subprocess.run(
-            [tool, str(iso), str(user_data), str(meta_data)], capture_output=True, text=True
-        )
-        if r.returncode != 0:
-            raise SeedError(f"cloud-localds failed (exit {r.returncode}): {r.stderr.strip()}")
+        docs = _documents(tmp, instance_id, hostname, cloud_config)
+        _run(["cloud-localds", str(iso), *map(str, docs)])
         os.replace(iso, dest)
+    return dest
+
+
+def nocloud_vfat(dest: Path, *, instance_id: str, hostname: str, cloud_config: dict[str, Any],
+                 sde: int) -> Path:  # fmt: skip
+    """The same seed as a FAT filesystem labelled CIDATA (NoCloud reads both), reproducible:
+    the files dated `sde`, the label entry and volume id constants (`mkfs.fat
+    --invariant`). Written atomically to `dest` (raw)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(sde), "TZ": "UTC"}
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".seed-") as tmp:
+        img = Path(tmp, "seed.img")
+        _run(["mkfs.fat", "-C", "-n", "CIDATA", "--invariant", str(img), "1024"], env)
+        for doc in _documents(tmp, instance_id, hostname, cloud_config):
+            os.utime(doc, (sde, sde))
+            _run(["mcopy", "-m", "-i", str(img), str(doc), f"::{doc.name}"], env)
+        os.replace(img, dest)
     return dest

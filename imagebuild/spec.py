@@ -52,6 +52,9 @@ DEFAULT_VM_PACKAGES = [
     "e2fsprogs",
     # the platform's login (NoCloud, ConfigDrive, OVF, EC2 metadata): one disk for every format
     "cloud-init",
+    # libvirt learns the guest's address from it (vagrant-libvirt without a management network,
+    # `virsh domifaddr --source agent`); it starts only when the hypervisor offers its channel
+    "qemu-guest-agent",
 ]
 
 

@@ -15,6 +15,7 @@ APT_PACKAGES=(
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-dev pkg-config  # verify + libvirt-python
   vagrant vagrant-libvirt                           # `vagrant up` of the built box
   cloud-image-utils virt-v2v                        # a NoCloud seed; a third-party OVA reader
+  dosfstools mtools                                 # the Vagrant box's seed, reproducible
   openssh-client curl ca-certificates git
 )
 

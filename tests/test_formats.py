@@ -3,14 +3,19 @@ format reads, that the shipped qcow2 is compressed, and that a failure stops eve
 
 from __future__ import annotations
 
+import json
 import subprocess
+import tarfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from imagebuild.build import vm
-from imagebuild.build.formats import qcow2
+from imagebuild.build.formats import qcow2, vagrant
+from imagebuild.cache import sha256_file
 from imagebuild.errors import ImageBuildError
 
 LOCK = SimpleNamespace(source_date_epoch=0)
@@ -73,3 +78,36 @@ def test_a_failed_compression_is_an_error_in_qemu_imgs_words(tmp_path: Path, mon
     with pytest.raises(ImageBuildError, match=r"qemu-img convert -c .* failed \(exit 1\)"):
         vm.make_formats(missing, {"b": tmp_path / "b"}, None, LOCK)  # type: ignore[arg-type]
     assert not seen
+
+
+def test_the_vagrant_box_is_reproducible_and_carries_the_convention_on_its_seed(
+    tmp_path: Path,
+) -> None:
+    """Real mkfs.fat, mcopy and qemu-img: two boxes made apart in time are the same bytes; the
+    system disk is the input unchanged; the seed holds Vagrant's user and insecure key."""
+    disk = packer_disk(tmp_path)
+    spec = SimpleNamespace(name="demo", version="1.0", vm=SimpleNamespace(memory_mb=1024, cpus=2))
+    boxes = [tmp_path / "a.box", tmp_path / "b.box"]
+    vagrant.make(disk, boxes[0], spec, 1700000000)  # type: ignore[arg-type]
+    time.sleep(2.1)  # FAT dates have a 2 s grain
+    vagrant.make(disk, boxes[1], spec, 1700000000)  # type: ignore[arg-type]
+    assert sha256_file(boxes[0]) == sha256_file(boxes[1])
+    out = tmp_path / "unpacked"
+    with tarfile.open(boxes[0]) as tar:
+        assert tar.getnames() == ["metadata.json", "Vagrantfile", "box.img", "seed.img"]
+        tar.extractall(out)  # our own four plain members
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["disks"] == [{"path": "box.img"}, {"path": "seed.img"}]
+    assert sha256_file(out / "box.img") == sha256_file(disk)
+    raw = tmp_path / "seed.raw"
+    subprocess.run(
+        ["qemu-img", "convert", "-O", "raw", str(out / "seed.img"), str(raw)], check=True
+    )
+    label = subprocess.run(["fatlabel", str(raw)], capture_output=True, text=True, check=True)
+    assert label.stdout.strip() == "CIDATA"
+    user_data = subprocess.run(["mtype", "-i", str(raw), "::user-data"], capture_output=True,
+                               text=True, check=True).stdout  # fmt: skip
+    users = yaml.safe_load(user_data)["users"]
+    assert users[0]["name"] == "vagrant" and users[0]["sudo"] == "ALL=(ALL) NOPASSWD:ALL"
+    assert users[0]["ssh_authorized_keys"] == [vagrant.INSECURE_KEY]
+    assert "libvirt.memory = 1024" in (out / "Vagrantfile").read_text()

@@ -27,8 +27,16 @@ from imagebuild.build.formats import filename
 from imagebuild.cache import sha256_file
 from imagebuild.inventory import _entries
 from imagebuild.verify import hosts
-from imagebuild.vmboot import Booted, boot, debugfs_cat, image_info, make_key, partition_image
-from tests.conftest import build_vm, tree
+from imagebuild.vmboot import (
+    Booted,
+    boot,
+    debugfs_cat,
+    free_port,
+    image_info,
+    make_key,
+    partition_image,
+)
+from tests.conftest import ROOT, build_vm, tree
 
 pytestmark = [pytest.mark.network, pytest.mark.engine, pytest.mark.vm]
 
@@ -204,15 +212,52 @@ def test_nocloud_seed_logs_in_its_user_on_every_clone(vm_built, tmp_path: Path) 
             ]  # fmt: skip
 
 
-def test_vagrant_box_add_accepts_the_box(vm_built, tmp_path: Path) -> None:
+def _libvirt_state(conn: Any) -> tuple[set[str], set[str], set[str]]:
+    pool = conn.storagePoolLookupByName("default") if "default" in conn.listStoragePools() else None
+    volumes = set(pool.listVolumes()) if pool is not None else set()
+    domains = {d.name() for d in conn.listAllDomains()}
+    return domains, {n.name() for n in conn.listAllNetworks()}, volumes
+
+
+def test_vagrant_up_boots_the_box_with_a_plain_vagrantfile(vm_built, tmp_path: Path) -> None:
+    """`vagrant box add` + `vagrant up --provider libvirt` with the project's Vagrantfile (the box
+    name and networking lines only): Vagrant logs in by its own convention (user vagrant, the
+    insecure key replaced by a fresh one), the entrypoint runs; `vagrant destroy -f` leaves no
+    domain, volume or network behind. No libvirt network is used: SSH on 127.0.0.1 only."""
     spec, dist, _ = vm_built
-    env = {**os.environ, "VAGRANT_HOME": str(tmp_path / "vagrant.d")}
-    box = dist / filename("vagrant", spec)
-    r = subprocess.run(["vagrant", "box", "add", "--name", "imagebuild-test", str(box)],
-                       capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    conn = hosts._libvirt()
+    assert conn is not None, "libvirt (qemu:///system) is needed for vagrant-libvirt"
+    project, box = tmp_path / "project", f"imagebuild-test/{spec.name}"
+    project.mkdir()
+    shutil.copy(ROOT / "vagrant" / "Vagrantfile", project / "Vagrantfile")
+    env = {**os.environ, "VAGRANT_HOME": str(tmp_path / "vagrant.d"), "IMAGEBUILD_BOX": box,
+           "IMAGEBUILD_SSH_PORT": str(free_port()), "VAGRANT_CHECKPOINT_DISABLE": "1"}  # fmt: skip
+
+    def vagrant(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["vagrant", *args], cwd=project, env=env, capture_output=True,
+                              text=True, timeout=900)  # fmt: skip
+
+    before = _libvirt_state(conn)
+    r = vagrant("box", "add", "--name", box, str(dist / filename("vagrant", spec)))
     assert r.returncode == 0, r.stdout + r.stderr
-    listed = subprocess.run(["vagrant", "box", "list"], capture_output=True, text=True, env=env)
-    assert "imagebuild-test" in listed.stdout and "libvirt" in listed.stdout
+    try:
+        r = vagrant("up", "--provider", "libvirt")
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "Key inserted" in r.stdout  # Vagrant replaced its insecure key
+        r = vagrant("ssh", "-c", "imagebuild-entrypoint --version; id -un; sudo -n id -un")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.split("\n")[:3] == [f"{spec.name} {spec.version}", "vagrant", "root"]
+        r = vagrant("ssh", "-c", "grep -c 'vagrant insecure public key' .ssh/authorized_keys")
+        assert r.stdout.strip() == "0", "the insecure key is still authorised"
+    finally:
+        destroyed = vagrant("destroy", "-f")
+        domains, networks, volumes = _libvirt_state(conn)
+        base = {v for v in volumes - before[2] if "_vagrant_box_image_" in v}
+        pool = conn.storagePoolLookupByName("default") if base else None
+        for v in base:  # the box's own volumes: vagrant keeps them for the next `up`
+            pool.storageVolLookupByName(v).delete()
+    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+    assert (domains, networks, volumes - base) == before
 
 
 def test_second_build_reuses_everything(vm_built, locked_example: Path, cache_dir: Path) -> None:

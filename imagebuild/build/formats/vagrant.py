@@ -1,46 +1,86 @@
-"""Vagrant box for the libvirt provider: metadata.json + Vagrantfile + box.img (the qcow2), in a
-tar with fixed owners and times (vagrant-libvirt's box format, v1)."""
+"""Vagrant box for the libvirt provider, vagrant-libvirt's box format v2: metadata.json +
+Vagrantfile + box.img (the shipped qcow2, unchanged) + seed.img (a NoCloud seed), in a tar with
+fixed owners and times.
+
+Vagrant's convention (a `vagrant` user with Vagrant's published insecure key and passwordless
+sudo, the key replaced by a fresh one on the first `vagrant up`) lives on the seed disk, which
+cloud-init reads at first boot: the system disk is the same bytes as the qcow2, and neither the
+qcow2 nor the OVA carries a known key."""
 
 from __future__ import annotations
 
 import io
 import json
+import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
+from imagebuild import seed
 from imagebuild.spec import Spec
 
 SUFFIX = ".libvirt.box"
 COMPRESSED_INPUT = True  # box.img is the shipped qcow2
 
+# hashicorp/vagrant keys/vagrant.pub: the key every Vagrant knows the private half of, and
+# replaces (config.ssh.insert_key) before anything else runs.
+INSECURE_KEY = (
+    "ssh-rsa AAAAB3NzaC1yc2EAAAABIwAAAQEA6NF8iallvQVp22WDkTkyrtvp9eWW6A8YVr+kz4TjGYe7gHzIw+niNlt"
+    "GEFHzD8+v1I2YJ6oXevct1YeS0o9HZyN1Q9qgCgzUFtdOKLv6IedplqoPkcmF0aYet2PkEDo3MlTBckFXPITAMzF8d"
+    "JSIFo9D8HfdOV0IAdx4O7PtixWKn5y2hMNG0zQPyUecp4pzC6kivAIhyfHilFR61RGL+GPXQ2MWZWFYbAGjyiYJnAmC"
+    "P3NOTd0jMZEnDkbUvxhMmBYSdETk1rRgm+R4LOzFUGaHqHDLKLX+FIPKcF96hrucXzcWyLbIbEgE98OHlnVYCzRdK8jl"
+    "qm8tehUc9c9WhQ== vagrant insecure public key"
+)
+
+# What a box should set, and nothing about the user's networking: a project's Vagrantfile
+# overrides it (vagrant/Vagrantfile shows the lines for QEMU user networking on 127.0.0.1).
 VAGRANTFILE = """\
-# Defaults of the imagebuild box; a project's own Vagrantfile overrides them.
+# Defaults of the {name} box (imagebuild); a project's own Vagrantfile overrides them.
 Vagrant.configure("2") do |config|
+  # no rsync or NFS client in the image
+  config.vm.synced_folder ".", "/vagrant", disabled: true
   config.vm.provider :libvirt do |libvirt|
-    libvirt.driver = "qemu"
+    # KVM where the CPU can virtualise (a /dev/kvm without vmx/svm only crawls), else TCG
+    kvm = File.writable?("/dev/kvm") && File.read("/proc/cpuinfo").match?(/\b(vmx|svm)\b/)
+    libvirt.driver = kvm ? "kvm" : "qemu"
     libvirt.memory = {memory}
     libvirt.cpus = {cpus}
     libvirt.disk_bus = "virtio"
+    # the wheels need SSE4.2/AVX: the host's CPU under KVM, QEMU's "max" under TCG
+    libvirt.cpu_mode = "maximum"
   end
 end
 """
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes, sde: int) -> None:
+def _seed(dest: Path, spec: Spec, sde: int) -> Path:
+    """seed.img: the NoCloud seed as the qcow2 vagrant-libvirt requires of every box disk."""
+    raw = seed.nocloud_vfat(
+        dest.with_suffix(".raw"), instance_id=f"{spec.name}-{spec.version}-vagrant",
+        hostname=spec.name, cloud_config={"users": [seed.user("vagrant", INSECURE_KEY)]}, sde=sde,
+    )  # fmt: skip
+    subprocess.run(["qemu-img", "convert", "-q", "-O", "qcow2", str(raw), str(dest)], check=True)
+    raw.unlink()
+    return dest
+
+
+def _info(name: str, size: int, sde: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), sde, 0o644
-    tar.addfile(info, io.BytesIO(data))
+    info.size, info.mtime, info.mode = size, sde, 0o644
+    info.uname = info.gname = "root"
+    return info
 
 
 def make(disk: Path, dest: Path, spec: Spec, sde: int) -> None:
-    meta = {"provider": "libvirt", "format": "qcow2", "virtual_size": spec.vm.disk_gb}
-    vf = VAGRANTFILE.format(memory=spec.vm.memory_mb, cpus=spec.vm.cpus)
-    with tarfile.open(dest, "w", format=tarfile.GNU_FORMAT) as tar:
-        _add(tar, "metadata.json", json.dumps(meta).encode(), sde)
-        _add(tar, "Vagrantfile", vf.encode(), sde)
-        info = tar.gettarinfo(disk, "box.img")
-        info.uid = info.gid = 0
-        info.uname = info.gname = "root"
-        info.mtime, info.mode = sde, 0o644
-        with disk.open("rb") as f:
-            tar.addfile(info, f)
+    meta = {"provider": "libvirt", "format": "qcow2",
+            "disks": [{"path": "box.img"}, {"path": "seed.img"}]}  # fmt: skip
+    vf = VAGRANTFILE.format(name=spec.name, memory=spec.vm.memory_mb, cpus=spec.vm.cpus)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".box-") as tmp:
+        seed_img = _seed(Path(tmp, "seed.img"), spec, sde)
+        with tarfile.open(dest, "w", format=tarfile.GNU_FORMAT) as tar:
+            for name, data in (("metadata.json", json.dumps(meta).encode()),
+                               ("Vagrantfile", vf.encode())):  # fmt: skip
+                tar.addfile(_info(name, len(data), sde), io.BytesIO(data))
+            for name, path in (("box.img", disk), ("seed.img", seed_img)):
+                with path.open("rb") as f:
+                    tar.addfile(_info(name, path.stat().st_size, sde), f)
