@@ -238,7 +238,7 @@ def test_vagrant_up_boots_the_box_with_a_plain_vagrantfile(vm_built, tmp_path: P
                               text=True, timeout=900)  # fmt: skip
 
     before = _libvirt_state(conn)
-    r = vagrant("box", "add", "--name", box, str(dist / filename("vagrant", spec)))
+    r = vagrant("box", "add", "--name", box, str((dist / filename("vagrant", spec)).resolve()))
     assert r.returncode == 0, r.stdout + r.stderr
     try:
         r = vagrant("up", "--provider", "libvirt")
