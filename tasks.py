@@ -225,7 +225,8 @@ def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", o
 @cli(
     dist="Output folder of the builds (default ./dist); the report goes to DIST/verify/.",
     container="Image to verify (default: REPOSITORY:VERSION from the spec).",
-    vm="qcow2 to verify (default: DIST/NAME-VERSION.qcow2).",
+    vm="VM artifact to verify: the qcow2, the Vagrant box or the OVA (its disk is booted, and "
+    "compared with the qcow2 beside it; default: DIST/NAME-VERSION.qcow2).",
     backend="auto (default: libvirt qemu:///system, else plain QEMU), libvirt or qemu.",
     vm_seed="A NoCloud seed ISO (cloud-localds) to boot the VM with, as your platform would "
     "(libvirt only); the login verify itself uses stays systemd's credential.",

@@ -237,9 +237,12 @@ def wordcount_built(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_a_plain_fastapi_service_verifies_green(wordcount_built) -> None:
+    """Verified through its OVA (what a VMware or VirtualBox user gets): the VMDK is taken out,
+    shown to hold the qcow2's bytes, and booted."""
     spec, dist = wordcount_built
-    r = verify(spec, dist)
+    r = verify(spec, dist, "--vm", str(next(dist.glob("*.ova"))))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "verify: same disk as: done" in r.stderr
     rows = {
         row["id"]: row for row in json.loads((dist / "verify" / "report.json").read_text())["rows"]
     }

@@ -18,7 +18,7 @@ import pytest
 from imagebuild import checksums, progress
 from imagebuild.errors import ImageBuildError
 from imagebuild.spec import Spec
-from imagebuild.verify import hosts
+from imagebuild.verify import hosts, vmdisk
 
 SUITE = Path(__file__).parent / "suite"
 
@@ -52,6 +52,21 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _vm_disk(artifact: Path, work: Path, qcow2: Path) -> Path:
+    """The qcow2 to boot for --vm (a qcow2, a Vagrant box or an OVA); a box's or an OVA's disk
+    must hold the same bytes as the qcow2 of the same build, when it is beside it."""
+    if vmdisk.kind_of(artifact) == "qcow2":
+        return artifact
+    with progress.stage("verify: VM disk", f"from {artifact.name}"):
+        disk = vmdisk.bootable(artifact, work)
+    if qcow2.is_file():
+        with progress.stage("verify: same disk as", qcow2.name):
+            vmdisk.same_as(disk, qcow2)
+    else:
+        progress.say(f"verify: no {qcow2.name} beside {artifact.name}: not compared")
+    return disk.bootable
+
+
 def verify(
     spec: Spec,
     dist: Path,
@@ -61,7 +76,8 @@ def verify(
     seed: Path | None = None,
 ) -> VerifyResult:
     ref = container_ref or f"{spec.repository}:{spec.version}"
-    disk = (vm_disk or dist / f"{spec.name}-{spec.version}.qcow2").resolve()
+    stem = f"{spec.name}-{spec.version}"
+    artifact = (vm_disk or dist / f"{stem}.qcow2").resolve()
     out_dir = dist / "verify"
     seconds: dict[str, float] = {}
     with (
@@ -69,10 +85,11 @@ def verify(
         contextlib.ExitStack() as up,
     ):
         work = Path(tmp)
-        if (dist / checksums.NAME).is_file() and disk.parent == dist.resolve():
-            with progress.stage("verify: SHA256SUMS", disk.name):
-                if problems := checksums.check(dist, [disk]):
+        if (dist / checksums.NAME).is_file() and artifact.parent == dist.resolve():
+            with progress.stage("verify: SHA256SUMS", artifact.name):
+                if problems := checksums.check(dist, [artifact]):
                     raise VerifyFailed("; ".join(problems) + " (rebuild it, or pass --vm)")
+        disk = _vm_disk(artifact, work / "disk", artifact.with_name(f"{stem}.qcow2"))
         with progress.stage("verify: container up", f"{ref}, --network none") as st:
             c = up.enter_context(hosts.container(ref, service=spec.verify.service is not None))
             seconds["container start"] = c.seconds

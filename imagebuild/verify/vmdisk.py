@@ -1,0 +1,85 @@
+"""The disk verify boots, from whichever VM artifact the user ships: the qcow2 as it is, the
+Vagrant box's system disk (`box.img`), or the OVA's VMDK converted to qcow2. The box and the OVA
+hold conversions of the one disk the qcow2 is; `qemu-img compare` shows that they hold the same
+guest-visible bytes as the qcow2 beside them, so verifying one proves the others."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagebuild.build.formats import FORMATS
+from imagebuild.errors import ImageBuildError
+from imagebuild.vmboot import qemu_img, wait_qemu_img
+
+
+class DiskError(ImageBuildError):
+    pass
+
+
+@dataclass(frozen=True)
+class Disk:
+    artifact: Path  # what the user named
+    bootable: Path  # the qcow2 verify boots (the artifact itself, or taken out of it)
+    kind: str  # qcow2, vagrant or ova
+
+
+def kind_of(artifact: Path) -> str:
+    for fmt, module in FORMATS.items():
+        if artifact.name.endswith(module.SUFFIX):
+            return fmt
+    suffixes = ", ".join(m.SUFFIX for m in FORMATS.values())
+    raise DiskError(f"--vm {artifact}: not a VM artifact imagebuild makes ({suffixes})")
+
+
+def _member(tar: tarfile.TarFile, artifact: Path, suffix: str) -> tarfile.TarInfo:
+    found = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(suffix)]
+    if len(found) != 1 or "/" in found[0].name:
+        raise DiskError(f"{artifact}: expected one {suffix} disk at its top, found "
+                        f"{[m.name for m in found] or 'none'}")  # fmt: skip
+    return found[0]
+
+
+def _extract(artifact: Path, name_suffix: str, dest: Path) -> Path:
+    """One disk member streamed out of the tar (never `extractall`: the name is not trusted)."""
+    try:
+        with tarfile.open(artifact) as tar:
+            member = _member(tar, artifact, name_suffix)
+            src = tar.extractfile(member)
+            assert src is not None
+            with src, dest.open("wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+    except tarfile.TarError as e:
+        raise DiskError(f"{artifact}: not a readable tar ({e})") from None
+    return dest
+
+
+def bootable(artifact: Path, work: Path) -> Disk:
+    """The qcow2 to boot for `artifact`, in `work` when it must be taken out of an archive."""
+    kind = kind_of(artifact)
+    if kind == "qcow2":
+        return Disk(artifact, artifact, kind)
+    work.mkdir(parents=True, exist_ok=True)
+    if kind == "vagrant":
+        return Disk(artifact, _extract(artifact, "box.img", work / "box.img"), kind)
+    vmdk = _extract(artifact, ".vmdk", work / "disk.vmdk")
+    disk = work / "ova.qcow2"
+    wait_qemu_img(qemu_img("convert", "-O", "qcow2", str(vmdk), str(disk)))
+    vmdk.unlink()
+    return Disk(artifact, disk, kind)
+
+
+def same_as(disk: Disk, qcow2: Path) -> None:
+    """Refuse a box or OVA whose disk is not the qcow2's (guest-visible bytes, any format)."""
+    proc = qemu_img("compare", "-q", str(disk.bootable), str(qcow2))
+    try:
+        wait_qemu_img(proc)
+    except ImageBuildError:
+        if proc.returncode == 1:
+            raise DiskError(
+                f"{disk.artifact.name}: its disk differs from {qcow2.name} "
+                "(`qemu-img compare`): they were not made from one build"
+            ) from None
+        raise

@@ -1,0 +1,44 @@
+"""verify --vm over what ships: the disk inside a Vagrant box is taken out (streamed, by name)
+and must hold the qcow2's bytes. Real tar, qemu-img and the real box maker on small disks."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from imagebuild.build.formats import vagrant
+from imagebuild.cache import sha256_file
+from imagebuild.verify import vmdisk
+
+SPEC = SimpleNamespace(name="demo", version="1.0", vm=SimpleNamespace(memory_mb=512, cpus=1))
+
+
+def disk(path: Path, fill: bytes) -> Path:
+    raw = path.with_suffix(".raw")
+    raw.write_bytes(fill * ((4 << 20) // len(fill)))
+    subprocess.run(["qemu-img", "convert", "-c", "-O", "qcow2", str(raw), str(path)], check=True)
+    return path
+
+
+def test_the_box_disk_is_booted_and_must_be_the_qcow2(tmp_path: Path) -> None:
+    qcow2 = disk(tmp_path / "demo-1.0.qcow2", b"same bytes ")
+    box = tmp_path / "demo-1.0.libvirt.box"
+    vagrant.make(qcow2, box, SPEC, 0)  # type: ignore[arg-type]
+    got = vmdisk.bootable(box, tmp_path / "work")
+    assert got.kind == "vagrant" and sha256_file(got.bootable) == sha256_file(qcow2)
+    vmdisk.same_as(got, qcow2)  # equal: no error
+    other = disk(tmp_path / "other.qcow2", b"other build ")
+    with pytest.raises(vmdisk.DiskError, match="differs from other.qcow2"):
+        vmdisk.same_as(got, other)
+
+
+def test_what_is_not_a_vm_artifact_is_named(tmp_path: Path) -> None:
+    with pytest.raises(vmdisk.DiskError, match="not a VM artifact"):
+        vmdisk.bootable(tmp_path / "demo.iso", tmp_path)
+    fake = tmp_path / "demo.ova"
+    fake.write_text("not a tar")
+    with pytest.raises(vmdisk.DiskError, match="not a readable tar"):
+        vmdisk.bootable(fake, tmp_path / "work")
