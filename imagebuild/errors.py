@@ -35,12 +35,6 @@ class StaleLockError(ImageBuildError):
     exit_code = 3
 
 
-class NotImplementedYet(ImageBuildError):
-    """A task whose issue has not landed yet: never a silent success."""
-
-    exit_code = 4
-
-
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what CI sends on cancel, and `timeout` by default): unwinds exactly like Ctrl-C,
     with its own exit status (143)."""

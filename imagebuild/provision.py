@@ -20,8 +20,8 @@ import pathspec
 
 from imagebuild import inventory
 from imagebuild.errors import ImageBuildError, Terminated
-from imagebuild.lock.lockfile import Lock, stack_roles
-from imagebuild.roles import ANSIBLE_DIR, ROLES_DIR
+from imagebuild.lock.lockfile import Lock
+from imagebuild.roles import ANSIBLE_DIR, ROLES_DIR, stack_roles
 from imagebuild.spec import Spec
 
 GPU_GUARD = "/usr/local/bin/imagebuild-gpu-guard"  # installed by role nvidia_driver
@@ -34,8 +34,7 @@ class ProvisionError(ImageBuildError):
 
 @dataclass(frozen=True)
 class ProvisionResult:
-    ok: int
-    changed: int
+    changed: int  # tasks that changed something (a stage with none is a no-op)
 
 
 def os_pins(spec: Spec, lock: Lock) -> list[str]:
@@ -276,9 +275,7 @@ def run(
         raise ProvisionError(
             f"ansible-playbook {playbook} (tags {tags}) failed on {host} (rc {r.rc}):\n{tail}"
         )
-    return ProvisionResult(
-        ok=sum(stats.get("ok", {}).values()), changed=sum(stats.get("changed", {}).values())
-    )
+    return ProvisionResult(changed=sum(stats.get("changed", {}).values()))
 
 
 STRATEGY_ENV = "IMAGEBUILD_ANSIBLE_STRATEGY"

@@ -13,9 +13,12 @@ import hashlib
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:  # spec checks stack names against this module: a type-only import
+    from imagebuild.spec import Spec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ANSIBLE_DIR = PROJECT_ROOT / "ansible"
@@ -53,6 +56,13 @@ def with_cuda_wheels(stacks: list[RoleInfo], cuda: str) -> list[RoleInfo]:
         else r
         for r in stacks
     ]
+
+
+def stack_roles(spec: Spec) -> list[RoleInfo]:
+    """The spec's stack roles, in the variant (CPU or CUDA) the spec's `gpu:` selects, the CUDA
+    user space resolved for the spec's CUDA version."""
+    stacks = [role(s).variant(bool(spec.gpu)) for s in spec.stacks]
+    return with_cuda_wheels(stacks, spec.gpu.cuda) if spec.gpu else stacks
 
 
 @cache

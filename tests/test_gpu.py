@@ -22,7 +22,7 @@ import yaml
 from imagebuild import provision, roles
 from imagebuild import spec as specmod
 from imagebuild.errors import SpecError
-from imagebuild.lock.lockfile import stack_roles
+from imagebuild.roles import stack_roles
 from imagebuild.verify import gpu
 from tests.conftest import ROOT, build_vm, run_invoke
 

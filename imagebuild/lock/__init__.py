@@ -19,10 +19,11 @@ from imagebuild.lock.lockfile import (
     make,
     path_for,
     read,
-    stack_roles,
     stale_reasons,
     write,
 )
+from imagebuild.lock.python import lock_python
+from imagebuild.roles import stack_roles
 from imagebuild.spec import Spec
 
 __all__ = ["Lock", "load_fresh", "path_for", "read", "resolve", "stale_reasons", "write"]
@@ -123,8 +124,6 @@ def resolve(
     if old is not None and update is not None:
         keep_os = {p.name: p.version for p in [*old.shared, *old.vm] if p.name not in update}
         keep_py = {w.name: w.version for w in old.python if w.name not in update}
-    from imagebuild.lock.python import lock_python
-
     inputs_for(spec)  # fail early on unreadable requirement files
     with progress.stage(
         "lock: OS packages", f"{spec.base.suite} from {spec.base.effective_mirror}"

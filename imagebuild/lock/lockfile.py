@@ -19,6 +19,7 @@ from imagebuild import __version__, roles
 from imagebuild.cache import atomic_file
 from imagebuild.errors import StaleLockError
 from imagebuild.lock import schema
+from imagebuild.lock.python import platform_tag, requirement_lines
 from imagebuild.spec import Spec
 
 FORMAT = 1
@@ -93,18 +94,9 @@ def path_for(spec: Spec) -> Path:
     return spec.path.with_suffix(".lock")
 
 
-def stack_roles(spec: Spec) -> list[roles.RoleInfo]:
-    """The spec's stack roles, in the variant (CPU or CUDA) the spec's `gpu:` selects, the CUDA
-    user space resolved for the spec's CUDA version."""
-    stacks = [roles.role(s).variant(bool(spec.gpu)) for s in spec.stacks]
-    return roles.with_cuda_wheels(stacks, spec.gpu.cuda) if spec.gpu else stacks
-
-
 def inputs_for(spec: Spec) -> dict[str, Any]:
     """Everything in the spec (and in files it names) that the lock's content depends on."""
-    from imagebuild.lock.python import platform_tag, requirement_lines
-
-    stacks = stack_roles(spec)
+    stacks = roles.stack_roles(spec)
     return {
         "base": {
             "distro": spec.base.distro,

@@ -22,7 +22,6 @@ from imagebuild.lock.lockfile import Lock
 from imagebuild.spec import Spec
 from imagebuild.verify import filebytes, gpu
 from imagebuild.verify.items import (
-    ABSENT,
     DISK_HYGIENE,
     SETUID_ROW,
     WRAPPER,
@@ -31,6 +30,7 @@ from imagebuild.verify.items import (
     import_names,
     smoke_command,
 )
+from imagebuild.verify.model import ABSENT
 
 Facts = dict[str, dict[str, str]]
 

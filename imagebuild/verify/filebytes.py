@@ -17,7 +17,8 @@ import testinfra
 
 from imagebuild import inventory, provision, roles
 from imagebuild.spec import Spec
-from imagebuild.verify.items import ANY, WRAPPER, Item
+from imagebuild.verify.items import WRAPPER
+from imagebuild.verify.model import ANY, Item
 
 SCRIPT = (Path(inventory.__file__).parent / "data" / "bytes_script.py").read_text()
 

@@ -13,9 +13,10 @@ from typing import Any
 
 from imagebuild import provision, roles
 from imagebuild.lock import GPU_VERSION_PACKAGES
-from imagebuild.lock.lockfile import Lock, stack_roles
+from imagebuild.lock.lockfile import Lock
+from imagebuild.roles import stack_roles
 from imagebuild.spec import Spec
-from imagebuild.verify.items import ABSENT, Item
+from imagebuild.verify.model import ABSENT, Item
 
 GUARD_EXIT = 78  # EX_CONFIG, what the guard template exits with
 DRIVER_LIBS = {"libcuda.so.1": "libcuda1", "libnvidia-ml.so.1": GPU_VERSION_PACKAGES["driver"]}

@@ -38,7 +38,6 @@ class HostError(ImageBuildError):
 @dataclass(frozen=True)
 class Host:
     url: str  # testinfra host spec
-    kwargs: dict[str, Any]
     seconds: float  # start (container) / boot to SSH (VM)
     how: str
     config: dict[str, Any]  # container: the image config; VM: {}
@@ -69,7 +68,7 @@ def container(ref: str, service: bool = False) -> Iterator[Host]:
                                              name=name, network_mode="none", detach=True,
                                              labels=labels))  # fmt: skip
         seconds, url = round(time.monotonic() - start, 2), f"docker://{name}"
-        yield Host(url, {}, seconds, "docker", image.attrs["Config"],
+        yield Host(url, seconds, "docker", image.attrs["Config"],
                    service_url=f"{url}-service" if service else "")  # fmt: skip
     finally:
         for c in started:
@@ -198,7 +197,7 @@ def _ssh_host(booted: vmboot.Booted, work: Path, how: str) -> Host:
         f"ssh://root@127.0.0.1:{booted.port}?ssh_identity_file={booted.key}"
         f"&ssh_config={config}&timeout=60"
     )
-    return Host(url, {}, booted.seconds_to_ssh, how, {})
+    return Host(url, booted.seconds_to_ssh, how, {})
 
 
 @contextlib.contextmanager

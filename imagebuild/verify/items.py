@@ -4,18 +4,18 @@ build log). One Item per row of the parity table."""
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from imagebuild.lock.lockfile import Lock, stack_roles
+from imagebuild.lock.lockfile import Lock
 from imagebuild.lock.python import requirement_lines
 from imagebuild.provision import exec_argv
+from imagebuild.roles import stack_roles
 from imagebuild.spec import Spec
+from imagebuild.verify import gpu
+from imagebuild.verify.model import ABSENT, ANY, Item
 
-ABSENT = "absent"
-ANY = None  # no fixed expectation: the two artifacts must only agree
 WRAPPER = "/usr/local/bin/imagebuild-entrypoint"
 SETUID_ROW = "setuid/setgid files no package owns"
 # Read from the VM's disk image itself (never booted), as shipped: (row, expected).
@@ -30,20 +30,6 @@ DISK_HYGIENE = {
     "journal files (disk image)": "none",
     "cloud-init instance state (disk image)": "none",
 }
-
-
-@dataclass(frozen=True)
-class Item:
-    kind: str  # the facts section it reads (deb, python, import, lib, ...)
-    key: str
-    container: str | None  # expected value in the container (ANY = only agree with the VM)
-    vm: str | None
-    shared: bool = True  # must the two values be equal?
-    runtime_gpu: bool = False  # needs a GPU at run time: skipped (with the reason) without one
-
-    @property
-    def id(self) -> str:
-        return f"{self.kind}:{self.key}"
 
 
 def smoke_command(spec: Spec, run_as: str = "", args: str = "--version") -> str:
@@ -106,6 +92,4 @@ def items(spec: Spec, lock: Lock, container_libs: list[str]) -> list[Item]:
         Item("hygiene", SETUID_ROW, "none", "none"),
     ]
     out += [Item("hygiene", row, "n/a", want, shared=False) for row, want in DISK_HYGIENE.items()]
-    from imagebuild.verify import gpu  # imports Item from here
-
     return out + gpu.items(spec, lock)

@@ -15,7 +15,7 @@ from imagebuild import inventory
 from imagebuild.build.container import engine
 from imagebuild.spec import Spec
 from imagebuild.verify.facts import comparable
-from imagebuild.verify.items import ANY, Item
+from imagebuild.verify.model import ANY, Item
 
 PROBE = r"""
 import json, sys, time, urllib.error, urllib.request

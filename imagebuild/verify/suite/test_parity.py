@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from conftest import gpu_present
 
-from imagebuild.verify.items import ABSENT, Item
+from imagebuild.verify.model import ABSENT, Item
 
 
 def test_item(item: Item, facts: dict[str, Any], row: dict[str, Any]) -> None:

@@ -1,0 +1,76 @@
+"""The house's shape, read from the source (no imports run): no import circle among imagebuild's
+modules, counting imports inside functions (a circle hidden there is still a circle) and leaving
+out `if TYPE_CHECKING:` blocks (type-only)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+PKG = ROOT / "imagebuild"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _type_checking_only(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def imports(path: Path, modules: set[str]) -> set[str]:
+    """imagebuild modules `path` imports: `from P import m` is an edge to P.m when that is a
+    module (it needs only P's start, which every submodule of P has), else to P."""
+    found: set[str] = set()
+    todo: list[ast.AST] = [ast.parse(path.read_text())]
+    while todo:
+        node = todo.pop()
+        if _type_checking_only(node):
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            subs = {f"{node.module}.{a.name}" for a in node.names} & modules
+            found |= subs
+            if len(subs) < len(node.names):  # some names come from the package's own code
+                found.add(node.module)
+    return {m for m in found if m in modules and m.startswith("imagebuild")}
+
+
+def graph() -> dict[str, set[str]]:
+    paths = {module_name(p): p for p in PKG.rglob("*.py")}
+    modules = set(paths)
+    return {m: imports(p, modules) - {m} for m, p in paths.items()}
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Every circle, found by depth-first search (one path per circle entry)."""
+    found, state = [], {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = "open"
+        for n in sorted(g[m]):
+            if state.get(n) == "open":
+                found.append([*path[path.index(n) :], n])
+            elif n not in state:
+                visit(n, [*path, n])
+        state[m] = "done"
+
+    for m in sorted(g):
+        if m not in state:
+            visit(m, [m])
+    return found
+
+
+def test_the_checker_sees_a_circle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c", "a"]]
+
+
+def test_no_import_circle() -> None:
+    g = graph()
+    assert "imagebuild.lock.lockfile" in g["imagebuild.lock"]  # the reader sees the edges
+    assert cycles(g) == []
