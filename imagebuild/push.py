@@ -10,7 +10,7 @@ from pathlib import Path
 
 import docker.errors
 
-from imagebuild import progress
+from imagebuild import distnames, progress
 from imagebuild.build.container import engine
 from imagebuild.cache import atomic_file
 from imagebuild.errors import ImageBuildError
@@ -61,6 +61,6 @@ def push(spec: Spec, registry: str | None, dist: Path) -> PushResult:
     if not digest:
         raise PushError(f"push to {registry}: the registry reported no digest")
     result = PushResult(f"{remote}@{digest}", image.id)
-    with atomic_file(dist / f"{spec.name}-{spec.version}.push.json") as t:
+    with atomic_file(distnames.path(dist, spec, distnames.PUSH_RECORD)) as t:
         t.write_text(json.dumps(result.__dict__, indent=1))
     return result

@@ -38,7 +38,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from imagebuild import checksums, packer, progress, provision, vmboot
+from imagebuild import checksums, distnames, packer, progress, provision, vmboot
 from imagebuild.build import vm
 from imagebuild.cache import Cache, atomic_file, sha256_file
 from imagebuild.errors import ImageBuildError
@@ -172,7 +172,7 @@ def register(client: Any, spec: Spec, name: str, sid: str, tags: list[dict[str, 
 
 def ami_tags(spec: Spec, lock: Lock, dist: Path) -> list[dict[str, str]]:
     """What an AMI says about itself: the spec, the lock and the container it matches."""
-    record = dist / f"{spec.name}-{spec.version}.container.json"
+    record = distnames.path(dist, spec, distnames.CONTAINER_RECORD)
     try:
         image_id = "sha256:" + json.loads(record.read_text())["image_id"]
     except (OSError, ValueError, KeyError):
@@ -223,7 +223,7 @@ def build(
     with progress.stage("build-vm: ami: register", name) as st:
         image_id = register(client, spec, name, sid, tags)
         st["note"] = image_id
-    record = dist.resolve() / f"{spec.name}-{spec.version}.ami.json"
+    record = distnames.path(dist.resolve(), spec, distnames.AMI_RECORD)
     body = {
         "image_id": image_id, "name": name, "region": client.region_name, "snapshot_id": sid,
         "disk_sha256": disk_sha, "blocks_written": blocks, "block_size": BLOCK,

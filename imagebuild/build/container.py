@@ -35,7 +35,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from imagebuild import __version__, builder, checksums, progress, provision, roles
+from imagebuild import __version__, builder, checksums, distnames, progress, provision, roles
 from imagebuild import inventory as inv
 from imagebuild.build import image as img
 from imagebuild.build.layers import (
@@ -577,12 +577,11 @@ def inventory(client: docker.DockerClient, image_ref: str, spec: Spec) -> dict[s
 
 
 def _outputs(dist: Path, spec: Spec) -> dict[str, Path]:
-    stem = f"{spec.name}-{spec.version}"
     return {
-        "oci": dist / f"{stem}.oci.tar",
-        "packages": dist / f"{stem}.container.packages.txt",
-        "sbom": dist / f"{stem}.container.sbom.cdx.json",
-        "record": dist / f"{stem}.container.json",
+        "oci": distnames.path(dist, spec, distnames.OCI),
+        "packages": distnames.path(dist, spec, distnames.CONTAINER_PACKAGES),
+        "sbom": distnames.path(dist, spec, distnames.CONTAINER_SBOM),
+        "record": distnames.path(dist, spec, distnames.CONTAINER_RECORD),
     }
 
 

@@ -25,7 +25,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imagebuild import builder, checksums, leftovers, packer, progress, provision, roles, vmboot
+from imagebuild import (
+    builder,
+    checksums,
+    distnames,
+    leftovers,
+    packer,
+    progress,
+    provision,
+    roles,
+    vmboot,
+)
 from imagebuild import inventory as inv
 from imagebuild.build import container, disk
 from imagebuild.build.formats import FORMATS, filename, qcow2
@@ -80,13 +90,12 @@ def _keep_for_login(values: dict[str, Any], work: Path, staging: Path) -> None:
 
 
 def outputs(dist: Path, spec: Spec) -> dict[str, Path]:
-    stem = f"{spec.name}-{spec.version}"
     out = {fmt: dist / filename(fmt, spec) for fmt in spec.vm.formats}
     out |= {
-        "packages": dist / f"{stem}.vm.packages.txt",
-        "sbom": dist / f"{stem}.vm.sbom.cdx.json",
-        "packer_manifest": dist / f"{stem}.packer-manifest.json",
-        "record": dist / f"{stem}.vm.json",
+        "packages": distnames.path(dist, spec, distnames.VM_PACKAGES),
+        "sbom": distnames.path(dist, spec, distnames.VM_SBOM),
+        "packer_manifest": distnames.path(dist, spec, distnames.PACKER_MANIFEST),
+        "record": distnames.path(dist, spec, distnames.VM_RECORD),
     }
     return out
 
@@ -114,7 +123,7 @@ def packer_values(spec: Spec, work: Path, **overrides: Any) -> dict[str, Any]:
     values: dict[str, Any] = {
         "name": spec.name,
         "version": spec.version,
-        "vm_name": f"{spec.name}-{spec.version}.qcow2",
+        "vm_name": filename("qcow2", spec),
         "qemu_name": f"imagebuild-{spec.name}-{work.name}",
         "output_dir": "",
         "base_disk": "",

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from imagebuild import checksums, progress
+from imagebuild.build.formats import filename
 from imagebuild.errors import ImageBuildError
 from imagebuild.spec import Spec
 from imagebuild.verify import hosts, vmdisk
@@ -76,8 +77,8 @@ def verify(
     seed: Path | None = None,
 ) -> VerifyResult:
     ref = container_ref or f"{spec.repository}:{spec.version}"
-    stem = f"{spec.name}-{spec.version}"
-    artifact = (vm_disk or dist / f"{stem}.qcow2").resolve()
+    qcow2 = filename("qcow2", spec)
+    artifact = (vm_disk or dist / qcow2).resolve()
     out_dir = dist / "verify"
     seconds: dict[str, float] = {}
     with (
@@ -89,7 +90,7 @@ def verify(
             with progress.stage("verify: SHA256SUMS", artifact.name):
                 if problems := checksums.check(dist, [artifact]):
                     raise VerifyFailed("; ".join(problems) + " (rebuild it, or pass --vm)")
-        disk = _vm_disk(artifact, work / "disk", artifact.with_name(f"{stem}.qcow2"))
+        disk = _vm_disk(artifact, work / "disk", artifact.with_name(qcow2))
         with progress.stage("verify: container up", f"{ref}, --network none") as st:
             c = up.enter_context(hosts.container(ref, service=spec.verify.service is not None))
             seconds["container start"] = c.seconds

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from imagebuild import distnames
 from imagebuild.build.formats import ova, qcow2, vagrant
 from imagebuild.spec import Spec
 
@@ -23,4 +24,4 @@ FORMATS: dict[str, Format] = {"qcow2": qcow2, "ova": ova, "vagrant": vagrant}
 
 
 def filename(fmt: str, spec: Spec) -> str:
-    return f"{spec.name}-{spec.version}{FORMATS[fmt].SUFFIX}"
+    return distnames.name(spec, FORMATS[fmt].SUFFIX)
