@@ -7,7 +7,6 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import os
-import subprocess
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagebuild import download, progress
+from imagebuild import download, progress, tools
 from imagebuild.cache import Cache, atomic_file, sha256_file, stat_key
 from imagebuild.errors import ImageBuildError
 from imagebuild.lock.lockfile import DebPackage, Lock, Wheel
@@ -216,13 +215,8 @@ def _apt_repo(cache: Cache, lock: Lock, section: str) -> Path:
         index = tmp / "dists" / suite / "main" / "binary-amd64" / "Packages"
         index.parent.mkdir(parents=True)
         with index.open("w") as out:
-            subprocess.run(
-                ["dpkg-scanpackages", "--multiversion", "pool", "/dev/null"],
-                cwd=tmp,
-                stdout=out,
-                stderr=subprocess.DEVNULL,
-                check=True,
-            )
+            tools.run(["dpkg-scanpackages", "--multiversion", "pool", "/dev/null"], cwd=tmp,
+                      stdout=out)  # fmt: skip
         (tmp / "dists" / suite / "Release").write_text(
             _release(suite, index, lock.source_date_epoch)
         )

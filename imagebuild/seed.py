@@ -8,14 +8,13 @@ which genisoimage (cloud-localds's ISO) does not."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from imagebuild import tools
 from imagebuild.errors import ImageBuildError
 
 
@@ -43,14 +42,6 @@ def _documents(
     return [user_data, meta_data]
 
 
-def _run(argv: list[str], env: dict[str, str] | None = None) -> None:
-    if shutil.which(argv[0]) is None:
-        raise SeedError(f"{argv[0]} not found: apt-get install cloud-image-utils dosfstools mtools")
-    r = subprocess.run(argv, capture_output=True, text=True, env=env)
-    if r.returncode != 0:
-        raise SeedError(f"{argv[0]} failed (exit {r.returncode}): {r.stderr.strip()}")
-
-
 def nocloud(dest: Path, *, instance_id: str, hostname: str, cloud_config: dict[str, Any]) -> Path:
     """Write the seed ISO to `dest` (atomically: a half-written seed would boot as no seed).
     A new `instance_id` is a new instance to cloud-init: it runs its first-boot modules again."""
@@ -58,7 +49,7 @@ def nocloud(dest: Path, *, instance_id: str, hostname: str, cloud_config: dict[s
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".seed-") as tmp:
         iso = Path(tmp, "seed.iso")
         docs = _documents(tmp, instance_id, hostname, cloud_config)
-        _run(["cloud-localds", str(iso), *map(str, docs)])
+        tools.run(["cloud-localds", str(iso), *map(str, docs)])
         os.replace(iso, dest)
     return dest
 
@@ -72,9 +63,9 @@ def nocloud_vfat(dest: Path, *, instance_id: str, hostname: str, cloud_config: d
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(sde), "TZ": "UTC"}
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".seed-") as tmp:
         img = Path(tmp, "seed.img")
-        _run(["mkfs.fat", "-C", "-n", "CIDATA", "--invariant", str(img), "1024"], env)
+        tools.run(["mkfs.fat", "-C", "-n", "CIDATA", "--invariant", str(img), "1024"], env=env)
         for doc in _documents(tmp, instance_id, hostname, cloud_config):
             os.utime(doc, (sde, sde))
-            _run(["mcopy", "-m", "-i", str(img), str(doc), f"::{doc.name}"], env)
+            tools.run(["mcopy", "-m", "-i", str(img), str(doc), f"::{doc.name}"], env=env)
         os.replace(img, dest)
     return dest

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imagebuild import tools
 from imagebuild.errors import ImageBuildError
 
 
@@ -117,7 +118,7 @@ def make_key(workdir: Path) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     key = workdir / "key"
     if not key.exists():
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        tools.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
     return key
 
 
@@ -125,11 +126,8 @@ def overlay(disk: Path, workdir: Path) -> Path:
     """A throw-away qcow2 on top of `disk`: the guest never writes the artifact."""
     out = workdir / "overlay.qcow2"
     out.unlink(missing_ok=True)
-    subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(disk.resolve()),
-         str(out)],
-        check=True,
-    )  # fmt: skip
+    tools.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(disk.resolve()),
+               str(out)])  # fmt: skip
     return out
 
 
@@ -215,18 +213,12 @@ def partition_image(disk: Path, dest_dir: Path, offset: int = 1 << 20) -> Path:
         f"driver=raw,offset={offset},size={size},file.driver=qcow2,"
         f"file.file.driver=file,file.file.filename={disk}"
     )
-    subprocess.run(
-        ["qemu-img", "convert", "--image-opts", opts, "-O", "raw", str(out)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    tools.run(["qemu-img", "convert", "--image-opts", opts, "-O", "raw", str(out)])
     return out
 
 
 def image_info(disk: Path) -> dict[str, Any]:
-    info = subprocess.run(
-        ["qemu-img", "info", "--output=json", str(disk)], capture_output=True, text=True, check=True
-    ).stdout
-    return json.loads(info)
+    return json.loads(tools.run(["qemu-img", "info", "--output=json", str(disk)]).stdout)
 
 
 def debugfs_cat(fs_image: Path, path: str) -> bytes:

@@ -35,7 +35,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from imagebuild import __version__, builder, checksums, distnames, progress, provision, roles
+from imagebuild import __version__, builder, checksums, distnames, progress, provision, roles, tools
 from imagebuild import inventory as inv
 from imagebuild.build import image as img
 from imagebuild.build.layers import (
@@ -227,9 +227,7 @@ def _mmdebstrap(lock: Lock, repo: Path, tmp: Path) -> tuple[Layer, Manifest]:
         apt_source(repo, suite, "copy"),
     ]
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(lock.source_date_epoch)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise ImageBuildError(f"mmdebstrap failed:\n{proc.stderr[-2000:]}")
+    tools.run(cmd, env=env)
     try:
         return base_layer(rootfs, tmp / "layer.tar", lock.source_date_epoch)
     finally:

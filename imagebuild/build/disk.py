@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagebuild import progress, provision, roles
+from imagebuild import progress, provision, roles, tools
 from imagebuild.build.container import STAGES, Layer, _Build, stage_container
 from imagebuild.cache import Cache, digest, sha256_file
 from imagebuild.errors import ImageBuildError
@@ -50,12 +50,6 @@ class BaseDisk:
     root_uuid: str
     reused: bool
     seconds: float
-
-
-def _run(cmd: list[str], **kw: object) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
-    if proc.returncode != 0:
-        raise DiskError(f"{cmd[0]} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
 
 
 def disk_key(spec: Spec, lock: Lock, container_key: str) -> str:
@@ -132,7 +126,7 @@ def make_ext4_image(
     if not dest.exists():
         with dest.open("wb") as f:
             f.truncate(size)
-    _run(
+    tools.run(
         ["mkfs.ext4", "-q", "-F", "-L", label, "-U", fs_uuid, "-E", ext, "-d", str(src),
          str(dest), f"{(size - offset) // 1024}k"],
         env={**os.environ, "E2FSPROGS_FAKE_TIME": str(sde)},
@@ -144,13 +138,13 @@ def _assemble(rootfs: Path, out: Path, size: int, root_uuid: str, sde: int) -> N
     with raw.open("wb") as f:
         f.truncate(size)
     layout = f"label: dos\nstart={PART_OFFSET // 512}, type=83, bootable\n"
-    _run(["sfdisk", "--quiet", str(raw)], input=layout)
+    tools.run(["sfdisk", "--quiet", str(raw)], input=layout)
     make_ext4_image(rootfs, raw, size, ROOT_LABEL, root_uuid, sde, PART_OFFSET)
     grub_dir = rootfs / "usr/lib/grub/i386-pc"
     if not (grub_dir / "boot.img").exists():
         raise DiskError("no GRUB i386-pc modules in the VM rootfs: vm.packages needs grub-pc-bin")
     core = out.parent / "core.img"
-    _run(
+    tools.run(
         ["grub-mkimage", "-O", "i386-pc", "-d", str(grub_dir), "-o", str(core),
          "-p", "(hd0,msdos1)/boot/grub", *GRUB_MODULES],
     )  # fmt: skip
@@ -161,7 +155,7 @@ def _assemble(rootfs: Path, out: Path, size: int, root_uuid: str, sde: int) -> N
         f.seek(512)
         f.write(core.read_bytes())
     core.unlink()
-    _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out)])
+    tools.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out)])
     raw.unlink()
 
 

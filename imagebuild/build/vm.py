@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from imagebuild import (
     progress,
     provision,
     roles,
+    tools,
     vmboot,
 )
 from imagebuild import inventory as inv
@@ -161,11 +161,8 @@ def _pairs(args: list[str]) -> list[list[str]]:
 
 
 def make_build_key(work: Path) -> None:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "imagebuild-build",
-         "-f", str(work / "build_key")],
-        check=True,
-    )  # fmt: skip
+    tools.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "imagebuild-build",
+               "-f", str(work / "build_key")])  # fmt: skip
 
 
 def vm_key(spec: Spec, lock: Lock, base_key: str) -> str:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
 
-from imagebuild import seed
+from imagebuild import seed, tools
 from imagebuild.spec import Spec
 
 SUFFIX = ".libvirt.box"
@@ -59,7 +58,7 @@ def _seed(dest: Path, spec: Spec, sde: int) -> Path:
         dest.with_suffix(".raw"), instance_id=f"{spec.name}-{spec.version}-vagrant",
         hostname=spec.name, cloud_config={"users": [seed.user("vagrant", INSECURE_KEY)]}, sde=sde,
     )  # fmt: skip
-    subprocess.run(["qemu-img", "convert", "-q", "-O", "qcow2", str(raw), str(dest)], check=True)
+    tools.run(["qemu-img", "convert", "-q", "-O", "qcow2", str(raw), str(dest)])
     raw.unlink()
     return dest
 
