@@ -170,7 +170,7 @@ def _prepare(
 @cli(dist="Output folder (default ./dist).")
 def build_container(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist"):
     """Build the layered, reproducible Docker image from the spec and its lock."""
-    from imagebuild.build import container
+    from imagebuild.builders import container
 
     with _prepare(spec, cache_dir, "build-container") as prepared:
         r = container.build(*prepared, Path(dist))
@@ -196,7 +196,7 @@ def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", o
              aws_region=None):  # fmt: skip
     """Build the VM images with Packer (qemu, TCG unless KVM works) from the spec and its lock,
     provisioned by the container's playbook."""
-    from imagebuild.build import vm
+    from imagebuild.builders import vm
 
     if target not in vm.TARGETS:
         raise Exit(f"error: --target: {target!r} is not one of {', '.join(vm.TARGETS)}", code=2)
@@ -204,7 +204,7 @@ def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", o
         raise Exit(f"error: --on-error: {on_error!r} is not one of {', '.join(vm.ON_ERROR)}", 2)
     with _prepare(spec, cache_dir, "build-vm") as prepared:
         if target == "ami":
-            from imagebuild.build import ami
+            from imagebuild.builders import ami
 
             r = ami.build(*prepared, Path(dist), on_error, aws_region)
         else:

@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 from common import bench, table, timed  # noqa: E402
 
 from imagebuild import provision  # noqa: E402
-from imagebuild.build import container  # noqa: E402
-from imagebuild.build import image as img  # noqa: E402
+from imagebuild.builders import container  # noqa: E402
+from imagebuild.builders import image as img  # noqa: E402
 from imagebuild.cache import Cache  # noqa: E402
 from imagebuild.fetch import local_sources  # noqa: E402
 from imagebuild.lock.lockfile import load_fresh  # noqa: E402

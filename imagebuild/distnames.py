@@ -1,6 +1,6 @@
 """The names of the files in `dist/`: `NAME-VERSION` and one suffix per file. The one place they
 are spelled: the builders, push, verify and the tests ask here (a VM format's suffix lives in its
-format module, `imagebuild.build.formats`, and is joined here too)."""
+format module, `imagebuild.builders.formats`, and is joined here too)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from typing import Any
 from packaging.utils import canonicalize_name
 
 from imagebuild import progress
-from imagebuild.build.image import rfc3339
+from imagebuild.builders.image import rfc3339
 from imagebuild.cache import atomic_file
 from imagebuild.lock.lockfile import Lock
 from imagebuild.spec import Spec

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagebuild import lock as locking
-from imagebuild.build.container import STAGES, stage_cached, stage_keys
-from imagebuild.build.disk import disk_cached, disk_key
-from imagebuild.build.vm import up_to_date
+from imagebuild.builders.container import STAGES, stage_cached, stage_keys
+from imagebuild.builders.disk import disk_cached, disk_key
+from imagebuild.builders.vm import up_to_date
 from imagebuild.cache import Cache
 from imagebuild.errors import StaleLockError
 from imagebuild.fetch import COMPLETE, source_dirs

@@ -11,7 +11,7 @@ from pathlib import Path
 import docker.errors
 
 from imagebuild import distnames, progress
-from imagebuild.build.container import engine
+from imagebuild.builders.container import engine
 from imagebuild.cache import atomic_file
 from imagebuild.errors import ImageBuildError
 from imagebuild.spec import Spec

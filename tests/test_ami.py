@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from imagebuild import spec as specmod
-from imagebuild.build import ami
+from imagebuild.builders import ami
 from tests.conftest import build_vm
 
 pytestmark = [pytest.mark.network, pytest.mark.engine, pytest.mark.vm]

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from imagebuild.build import vm
-from imagebuild.build.formats import qcow2, vagrant
+from imagebuild.builders import vm
+from imagebuild.builders.formats import qcow2, vagrant
 from imagebuild.cache import sha256_file
 from imagebuild.errors import ImageBuildError
 

@@ -11,8 +11,8 @@ import tarfile
 from pathlib import Path
 
 from imagebuild import spec as specmod
-from imagebuild.build.container import _upper_entries
-from imagebuild.build.layers import diff_layer
+from imagebuild.builders.container import _upper_entries
+from imagebuild.builders.layers import diff_layer
 from imagebuild.inventory import write
 from imagebuild.lock.lockfile import DebPackage, Lock, Wheel
 from imagebuild.provision import app_stamp, write_app_archive

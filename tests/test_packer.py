@@ -15,7 +15,7 @@ import pytest
 from packaging.version import Version
 
 from imagebuild import packer, provision
-from imagebuild.build import ami, vm
+from imagebuild.builders import ami, vm
 from imagebuild.errors import ImageBuildError
 from imagebuild.fetch import FetchResult
 from imagebuild.lock import lockfile

@@ -23,7 +23,7 @@ import pytest
 from imagebuild import leftovers, seed
 from imagebuild import lock as locking
 from imagebuild import spec as specmod
-from imagebuild.build.formats import filename
+from imagebuild.builders.formats import filename
 from imagebuild.cache import sha256_file
 from imagebuild.inventory import _entries
 from imagebuild.verify import hosts

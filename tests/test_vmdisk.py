@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from imagebuild.build.formats import vagrant
+from imagebuild.builders.formats import vagrant
 from imagebuild.cache import sha256_file
 from imagebuild.verify import vmdisk
 

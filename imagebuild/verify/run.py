@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from imagebuild import checksums, progress
-from imagebuild.build.formats import filename
+from imagebuild.builders.formats import filename
 from imagebuild.errors import ImageBuildError
 from imagebuild.spec import Spec
 from imagebuild.verify import hosts, vmdisk

@@ -10,7 +10,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagebuild.build.formats import FORMATS
+from imagebuild.builders.formats import FORMATS
 from imagebuild.errors import ImageBuildError
 from imagebuild.vmboot import qemu_img, wait_qemu_img
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from imagebuild.build.layers import Layer
+from imagebuild.builders.layers import Layer
 from imagebuild.cache import atomic_file
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

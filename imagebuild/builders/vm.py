@@ -1,13 +1,13 @@
 """`invoke build-vm`: Packer builds the VM from the same spec, lock and playbook as the container.
 
 qemu target: the container's cached layers + the VM-only packages become the base disk
-(imagebuild.build.disk); Packer's qemu source boots it (TCG unless KVM really works), its Ansible
+(imagebuild.builders.disk); Packer's qemu source boots it (TCG unless KVM really works), its Ansible
 provisioner runs ansible/vm.yml (the container's site.yml + VM plays + finalize) over SSH on
 127.0.0.1 with a per-build key passed as systemd credential, then shuts down. Its disk is compressed
-while it is turned into the other formats (imagebuild.build.formats). Everything is assembled
+while it is turned into the other formats (imagebuild.builders.formats). Everything is assembled
 in a hidden folder inside dist/ and renamed into place at the end; the record is written last.
 
-ami target: imagebuild.build.ami (this build's qcow2 as an EBS snapshot, or a stock AMI
+ami target: imagebuild.builders.ami (this build's qcow2 as an EBS snapshot, or a stock AMI
 provisioned by the template's amazon-ebs source).
 """
 
@@ -37,8 +37,8 @@ from imagebuild import (
     vmboot,
 )
 from imagebuild import inventory as inv
-from imagebuild.build import container, disk
-from imagebuild.build.formats import FORMATS, filename, qcow2
+from imagebuild.builders import container, disk
+from imagebuild.builders.formats import FORMATS, filename, qcow2
 from imagebuild.cache import Cache, atomic_file, digest
 from imagebuild.fetch import FetchResult
 from imagebuild.lock.lockfile import Lock
@@ -190,7 +190,7 @@ def build(
     on_error: str = "cleanup",
 ) -> VmResult:
     dist = dist.resolve()  # Packer runs in the template folder: every path must be absolute
-    assert target == "qemu", "--target ami is imagebuild.build.ami"
+    assert target == "qemu", "--target ami is imagebuild.builders.ami"
     keys = container.stage_keys(spec, lock)
     out = outputs(dist, spec)
     seconds: dict[str, float] = {}

@@ -3,7 +3,7 @@
 Layers, stable to volatile: base (mmdebstrap of the locked Essential set + apt + python3, from
 the local repo) -> os -> python -> stacks -> app. Each non-base layer is one tag of
 ansible/site.yml run in a container (community.docker.docker_api connection), exported and
-diffed against the layers below (imagebuild.build.layers). Each stage is cached under the hash
+diffed against the layers below (imagebuild.builders.layers). Each stage is cached under the hash
 of its inputs chained with the stage below, so an app change rebuilds only the app layer and a
 build with nothing changed touches no container at all. The config is written by hand with
 fixed timestamps, so the image ID is a pure function of lock + spec + roles + app files.
@@ -37,8 +37,8 @@ import docker.errors
 
 from imagebuild import __version__, builder, checksums, distnames, progress, provision, roles, tools
 from imagebuild import inventory as inv
-from imagebuild.build import image as img
-from imagebuild.build.layers import (
+from imagebuild.builders import image as img
+from imagebuild.builders.layers import (
     LAYER_FORMAT,
     Layer,
     Manifest,
@@ -342,7 +342,7 @@ def stage_container(
             entrypoint=["sleep", "infinity"],
             name=f"imagebuild-{spec.name}-{build_id}-{name}",
             network_mode="none",
-            labels={"io.imagebuild.build": build_id, CACHE_LABEL: str(b.cache.root)},
+            labels={"io.imagebuild.builders": build_id, CACHE_LABEL: str(b.cache.root)},
             volumes=mounts,
         )
         container.start()
@@ -626,7 +626,7 @@ def _registry_base(b: _Build, tmp: Path) -> tuple[Layer, Manifest]:
         raise b.spec.error("base.image", f"cannot pull {ref}: {reason}") from None
     container = b.client.containers.create(
         image.id, name=f"imagebuild-{b.spec.name}-{b.build_id}-base", network_mode="none",
-        labels={"io.imagebuild.build": b.build_id, CACHE_LABEL: str(b.cache.root)},
+        labels={"io.imagebuild.builders": b.build_id, CACHE_LABEL: str(b.cache.root)},
     )  # fmt: skip
     try:
         layer, manifest = diff_layer(

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagebuild import progress, provision, roles, tools
-from imagebuild.build.container import STAGES, Layer, _Build, stage_container
+from imagebuild.builders.container import STAGES, Layer, _Build, stage_container
 from imagebuild.cache import Cache, digest, sha256_file
 from imagebuild.errors import ImageBuildError
 from imagebuild.lock.lockfile import Lock

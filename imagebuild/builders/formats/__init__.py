@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Protocol
 
 from imagebuild import distnames
-from imagebuild.build.formats import ova, qcow2, vagrant
+from imagebuild.builders.formats import ova, qcow2, vagrant
 from imagebuild.spec import Spec
 
 

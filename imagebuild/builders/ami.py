@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from imagebuild import checksums, distnames, packer, progress, provision, vmboot
-from imagebuild.build import vm
+from imagebuild.builders import vm
 from imagebuild.cache import Cache, atomic_file, sha256_file
 from imagebuild.errors import ImageBuildError
 from imagebuild.fetch import FetchResult
