@@ -96,7 +96,7 @@ def lock(c, spec=DEFAULT_SPEC, cache_dir=None, check=False, update=None, dry_run
     names = None
     if isinstance(update, str) and update:
         names = {n.strip() for n in update.split(",") if n.strip()}
-        known = {p.name for p in [*old.shared, *old.vm, *old.python]} if old else set()
+        known = {p.name for p in old.files} if old else set()
         known |= {*s.packages, *s.vm.packages}  # a package the spec newly asks for
         unknown = sorted(n for n in names if n not in known)
         if unknown:

@@ -89,7 +89,7 @@ def _gone(lock: Lock, item: DebPackage | Wheel, code: int) -> str:
 def export_archive(lock: Lock, cache: Cache, dest: Path) -> int:
     """Every blob the lock needs, verified, into one tar (`blobs/sha256/<hex>`): the way a lock
     keeps building on a machine without the mirror, or after the mirror moved on."""
-    items = _unique([*lock.shared, *lock.vm, *lock.python])
+    items = _unique(lock.files)
     bad = missing(cache, lock, repair=False)
     if bad:
         raise FetchError(f"{len(bad)} locked files are not in {cache.root} (first: "
@@ -111,7 +111,7 @@ def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
 def import_archive(lock: Lock, cache: Cache, src: Path) -> int:
     """Blobs from an `export_archive` tar into the cache: only names the lock has, each hashed
     before it is renamed into place; anything else in the archive is skipped, never extracted."""
-    wanted = {i.sha256 for i in [*lock.shared, *lock.vm, *lock.python]}
+    wanted = {i.sha256 for i in lock.files}
     if not tarfile.is_tarfile(src):
         raise FetchError(f"--import {src}: not a tar archive made by `invoke fetch --export`")
     count = 0
@@ -253,7 +253,7 @@ def _wheelhouse(cache: Cache, lock: Lock) -> Path:
 def missing(cache: Cache, lock: Lock, repair: bool = True) -> list[DebPackage | Wheel]:
     """Locked items not (validly) in the cache; hashes every present blob that changed since
     its last good hash."""
-    items = [*lock.shared, *lock.vm, *lock.python]
+    items = lock.files
     with cache.verified() as memo, ThreadPoolExecutor(2) as pool:
         present = list(pool.map(lambda i: verify_blob(cache, i, repair, memo), items))
     return [i for i, ok in zip(items, present, strict=True) if not ok]

@@ -3,6 +3,7 @@ without building, downloading or writing anything."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from imagebuild.builders.vm import up_to_date
 from imagebuild.cache import Cache
 from imagebuild.errors import StaleLockError
 from imagebuild.fetch import COMPLETE, source_dirs
+from imagebuild.lock.lockfile import DebPackage, Wheel
 from imagebuild.spec import Spec
 
 
@@ -51,7 +53,11 @@ def make_plan(spec: Spec, cache: Cache, dist: Path) -> Plan:
         f"lock      {lock.path}  fresh; {h['suite']} from {h['mirror']}, "
         f"SOURCE_DATE_EPOCH={h['source_date_epoch']}"
     )
-    sections = [("os shared", lock.shared), ("os vm-only", lock.vm), ("python", lock.python)]
+    sections: list[tuple[str, Sequence[DebPackage | Wheel]]] = [
+        ("os shared", lock.shared),
+        ("os vm-only", lock.vm),
+        ("python", lock.python),
+    ]
     for label, items in sections:
         have = [i for i in items if cache.has_blob(i.sha256, i.size)]
         size = sum(i.size or 0 for i in items)

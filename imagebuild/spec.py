@@ -548,7 +548,7 @@ def _convert(tp: Any, node: yaml.Node, path: str, ctx: Context) -> Any:
         if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
             return None
         return _convert(next(a for a in args if a is not type(None)), node, path, ctx)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, node, path, ctx)
     if origin is list:
         if not isinstance(node, yaml.SequenceNode):
@@ -722,7 +722,7 @@ def reference(cls: type = Spec, prefix: str = "") -> list[str]:
         rows.append(
             f"| `{prefix}{f.name}` | {_type_name(tp)} | `{default}` | {f.metadata['doc']} |"
         )
-        if dataclasses.is_dataclass(inner):
+        if isinstance(inner, type) and dataclasses.is_dataclass(inner):
             rows += reference(inner, f"{prefix}{f.name}.")
     return rows
 

@@ -5,6 +5,8 @@ out `if TYPE_CHECKING:` blocks (type-only)."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import ROOT
@@ -74,3 +76,9 @@ def test_no_import_circle() -> None:
     g = graph()
     assert "imagebuild.lock.lockfile" in g["imagebuild.lock"]  # the reader sees the edges
     assert cycles(g) == []
+
+
+def test_the_types_check() -> None:
+    """mypy over imagebuild/ and tasks.py, configured in pyproject.toml ([tool.mypy])."""
+    r = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]

@@ -201,7 +201,7 @@ def build(
             f"{spec.where('vm')}: vm.ami: missing; `--target ami` needs vm.ami (at least region)"
         )
     if spec.vm.ami.method == "stock":
-        return build_stock(spec, lock, cache, fetched)
+        return build_stock(spec, lock, cache, fetched, dist)
     if region is not None and not re.fullmatch(AWS_REGION, region):
         raise ImageBuildError(f"--aws-region: {region!r} is not an AWS region like eu-west-1")
     client = session(spec, region)

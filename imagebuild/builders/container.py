@@ -594,14 +594,14 @@ def build_layers(
         start = time.monotonic()
         hit = cached(b.cache, keys[name])
         built, changed = hit is None, None
-        if built:
+        if hit is None:
             with progress.stage(f"{label}: {name}", f"key {keys[name][:12]}") as st:
                 make = partial(_make_layer, b, name, list(layers), manifest)
-                *hit, changed = _store(b.cache, keys[name], make)
-                st["note"] = f"{hit[0].entries} entries, {hit[0].size / 1e6:.1f} MB"
+                layer, manifest, changed = _store(b.cache, keys[name], make)
+                st["note"] = f"{layer.entries} entries, {layer.size / 1e6:.1f} MB"
         else:
             progress.say(f"{label}: {name}: cached ({keys[name][:12]})")
-        layer, manifest = hit
+            layer, manifest = hit
         layers.append(layer)
         seconds = round(time.monotonic() - start, 2)
         results.append(

@@ -143,7 +143,10 @@ def oci_archive(
     with atomic_file(dest) as tmp, tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
         _add(tar, "oci-layout", _json({"imageLayoutVersion": "1.0.0"}))
         _add(tar, "index.json", index)
-        blobs = {config_digest: (config, None), manifest_digest: (manifest, None)}
+        blobs: dict[str, tuple[bytes | None, Path | None]] = {
+            config_digest: (config, None),
+            manifest_digest: (manifest, None),
+        }
         for ly in layers:
             blobs[ly.diff_id] = (None, ly.path)
         for digest in sorted(blobs):

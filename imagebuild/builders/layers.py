@@ -185,11 +185,11 @@ def diff_layer(
                 stage.addfile(info, src.extractfile(info) if info.isreg() else None)
                 staged.add(path)
             removed = sorted(p for p in below if p not in manifest)
-            gone: list[str] = []
+            whited: list[str] = []
             for p in removed:
-                if any(p.startswith(g + "/") for g in gone):
+                if any(p.startswith(g + "/") for g in whited):
                     continue  # inside a removed folder: one whiteout covers it
-                gone.append(p)
+                whited.append(p)
                 head, _, tail = p.rpartition("/")
                 wh = tarfile.TarInfo(f"{head}/.wh.{tail}" if head else f".wh.{tail}")
                 stage.addfile(wh, io.BytesIO(b""))

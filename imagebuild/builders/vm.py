@@ -214,8 +214,8 @@ def build(
         (staging / ".owner").write_text(f"{b.cache.root}\n")  # whose it is, should we be killed
         keep = False
         try:
-            result = _packer_qemu(b, base, sources, accel, on_error, staging, out, seconds)
-            result = VmResult("qemu", accel, key, base, out, seconds, result)
+            parity = _packer_qemu(b, base, sources, accel, on_error, staging, out, seconds)
+            result = VmResult("qemu", accel, key, base, out, seconds, parity)
             with atomic_file(record) as t:  # last: its presence means every output is complete
                 body = asdict(result) | {
                     "builder": builder.versions() | {"packer": packer.version()}

@@ -39,7 +39,7 @@ def listed(paths):
 
 def package_files():
     """The regular files packages ship (dpkg's md5sums): a missing directory is no finding."""
-    files = set()
+    files: set[str] = set()
     for sums in glob.glob("/var/lib/dpkg/info/*.md5sums"):
         with open(sums) as f:
             files.update("/" + line.rstrip("\n").split("  ", 1)[-1] for line in f)
@@ -49,7 +49,9 @@ def package_files():
 def dpkg_verify(output):
     # One line per finding: 9 flag characters (or `missing` padded), a space, `c` for a
     # conffile (else a space), a space, the path. Flag 3 is the digest: `5` differs.
-    plain, conf, files = [], [], None
+    plain: list[str] = []
+    conf: list[str] = []
+    files = None
     for line in output.splitlines():
         flags, conffile, path = line[:9], line[10:11] == "c", line[12:]
         if flags.startswith("missing"):
@@ -72,7 +74,7 @@ def with_package(paths):
         if bare
         else None
     )
-    owner = {}
+    owner: dict[str, str] = {}
     for line in r.stdout.splitlines() if r else []:
         pkg, _, path = line.partition(": ")
         owner.setdefault(path, pkg)

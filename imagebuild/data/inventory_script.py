@@ -13,7 +13,7 @@ fmt = "${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n"
 deb = subprocess.run(
     ["dpkg-query", "-W", "-f", fmt], capture_output=True, text=True, check=True
 ).stdout
-out = {
+out: dict[str, object] = {
     "deb": [line.split("\t")[1:] for line in deb.splitlines() if line.startswith("ii")],
     "python": sorted([d.metadata["Name"], d.version] for d in m.distributions()),
 }
@@ -35,7 +35,7 @@ if len(sys.argv) > 1:
     want = json.loads(sys.argv[1])
     out["import"] = {d: imported_version(d) for d in want.get("imports", [])}
     cache = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
-    libs = {}
+    libs: dict[str, str] = {}
     for line in cache.splitlines()[1:]:
         name, _, path = line.strip().partition(" => ")
         libs[name.strip()] = path.strip()

@@ -90,7 +90,7 @@ def main():
                 depcache.set_candidate_ver(raw[name], found[0])
             else:
                 out["moved"].append(name)
-    seen = set()
+    seen: set[str] = set()
     for group in req["groups"]:
         names = list(group["packages"])
         if group.get("essential"):

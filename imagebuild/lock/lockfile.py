@@ -70,6 +70,11 @@ class Lock:
     def mirror(self) -> str:
         return str(self.header["mirror"])
 
+    @property
+    def files(self) -> list[DebPackage | Wheel]:
+        """Every locked file: the shared and VM-only .debs, then the wheels."""
+        return [*self.shared, *self.vm, *self.python]
+
     def section_digest(self, section: str) -> str:
         """Content key of one section (shared, vm, python): names build stages and repos."""
         if section == "python":

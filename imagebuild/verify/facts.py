@@ -115,7 +115,7 @@ def _collect(
     )
     laps.lap("inventory: packages, imports, libraries")
     deb = {n.split(":")[0]: v for n, v, _ in raw["deb"]}
-    python = {canonicalize_name(n): v for n, v in raw["python"]}
+    python: dict[str, str] = {canonicalize_name(n): v for n, v in raw["python"]}
     locked_debs = {p.name for p in lock.shared} | (
         {p.name for p in lock.vm} if artifact == "vm" else set()
     )
