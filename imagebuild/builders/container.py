@@ -342,7 +342,7 @@ def stage_container(
             entrypoint=["sleep", "infinity"],
             name=f"imagebuild-{spec.name}-{build_id}-{name}",
             network_mode="none",
-            labels={"io.imagebuild.builders": build_id, CACHE_LABEL: str(b.cache.root)},
+            labels={"io.imagebuild.build": build_id, CACHE_LABEL: str(b.cache.root)},
             volumes=mounts,
         )
         container.start()
@@ -626,7 +626,7 @@ def _registry_base(b: _Build, tmp: Path) -> tuple[Layer, Manifest]:
         raise b.spec.error("base.image", f"cannot pull {ref}: {reason}") from None
     container = b.client.containers.create(
         image.id, name=f"imagebuild-{b.spec.name}-{b.build_id}-base", network_mode="none",
-        labels={"io.imagebuild.builders": b.build_id, CACHE_LABEL: str(b.cache.root)},
+        labels={"io.imagebuild.build": b.build_id, CACHE_LABEL: str(b.cache.root)},
     )  # fmt: skip
     try:
         layer, manifest = diff_layer(
