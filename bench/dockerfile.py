@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 from common import bench, table, timed  # noqa: E402
 
 from imagebuild import provision  # noqa: E402
-from imagebuild.builders import container  # noqa: E402
 from imagebuild.builders import image as img  # noqa: E402
+from imagebuild.builders import stages  # noqa: E402
 from imagebuild.cache import Cache  # noqa: E402
 from imagebuild.fetch import local_sources  # noqa: E402
 from imagebuild.lock.lockfile import load_fresh  # noqa: E402
@@ -70,8 +70,8 @@ def prepare(spec_path: str, cache_dir: Path, ctx: Path) -> tuple[str, str]:
     lock = load_fresh(spec)
     cache = Cache(cache_dir)
     fetched = local_sources(lock, cache)
-    key = container.stage_keys(spec, lock)["base"]
-    hit = container.cached(cache, key)
+    key = stages.stage_keys(spec, lock)["base"]
+    hit = stages.cached(cache, key)
     assert hit is not None, "run build-container first: its base layer is the common base"
     layer = hit[0]
     cfg = img.ImageConfig(

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagebuild import lock as locking
-from imagebuild.builders.container import STAGES, stage_cached, stage_keys
 from imagebuild.builders.disk import disk_cached, disk_key
+from imagebuild.builders.stages import STAGES, stage_cached, stage_keys
 from imagebuild.builders.vm import up_to_date
 from imagebuild.cache import Cache
 from imagebuild.errors import StaleLockError

@@ -11,8 +11,8 @@ from pathlib import Path
 import docker.errors
 
 from imagebuild import distnames, progress
-from imagebuild.builders.container import engine
 from imagebuild.cache import atomic_file
+from imagebuild.engine import engine
 from imagebuild.errors import ImageBuildError
 from imagebuild.spec import Spec
 

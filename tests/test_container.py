@@ -18,8 +18,9 @@ import pytest
 
 from imagebuild import lock as locking
 from imagebuild import spec as specmod
-from imagebuild.builders.container import STAGES, local_overlay
+from imagebuild.builders.stages import STAGES
 from imagebuild.cache import Cache
+from imagebuild.engine import local_overlay
 from tests.conftest import run_invoke, tree
 
 pytestmark = [pytest.mark.network, pytest.mark.engine]
@@ -348,7 +349,7 @@ def test_tampered_cache_entries_are_found_before_they_reach_an_image(
     .deb swapped for other bytes (a new file, so the blob store's own check cannot see it)
     stops the build with what to do; a stage layer changed in place is made again, giving the
     very image it should have."""
-    from imagebuild.builders.container import stage_keys
+    from imagebuild.builders.stages import stage_keys
     from imagebuild.fetch import source_dirs
 
     spec, _, first = built

@@ -11,7 +11,7 @@ import tarfile
 from pathlib import Path
 
 from imagebuild import spec as specmod
-from imagebuild.builders.container import _upper_entries
+from imagebuild.builders.changes import upper_entries
 from imagebuild.builders.layers import diff_layer
 from imagebuild.inventory import write
 from imagebuild.lock.lockfile import DebPackage, Lock, Wheel
@@ -61,7 +61,7 @@ def test_upper_dir_whiteouts_opaque_folders_and_exclusions(tmp_path: Path) -> No
     below = {p: ["5", 0o755, 0, 0, 0, SDE, ""] for p in ("etc", "srv", "srv/data", "opt")}
     below |= {p: ["0", 0o644, 0, 0, 2, SDE, ""] for p in ("srv/data/old", "etc/gone.conf")}
 
-    stream, deleted = _upper_entries(upper, below, tmp_path)
+    stream, deleted = upper_entries(upper, below, tmp_path)
     layer, manifest = diff_layer(stream, below, tmp_path / "layer.tar", SDE, deleted=deleted)
 
     assert sorted(deleted) == ["etc/gone.conf", "srv/data/old"]

@@ -11,7 +11,7 @@ import pytest
 
 from imagebuild import lock as locking
 from imagebuild import spec as specmod
-from imagebuild.builders.container import STAGES
+from imagebuild.builders.stages import STAGES
 from imagebuild.cache import Cache, sha256_file
 from imagebuild.lock.python import requirement_lines
 from tests.conftest import run_invoke, tree

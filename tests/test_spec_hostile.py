@@ -127,7 +127,7 @@ def test_the_mirror_hook_writes_the_line_and_runs_nothing(tmp_path: Path) -> Non
     """mmdebstrap's customize hook, run the way mmdebstrap runs it (`sh -c HOOK sh ROOT`),
     with a source line crafted to close the quote (the lock schema refuses such a mirror
     first; this is the second wall)."""
-    from imagebuild.builders.container import sources_hook
+    from imagebuild.builders.base_layer import sources_hook
 
     (tmp_path / "etc" / "apt").mkdir(parents=True)
     line = f"deb http://x/' ; touch {tmp_path}/pwned ; ' bookworm main $(id) `id`"

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagebuild import progress, provision, roles, tools
-from imagebuild.builders.container import STAGES, Layer, _Build, stage_container
+from imagebuild.builders.context import Build
+from imagebuild.builders.layers import Layer
+from imagebuild.builders.stages import STAGES, stage_container
 from imagebuild.cache import Cache, digest, sha256_file
 from imagebuild.errors import ImageBuildError
 from imagebuild.lock.lockfile import Lock
@@ -159,7 +161,7 @@ def _assemble(rootfs: Path, out: Path, size: int, root_uuid: str, sde: int) -> N
     raw.unlink()
 
 
-def base_disk(b: _Build, layers: list[Layer], container_key: str) -> BaseDisk:
+def base_disk(b: Build, layers: list[Layer], container_key: str) -> BaseDisk:
     """The cached base disk for this spec + lock, made now if missing."""
     start = time.monotonic()
     key = disk_key(b.spec, b.lock, container_key)
@@ -182,7 +184,7 @@ def base_disk(b: _Build, layers: list[Layer], container_key: str) -> BaseDisk:
     )
 
 
-def _make(b: _Build, layers: list[Layer], key: str, tmp: Path) -> str:
+def _make(b: Build, layers: list[Layer], key: str, tmp: Path) -> str:
     """Make the base disk in `tmp`; returns its sha256."""
     assert len(layers) == len(STAGES)
     spec, lock = b.spec, b.lock
@@ -212,7 +214,7 @@ def _make(b: _Build, layers: list[Layer], key: str, tmp: Path) -> str:
         shutil.rmtree(rootfs, ignore_errors=True)
 
 
-def sources_disk(b: _Build) -> Path:
+def sources_disk(b: Build) -> Path:
     """Read-only ext4 image of `repo/` (shared + VM sections) and `wheels/`, cached by the lock
     sections it holds. Files are copied (hard links into the blob store would not survive)."""
     key = digest("sources-disk", DISK_LAYOUT, b.lock.section_digest("vm"),

@@ -37,7 +37,7 @@ from imagebuild import (
     vmboot,
 )
 from imagebuild import inventory as inv
-from imagebuild.builders import container, disk
+from imagebuild.builders import context, disk, stages
 from imagebuild.builders.formats import FORMATS, filename, qcow2
 from imagebuild.cache import Cache, atomic_file, digest
 from imagebuild.fetch import FetchResult
@@ -191,12 +191,12 @@ def build(
 ) -> VmResult:
     dist = dist.resolve()  # Packer runs in the template folder: every path must be absolute
     assert target == "qemu", "--target ami is imagebuild.builders.ami"
-    keys = container.stage_keys(spec, lock)
+    keys = stages.stage_keys(spec, lock)
     out = outputs(dist, spec)
     seconds: dict[str, float] = {}
-    with container.new_build(spec, lock, cache, fetched) as b:
+    with context.new_build(spec, lock, cache, fetched) as b:
         start = time.monotonic()
-        layers, _ = container.build_layers(b, keys, "build-vm")
+        layers, _ = stages.build_layers(b, keys, "build-vm")
         base = disk.base_disk(b, layers, keys["app"])
         seconds["base disk"] = round(time.monotonic() - start, 1)
         key = vm_key(spec, lock, base.key)
@@ -234,7 +234,7 @@ def build(
 
 
 def _packer_qemu(
-    b: container._Build,
+    b: context.Build,
     base: disk.BaseDisk,
     sources: Path,
     accel: str,

@@ -27,7 +27,7 @@ import docker
 import docker.errors
 
 from imagebuild import progress, vmboot
-from imagebuild.builders.container import engine
+from imagebuild.engine import engine
 from imagebuild.errors import ImageBuildError
 
 

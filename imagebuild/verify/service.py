@@ -12,7 +12,7 @@ from typing import Any
 import docker.errors
 
 from imagebuild import inventory
-from imagebuild.builders.container import engine
+from imagebuild.engine import engine
 from imagebuild.spec import Spec
 from imagebuild.verify.facts import comparable
 from imagebuild.verify.model import ANY, Item

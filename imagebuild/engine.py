@@ -1,0 +1,73 @@
+"""The Docker engine, as every task reaches it (build, push, verify): the client, and what the
+engine can tell about itself (its layers, whether its storage can be read on this host)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from imagebuild.builders.layers import (
+    Layer,
+)
+from imagebuild.errors import ImageBuildError
+
+
+class EngineError(ImageBuildError):
+    pass
+
+
+def engine() -> docker.DockerClient:
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+        return client
+    except docker.errors.DockerException as e:
+        raise EngineError(
+            f"the Docker engine is not reachable ({e.__class__.__name__}); start it "
+            "with `bash scripts/bootstrap.sh` (dockerd --bridge=none "
+            "--iptables=false)"
+        ) from None
+
+
+def load_archive(client: docker.DockerClient, archive: Path) -> None:
+    with archive.open("rb") as f:
+        for _ in client.api.load_image(f):
+            pass
+
+
+def engine_has(client: docker.DockerClient, layers: list[Layer], refs: list[str]) -> int:
+    """How many of `layers`, from the bottom, the engine already holds (as the layers of one of
+    the images `refs`, e.g. the last build's image and this build's stage images)."""
+    want = [f"sha256:{ly.diff_id}" for ly in layers]
+    best = 0
+    for ref in refs:
+        try:
+            have = client.api.inspect_image(ref)["RootFS"]["Layers"]
+        except docker.errors.NotFound:
+            continue
+        n = 0
+        while n < min(len(have), len(want)) and have[n] == want[n]:
+            n += 1
+        best = max(best, n)
+    return best
+
+
+def local_overlay(client: docker.DockerClient) -> bool:
+    """Whether a stage container's changes can be read from its overlay2 upper directory on
+    this host: what the engine itself trusts for `docker diff` (native diff: no redirect_dir,
+    no metacopy), no user-namespace remapping (owners would be shifted), and not switched off
+    by IMAGEBUILD_ENGINE_DIFF=1 (what a remote engine gets)."""
+    if os.environ.get("IMAGEBUILD_ENGINE_DIFF") == "1" or os.geteuid() != 0:
+        return False  # the engine's folders are root's alone
+    info = client.info()
+    status = dict(info.get("DriverStatus") or [])
+    return (
+        info.get("Driver") == "overlay2"
+        and status.get("Native Overlay Diff") == "true"
+        and status.get("Using metacopy", "false") == "false"
+        and status.get("userxattr", "false") == "false"  # so only trusted.* xattrs count
+        and not any("userns" in o or "rootless" in o for o in info.get("SecurityOptions") or [])
+    )
