@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagebuild import download, progress, tools
+from imagebuild import download, progress, tarnorm, tools
 from imagebuild.cache import Cache, atomic_file, sha256_file, stat_key
 from imagebuild.errors import ImageBuildError
 from imagebuild.lock.lockfile import DebPackage, Lock, Wheel
@@ -102,10 +102,7 @@ def export_archive(lock: Lock, cache: Cache, dest: Path) -> int:
 
 
 def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    info.mode = 0o644
-    return info
+    return tarnorm.ours(info, 0)
 
 
 def import_archive(lock: Lock, cache: Cache, src: Path) -> int:

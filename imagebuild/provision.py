@@ -18,7 +18,7 @@ from typing import Any
 import ansible_runner
 import pathspec
 
-from imagebuild import inventory
+from imagebuild import inventory, tarnorm
 from imagebuild.errors import ImageBuildError, Terminated
 from imagebuild.lock.lockfile import Lock
 from imagebuild.roles import ANSIBLE_DIR, ROLES_DIR, stack_roles
@@ -167,11 +167,8 @@ def write_app_archive(spec: Spec, lock: Lock, dest: Path) -> str:
     root, top = spec.base_dir / spec.app.src, spec.app.dest.strip("/")
 
     def normalised(info: tarfile.TarInfo, executable: bool) -> tarfile.TarInfo:
-        info.uid = info.gid = 0
-        info.uname = info.gname = "root"
-        info.mtime = lock.source_date_epoch
-        info.mode = 0o755 if info.isdir() or executable else 0o644
-        return info
+        mode = 0o755 if info.isdir() or executable else 0o644
+        return tarnorm.ours(info, lock.source_date_epoch, mode)
 
     with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
         tar.addfile(normalised(tar.gettarinfo(root, top), True))

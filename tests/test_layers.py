@@ -102,7 +102,7 @@ def test_app_archive_is_rooted_at_its_destination_with_the_stamp_last(tmp_path: 
     assert members[0].name == top and members[0].isdir()
     assert members[-1].name == app_stamp(spec).lstrip("/") and members[-1].size == 0
     assert all(m.name == top or m.name.startswith(top + "/") for m in members)
-    assert {(m.uid, m.gid, m.uname, m.mtime) for m in members} == {(0, 0, "root", SDE)}
+    assert {(m.uid, m.gid, m.uname, m.mtime) for m in members} == {(0, 0, "", SDE)}
     assert any(m.name.endswith("/app/__main__.py") for m in members)
 
 

@@ -4,13 +4,13 @@ sha256 of the config) is a pure function of the layers and the spec."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import tarfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from imagebuild import tarnorm
 from imagebuild.builders.layers import Layer
 from imagebuild.cache import atomic_file
 
@@ -70,16 +70,11 @@ def _add(
     path: Path | None = None,
     mtime: int = 0,
 ) -> None:
-    info = tarfile.TarInfo(name)
-    info.mtime, info.mode, info.uname, info.gname = mtime, 0o644, "", ""
     if path is not None:
-        info.size = path.stat().st_size
-        with path.open("rb") as f:
-            tar.addfile(info, f)
+        tarnorm.add_file(tar, name, path, mtime)
     else:
         assert data is not None
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+        tarnorm.add_bytes(tar, name, data, mtime)
 
 
 def docker_archive(

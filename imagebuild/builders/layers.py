@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagebuild import tarnorm
 from imagebuild.cache import sha256_file
 
 # Part of every stage key: bump when a change here makes different layers from the same input
@@ -89,13 +90,9 @@ def _key(info: tarfile.TarInfo) -> list:
 
 
 def _clean(info: tarfile.TarInfo, name: str, sde: int) -> tarfile.TarInfo:
-    out = tarfile.TarInfo(name)
-    out.type, out.mode, out.uid, out.gid = info.type, info.mode & 0o7777, info.uid, info.gid
-    out.size = info.size if info.isreg() else 0
-    out.mtime = min(int(info.mtime), sde)
-    out.linkname = _norm(info.linkname) if info.islnk() else info.linkname
-    out.devmajor, out.devminor = info.devmajor, info.devminor
-    out.uname = out.gname = ""
+    out = tarnorm.from_image(info, name, sde)
+    if info.islnk():  # a hard link names another entry: the same spelling as the entries
+        out.linkname = _norm(info.linkname)
     return out
 
 

@@ -7,6 +7,7 @@ import tarfile
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from imagebuild import tarnorm
 from imagebuild.cache import sha256_file
 from imagebuild.spec import Spec
 from imagebuild.vmboot import image_info, qemu_img, wait_qemu_img
@@ -93,12 +94,7 @@ OVF = """<?xml version="1.0" encoding="UTF-8"?>
 
 
 def _add(tar: tarfile.TarFile, path: Path, sde: int) -> None:
-    info = tar.gettarinfo(path, path.name)
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    info.mtime, info.mode = sde, 0o644
-    with path.open("rb") as f:
-        tar.addfile(info, f)
+    tarnorm.add_file(tar, path.name, path, sde)
 
 
 def make(disk: Path, dest: Path, spec: Spec, sde: int) -> None:

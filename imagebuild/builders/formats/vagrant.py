@@ -9,13 +9,12 @@ qcow2 nor the OVA carries a known key."""
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 import tempfile
 from pathlib import Path
 
-from imagebuild import seed, tools
+from imagebuild import seed, tarnorm, tools
 from imagebuild.spec import Spec
 
 SUFFIX = ".libvirt.box"
@@ -63,13 +62,6 @@ def _seed(dest: Path, spec: Spec, sde: int) -> Path:
     return dest
 
 
-def _info(name: str, size: int, sde: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, sde, 0o644
-    info.uname = info.gname = "root"
-    return info
-
-
 def make(disk: Path, dest: Path, spec: Spec, sde: int) -> None:
     meta = {"provider": "libvirt", "format": "qcow2",
             "disks": [{"path": "box.img"}, {"path": "seed.img"}]}  # fmt: skip
@@ -79,7 +71,6 @@ def make(disk: Path, dest: Path, spec: Spec, sde: int) -> None:
         with tarfile.open(dest, "w", format=tarfile.GNU_FORMAT) as tar:
             for name, data in (("metadata.json", json.dumps(meta).encode()),
                                ("Vagrantfile", vf.encode())):  # fmt: skip
-                tar.addfile(_info(name, len(data), sde), io.BytesIO(data))
+                tarnorm.add_bytes(tar, name, data, sde)
             for name, path in (("box.img", disk), ("seed.img", seed_img)):
-                with path.open("rb") as f:
-                    tar.addfile(_info(name, path.stat().st_size, sde), f)
+                tarnorm.add_file(tar, name, path, sde)
