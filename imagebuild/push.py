@@ -35,9 +35,8 @@ def remote_repository(spec: Spec, registry: str) -> str:
 def push(spec: Spec, registry: str | None, dist: Path) -> PushResult:
     registry = registry or spec.container.registry
     if not registry:
-        raise PushError(
-            f"{spec.where('container')}: container.registry: not set; give it in the spec "
-            "or with --registry HOST:PORT"
+        raise spec.error(
+            "container.registry", "not set; give it in the spec or with --registry HOST:PORT"
         )
     client = engine()
     local = f"{spec.repository}:{spec.version}"

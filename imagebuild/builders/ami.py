@@ -197,9 +197,7 @@ def build(
     region: str | None = None,
 ) -> vm.VmResult:
     if spec.vm.ami is None:
-        raise ImageBuildError(
-            f"{spec.where('vm')}: vm.ami: missing; `--target ami` needs vm.ami (at least region)"
-        )
+        raise spec.error("vm.ami", "missing; `--target ami` needs vm.ami (at least region)")
     if spec.vm.ami.method == "stock":
         return build_stock(spec, lock, cache, fetched, dist)
     if region is not None and not re.fullmatch(AWS_REGION, region):
