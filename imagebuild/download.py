@@ -29,13 +29,13 @@ class DownloadError(Exception):
         self.url, self.reason, self.status = url, reason, status
 
 
-def _pool(attempts: int, backoff: float) -> urllib3.PoolManager:
+def pool(attempts: int, backoff: float) -> urllib3.PoolManager:
     retry = Retry(total=attempts - 1, backoff_factor=backoff, status_forcelist=TRANSIENT,
                   allowed_methods={"GET"}, raise_on_status=False)  # fmt: skip
     return urllib3.PoolManager(retries=retry, timeout=Timeout(connect=20, read=120))
 
 
-_POOL = _pool(ATTEMPTS, BACKOFF)
+_POOL = pool(ATTEMPTS, BACKOFF)
 
 
 def fetch_to(url: str, out: BinaryIO, headers: dict[str, str] | None = None, *,

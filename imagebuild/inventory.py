@@ -101,7 +101,7 @@ def write(
     return extra
 
 
-def _entries(text: str) -> dict[str, str]:
+def package_entries(text: str) -> dict[str, str]:
     """`kind name` -> `version=sha256` from a package manifest."""
     out = {}
     for line in text.splitlines():
@@ -116,7 +116,7 @@ def parity_with_container(vm_file: Path, container_file: Path, lock: Lock) -> di
     Python lock (they must be identical there); count the VM-only section separately."""
     if not container_file.exists():
         return {"container_manifest": f"missing ({container_file.name}); run build-container"}
-    vm, ct = _entries(vm_file.read_text()), _entries(container_file.read_text())
+    vm, ct = package_entries(vm_file.read_text()), package_entries(container_file.read_text())
     shared = [f"deb {p.name}" for p in lock.shared] + [f"python {w.name}" for w in lock.python]
     differ = [
         f"{k}: container {ct.get(k)} vm {vm.get(k)}" for k in shared if vm.get(k) != ct.get(k)

@@ -56,7 +56,7 @@ def server() -> Iterator[str]:
         srv.shutdown()
 
 
-FAST = download._pool(attempts=4, backoff=0.01)
+FAST = download.pool(attempts=4, backoff=0.01)
 
 
 def test_5xx_is_asked_again_until_it_answers(server: str) -> None:

@@ -25,7 +25,7 @@ from imagebuild import lock as locking
 from imagebuild import spec as specmod
 from imagebuild.builders.formats import filename
 from imagebuild.cache import sha256_file
-from imagebuild.inventory import _entries
+from imagebuild.inventory import package_entries
 from imagebuild.verify import hosts
 from imagebuild.vmboot import (
     Booted,
@@ -77,8 +77,8 @@ def test_shared_packages_equal_the_containers(vm_built, locked_example: Path) ->
     lock's shared section and every locked Python distribution; VM-only ones all present."""
     spec, dist, r = vm_built
     lock = locking.load_fresh(spec)
-    vm = _entries((dist / f"{_stem(spec)}.vm.packages.txt").read_text())
-    ct = _entries((dist / f"{_stem(spec)}.container.packages.txt").read_text())
+    vm = package_entries((dist / f"{_stem(spec)}.vm.packages.txt").read_text())
+    ct = package_entries((dist / f"{_stem(spec)}.container.packages.txt").read_text())
     shared = [f"deb {p.name}" for p in lock.shared] + [f"python {w.name}" for w in lock.python]
     assert shared and all(vm[k] == ct[k] for k in shared)
     for p in lock.vm:
@@ -225,7 +225,7 @@ def test_vagrant_up_boots_the_box_with_a_plain_vagrantfile(vm_built, tmp_path: P
     insecure key replaced by a fresh one), the entrypoint runs; `vagrant destroy -f` leaves no
     domain, volume or network behind. No libvirt network is used: SSH on 127.0.0.1 only."""
     spec, dist, _ = vm_built
-    conn = hosts._libvirt()
+    conn = hosts.libvirt_connection()
     assert conn is not None, "libvirt (qemu:///system) is needed for vagrant-libvirt"
     project, box = tmp_path / "project", f"imagebuild-test/{spec.name}"
     project.mkdir()

@@ -111,7 +111,7 @@ SEED_XML = """
     </disk>"""
 
 
-def _libvirt() -> Any:
+def libvirt_connection() -> Any:
     """A qemu:///system connection, starting virtlogd/libvirtd if none answers; None if libvirt
     cannot be used here (then plain QEMU is used)."""
     try:
@@ -209,7 +209,7 @@ def vm(
         raise HostError(f"VM disk {disk} not found; run `invoke build-vm` or pass --vm")
     if seed is not None and not seed.is_file():
         raise HostError(f"NoCloud seed {seed} not found")
-    conn = _libvirt() if backend in ("auto", "libvirt") else None
+    conn = libvirt_connection() if backend in ("auto", "libvirt") else None
     if conn is None and (backend == "libvirt" or seed is not None):
         raise HostError("libvirt (qemu:///system) is not usable here; try --backend qemu")
     if conn is not None:
