@@ -197,18 +197,14 @@ def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", o
     """Build the VM images with Packer (qemu, TCG unless KVM works) from the spec and its lock,
     provisioned by the container's playbook."""
     from imagebuild.builders import vm
+    from imagebuild.builders.targets import TARGETS
 
-    if target not in vm.TARGETS:
-        raise Exit(f"error: --target: {target!r} is not one of {', '.join(vm.TARGETS)}", code=2)
+    if target not in TARGETS:
+        raise Exit(f"error: --target: {target!r} is not one of {', '.join(TARGETS)}", code=2)
     if on_error not in vm.ON_ERROR:
         raise Exit(f"error: --on-error: {on_error!r} is not one of {', '.join(vm.ON_ERROR)}", 2)
     with _prepare(spec, cache_dir, "build-vm") as prepared:
-        if target == "ami":
-            from imagebuild.builders import ami
-
-            r = ami.build(*prepared, Path(dist), on_error, aws_region)
-        else:
-            r = vm.build(*prepared, Path(dist), target, on_error)
+        r = TARGETS[target](*prepared, Path(dist), on_error, aws_region)
     if r.base_disk:
         state = "cached" if r.base_disk.reused else f"built in {r.base_disk.seconds}s"
         print(f"base disk sha256:{r.base_disk.sha256[:12]} kernel {r.base_disk.kernel} ({state})")

@@ -203,7 +203,7 @@ def build(
     if region is not None and not re.fullmatch(AWS_REGION, region):
         raise ImageBuildError(f"--aws-region: {region!r} is not an AWS region like eu-west-1")
     client = session(spec, region)
-    qemu = vm.build(spec, lock, cache, fetched, dist, "qemu", on_error)
+    qemu = vm.build(spec, lock, cache, fetched, dist, on_error)
     out = vm.outputs(dist.resolve(), spec)
     qcow2 = out["qcow2"]
     name = vm.packer_values(spec, cache.root)["aws_ami_name"]

@@ -44,7 +44,6 @@ from imagebuild.fetch import FetchResult
 from imagebuild.lock.lockfile import Lock
 from imagebuild.spec import Spec
 
-TARGETS = ("qemu", "ami")
 ON_ERROR = ("cleanup", "abort")
 SOURCES_DIR = "/var/lib/imagebuild"  # where vm_sources mounts (qemu) or Packer uploads (ami)
 
@@ -186,11 +185,10 @@ def build(
     cache: Cache,
     fetched: FetchResult,
     dist: Path,
-    target: str = "qemu",
     on_error: str = "cleanup",
 ) -> VmResult:
+    """The qemu target: the qcow2 and the formats made from it (builders.targets)."""
     dist = dist.resolve()  # Packer runs in the template folder: every path must be absolute
-    assert target == "qemu", "--target ami is imagebuild.builders.ami"
     keys = stages.stage_keys(spec, lock)
     out = outputs(dist, spec)
     seconds: dict[str, float] = {}
