@@ -82,3 +82,12 @@ def test_the_types_check() -> None:
     """mypy over imagebuild/ and tasks.py, configured in pyproject.toml ([tool.mypy])."""
     r = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+def test_modules_stay_small_and_no_folder_is_named_build() -> None:
+    """One reason to change per module (350 lines at most), and every package visible to a
+    module-graph tool (tools and ignore templates skip folders named `build`)."""
+    long = {str(p.relative_to(ROOT)): n for p in PKG.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 350}  # fmt: skip
+    assert long == {}
+    assert [p for p in PKG.rglob("build") if p.is_dir()] == []

@@ -212,7 +212,7 @@ def test_bundled_example_parses() -> None:
 
 def test_every_field_is_documented_in_readme() -> None:
     readme = (EXAMPLE.parent.parent / "README.md").read_text()
-    for row in specmod.reference():
+    for row in specmod.reference(specmod.Spec):
         field = row.split("`")[1]
         assert f"`{field}`" in readme, f"README does not document spec field {field}"
 

@@ -44,7 +44,8 @@ from imagebuild.cache import Cache, atomic_file, sha256_file
 from imagebuild.errors import ImageBuildError
 from imagebuild.fetch import FetchResult
 from imagebuild.lock.lockfile import Lock
-from imagebuild.spec import AWS_REGION, Spec
+from imagebuild.spec import Spec
+from imagebuild.spec_checks import AWS_REGION
 
 BLOCK = 512 * 1024  # the EBS direct APIs' block size
 ROOT_DEVICE = "/dev/xvda"

@@ -1,0 +1,163 @@
+"""The spec's field checks: one small function per grammar (Debian names, clean image paths,
+URLs parsed, not pattern-matched, CIDRs, choices with a did-you-mean), named in the settings
+table's metadata, and the parse Context they report into (`FILE:LINE: field.path: message`)."""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from imagebuild import roles
+from imagebuild.errors import SpecError
+
+if TYPE_CHECKING:  # the checks are named in the table that defines Spec: a type-only import
+    from imagebuild.spec import Spec
+
+Check = Any  # Callable[[value, Context], str | None]; kept loose to allow lambdas in metadata
+
+
+# Matched with fullmatch: `$` would also match before a trailing newline.
+DEBIAN_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+
+AWS_REGION = r"[a-z]{2}(-[a-z]+)+-\d"
+
+
+OCI_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+IMAGE_PATH = re.compile(r"(/[A-Za-z0-9._+-]+)+")
+
+
+def meta(doc: str, check: Check = None, item_check: Check = None) -> dict[str, Any]:
+    return {"doc": doc, "check": check, "item_check": item_check}
+
+
+def debian_name(v: str, _: Context) -> str | None:
+    return None if DEBIAN_NAME.fullmatch(v) else f"{v!r} is not a Debian package name"
+
+
+def abs_path(v: str, _: Context) -> str | None:
+    """A clean absolute path in the image: not `/`, no `.`/`..`/empty segments, no spaces or
+    shell-special characters (it reaches command lines and unit files)."""
+    parts = v.split("/")[1:]
+    if not IMAGE_PATH.fullmatch(v) or any(p in (".", "..") for p in parts):
+        return f"{v!r} must be a clean absolute path in the image (not /, no '..', no spaces)"
+    return None
+
+
+def http_url(v: str, _: Context) -> str | None:
+    """Parsed, not pattern-matched: http(s), a host, nothing a shell or apt line would split."""
+    u = urllib.parse.urlsplit(v)
+    if u.scheme not in ("http", "https") or not u.hostname or re.search(r"[\s'\"`$\\;|&<>]", v):
+        return f"{v!r} is not an http(s) URL"
+    return None
+
+
+def outside_root(spec: Spec, v: str) -> str | None:
+    """Files the spec names stay inside its project root (`project_root`, default the spec's
+    folder), so a spec cannot ship /root or ../../etc into an image."""
+    root = (spec.base_dir / spec.project_root).resolve()
+    target = (spec.base_dir / v).resolve()
+    if target == root or target.is_relative_to(root):
+        return None
+    return f"{v!r} is outside the project root {root} (widen `project_root` to allow it)"
+
+
+def public_cidr(v: str, _: Context) -> str | None:
+    """An IPv4/IPv6 network in CIDR form that is not the whole internet."""
+    try:
+        net = ipaddress.ip_network(v, strict=True)
+    except ValueError:
+        return f"{v!r} is not a network in CIDR form (e.g. 203.0.113.7/32)"
+    return f"{v!r} opens SSH to everyone" if net.prefixlen == 0 else None
+
+
+def between(low: int, high: int) -> Check:
+    return lambda v, _: None if low <= v <= high else f"{v} is not between {low} and {high}"
+
+
+def one_of(*choices: str) -> Check:
+    def check(v: str, _: Context) -> str | None:
+        if v in choices:
+            return None
+        close = difflib.get_close_matches(v, choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{v!r} is not one of {', '.join(choices)}{hint}"
+
+    return check
+
+
+def pattern(rx: str, what: str) -> Check:
+    return lambda v, _: None if re.fullmatch(rx, v) else f"{v!r} is not {what}"
+
+
+def existing(kind: str) -> Check:
+    def check(v: str, ctx: Context) -> str | None:
+        p = ctx.base_dir / v
+        ok = p.is_dir() if kind == "dir" else p.is_file()
+        return None if ok else f"{kind} {v!r} not found (relative to {ctx.base_dir})"
+
+    return check
+
+
+def image_ref(v: str, _: Context) -> str | None:
+    if re.fullmatch(r"[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}", v):
+        return None
+    return (
+        f"{v!r} is not pinned by digest; use NAME@sha256:<64 hex>, e.g. "
+        f"`docker pull {v} && docker inspect --format '{{{{index .RepoDigests 0}}}}' {v}`"
+    )
+
+
+def known_stack(v: str, _: Context) -> str | None:
+    known = roles.known_stacks()
+    if v in known:
+        return None
+    close = difflib.get_close_matches(v, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown stack {v!r}{hint}; known stacks: {', '.join(known) or '(none)'}"
+
+
+def non_empty(v: list[str], _: Context) -> str | None:
+    return None if v else "must not be empty"
+
+
+def env_names(v: dict[str, str], _: Context) -> str | None:
+    bad = [k for k in v if not ENV_NAME.fullmatch(k)]
+    return f"{bad[0]!r} is not a valid environment variable name" if bad else None
+
+
+def valid_regex(v: str, _: Context) -> str | None:
+    try:
+        re.compile(v)
+    except re.error as e:
+        return f"{v!r} is not a regular expression ({e})"
+    return None
+
+
+@dataclass
+class Context:
+    path: Path
+    base_dir: Path
+    lines: dict[str, int] = field(default_factory=dict)
+    errors: list[SpecError] = field(default_factory=list)
+
+    def fail(self, node: yaml.Node, path: str, message: str) -> None:
+        self.errors.append(SpecError(f"{self.path}:{node.start_mark.line + 1}", path, message))

@@ -1,0 +1,302 @@
+"""The spec's sections (base, python, gpu, app, container, vm, verify): part of the one settings
+table whose type hints drive parsing and whose metadata drives checks and the README reference.
+The top level, `Spec`, is in imagebuild.spec."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from imagebuild.spec_checks import (
+    AWS_REGION,
+    ENV_NAME,
+    USER_NAME,
+    abs_path,
+    between,
+    debian_name,
+    existing,
+    http_url,
+    image_ref,
+    meta,
+    non_empty,
+    one_of,
+    pattern,
+    public_cidr,
+    valid_regex,
+)
+
+# Debian's own python3 is what every image runs, so the suite fixes the target interpreter.
+SUITE_PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
+
+
+VM_FORMATS = ("qcow2", "ova", "vagrant")
+
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+DEFAULT_VM_PACKAGES = [
+    "linux-image-cloud-amd64",
+    "systemd-sysv",
+    "udev",
+    "openssh-server",
+    "sudo",
+    "ifupdown",
+    "isc-dhcp-client",
+    "grub-pc-bin",
+    "initramfs-tools",
+    "kmod",
+    "e2fsprogs",
+    # the platform's login (NoCloud, ConfigDrive, OVF, EC2 metadata): one disk for every format
+    "cloud-init",
+    # libvirt learns the guest's address from it (vagrant-libvirt without a management network,
+    # `virsh domifaddr --source agent`); it starts only when the hypervisor offers its channel
+    "qemu-guest-agent",
+]
+
+
+@dataclass(frozen=True)
+class Base:
+    distro: str = field(default="debian", metadata=meta("Only `debian`.", one_of("debian")))
+    suite: str = field(
+        default="bookworm",
+        metadata=meta("Debian suite; fixes the target Python.", one_of(*SUITE_PYTHON)),
+    )
+    mirror: str = field(
+        default="http://deb.debian.org/debian",
+        metadata=meta(
+            "Debian mirror (plain HTTP works inside builds).",
+            http_url,
+        ),
+    )
+    components: list[str] = field(
+        default_factory=lambda: ["main"],
+        metadata=meta(
+            "Archive components, e.g. `[main, non-free, non-free-firmware]` for NVIDIA.",
+            non_empty,
+            one_of("main", "contrib", "non-free", "non-free-firmware"),
+        ),
+    )
+    snapshot: str | None = field(
+        default=None,
+        metadata=meta(
+            "snapshot.debian.org timestamp (`20250520T000000Z`); replaces `mirror`: the lock "
+            "and `fetch` use `<snapshot_url>/<snapshot>`, which keeps every version.",
+            pattern(r"\d{8}T\d{6}Z", "a snapshot timestamp like 20250520T000000Z"),
+        ),
+    )
+    snapshot_url: str = field(
+        default="http://snapshot.debian.org/archive/debian",
+        metadata=meta(
+            "The snapshot service (a mirror of it, or a local one) `snapshot` is read from.",
+            http_url,
+        ),
+    )
+    image: str | None = field(
+        default=None,
+        metadata=meta(
+            "Registry base image `NAME@sha256:...` instead of a locally built rootfs.", image_ref
+        ),
+    )
+
+    @property
+    def effective_mirror(self) -> str:
+        if self.snapshot:
+            return f"{self.snapshot_url.rstrip('/')}/{self.snapshot}"
+        return self.mirror.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Python:
+    requirements: str = field(
+        default="requirements.in",
+        metadata=meta(
+            "Top-level Python requirements (pip syntax), relative to the spec.", existing("file")
+        ),
+    )
+    venv: str = field(default="/opt/venv", metadata=meta("Venv path in both artifacts.", abs_path))
+
+
+@dataclass(frozen=True)
+class Gpu:
+    vendor: str = field(default="nvidia", metadata=meta("Only `nvidia`.", one_of("nvidia")))
+    driver: str = field(
+        default="535",
+        metadata=meta(
+            "Driver branch from Debian non-free.", pattern(r"\d{3}", "a driver branch like '535'")
+        ),
+    )
+    cuda: str = field(
+        default="12.2",
+        metadata=meta(
+            "CUDA user space (PyPI's nvidia-*-cu12 wheels, role `cuda_runtime`); the container's "
+            "`NVIDIA_REQUIRE_CUDA`.",
+            pattern(r"\d+\.\d+", "a CUDA version like '12.2'"),
+        ),
+    )
+    allow_missing_env: str = field(
+        default="IMAGEBUILD_ALLOW_NO_GPU",
+        metadata=meta(
+            "Env var that, set to 1, lets the entrypoint start without a usable GPU.",
+            lambda v, _: None if ENV_NAME.fullmatch(v) else f"{v!r} is not an env var name",
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class App:
+    src: str = field(
+        default="app", metadata=meta("App source folder, relative to the spec.", existing("dir"))
+    )
+    dest: str = field(default="/opt/app", metadata=meta("Install path; the WORKDIR.", abs_path))
+    build: list[str] = field(
+        default_factory=list,
+        metadata=meta(
+            "Exec-form command run once in `dest` at build time (e.g. make a model); no network."
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Container:
+    repository: str = field(
+        default="",
+        metadata=meta(
+            "Image repository (default `local/<name>`); tagged `<version>`.",
+            pattern(r"([a-z0-9][a-z0-9._/:-]*)?", "a lower-case image repository"),
+        ),
+    )
+    registry: str | None = field(
+        default=None,
+        metadata=meta(
+            "Registry to push to (`host:port`).", pattern(r"[A-Za-z0-9.-]+(:\d+)?", "host[:port]")
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Ami:
+    method: str = field(
+        default="import",
+        metadata=meta(
+            "import: this build's qcow2 disk becomes the AMI (EBS direct APIs + RegisterImage); "
+            "stock: Packer's amazon-ebs provisions `source_ami` (its own packages stay).",
+            one_of("import", "stock"),
+        ),
+    )
+    region: str = field(
+        default="eu-west-1",
+        metadata=meta(
+            "AWS region (`build-vm --aws-region` overrides it).",
+            pattern(AWS_REGION, "an AWS region like eu-west-1"),
+        ),
+    )
+    instance_type: str = field(
+        default="t3.large",
+        metadata=meta(
+            "method stock: builder instance type.",
+            pattern(r"[a-z0-9]+\.[a-z0-9]+", "an instance type"),
+        ),
+    )
+    source_ami: str = field(
+        default="",
+        metadata=meta(
+            "method stock: the Debian AMI to start from.",
+            pattern(r"(ami-[0-9a-f]{8,17})?", "an AMI id"),
+        ),
+    )
+    ssh_username: str = field(
+        default="admin",
+        metadata=meta(
+            "method stock: login user of the source AMI.",
+            lambda v, _: None if USER_NAME.fullmatch(v) else f"{v!r} is not a user name",
+        ),
+    )
+    encrypt_boot: bool = field(
+        default=True, metadata=meta("Encrypt the AMI's snapshot (EBS default key).")
+    )
+    force_deregister: bool = field(
+        default=False,
+        metadata=meta(
+            "method import: replace an AMI of the same name (names are unique per build)."
+        ),
+    )
+    ssh_cidrs: list[str] = field(
+        default_factory=list,
+        metadata=meta(
+            "method stock: who may reach the builder's SSH port; empty = the caller's public "
+            "IP/32 (asked from checkip.amazonaws.com at build time, as Packer's option does).",
+            None,
+            public_cidr,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Vm:
+    formats: list[str] = field(
+        default_factory=lambda: list(VM_FORMATS),
+        metadata=meta("Outputs besides the qcow2 base.", None, one_of(*VM_FORMATS)),
+    )
+    disk_gb: int = field(default=6, metadata=meta("Virtual disk size.", between(2, 2048)))
+    memory_mb: int = field(default=2048, metadata=meta("Guest memory.", between(256, 1048576)))
+    cpus: int = field(default=2, metadata=meta("Guest vCPUs.", between(1, 256)))
+    packages: list[str] = field(
+        default_factory=lambda: list(DEFAULT_VM_PACKAGES),
+        metadata=meta(
+            "VM-only OS packages (kernel, init, SSH, ...), locked in their own section.",
+            None,
+            debian_name,
+        ),
+    )
+    ami: Ami | None = field(default=None, metadata=meta("amazon-ebs settings (`--target ami`)."))
+
+
+@dataclass(frozen=True)
+class Service:
+    port: int = field(metadata=meta("TCP port the app listens on, inside the artifact.",
+                                    between(1, 65535)))  # fmt: skip
+    path: str = field(
+        default="/",
+        metadata=meta(
+            "HTTP path requested with GET, inside each artifact.",
+            pattern(r"/[A-Za-z0-9._~!$&'()*+,;=:@/?%-]*", "an HTTP path starting with /"),
+        ),
+    )
+    status: int = field(default=200, metadata=meta("Expected HTTP status.", between(100, 599)))
+    start_s: int = field(
+        default=180,
+        metadata=meta(
+            "Seconds the service may take to open its port (TCG VMs start slowly); no answer "
+            "by then is a failure.",
+            between(1, 3600),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Verify:
+    commands: list[list[str]] = field(
+        default_factory=list,
+        metadata=meta(
+            "Argument lists run through the entrypoint wrapper in both artifacts (runtime user, "
+            "runtime env); exit status and stdout must be identical, e.g. `[[--check]]`. Empty: "
+            "the `--version` smoke row.",
+        ),
+    )
+    ignore: list[str] = field(
+        default_factory=list,
+        metadata=meta(
+            "Regexes whose matches in that stdout are blanked before comparing (timestamps, "
+            "PIDs, host names).",
+            None,
+            valid_regex,
+        ),
+    )
+    service: Service | None = field(
+        default=None,
+        metadata=meta(
+            "The app as a service: verify starts the container with its own ENTRYPOINT + CMD "
+            "(`--network none`) and boots the VM (its unit), requests the path inside each and "
+            "compares status and body. `null`: not a service.",
+        ),
+    )
