@@ -223,23 +223,29 @@ def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", o
     container="Image to verify (default: REPOSITORY:VERSION from the spec).",
     vm="VM artifact to verify: the qcow2, the Vagrant box or the OVA (its disk is booted, and "
     "compared with the qcow2 beside it; default: DIST/NAME-VERSION.qcow2).",
-    backend="auto (default: libvirt qemu:///system, else plain QEMU), libvirt or qemu.",
+    backend="auto (default: libvirt, else plain QEMU), libvirt or qemu.",
+    libvirt_uri="libvirt to boot the VM with (default qemu:///system; qemu:///session: a user's "
+    "own; it must be on this host: verify reaches the VM on 127.0.0.1).",
     vm_seed="A NoCloud seed ISO (cloud-localds) to boot the VM with, as your platform would "
     "(libvirt only); the login verify itself uses stays systemd's credential.",
 )
 def verify(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", container=None, vm=None,
-           backend="auto", vm_seed=None):  # fmt: skip
+           backend="auto", vm_seed=None, libvirt_uri="qemu:///system"):  # fmt: skip
     """Prove the container and the VM are the same where it matters: one testinfra suite over
     docker:// and ssh://, a parity table, report.json + junit.xml; exit 1 naming each difference."""
     from imagebuild.verify import run as verifying
 
     if backend not in ("auto", "libvirt", "qemu"):
         raise Exit(f"error: --backend: {backend!r} is not one of auto, libvirt, qemu", code=2)
+    from imagebuild.verify.hosts import local_uri_problem
+
+    if problem := local_uri_problem(libvirt_uri):
+        raise Exit(f"error: --libvirt-uri: {problem}", code=2)
     s = _load(spec)
     locking.load_fresh(s)
     r = verifying.verify(
         s, Path(dist), container, Path(vm) if vm else None, backend,
-        Path(vm_seed) if vm_seed else None,
+        Path(vm_seed) if vm_seed else None, libvirt_uri,
     )  # fmt: skip
     print(r.table, end="")
     counts = {

@@ -9,9 +9,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from imagebuild.builders.layers import (
-    Layer,
-)
+from imagebuild.builders.layers import Layer
 from imagebuild.errors import ImageBuildError
 
 
@@ -30,6 +28,13 @@ def engine() -> docker.DockerClient:
             "with `bash scripts/bootstrap.sh` (dockerd --bridge=none "
             "--iptables=false)"
         ) from None
+
+
+def describe(client: docker.DockerClient) -> str:
+    """Which engine a task used, as its progress line says: where (DOCKER_HOST or the local
+    socket), its version and storage driver."""
+    info = client.info()
+    return f"{client.api.base_url} (Docker {info.get('ServerVersion')}, {info.get('Driver')})"
 
 
 def load_archive(client: docker.DockerClient, archive: Path) -> None:

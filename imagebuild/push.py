@@ -12,7 +12,7 @@ import docker.errors
 
 from imagebuild import distnames, progress
 from imagebuild.cache import atomic_file
-from imagebuild.engine import engine
+from imagebuild.engine import describe, engine
 from imagebuild.errors import ImageBuildError
 from imagebuild.spec import Spec
 
@@ -39,6 +39,7 @@ def push(spec: Spec, registry: str | None, dist: Path) -> PushResult:
             "container.registry", "not set; give it in the spec or with --registry HOST:PORT"
         )
     client = engine()
+    progress.say(f"push: engine {describe(client)}")
     local = f"{spec.repository}:{spec.version}"
     try:
         image = client.images.get(local)

@@ -29,3 +29,19 @@ def test_every_option_has_help(name: str) -> None:
     for line in options.splitlines():
         if line.strip().startswith("--"):
             assert re.search(r"--\S+\s{2,}\S", line), f"{name}: option without help: {line!r}"
+
+
+@pytest.mark.parametrize(
+    ("uri", "ok"),
+    [("qemu:///system", True), ("qemu:///session", True), ("qemu+ssh://builder/system", False),
+     ("xen:///system", False), ("qemu://otherhost/system", False)],
+)  # fmt: skip
+def test_verify_takes_a_local_libvirt_uri_only(uri: str, ok: bool) -> None:
+    """verify reaches the guest on this host's 127.0.0.1: a remote libvirt is refused (exit 2)
+    before anything starts, a local one is accepted."""
+    from imagebuild.verify.hosts import local_uri_problem
+
+    assert (local_uri_problem(uri) is None) == ok
+    if not ok:
+        r = run_invoke("verify", "--libvirt-uri", uri, "--spec", "/nonexistent.yaml")
+        assert r.returncode == 2 and "--libvirt-uri" in r.stderr and "127.0.0.1" in r.stderr

@@ -13,12 +13,13 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from imagebuild import progress
 from imagebuild.builders import image as img
 from imagebuild.builders.layers import (
     Layer,
 )
 from imagebuild.cache import Cache
-from imagebuild.engine import engine, engine_has, load_archive, local_overlay
+from imagebuild.engine import describe, engine, engine_has, load_archive, local_overlay
 from imagebuild.fetch import FetchResult
 from imagebuild.lock.lockfile import Lock
 from imagebuild.spec import Spec
@@ -50,6 +51,8 @@ def new_build(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult) -> Ite
             client, spec, lock, cache, fetched, uuid.uuid4().hex[:8], Path(tmpdir),
             local_overlay=local_overlay(client),
         )  # fmt: skip
+        how = "from its overlay upper dirs" if b.local_overlay else "through its API"
+        progress.say(f"engine: {describe(client)}; stage changes read {how}")
         try:
             yield b
         finally:  # also on error or Ctrl-C: no stage image outlives its build

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from xml.sax.saxutils import quoteattr
 
 import docker
@@ -111,9 +112,22 @@ SEED_XML = """
     </disk>"""
 
 
-def libvirt_connection() -> Any:
-    """A qemu:///system connection, starting virtlogd/libvirtd if none answers; None if libvirt
-    cannot be used here (then plain QEMU is used)."""
+SYSTEM_URI = "qemu:///system"
+
+
+def local_uri_problem(uri: str) -> str | None:
+    """verify reaches the guest's SSH on 127.0.0.1 of this host, and libvirt opens the disk by
+    its path here: a libvirt on another host (`qemu+ssh://host/system`) cannot do either."""
+    u = urlsplit(uri)
+    if not u.scheme.startswith("qemu") or u.netloc or u.path not in ("/system", "/session"):
+        return (f"{uri!r} is not a local QEMU libvirt URI (qemu:///system or qemu:///session): "
+                "verify reaches the VM on this host's 127.0.0.1")  # fmt: skip
+    return None
+
+
+def libvirt_connection(uri: str = SYSTEM_URI) -> Any:
+    """A connection to `uri`, starting virtlogd/libvirtd for the system URI if none answers;
+    None if libvirt cannot be used here (then plain QEMU is used)."""
     try:
         import libvirt
     except ImportError:
@@ -121,11 +135,11 @@ def libvirt_connection() -> Any:
     libvirt.registerErrorHandler(lambda *_: None, None)  # errors are raised, not printed
     for attempt in range(20):
         try:
-            conn = libvirt.open("qemu:///system")
+            conn = libvirt.open(uri)
             kvm_device_for_libvirt()
             return conn
         except libvirt.libvirtError:
-            if attempt == 0 and shutil.which("libvirtd"):
+            if attempt == 0 and uri == SYSTEM_URI and shutil.which("libvirtd"):
                 progress.say("verify: starting virtlogd + libvirtd")
                 subprocess.run(["virtlogd", "-d"], capture_output=True)
                 subprocess.run(["libvirtd", "-d"], capture_output=True)
@@ -182,7 +196,7 @@ def _libvirt_vm(
         booted = vmboot.wait_for_ssh(
             vmboot.Booted(port, key, serial, 0.0), start, 300, lambda: dom.isActive() == 1
         )
-        host = _ssh_host(booted, work, "libvirt qemu:///system (domain type qemu)")
+        host = _ssh_host(booted, work, f"libvirt {conn.getURI()} (domain type qemu)")
         yield replace(host, setup_seconds=setup, service_url=host.url)
     finally:
         with contextlib.suppress(Exception):
@@ -202,16 +216,22 @@ def _ssh_host(booted: vmboot.Booted, work: Path, how: str) -> Host:
 
 @contextlib.contextmanager
 def vm(
-    disk: Path, work: Path, memory: int, cpus: int, backend: str = "auto", seed: Path | None = None
+    disk: Path,
+    work: Path,
+    memory: int,
+    cpus: int,
+    backend: str = "auto",
+    seed: Path | None = None,
+    libvirt_uri: str = SYSTEM_URI,
 ) -> Iterator[Host]:
     """`seed`: a NoCloud seed ISO to boot with (libvirt only), as a libvirt user would attach it."""
     if not disk.exists():
         raise HostError(f"VM disk {disk} not found; run `invoke build-vm` or pass --vm")
     if seed is not None and not seed.is_file():
         raise HostError(f"NoCloud seed {seed} not found")
-    conn = libvirt_connection() if backend in ("auto", "libvirt") else None
+    conn = libvirt_connection(libvirt_uri) if backend in ("auto", "libvirt") else None
     if conn is None and (backend == "libvirt" or seed is not None):
-        raise HostError("libvirt (qemu:///system) is not usable here; try --backend qemu")
+        raise HostError(f"libvirt ({libvirt_uri}) is not usable here; try --backend qemu")
     if conn is not None:
         try:
             with _libvirt_vm(conn, disk, work, memory, cpus, seed) as host:

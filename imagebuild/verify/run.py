@@ -75,6 +75,7 @@ def verify(
     vm_disk: Path | None,
     backend: str,
     seed: Path | None = None,
+    libvirt_uri: str = hosts.SYSTEM_URI,
 ) -> VerifyResult:
     ref = container_ref or f"{spec.repository}:{spec.version}"
     qcow2 = filename("qcow2", spec)
@@ -97,7 +98,9 @@ def verify(
             st["note"] = c.url
         with progress.stage("verify: VM boot to SSH", str(disk)) as st:
             v = up.enter_context(
-                hosts.vm(disk, work / "vm", spec.vm.memory_mb, spec.vm.cpus, backend, seed)
+                hosts.vm(
+                    disk, work / "vm", spec.vm.memory_mb, spec.vm.cpus, backend, seed, libvirt_uri
+                )  # fmt: skip
             )
             seconds["vm start (libvirt)"] = v.setup_seconds
             seconds["vm boot to ssh"] = v.seconds
