@@ -6,8 +6,11 @@ deb.debian.org once failed a whole suite."""
 
 from __future__ import annotations
 
+import functools
 import io
 import time
+import urllib.parse
+import urllib.request
 from typing import BinaryIO
 
 import urllib3
@@ -29,13 +32,32 @@ class DownloadError(Exception):
         self.url, self.reason, self.status = url, reason, status
 
 
-def pool(attempts: int, backoff: float) -> urllib3.PoolManager:
+def pool(attempts: int, backoff: float, proxy: str | None = None) -> urllib3.PoolManager:
     retry = Retry(total=attempts - 1, backoff_factor=backoff, status_forcelist=TRANSIENT,
                   allowed_methods={"GET"}, raise_on_status=False)  # fmt: skip
-    return urllib3.PoolManager(retries=retry, timeout=Timeout(connect=20, read=120))
+    timeout = Timeout(connect=20, read=120)
+    if proxy:
+        return urllib3.ProxyManager(proxy, retries=retry, timeout=timeout)
+    return urllib3.PoolManager(retries=retry, timeout=timeout)
 
 
 _POOL = pool(ATTEMPTS, BACKOFF)
+
+
+@functools.cache
+def via_proxy(proxy: str) -> urllib3.PoolManager:
+    return pool(ATTEMPTS, BACKOFF, proxy)
+
+
+def pool_for(url: str) -> urllib3.PoolManager:
+    """The standard proxy variables apply as they do for apt, pip and curl (http_proxy,
+    https_proxy, no_proxy): urllib3 itself reads none of them."""
+    proxies = urllib.request.getproxies_environment()
+    u = urllib.parse.urlsplit(url)
+    proxy = proxies.get(u.scheme)
+    if proxy and not urllib.request.proxy_bypass(u.hostname or ""):
+        return via_proxy(proxy)
+    return _POOL
 
 
 def fetch_to(url: str, out: BinaryIO, headers: dict[str, str] | None = None, *,
@@ -43,7 +65,7 @@ def fetch_to(url: str, out: BinaryIO, headers: dict[str, str] | None = None, *,
     """The body of `url` into `out` (from its start: a body cut off mid-way is fetched again
     whole, never appended to); returns its size. Raises DownloadError after the last attempt,
     or at once for a status that is not a blip (404, 403, ...)."""
-    pool = pool or _POOL
+    pool = pool or pool_for(url)
     attempts = pool.connection_pool_kw["retries"].total + 1
     for attempt in range(attempts):
         try:

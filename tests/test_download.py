@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+import urllib3
 
 from imagebuild import download
 
@@ -94,3 +95,25 @@ def test_nobody_listening_is_retried_then_named() -> None:
     with pytest.raises(download.DownloadError) as e:
         download.fetch_to(f"http://127.0.0.1:{port}/x", io.BytesIO(), pool=FAST)
     assert e.value.status is None and f"127.0.0.1:{port}" in str(e.value)
+
+
+def test_the_proxy_variables_apply(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """http_proxy is honoured (as by apt, pip, curl): a proxy that is not there fails the
+    download; no_proxy for the host goes direct again."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("http_proxy", dead)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.setattr(download, "ATTEMPTS", 2)
+    monkeypatch.setattr(download, "BACKOFF", 0.01)
+    download.via_proxy.cache_clear()
+    assert isinstance(download.pool_for(f"{server}/503-0"), urllib3.ProxyManager)
+    with pytest.raises(download.DownloadError):
+        download.fetch_to(f"{server}/503-0", io.BytesIO())
+    assert "/503-0" not in _Flaky.hits  # it never reached the server
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    out = io.BytesIO()
+    download.fetch_to(f"{server}/503-0", out)  # direct: the dead proxy is bypassed
+    assert out.getvalue() == BODY
