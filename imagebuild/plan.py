@@ -10,7 +10,7 @@ from pathlib import Path
 from imagebuild import lock as locking
 from imagebuild.builders.disk import disk_cached, disk_key
 from imagebuild.builders.stages import STAGES, stage_cached, stage_keys
-from imagebuild.builders.vm import up_to_date
+from imagebuild.builders.vm import up_to_date, vm_key
 from imagebuild.cache import Cache
 from imagebuild.errors import StaleLockError
 from imagebuild.fetch import COMPLETE, source_dirs
@@ -70,7 +70,7 @@ def make_plan(spec: Spec, cache: Cache, dist: Path) -> Plan:
     layers = " ".join(f"{n}:{_state(stage_cached(cache, keys[n]), 'build')}" for n in STAGES)
     plan.add(f"container {spec.repository}:{spec.version}  layers {layers}")
     base = disk_key(spec, lock, keys["app"])
-    state = "nothing to do" if up_to_date(spec, lock, dist, base) else "packer build"
+    state = "nothing to do" if up_to_date(dist, spec, vm_key(spec, lock, base)) else "packer build"
     plan.add(
         f"vm        {', '.join(spec.vm.formats)}; {spec.vm.cpus} vCPU, {spec.vm.memory_mb} MiB, "
         f"{spec.vm.disk_gb} GiB; base disk {_state(disk_cached(cache, base), 'build')}; {state}"

@@ -3,6 +3,7 @@ Both the container stages and the VM build use `playbook_vars`, so they cannot d
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import signal
@@ -19,6 +20,7 @@ import ansible_runner
 import pathspec
 
 from imagebuild import inventory, tarnorm
+from imagebuild.cache import stat_key
 from imagebuild.errors import ImageBuildError, Terminated
 from imagebuild.lock.lockfile import Lock
 from imagebuild.roles import ANSIBLE_DIR, ROLES_DIR, stack_roles
@@ -142,8 +144,17 @@ def app_digest(spec: Spec) -> str:
     if not spec.app:
         return ""
     root = spec.base_dir / spec.app.src
+    files = _app_files(root)
+    # A build asks for it many times (stage keys, each stage's and the VM's Ansible vars, the VM
+    # key): the bytes are hashed once per state of the tree, the state being every file's stat.
+    return _tree_digest(root, tuple((str(p), *stat_key(p)) for p in files))
+
+
+@functools.lru_cache(maxsize=8)
+def _tree_digest(root: Path, state: tuple[tuple[Any, ...], ...]) -> str:
     h = hashlib.sha256()
-    for p in _app_files(root):
+    for entry in state:
+        p = Path(entry[0])
         h.update(str(p.relative_to(root)).encode() + b"\0")
         if p.is_file():
             h.update(p.read_bytes() + b"\0" + str(os.access(p, os.X_OK)).encode())

@@ -200,7 +200,7 @@ def build(
         key = vm_key(spec, lock, base.key)
         record = out["record"]
         leftovers.sweep_staging(dist, b.cache, "build-vm")  # also when nothing else is to do
-        if up_to_date(spec, lock, dist, base.key):
+        if up_to_date(dist, spec, key):
             previous = json.loads(record.read_text())
             progress.say(f"build-vm: nothing changed ({key[:12]}); outputs in {dist}")
             return VmResult("qemu", previous["accelerator"], key, base, out, seconds, {}, True)
@@ -326,10 +326,10 @@ def make_formats(written: Path, made: dict[str, Path], spec: Spec, lock: Lock) -
         FORMATS[f].make(compressed, made[f], spec, sde)
 
 
-def up_to_date(spec: Spec, lock: Lock, dist: Path, base_key: str) -> bool:
-    """Would `build-vm` find nothing to do (record with this key, every output present)?"""
+def up_to_date(dist: Path, spec: Spec, key: str) -> bool:
+    """Would `build-vm` find nothing to do (a record with this VM key, every output present)?"""
     out = outputs(dist, spec)
     record = out["record"]
     if not record.exists() or not all(p.exists() for p in out.values()):
         return False
-    return json.loads(record.read_text()).get("key") == vm_key(spec, lock, base_key)
+    return json.loads(record.read_text()).get("key") == key
