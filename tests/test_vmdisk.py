@@ -4,6 +4,7 @@ and must hold the qcow2's bytes. Real tar, qemu-img and the real box maker on sm
 from __future__ import annotations
 
 import subprocess
+import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,3 +43,8 @@ def test_what_is_not_a_vm_artifact_is_named(tmp_path: Path) -> None:
     fake.write_text("not a tar")
     with pytest.raises(vmdisk.DiskError, match="not a readable tar"):
         vmdisk.bootable(fake, tmp_path / "work")
+    box = tmp_path / "demo.libvirt.box"  # the system disk is box.img itself, not a look-alike
+    with tarfile.open(box, "w") as tar:
+        tar.add(disk(tmp_path / "d.qcow2", b"x"), "evilbox.img")
+    with pytest.raises(vmdisk.DiskError, match=r"expected one box.img disk at its top, found none"):
+        vmdisk.bootable(box, tmp_path / "work")

@@ -5,6 +5,7 @@ guest-visible bytes as the qcow2 beside them, so verifying one proves the others
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
 import tarfile
 from dataclasses import dataclass
@@ -34,19 +35,19 @@ def kind_of(artifact: Path) -> str:
     raise DiskError(f"--vm {artifact}: not a VM artifact imagebuild makes ({suffixes})")
 
 
-def _member(tar: tarfile.TarFile, artifact: Path, suffix: str) -> tarfile.TarInfo:
-    found = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(suffix)]
+def _member(tar: tarfile.TarFile, artifact: Path, pattern: str) -> tarfile.TarInfo:
+    found = [m for m in tar.getmembers() if m.isfile() and fnmatch.fnmatchcase(m.name, pattern)]
     if len(found) != 1 or "/" in found[0].name:
-        raise DiskError(f"{artifact}: expected one {suffix} disk at its top, found "
+        raise DiskError(f"{artifact}: expected one {pattern} disk at its top, found "
                         f"{[m.name for m in found] or 'none'}")  # fmt: skip
     return found[0]
 
 
-def _extract(artifact: Path, name_suffix: str, dest: Path) -> Path:
+def _extract(artifact: Path, pattern: str, dest: Path) -> Path:
     """One disk member streamed out of the tar (never `extractall`: the name is not trusted)."""
     try:
         with tarfile.open(artifact) as tar:
-            member = _member(tar, artifact, name_suffix)
+            member = _member(tar, artifact, pattern)
             src = tar.extractfile(member)
             assert src is not None
             with src, dest.open("wb") as out:
@@ -64,7 +65,7 @@ def bootable(artifact: Path, work: Path) -> Disk:
     work.mkdir(parents=True, exist_ok=True)
     if kind == "vagrant":
         return Disk(artifact, _extract(artifact, "box.img", work / "box.img"), kind)
-    vmdk = _extract(artifact, ".vmdk", work / "disk.vmdk")
+    vmdk = _extract(artifact, "*.vmdk", work / "disk.vmdk")
     disk = work / "ova.qcow2"
     wait_qemu_img(qemu_img("convert", "-O", "qcow2", str(vmdk), str(disk)))
     vmdk.unlink()

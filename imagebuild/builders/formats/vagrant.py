@@ -14,7 +14,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from imagebuild import seed, tarnorm, tools
+from imagebuild import distnames, seed, tarnorm, tools
 from imagebuild.spec import Spec
 
 SUFFIX = ".libvirt.box"
@@ -54,7 +54,7 @@ end
 def _seed(dest: Path, spec: Spec, sde: int) -> Path:
     """seed.img: the NoCloud seed as the qcow2 vagrant-libvirt requires of every box disk."""
     raw = seed.nocloud_vfat(
-        dest.with_suffix(".raw"), instance_id=f"{spec.name}-{spec.version}-vagrant",
+        dest.with_suffix(".raw"), instance_id=f"{distnames.stem(spec)}-vagrant",
         hostname=spec.name, cloud_config={"users": [seed.user("vagrant", INSECURE_KEY)]}, sde=sde,
     )  # fmt: skip
     tools.run(["qemu-img", "convert", "-q", "-O", "qcow2", str(raw), str(dest)])
