@@ -29,6 +29,7 @@ from imagebuild import lock as locking  # noqa: E402
 from imagebuild import plan as planning  # noqa: E402
 from imagebuild.cache import Cache, default_root  # noqa: E402
 from imagebuild.errors import ImageBuildError, Terminated  # noqa: E402
+from imagebuild.inputs import Inputs, prepare  # noqa: E402
 from imagebuild.spec import Spec, load  # noqa: E402
 
 DEFAULT_SPEC = "imagebuild.yaml"
@@ -152,11 +153,10 @@ def plan(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist"):
 
 
 @contextmanager
-def _prepare(
-    spec: str, cache_dir: str | None, label: str
-) -> Iterator[tuple[Spec, Any, Cache, Any]]:
-    """Spec, fresh lock, cache and the verified local sources every build starts from; the
-    cache is this build's alone until the body returns (a second build waits)."""
+def _prepare(spec: str, cache_dir: str | None, label: str) -> Iterator[Inputs]:
+    """What every build starts from, resolved once (spec, fresh lock, what the roles add, every
+    key, the cache, the verified local sources); the cache is this build's alone until the body
+    returns (a second build waits)."""
     s = _load(spec)
     lk = locking.load_fresh(s)
     cache = _cache(cache_dir)
@@ -164,7 +164,7 @@ def _prepare(
         leftovers.sweep(cache, label)
         with progress.stage(f"{label}: verify cache"):
             fetched = fetching.local_sources(lk, cache)
-        yield s, lk, cache, fetched
+        yield prepare(s, lk, cache, fetched)
 
 
 @cli(dist="Output folder (default ./dist).")
@@ -172,8 +172,8 @@ def build_container(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist"):
     """Build the layered, reproducible Docker image from the spec and its lock."""
     from imagebuild.builders import container
 
-    with _prepare(spec, cache_dir, "build-container") as prepared:
-        r = container.build(*prepared, Path(dist))
+    with _prepare(spec, cache_dir, "build-container") as inputs:
+        r = container.build(inputs, Path(dist))
     for st in r.stages:
         state = "cached" if st.reused else f"built in {st.seconds}s, changed={st.changed}"
         print(f"layer {st.name:<7} sha256:{st.diff_id[:12]}  {st.size / 1e6:8.1f} MB  {state}")
@@ -203,8 +203,8 @@ def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", o
         raise Exit(f"error: --target: {target!r} is not one of {', '.join(TARGETS)}", code=2)
     if on_error not in vm.ON_ERROR:
         raise Exit(f"error: --on-error: {on_error!r} is not one of {', '.join(vm.ON_ERROR)}", 2)
-    with _prepare(spec, cache_dir, "build-vm") as prepared:
-        r = TARGETS[target](*prepared, Path(dist), on_error, aws_region)
+    with _prepare(spec, cache_dir, "build-vm") as inputs:
+        r = TARGETS[target](inputs, Path(dist), on_error, aws_region)
     if r.base_disk:
         state = "cached" if r.base_disk.reused else f"built in {r.base_disk.seconds}s"
         print(f"base disk sha256:{r.base_disk.sha256[:12]} kernel {r.base_disk.kernel} ({state})")

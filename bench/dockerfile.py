@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 from common import bench, table, timed  # noqa: E402
 
-from imagebuild import provision  # noqa: E402
+from imagebuild import keys as keying  # noqa: E402
+from imagebuild import resolved  # noqa: E402
 from imagebuild.builders import image as img  # noqa: E402
 from imagebuild.builders import stages  # noqa: E402
 from imagebuild.cache import Cache  # noqa: E402
@@ -38,7 +39,7 @@ def render(spec: Spec, pins: list[str], base: str) -> str:
     """The Dockerfile a careful user would write for the same spec (hadolint-clean)."""
     venv = spec.python.venv if spec.python else "/opt/venv"
     assert spec.app is not None
-    env = "\n".join(f'ENV {k}="{v}"' for k, v in provision.runtime_env(spec).items())
+    env = "\n".join(f'ENV {k}="{v}"' for k, v in resolved.runtime_env(spec).items())
     q = ", ".join
     return f"""FROM {base}
 SHELL ["/bin/sh", "-e", "-c"]
@@ -70,12 +71,13 @@ def prepare(spec_path: str, cache_dir: Path, ctx: Path) -> tuple[str, str]:
     lock = load_fresh(spec)
     cache = Cache(cache_dir)
     fetched = local_sources(lock, cache)
-    key = stages.stage_keys(spec, lock)["base"]
+    r = resolved.resolve(spec, lock)
+    key = keying.compute(r).stages["base"]
     hit = stages.cached(cache, key)
     assert hit is not None, "run build-container first: its base layer is the common base"
     layer = hit[0]
     cfg = img.ImageConfig(
-        entrypoint=[], cmd=["/bin/sh"], env={"PATH": provision.PATH}, workdir="/", user="",
+        entrypoint=[], cmd=["/bin/sh"], env={"PATH": resolved.PATH}, workdir="/", user="",
         labels={}, history=["base"], created=lock.source_date_epoch,
     )  # fmt: skip
     archive = ctx.parent / "base.tar"
@@ -87,7 +89,7 @@ def prepare(spec_path: str, cache_dir: Path, ctx: Path) -> tuple[str, str]:
     shutil.copytree(fetched.wheelhouse, ctx / "wheels", copy_function=os.link)
     assert spec.app is not None
     shutil.copytree(spec.base_dir / spec.app.src, ctx / spec.app.src)
-    (ctx / "Dockerfile").write_text(render(spec, provision.os_pins(spec, lock), base))
+    (ctx / "Dockerfile").write_text(render(spec, r.os_pins, base))
     return base, "imagebuild-bench/dockerfile:latest"
 
 

@@ -34,7 +34,9 @@ def describe(client: docker.DockerClient) -> str:
     """Which engine a task used, as its progress line says: where (DOCKER_HOST or the local
     socket), its version and storage driver."""
     info = client.info()
-    return f"{client.api.base_url} (Docker {info.get('ServerVersion')}, {info.get('Driver')})"
+    # docker-py names a unix socket http+docker://localhost; say what the user would set.
+    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    return f"{where} (Docker {info.get('ServerVersion')}, {info.get('Driver')})"
 
 
 def load_archive(client: docker.DockerClient, archive: Path) -> None:

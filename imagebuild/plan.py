@@ -7,14 +7,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imagebuild import keys as keying
 from imagebuild import lock as locking
-from imagebuild.builders.disk import disk_cached, disk_key
-from imagebuild.builders.stages import STAGES, stage_cached, stage_keys
-from imagebuild.builders.vm import up_to_date, vm_key
+from imagebuild.builders.disk import disk_cached
+from imagebuild.builders.stages import stage_cached
+from imagebuild.builders.vm import up_to_date
 from imagebuild.cache import Cache
 from imagebuild.errors import StaleLockError
 from imagebuild.fetch import COMPLETE, source_dirs
+from imagebuild.keys import STAGES
 from imagebuild.lock.lockfile import DebPackage, Wheel
+from imagebuild.resolved import resolve
 from imagebuild.spec import Spec
 
 
@@ -66,14 +69,15 @@ def make_plan(spec: Spec, cache: Cache, dist: Path) -> Plan:
         )
     shared, vm, wh = (_state((d / COMPLETE).exists(), "make") for d in source_dirs(cache, lock))
     plan.add(f"fetch     apt repo shared: {shared}, vm: {vm}; wheelhouse: {wh}")
-    keys = stage_keys(spec, lock)
-    layers = " ".join(f"{n}:{_state(stage_cached(cache, keys[n]), 'build')}" for n in STAGES)
+    keys = keying.compute(resolve(spec, lock))
+    st = keys.stages
+    layers = " ".join(f"{n}:{_state(stage_cached(cache, st[n]), 'build')}" for n in STAGES)
     plan.add(f"container {spec.repository}:{spec.version}  layers {layers}")
-    base = disk_key(spec, lock, keys["app"])
-    state = "nothing to do" if up_to_date(dist, spec, vm_key(spec, lock, base)) else "packer build"
+    state = "nothing to do" if up_to_date(dist, spec, keys.vm) else "packer build"
     plan.add(
         f"vm        {', '.join(spec.vm.formats)}; {spec.vm.cpus} vCPU, {spec.vm.memory_mb} MiB, "
-        f"{spec.vm.disk_gb} GiB; base disk {_state(disk_cached(cache, base), 'build')}; {state}"
+        f"{spec.vm.disk_gb} GiB; base disk {_state(disk_cached(cache, keys.disk), 'build')}; "
+        f"{state}"
     )
     if spec.vm.ami:
         plan.add(

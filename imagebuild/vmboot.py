@@ -182,28 +182,6 @@ def boot(
             disk_overlay.unlink(missing_ok=True)
 
 
-def qemu_img(*args: str) -> subprocess.Popen[bytes]:
-    """Start `qemu-img ARGS`; `wait_qemu_img` ends it."""
-    return subprocess.Popen(
-        ["qemu-img", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )  # fmt: skip
-
-
-def wait_qemu_img(proc: subprocess.Popen[bytes]) -> None:
-    """Wait for it; a failure is an error with qemu-img's own words (e.g. no space left); an
-    interrupted wait (Ctrl-C) does not leave it running."""
-    try:
-        _, err = proc.communicate()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    if proc.returncode != 0:
-        argv = shlex.join(str(a) for a in proc.args)  # type: ignore[union-attr]
-        tail = err.decode(errors="replace")[-2000:]
-        raise ImageBuildError(f"{argv} failed (exit {proc.returncode}):\n{tail}")
-
-
 def partition_image(disk: Path, dest_dir: Path, offset: int = 1 << 20) -> Path:
     """The root partition of a disk image as a raw file (for debugfs), via qemu-img's raw
     driver with an offset over the qcow2: no loop device, no mount."""

@@ -10,8 +10,12 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from imagebuild.keys import Keys
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "onnx-serve"
@@ -82,6 +86,31 @@ def run_invoke(
 
 def tree(path: Path) -> set[str]:
     return {str(p.relative_to(path)) for p in path.rglob("*")} if path.exists() else set()
+
+
+def stamps(*roots: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `roots` with its mtime (ns) and size: what a task wrote, or left alone,
+    shows in a comparison, whatever the task printed. Hidden entries (a build's staging or
+    scratch folder, a lock file) are not outputs and are left out."""
+    return {
+        str(p): (p.stat().st_mtime_ns, p.stat().st_size)
+        for root in roots
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    }
+
+
+def changed(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> set[str]:
+    """Files written, rewritten or removed between two `stamps`."""
+    return {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+
+
+def keys_of(spec_path: Path) -> Keys:
+    """Every cache key of a spec with its lock beside it, as a build computes them."""
+    from imagebuild import keys, lock, resolved, spec
+
+    s = spec.load(spec_path)
+    return keys.compute(resolved.resolve(s, lock.read(spec_path.with_suffix(".lock"))))
 
 
 def copy_example(dest: Path) -> Path:

@@ -7,9 +7,10 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from imagebuild import provision
+from imagebuild import app_tree
 from imagebuild import spec as specmod
 from imagebuild.lock import lockfile
+from imagebuild.resolved import resolve
 from tests.conftest import EXAMPLE
 
 
@@ -23,7 +24,7 @@ def test_secrets_and_ignored_files_are_not_shipped(tmp_path: Path) -> None:
         (app / name).write_text("secret\n")
     (app / ".imagebuildignore").write_text("# the user's own rules\ndata/\n*.log\n")
     spec = specmod.load(proj / "imagebuild.yaml")
-    shipped = provision.app_manifest(spec)
+    shipped = app_tree.manifest(spec)
     names = {row.split(" ", 1)[1] for row in shipped}
     assert "notes/keep.md" in names and "app/infer.py" in names and "default.yaml" in names
     for gone in (".git/", ".env", "certs/server.pem", "deploy/id_ed25519", ".ssh/", "data/",
@@ -31,7 +32,7 @@ def test_secrets_and_ignored_files_are_not_shipped(tmp_path: Path) -> None:
         assert gone not in names, gone
     lock = lockfile.read(EXAMPLE / "imagebuild.lock")
     archive = tmp_path / "app.tar"
-    provision.write_app_archive(spec, lock, archive)
+    resolve(spec, lock).write_app_archive(archive)
     with tarfile.open(archive) as tar:
         members = tar.getmembers()
     paths = {m.name for m in members}
@@ -46,7 +47,6 @@ def test_a_user_can_re_include_a_default(tmp_path: Path) -> None:
     (proj / "app" / ".env").write_text("PUBLIC=1\n")
     (proj / "app" / ".imagebuildignore").write_text("!.env\n")
     names = {
-        row.split(" ", 1)[1]
-        for row in provision.app_manifest(specmod.load(proj / "imagebuild.yaml"))
+        row.split(" ", 1)[1] for row in app_tree.manifest(specmod.load(proj / "imagebuild.yaml"))
     }
     assert ".env" in names

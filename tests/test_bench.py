@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from imagebuild import provision
 from imagebuild.lock.lockfile import load_fresh
+from imagebuild.resolved import resolve
 from imagebuild.spec import load
 from tests.conftest import EXAMPLE, ROOT
 
@@ -17,11 +17,11 @@ import dockerfile  # noqa: E402
 
 def test_rendered_dockerfile_is_hadolint_clean(tmp_path: Path) -> None:
     spec = load(EXAMPLE / "imagebuild.yaml")
-    text = dockerfile.render(spec, provision.os_pins(spec, load_fresh(spec)), "base:0123abcd")
+    text = dockerfile.render(spec, resolve(spec, load_fresh(spec)).os_pins, "base:0123abcd")
     (tmp_path / "Dockerfile").write_text(text)
     hadolint = Path(sys.executable).with_name("hadolint")
     r = subprocess.run([str(hadolint), str(tmp_path / "Dockerfile")], capture_output=True,
                        text=True)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
-    for pin in provision.os_pins(spec, load_fresh(spec)):
+    for pin in resolve(spec, load_fresh(spec)).os_pins:
         assert pin in text

@@ -4,6 +4,7 @@ failure hygiene. Expected values come from the spec and the lock."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -21,7 +22,7 @@ from imagebuild import spec as specmod
 from imagebuild.builders.stages import STAGES
 from imagebuild.cache import Cache
 from imagebuild.engine import local_overlay
-from tests.conftest import run_invoke, tree
+from tests.conftest import changed, keys_of, run_invoke, stamps, tree
 
 pytestmark = [pytest.mark.network, pytest.mark.engine]
 
@@ -118,11 +119,14 @@ def test_oci_archive_is_readable_by_skopeo(built) -> None:
 
 
 def test_noop_rebuild_touches_no_container(built, locked_example: Path, cache_dir: Path) -> None:
+    """Nothing changed: no container, no file written in dist or in the stage cache, the same
+    image."""
     spec, dist, first = built
-    before = containers()
+    before, files = containers(), stamps(dist, cache_dir / "stages")
     r = build(locked_example, cache_dir, dist)
     assert r.returncode == 0, r.stderr
-    assert "nothing changed" in r.stdout and "built in" not in r.stdout
+    assert changed(files, stamps(dist, cache_dir / "stages")) == set()
+    assert image_id(r.stdout) == image_id(first.stdout)
     assert containers() == before
 
 
@@ -131,14 +135,14 @@ def test_app_change_rebuilds_only_the_app_layer(built, tmp_path: Path, cache_dir
     shutil.copytree(spec.base_dir, tmp_path / "p")
     spec_path = tmp_path / "p" / spec.path.name
     (tmp_path / "p" / spec.app.src / "app" / "extra.py").write_text("# touched\n")
-    before_ctr = containers()
+    before_ctr, stages = containers(), set(os.listdir(cache_dir / "stages"))
     old = inspect(f"{spec.repository}:{spec.version}")["RootFS"]["Layers"]
     r = build(spec_path, cache_dir, tmp_path / "dist")
     assert r.returncode == 0, r.stderr
-    new_id = [ln.split()[-1] for ln in r.stdout.splitlines() if ln.startswith("image ")][0]
-    new = inspect(new_id)["RootFS"]["Layers"]
+    new = inspect(image_id(r.stdout))["RootFS"]["Layers"]
     assert old[:-1] == new[:-1] and old[-1] != new[-1]
-    assert [ln.split()[1] for ln in r.stdout.splitlines() if "built in" in ln] == ["app"]
+    # One stage entry made: the app's, under the new app key.
+    assert set(os.listdir(cache_dir / "stages")) - stages == {keys_of(spec_path).stages["app"]}
     assert containers() == before_ctr  # stage and inventory containers removed
 
 
@@ -349,7 +353,6 @@ def test_tampered_cache_entries_are_found_before_they_reach_an_image(
     .deb swapped for other bytes (a new file, so the blob store's own check cannot see it)
     stops the build with what to do; a stage layer changed in place is made again, giving the
     very image it should have."""
-    from imagebuild.builders.stages import stage_keys
     from imagebuild.fetch import source_dirs
 
     spec, _, first = built
@@ -368,12 +371,18 @@ def test_tampered_cache_entries_are_found_before_they_reach_an_image(
     r = run_invoke("fetch", "--spec", str(locked_example), "--cache-dir", str(cache))
     assert r.returncode == 0 and "removing it, it is made again" in r.stderr, r.stderr
 
-    app = Cache(cache).dir("stages", stage_keys(spec, lk)["app"]) / "layer.tar"
+    keys = keys_of(locked_example).stages
+    app = Cache(cache).dir("stages", keys["app"]) / "layer.tar"
     data = bytearray(app.read_bytes())
     data[-1030] ^= 0xFF  # inside the last member or its padding: same size, other bytes
     app.write_bytes(bytes(data))
+    before = stamps(cache / "stages")
     r = build(locked_example, cache, tmp_path / "dist")
     assert r.returncode == 0, r.stderr
     assert "has layer.tar changed since it was sealed" in r.stderr
-    assert [ln.split()[1] for ln in r.stdout.splitlines() if "built in" in ln] == ["app"]
+    remade = {
+        Path(p).relative_to(cache / "stages").parts[0]
+        for p in changed(before, stamps(cache / "stages"))
+    }
+    assert remade == {keys["app"]}
     assert image_id(r.stdout) == image_id(first.stdout)

@@ -19,7 +19,7 @@ import jinja2
 import pytest
 import yaml
 
-from imagebuild import provision, roles
+from imagebuild import resolved, roles
 from imagebuild import spec as specmod
 from imagebuild.errors import SpecError
 from imagebuild.roles import stack_roles
@@ -141,7 +141,7 @@ def test_cuda_components_follow_the_stacks(tmp_path: Path) -> None:
 
 def test_the_toolkit_variables_come_from_the_spec(tmp_path: Path) -> None:
     spec = specmod.load(gpu_spec(tmp_path))
-    assert provision.toolkit_env(spec) == {
+    assert resolved.toolkit_env(spec) == {
         "NVIDIA_VISIBLE_DEVICES": "all",
         "NVIDIA_DRIVER_CAPABILITIES": "compute,utility",
         "NVIDIA_REQUIRE_CUDA": "cuda>=12.2",
@@ -204,7 +204,7 @@ def test_gpu_container_has_cuda_but_no_driver(gpu_built) -> None:
     inspect = ["docker", "image", "inspect", image]
     config = json.loads(subprocess.run(inspect, capture_output=True, text=True).stdout)[0]
     env = dict(e.split("=", 1) for e in config["Config"]["Env"])
-    assert {k: env.get(k) for k in provision.toolkit_env(spec)} == provision.toolkit_env(spec)
+    assert {k: env.get(k) for k in resolved.toolkit_env(spec)} == resolved.toolkit_env(spec)
     provider = "onnxruntime/capi/libonnxruntime_providers_cuda.so"
     r = _in_image(image, f"/opt/venv/lib/python3.11/site-packages/{provider}", entry="ldd")
     missing = sorted({ln.split()[0] for ln in r.stdout.splitlines() if "not found" in ln})

@@ -1,6 +1,7 @@
 """Which input change invalidates which cache key, computed from the committed example and its
 lock (no engine, no network, well under a second): a change reaches its own stage and the
-stages above it, never a stage below, and the VM's base disk key follows the container's."""
+stages above it, never a stage below; the VM's base disk key follows the container's and the
+finished VM's follows the base disk's."""
 
 from __future__ import annotations
 
@@ -9,18 +10,19 @@ from pathlib import Path
 
 import pytest
 
+from imagebuild import keys as keying
 from imagebuild import lock as locking
 from imagebuild import spec as specmod
-from imagebuild.builders.disk import disk_key
-from imagebuild.builders.stages import STAGES, stage_keys
+from imagebuild.keys import STAGES
+from imagebuild.resolved import resolve
 from tests.conftest import EXAMPLE, copy_example
 
 
 def _keys(spec_path: Path) -> dict[str, str]:
     spec = specmod.load(spec_path)
     lock = locking.read(spec_path.with_suffix(".lock"))
-    keys = stage_keys(spec, lock)
-    return keys | {"disk": disk_key(spec, lock, keys["app"])}
+    keys = keying.compute(resolve(spec, lock))
+    return keys.stages | {"disk": keys.disk, "vm": keys.vm}
 
 
 def _changed(before: dict[str, str], after: dict[str, str]) -> list[str]:
@@ -34,7 +36,7 @@ def example(tmp_path: Path) -> Path:
     return spec
 
 
-ABOVE = {s: list(STAGES[i:]) + ["disk"] for i, s in enumerate(STAGES)}
+ABOVE = {s: list(STAGES[i:]) + ["disk", "vm"] for i, s in enumerate(STAGES)}
 
 
 @pytest.mark.parametrize(
@@ -65,10 +67,11 @@ def test_nothing_changed_nothing_moves(example: Path) -> None:
 
 
 def test_vm_settings_move_no_layer(example: Path) -> None:
-    """The VM's disk size is the base disk's input; its memory is no input of either."""
+    """The VM's disk size is the base disk's input; its memory only the finished VM's (the
+    OVA and the box record it)."""
     before = _keys(example)
     example.write_text(example.read_text().replace("  disk_gb: 6", "  disk_gb: 7"))
-    assert _changed(before, _keys(example)) == ["disk"]
+    assert _changed(before, _keys(example)) == ["disk", "vm"]
     before = _keys(example)
     example.write_text(example.read_text().replace("memory_mb: 2048", "memory_mb: 4096"))
-    assert _changed(before, _keys(example)) == []
+    assert _changed(before, _keys(example)) == ["vm"]

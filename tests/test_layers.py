@@ -10,12 +10,12 @@ import stat
 import tarfile
 from pathlib import Path
 
+from imagebuild import app_tree
 from imagebuild import spec as specmod
 from imagebuild.builders.changes import upper_entries
 from imagebuild.builders.layers import diff_layer
 from imagebuild.inventory import write
 from imagebuild.lock.lockfile import DebPackage, Lock, Wheel
-from imagebuild.provision import app_stamp, write_app_archive
 from tests.conftest import copy_example
 
 SDE = 1_700_000_000
@@ -95,19 +95,16 @@ def test_hard_link_names_compare_without_dot_slash(tmp_path: Path) -> None:
 
 def test_app_archive_is_rooted_at_its_destination_with_the_stamp_last(tmp_path: Path) -> None:
     spec = specmod.load(copy_example(tmp_path / "ex"))
-    archive = Path(write_app_archive(spec, _Lock(), tmp_path / "app.tar"))
+    stamp = app_tree.stamp(spec, app_tree.digest(spec))
+    archive = Path(app_tree.write_archive(spec, SDE, stamp, tmp_path / "app.tar"))
     with tarfile.open(archive) as t:
         members = t.getmembers()
     top = spec.app.dest.strip("/")
     assert members[0].name == top and members[0].isdir()
-    assert members[-1].name == app_stamp(spec).lstrip("/") and members[-1].size == 0
+    assert members[-1].name == stamp.lstrip("/") and members[-1].size == 0
     assert all(m.name == top or m.name.startswith(top + "/") for m in members)
     assert {(m.uid, m.gid, m.uname, m.mtime) for m in members} == {(0, 0, "", SDE)}
     assert any(m.name.endswith("/app/__main__.py") for m in members)
-
-
-class _Lock:
-    source_date_epoch = SDE
 
 
 def test_packages_not_in_the_lock_are_marked_and_said(tmp_path: Path, capsys) -> None:

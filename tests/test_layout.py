@@ -5,6 +5,7 @@ out `if TYPE_CHECKING:` blocks (type-only)."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,29 @@ def test_modules_stay_small_and_no_folder_is_named_build() -> None:
             if (n := len(p.read_text().splitlines())) > 350}  # fmt: skip
     assert long == {}
     assert [p for p in PKG.rglob("build") if p.is_dir()] == []
+
+
+def test_the_readme_layout_names_every_module_and_only_real_paths() -> None:
+    """README's Layout block matches the tree: every module of imagebuild/ is named there (a
+    top-level one by its path, one in a package by its name under that package's entry), and
+    every path the block names exists."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    words = set(re.findall(r"[\w.]+", block))
+    missing = []
+    for p in sorted(PKG.rglob("*.py")):
+        rel = p.relative_to(ROOT)
+        if p.name == "__init__.py" and p.parent != PKG:
+            continue  # named by its folder
+        if p.parent == PKG:
+            named = str(rel) in block or p.name in words
+        else:
+            folder = f"{p.parent.relative_to(ROOT)}/"
+            ancestors = [f"{a.relative_to(ROOT)}/" for a in p.parents if PKG in (a, *a.parents)]
+            named = any(a in block for a in ancestors) and (p.name in words or p.stem in words)
+            named = named and (folder in block or p.parent.name in words)
+        if not named and p.name != "__init__.py":
+            missing.append(str(rel))
+    assert missing == []
+    paths = re.findall(r"^(\S+)", block, re.M)
+    assert [p for p in paths if not (ROOT / p.rstrip("/")).exists()] == []

@@ -16,10 +16,12 @@ from packaging.version import Version
 
 from imagebuild import packer, provision
 from imagebuild.builders import ami, vm
+from imagebuild.cache import Cache
 from imagebuild.errors import ImageBuildError
 from imagebuild.fetch import FetchResult
+from imagebuild.inputs import prepare
 from imagebuild.lock import lockfile
-from imagebuild.provision import app_stamp
+from imagebuild.resolved import SOURCES_DIR
 from imagebuild.spec import load
 from tests.conftest import EXAMPLE, run_invoke
 
@@ -142,16 +144,19 @@ def test_ami_uploads_the_app_the_stock_ami_lacks(tmp_path: Path, locked_example:
         d.mkdir()
         (d / "marker").write_text(d.name)
     fetched = FetchResult(0, 0, 0, repo, repo, wheels)
-    archive = ami.stock_sources(spec, lock, fetched, tmp_path / "up")
-    assert archive == f"{vm.SOURCES_DIR}/app.tar"
+    inputs = prepare(spec, lock, Cache(tmp_path / "cache"), fetched)
+    archive = ami.stock_sources(inputs, tmp_path / "up")
+    assert archive == f"{SOURCES_DIR}/app.tar"
     with tarfile.open(tmp_path / "up" / "app.tar") as tar:
         names = tar.getnames()
-    assert names[0] == spec.app.dest.strip("/") and names[-1] == app_stamp(spec).lstrip("/")
+    assert names[0] == spec.app.dest.strip("/") and names[-1] == inputs.resolved.app_stamp.lstrip(
+        "/"
+    )
     assert (tmp_path / "up" / "wheels" / "marker").read_text() == "wheels"
-    values = json.loads(vm.ansible_vars(spec, lock, "", tmp_path / "inv.json", archive)
+    values = json.loads(vm.ansible_vars(inputs.resolved, "", tmp_path / "inv.json", archive)
                         .read_text())  # fmt: skip
     assert values["imagebuild_app_archive"] == archive
-    assert values["imagebuild_repo_dir"] == f"{vm.SOURCES_DIR}/repo"
+    assert values["imagebuild_repo_dir"] == f"{SOURCES_DIR}/repo"
 
 
 def test_vm_ansible_strategy_is_mitogen_unless_turned_off(monkeypatch) -> None:

@@ -31,3 +31,19 @@ def test_output_is_returned_and_can_go_to_a_file(tmp_path: Path) -> None:
     assert (tmp_path / "out").read_text() == "to a file"
     key = vmboot.make_key(tmp_path / "k")
     assert key.is_file() and Path(f"{key}.pub").read_text().startswith("ssh-ed25519 ")
+
+
+def test_a_started_tool_fails_the_same_way_and_answers_are_not_failures(tmp_path: Path) -> None:
+    """`start` + `wait` (a disk compressed while Python works) fail as `run` does; an exit code
+    the caller names as an answer (qemu-img compare's 1, "differ") is no error."""
+    proc = tools.start(["qemu-img", "convert", "-O", "qcow2", tmp_path / "absent", tmp_path / "o"])
+    with pytest.raises(tools.ToolError) as e:
+        tools.wait(proc)
+    assert "qemu-img convert -O qcow2" in str(e.value) and "No such file" in str(e.value)
+    (tmp_path / "a").write_bytes(b"\0" * 65536)
+    (tmp_path / "b").write_bytes(b"\1" * 65536)
+    r = tools.run(["qemu-img", "compare", "-q", tmp_path / "a", tmp_path / "b"], ok=(0, 1))
+    assert r.returncode == 1  # other bytes
+    with pytest.raises(tools.ToolError, match="exit 1"):
+        tools.run(["qemu-img", "compare", "-q", tmp_path / "a", tmp_path / "b"])
+    assert tools.run(["qemu-img", "compare", "-q", tmp_path / "a", tmp_path / "a"]).returncode == 0

@@ -38,12 +38,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from imagebuild import checksums, distnames, packer, progress, provision, vmboot
+from imagebuild import checksums, distnames, packer, progress, tools
 from imagebuild.builders import vm
-from imagebuild.cache import Cache, atomic_file, sha256_file
+from imagebuild.cache import atomic_file, sha256_file
 from imagebuild.errors import ImageBuildError
-from imagebuild.fetch import FetchResult
+from imagebuild.inputs import Inputs
 from imagebuild.lock.lockfile import Lock
+from imagebuild.resolved import APP_ARCHIVE
 from imagebuild.spec import Spec
 from imagebuild.spec_checks import AWS_REGION
 
@@ -188,23 +189,16 @@ def ami_tags(spec: Spec, lock: Lock, dist: Path) -> list[dict[str, str]]:
     return [{"Key": k, "Value": v} for k, v in pairs.items()]
 
 
-def build(
-    spec: Spec,
-    lock: Lock,
-    cache: Cache,
-    fetched: FetchResult,
-    dist: Path,
-    on_error: str,
-    region: str | None = None,
-) -> vm.VmResult:
+def build(inputs: Inputs, dist: Path, on_error: str, region: str | None = None) -> vm.VmResult:
+    spec, lock, cache = inputs.spec, inputs.lock, inputs.cache
     if spec.vm.ami is None:
         raise spec.error("vm.ami", "missing; `--target ami` needs vm.ami (at least region)")
     if spec.vm.ami.method == "stock":
-        return build_stock(spec, lock, cache, fetched, dist)
+        return build_stock(inputs, dist)
     if region is not None and not re.fullmatch(AWS_REGION, region):
         raise ImageBuildError(f"--aws-region: {region!r} is not an AWS region like eu-west-1")
     client = session(spec, region)
-    qemu = vm.build(spec, lock, cache, fetched, dist, on_error)
+    qemu = vm.build(inputs, dist, on_error)
     out = vm.outputs(dist.resolve(), spec)
     qcow2 = out["qcow2"]
     name = vm.packer_values(spec, cache.root)["aws_ami_name"]
@@ -213,7 +207,7 @@ def build(
     with tempfile.TemporaryDirectory(prefix="imagebuild-ami-", dir=cache.root) as tmp:
         raw = Path(tmp) / "disk.raw"
         with progress.stage("build-vm: ami: raw disk", qcow2.name):
-            vmboot.wait_qemu_img(vmboot.qemu_img("convert", "-O", "raw", str(qcow2), str(raw)))
+            tools.run(["qemu-img", "convert", "-O", "raw", qcow2, raw])
             disk_sha = sha256_file(raw)
         size_gib = -(-raw.stat().st_size // (1 << 30))
         with progress.stage("build-vm: ami: EBS snapshot", f"{size_gib} GiB, direct APIs") as st:
@@ -244,22 +238,21 @@ def build(
                    seconds=seconds, parity=parity)  # fmt: skip
 
 
-def build_stock(
-    spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult, dist: Path
-) -> vm.VmResult:
+def build_stock(inputs: Inputs, dist: Path) -> vm.VmResult:
     """vm.ami.method stock: Packer's amazon-ebs from vm.ami.source_ami, validated offline;
     built only with AWS credentials."""
+    spec = inputs.spec
     ami = spec.vm.ami
     assert ami is not None
-    with tempfile.TemporaryDirectory(prefix="imagebuild-ami-", dir=cache.root) as tmp:
+    with tempfile.TemporaryDirectory(prefix="imagebuild-ami-", dir=inputs.cache.root) as tmp:
         work = Path(tmp)
         vm.make_build_key(work)
         tree = work / "sources"
-        app_archive = stock_sources(spec, lock, fetched, tree)
+        app_archive = stock_sources(inputs, tree)
         values = vm.packer_values(
             spec, work, sources_dir=str(tree), ansible_user=ami.ssh_username, ansible_become=True,
             ansible_vars_file=str(
-                vm.ansible_vars(spec, lock, "", work / "inventory.json", app_archive)
+                vm.ansible_vars(inputs.resolved, "", work / "inventory.json", app_archive)
             ),
         )  # fmt: skip
         pkrvars = work / "build.pkrvars.hcl"
@@ -292,13 +285,11 @@ def caller_public_ip(url: str = "https://checkip.amazonaws.com") -> str:
         ) from e
 
 
-def stock_sources(spec: Spec, lock: Lock, fetched: FetchResult, tree: Path) -> str:
+def stock_sources(inputs: Inputs, tree: Path) -> str:
     """The folder Packer uploads to a stock AMI's SOURCES_DIR: the apt repo and wheelhouse
     (hard links: the cache's bytes, no copy) and the app archive. A stock AMI, unlike the qemu
     base disk, does not hold the app yet, so the app role must unpack it there. Returns the
     archive's path on the instance ("" when the spec has no app)."""
-    shutil.copytree(fetched.repo_vm, tree / "repo", copy_function=os.link)
-    shutil.copytree(fetched.wheelhouse, tree / "wheels", copy_function=os.link)
-    if not provision.write_app_archive(spec, lock, tree / "app.tar"):
-        return ""
-    return f"{vm.SOURCES_DIR}/app.tar"
+    shutil.copytree(inputs.fetched.repo_vm, tree / "repo", copy_function=os.link)
+    shutil.copytree(inputs.fetched.wheelhouse, tree / "wheels", copy_function=os.link)
+    return APP_ARCHIVE if inputs.resolved.write_app_archive(tree / "app.tar") else ""

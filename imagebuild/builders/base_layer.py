@@ -62,26 +62,29 @@ BASE_NEEDS = ("usr/bin/python3", "usr/bin/apt-get")
 def registry_base(b: Build, tmp: Path) -> tuple[Layer, Manifest]:
     """`base.image: NAME@sha256:...`: pulled by digest (from the user's registry; nothing is
     pulled by tag) and flattened into one normalised layer, like the mmdebstrap base."""
-    ref = b.spec.base.image
+    ref = b.inputs.spec.base.image
     assert ref is not None
     try:
         image = b.client.images.pull(ref)
     except docker.errors.APIError as e:
         reason = e.explanation or str(e)
-        raise b.spec.error("base.image", f"cannot pull {ref}: {reason}") from None
+        raise b.inputs.spec.error("base.image", f"cannot pull {ref}: {reason}") from None
     container = b.client.containers.create(
-        image.id, name=f"imagebuild-{b.spec.name}-{b.build_id}-base", network_mode="none",
-        labels={"io.imagebuild.build": b.build_id, CACHE_LABEL: str(b.cache.root)},
+        image.id, name=f"imagebuild-{b.inputs.spec.name}-{b.build_id}-base", network_mode="none",
+        labels={"io.imagebuild.build": b.build_id, CACHE_LABEL: str(b.inputs.cache.root)},
     )  # fmt: skip
     try:
         layer, manifest = diff_layer(
-            container.export(chunk_size=1 << 20), {}, tmp / "layer.tar", b.lock.source_date_epoch
+            container.export(chunk_size=1 << 20),
+            {},
+            tmp / "layer.tar",
+            b.inputs.lock.source_date_epoch,
         )
     finally:
         container.remove(force=True)
     missing = [p for p in BASE_NEEDS if p not in manifest]
     if missing:
-        raise b.spec.error(
+        raise b.inputs.spec.error(
             "base.image",
             f"{ref} has no /{', /'.join(missing)}: the shared playbook needs Debian's python3 "
             "and apt in the base",

@@ -8,8 +8,9 @@ of its inputs chained with the stage below, so an app change rebuilds only the a
 build with nothing changed touches no container at all. The config is written by hand with
 fixed timestamps, so the image ID is a pure function of lock + spec + roles + app files.
 
-This module: the final config, loading the image, its outputs and record. The stages and their
-keys are in stages.py, their changes read by changes.py, the base layer made by base_layer.py.
+This module: the final config, loading the image, its outputs and record. The stages are in
+stages.py (their keys in imagebuild.keys), their changes read by changes.py, the base layer
+made by base_layer.py.
 """
 
 from __future__ import annotations
@@ -25,17 +26,16 @@ from typing import Any
 import docker
 import docker.errors
 
-from imagebuild import builder, checksums, distnames, progress, provision
+from imagebuild import app_tree, builder, checksums, distnames, progress
 from imagebuild import inventory as inv
 from imagebuild.builders import image as img
 from imagebuild.builders.context import load_image, new_build
-from imagebuild.builders.layers import (
-    Layer,
-)
-from imagebuild.builders.stages import STAGES, StageResult, build_layers, stage_keys
-from imagebuild.cache import Cache, atomic_file
-from imagebuild.fetch import FetchResult
-from imagebuild.lock.lockfile import Lock
+from imagebuild.builders.layers import Layer
+from imagebuild.builders.stages import StageResult, build_layers
+from imagebuild.cache import atomic_file
+from imagebuild.inputs import Inputs
+from imagebuild.keys import STAGES
+from imagebuild.resolved import Resolved
 from imagebuild.spec import Spec
 
 
@@ -58,7 +58,8 @@ def _revision(spec: Spec) -> str:
     return proc.stdout.strip() if proc.returncode == 0 else "unknown"
 
 
-def final_config(spec: Spec, lock: Lock, layers: list[Layer]) -> img.ImageConfig:
+def final_config(r: Resolved, layers: list[Layer]) -> img.ImageConfig:
+    spec, lock = r.spec, r.lock
     labels = {
         "org.opencontainers.image.title": spec.name,
         "org.opencontainers.image.version": spec.version,
@@ -69,9 +70,9 @@ def final_config(spec: Spec, lock: Lock, layers: list[Layer]) -> img.ImageConfig
         "io.imagebuild.spec": spec.path.name,
     }
     return img.ImageConfig(
-        entrypoint=provision.exec_argv(spec),
+        entrypoint=r.exec_argv,
         cmd=spec.cmd,
-        env=provision.runtime_env(spec) | provision.toolkit_env(spec),
+        env=r.runtime_env | r.toolkit_env,
         workdir=spec.app.dest if spec.app else "/",
         user=spec.user,
         labels=labels,
@@ -108,16 +109,14 @@ def _outputs(dist: Path, spec: Spec) -> dict[str, Path]:
     }
 
 
-def build(
-    spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult, dist: Path
-) -> ContainerResult:
-    keys = stage_keys(spec, lock)
+def build(inputs: Inputs, dist: Path) -> ContainerResult:
+    spec, lock = inputs.spec, inputs.lock
     tag = f"{spec.repository}:{spec.version}"
     out = _outputs(dist, spec)
-    with new_build(spec, lock, cache, fetched) as b:
+    with new_build(inputs) as b:
         client = b.client
-        layers, results = build_layers(b, keys, "build-container")
-        config = final_config(spec, lock, layers).render(layers)
+        layers, results = build_layers(b, "build-container")
+        config = final_config(inputs.resolved, layers).render(layers)
         image_id = hashlib.sha256(config).hexdigest()
         record = out["record"]
         previous = json.loads(record.read_text()) if record.exists() else {}
@@ -157,7 +156,7 @@ def build(
         )
         if not noop:  # written last: its presence means every output above is complete
             with atomic_file(record) as t:
-                shipped = {"app_files": provision.app_manifest(spec), "builder": builder.versions()}
+                shipped = {"app_files": app_tree.manifest(spec), "builder": builder.versions()}
                 t.write_text(json.dumps(asdict(result) | shipped, default=str, indent=1))
         if not noop or not {p.name for p in out.values()} <= checksums.read(dist).keys():
             checksums.record(dist, list(out.values()))

@@ -18,11 +18,8 @@ from imagebuild.builders import image as img
 from imagebuild.builders.layers import (
     Layer,
 )
-from imagebuild.cache import Cache
 from imagebuild.engine import describe, engine, engine_has, load_archive, local_overlay
-from imagebuild.fetch import FetchResult
-from imagebuild.lock.lockfile import Lock
-from imagebuild.spec import Spec
+from imagebuild.inputs import Inputs
 
 
 @dataclass(frozen=True)
@@ -30,10 +27,7 @@ class Build:
     """What every stage of one build shares."""
 
     client: docker.DockerClient
-    spec: Spec
-    lock: Lock
-    cache: Cache
-    fetched: FetchResult
+    inputs: Inputs
     build_id: str  # names the engine objects of this build
     workdir: Path  # scratch space, removed with the build
     # Stage images loaded so far: kept until the build ends, so the next stage (and the final
@@ -43,14 +37,13 @@ class Build:
 
 
 @contextlib.contextmanager
-def new_build(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult) -> Iterator[Build]:
+def new_build(inputs: Inputs) -> Iterator[Build]:
     """The shared context of one build; its scratch folder is removed on exit."""
-    client = engine()
-    with tempfile.TemporaryDirectory(prefix="imagebuild-", dir=cache.root) as tmpdir:
+    client, spec = engine(), inputs.spec
+    with tempfile.TemporaryDirectory(prefix="imagebuild-", dir=inputs.cache.root) as tmpdir:
         b = Build(
-            client, spec, lock, cache, fetched, uuid.uuid4().hex[:8], Path(tmpdir),
-            local_overlay=local_overlay(client),
-        )  # fmt: skip
+            client, inputs, uuid.uuid4().hex[:8], Path(tmpdir), local_overlay=local_overlay(client)
+        )
         how = "from its overlay upper dirs" if b.local_overlay else "through its API"
         progress.say(f"engine: {describe(client)}; stage changes read {how}")
         try:
@@ -69,7 +62,9 @@ def new_build(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult) -> Ite
 def load_image(b: Build, config: bytes, layers: list[Layer], tag: str) -> None:
     """Load an image made of `layers`, writing only the layers the engine lacks."""
     archive = b.workdir / f"{tag.replace('/', '_').replace(':', '_')}.tar"
-    present = engine_has(b.client, layers, [f"{b.spec.repository}:{b.spec.version}", *b.stages])
+    present = engine_has(
+        b.client, layers, [f"{b.inputs.spec.repository}:{b.inputs.spec.version}", *b.stages]
+    )
     img.docker_archive(archive, config, layers, tag, present)
     try:
         load_archive(b.client, archive)

@@ -23,16 +23,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagebuild import progress, provision, roles, tools
+from imagebuild import progress, tools
 from imagebuild.builders.context import Build
 from imagebuild.builders.layers import Layer
-from imagebuild.builders.stages import STAGES, stage_container
-from imagebuild.cache import Cache, digest, sha256_file
+from imagebuild.builders.stages import stage_container
+from imagebuild.cache import Cache, sha256_file
 from imagebuild.errors import ImageBuildError
-from imagebuild.lock.lockfile import Lock
-from imagebuild.spec import Spec
+from imagebuild.keys import STAGES, sources_disk_key
 
-DISK_LAYOUT = "1"  # bump when the layout code below changes: it is part of the cache key
 PART_OFFSET = 1 << 20  # first partition at 1 MiB; GRUB's core.img lives in the gap before it
 ROOT_LABEL, SOURCES_LABEL = "imagebuild-root", "imagebuild-src"
 GRUB_MODULES = ["biosdisk", "part_msdos", "ext2", "normal", "linux", "configfile", "search"]
@@ -52,22 +50,6 @@ class BaseDisk:
     root_uuid: str
     reused: bool
     seconds: float
-
-
-def disk_key(spec: Spec, lock: Lock, container_key: str) -> str:
-    vm_vars = provision.vm_vars(spec, lock)
-    return digest(
-        "base-disk",
-        DISK_LAYOUT,
-        container_key,
-        lock.section_digest("vm"),
-        (roles.ANSIBLE_DIR / "vm.yml").read_text(),
-        *(roles.files_digest(r) for r in ("base_os", "vm_sources", "vm_base", "vm_service")),
-        *(roles.files_digest(s, "vm") for s in spec.stacks),
-        json.dumps({k: v for k, v in vm_vars.items() if "inventory" not in k}, sort_keys=True),
-        str(spec.vm.disk_gb),
-        spec.name,
-    )
 
 
 def disk_cached(cache: Cache, key: str) -> bool:
@@ -161,14 +143,15 @@ def _assemble(rootfs: Path, out: Path, size: int, root_uuid: str, sde: int) -> N
     raw.unlink()
 
 
-def base_disk(b: Build, layers: list[Layer], container_key: str) -> BaseDisk:
-    """The cached base disk for this spec + lock, made now if missing."""
+def base_disk(b: Build, layers: list[Layer]) -> BaseDisk:
+    """The cached base disk for this spec + lock, made now if missing (its key: keys.disk_key;
+    bump keys.DISK_LAYOUT when the layout code here changes)."""
     start = time.monotonic()
-    key = disk_key(b.spec, b.lock, container_key)
-    final = b.cache.dir("disks", key)
-    if not (disk_cached(b.cache, key) and b.cache.intact("disks", key)):
+    key = b.inputs.keys.disk
+    final = b.inputs.cache.dir("disks", key)
+    if not (disk_cached(b.inputs.cache, key) and b.inputs.cache.intact("disks", key)):
         known: dict[str, str] = {}
-        with b.cache.building("disks", key, known) as tmp:
+        with b.inputs.cache.building("disks", key, known) as tmp:
             known["disk.qcow2"] = _make(b, layers, key, tmp)
     else:
         progress.say(f"build-vm: base disk: cached ({key[:12]})")
@@ -187,15 +170,15 @@ def base_disk(b: Build, layers: list[Layer], container_key: str) -> BaseDisk:
 def _make(b: Build, layers: list[Layer], key: str, tmp: Path) -> str:
     """Make the base disk in `tmp`; returns its sha256."""
     assert len(layers) == len(STAGES)
-    spec, lock = b.spec, b.lock
+    spec = b.inputs.spec
     root_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"imagebuild:{key}"))
     rootfs = b.workdir / "vm-rootfs"
     try:
         with (
             progress.stage("build-vm: base disk: VM-only packages", f"key {key[:12]}") as st,
             stage_container(
-                b, "vm", layers, ["vm"], "vm.yml", b.fetched.repo_vm,
-                provision.vm_vars(spec, lock),
+                b, "vm", layers, ["vm"], "vm.yml", b.inputs.fetched.repo_vm,
+                b.inputs.resolved.vm_vars(),
             ) as (container, result),
         ):  # fmt: skip
             st["note"] = f"ansible changed={result.changed}"
@@ -203,7 +186,7 @@ def _make(b: Build, layers: list[Layer], key: str, tmp: Path) -> str:
         with progress.stage("build-vm: base disk: assemble", f"{spec.vm.disk_gb} GiB") as st:
             kernel = _configure(rootfs, spec.name, root_uuid)
             disk = tmp / "disk.qcow2"
-            _assemble(rootfs, disk, spec.vm.disk_gb << 30, root_uuid, lock.source_date_epoch)
+            _assemble(rootfs, disk, spec.vm.disk_gb << 30, root_uuid, b.inputs.resolved.sde)
             sha = sha256_file(disk)
             st["note"] = f"kernel {kernel}, {disk.stat().st_size / 1e6:.0f} MB qcow2"
         (tmp / "disk.json").write_text(
@@ -217,23 +200,22 @@ def _make(b: Build, layers: list[Layer], key: str, tmp: Path) -> str:
 def sources_disk(b: Build) -> Path:
     """Read-only ext4 image of `repo/` (shared + VM sections) and `wheels/`, cached by the lock
     sections it holds. Files are copied (hard links into the blob store would not survive)."""
-    key = digest("sources-disk", DISK_LAYOUT, b.lock.section_digest("vm"),
-                 b.lock.section_digest("python"))  # fmt: skip
-    final = b.cache.dir("disks", key)
-    if (final / "sources.img").exists() and b.cache.intact("disks", key):
+    key = sources_disk_key(b.inputs.lock)
+    final = b.inputs.cache.dir("disks", key)
+    if (final / "sources.img").exists() and b.inputs.cache.intact("disks", key):
         return final / "sources.img"
     with (
         progress.stage("build-vm: sources disk", "local apt repo + wheelhouse") as st,
-        b.cache.building("disks", key) as tmp,
+        b.inputs.cache.building("disks", key) as tmp,
     ):
         tree = b.workdir / "sources"
-        shutil.copytree(b.fetched.repo_vm, tree / "repo", symlinks=False)
-        shutil.copytree(b.fetched.wheelhouse, tree / "wheels", symlinks=False)
+        shutil.copytree(b.inputs.fetched.repo_vm, tree / "repo", symlinks=False)
+        shutil.copytree(b.inputs.fetched.wheelhouse, tree / "wheels", symlinks=False)
         used = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file())
         size = (used * 13 // 10 + (64 << 20)) // (1 << 20) << 20  # room for ext4 metadata
         fs_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"imagebuild:{key}"))
         make_ext4_image(tree, tmp / "sources.img", size, SOURCES_LABEL, fs_uuid,
-                        b.lock.source_date_epoch)  # fmt: skip
+                        b.inputs.lock.source_date_epoch)  # fmt: skip
         shutil.rmtree(tree)
         st["note"] = f"{used / 1e6:.0f} MB"
     return final / "sources.img"

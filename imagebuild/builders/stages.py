@@ -1,6 +1,6 @@
-"""The container's stages (base -> os -> python -> stacks -> app): their cache keys (each
-stage's own inputs chained with the key below), the stage cache, and running one stage: a
-`--network none` container from the layers below in which Ansible runs that stage's tag."""
+"""The container's stages (base -> os -> python -> stacks -> app, keyed in imagebuild.keys): the
+stage cache, and running one stage: a `--network none` container from the layers below in
+which Ansible runs that stage's tag."""
 
 from __future__ import annotations
 
@@ -9,18 +9,17 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from imagebuild import __version__, progress, provision, roles
+from imagebuild import progress, provision
 from imagebuild.builders import image as img
 from imagebuild.builders.base_layer import mmdebstrap_base, registry_base
 from imagebuild.builders.changes import read_file, stage_changes
 from imagebuild.builders.context import Build, load_image
 from imagebuild.builders.layers import (
-    LAYER_FORMAT,
     Layer,
     Manifest,
     diff_layer,
@@ -28,16 +27,11 @@ from imagebuild.builders.layers import (
     load_manifest,
     save_manifest,
 )
-from imagebuild.cache import Cache, digest
+from imagebuild.cache import Cache
+from imagebuild.keys import STAGES
 from imagebuild.leftovers import CACHE_LABEL
-from imagebuild.lock.lockfile import BASE_PACKAGES, Lock
-from imagebuild.spec import Spec
-
-STAGES = ("base", "os", "python", "stacks", "app")
-MOUNT_REPO, MOUNT_WHEELS = "/var/lib/imagebuild/repo", "/var/lib/imagebuild/wheels"
-
-
-MOUNT_APP = "/var/lib/imagebuild/app.tar"  # the app archive, for the app role
+from imagebuild.lock.lockfile import Lock
+from imagebuild.resolved import APP_ARCHIVE, PATH, REPO_DIR, WHEELS_DIR
 
 
 @dataclass(frozen=True)
@@ -49,56 +43,6 @@ class StageResult:
     reused: bool
     seconds: float
     changed: int | None = None  # Ansible's changed count, when the stage ran
-
-
-def stage_keys(spec: Spec, lock: Lock) -> dict[str, str]:
-    """Key of each stage = its own inputs chained with the key of the stage below."""
-    pv = provision.playbook_vars(spec, lock, MOUNT_REPO, MOUNT_WHEELS)
-    site = (roles.ANSIBLE_DIR / "site.yml").read_text()
-    common = [__version__, LAYER_FORMAT, str(lock.source_date_epoch)]
-    own = {
-        # A registry base is named by its digest; a local one by the packages it is made of.
-        "base": [spec.base.image]
-        if spec.base.image
-        else [lock.section_digest("shared"), *BASE_PACKAGES],
-        "os": [
-            site,
-            roles.files_digest("base_os"),
-            json.dumps(pv["imagebuild_os_packages"]),
-            spec.user,
-            spec.base.effective_mirror,
-            " ".join(spec.base.components),
-        ],
-        "python": [
-            roles.files_digest("python_env"),
-            lock.groups_digest("python"),
-            pv["imagebuild_venv"],
-        ],
-        "stacks": [
-            json.dumps(spec.stacks),
-            json.dumps(asdict(spec.gpu) if spec.gpu else None),
-            lock.groups_digest(*spec.stacks),
-            *[roles.files_digest(s, "shared") for s in spec.stacks],
-        ],
-        "app": [
-            roles.files_digest("app"),
-            json.dumps(pv["imagebuild_app_build"]),
-            json.dumps(
-                [
-                    pv["imagebuild_exec"],
-                    pv["imagebuild_cmd"],
-                    pv["imagebuild_env"],
-                    pv["imagebuild_app_dest"],
-                ]
-            ),
-            provision.app_digest(spec),
-        ],
-    }
-    keys, below = {}, ""
-    for name in STAGES:
-        below = digest(below, name, *common, *own[name])
-        keys[name] = below
-    return keys
 
 
 def stage_cached(cache: Cache, key: str) -> bool:
@@ -139,11 +83,11 @@ def _make_layer(
     b: Build, name: str, below: list[Layer], manifest: Manifest, tmp: Path
 ) -> tuple[Layer, Manifest, int | None]:
     """Build one stage into `tmp/layer.tar`."""
-    if name == "base" and b.spec.base.image:
+    if name == "base" and b.inputs.spec.base.image:
         return (*registry_base(b, tmp), None)
     if name == "base":
-        return (*mmdebstrap_base(b.lock, b.fetched.repo_shared, tmp), None)
-    if name == "stacks" and not b.spec.stacks:
+        return (*mmdebstrap_base(b.inputs.lock, b.inputs.fetched.repo_shared, tmp), None)
+    if name == "stacks" and not b.inputs.spec.stacks:
         return empty_layer(tmp / "layer.tar"), manifest, None
     work = b.workdir / name
     work.mkdir()
@@ -157,7 +101,7 @@ def _stage_config(lock: Lock, names: list[str]) -> img.ImageConfig:
     return img.ImageConfig(
         entrypoint=[],
         cmd=[],
-        env={"PATH": provision.PATH},
+        env={"PATH": PATH},
         workdir="/",
         user="",
         labels={},
@@ -180,19 +124,19 @@ def stage_container(
     wheelhouse and the app archive mounted read-only, run `PLAYBOOK --tags TAGS` in it and
     yield it (stopped) with Ansible's result. The container and its throw-away image are
     removed on exit, also on error or Ctrl-C."""
-    client, spec, lock, build_id = b.client, b.spec, b.lock, b.build_id
+    client, spec, lock, build_id = b.client, b.inputs.spec, b.inputs.lock, b.build_id
     tag = f"imagebuild-stage/{spec.name}:{build_id}-{name}"
     config = _stage_config(lock, list(STAGES[: len(below)])).render(below)
     b.stages.append(tag)  # before the load: an interrupted load is cleaned up too
     load_image(b, config, below, tag)
     mounts = {
-        str(repo or b.fetched.repo_shared): {"bind": MOUNT_REPO, "mode": "ro"},
-        str(b.fetched.wheelhouse): {"bind": MOUNT_WHEELS, "mode": "ro"},
+        str(repo or b.inputs.fetched.repo_shared): {"bind": REPO_DIR, "mode": "ro"},
+        str(b.inputs.fetched.wheelhouse): {"bind": WHEELS_DIR, "mode": "ro"},
     }
     # Only where the app role runs (the VM's base-disk stage exports its whole filesystem).
-    app_tar = "app" in tags and provision.write_app_archive(spec, lock, b.workdir / "app.tar")
+    app_tar = "app" in tags and b.inputs.resolved.write_app_archive(b.workdir / "app.tar")
     if app_tar:  # mounted, not uploaded: the role unpacks it in place
-        mounts[app_tar] = {"bind": MOUNT_APP, "mode": "ro"}
+        mounts[app_tar] = {"bind": APP_ARCHIVE, "mode": "ro"}
     container = None
     try:
         container = client.containers.create(
@@ -200,7 +144,7 @@ def stage_container(
             entrypoint=["sleep", "infinity"],
             name=f"imagebuild-{spec.name}-{build_id}-{name}",
             network_mode="none",
-            labels={"io.imagebuild.build": build_id, CACHE_LABEL: str(b.cache.root)},
+            labels={"io.imagebuild.build": build_id, CACHE_LABEL: str(b.inputs.cache.root)},
             volumes=mounts,
         )
         container.start()
@@ -211,13 +155,7 @@ def stage_container(
                 "ansible_python_interpreter": "/usr/bin/python3",
             },
             {
-                **provision.playbook_vars(
-                    spec,
-                    lock,
-                    MOUNT_REPO,
-                    MOUNT_WHEELS,
-                    MOUNT_APP if app_tar else "",
-                ),
+                **b.inputs.resolved.playbook_vars(APP_ARCHIVE if app_tar else ""),
                 **(extravars or {}),
             },  # fmt: skip
             tags,
@@ -239,27 +177,26 @@ def _run_stage(
     with stage_container(b, name, below, [name]) as (container, result):
         stream, deleted = stage_changes(b, container, manifest, tmp)
         layer, new_manifest = diff_layer(
-            stream, manifest, tmp / "layer.tar", b.lock.source_date_epoch,
+            stream, manifest, tmp / "layer.tar", b.inputs.lock.source_date_epoch,
             partial(read_file, container), deleted,
         )  # fmt: skip
     return layer, new_manifest, result.changed
 
 
-def build_layers(
-    b: Build, keys: dict[str, str], label: str
-) -> tuple[list[Layer], list[StageResult]]:
+def build_layers(b: Build, label: str) -> tuple[list[Layer], list[StageResult]]:
     """Every stage's layer, from the stage cache or built (and cached) now."""
+    keys = b.inputs.keys.stages
     layers: list[Layer] = []
     results: list[StageResult] = []
     manifest: Manifest = {}
     for name in STAGES:
         start = time.monotonic()
-        hit = cached(b.cache, keys[name])
+        hit = cached(b.inputs.cache, keys[name])
         built, changed = hit is None, None
         if hit is None:
             with progress.stage(f"{label}: {name}", f"key {keys[name][:12]}") as st:
                 make = partial(_make_layer, b, name, list(layers), manifest)
-                layer, manifest, changed = _store(b.cache, keys[name], make)
+                layer, manifest, changed = _store(b.inputs.cache, keys[name], make)
                 st["note"] = f"{layer.entries} entries, {layer.size / 1e6:.1f} MB"
         else:
             progress.say(f"{label}: {name}: cached ({keys[name][:12]})")

@@ -39,13 +39,13 @@ from imagebuild import (
 from imagebuild import inventory as inv
 from imagebuild.builders import context, disk, stages
 from imagebuild.builders.formats import FORMATS, filename, qcow2
-from imagebuild.cache import Cache, atomic_file, digest
-from imagebuild.fetch import FetchResult
+from imagebuild.cache import atomic_file
+from imagebuild.inputs import Inputs
 from imagebuild.lock.lockfile import Lock
+from imagebuild.resolved import SOURCES_DIR, Resolved
 from imagebuild.spec import Spec
 
 ON_ERROR = ("cleanup", "abort")
-SOURCES_DIR = "/var/lib/imagebuild"  # where vm_sources mounts (qemu) or Packer uploads (ami)
 
 
 @dataclass(frozen=True)
@@ -100,14 +100,13 @@ def outputs(dist: Path, spec: Spec) -> dict[str, Path]:
 
 
 def ansible_vars(
-    spec: Spec, lock: Lock, sources_label: str, inventory_out: Path, app_archive: str = ""
+    r: Resolved, sources_label: str, inventory_out: Path, app_archive: str = ""
 ) -> Path:
     """The container's playbook variables (same paths: the sources sit where the container
     build mounts them) + the VM-only ones, as a JSON file for `--extra-vars @file`."""
-    repo, wheels = f"{SOURCES_DIR}/repo", f"{SOURCES_DIR}/wheels"
     values = {
-        **provision.playbook_vars(spec, lock, repo, wheels, app_archive),
-        **provision.vm_vars(spec, lock, sources_label, str(inventory_out)),
+        **r.playbook_vars(app_archive),
+        **r.vm_vars(sources_label, str(inventory_out)),
         "imagebuild_sources_dir": SOURCES_DIR,
     }
     path = inventory_out.with_name("ansible-vars.json")
@@ -164,42 +163,19 @@ def make_build_key(work: Path) -> None:
                "-f", str(work / "build_key")])  # fmt: skip
 
 
-def vm_key(spec: Spec, lock: Lock, base_key: str) -> str:
-    """Everything the VM's bytes depend on beyond the base disk."""
-    pv = provision.playbook_vars(spec, lock, "", "")
-    return digest(
-        "vm",
-        base_key,
-        (packer.PACKER_DIR / packer.TEMPLATE).read_text(),
-        roles.files_digest("vm_finalize"),
-        inv.SCRIPT,  # the VM manifest is made by it
-        *(Path(m.__file__).read_text() for m in FORMATS.values()),  # type: ignore[attr-defined]
-        json.dumps(pv, sort_keys=True),
-        json.dumps(asdict(spec.vm), sort_keys=True, default=str),
-    )
-
-
-def build(
-    spec: Spec,
-    lock: Lock,
-    cache: Cache,
-    fetched: FetchResult,
-    dist: Path,
-    on_error: str = "cleanup",
-) -> VmResult:
+def build(inputs: Inputs, dist: Path, on_error: str = "cleanup") -> VmResult:
     """The qemu target: the qcow2 and the formats made from it (builders.targets)."""
     dist = dist.resolve()  # Packer runs in the template folder: every path must be absolute
-    keys = stages.stage_keys(spec, lock)
+    spec, key = inputs.spec, inputs.keys.vm
     out = outputs(dist, spec)
     seconds: dict[str, float] = {}
-    with context.new_build(spec, lock, cache, fetched) as b:
+    with context.new_build(inputs) as b:
         start = time.monotonic()
-        layers, _ = stages.build_layers(b, keys, "build-vm")
-        base = disk.base_disk(b, layers, keys["app"])
+        layers, _ = stages.build_layers(b, "build-vm")
+        base = disk.base_disk(b, layers)
         seconds["base disk"] = round(time.monotonic() - start, 1)
-        key = vm_key(spec, lock, base.key)
         record = out["record"]
-        leftovers.sweep_staging(dist, b.cache, "build-vm")  # also when nothing else is to do
+        leftovers.sweep_staging(dist, b.inputs.cache, "build-vm")  # also when nothing else is to do
         if up_to_date(dist, spec, key):
             previous = json.loads(record.read_text())
             progress.say(f"build-vm: nothing changed ({key[:12]}); outputs in {dist}")
@@ -209,7 +185,8 @@ def build(
         progress.say(f"build-vm: accelerator {accel} ({why})")
         staging = dist / f".imagebuild-vm-{b.build_id}"
         staging.mkdir(parents=True)
-        (staging / ".owner").write_text(f"{b.cache.root}\n")  # whose it is, should we be killed
+        # whose it is, should we be killed
+        (staging / ".owner").write_text(f"{b.inputs.cache.root}\n")
         keep = False
         try:
             parity = _packer_qemu(b, base, sources, accel, on_error, staging, out, seconds)
@@ -241,7 +218,7 @@ def _packer_qemu(
     out: dict[str, Path],
     seconds: dict[str, float],
 ) -> dict[str, Any]:
-    spec, lock, work = b.spec, b.lock, b.workdir
+    spec, lock, work = b.inputs.spec, b.inputs.lock, b.workdir
     make_build_key(work)
     inventory_out = work / "inventory.json"
     values = packer_values(
@@ -252,7 +229,7 @@ def _packer_qemu(
         base_disk_sha256=base.sha256,
         sources_disk=str(sources),
         accelerator=accel,
-        ansible_vars_file=str(ansible_vars(spec, lock, disk.SOURCES_LABEL, inventory_out)),
+        ansible_vars_file=str(ansible_vars(b.inputs.resolved, disk.SOURCES_LABEL, inventory_out)),
         serial_log=str(staging / "serial.log"),  # kept with the VM by --on-error=abort
         guest_qemuargs=_pairs(
             vmboot.guest_args("{{ .SSHHostPort }}", (work / "build_key.pub").read_text())
@@ -261,7 +238,8 @@ def _packer_qemu(
     pkrvars = work / "build.pkrvars.hcl"
     packer.write_vars(values, pkrvars)
     tdir = packer.stage_template(work / "packer")
-    log = b.cache.root / "logs" / f"{spec.name}-{b.build_id}.packer.log"  # outlives a failure
+    # In the cache, not the scratch folder: it outlives a failure.
+    log = b.inputs.cache.root / "logs" / f"{spec.name}-{b.build_id}.packer.log"
     log.parent.mkdir(exist_ok=True)
     args = ["-only=qemu.vm", f"-var-file={pkrvars}"]
     try:
@@ -320,7 +298,7 @@ def make_formats(written: Path, made: dict[str, Path], spec: Spec, lock: Lock) -
             proc.wait()
         raise
     if proc is not None:
-        vmboot.wait_qemu_img(proc)
+        tools.wait(proc)
     written.unlink()
     for f in then:
         FORMATS[f].make(compressed, made[f], spec, sde)

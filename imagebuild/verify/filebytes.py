@@ -15,7 +15,7 @@ from typing import Any
 
 import testinfra
 
-from imagebuild import inventory, provision, roles
+from imagebuild import inventory, resolved, roles
 from imagebuild.spec import Spec
 from imagebuild.verify.items import WRAPPER
 from imagebuild.verify.model import ANY, Item
@@ -53,7 +53,7 @@ class Running:
 def ours(spec: Spec) -> list[str]:
     """What imagebuild's own roles install outside the packages (checked by other rows): the
     entrypoint wrapper, the GPU guard, and the stack roles' /usr/local files (the CUDA probe)."""
-    paths = {WRAPPER, *([provision.GPU_GUARD] if spec.gpu else [])}
+    paths = {WRAPPER, *([resolved.GPU_GUARD] if spec.gpu else [])}
     for name in spec.stacks:
         paths |= {v for v in roles.defaults(name).values()
                   if isinstance(v, str) and v.startswith("/usr/local/")}  # fmt: skip

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from imagebuild import provision, roles
+from imagebuild import resolved, roles
 from imagebuild.lock import GPU_VERSION_PACKAGES
 from imagebuild.lock.lockfile import Lock
 from imagebuild.roles import stack_roles
@@ -131,7 +131,7 @@ def facts(
     out["driver >= what the CUDA runtime needs"] = (
         driver_enough(ml, min_driver(spec.gpu.cuda)) if ml != ABSENT else ABSENT
     )
-    for k in provision.toolkit_env(spec):
+    for k in resolved.toolkit_env(spec):
         out[k] = env.get(k, ABSENT)
     r = host.run(f"env -u {spec.gpu.allow_missing_env} {run_as}{wrapper} --version")
     out["entrypoint without a GPU, no override"] = guard_outcome(r.rc, r.stderr)
@@ -151,7 +151,7 @@ def items(spec: Spec, lock: Lock) -> list[Item]:
     vm_versions = {p.name: upstream(p.version) for p in lock.vm}
     ml = vm_versions.get(GPU_VERSION_PACKAGES["driver"], ABSENT)
     enough = driver_enough(ml, min_driver(spec.gpu.cuda))
-    toolkit = provision.toolkit_env(spec)
+    toolkit = resolved.toolkit_env(spec)
     out = [
         # The driver's user space: the VM's own, never the container's (the host's is injected).
         Item("gpu", "driver user space in the image", "none", " ".join(DRIVER_FILES),

@@ -10,7 +10,7 @@ from packaging.utils import canonicalize_name
 
 from imagebuild.lock.lockfile import Lock
 from imagebuild.lock.python import requirement_lines
-from imagebuild.provision import exec_argv
+from imagebuild.resolved import exec_argv
 from imagebuild.roles import stack_roles
 from imagebuild.spec import Spec
 from imagebuild.verify import gpu

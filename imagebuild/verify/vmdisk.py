@@ -11,9 +11,9 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagebuild import tools
 from imagebuild.builders.formats import FORMATS
 from imagebuild.errors import ImageBuildError
-from imagebuild.vmboot import qemu_img, wait_qemu_img
 
 
 class DiskError(ImageBuildError):
@@ -67,20 +67,15 @@ def bootable(artifact: Path, work: Path) -> Disk:
         return Disk(artifact, _extract(artifact, "box.img", work / "box.img"), kind)
     vmdk = _extract(artifact, "*.vmdk", work / "disk.vmdk")
     disk = work / "ova.qcow2"
-    wait_qemu_img(qemu_img("convert", "-O", "qcow2", str(vmdk), str(disk)))
+    tools.run(["qemu-img", "convert", "-O", "qcow2", vmdk, disk])
     vmdk.unlink()
     return Disk(artifact, disk, kind)
 
 
 def same_as(disk: Disk, qcow2: Path) -> None:
     """Refuse a box or OVA whose disk is not the qcow2's (guest-visible bytes, any format)."""
-    proc = qemu_img("compare", "-q", str(disk.bootable), str(qcow2))
-    try:
-        wait_qemu_img(proc)
-    except ImageBuildError:
-        if proc.returncode == 1:
-            raise DiskError(
-                f"{disk.artifact.name}: its disk differs from {qcow2.name} "
-                "(`qemu-img compare`): they were not made from one build"
-            ) from None
-        raise
+    if tools.run(["qemu-img", "compare", "-q", disk.bootable, qcow2], ok=(0, 1)).returncode:
+        raise DiskError(
+            f"{disk.artifact.name}: its disk differs from {qcow2.name} "
+            "(`qemu-img compare`): they were not made from one build"
+        )

@@ -7,10 +7,10 @@ import tarfile
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from imagebuild import tarnorm
+from imagebuild import tarnorm, tools
 from imagebuild.cache import sha256_file
 from imagebuild.spec import Spec
-from imagebuild.vmboot import image_info, qemu_img, wait_qemu_img
+from imagebuild.vmboot import image_info
 
 SUFFIX = ".ova"
 COMPRESSED_INPUT = False  # the VMDK is compressed anew: read the uncompressed disk
@@ -103,10 +103,8 @@ def make(disk: Path, dest: Path, spec: Spec, sde: int) -> None:
     work.mkdir()
     try:
         vmdk = work / f"{stem}-disk1.vmdk"
-        wait_qemu_img(
-            qemu_img("convert", "-O", "vmdk", "-o", "subformat=streamOptimized", str(disk),
-                     str(vmdk))
-        )  # fmt: skip
+        tools.run(["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized",
+                   disk, vmdk])  # fmt: skip
         info = image_info(disk)
         ovf = work / f"{stem}.ovf"
         ovf.write_text(

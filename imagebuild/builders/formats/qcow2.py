@@ -6,8 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from imagebuild import tools
 from imagebuild.spec import Spec
-from imagebuild.vmboot import qemu_img
 
 SUFFIX = ".qcow2"
 COMPRESSED_INPUT = True
@@ -15,7 +15,7 @@ COMPRESSION = ["-c"]  # zlib, which every qemu reads (zstd would need qemu >= 5.
 
 
 def start_compress(disk: Path, dest: Path) -> subprocess.Popen[bytes]:
-    return qemu_img("convert", *COMPRESSION, "-O", "qcow2", str(disk), str(dest))
+    return tools.start(["qemu-img", "convert", *COMPRESSION, "-O", "qcow2", disk, dest])
 
 
 def make(disk: Path, dest: Path, spec: Spec, sde: int) -> None:

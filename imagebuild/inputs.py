@@ -1,0 +1,35 @@
+"""The inputs of one build, resolved once by the task layer and passed down typed: the spec's
+meaning with its lock and roles applied, every cache key, the cache and the verified local
+sources (apt repos, wheelhouse)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from imagebuild import keys as keying
+from imagebuild.cache import Cache
+from imagebuild.fetch import FetchResult
+from imagebuild.lock.lockfile import Lock
+from imagebuild.resolved import Resolved, resolve
+from imagebuild.spec import Spec
+
+
+@dataclass(frozen=True)
+class Inputs:
+    resolved: Resolved
+    keys: keying.Keys
+    cache: Cache
+    fetched: FetchResult
+
+    @property
+    def spec(self) -> Spec:
+        return self.resolved.spec
+
+    @property
+    def lock(self) -> Lock:
+        return self.resolved.lock
+
+
+def prepare(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult) -> Inputs:
+    r = resolve(spec, lock)
+    return Inputs(r, keying.compute(r), cache, fetched)
