@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +30,7 @@ from imagebuild import plan as planning  # noqa: E402
 from imagebuild.cache import Cache, default_root  # noqa: E402
 from imagebuild.errors import ImageBuildError, Terminated  # noqa: E402
 from imagebuild.inputs import Inputs, prepare  # noqa: E402
+from imagebuild.registry_cache import RegistryCache, ref_problem  # noqa: E402
 from imagebuild.spec import Spec, load  # noqa: E402
 
 DEFAULT_SPEC = "imagebuild.yaml"
@@ -47,9 +48,12 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated
 
 
-def cli(optional: tuple[str, ...] = (), **helps: str) -> Callable[[Callable[..., Any]], Any]:
+def cli(
+    optional: tuple[str, ...] = (), shared: Mapping[str, str] | None = None, **helps: str
+) -> Callable[[Callable[..., Any]], Any]:
     """A task with the common options documented and errors mapped to exit codes; `optional`
-    names flags that may be given with or without a value."""
+    names flags that may be given with or without a value; `shared`: helps of options several
+    tasks have."""
 
     def wrap(fn: Callable[..., Any]) -> Any:
         @functools.wraps(fn)
@@ -64,7 +68,7 @@ def cli(optional: tuple[str, ...] = (), **helps: str) -> Callable[[Callable[...,
             except KeyboardInterrupt:
                 raise Exit("interrupted; partial outputs were removed", code=130) from None
 
-        return task(help={**COMMON_HELP, **helps}, optional=list(optional),
+        return task(help={**COMMON_HELP, **(shared or {}), **helps}, optional=list(optional),
                     auto_shortflags=False)(run)  # fmt: skip
 
     return wrap
@@ -152,30 +156,68 @@ def plan(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist"):
         raise Exit(code=3)
 
 
+REGISTRY_CACHE_HELP = {
+    "cache-from": "Registry repository (HOST[:PORT]/PATH) to pull stages and base disks from "
+    "before building them (default: cache.registry).",
+    "cache-to": "Registry repository to push the stages and base disk this build made or found "
+    "(default: cache.registry when cache.push).",
+    "cache-required": "Fail when the registry cache cannot be reached or refuses (default: "
+    "cache.required; else a warning and a local build).",
+}
+
+
+def _say_registry(inputs: Inputs) -> None:
+    remote = inputs.remote
+    if remote.pull_from or remote.push_to:
+        print(f"registry cache: pulled {len(remote.pulled)}, pushed {len(remote.pushed)}")
+
+
+def _registry_cache(s: Spec, pull: str | None, push: str | None, required: bool) -> RegistryCache:
+    """The registry cache from the options, the spec's `cache:` section as their default."""
+    pull = pull or s.cache.registry
+    push = push or (s.cache.registry if s.cache.push else None)
+    for option, ref in (("--cache-from", pull), ("--cache-to", push)):
+        if ref and (problem := ref_problem(ref)):
+            raise Exit(f"error: {option}: {problem}", code=2)
+    return RegistryCache(pull, push, required or s.cache.required)
+
+
 @contextmanager
-def _prepare(spec: str, cache_dir: str | None, label: str) -> Iterator[Inputs]:
+def _prepare(
+    spec: str, cache_dir: str | None, label: str, remote: tuple[str | None, str | None, bool]
+) -> Iterator[Inputs]:
     """What every build starts from, resolved once (spec, fresh lock, what the roles add, every
-    key, the cache, the verified local sources); the cache is this build's alone until the body
-    returns (a second build waits)."""
+    key, the cache, the registry cache, the verified local sources); the cache is this build's
+    alone until the body returns (a second build waits)."""
     s = _load(spec)
     lk = locking.load_fresh(s)
     cache = _cache(cache_dir)
+    registry = _registry_cache(s, *remote)
     with cache.exclusive(label):
         leftovers.sweep(cache, label)
         with progress.stage(f"{label}: verify cache"):
             fetched = fetching.local_sources(lk, cache)
-        yield prepare(s, lk, cache, fetched)
+        if registry.pull_from or registry.push_to:
+            progress.say(f"{label}: {registry.describe()}")
+        yield prepare(s, lk, cache, fetched, registry)
 
 
-@cli(dist="Output folder (default ./dist).")
-def build_container(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist"):
+@cli(dist="Output folder (default ./dist).", shared=REGISTRY_CACHE_HELP)
+def build_container(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", cache_from=None,
+                    cache_to=None, cache_required=False):  # fmt: skip
     """Build the layered, reproducible Docker image from the spec and its lock."""
     from imagebuild.builders import container
 
-    with _prepare(spec, cache_dir, "build-container") as inputs:
+    remote = (cache_from, cache_to, cache_required)
+    with _prepare(spec, cache_dir, "build-container", remote) as inputs:
         r = container.build(inputs, Path(dist))
+    _say_registry(inputs)
     for st in r.stages:
-        state = "cached" if st.reused else f"built in {st.seconds}s, changed={st.changed}"
+        state = (
+            "from the registry cache" if st.pulled
+            else "cached" if st.reused
+            else f"built in {st.seconds}s, changed={st.changed}"
+        )  # fmt: skip
         print(f"layer {st.name:<7} sha256:{st.diff_id[:12]}  {st.size / 1e6:8.1f} MB  {state}")
     print(f"image {r.tag} sha256:{r.image_id}" + ("  (nothing changed)" if r.noop else ""))
     print(
@@ -191,9 +233,10 @@ def build_container(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist"):
     on_error="cleanup (default) or abort: keep the failed VM and its disk, as Packer's "
     "-on-error=abort.",
     aws_region="--target ami: AWS region (default vm.ami.region).",
+    shared=REGISTRY_CACHE_HELP,
 )
 def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", on_error="cleanup",
-             aws_region=None):  # fmt: skip
+             aws_region=None, cache_from=None, cache_to=None, cache_required=False):  # fmt: skip
     """Build the VM images with Packer (qemu, TCG unless KVM works) from the spec and its lock,
     provisioned by the container's playbook."""
     from imagebuild.builders import vm
@@ -203,10 +246,17 @@ def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", o
         raise Exit(f"error: --target: {target!r} is not one of {', '.join(TARGETS)}", code=2)
     if on_error not in vm.ON_ERROR:
         raise Exit(f"error: --on-error: {on_error!r} is not one of {', '.join(vm.ON_ERROR)}", 2)
-    with _prepare(spec, cache_dir, "build-vm") as inputs:
+    remote = (cache_from, cache_to, cache_required)
+    with _prepare(spec, cache_dir, "build-vm", remote) as inputs:
         r = TARGETS[target](inputs, Path(dist), on_error, aws_region)
+    _say_registry(inputs)
     if r.base_disk:
-        state = "cached" if r.base_disk.reused else f"built in {r.base_disk.seconds}s"
+        d = r.base_disk
+        state = (
+            "from the registry cache" if d.pulled
+            else "cached" if d.reused
+            else f"built in {d.seconds}s"
+        )  # fmt: skip
         print(f"base disk sha256:{r.base_disk.sha256[:12]} kernel {r.base_disk.kernel} ({state})")
     if r.noop:
         print("vm: nothing changed")

@@ -60,3 +60,10 @@ def check(dist: Path, files: list[Path]) -> list[str]:
         elif sha256_file(f) != want:
             problems.append(f"{f.name}: sha256 differs from {dist / NAME}")
     return problems
+
+
+def listed(dist: Path, files: list[Path]) -> None:
+    """An up-to-date build wrote nothing, but its outputs must still be listed (a dist restored
+    from elsewhere, or made before SHA256SUMS existed): record those that are not."""
+    if not {f.name for f in files} <= read(dist).keys():
+        record(dist, files)

@@ -12,6 +12,8 @@ import docker.errors
 from imagebuild.builders.layers import Layer
 from imagebuild.errors import ImageBuildError
 
+DEFAULT_HOST = "unix:///var/run/docker.sock"  # where docker.from_env goes without DOCKER_HOST
+
 
 class EngineError(ImageBuildError):
     pass
@@ -35,8 +37,26 @@ def describe(client: docker.DockerClient) -> str:
     socket), its version and storage driver."""
     info = client.info()
     # docker-py names a unix socket http+docker://localhost; say what the user would set.
-    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    where = os.environ.get("DOCKER_HOST") or DEFAULT_HOST
     return f"{where} (Docker {info.get('ServerVersion')}, {info.get('Driver')})"
+
+
+def connection_vars() -> dict[str, str | bool]:
+    """What Ansible's community.docker.docker_api connection needs to reach the engine this
+    process uses: docker.from_env's variables (DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH),
+    which the connection plugin does not read itself (it would use the local socket)."""
+    out: dict[str, str | bool] = {
+        "ansible_docker_docker_host": os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+    }
+    if os.environ.get("DOCKER_TLS_VERIFY"):
+        certs = Path(os.environ.get("DOCKER_CERT_PATH") or Path.home() / ".docker")
+        out |= {
+            "ansible_docker_validate_certs": True,
+            "ansible_docker_ca_path": str(certs / "ca.pem"),
+            "ansible_docker_client_cert": str(certs / "cert.pem"),
+            "ansible_docker_client_key": str(certs / "key.pem"),
+        }
+    return out
 
 
 def load_archive(client: docker.DockerClient, archive: Path) -> None:
@@ -66,9 +86,12 @@ def local_overlay(client: docker.DockerClient) -> bool:
     """Whether a stage container's changes can be read from its overlay2 upper directory on
     this host: what the engine itself trusts for `docker diff` (native diff: no redirect_dir,
     no metacopy), no user-namespace remapping (owners would be shifted), and not switched off
-    by IMAGEBUILD_ENGINE_DIFF=1 (what a remote engine gets)."""
+    by IMAGEBUILD_ENGINE_DIFF=1. An engine reached over tcp:// or ssh:// is another machine's:
+    only its API is used."""
     if os.environ.get("IMAGEBUILD_ENGINE_DIFF") == "1" or os.geteuid() != 0:
         return False  # the engine's folders are root's alone
+    if not os.environ.get("DOCKER_HOST", "unix://").startswith("unix://"):
+        return False
     info = client.info()
     status = dict(info.get("DriverStatus") or [])
     return (

@@ -1,15 +1,16 @@
 """The inputs of one build, resolved once by the task layer and passed down typed: the spec's
-meaning with its lock and roles applied, every cache key, the cache and the verified local
-sources (apt repos, wheelhouse)."""
+meaning with its lock and roles applied, every cache key, the cache, the registry cache shared
+with other machines, and the verified local sources (apt repos, wheelhouse)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from imagebuild import keys as keying
 from imagebuild.cache import Cache
 from imagebuild.fetch import FetchResult
 from imagebuild.lock.lockfile import Lock
+from imagebuild.registry_cache import RegistryCache
 from imagebuild.resolved import Resolved, resolve
 from imagebuild.spec import Spec
 
@@ -20,6 +21,7 @@ class Inputs:
     keys: keying.Keys
     cache: Cache
     fetched: FetchResult
+    remote: RegistryCache = field(default_factory=lambda: RegistryCache(None, None))
 
     @property
     def spec(self) -> Spec:
@@ -30,6 +32,8 @@ class Inputs:
         return self.resolved.lock
 
 
-def prepare(spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult) -> Inputs:
+def prepare(
+    spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult, remote: RegistryCache | None = None
+) -> Inputs:
     r = resolve(spec, lock)
-    return Inputs(r, keying.compute(r), cache, fetched)
+    return Inputs(r, keying.compute(r), cache, fetched, remote or RegistryCache(None, None))

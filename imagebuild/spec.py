@@ -35,6 +35,7 @@ from imagebuild.spec_sections import (
     THREAD_VARS,
     App,
     Base,
+    BuildCache,
     Container,
     Gpu,
     Python,
@@ -98,6 +99,9 @@ class Spec:
         metadata=meta("Environment for both artifacts; thread variables default to 1.", env_names),
     )
     container: Container = field(default_factory=Container, metadata=meta("Container settings."))
+    cache: BuildCache = field(
+        default_factory=BuildCache, metadata=meta("The build cache shared through a registry.")
+    )
     vm: Vm = field(default_factory=Vm, metadata=meta("VM settings."))
     verify: Verify = field(
         default_factory=Verify, metadata=meta("What `invoke verify` runs besides its own checks.")

@@ -36,6 +36,9 @@ USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 AWS_REGION = r"[a-z]{2}(-[a-z]+)+-\d"
 
 
+# A registry repository without a tag (HOST[:PORT]/PATH), as the registry build cache takes it.
+REGISTRY_REPO = r"[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9]+([._-][a-z0-9]+)*)+"
+
 OCI_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 

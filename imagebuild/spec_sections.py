@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from imagebuild.spec_checks import (
     AWS_REGION,
     ENV_NAME,
+    REGISTRY_REPO,
     USER_NAME,
     abs_path,
     between,
@@ -170,6 +171,26 @@ class Container:
         metadata=meta(
             "Registry to push to (`host:port`).", pattern(r"[A-Za-z0-9.-]+(:\d+)?", "host[:port]")
         ),
+    )
+
+
+@dataclass(frozen=True)
+class BuildCache:
+    registry: str | None = field(
+        default=None,
+        metadata=meta(
+            "Registry repository (`host[:port]/path`) that shares built stages and base disks "
+            "between machines; the default of `--cache-from` and `--cache-to`.",
+            pattern(REGISTRY_REPO, "a registry repository like 127.0.0.1:5000/imagebuild-cache"),
+        ),
+    )
+    push: bool = field(
+        default=True,
+        metadata=meta("Also push what this build made or found (off: read-only, e.g. for PRs)."),
+    )
+    required: bool = field(
+        default=False,
+        metadata=meta("An unreachable or refusing registry fails the build (else: a warning)."),
     )
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,6 +86,32 @@ def run_invoke(
     )
 
 
+@contextlib.contextmanager
+def serve_registry(root: Path) -> Iterator[str]:
+    """A real registry (Debian's docker-registry) on 127.0.0.1, storing under `root/store`;
+    yields its HOST:PORT and stops it on exit."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = root / "registry.yml"
+    config.write_text(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: "
+        f"{root / 'store'}\nhttp:\n  addr: 127.0.0.1:{port}\n"
+    )
+    proc = subprocess.Popen(["docker-registry", "serve", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        for _ in range(50):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def tree(path: Path) -> set[str]:
     return {str(p.relative_to(path)) for p in path.rglob("*")} if path.exists() else set()
 
@@ -135,10 +163,11 @@ def locked_example(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) ->
 
 
 def build_vm(
-    spec: Path, cache: Path, dist: Path, *extra: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
+    spec: Path, cache: Path, dist: Path, *extra: str, env: dict[str, str] | None = None,
+    prefix: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess[str]:  # fmt: skip
     args = ["--spec", str(spec), "--cache-dir", str(cache), "--dist", str(dist)]
-    return run_invoke("build-vm", *args, *extra, env=env)
+    return run_invoke("build-vm", *args, *extra, env=env, prefix=prefix)
 
 
 @pytest.fixture(scope="session")

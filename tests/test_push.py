@@ -5,40 +5,23 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
 from imagebuild import spec as specmod
-from tests.conftest import copy_example, run_invoke
+from tests.conftest import copy_example, run_invoke, serve_registry
 
 pytestmark = [pytest.mark.network, pytest.mark.engine]
 
 
 @pytest.fixture
-def registry(tmp_path: Path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = tmp_path / "registry.yml"
-    config.write_text(
-        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: "
-        f"{tmp_path / 'store'}\nhttp:\n  addr: 127.0.0.1:{port}\n"
-    )
-    proc = subprocess.Popen(["docker-registry", "serve", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    for _ in range(50):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.2)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait()
+def registry(tmp_path: Path) -> Iterator[str]:
+    with serve_registry(tmp_path) as host:
+        yield host
 
 
 def test_push_then_pull_by_digest(registry: str, locked_example: Path, cache_dir: Path,

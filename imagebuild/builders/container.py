@@ -158,7 +158,9 @@ def build(inputs: Inputs, dist: Path) -> ContainerResult:
             with atomic_file(record) as t:
                 shipped = {"app_files": app_tree.manifest(spec), "builder": builder.versions()}
                 t.write_text(json.dumps(asdict(result) | shipped, default=str, indent=1))
-        if not noop or not {p.name for p in out.values()} <= checksums.read(dist).keys():
+        if noop:
+            checksums.listed(dist, list(out.values()))
+        else:
             checksums.record(dist, list(out.values()))
     return result
 

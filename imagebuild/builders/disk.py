@@ -50,6 +50,21 @@ class BaseDisk:
     root_uuid: str
     reused: bool
     seconds: float
+    pulled: bool = False  # from the registry cache
+
+
+def entry_problem(folder: Path, digests: dict[str, str]) -> str | None:
+    """Why a base disk entry pulled from a registry cannot be used beyond its files' digests:
+    exactly a base disk's files, disk.json naming the disk's digest."""
+    if set(digests) != {"disk.qcow2", "disk.json"}:
+        return f"a base disk entry holds disk.qcow2 and disk.json, not {sorted(digests)}"
+    try:
+        meta = json.loads((folder / "disk.json").read_text())
+    except ValueError:
+        return "its disk.json is not JSON"
+    if meta.get("sha256") != digests["disk.qcow2"]:
+        return "its disk.json names another sha256 than its disk.qcow2's digest"
+    return None
 
 
 def disk_cached(cache: Cache, key: str) -> bool:
@@ -147,14 +162,20 @@ def base_disk(b: Build, layers: list[Layer]) -> BaseDisk:
     """The cached base disk for this spec + lock, made now if missing (its key: keys.disk_key;
     bump keys.DISK_LAYOUT when the layout code here changes)."""
     start = time.monotonic()
-    key = b.inputs.keys.disk
-    final = b.inputs.cache.dir("disks", key)
-    if not (disk_cached(b.inputs.cache, key) and b.inputs.cache.intact("disks", key)):
-        known: dict[str, str] = {}
-        with b.inputs.cache.building("disks", key, known) as tmp:
-            known["disk.qcow2"] = _make(b, layers, key, tmp)
-    else:
+    key, cache, remote = b.inputs.keys.disk, b.inputs.cache, b.inputs.remote
+    final = cache.dir("disks", key)
+    pulled = reused = False
+    if disk_cached(cache, key) and cache.intact("disks", key):
+        reused = True
         progress.say(f"build-vm: base disk: cached ({key[:12]})")
+    elif remote.fetch(cache, "disks", key, entry_problem):
+        pulled = True
+        progress.say(f"build-vm: base disk: from {remote.pull_from} ({key[:12]})")
+    else:
+        known: dict[str, str] = {}
+        with cache.building("disks", key, known) as tmp:
+            known["disk.qcow2"] = _make(b, layers, key, tmp)
+    remote.publish(cache, "disks", key)
     meta = json.loads((final / "disk.json").read_text())
     return BaseDisk(
         final / "disk.qcow2",
@@ -162,8 +183,9 @@ def base_disk(b: Build, layers: list[Layer]) -> BaseDisk:
         key,
         meta["kernel"],
         meta["root_uuid"],
-        reused=time.monotonic() - start < 1,
+        reused=reused,
         seconds=round(time.monotonic() - start, 2),
+        pulled=pulled,
     )
 
 

@@ -28,6 +28,7 @@ from imagebuild.builders.layers import (
     save_manifest,
 )
 from imagebuild.cache import Cache
+from imagebuild.engine import connection_vars
 from imagebuild.keys import STAGES
 from imagebuild.leftovers import CACHE_LABEL
 from imagebuild.lock.lockfile import Lock
@@ -43,6 +44,21 @@ class StageResult:
     reused: bool
     seconds: float
     changed: int | None = None  # Ansible's changed count, when the stage ran
+    pulled: bool = False  # from the registry cache
+
+
+def entry_problem(folder: Path, digests: dict[str, str]) -> str | None:
+    """Why a stage entry pulled from a registry cannot be used beyond its files' digests (those
+    are checked by the puller): exactly a stage's files, the layer's diff_id its digest."""
+    if set(digests) != {"layer.tar", "layer.json", "manifest.json"}:
+        return f"a stage entry holds layer.tar, layer.json, manifest.json, not {sorted(digests)}"
+    try:
+        meta = json.loads((folder / "layer.json").read_text())
+    except ValueError:
+        return "its layer.json is not JSON"
+    if meta.get("diff_id") != digests["layer.tar"]:
+        return "its layer.json names another diff_id than its layer.tar's digest"
+    return None
 
 
 def stage_cached(cache: Cache, key: str) -> bool:
@@ -152,6 +168,7 @@ def stage_container(
             container.name,
             {
                 "ansible_connection": "community.docker.docker_api",
+                **connection_vars(),
                 "ansible_python_interpreter": "/usr/bin/python3",
             },
             {
@@ -185,25 +202,30 @@ def _run_stage(
 
 def build_layers(b: Build, label: str) -> tuple[list[Layer], list[StageResult]]:
     """Every stage's layer, from the stage cache or built (and cached) now."""
-    keys = b.inputs.keys.stages
+    keys, cache, remote = b.inputs.keys.stages, b.inputs.cache, b.inputs.remote
     layers: list[Layer] = []
     results: list[StageResult] = []
     manifest: Manifest = {}
     for name in STAGES:
         start = time.monotonic()
-        hit = cached(b.inputs.cache, keys[name])
+        hit = cached(cache, keys[name])
+        pulled = hit is None and remote.fetch(cache, "stages", keys[name], entry_problem)
+        if pulled:
+            hit = cached(cache, keys[name])
+            progress.say(f"{label}: {name}: from {remote.pull_from} ({keys[name][:12]})")
         built, changed = hit is None, None
         if hit is None:
             with progress.stage(f"{label}: {name}", f"key {keys[name][:12]}") as st:
                 make = partial(_make_layer, b, name, list(layers), manifest)
-                layer, manifest, changed = _store(b.inputs.cache, keys[name], make)
+                layer, manifest, changed = _store(cache, keys[name], make)
                 st["note"] = f"{layer.entries} entries, {layer.size / 1e6:.1f} MB"
         else:
-            progress.say(f"{label}: {name}: cached ({keys[name][:12]})")
+            if not pulled:
+                progress.say(f"{label}: {name}: cached ({keys[name][:12]})")
             layer, manifest = hit
+        remote.publish(cache, "stages", keys[name])
         layers.append(layer)
         seconds = round(time.monotonic() - start, 2)
-        results.append(
-            StageResult(name, keys[name], layer.diff_id, layer.size, not built, seconds, changed)
-        )
+        results.append(StageResult(name, keys[name], layer.diff_id, layer.size, not built,
+                                   seconds, changed, pulled))  # fmt: skip
     return layers, results

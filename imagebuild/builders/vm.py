@@ -179,6 +179,7 @@ def build(inputs: Inputs, dist: Path, on_error: str = "cleanup") -> VmResult:
         if up_to_date(dist, spec, key):
             previous = json.loads(record.read_text())
             progress.say(f"build-vm: nothing changed ({key[:12]}); outputs in {dist}")
+            checksums.listed(dist, list(out.values()))
             return VmResult("qemu", previous["accelerator"], key, base, out, seconds, {}, True)
         sources = disk.sources_disk(b)
         accel, why = vmboot.probe_accelerator()
