@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import time
 import urllib.parse
 import urllib.request
@@ -17,10 +18,23 @@ import urllib3
 from urllib3.exceptions import HTTPError, MaxRetryError
 from urllib3.util import Retry, Timeout
 
-ATTEMPTS = 6
+from imagebuild.errors import ImageBuildError
+
 # urllib3 sleeps 0, 2, 4, 8, 16 s between its attempts (backoff_factor * 2**(n-1), the first at
 # once): a blip of up to ~30 s is survived, a mirror that is really down fails within a minute.
+# $IMAGEBUILD_DOWNLOAD_ATTEMPTS changes the count (as pip's --retries, apt's Acquire::Retries):
+# 1 fails at the first error, for a machine that knows it is offline.
+ATTEMPTS_ENV = "IMAGEBUILD_DOWNLOAD_ATTEMPTS"
 BACKOFF = 1.0
+
+
+def attempts() -> int:
+    value = os.environ.get(ATTEMPTS_ENV, "6")
+    if not value.isdigit() or not 1 <= int(value) <= 20:
+        raise ImageBuildError(f"${ATTEMPTS_ENV}={value!r}: expected a whole number from 1 to 20")
+    return int(value)
+
+
 TRANSIENT = (429, 500, 502, 503, 504)
 
 
@@ -41,12 +55,9 @@ def pool(attempts: int, backoff: float, proxy: str | None = None) -> urllib3.Poo
     return urllib3.PoolManager(retries=retry, timeout=timeout)
 
 
-_POOL = pool(ATTEMPTS, BACKOFF)
-
-
 @functools.cache
-def via_proxy(proxy: str) -> urllib3.PoolManager:
-    return pool(ATTEMPTS, BACKOFF, proxy)
+def _pool(count: int, proxy: str | None) -> urllib3.PoolManager:
+    return pool(count, BACKOFF, proxy)
 
 
 def pool_for(url: str) -> urllib3.PoolManager:
@@ -55,9 +66,9 @@ def pool_for(url: str) -> urllib3.PoolManager:
     proxies = urllib.request.getproxies_environment()
     u = urllib.parse.urlsplit(url)
     proxy = proxies.get(u.scheme)
-    if proxy and not urllib.request.proxy_bypass(u.hostname or ""):
-        return via_proxy(proxy)
-    return _POOL
+    if not proxy or urllib.request.proxy_bypass(u.hostname or ""):
+        proxy = None
+    return _pool(attempts(), proxy)
 
 
 def fetch_to(url: str, out: BinaryIO, headers: dict[str, str] | None = None, *,

@@ -18,6 +18,7 @@ registry on the loopback interface, as Docker treats one.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -39,12 +40,33 @@ from imagebuild.spec_checks import REGISTRY_REPO
 ARTIFACT_TYPE = "application/vnd.imagebuild.cache.v1"
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # an entry's files: flat, plain names
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
+TIMEOUT = (10, 120)  # seconds to connect, and between two reads of a body
 # oras-py logs each registry error itself; imagebuild says what it means for the build, once.
 logging.getLogger("oras.logger").setLevel(logging.CRITICAL)
 
 # What makes a pulled entry usable beyond its digests, by kind: (folder, file -> sha256) -> a
 # problem or None.
 Consistency = Callable[[Path, dict[str, str]], "str | None"]
+
+
+def sealed_by(meta: str, field: str, data: str, others: tuple[str, ...] = ()) -> Consistency:
+    """The rule of an entry whose `meta` JSON names the digest of its `data` file in `field`
+    (a stage's layer.json its layer.tar's diff_id, a disk's disk.json its qcow2's sha256): it
+    holds exactly those files (and `others`) and the name is right."""
+    names = sorted({meta, data, *others})
+
+    def problem(folder: Path, digests: dict[str, str]) -> str | None:
+        if sorted(digests) != names:
+            return f"holds {sorted(digests)}, not {names}"
+        try:
+            value = json.loads((folder / meta).read_text()).get(field)
+        except (ValueError, AttributeError):
+            return f"its {meta} is not a JSON object"
+        if value != digests[data]:
+            return f"its {meta} names another {field} than its {data}'s digest"
+        return None
+
+    return problem
 
 
 class CacheUnavailable(ImageBuildError):
@@ -58,8 +80,13 @@ def ref_problem(ref: str) -> str | None:
 
 
 class _Registry(oras.provider.Registry):
-    """oras-py's client without its retry loop (five tries, ~2 min of sleeps per request): a
-    registry that is down must cost a build seconds, not minutes; it is then skipped."""
+    """oras-py's client without its retry loop (five tries, ~2 min of sleeps per request) and
+    with timeouts (requests has none by default): a registry that is down or hangs must cost a
+    build seconds, not minutes; it is then skipped."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.session.request = functools.partial(self.session.request, timeout=TIMEOUT)
 
     def do_request(self, *args: Any, **kwargs: Any) -> Any:
         return oras.provider.Registry.do_request.__wrapped__(self, *args, **kwargs)

@@ -13,6 +13,7 @@ import pytest
 import urllib3
 
 from imagebuild import download
+from imagebuild.errors import ImageBuildError
 
 BODY = bytes(range(256)) * 4096  # 1 MiB
 
@@ -106,9 +107,9 @@ def test_the_proxy_variables_apply(server: str, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("http_proxy", dead)
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.setattr(download, "ATTEMPTS", 2)
+    monkeypatch.setenv(download.ATTEMPTS_ENV, "2")
     monkeypatch.setattr(download, "BACKOFF", 0.01)
-    download.via_proxy.cache_clear()
+    download._pool.cache_clear()
     assert isinstance(download.pool_for(f"{server}/503-0"), urllib3.ProxyManager)
     with pytest.raises(download.DownloadError):
         download.fetch_to(f"{server}/503-0", io.BytesIO())
@@ -117,3 +118,12 @@ def test_the_proxy_variables_apply(server: str, monkeypatch: pytest.MonkeyPatch)
     out = io.BytesIO()
     download.fetch_to(f"{server}/503-0", out)  # direct: the dead proxy is bypassed
     assert out.getvalue() == BODY
+
+
+def test_the_attempts_can_be_set_and_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(download.ATTEMPTS_ENV, "1")
+    assert download.pool_for("http://127.0.0.1:9/x").connection_pool_kw["retries"].total == 0
+    for bad in ("0", "x", "99"):
+        monkeypatch.setenv(download.ATTEMPTS_ENV, bad)
+        with pytest.raises(ImageBuildError, match=download.ATTEMPTS_ENV):
+            download.pool_for("http://127.0.0.1:9/x")

@@ -21,8 +21,10 @@ from imagebuild.cache import Cache
 from imagebuild.lock import lockfile
 from tests.conftest import copy_example, run_invoke
 
+# The network blocked by a proxy that is not there; one attempt (no retry of what cannot work).
 BLOCKED = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}  # fmt: skip
+           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+           "IMAGEBUILD_DOWNLOAD_ATTEMPTS": "1"}  # fmt: skip
 
 
 @pytest.fixture

@@ -40,3 +40,9 @@ def test_every_invoke_line_is_a_real_task_with_real_options() -> None:
 def test_every_build_uses_the_registry_cache() -> None:
     builds = [s["run"] for s in _steps() if re.search(r"invoke build-", s.get("run", ""))]
     assert builds and all("steps.cache.outputs.args" in b for b in builds)
+
+
+def test_a_forks_pull_request_never_runs_on_the_root_runner() -> None:
+    job = yaml.safe_load(WORKFLOW.read_text())["jobs"]["build"]
+    assert "head.repo.full_name == github.repository" in job["if"]
+    assert "self-hosted" in job["runs-on"]

@@ -30,6 +30,7 @@ from imagebuild.builders.stages import stage_container
 from imagebuild.cache import Cache, sha256_file
 from imagebuild.errors import ImageBuildError
 from imagebuild.keys import STAGES, sources_disk_key
+from imagebuild.registry_cache import sealed_by
 
 PART_OFFSET = 1 << 20  # first partition at 1 MiB; GRUB's core.img lives in the gap before it
 ROOT_LABEL, SOURCES_LABEL = "imagebuild-root", "imagebuild-src"
@@ -53,18 +54,8 @@ class BaseDisk:
     pulled: bool = False  # from the registry cache
 
 
-def entry_problem(folder: Path, digests: dict[str, str]) -> str | None:
-    """Why a base disk entry pulled from a registry cannot be used beyond its files' digests:
-    exactly a base disk's files, disk.json naming the disk's digest."""
-    if set(digests) != {"disk.qcow2", "disk.json"}:
-        return f"a base disk entry holds disk.qcow2 and disk.json, not {sorted(digests)}"
-    try:
-        meta = json.loads((folder / "disk.json").read_text())
-    except ValueError:
-        return "its disk.json is not JSON"
-    if meta.get("sha256") != digests["disk.qcow2"]:
-        return "its disk.json names another sha256 than its disk.qcow2's digest"
-    return None
+# What a base disk entry pulled from a registry must be beyond its files' digests.
+ENTRY_RULE = sealed_by("disk.json", "sha256", "disk.qcow2")
 
 
 def disk_cached(cache: Cache, key: str) -> bool:
@@ -168,7 +159,7 @@ def base_disk(b: Build, layers: list[Layer]) -> BaseDisk:
     if disk_cached(cache, key) and cache.intact("disks", key):
         reused = True
         progress.say(f"build-vm: base disk: cached ({key[:12]})")
-    elif remote.fetch(cache, "disks", key, entry_problem):
+    elif remote.fetch(cache, "disks", key, ENTRY_RULE):
         pulled = True
         progress.say(f"build-vm: base disk: from {remote.pull_from} ({key[:12]})")
     else:

@@ -32,6 +32,7 @@ from imagebuild.engine import connection_vars
 from imagebuild.keys import STAGES
 from imagebuild.leftovers import CACHE_LABEL
 from imagebuild.lock.lockfile import Lock
+from imagebuild.registry_cache import sealed_by
 from imagebuild.resolved import APP_ARCHIVE, PATH, REPO_DIR, WHEELS_DIR
 
 
@@ -47,18 +48,8 @@ class StageResult:
     pulled: bool = False  # from the registry cache
 
 
-def entry_problem(folder: Path, digests: dict[str, str]) -> str | None:
-    """Why a stage entry pulled from a registry cannot be used beyond its files' digests (those
-    are checked by the puller): exactly a stage's files, the layer's diff_id its digest."""
-    if set(digests) != {"layer.tar", "layer.json", "manifest.json"}:
-        return f"a stage entry holds layer.tar, layer.json, manifest.json, not {sorted(digests)}"
-    try:
-        meta = json.loads((folder / "layer.json").read_text())
-    except ValueError:
-        return "its layer.json is not JSON"
-    if meta.get("diff_id") != digests["layer.tar"]:
-        return "its layer.json names another diff_id than its layer.tar's digest"
-    return None
+# What a stage entry pulled from a registry must be beyond its files' digests.
+ENTRY_RULE = sealed_by("layer.json", "diff_id", "layer.tar", ("manifest.json",))
 
 
 def stage_cached(cache: Cache, key: str) -> bool:
@@ -209,7 +200,7 @@ def build_layers(b: Build, label: str) -> tuple[list[Layer], list[StageResult]]:
     for name in STAGES:
         start = time.monotonic()
         hit = cached(cache, keys[name])
-        pulled = hit is None and remote.fetch(cache, "stages", keys[name], entry_problem)
+        pulled = hit is None and remote.fetch(cache, "stages", keys[name], ENTRY_RULE)
         if pulled:
             hit = cached(cache, keys[name])
             progress.say(f"{label}: {name}: from {remote.pull_from} ({keys[name][:12]})")
