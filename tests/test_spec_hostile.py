@@ -38,6 +38,10 @@ HOSTILE = [
     ("base.mirror", "file:///etc", "not an http(s) URL"),
     ("name", "onnx serve", "not a lower-case name"),
     ("project_root", "..\n", "control character"),
+    ("cache.registry", "127.0.0.1:5000/cache\n", "control character"),
+    ("cache.registry", "127.0.0.1:5000/c' ; touch /tmp/x ; '", "not a registry repository"),
+    ("cache.registry", "127.0.0.1:5000/../etc", "not a registry repository"),
+    ("cache.registry", "/var/lib/cache", "not a registry repository"),
     ("project_root", "no-such-folder", "not found"),
     ("verify.commands", [["--check\nUser=root"]], "control character"),
     ("verify.ignore", ["(unclosed"], "not a regular expression"),
@@ -51,8 +55,10 @@ HOSTILE = [
 
 def _set(data: dict, path: str, value: object) -> None:
     *parents, last = path.split(".")
-    for p in parents:
-        data = data.setdefault(p, {}) or {}
+    for p in parents:  # a section the example lacks is added (an empty one replaced)
+        if not isinstance(data.get(p), dict) or not data[p]:
+            data[p] = {}
+        data = data[p]
     data[last] = value
 
 
