@@ -20,11 +20,13 @@ from invoke.exceptions import Exit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from imagebuild import fetch as fetching  # noqa: E402
 from imagebuild import (
+    distlock,  # noqa: E402
     leftovers,  # noqa: E402
+    profile,  # noqa: E402
     progress,  # noqa: E402
 )
+from imagebuild import fetch as fetching  # noqa: E402
 from imagebuild import lock as locking  # noqa: E402
 from imagebuild import plan as planning  # noqa: E402
 from imagebuild.cache import Cache, default_root  # noqa: E402
@@ -59,6 +61,7 @@ def cli(
         @functools.wraps(fn)
         def run(c: Any, *args: Any, **kwargs: Any) -> Any:
             signal.signal(signal.SIGTERM, _on_sigterm)
+            profile.mark_started()
             try:
                 return fn(c, *args, **kwargs)
             except ImageBuildError as e:
@@ -184,16 +187,20 @@ def _registry_cache(s: Spec, pull: str | None, push: str | None, required: bool)
 
 @contextmanager
 def _prepare(
-    spec: str, cache_dir: str | None, label: str, remote: tuple[str | None, str | None, bool]
+    spec: str,
+    cache_dir: str | None,
+    label: str,
+    remote: tuple[str | None, str | None, bool],
+    dist: str,
 ) -> Iterator[Inputs]:
     """What every build starts from, resolved once (spec, fresh lock, what the roles add, every
-    key, the cache, the registry cache, the verified local sources); the cache is this build's
-    alone until the body returns (a second build waits)."""
+    key, the cache, the registry cache, the verified local sources); the dist folder, then the
+    cache, are this build's alone until the body returns (a second build, verify or push waits)."""
     s = _load(spec)
     lk = locking.load_fresh(s)
     cache = _cache(cache_dir)
     registry = _registry_cache(s, *remote)
-    with cache.exclusive(label):
+    with distlock.exclusive(Path(dist), label), cache.exclusive(label):
         leftovers.sweep(cache, label)
         with progress.stage(f"{label}: verify cache"):
             fetched = fetching.local_sources(lk, cache)
@@ -209,7 +216,7 @@ def build_container(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", cache_fro
     from imagebuild.builders import container
 
     remote = (cache_from, cache_to, cache_required)
-    with _prepare(spec, cache_dir, "build-container", remote) as inputs:
+    with _prepare(spec, cache_dir, "build-container", remote, dist) as inputs:
         r = container.build(inputs, Path(dist))
     _say_registry(inputs)
     for st in r.stages:
@@ -247,7 +254,7 @@ def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", o
     if on_error not in vm.ON_ERROR:
         raise Exit(f"error: --on-error: {on_error!r} is not one of {', '.join(vm.ON_ERROR)}", 2)
     remote = (cache_from, cache_to, cache_required)
-    with _prepare(spec, cache_dir, "build-vm", remote) as inputs:
+    with _prepare(spec, cache_dir, "build-vm", remote, dist) as inputs:
         r = TARGETS[target](inputs, Path(dist), on_error, aws_region)
     _say_registry(inputs)
     if r.base_disk:
@@ -293,10 +300,11 @@ def verify(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", container=None, vm
         raise Exit(f"error: --libvirt-uri: {problem}", code=2)
     s = _load(spec)
     locking.load_fresh(s)
-    r = verifying.verify(
-        s, Path(dist), container, Path(vm) if vm else None, backend,
-        Path(vm_seed) if vm_seed else None, libvirt_uri,
-    )  # fmt: skip
+    with distlock.exclusive(Path(dist), "verify"):
+        r = verifying.verify(
+            s, Path(dist), container, Path(vm) if vm else None, backend,
+            Path(vm_seed) if vm_seed else None, libvirt_uri, _cache(cache_dir).root,
+        )  # fmt: skip
     print(r.table, end="")
     counts = {
         o: sum(row.get("outcome") == o for row in r.rows) for o in ("passed", "failed", "skipped")
@@ -322,7 +330,9 @@ def push(c, spec=DEFAULT_SPEC, cache_dir=None, registry=None, dist="dist"):
     """Push the built image and print its reference by digest (REGISTRY/REPO@sha256:...)."""
     from imagebuild.push import push as pushing
 
-    r = pushing(_load(spec), registry, Path(dist))
+    s = _load(spec)
+    with distlock.exclusive(Path(dist), "push"):
+        r = pushing(s, registry, Path(dist))
     print(f"pushed {r.reference} (image {r.image_id})")
 
 

@@ -73,7 +73,7 @@ def prepare(spec_path: str, cache_dir: Path, ctx: Path) -> tuple[str, str]:
     fetched = local_sources(lock, cache)
     r = resolved.resolve(spec, lock)
     key = keying.compute(r).stages["base"]
-    hit = stages.cached(cache, key)
+    hit = stages.cached(cache, key, [])  # the base: no layer below
     assert hit is not None, "run build-container first: its base layer is the common base"
     layer = hit[0]
     cfg = img.ImageConfig(

@@ -21,8 +21,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,29 @@ def digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
+@contextmanager
+def exclusive(folder: Path, task: str, what: str) -> Iterator[None]:
+    """One holder at a time of `folder` (flock on `<folder>/.lock`; the kernel releases it when
+    its holder dies, even by kill -9). A second one waits, saying who holds `what`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path, owner = folder / ".lock", folder / ".lock.owner"
+    with path.open("a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                who = owner.read_text().strip()
+            except OSError:
+                who = "another process"
+            progress.say(f"{task}: waiting for {who}, which is using {what}")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        owner.write_text(f"imagebuild {task} (pid {os.getpid()})\n")
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 SEAL = ".seal.json"
 
 
@@ -107,28 +130,10 @@ class Cache:
     def dir(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
-    @contextmanager
-    def exclusive(self, task: str) -> Iterator[None]:
-        """One writer at a time on this cache (flock on `<root>/.lock`; the kernel releases it
-        when its holder dies, even by kill -9). A second build waits, saying who holds it, then
+    def exclusive(self, task: str) -> AbstractContextManager[None]:
+        """One writer at a time on this cache: a second build waits, saying who holds it, then
         finds the first one's entries: two builds of one spec end with the same image."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        path, owner = self.root / ".lock", self.root / ".lock.owner"
-        with path.open("a") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                try:
-                    who = owner.read_text().strip()
-                except OSError:
-                    who = "another process"
-                progress.say(f"{task}: waiting for {who}, which is using the cache {self.root}")
-                fcntl.flock(f, fcntl.LOCK_EX)
-            owner.write_text(f"imagebuild {task} (pid {os.getpid()})\n")
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        return exclusive(self.root, task, f"the cache {self.root}")
 
     @contextmanager
     def building(self, kind: str, key: str, known: dict[str, str] | None = None) -> Iterator[Path]:
@@ -161,13 +166,28 @@ class Cache:
     def _memo_key(self, path: Path) -> str:
         return "entry:" + str(path.relative_to(self.root))
 
-    def seal_problem(self, kind: str, key: str, expect: dict[str, str] | None = None) -> str | None:
+    def seal(self, kind: str, key: str) -> dict[str, str]:
+        """The sealed sha256 of every file of the entry `kind/key`, by path in its folder."""
+        seal = json.loads((self.dir(kind, key) / SEAL).read_text())
+        if not isinstance(seal, dict):
+            raise ValueError(f"{SEAL} is not a JSON object")
+        return seal
+
+    def seal_problem(
+        self,
+        kind: str,
+        key: str,
+        expect: dict[str, str] | None = None,
+        rule: Callable[[Path, dict[str, str]], str | None] | None = None,
+    ) -> str | None:
         """Why the entry `kind/key` cannot be trusted, or None: no seal, a file added, removed
-        or with other bytes than sealed, or (`expect`, for entries the lock determines) a
-        sealed hash other than the lock's. Only files whose stat changed are hashed again."""
+        or with other bytes than sealed, (`expect`, for entries the lock determines) a sealed
+        hash other than the lock's, or (`rule`: what the entry's kind requires of its sealed
+        files, imagebuild.cache_entries) a broken rule. Only files whose stat changed are
+        hashed again."""
         folder = self.dir(kind, key)
         try:
-            seal: dict[str, str] = json.loads((folder / SEAL).read_text())
+            seal = self.seal(kind, key)
         except (OSError, ValueError):
             return "has no seal (made by an older imagebuild, or cut short)"
         for rel, sha in (expect or {}).items():
@@ -187,14 +207,22 @@ class Cache:
                 if sha256_file(path) != sha:
                     return f"has {rel} changed since it was sealed (sha256 differs)"
                 memo[mkey] = [*stat_key(path), sha]
+        if rule and (found := rule(folder, seal)):
+            return f"is not a valid entry ({found})"
         return None
 
-    def intact(self, kind: str, key: str, expect: dict[str, str] | None = None) -> bool:
-        """Whether a finished entry can be reused; a tampered one is said, removed, and then
-        made again by its caller like a missing one."""
+    def intact(
+        self,
+        kind: str,
+        key: str,
+        expect: dict[str, str] | None = None,
+        rule: Callable[[Path, dict[str, str]], str | None] | None = None,
+    ) -> bool:
+        """Whether a finished entry can be reused (`seal_problem`); a tampered or invalid one
+        is said, removed, and then made again by its caller like a missing one."""
         if not self.dir(kind, key).is_dir():
             return False
-        problem = self.seal_problem(kind, key, expect)
+        problem = self.seal_problem(kind, key, expect, rule)
         if problem is None:
             return True
         progress.say(f"cache entry {kind}/{key[:12]} {problem}: removing it, it is made again")

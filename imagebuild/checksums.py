@@ -3,13 +3,15 @@
 GNU coreutils' format (`sha256sum -c SHA256SUMS` checks it; Packer's checksum post-processor
 writes the same), one line per file name, sorted. Each build replaces the lines of the files
 it wrote and keeps the others' (the container, VM and AMI builds share one dist); the file is
-rewritten atomically, after the artifacts are in place. verify checks the files it reads.
+rewritten atomically, after the artifacts are in place, under the dist's lock (a second writer's
+read-modify-write waits, so no line is lost). verify checks the files it reads.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from imagebuild import distlock
 from imagebuild.cache import atomic_file, sha256_file
 from imagebuild.errors import ImageBuildError
 
@@ -37,14 +39,16 @@ def read(dist: Path) -> dict[str, str]:
 def record(dist: Path, files: list[Path], known: dict[str, str] | None = None) -> Path:
     """Add or replace the lines of `files` (all in `dist`; `known`: name -> sha256 already
     computed) and drop lines of files no longer there."""
-    sums = {name: d for name, d in read(dist).items() if (dist / name).is_file()}
     for f in files:
         if f.parent.resolve() != dist.resolve():
             raise ChecksumError(f"{f} is not in {dist}")
-        sums[f.name] = (known or {}).get(f.name) or sha256_file(f)
     path = dist / NAME
-    with atomic_file(path) as tmp:
-        tmp.write_text("".join(f"{sums[n]}  {n}\n" for n in sorted(sums)))
+    with distlock.exclusive(dist, f"writing {path}"):
+        sums = {name: d for name, d in read(dist).items() if (dist / name).is_file()}
+        for f in files:
+            sums[f.name] = (known or {}).get(f.name) or sha256_file(f)
+        with atomic_file(path) as tmp:
+            tmp.write_text("".join(f"{sums[n]}  {n}\n" for n in sorted(sums)))
     return path
 
 

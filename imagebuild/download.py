@@ -46,6 +46,11 @@ class DownloadError(Exception):
         self.url, self.reason, self.status = url, reason, status
 
 
+class TooLarge(DownloadError):
+    """The body is longer than the caller said it is (the lock's size): an answer, not a blip,
+    so never asked again."""
+
+
 def pool(attempts: int, backoff: float, proxy: str | None = None) -> urllib3.PoolManager:
     retry = Retry(total=attempts - 1, backoff_factor=backoff, status_forcelist=TRANSIENT,
                   allowed_methods={"GET"}, raise_on_status=False)  # fmt: skip
@@ -72,10 +77,11 @@ def pool_for(url: str) -> urllib3.PoolManager:
 
 
 def fetch_to(url: str, out: BinaryIO, headers: dict[str, str] | None = None, *,
-             pool: urllib3.PoolManager | None = None) -> int:  # fmt: skip
+             pool: urllib3.PoolManager | None = None, limit: int | None = None) -> int:  # fmt: skip
     """The body of `url` into `out` (from its start: a body cut off mid-way is fetched again
     whole, never appended to); returns its size. Raises DownloadError after the last attempt,
-    or at once for a status that is not a blip (404, 403, ...)."""
+    or at once for a status that is not a blip (404, 403, ...); TooLarge, with no more than
+    `limit` bytes written, for a body that announces or sends more than `limit`."""
     pool = pool or pool_for(url)
     attempts = pool.connection_pool_kw["retries"].total + 1
     for attempt in range(attempts):
@@ -86,9 +92,14 @@ def fetch_to(url: str, out: BinaryIO, headers: dict[str, str] | None = None, *,
         try:
             if r.status >= 400:
                 raise DownloadError(url, f"HTTP {r.status} {r.reason}", r.status)
+            announced = r.headers.get("Content-Length", "")
+            if limit is not None and announced.isdigit() and int(announced) > limit:
+                raise _too_large(r, url, f"announces {announced} bytes, more than the {limit}")
             out.seek(0)
             out.truncate()
             for chunk in r.stream(1 << 20):
+                if limit is not None and out.tell() + len(chunk) > limit:
+                    raise _too_large(r, url, f"sends more than the {limit} bytes")
                 out.write(chunk)
             return out.tell()
         except HTTPError as e:  # the body: a dropped connection, a read timeout, a short read
@@ -98,6 +109,12 @@ def fetch_to(url: str, out: BinaryIO, headers: dict[str, str] | None = None, *,
         finally:
             r.release_conn()
     raise AssertionError("unreachable")
+
+
+def _too_large(r: urllib3.BaseHTTPResponse, url: str, what: str) -> TooLarge:
+    # The rest is never read (it may not end): the connection is closed, not drained for reuse.
+    r.close()
+    return TooLarge(url, f"{what} expected")
 
 
 def read(url: str, headers: dict[str, str] | None = None) -> bytes:

@@ -9,6 +9,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from imagebuild import profile
 from imagebuild.builders.layers import Layer
 from imagebuild.errors import ImageBuildError
 
@@ -22,6 +23,7 @@ class EngineError(ImageBuildError):
 def engine() -> docker.DockerClient:
     try:
         client = docker.from_env(timeout=600)
+        profile.count_engine_calls(client)
         client.ping()
         return client
     except docker.errors.DockerException as e:

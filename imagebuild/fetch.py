@@ -46,13 +46,14 @@ def _label(item: DebPackage | Wheel) -> str:
 
 
 def _download(cache: Cache, lock: Lock, item: DebPackage | Wheel) -> int:
-    """Download one item into its blob, refusing bytes whose sha256 is not the locked one."""
+    """Download one item into its blob, refusing bytes whose sha256 is not the locked one and
+    never writing more than its locked size."""
     dest = cache.blob(item.sha256)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".dl-", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as out:
-            size = download.fetch_to(_url(lock, item), out)
+            size = download.fetch_to(_url(lock, item), out, limit=item.size)
         got = sha256_file(Path(tmp))
         if got != item.sha256:
             raise FetchError(
@@ -61,6 +62,9 @@ def _download(cache: Cache, lock: Lock, item: DebPackage | Wheel) -> int:
             )
         os.replace(tmp, dest)
         return size
+    except download.TooLarge as e:
+        raise FetchError(f"{lock.row(item)}: {_label(item)}: {e.url} {e.reason} (the lock's "
+                         "size); refusing it, nothing kept") from None  # fmt: skip
     except download.DownloadError as e:
         if e.status in (404, 410):
             raise FetchError(_gone(lock, item, e.status)) from None
@@ -106,9 +110,10 @@ def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 
 def import_archive(lock: Lock, cache: Cache, src: Path) -> int:
-    """Blobs from an `export_archive` tar into the cache: only names the lock has, each hashed
-    before it is renamed into place; anything else in the archive is skipped, never extracted."""
-    wanted = {i.sha256 for i in lock.files}
+    """Blobs from an `export_archive` tar into the cache: only names the lock has, each of its
+    locked size (checked on the member's header, before a byte is extracted) and hashed before
+    it is renamed into place; anything else in the archive is skipped, never extracted."""
+    wanted = {i.sha256: i for i in lock.files}
     if not tarfile.is_tarfile(src):
         raise FetchError(f"--import {src}: not a tar archive made by `invoke fetch --export`")
     count = 0
@@ -118,6 +123,11 @@ def import_archive(lock: Lock, cache: Cache, src: Path) -> int:
             hexdigest = name.removeprefix("blobs/sha256/")
             if not member.isreg() or hexdigest not in wanted or name == hexdigest:
                 continue
+            item = wanted[hexdigest]
+            if item.size is not None and member.size != item.size:
+                raise FetchError(f"--import {src}: {name} is {member.size} bytes, "
+                                 f"{lock.row(item)} ({_label(item)}) says {item.size}; "
+                                 "refusing the archive, that member not extracted")  # fmt: skip
             dest = cache.blob(hexdigest)
             if dest.is_file() and sha256_file(dest) == hexdigest:
                 continue

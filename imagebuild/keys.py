@@ -12,11 +12,12 @@ from imagebuild import __version__, inventory, packer, roles
 from imagebuild.builders.formats import FORMATS
 from imagebuild.builders.layers import LAYER_FORMAT
 from imagebuild.cache import digest
+from imagebuild.cache_entries import ENTRY_FORMAT
 from imagebuild.lock.lockfile import BASE_PACKAGES, Lock
 from imagebuild.resolved import Resolved
 
 STAGES = ("base", "os", "python", "stacks", "app")
-DISK_LAYOUT = "1"  # bump when builders/disk.py's layout code changes
+DISK_LAYOUT = "2"  # bump when builders/disk.py's layout code changes
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class Keys:
 
 def stage_keys(r: Resolved) -> dict[str, str]:
     spec, lock = r.spec, r.lock
-    common = [__version__, LAYER_FORMAT, str(lock.source_date_epoch)]
+    common = [__version__, LAYER_FORMAT, ENTRY_FORMAT, str(lock.source_date_epoch)]
     own = {
         # A registry base is named by its digest; a local one by the packages it is made of.
         "base": [spec.base.image]

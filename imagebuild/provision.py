@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 import ansible_runner
 
+from imagebuild import ansible_vars, profile
 from imagebuild.errors import ImageBuildError, Terminated
 from imagebuild.roles import ANSIBLE_DIR, ROLES_DIR
 from imagebuild.spec import Spec
@@ -56,19 +58,22 @@ def run(
     private_dir: Path,
     playbook: str = "site.yml",
 ) -> ProvisionResult:
-    """Run an ansible/ playbook against one host; raise with Ansible's own output on failure."""
+    """Run an ansible/ playbook against one host; raise with Ansible's own output on failure.
+    `extravars` reach it as data (imagebuild.ansible_vars), in the file ansible-runner passes
+    as `-e @env/extravars`; its own writer would hand them over as trusted templates."""
     private_dir.mkdir(parents=True, exist_ok=True)
+    ansible_vars.write(extravars, private_dir / "env" / "extravars")
     # ansible-playbook lives beside this interpreter (the venv), whatever PATH the caller has.
     bindir = str(Path(sys.executable).parent)
     if bindir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-    with _signals_cancel() as received:
+    started = time.time()
+    with _signals_cancel() as received, profile.step("ansible-playbook (ansible-runner), whole"):
         r = ansible_runner.run(
             private_data_dir=str(private_dir),
             project_dir=str(ANSIBLE_DIR),
             playbook=playbook,
             inventory={"all": {"hosts": {host: hostvars}}},
-            extravars=extravars,
             tags=",".join(tags) if tags else None,
             quiet=True,
             cancel_callback=lambda: bool(received),
@@ -83,6 +88,7 @@ def run(
         # A signal stopped ansible-playbook (runner reports "canceled"): unwind and clean up as
         # the signal would have.
         raise Terminated if signal.SIGTERM in received else KeyboardInterrupt
+    profile.ansible_events(r.events if profile.on() else [], started)
     stats = r.stats or {}
     if r.rc != 0 or r.status != "successful":
         tail = r.stdout.read()[-3000:] if r.stdout else ""

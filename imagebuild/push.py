@@ -1,16 +1,19 @@
-"""`invoke push`: the built image to a registry, by digest. The tag the engine pushes is only a
-vehicle; what is printed and recorded is `REGISTRY/REPOSITORY@sha256:...`, which names exactly
-the bytes `build-container` made (same layers, same config)."""
+"""`invoke push`: the built image to a registry, by digest. What is pushed is the image ID that
+`build-container` recorded in dist/ (not whatever REPOSITORY:VERSION points to now: a tag is
+moved by any `docker tag` or `docker build`); the tag the engine pushes is only a vehicle, put
+on that ID; what is printed and recorded is `REGISTRY/REPOSITORY@sha256:...`, which names
+exactly the bytes `build-container` made (same layers, same config)."""
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import docker.errors
 
-from imagebuild import distnames, progress
+from imagebuild import checksums, distnames, progress
 from imagebuild.cache import atomic_file
 from imagebuild.engine import describe, engine
 from imagebuild.errors import ImageBuildError
@@ -32,34 +35,67 @@ def remote_repository(spec: Spec, registry: str) -> str:
     return f"{registry}/{spec.repository.removeprefix('local/')}"
 
 
+def recorded_id(spec: Spec, dist: Path) -> str:
+    """`sha256:<hex>` of the image build-container recorded in `dist`, its record checked
+    against dist/SHA256SUMS (as verify checks the artifacts it reads)."""
+    record = distnames.path(dist, spec, distnames.CONTAINER_RECORD)
+    if not record.is_file():
+        raise PushError(f"{record}: no such file; push sends the image `invoke build-container "
+                        f"--dist {dist}` built and recorded there: build it first")  # fmt: skip
+    if problems := checksums.check(dist, [record]):
+        raise PushError(f"{record}: {problems[0]}; refusing to push what it names")
+    try:
+        image_id = json.loads(record.read_text()).get("image_id")
+    except (ValueError, AttributeError):
+        image_id = None
+    if not isinstance(image_id, str) or not re.fullmatch(r"[0-9a-f]{64}", image_id):
+        raise PushError(f"{record}: no image_id of 64 hex digits; run `invoke build-container`")
+    return f"sha256:{image_id}"
+
+
 def push(spec: Spec, registry: str | None, dist: Path) -> PushResult:
     registry = registry or spec.container.registry
     if not registry:
         raise spec.error(
             "container.registry", "not set; give it in the spec or with --registry HOST:PORT"
         )
+    image_id = recorded_id(spec, dist)
     client = engine()
     progress.say(f"push: engine {describe(client)}")
+    try:
+        image = client.images.get(image_id)
+    except docker.errors.ImageNotFound:
+        raise PushError(f"{image_id} (recorded in {dist}) is not in this engine; run "
+                        "`invoke build-container` again") from None  # fmt: skip
     local = f"{spec.repository}:{spec.version}"
     try:
-        image = client.images.get(local)
+        tagged = client.images.get(local).id
     except docker.errors.ImageNotFound:
-        raise PushError(f"{local}: no such image; run `invoke build-container` first") from None
+        tagged = "no image"
+    if tagged != image_id:
+        progress.say(f"push: {local} now points to {tagged}, not the built {image_id}; "
+                     "pushing the built one")  # fmt: skip
     remote = remote_repository(spec, registry)
     image.tag(remote, spec.version)
     digest = ""
     try:
-        with progress.stage("push", f"{remote}:{spec.version}"):
+        with progress.stage("push", f"{remote}:{spec.version} ({image_id[:19]})"):
             for line in client.api.push(remote, spec.version, stream=True, decode=True):
                 if "error" in line:
                     raise PushError(f"push to {registry} failed: {line['error']}")
                 digest = line.get("aux", {}).get("Digest", digest)
+        if not digest:
+            raise PushError(f"push to {registry}: the registry reported no digest")
+        # The engine pushes a name, not an ID: had the vehicle tag been moved meanwhile, the
+        # digest would belong to another image (the engine records it on the one it pushed).
+        image.reload()
+        if f"{remote}@{digest}" not in image.attrs.get("RepoDigests", []):
+            raise PushError(f"push to {registry}: {remote}@{digest} is not {image_id} (was "
+                            f"{remote}:{spec.version} re-tagged during the push?)")  # fmt: skip
     except docker.errors.APIError as e:
         raise PushError(f"push to {registry} failed: {e.explanation or e}") from None
     finally:
         client.api.remove_image(f"{remote}:{spec.version}", noprune=True)
-    if not digest:
-        raise PushError(f"push to {registry}: the registry reported no digest")
     result = PushResult(f"{remote}@{digest}", image.id)
     with atomic_file(distnames.path(dist, spec, distnames.PUSH_RECORD)) as t:
         t.write_text(json.dumps(result.__dict__, indent=1))

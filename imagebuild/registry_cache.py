@@ -5,11 +5,14 @@ Every sealed cache entry (a container stage: layer.tar + layer.json + manifest.j
 disk: disk.qcow2 + disk.json) is one OCI artifact in the cache repository, tagged
 `<kind>-<key>`: its files are the artifact's layers, each named by its title annotation, so the
 artifact's digests are the entry's seal. A build missing an entry locally looks it up there and
-pulls it instead of building it; every file is checked against its digest (and the entry against
-its own consistency rule) before it is sealed into the local cache, exactly as local entries are.
-After a stage is built or found, it is pushed unless the registry has it (a second push of a key
-is a no-op). A registry that cannot be reached or refuses is said once and the build goes on
-locally, unless `--cache-required`.
+pulls it instead of building it. Its entries are untrusted input: the artifact's manifest is
+checked against a schema and its file names against the kind's before anything is downloaded,
+each blob is read no further than the size the manifest announces, every file is checked against
+its digest and the entry against its kind's rule (imagebuild.cache_entries) before it is sealed
+into the local cache; anything wrong is said in one line and the entry is built here. After a
+stage is built or found, it is pushed unless the registry has its tag; a tag holding other files
+than the local entry is said, and left as it is. A registry that cannot be reached or refuses is
+said once and the build goes on locally, unless `--cache-required`.
 
 Client: oras-py (the ORAS project's Python client: OCI manifests, blob upload and download,
 credentials from `docker login`'s config), not hand-written registry HTTP. Plain HTTP only for a
@@ -19,11 +22,11 @@ registry on the loopback interface, as Docker treats one.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import re
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,40 +36,43 @@ import oras.provider
 import requests
 
 from imagebuild import progress
-from imagebuild.cache import Cache, sha256_file
+from imagebuild.cache import Cache
+from imagebuild.cache_entries import COUNT, Consistency, EntryKind, Refused, schema_problem, string
 from imagebuild.errors import ImageBuildError
 from imagebuild.spec_checks import REGISTRY_REPO
 
 ARTIFACT_TYPE = "application/vnd.imagebuild.cache.v1"
-FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # an entry's files: flat, plain names
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 TIMEOUT = (10, 120)  # seconds to connect, and between two reads of a body
+CHUNK = 1 << 20
 # oras-py logs each registry error itself; imagebuild says what it means for the build, once.
 logging.getLogger("oras.logger").setLevel(logging.CRITICAL)
 
-# What makes a pulled entry usable beyond its digests, by kind: (folder, file -> sha256) -> a
-# problem or None.
-Consistency = Callable[[Path, dict[str, str]], "str | None"]
-
-
-def sealed_by(meta: str, field: str, data: str, others: tuple[str, ...] = ()) -> Consistency:
-    """The rule of an entry whose `meta` JSON names the digest of its `data` file in `field`
-    (a stage's layer.json its layer.tar's diff_id, a disk's disk.json its qcow2's sha256): it
-    holds exactly those files (and `others`) and the name is right."""
-    names = sorted({meta, data, *others})
-
-    def problem(folder: Path, digests: dict[str, str]) -> str | None:
-        if sorted(digests) != names:
-            return f"holds {sorted(digests)}, not {names}"
-        try:
-            value = json.loads((folder / meta).read_text()).get(field)
-        except (ValueError, AttributeError):
-            return f"its {meta} is not a JSON object"
-        if value != digests[data]:
-            return f"its {meta} names another {field} than its {data}'s digest"
-        return None
-
-    return problem
+# What imagebuild reads of an artifact's manifest (OCI image manifest, as oras-py pushes it):
+# each layer's digest, its size (the most bytes read of it) and its file name.
+OCI_MANIFEST = {
+    "type": "object",
+    "required": ["layers"],
+    "properties": {
+        "layers": {
+            "type": "array",
+            "maxItems": 16,
+            "items": {
+                "type": "object",
+                "required": ["digest", "size", "annotations"],
+                "properties": {
+                    "digest": string("sha256:[0-9a-f]{64}", "sha256: and 64 lowercase hex digits"),
+                    "size": COUNT,
+                    "annotations": {
+                        "type": "object",
+                        "required": [oras.defaults.annotation_title],
+                        "properties": {oras.defaults.annotation_title: {"type": "string"}},
+                    },
+                },
+            },
+        }
+    },
+}
 
 
 class CacheUnavailable(ImageBuildError):
@@ -118,88 +124,137 @@ class RegistryCache:
             progress.say(f"{message}; building locally without it")
         self._down.add(ref)
 
-    def fetch(self, cache: Cache, kind: str, key: str, consistent: Consistency) -> bool:
-        """Pull `kind/key` into the local cache if the registry has it; whether it now does."""
+    def _manifest(self, client: _Registry, target: str) -> Any | None:
+        """The manifest tagged `target` (any JSON: checked by its reader), or None where the
+        registry has no such tag."""
+        try:
+            return client.get_manifest(target)
+        except requests.JSONDecodeError:  # before ValueError and RequestException: it is both
+            raise Refused("its manifest is not JSON") from None
+        except ValueError as e:  # oras-py's "not found" (and other 4xx) answers
+            if "404" in str(e) or "not found" in str(e).lower() or "MANIFEST_UNKNOWN" in str(e):
+                return None
+            raise
+
+    def fetch(self, cache: Cache, kind: EntryKind, key: str, consistent: Consistency) -> bool:
+        """Pull `kind/key` into the local cache if the registry has it and it passes
+        `consistent`; whether the local cache now has it."""
         ref = self.pull_from
         if not ref or ref in self._down:
             return False
-        target = f"{ref}:{kind}-{key}"
+        target = f"{ref}:{kind.name}-{key}"
         client = self._client(ref)
         try:
-            manifest = client.get_manifest(target)
-        except ValueError as e:  # oras-py's "not found" (and other 4xx) answers
-            if "404" in str(e) or "not found" in str(e).lower() or "MANIFEST_UNKNOWN" in str(e):
+            manifest = self._manifest(client, target)
+            if manifest is None:
                 return False
-            self._unavailable(ref, f"reading {kind}-{key[:12]}", e)
-            return False
-        except (requests.RequestException, OSError) as e:
-            self._unavailable(ref, f"reading {kind}-{key[:12]}", e)
-            return False
-        try:
-            files = entry_files(manifest)
-            with cache.building(kind, key, files) as tmp:
-                for name, digest in files.items():
-                    client.download_blob(target, f"sha256:{digest}", str(tmp / name))
-                    if (got := sha256_file(tmp / name)) != digest:
-                        raise Refused(f"{name} is sha256:{got[:12]}, its digest says {digest[:12]}")
-                if problem := consistent(tmp, files):
+            files = entry_files(manifest, kind)  # names and sizes, before any download
+            digests = {name: digest for name, (digest, _) in files.items()}
+            with cache.building(kind.name, key, digests) as tmp:
+                for name, (digest, size) in files.items():
+                    _download(client, target, name, digest, size, tmp / name)
+                if problem := consistent(tmp, digests):
                     raise Refused(problem)
         except Refused as e:
-            progress.say(f"registry cache {ref}: {kind}-{key[:12]} refused ({e}); building it here")
+            progress.say(f"registry cache: {target} refused: {e}; building it here")
             return False
         except (requests.RequestException, OSError, ValueError) as e:
-            self._unavailable(ref, f"pulling {kind}-{key[:12]}", e)
+            self._unavailable(ref, f"pulling {kind.name}-{key[:12]}", e)
             return False
-        self.pulled.append(f"{kind}/{key}")
+        self.pulled.append(f"{kind.name}/{key}")
         return True
 
-    def publish(self, cache: Cache, kind: str, key: str) -> None:
-        """Push the local entry `kind/key` unless the registry already has it."""
+    def publish(self, cache: Cache, kind: EntryKind, key: str) -> None:
+        """Push the local entry `kind/key` unless the registry has its tag; a tag that holds
+        other files is said (with --cache-required, an error) and left as it is."""
         ref = self.push_to
         if not ref or ref in self._down:
             return
-        target, folder = f"{ref}:{kind}-{key}", cache.dir(kind, key)
+        target = f"{ref}:{kind.name}-{key}"
+        sealed = cache.seal(kind.name, key)  # checked by the build that just used the entry
         client = self._client(ref)
         try:
-            client.get_manifest(target)
-            return  # already there: pushing the same key again would change nothing
-        except ValueError:
-            pass
-        except (requests.RequestException, OSError) as e:
-            self._unavailable(ref, f"looking up {kind}-{key[:12]}", e)
+            there = self._manifest(client, target)
+            if there is None:
+                self._push(client, ref, kind.name, key, cache.dir(kind.name, key), sorted(sealed))
+                return
+            problem = _differs(there, kind, sealed)
+        except Refused as e:
+            problem = f"is no {kind.name} entry ({e})"
+        except (requests.RequestException, OSError, ValueError) as e:
+            self._unavailable(ref, f"looking up or pushing {kind.name}-{key[:12]}", e)
             return
-        files = sorted(p for p in folder.iterdir() if p.is_file() and FILE_NAME.fullmatch(p.name))
+        if problem:  # else already there: pushing the same key again would change nothing
+            message = f"registry cache: {target} {problem}; the registry keeps it, unchanged"
+            if self.required:
+                raise CacheUnavailable(message + " (--cache-required)")
+            progress.say(message)
+
+    def _push(
+        self, client: _Registry, ref: str, kind: str, key: str, folder: Path, names: list[str]
+    ) -> None:
+        """Push the files `names` of `folder` as the artifact `kind-key`."""
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "config.json"
             config.write_text(json.dumps({"kind": kind, "key": key}, sort_keys=True))
-            try:
-                with progress.stage(f"registry cache: push {kind}-{key[:12]}", ref):
-                    client.push(
-                        target, files=[str(p) for p in files], disable_path_validation=True,
-                        manifest_config=f"{config}:{ARTIFACT_TYPE}.config+json",
-                        do_chunked=True, quiet=True,
-                    )  # fmt: skip
-            except (requests.RequestException, OSError, ValueError) as e:
-                self._unavailable(ref, f"pushing {kind}-{key[:12]}", e)
-                return
+            with progress.stage(f"registry cache: push {kind}-{key[:12]}", ref):
+                client.push(
+                    f"{ref}:{kind}-{key}", files=[str(folder / name) for name in names],
+                    disable_path_validation=True,
+                    manifest_config=f"{config}:{ARTIFACT_TYPE}.config+json",
+                    do_chunked=True, quiet=True,
+                )  # fmt: skip
         self.pushed.append(f"{kind}/{key}")
 
 
-class Refused(Exception):
-    pass
-
-
-def entry_files(manifest: dict) -> dict[str, str]:
-    """name -> sha256 of an entry's files, from an artifact's manifest; a name that is not a
-    plain file name (a path, `..`) or a digest that is not sha256 refuses the artifact."""
-    out: dict[str, str] = {}
-    for layer in manifest.get("layers", []):
-        name = (layer.get("annotations") or {}).get(oras.defaults.annotation_title, "")
-        digest = str(layer.get("digest", ""))
-        if not FILE_NAME.fullmatch(name) or not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
-            raise Refused(f"its manifest names {name!r} at {digest!r}")
-        out[name] = digest.removeprefix("sha256:")
+def entry_files(manifest: Any, kind: EntryKind) -> dict[str, tuple[str, int]]:
+    """name -> (sha256, size) of an entry's files, from its artifact's manifest: refused unless
+    the manifest has the schema's shape, names exactly the kind's files and announces sizes
+    within the kind's bounds."""
+    if problem := schema_problem(manifest, OCI_MANIFEST):
+        raise Refused(f"its manifest: {problem}")
+    out: dict[str, tuple[str, int]] = {}
+    names = [layer["annotations"][oras.defaults.annotation_title] for layer in manifest["layers"]]
+    if problem := kind.names_problem(names):
+        raise Refused(f"its manifest {problem}")
+    for name, layer in zip(names, manifest["layers"], strict=True):
+        if layer["size"] > kind.caps[name]:
+            raise Refused(f"its manifest announces {name} of {layer['size']} bytes, more than a "
+                          f"{kind.name} entry's {kind.caps[name]}")  # fmt: skip
+        out[name] = (layer["digest"].removeprefix("sha256:"), layer["size"])
     return out
+
+
+def _download(
+    client: _Registry, target: str, name: str, digest: str, size: int, dest: Path
+) -> None:
+    """The blob `digest` into `dest`, hashed as it comes; refused (and read no further) past
+    the `size` bytes its manifest announced, or when it is shorter or other bytes."""
+    h, got = hashlib.sha256(), 0
+    with client.get_blob(target, f"sha256:{digest}", stream=True) as r, dest.open("wb") as f:
+        r.raise_for_status()
+        for chunk in r.iter_content(CHUNK):
+            got += len(chunk)
+            if got > size:
+                raise Refused(f"its {name} is larger than the {size} bytes its manifest announces")
+            f.write(chunk)
+            h.update(chunk)
+    if got != size:
+        raise Refused(f"its {name} is {got} bytes, its manifest announces {size}")
+    if h.hexdigest() != digest:
+        raise Refused(f"its {name} is sha256:{h.hexdigest()[:12]}, its digest says {digest[:12]}")
+
+
+def _differs(manifest: Any, kind: EntryKind, sealed: dict[str, str]) -> str | None:
+    """How the registry's entry differs from the local one (file names and sha256), or None."""
+    there = {name: digest for name, (digest, _) in entry_files(manifest, kind).items()}
+    if there == sealed:
+        return None
+    names = sorted(n for n in there.keys() | sealed.keys() if there.get(n) != sealed.get(n))
+    return "holds other files than this build's entry: " + ", ".join(
+        f"{n} sha256:{(there.get(n) or '-')[:12]} there, {(sealed.get(n) or '-')[:12]} here"
+        for n in names
+    )
 
 
 def _reason(e: Exception) -> str:

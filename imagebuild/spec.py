@@ -21,6 +21,7 @@ from imagebuild.spec_checks import (
     OCI_TAG,
     USER_NAME,
     Context,
+    broad_root,
     debian_name,
     env_names,
     existing,
@@ -28,6 +29,7 @@ from imagebuild.spec_checks import (
     meta,
     non_empty,
     outside_root,
+    own_unit,
     pattern,
 )
 from imagebuild.spec_sections import (
@@ -51,7 +53,7 @@ GPU_ROLES = ("nvidia_driver", "cuda_runtime")
 class Spec:
     name: str = field(
         metadata=meta(
-            "Artifact name.",
+            "Artifact name; the VM's unit is `imagebuild-<name>.service`.",
             pattern(r"[a-z0-9][a-z0-9-]{0,62}", "a lower-case name (a-z, 0-9, -)"),
         )
     )
@@ -110,7 +112,8 @@ class Spec:
         default=".",
         metadata=meta(
             "Folder (relative to the spec) that `app.src` and `python.requirements` must stay "
-            "inside; `..` lets examples share files.",
+            "inside; `..` lets examples share files. Never `/`, a system folder (`/etc`, `/tmp`, "
+            "...) or a home, nor a folder holding one.",
             existing("dir"),
         ),
     )
@@ -131,6 +134,12 @@ class Spec:
     @property
     def repository(self) -> str:
         return self.container.repository or f"local/{self.name}"
+
+    @property
+    def service_name(self) -> str:
+        """The VM's systemd unit for the entrypoint (`.service` implied, as systemctl takes
+        it): prefixed, so no spec name (`ssh`, `cloud-init`) replaces a unit of the OS."""
+        return f"imagebuild-{self.name}"
 
     @property
     def runtime_env(self) -> dict[str, str]:
@@ -154,6 +163,10 @@ def _cross_checks(spec: Spec, ctx: Context) -> None:
     def fail(path: str, message: str) -> None:
         ctx.errors.append(spec.error(path, message))
 
+    if problem := broad_root(spec):
+        fail("project_root", problem)
+    if problem := own_unit(f"{spec.service_name}.service"):
+        fail("name", problem)
     for fld, value in (
         ("app.src", spec.app.src if spec.app else None),
         ("python.requirements", spec.python.requirements if spec.python else None),

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
+import pwd
 import re
 import urllib.parse
 from dataclasses import dataclass, field
@@ -73,14 +75,51 @@ def http_url(v: str, _: Context) -> str | None:
     return None
 
 
+# What a project root may be neither nor hold: the system's folders (/tmp and /var/tmp are
+# shared by every user, so the root may be inside them, never them) and, below, every account's
+# home (keys, tokens, shell history).
+SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/media", "/mnt",
+               "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr",
+               "/var", "/var/tmp")  # fmt: skip
+
+
+def project_root(spec: Spec) -> Path:
+    return (spec.base_dir / spec.project_root).resolve()
+
+
+def broad_root(spec: Spec) -> str | None:
+    """The project root bounds what `app.src` and `python.requirements` may name: `/`, a system
+    folder or a home as the root would let a spec ship the host's secrets (`app.src: /root`)."""
+    root = project_root(spec)
+    homes = [os.path.expanduser("~"), *(u.pw_dir for u in pwd.getpwall())]
+    guarded = {Path(h).resolve(): "the home" for h in homes if h.startswith("/") and h != "/"}
+    guarded |= {Path(d).resolve(): "the system folder" for d in SYSTEM_DIRS}
+    for folder, kind in sorted(guarded.items()):
+        if folder == root or folder.is_relative_to(root):
+            verb = "is" if folder == root else "holds"
+            return (
+                f"the project root {root} {verb} {kind} {folder}; use the project's own folder "
+                "(it bounds what `app.src` and `python.requirements` may ship)"
+            )
+    return None
+
+
 def outside_root(spec: Spec, v: str) -> str | None:
     """Files the spec names stay inside its project root (`project_root`, default the spec's
     folder), so a spec cannot ship /root or ../../etc into an image."""
-    root = (spec.base_dir / spec.project_root).resolve()
+    root = project_root(spec)
     target = (spec.base_dir / v).resolve()
     if target == root or target.is_relative_to(root):
         return None
     return f"{v!r} is outside the project root {root} (widen `project_root` to allow it)"
+
+
+def own_unit(unit: str) -> str | None:
+    """The VM's unit must not be one imagebuild's roles ship as a file or a template
+    (`imagebuild-ssh-hostkeys.service`)."""
+    if any(roles.ROLES_DIR.glob(f"*/*/{unit}")) or any(roles.ROLES_DIR.glob(f"*/*/{unit}.j2")):
+        return f"the VM's unit {unit} would replace imagebuild's own unit of that name"
+    return None
 
 
 def public_cidr(v: str, _: Context) -> str | None:

@@ -44,11 +44,39 @@ def run(
     """Run `argv` to completion; stdout is captured unless a file is given. Exit codes in `ok`
     are answers (`qemu-img compare` says "differ" with 1), any other a ToolError."""
     args = _found(argv)
-    r = subprocess.run(args, cwd=cwd, env=env, input=input, text=text, stderr=subprocess.PIPE,
-                       stdout=subprocess.PIPE if stdout is None else stdout)  # fmt: skip
-    if r.returncode not in ok:
-        raise _failed(args, r.returncode, r.stderr)
-    return r
+    proc = subprocess.Popen(args, cwd=cwd, env=env, text=text, stderr=subprocess.PIPE,
+                            stdin=subprocess.PIPE if input is not None else None,
+                            stdout=subprocess.PIPE if stdout is None else stdout)  # fmt: skip
+    try:
+        out, err = proc.communicate(input)
+    finally:
+        _stop(proc)
+    if proc.returncode not in ok:
+        raise _failed(args, proc.returncode, err)
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+STOP_GRACE = 60  # seconds an interrupted tool gets to clean up before it is killed
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    """An interrupted tool (Ctrl-C, SIGTERM) cleans up after itself before we go on unwinding,
+    as it would in a terminal: mmdebstrap unmounts its chroot's /proc, /sys and /dev and removes
+    its temp folder on SIGTERM, where SIGKILL (subprocess.run's way) leaves both behind. A
+    signal sent to the whole process group has reached it already: it gets a moment to act on
+    that before it is sent one."""
+    if proc.poll() is not None:
+        return
+    try:
+        proc.wait(timeout=2)
+        return
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+    try:
+        proc.wait(timeout=STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def start(argv: Sequence[str | Path]) -> subprocess.Popen[bytes]:
@@ -62,8 +90,6 @@ def wait(proc: subprocess.Popen[bytes]) -> None:
     try:
         _, err = proc.communicate()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
     if proc.returncode != 0:
         raise _failed([str(a) for a in proc.args], proc.returncode, err)  # type: ignore[union-attr]

@@ -7,7 +7,6 @@ and no hook of ours. The QEMU process is always stopped on exit, also on error o
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import socket
@@ -17,9 +16,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from imagebuild import tools
+from imagebuild.diskimage import info as image_info
 from imagebuild.errors import ImageBuildError
 
 
@@ -114,6 +113,11 @@ def accel_args(accel: str) -> list[str]:
     return ["-machine", f"pc,accel={accel}", "-cpu", "host" if accel == "kvm" else "max"]
 
 
+def _opt(path: Path) -> str:
+    """A path as a QEMU option value: a comma in it would start another option."""
+    return str(path).replace(",", ",,")
+
+
 def make_key(workdir: Path) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     key = workdir / "key"
@@ -162,7 +166,7 @@ def boot(
         "qemu-system-x86_64", "-name", name, *accel_args(accel),
         "-m", str(memory_mb), "-smp", str(cpus), "-display", "none", "-nodefaults",
         "-serial", f"file:{serial}",
-        "-drive", f"file={disk_overlay},if=virtio,format=qcow2",
+        "-drive", f"file={_opt(disk_overlay)},if=virtio,format=qcow2",
         *guest_args(port, Path(f"{key}.pub").read_text()),
     ]  # fmt: skip
     start = time.monotonic()
@@ -185,18 +189,19 @@ def boot(
 def partition_image(disk: Path, dest_dir: Path, offset: int = 1 << 20) -> Path:
     """The root partition of a disk image as a raw file (for debugfs), via qemu-img's raw
     driver with an offset over the qcow2: no loop device, no mount."""
-    size = int(image_info(disk)["virtual-size"]) - offset
     out = dest_dir / "root.raw"
-    opts = (
-        f"driver=raw,offset={offset},size={size},file.driver=qcow2,"
-        f"file.file.driver=file,file.file.filename={disk}"
-    )
-    tools.run(["qemu-img", "convert", "--image-opts", opts, "-O", "raw", str(out)])
+    tools.run(partition_argv(disk, out, offset))
     return out
 
 
-def image_info(disk: Path) -> dict[str, Any]:
-    return json.loads(tools.run(["qemu-img", "info", "--output=json", str(disk)]).stdout)
+def partition_argv(disk: Path, out: Path, offset: int = 1 << 20) -> list[str]:
+    """partition_image's qemu-img command, for a caller that runs it beside other work."""
+    size = int(image_info(disk)["virtual-size"]) - offset
+    opts = (
+        f"driver=raw,offset={offset},size={size},file.driver=qcow2,"
+        f"file.file.driver=file,file.file.filename={_opt(disk)}"
+    )
+    return ["qemu-img", "convert", "--image-opts", opts, "-O", "raw", str(out)]
 
 
 def debugfs_cat(fs_image: Path, path: str) -> bytes:

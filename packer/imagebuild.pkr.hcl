@@ -182,12 +182,13 @@ source "qemu" "vm" {
   # The whole device list is given here, so Packer's defaults (SSH forwarded on every
   # interface) do not apply. guest_qemuargs (the same as every other boot of the image): SSH on
   # 127.0.0.1 only and nothing else (restrict=on: the build is hermetic), the build key as
-  # systemd's login credential. Also: the sources disk read-only, -cpu max because TCG's
+  # systemd's login credential. Also: discard=unmap, so vm_finalize's fstrim drops the blocks
+  # of what it deleted from the disk file; the sources disk read-only; -cpu max because TCG's
   # default CPU lacks what numpy needs.
   qemuargs = concat([
     ["-name", var.qemu_name],
     ["-cpu", "max"],
-    ["-drive", "file={{ .OutputDir }}/{{ .Name }},if=virtio,cache=writeback,discard=ignore,format=qcow2"],
+    ["-drive", "file={{ .OutputDir }}/{{ .Name }},if=virtio,cache=writeback,discard=unmap,detect-zeroes=unmap,format=qcow2"],
     ["-drive", "file=${var.sources_disk},if=virtio,format=raw,readonly=on"],
     ["-serial", "file:${var.serial_log}"],
   ], var.guest_qemuargs)

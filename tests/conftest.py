@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -147,6 +148,24 @@ def copy_example(dest: Path) -> Path:
     return dest / "imagebuild.yaml"
 
 
+# Env values a template engine would act on, carried by the session's example into every build
+# of it: Ansible must pass them through as data (the pipe must never run on this host, HOME's
+# lookup must never be read), and both artifacts must ship them byte for byte.
+TEMPLATE_RAN = Path("/tmp/imagebuild-template-ran")
+TEMPLATED_ENV = {
+    "LOG_FORMAT": "{{.Time}} {{ .Level }}",
+    "NOT_RUN": f"{{{{ lookup('pipe', 'touch {TEMPLATE_RAN}') }}}}",
+    "NOT_READ": "{{ lookup('env', 'HOME') }}{% if true %}yes{% endif %}{# x #}",
+}
+
+
+def add_templated_env(spec: Path) -> None:
+    text = spec.read_text()
+    lines = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in TEMPLATED_ENV.items())
+    assert "\nenv:\n" in text
+    spec.write_text(text.replace("\nenv:\n", "\nenv:\n" + lines, 1))
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
@@ -156,6 +175,8 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def locked_example(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     """The example, locked and fetched once per session (real mirror, real PyPI)."""
     spec = copy_example(tmp_path_factory.mktemp("example") / "onnx-serve")
+    add_templated_env(spec)
+    TEMPLATE_RAN.unlink(missing_ok=True)
     for task in ("lock", "fetch"):
         r = run_invoke(task, "--spec", str(spec), "--cache-dir", str(cache_dir))
         assert r.returncode == 0, r.stderr

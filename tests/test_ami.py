@@ -5,6 +5,7 @@ moto cannot show (an instance booting from the AMI) is listed in the README's AM
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -117,6 +118,39 @@ def test_the_ami_is_the_qcow2s_disk(vm_built, cache_dir: Path, aws, monkeypatch)
     assert h.hexdigest() == record["disk_sha256"]
 
 
+@contextlib.contextmanager
+def recorded(aws: dict[str, str]) -> Iterator[list[dict[str, list[str]]]]:
+    """The requests moto received inside the block, as parsed query bodies (filled on exit)."""
+    base = aws["AWS_ENDPOINT_URL"] + "/moto-api/recorder"
+    urllib.request.urlopen(urllib.request.Request(f"{base}/reset-recording", method="POST"))
+    urllib.request.urlopen(urllib.request.Request(f"{base}/start-recording", method="POST"))
+    bodies: list[dict[str, list[str]]] = []
+    yield bodies
+    urllib.request.urlopen(urllib.request.Request(f"{base}/stop-recording", method="POST"))
+    lines = urllib.request.urlopen(f"{base}/download-recording").read().decode().splitlines()
+    calls = [json.loads(ln) for ln in lines if ln.strip()]
+    raw = [base64.b64decode(c["body"]).decode() if c.get("body_encoded") else c.get("body") or ""
+           for c in calls]  # fmt: skip
+    bodies += [urllib.parse.parse_qs(b) for b in raw]
+
+
+def test_stock_ami_gets_imdsv2_required(tmp_path: Path, aws, monkeypatch) -> None:
+    """The stock path's AMI (Packer 1.6.6 cannot ask for IMDSv2) is changed after Packer: the
+    AMI ID read from Packer's manifest, ModifyImageAttribute as the API receives it."""
+    session = _client(aws, monkeypatch, "eu-west-1")
+    ec2 = session.client("ec2")
+    image_id = ec2.register_image(Name="stock", RootDeviceName="/dev/xvda")["ImageId"]
+    manifest = tmp_path / "packer-manifest.json"
+    manifest.write_text(json.dumps({"builds": [{"artifact_id": f"eu-west-1:{image_id}"}]}))
+    with recorded(aws) as bodies:
+        ami.require_imdsv2(session, ami.packer_ami_id(manifest))
+    (call,) = [b for b in bodies if b.get("Action") == ["ModifyImageAttribute"]]
+    assert call["ImageId"] == [image_id] and call["ImdsSupport.Value"] == ["v2.0"]
+    manifest.write_text(json.dumps({"builds": [{"artifact_id": "eu-west-1:ami-x; rm -rf /"}]}))
+    with pytest.raises(ami.ImageBuildError, match="is not an AMI ID"):
+        ami.packer_ami_id(manifest)
+
+
 def test_register_asks_for_imdsv2_ena_and_tags(tmp_path: Path, aws, monkeypatch) -> None:
     """RegisterImage as the API receives it (moto's request recorder): IMDSv2 required, ENA,
     legacy BIOS, x86_64, the root device, the tags; an AMI of the same name is refused unless
@@ -129,15 +163,8 @@ def test_register_asks_for_imdsv2_ena_and_tags(tmp_path: Path, aws, monkeypatch)
     vol = ec2.create_volume(Size=1, AvailabilityZone=f"{spec.vm.ami.region}a")["VolumeId"]
     sid = ec2.create_snapshot(VolumeId=vol)["SnapshotId"]
     tags = [{"Key": "imagebuild:spec", "Value": spec.name}]
-    base = aws["AWS_ENDPOINT_URL"] + "/moto-api/recorder"
-    urllib.request.urlopen(urllib.request.Request(f"{base}/start-recording", method="POST"))
-    image_id = ami.register(session, spec, "t-1", sid, tags)
-    urllib.request.urlopen(urllib.request.Request(f"{base}/stop-recording", method="POST"))
-    lines = urllib.request.urlopen(f"{base}/download-recording").read().decode().splitlines()
-    calls = [json.loads(ln) for ln in lines if ln.strip()]
-    raw = [base64.b64decode(c["body"]).decode() if c.get("body_encoded") else c.get("body") or ""
-           for c in calls]  # fmt: skip
-    bodies = [urllib.parse.parse_qs(b) for b in raw]
+    with recorded(aws) as bodies:
+        image_id = ami.register(session, spec, "t-1", sid, tags)
     reg = next(b for b in bodies if b.get("Action") == ["RegisterImage"])
     assert {k: reg[k][0] for k in ("ImdsSupport", "EnaSupport", "BootMode", "Architecture",
                                    "RootDeviceName", "VirtualizationType", "Name")} == {

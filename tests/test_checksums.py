@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import subprocess
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from imagebuild import checksums
+from imagebuild import checksums, distlock
 
 
 def test_builds_share_one_file_that_sha256sum_checks(tmp_path: Path) -> None:
@@ -41,3 +44,54 @@ def test_a_malformed_line_is_named(tmp_path: Path) -> None:
     (tmp_path / "SHA256SUMS").write_text("abc  ../etc/passwd\n")
     with pytest.raises(checksums.ChecksumError, match="SHA256SUMS:1"):
         checksums.read(tmp_path)
+
+
+def _record_each(dist: str, names: list[str], start: Any) -> None:
+    """A second writer (its own process, as a second `invoke` would be): one record per file."""
+    start.wait()  # both processes are up: their writes interleave
+    for name in names:
+        checksums.record(Path(dist), [Path(dist) / name])
+
+
+def test_concurrent_writers_keep_every_line(tmp_path: Path) -> None:
+    """Two processes recording files into one dist at the same time (two builds, or a build
+    beside push): the read-modify-write of SHA256SUMS is under dist/.lock, so no line is lost."""
+    names = {who: [f"{who}-{i}.qcow2" for i in range(100)] for who in ("a", "b")}
+    for name in names["a"] + names["b"]:
+        (tmp_path / name).write_bytes(name.encode())
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(2)
+    procs = [ctx.Process(target=_record_each, args=(str(tmp_path), n, start))
+             for n in names.values()]  # fmt: skip
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert set(checksums.read(tmp_path)) == set(names["a"] + names["b"])
+
+
+def _hold(dist: str, held: Any, release: Any) -> None:
+    with distlock.exclusive(Path(dist), "build-container"):
+        held.set()
+        release.wait(30)
+        (Path(dist) / "x.oci.tar").write_bytes(b"container")
+        checksums.record(Path(dist), [Path(dist) / "x.oci.tar"])
+
+
+def test_a_second_writer_waits_saying_who_holds_the_dist(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    held, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(tmp_path), held, release))
+    holder.start()
+    assert held.wait(30)
+    (tmp_path / "x.qcow2").write_bytes(b"disk")
+    threading.Timer(1.0, release.set).start()
+    checksums.record(tmp_path, [tmp_path / "x.qcow2"])  # waits for the holder to finish
+    holder.join(30)
+    err = capfd.readouterr().err
+    assert f"waiting for imagebuild build-container (pid {holder.pid})" in err, err
+    assert f"the dist folder {tmp_path}" in err
+    assert set(checksums.read(tmp_path)) == {"x.oci.tar", "x.qcow2"}

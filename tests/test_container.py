@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -22,7 +23,16 @@ from imagebuild import spec as specmod
 from imagebuild.builders.stages import STAGES
 from imagebuild.cache import Cache
 from imagebuild.engine import local_overlay
-from tests.conftest import changed, keys_of, run_invoke, stamps, tree
+from imagebuild.verify.items import WRAPPER
+from tests.conftest import (
+    TEMPLATE_RAN,
+    TEMPLATED_ENV,
+    changed,
+    keys_of,
+    run_invoke,
+    stamps,
+    tree,
+)
 
 pytestmark = [pytest.mark.network, pytest.mark.engine]
 
@@ -84,6 +94,14 @@ def test_metadata_from_spec(built, locked_example: Path) -> None:
     assert cfg["WorkingDir"] == spec.app.dest
     env = dict(e.split("=", 1) for e in cfg["Env"])
     assert all(env[k] == v for k, v in spec.runtime_env.items())
+    # Templated values as written, in the config and in the wrapper (what the VM's unit runs);
+    # Ansible ran nothing on this host.
+    wrapper = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "cat",
+                              f"{spec.repository}:{spec.version}", WRAPPER],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+    for key, value in TEMPLATED_ENV.items():
+        assert env[key] == value and f"export {key}={shlex.quote(value)}\n" in wrapper
+    assert not TEMPLATE_RAN.exists()
     lk = locking.read(locked_example.with_suffix(".lock"))
     assert cfg["Labels"]["io.imagebuild.lock.sha256"] == lk.digest
     assert cfg["Labels"]["org.opencontainers.image.version"] == spec.version
@@ -203,6 +221,10 @@ def test_engine_down_is_a_clear_error(
     assert tree(dist) == set()
 
 
+def mmdebstrap_mounts() -> list[str]:
+    return [ln for ln in Path("/proc/mounts").read_text().splitlines() if "/mmdebstrap." in ln]
+
+
 def _inside_a_stage(
     built, tmp_path: Path, cache_dir: Path, dist: Path
 ) -> tuple[subprocess.Popen[str], Path]:
@@ -271,8 +293,21 @@ def test_exported_blobs_build_the_same_image_without_the_network(
     assert r.returncode == 0, r.stderr
     assert "fetched 0 (0.0 MB)" in r.stdout and "imported " in r.stdout
     docker.from_env().images.remove(f"{spec.repository}:{spec.version}", force=True)
-    r = run_invoke("build-container", *args, "--cache-dir", cache, "--dist", str(tmp_path / "d"),
-                   env=blocked)  # fmt: skip
+    build = ["build-container", *args, "--cache-dir", cache, "--dist", str(tmp_path / "d")]
+    # First a CI cancel (SIGTERM) while mmdebstrap has its chroot's /proc, /sys, /dev mounted:
+    # it gets to unmount them and remove its temp folder before the build exits.
+    temp_before = set(Path("/tmp").glob("mmdebstrap.*"))
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("invoke")), *build],
+                            env={**os.environ, **blocked}, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not mmdebstrap_mounts() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert mmdebstrap_mounts(), "mmdebstrap never mounted its chroot"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.communicate(timeout=120)[1] and proc.returncode == 143
+    assert mmdebstrap_mounts() == [] and set(Path("/tmp").glob("mmdebstrap.*")) == temp_before
+    r = run_invoke(*build, env=blocked)
     assert r.returncode == 0, r.stderr[-3000:]
     assert image_id(r.stdout) == image_id(first_run.stdout)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import io
 import socket
@@ -20,7 +21,8 @@ BODY = bytes(range(256)) * 4096  # 1 MiB
 
 class _Flaky(http.server.BaseHTTPRequestHandler):
     """/503-N: 503 for the first N requests; /cut-N: the first N bodies cut off half-way;
-    /missing: 404. Every request is counted per path."""
+    /missing: 404; /endless-0: a body with no length that never ends. Every request is counted
+    per path."""
 
     hits: dict[str, int] = {}
 
@@ -33,6 +35,12 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
         if kind == "503" and n <= int(count):
             self.send_error(503)
             return
+        if kind == "endless":  # no Content-Length: the body ends when the connection does
+            self.send_response(200)
+            self.end_headers()
+            with contextlib.suppress(OSError):  # the client hangs up
+                while True:
+                    self.wfile.write(BODY)
         self.send_response(200)
         self.send_header("Content-Length", str(len(BODY)))
         self.end_headers()
@@ -127,3 +135,23 @@ def test_the_attempts_can_be_set_and_are_checked(monkeypatch: pytest.MonkeyPatch
         monkeypatch.setenv(download.ATTEMPTS_ENV, bad)
         with pytest.raises(ImageBuildError, match=download.ATTEMPTS_ENV):
             download.pool_for("http://127.0.0.1:9/x")
+
+
+def test_a_body_longer_than_the_limit_is_refused_not_retried(server: str) -> None:
+    """The lock's size caps a download: a body announcing more is refused before a byte is
+    written; one that sends more without saying so (or never ends) stops at the limit (the
+    output only grows within one attempt, so its final size is the most it ever held)."""
+    out = io.BytesIO()
+    with pytest.raises(download.TooLarge) as e:
+        download.fetch_to(f"{server}/503-0", out, pool=FAST, limit=len(BODY) - 1)
+    assert f"announces {len(BODY)} bytes" in str(e.value) and f"{server}/503-0" in str(e.value)
+    assert out.getvalue() == b"" and _Flaky.hits["/503-0"] == 1
+    limit = 3 * len(BODY) + 5
+    with pytest.raises(download.TooLarge) as e:
+        download.fetch_to(f"{server}/endless-0", out, pool=FAST, limit=limit)
+    assert f"sends more than the {limit} bytes expected" in str(e.value)
+    assert _Flaky.hits["/endless-0"] == 1
+    assert 0 < len(out.getvalue()) <= limit
+    # The pool is still good for the next download (the refused connection was closed).
+    assert download.fetch_to(f"{server}/503-0", out, pool=FAST, limit=len(BODY)) == len(BODY)
+    assert out.getvalue() == BODY

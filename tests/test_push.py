@@ -1,21 +1,26 @@
-"""push against a real registry (Debian's docker-registry on 127.0.0.1), pulled back by digest."""
+"""push against a real registry (Debian's docker-registry on 127.0.0.1), pulled back by digest;
+what it pushes is the image ID build-container recorded in dist/, not what the tag names now."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import os
+import secrets
 import shutil
 import subprocess
+import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
+from imagebuild import checksums, distlock, distnames
 from imagebuild import spec as specmod
 from tests.conftest import copy_example, run_invoke, serve_registry
-
-pytestmark = [pytest.mark.network, pytest.mark.engine]
 
 
 @pytest.fixture
@@ -24,6 +29,8 @@ def registry(tmp_path: Path) -> Iterator[str]:
         yield host
 
 
+@pytest.mark.network
+@pytest.mark.engine
 def test_push_then_pull_by_digest(registry: str, locked_example: Path, cache_dir: Path,
                                   tmp_path: Path) -> None:  # fmt: skip
     dist = tmp_path / "dist"
@@ -43,12 +50,16 @@ def test_push_then_pull_by_digest(registry: str, locked_example: Path, cache_dir
     client.images.remove(ref)
 
 
+@pytest.mark.network
+@pytest.mark.engine
 def test_push_without_registry_names_the_field(locked_example: Path, tmp_path: Path) -> None:
     r = run_invoke("push", "--spec", str(locked_example), "--dist", str(tmp_path))
     assert r.returncode == 2  # a spec problem, found late: the same exit as at parse time
     assert "container.registry: not set" in r.stderr and "--registry" in r.stderr
 
 
+@pytest.mark.network
+@pytest.mark.engine
 def test_build_on_a_registry_base_pulled_by_digest(
     registry: str, locked_example: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
@@ -85,3 +96,99 @@ def test_build_on_a_registry_base_pulled_by_digest(
     on_registry.write_text(text.replace(ref, gone))
     r = run_invoke("build-container", *args)
     assert r.returncode == 2 and "base.image" in r.stderr and "cannot pull" in r.stderr, r.stderr
+
+
+def _tiny_image(content: bytes) -> str:
+    """An image of one small file, by `docker import` (no build): its ID. Labelled as ours, so
+    the session's cleanup removes it even if the test does not."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("hello")
+        info.size = len(content)
+        tar.addfile(info, io.BytesIO(content))
+    r = subprocess.run(["docker", "import", "--change", "LABEL io.imagebuild.test=push", "-"],
+                       input=buf.getvalue(), capture_output=True, check=True)  # fmt: skip
+    return r.stdout.decode().strip()
+
+
+def _spec_and_record(tmp_path: Path, image_id: str) -> tuple[specmod.Spec, Path, Path]:
+    """A private spec (its own repository name on the shared engine) and a dist whose container
+    record names `image_id`, listed in SHA256SUMS as build-container leaves it."""
+    path = copy_example(tmp_path / "ex")
+    repo = f"local/imagebuild-push-{secrets.token_hex(4)}"
+    path.write_text(path.read_text().replace("local/onnx-serve", repo))
+    spec = specmod.load(path)
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    record = distnames.path(dist, spec, distnames.CONTAINER_RECORD)
+    record.write_text(json.dumps({"tag": f"{repo}:{spec.version}",
+                                  "image_id": image_id.removeprefix("sha256:")}))  # fmt: skip
+    checksums.record(dist, [record])
+    return spec, path, dist
+
+
+@pytest.mark.engine
+def test_push_sends_the_recorded_image_even_when_the_tag_moved(
+    registry: str, tmp_path: Path
+) -> None:
+    """The tag REPOSITORY:VERSION now names another image (a `docker tag`, another build):
+    push sends the image dist/ recorded, says both IDs, and the registry serves that one."""
+    client = docker.from_env()
+    built, other = _tiny_image(b"built\n"), _tiny_image(b"moved tag\n")
+    spec, path, dist = _spec_and_record(tmp_path, built)
+    client.images.get(other).tag(spec.repository, spec.version)
+    try:
+        r = run_invoke("push", "--spec", str(path), "--dist", str(dist), "--registry", registry)
+        assert r.returncode == 0, r.stderr
+        assert f"now points to {other}, not the built {built}" in r.stderr
+        record = json.loads(distnames.path(dist, spec, distnames.PUSH_RECORD).read_text())
+        assert record["image_id"] == built and record["reference"] in r.stdout
+        assert client.images.pull(record["reference"]).id == built
+        # the vehicle tag is gone, the user's tag untouched
+        assert client.images.get(f"{spec.repository}:{spec.version}").id == other
+        with pytest.raises(docker.errors.ImageNotFound):
+            client.images.get(f"{record['reference'].split('@')[0]}:{spec.version}")
+    finally:
+        for image in (built, other):
+            client.images.remove(image, force=True)
+
+
+def test_push_refuses_a_missing_or_edited_record(tmp_path: Path) -> None:
+    """No engine reached: the record is checked first (missing, or not the bytes SHA256SUMS
+    lists: exit 1 naming the file, nothing pushed, no push record written)."""
+    spec, path, dist = _spec_and_record(tmp_path, "sha256:" + "ab" * 32)
+    record = distnames.path(dist, spec, distnames.CONTAINER_RECORD)
+    args = ["push", "--spec", str(path), "--dist", str(dist), "--registry", "127.0.0.1:9"]
+    record.write_text(record.read_text().replace("ab", "cd", 1))
+    r = run_invoke(*args)
+    assert r.returncode == 1 and f"{record}: " in r.stderr and "sha256 differs" in r.stderr
+    record.unlink()
+    r = run_invoke(*args)
+    assert r.returncode == 1 and f"{record}: no such file" in r.stderr, r.stderr
+    assert "build-container" in r.stderr and "Traceback" not in r.stderr
+    assert not distnames.path(dist, spec, distnames.PUSH_RECORD).exists()
+
+
+def test_push_waits_for_a_build_into_the_same_dist(tmp_path: Path) -> None:
+    """dist/ is one writer's at a time: a push started while a build holds dist/.lock waits,
+    naming the holder, and goes on when it is released (here to find no record: exit 1)."""
+    spec, path, dist = _spec_and_record(tmp_path, "sha256:" + "ab" * 32)
+    distnames.path(dist, spec, distnames.CONTAINER_RECORD).unlink()
+    held, release = threading.Event(), threading.Event()
+
+    def build() -> None:
+        with distlock.exclusive(dist, "build-container"):
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=build)
+    holder.start()
+    assert held.wait(30)
+    threading.Timer(1.5, release.set).start()
+    r = run_invoke("push", "--spec", str(path), "--dist", str(dist), "--registry", "127.0.0.1:9")
+    holder.join()
+    assert (
+        f"push: waiting for imagebuild build-container (pid {os.getpid()}), which is using "
+        f"the dist folder {dist}" in r.stderr
+    ), r.stderr
+    assert r.returncode == 1 and "no such file" in r.stderr

@@ -3,11 +3,18 @@ second, separate Docker engine reached through DOCKER_HOST: machine A pushes wha
 machine B (an empty cache, an engine that never saw the image, the default socket masked)
 builds the same image without building a stage, pulls the VM's base disk, pushes and
 verifies; a tampered blob is refused and rebuilt; a registry that is down is a warning, or an
-error when the cache is required. Machine A is the session's own build (vm_built)."""
+error when the cache is required. Machine A is the session's own build (vm_built); those tests
+are `heavy`.
+
+Fast (seconds, no engine): hostile entries pushed by hand with oras-py, or their manifests
+rewritten, into the same registry: each refused in one line naming REF:KIND-KEY, before any
+download where the manifest already tells, nothing sealed, no traceback; `publish` against a
+tag that holds another entry."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -20,13 +27,20 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import oras.provider
 import pytest
 
 from imagebuild import registry_cache
 from imagebuild.builders import disk, stages
+from imagebuild.cache import Cache
+from imagebuild.cache_entries import STAGE
 from tests.conftest import build_vm, changed, keys_of, run_invoke, serve_registry, stamps
+from tests.test_cache_entries import KEY_A, disk_build, disk_files, seal, stage_files
 
-pytestmark = [pytest.mark.network, pytest.mark.engine, pytest.mark.vm]
+
+def heavy(test):  # builds the example (real mirror, engine, VM)
+    return pytest.mark.network(pytest.mark.engine(pytest.mark.vm(test)))
+
 
 # B's tasks run where /var/run/docker.sock is not a socket (a private mount namespace): only
 # DOCKER_HOST can lead them to an engine.
@@ -95,6 +109,7 @@ VM_OUTPUTS = (".qcow2", ".ova", ".libvirt.box", ".vm.json", ".vm.packages.txt",
               ".vm.sbom.cdx.json", ".packer-manifest.json")  # fmt: skip
 
 
+@heavy
 def test_machine_b_builds_from_the_registry_on_another_engine(
     machine_a, vm_built, locked_example: Path, cache_dir: Path, registry, engine2: str,
     tmp_path: Path,
@@ -156,6 +171,27 @@ def test_machine_b_builds_from_the_registry_on_another_engine(
     b_engine.close()
 
 
+def _cache_without_app(cache_dir: Path, app: str, dest: Path) -> Path:
+    """A copy (hard links) of the session's cache whose app stage is missing: the one entry a
+    build with it asks the registry for."""
+    dest.mkdir()
+    for part in ("blobs", "repos", "wheelhouses", "stages"):
+        subprocess.run(["cp", "-al", str(cache_dir / part), str(dest / part)], check=True)
+    shutil.rmtree(dest / "stages" / app)
+    return dest
+
+
+def _built_here_as_a(r: subprocess.CompletedProcess[str], spec, dist: Path, dist_a: Path) -> None:
+    """The build succeeded, built the app stage itself, and made A's image."""
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    record = _record(dist, spec, "container")
+    assert [(s["name"], s["pulled"], s["reused"]) for s in record["stages"]][-1] == (
+        "app", False, False,
+    )  # built here  # fmt: skip
+    assert record["image_id"] == _record(dist_a, spec, "container")["image_id"]
+
+
+@heavy
 def test_a_tampered_blob_is_refused_and_built_here(
     machine_a, vm_built, locked_example: Path, cache_dir: Path, registry, tmp_path: Path
 ) -> None:
@@ -164,11 +200,7 @@ def test_a_tampered_blob_is_refused_and_built_here(
     spec, dist_a, _ = vm_built
     ref, store = registry
     app = keys_of(locked_example).stages["app"]
-    cache_c = tmp_path / "cache-c"
-    cache_c.mkdir()
-    for part in ("blobs", "repos", "wheelhouses", "stages"):
-        subprocess.run(["cp", "-al", str(cache_dir / part), str(cache_c / part)], check=True)
-    shutil.rmtree(cache_c / "stages" / app)
+    cache_c = _cache_without_app(cache_dir, app, tmp_path / "cache-c")
     digest = json.loads((cache_dir / "stages" / app / ".seal.json").read_text())["layer.tar"]
     blob = store / "docker/registry/v2/blobs/sha256" / digest[:2] / digest / "data"
     good = blob.read_bytes()
@@ -178,15 +210,38 @@ def test_a_tampered_blob_is_refused_and_built_here(
                        "--cache-from", ref)  # fmt: skip
     finally:
         blob.write_bytes(good)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert f"stages-{app[:12]} refused (layer.tar is sha256:" in r.stderr
-    record = _record(tmp_path / "dist", spec, "container")
-    assert [(s["name"], s["pulled"], s["reused"]) for s in record["stages"]][-1] == (
-        "app", False, False,
-    )  # built here  # fmt: skip
-    assert record["image_id"] == _record(dist_a, spec, "container")["image_id"]
+    assert f"{ref}:stages-{app} refused: its layer.tar is sha256:" in r.stderr
+    _built_here_as_a(r, spec, tmp_path / "dist", dist_a)
 
 
+@heavy
+def test_a_hostile_layer_json_is_refused_and_built_here(
+    machine_a, vm_built, locked_example: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """A's app stage with its layer.json's `size` left out, pushed by hand to another registry:
+    refused in one line, built here (A's image), and the next build finds its own entry."""
+    spec, dist_a, _ = vm_built
+    app = keys_of(locked_example).stages["app"]
+    cache_c = _cache_without_app(cache_dir, app, tmp_path / "cache-c")
+    entry = cache_dir / "stages" / app
+    meta = json.loads((entry / "layer.json").read_text())
+    del meta["size"]
+    files = {n: (entry / n).read_bytes() for n in ("layer.tar", "manifest.json")}
+    with serve_registry(tmp_path / "registry") as host:
+        ref = f"{host}/hostile"
+        push(ref, f"stages-{app}", files | {"layer.json": json.dumps(meta).encode()},
+             tmp_path / "push")  # fmt: skip
+        args = [*_args(locked_example, cache_c, tmp_path / "dist"), "--cache-from", ref]
+        r = run_invoke("build-container", *args)
+        assert r.stderr.count(f"{ref}:stages-{app} refused: ") == 1
+        assert "its layer.json: 'size' is a required property; building it here" in r.stderr
+        _built_here_as_a(r, spec, tmp_path / "dist", dist_a)
+        r = run_invoke("build-container", *args)
+        assert r.returncode == 0 and "refused" not in r.stderr, r.stderr[-3000:]
+        assert f"app: cached ({app[:12]})" in r.stderr
+
+
+@heavy
 def test_a_registry_that_is_down_is_a_warning_unless_required(
     vm_built, locked_example: Path, cache_dir: Path
 ) -> None:
@@ -204,6 +259,7 @@ def test_a_registry_that_is_down_is_a_warning_unless_required(
     assert changed(before, stamps(dist)) == set()
 
 
+@heavy
 def test_a_bad_cache_reference_is_refused_before_anything(
     locked_example: Path, tmp_path: Path
 ) -> None:
@@ -221,35 +277,223 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_pulled_entry_must_be_what_its_kind_is(tmp_path: Path) -> None:
-    """Beyond the digests: exactly the kind's files, and its JSON naming its data's digest."""
-    layer = {"layer.tar": "ab" * 32, "layer.json": "cd" * 32, "manifest.json": "ef" * 32}
-    (tmp_path / "layer.json").write_text(json.dumps({"diff_id": "00" * 32}))
-    assert "another diff_id" in (stages.ENTRY_RULE(tmp_path, layer) or "")
-    (tmp_path / "layer.json").write_text(json.dumps({"diff_id": "ab" * 32}))
-    assert stages.ENTRY_RULE(tmp_path, layer) is None
-    assert "not ['layer.json', 'layer.tar', 'manifest.json']" in (
-        stages.ENTRY_RULE(tmp_path, {**layer, "extra": "00" * 32}) or ""
-    )
-    (tmp_path / "layer.json").write_text("[1]")
-    assert "not a JSON object" in (stages.ENTRY_RULE(tmp_path, layer) or "")
-    qcow2 = {"disk.qcow2": "ab" * 32, "disk.json": "cd" * 32}
-    (tmp_path / "disk.json").write_text(json.dumps({"sha256": "ee" * 32}))
-    assert "another sha256" in (disk.ENTRY_RULE(tmp_path, qcow2) or "")
-    (tmp_path / "disk.json").write_text(json.dumps({"sha256": "ab" * 32}))
-    assert disk.ENTRY_RULE(tmp_path, qcow2) is None
-
-
-@pytest.mark.parametrize("name", ["../../etc/passwd", "a/b", ".seal.json", ""])
-def test_an_artifact_naming_a_path_is_refused(name: str) -> None:
-    manifest = {"layers": [{"digest": "sha256:" + "ab" * 32,
-                            "annotations": {"org.opencontainers.image.title": name}}]}  # fmt: skip
-    with pytest.raises(registry_cache.Refused):
-        registry_cache.entry_files(manifest)
-
-
 def test_cache_references() -> None:
     assert registry_cache.ref_problem("127.0.0.1:5000/imagebuild-cache") is None
     assert registry_cache.ref_problem("ghcr.io/org/team/cache") is None
     for bad in ("127.0.0.1:5000", "ghcr.io/org/cache:tag", "x/Upper", "https://ghcr.io/x"):
         assert registry_cache.ref_problem(bad), bad
+
+
+# Hostile entries, pushed by hand into the real registry (fast: no engine, no build).
+
+
+@pytest.fixture
+def key(request: pytest.FixtureRequest) -> str:
+    """A key of this test's own: the module's tests share one registry."""
+    return hashlib.sha256(request.node.name.encode()).hexdigest()
+
+
+@pytest.fixture
+def downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Blobs requested from the registry and bytes read of them, as the client sees them."""
+    seen = {"blobs": 0, "bytes": 0}
+    real = registry_cache._Registry.get_blob
+
+    def get_blob(self, *args, **kwargs):
+        response = real(self, *args, **kwargs)
+        seen["blobs"] += 1
+        chunks = response.iter_content
+
+        def counted(*a, **k):
+            for chunk in chunks(*a, **k):
+                seen["bytes"] += len(chunk)
+                yield chunk
+
+        response.iter_content = counted
+        return response
+
+    monkeypatch.setattr(registry_cache._Registry, "get_blob", get_blob)
+    return seen
+
+
+def push(ref: str, tag: str, files: dict[str, bytes], folder: Path) -> oras.provider.Registry:
+    """`files` pushed as the artifact REF:TAG with oras-py itself, as anyone who can write the
+    cache repository can; the client, to rewrite the manifest."""
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    client = oras.provider.Registry(hostname=ref.split("/")[0], insecure=True)
+    client.push(f"{ref}:{tag}", files=[str(folder / n) for n in files],
+                disable_path_validation=True, quiet=True)  # fmt: skip
+    return client
+
+
+def refused(err: str, target: str, said: str) -> None:
+    """One line naming the entry and the problem, nothing else said, no traceback."""
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"registry cache: {target} refused: {said}" in err, err
+    assert err.rstrip().endswith("; building it here"), err
+
+
+def nothing_sealed(cache: Cache, kind: str) -> None:
+    """No entry and no half-made folder in the local cache."""
+    assert not (cache.root / kind).exists() or list((cache.root / kind).iterdir()) == []
+
+
+def test_a_hand_made_stage_entry_is_pulled(
+    registry, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The baseline of the refusals below: the same files, honest, are taken."""
+    ref, _ = registry
+    files = stage_files(key=key)
+    push(ref, f"stages-{key}", files, tmp_path / "push")
+    cache = Cache(tmp_path / "cache")
+    remote = registry_cache.RegistryCache(ref, None)
+    assert remote.fetch(cache, STAGE, key, stages.entry_rule(cache, key, []))
+    hit = stages.cached(cache, key, [])
+    assert hit is not None and hit[0].path.read_bytes() == files["layer.tar"]
+    assert remote.pulled == [f"stages/{key}"] and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("hostile", "said"),
+    [
+        ({"size": None}, "its layer.json: 'size' is a required property"),
+        ({"manifest.json": b"[]"}, "its manifest.json: [] is not of type 'object'"),
+        ({"key": KEY_A}, f"its layer.json names key {KEY_A[:12]}, this build's is "),  # A under B
+        ({"below": ["c" * 64]}, "its layer.json names below [cccccccccccc], this build's is []"),
+        ({"layer.json": b"{"}, "its layer.json is not JSON"),
+    ],
+)
+def test_a_hostile_stage_entry_is_refused_and_nothing_sealed(
+    registry, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], hostile: dict,
+    said: str,
+) -> None:  # fmt: skip
+    ref, _ = registry
+    meta = {k: v for k, v in hostile.items() if not k.endswith(".json")}
+    files = stage_files(**{"key": key, **meta}) | {
+        k: v for k, v in hostile.items() if k.endswith(".json")
+    }
+    push(ref, f"stages-{key}", files, tmp_path / "push")
+    cache = Cache(tmp_path / "cache")
+    remote = registry_cache.RegistryCache(ref, None)
+    assert not remote.fetch(cache, STAGE, key, stages.entry_rule(cache, key, []))
+    refused(capsys.readouterr().err, f"{ref}:stages-{key}", said)
+    nothing_sealed(cache, "stages")
+    assert stages.cached(cache, key, []) is None  # what the build asks next: no traceback
+    assert remote.pulled == [] and ref not in remote._down  # the next entry is still asked
+
+
+def test_a_file_name_not_of_the_kind_is_refused_before_any_download(
+    registry, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], downloads: dict
+) -> None:
+    ref, _ = registry
+    push(ref, f"stages-{key}", stage_files(key=key) | {"run.sh": b"#!/bin/sh\n"}, tmp_path / "p")
+    cache = Cache(tmp_path / "cache")
+    assert not registry_cache.RegistryCache(ref, None).fetch(
+        cache, STAGE, key, stages.entry_rule(cache, key, [])
+    )
+    refused(capsys.readouterr().err, f"{ref}:stages-{key}",
+            "its manifest holds ['layer.json', 'layer.tar', 'manifest.json', 'run.sh'], a "
+            "stages entry holds ['layer.json', 'layer.tar', 'manifest.json']")  # fmt: skip
+    assert downloads["blobs"] == 0
+    nothing_sealed(cache, "stages")
+
+
+def test_a_manifest_missing_a_size_is_refused_before_any_download(
+    registry, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], downloads: dict
+) -> None:
+    ref, _ = registry
+    target = f"{ref}:stages-{key}"
+    client = push(ref, f"stages-{key}", stage_files(key=key), tmp_path / "push")
+    manifest = client.get_manifest(target)
+    del manifest["layers"][0]["size"]
+    client.upload_manifest(manifest, client.get_container(target))  # the registry takes it
+    cache = Cache(tmp_path / "cache")
+    assert not registry_cache.RegistryCache(ref, None).fetch(
+        cache, STAGE, key, stages.entry_rule(cache, key, [])
+    )
+    refused(capsys.readouterr().err, target, "its manifest: $.layers[0]: 'size' is a required")
+    assert downloads["blobs"] == 0
+    nothing_sealed(cache, "stages")
+
+
+def test_a_blob_larger_than_its_manifest_says_is_read_no_further(
+    registry, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], downloads: dict
+) -> None:
+    """The registry serves 16 MiB where the manifest announces 1000 bytes: refused after at
+    most one chunk past the announced size."""
+    ref, _ = registry
+    target = f"{ref}:stages-{key}"
+    big = {"layer.tar": os.urandom(16 << 20)}
+    client = push(ref, f"stages-{key}", big | stage_files(key=key, size=1000), tmp_path / "p")
+    manifest = client.get_manifest(target)
+    assert manifest["layers"][0]["annotations"]["org.opencontainers.image.title"] == "layer.tar"
+    manifest["layers"][0]["size"] = 1000
+    client.upload_manifest(manifest, client.get_container(target))
+    cache = Cache(tmp_path / "cache")
+    assert not registry_cache.RegistryCache(ref, None).fetch(
+        cache, STAGE, key, stages.entry_rule(cache, key, [])
+    )
+    refused(capsys.readouterr().err, target,
+            "its layer.tar is larger than the 1000 bytes its manifest announces")  # fmt: skip
+    assert downloads["bytes"] <= 1000 + registry_cache.CHUNK < len(big["layer.tar"])
+    nothing_sealed(cache, "stages")
+
+
+def test_a_base_disk_entry_for_another_key_is_refused(
+    registry, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real disk entry (qcow2, disk.json) for KEY_A, pushed under this key's tag."""
+    ref, _ = registry
+    disk_files(tmp_path / "entry")
+    files = {n: (tmp_path / "entry" / n).read_bytes() for n in ("disk.qcow2", "disk.json")}
+    push(ref, f"disks-{key}", files, tmp_path / "push")
+    cache = Cache(tmp_path / "cache")
+    from imagebuild.builders.layers import Layer
+
+    kind, rule = disk._entry(disk_build(cache), key, [Layer(tmp_path, "f" * 64, 0, 0)])
+    assert not registry_cache.RegistryCache(ref, None).fetch(cache, kind, key, rule)
+    refused(capsys.readouterr().err, f"{ref}:disks-{key}",
+            f"its disk.json names key {KEY_A[:12]}, this build's is {key[:12]}")  # fmt: skip
+    nothing_sealed(cache, "disks")
+
+
+def test_publish_pushes_once_and_says_when_the_tag_holds_another_entry(
+    registry, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ref, _ = registry
+    target = f"{ref}:stages-{key}"
+    cache = Cache(tmp_path / "cache")
+    seal(cache, "stages", key, stage_files(key=key))
+    remote = registry_cache.RegistryCache(None, ref)
+    remote.publish(cache, STAGE, key)
+    remote.publish(cache, STAGE, key)  # the same entry there: nothing to do, nothing said
+    assert remote.pushed == [f"stages/{key}"]
+    assert "refused" not in capsys.readouterr().err
+
+    # Another party's entry under this tag (other entries count in its layer.json).
+    other = tmp_path / "other"
+    client = push(ref, f"stages-{key}", stage_files(key=key, entries=99), other)
+    before = client.get_manifest(target)
+    remote = registry_cache.RegistryCache(None, ref)
+    remote.publish(cache, STAGE, key)
+    err = capsys.readouterr().err
+    there = hashlib.sha256((other / "layer.json").read_bytes()).hexdigest()
+    here = cache.seal("stages", key)["layer.json"]
+    assert err == (
+        f"[imagebuild] registry cache: {target} holds other files than this build's entry: "
+        f"layer.json sha256:{there[:12]} there, {here[:12]} here; the registry keeps it, "
+        "unchanged\n"
+    )
+    assert client.get_manifest(target) == before and remote.pushed == []
+    with pytest.raises(registry_cache.CacheUnavailable, match="unchanged \\(--cache-required\\)"):
+        registry_cache.RegistryCache(None, ref, required=True).publish(cache, STAGE, key)
+
+    # A tag whose manifest is no entry at all is said the same way, and left.
+    before["layers"] = before["layers"][:1]
+    client.upload_manifest(before, client.get_container(target))
+    registry_cache.RegistryCache(None, ref).publish(cache, STAGE, key)
+    err = capsys.readouterr().err
+    assert f"{target} is no stages entry (its manifest holds ['layer.tar'], a stages" in err
+    assert err.count("\n") == 1

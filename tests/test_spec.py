@@ -194,6 +194,10 @@ BAD = [
         14,
         "not between 100 and 599",
     ),
+    ("project-root-slash", BASE + "project_root: /\n", "project_root", 14, "/ holds"),
+    ("project-root-up", BASE + "project_root: " + "../" * 16 + "\n", "project_root", 14, "holds"),
+    ("project-root-tmp", BASE + "project_root: /tmp\n", "project_root", 14, "is the system folder"),
+    ("name-own-unit", swap("name", "name: ssh-hostkeys"), "name", 1, "imagebuild's own unit"),
 ]
 
 

@@ -7,12 +7,16 @@ import shlex
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import jinja2
 import pytest
 import yaml
 
 from imagebuild import roles
+from imagebuild import spec as specmod
+from imagebuild.lock import lockfile
+from imagebuild.resolved import resolve
 from tests.conftest import EXAMPLE, run_invoke
 
 # (field path, YAML value written at that path, what the error must say)
@@ -50,6 +54,10 @@ HOSTILE = [
     ("vm.ami.ssh_cidrs", ["10.0.0.1/8"], "not a network in CIDR form"),
     ("vm.ami.ssh_cidrs", ["1.2.3.4/32 -p 22"], "not a network in CIDR form"),
     ("vm.ami.ssh_username", "admin;id", "not a user name"),
+    ("project_root", "../" * 16, "the project root / holds"),
+    ("project_root", "/tmp", "the project root /tmp is the system folder /tmp"),
+    ("project_root", "/etc", "is the system folder /etc"),
+    ("name", "ssh-hostkeys", "would replace imagebuild's own unit"),
 ]
 
 
@@ -62,23 +70,82 @@ def _set(data: dict, path: str, value: object) -> None:
     data[last] = value
 
 
+def _example(proj: Path, **fields: object) -> Path:
+    """A private copy of the example in `proj` with `fields` (dotted paths) set."""
+    shutil.copytree(EXAMPLE, proj, ignore=shutil.ignore_patterns("*.lock", "__pycache__"))
+    spec = proj / "imagebuild.yaml"
+    data = yaml.safe_load(spec.read_text())
+    for path, value in fields.items():
+        _set(data, path, value)
+    spec.write_text(yaml.safe_dump(data, sort_keys=False))
+    return spec
+
+
 @pytest.mark.parametrize(("path", "value", "says"), HOSTILE,
                          ids=[f"{p}-{i}" for i, (p, _, _) in enumerate(HOSTILE)])  # fmt: skip
 def test_a_hostile_spec_is_refused_at_its_line(
     tmp_path: Path, path: str, value: object, says: str
 ) -> None:
-    proj = tmp_path / "proj"
-    shutil.copytree(EXAMPLE, proj, ignore=shutil.ignore_patterns("*.lock", "__pycache__"))
-    spec = proj / "imagebuild.yaml"
-    data = yaml.safe_load(spec.read_text())
-    _set(data, path, value)
-    spec.write_text(yaml.safe_dump(data, sort_keys=False))
+    spec = _example(tmp_path / "proj", **{path: value})
     before = sorted(p.name for p in tmp_path.rglob("*"))
     r = run_invoke("lock", "--spec", str(spec), "--cache-dir", str(tmp_path / "cache"))
     assert r.returncode == 2, r.stderr
     field = path.split(".")[-1] if path.startswith("env") else path
     assert f"{spec}:" in r.stderr and field in r.stderr and says in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_the_root_folder_as_project_root_cannot_ship_root_s_home(tmp_path: Path) -> None:
+    """`project_root: /` used to make `app.src: /root` legal: refused at the root's line."""
+    spec = _example(tmp_path / "proj", project_root="/", **{"app.src": "/root"})
+    r = run_invoke("lock", "--spec", str(spec), "--cache-dir", str(tmp_path / "cache"))
+    assert r.returncode == 2, r.stderr
+    line = next(i for i, ln in enumerate(spec.read_text().splitlines(), 1)
+                if ln.startswith("project_root:"))  # fmt: skip
+    assert f"{spec}:{line}: project_root: the project root / holds" in r.stderr, r.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_home_is_no_project_root_even_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spec right in the user's home (HOME as the process sees it) would let `app.src: .`
+    ship ~/.ssh: refused, though `project_root` is unset (so at line 1). A project folder
+    inside the home is the ordinary case and loads."""
+    home = tmp_path / "home"
+    spec = _example(home)
+    r = run_invoke("lock", "--spec", str(spec), "--cache-dir", str(tmp_path / "cache"),
+                   env={"HOME": str(home)})  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    says = f"{spec}:1: project_root: the project root {home.resolve()} is the home"
+    assert says in r.stderr, r.stderr
+    monkeypatch.setenv("HOME", str(home))
+    assert specmod.load(_example(home / "src" / "proj")).name == "onnx-serve"
+
+
+@pytest.mark.parametrize("name", ["ssh", "cloud-init", "systemd-tmpfiles-setup"])
+def test_an_os_unit_s_name_gets_its_own_unit(tmp_path: Path, name: str) -> None:
+    """The VM's unit is `imagebuild-<name>.service`: a spec named like an OS unit no longer
+    writes over it (the VM kept no sshd / cloud-init), through the values the build passes."""
+    spec = specmod.load(_example(tmp_path / "proj", name=name))
+    lock = lockfile.read(EXAMPLE / "imagebuild.lock")
+    assert resolve(spec, lock).vm_vars()["imagebuild_service_name"] == f"imagebuild-{name}"
+    tasks = (roles.ROLES_DIR / "vm_service" / "tasks" / "main.yml").read_text()
+    assert tasks.count("/{{ imagebuild_service_name }}.service") == 3
+    # verify asks systemd about that unit, not the OS's namesake
+    asked: list[str] = []
+
+    class Vm:
+        def run(self, command: str) -> SimpleNamespace:
+            asked.append(command)
+            return SimpleNamespace(stdout="failed\n", stderr="", rc=0)
+
+    from imagebuild.verify import service
+
+    rows = service.facts(Vm(), "vm", spec)["service"]
+    assert rows["running as shipped"] == "failed"
+    assert asked[0] == f"systemctl is-active imagebuild-{name}.service"
+    assert f"-u imagebuild-{name}.service " in asked[1]
 
 
 SPECIAL = "a%b $HOME \"dq\" 'sq' back\\slash  two  spaces"

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import docker
@@ -13,8 +17,9 @@ import pytest
 
 from imagebuild import lock as locking
 from imagebuild import vmboot
+from imagebuild.verify.filemeta import SPECIAL, SUMMARY, UNCHECKED
 from imagebuild.verify.items import items
-from tests.conftest import ROOT, run_invoke
+from tests.conftest import ROOT, TEMPLATE_RAN, TEMPLATED_ENV, run_invoke
 
 pytestmark = [pytest.mark.network, pytest.mark.engine, pytest.mark.vm]
 
@@ -72,6 +77,10 @@ def test_verify_passes_on_the_built_example(vm_built, locked_example: Path) -> N
     assert rows["bytes:deb files changed or missing (dpkg --verify)"]["vm"] == "none"
     assert rows["app-file:model.onnx"]["vm"] == rows["app-file:model.onnx"]["container"]
     assert len(rows) >= len(items(spec, lock, []))
+    # Templated spec values shipped as written in both (container config, VM unit), ran nothing.
+    for key, value in TEMPLATED_ENV.items():
+        assert rows[f"env:{key}"] == {**rows[f"env:{key}"], "vm": value, "container": value}
+    assert not TEMPLATE_RAN.exists()
     assert (dist / "verify" / "junit.xml").read_text().count("<testcase") == len(report["rows"])
     assert r.stdout.startswith("| item | container | vm | same? | result |")
     assert set(report["seconds"]) == {"container start", "vm start (libvirt)", "vm boot to ssh",
@@ -135,7 +144,7 @@ def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path) -> No
         c.remove(force=True)
     bad_vm = tmp_path / "vm"
     with vmboot.boot(dist / f"{spec.name}-{spec.version}.qcow2", bad_vm, keep=True) as b:
-        unit = f"/etc/systemd/system/{spec.name}.service"
+        unit = f"/etc/systemd/system/{spec.service_name}.service"
         wrapper = "/usr/local/bin/imagebuild-entrypoint"
         cmds = [
             f"sed -i 's|^ExecStart=.*|ExecStart={wrapper} --debug|' {unit}",
@@ -160,8 +169,12 @@ def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path) -> No
     shutil.copytree(locked_example.parent, impatient)
     text = locked_example.read_text().replace("path: /health}", "path: /health, start_s: 20}")
     (impatient / locked_example.name).write_text(text)
+    # verify takes no disk that names another file (diskimage): the overlay, flattened.
+    flat = bad_vm / "sabotaged.qcow2"
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "qcow2",
+                    str(bad_vm / "overlay.qcow2"), str(flat)], check=True)  # fmt: skip
     r = verify(impatient / locked_example.name, dist, "--container", "local/sabotage:c",
-               "--vm", str(bad_vm / "overlay.qcow2"))  # fmt: skip
+               "--vm", str(flat))  # fmt: skip
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
     report = json.loads((dist / "verify" / "report.json").read_text())
     failed = {row["id"]: row for row in report["rows"] if row["outcome"] == "failed"}
@@ -192,6 +205,122 @@ def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path) -> No
     assert all(i.startswith("import:") for i in others), sorted(others)
     assert leftovers() == []
     client.images.remove("local/sabotage:c", force=True)
+
+
+def test_modes_links_and_a_broken_python_are_named(
+    vm_built, locked_example: Path, cache_dir: Path
+) -> None:
+    """What `dpkg --verify` cannot see, made in the container only (the VM as built): a setuid
+    bit on a package's program, a package file made world-writable, one given to another owner,
+    and `python3` swapped for /bin/true, which also takes the spec's interpreter away from
+    verify's own scripts: each a row naming the path and both values, no crash. With the cache
+    (--cache-dir) the special files are checked against the locked .debs too."""
+    spec, dist, _ = vm_built
+    client = docker.from_env()
+    ref = f"{spec.repository}:{spec.version}"
+    config = client.images.get(ref).attrs["Config"]
+    c = client.containers.run(ref, ["sleep", "infinity"], entrypoint=[], user="root",
+                              network_mode="none", detach=True)  # fmt: skip
+    try:
+        sabotage = (
+            "set -e; chmod u+s /usr/bin/python3.11; chmod 0666 /usr/lib/python3.11/colorsys.py; "
+            "chown nobody:nogroup /usr/lib/python3.11/this.py; ln -sf /bin/true /usr/bin/python3"
+        )
+        rc, out = c.exec_run(["sh", "-c", sabotage])
+        assert rc == 0, out
+        # commit takes this container's user, entrypoint and command: the image's back.
+        c.commit("local/sabotage", "meta", changes=[
+            f"USER {config['User']}", f"ENTRYPOINT {json.dumps(config['Entrypoint'])}",
+            f"CMD {json.dumps(config['Cmd'])}"])  # fmt: skip
+    finally:
+        c.remove(force=True)
+    try:
+        r = verify(locked_example, dist, "--container", "local/sabotage:meta",
+                   "--cache-dir", str(cache_dir))  # fmt: skip
+    finally:
+        client.images.remove("local/sabotage:meta", force=True)
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "JSONDecodeError" not in r.stderr and "Traceback (most recent" not in r.stderr
+    report = json.loads((dist / "verify" / "report.json").read_text())
+    rows = {row["id"]: row for row in report["rows"]}
+    failed = {i for i, row in rows.items() if row["outcome"] == "failed"}
+    python = rows[f"interpreter:{spec.python.venv}/bin/python"]
+    assert python["container"] == (
+        "does not run Python (resolves to /usr/bin/true): exit 0, printed nothing; read with "
+        "/usr/bin/python3.11"
+    ), python
+    assert python["vm"] == "runs"
+    # (container, vm) of each path changed.
+    changed = {
+        "/usr/bin/python3.11": ("file 4755 root:root", "file 0755 root:root"),
+        "/usr/bin/python3": ("link root:root -> /bin/true", "link root:root -> python3.11"),
+        "/usr/lib/python3.11/colorsys.py": ("file 0666 root:root", "file 0644 root:root"),
+        "/usr/lib/python3.11/this.py": ("file 0644 nobody:nogroup", "file 0644 root:root"),
+    }
+    for path, (in_container, in_vm) in changed.items():
+        row = rows[f"file-meta:{path}"]
+        assert (row["container"], row["vm"], row["outcome"]) == (in_container, in_vm, "failed")
+    assert {i for i in failed if i.startswith("file-meta:")} == {f"file-meta:{p}" for p in changed}
+    assert f"files:{SUMMARY}" in failed
+    special = rows[f"files:{SPECIAL}"]
+    assert special["vm"] == "none"
+    assert special["container"].startswith(
+        "/usr/bin/python3.11: file 4755 root:root, but python3.11-minimal "
+    ), special
+    world = "/usr/lib/python3.11/colorsys.py: file 0666 root:root, but libpython3.11-stdlib "
+    assert world in special["container"], special
+    assert rows[f"files:{UNCHECKED}"]["container"] == rows[f"files:{UNCHECKED}"]["vm"] == "none"
+    # Read with Debian's interpreter: the packages and libraries; the venv's distributions
+    # and imports could not be, and say why. The app itself no longer starts (behaviour, service).
+    assert rows["deb:ca-certificates"]["outcome"] == "passed"
+    assert rows["bytes:deb files changed or missing (dpkg --verify)"]["container"] == "none"
+    for w in locking.load_fresh(spec).python:
+        assert rows[f"python:{w.name}"]["container"].startswith(
+            f"not read: {spec.python.venv}/bin/python does not run Python"
+        )
+    allowed = ("interpreter:", "file-meta:", "files:", "python:", "python-unlocked:", "import:",
+               "behaviour:", "service:")  # fmt: skip
+    assert [i for i in failed if not i.startswith(allowed)] == []
+    assert leftovers() == []
+
+
+def test_sigterm_stops_verify_within_seconds_and_leaves_nothing(
+    vm_built, locked_example: Path
+) -> None:
+    """CI runners send SIGKILL a few seconds after SIGTERM: verify must be gone by then, both
+    artifacts torn down. SIGTERM while the suite collects the facts (in-artifact scripts, the
+    disk image's copy): exit 143 within 10 s (it took ~45 s: pytest caught the interrupt and
+    its session end collected every fact again)."""
+    _, dist, _ = vm_built
+    tmp = Path(tempfile.gettempdir())
+    ours = ("imagebuild-verify-*", "imagebuild-hygiene-*")
+    before = {p for pattern in ours for p in tmp.glob(pattern)}
+    invoke = str(Path(sys.executable).with_name("invoke"))
+    proc = subprocess.Popen([invoke, "verify", "--spec", str(locked_example), "--dist", str(dist)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    seen: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            seen.append(line)
+            if "verify: suite: pytest" in line:
+                break
+        assert proc.poll() is None, "".join(seen)
+        time.sleep(15)  # the container's facts are read, the VM's begin
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        took = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, "".join(seen) + err[-3000:]
+    assert took < 10, f"{took:.1f}s\n" + err[-3000:]
+    assert "terminated (SIGTERM)" in err
+    assert leftovers() == []
+    assert {p for pattern in ours for p in tmp.glob(pattern)} == before
 
 
 def test_sha256sums_list_every_artifact_and_verify_checks_the_disk(

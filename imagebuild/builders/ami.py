@@ -207,7 +207,7 @@ def build(inputs: Inputs, dist: Path, on_error: str, region: str | None = None) 
     with tempfile.TemporaryDirectory(prefix="imagebuild-ami-", dir=cache.root) as tmp:
         raw = Path(tmp) / "disk.raw"
         with progress.stage("build-vm: ami: raw disk", qcow2.name):
-            tools.run(["qemu-img", "convert", "-O", "raw", qcow2, raw])
+            tools.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", qcow2, raw])
             disk_sha = sha256_file(raw)
         size_gib = -(-raw.stat().st_size // (1 << 30))
         with progress.stage("build-vm: ami: EBS snapshot", f"{size_gib} GiB, direct APIs") as st:
@@ -252,7 +252,7 @@ def build_stock(inputs: Inputs, dist: Path) -> vm.VmResult:
         values = vm.packer_values(
             spec, work, sources_dir=str(tree), ansible_user=ami.ssh_username, ansible_become=True,
             ansible_vars_file=str(
-                vm.ansible_vars(inputs.resolved, "", work / "inventory.json", app_archive)
+                vm.ansible_vars_file(inputs.resolved, "", work / "inventory.json", app_archive)
             ),
         )  # fmt: skip
         pkrvars = work / "build.pkrvars.hcl"
@@ -261,13 +261,36 @@ def build_stock(inputs: Inputs, dist: Path) -> vm.VmResult:
         args = ["-only=amazon-ebs.vm", f"-var-file={pkrvars}"]
         with progress.stage("build-vm: packer validate", "amazon-ebs.vm (offline)"):
             packer.run(["validate", *args], tdir, work, work / "packer.log")
-        session(spec)
+        client = session(spec)
         if not values["aws_ssh_cidrs"]:
             values["aws_ssh_cidrs"] = [f"{caller_public_ip()}/32"]
             packer.write_vars(values, pkrvars)
         with progress.stage("build-vm: packer build", "amazon-ebs.vm"):
             packer.run(["build", *args], tdir, work, work / "packer.log")
+        with progress.stage("build-vm: ami: IMDSv2 required") as st:
+            st["note"] = require_imdsv2(client, packer_ami_id(Path(values["manifest_file"])))
     return vm.VmResult("ami", "", "", None, {})
+
+
+def packer_ami_id(manifest: Path) -> str:
+    """The AMI Packer's manifest post-processor names (`artifact_id` is `REGION:AMI-ID`)."""
+    try:
+        artifact = json.loads(manifest.read_text())["builds"][-1]["artifact_id"]
+        image_id = str(artifact).rsplit(":", 1)[-1]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise ImageBuildError(f"{manifest}: no AMI in Packer's manifest ({e})") from None
+    if not re.fullmatch(r"ami-[0-9a-f]{8,17}", image_id):
+        raise ImageBuildError(f"{manifest}: {image_id!r} is not an AMI ID")
+    return image_id
+
+
+def require_imdsv2(client: Any, image_id: str) -> str:
+    """A stock AMI gets what the import path registers with: instances launched from it answer
+    metadata requests only with IMDSv2 tokens. Debian's Packer 1.6.6 knows neither
+    `imds_support` nor `metadata_options`, so the AMI Packer registered is changed after the
+    fact (a one-way setting), the same call for every Packer version."""
+    client.client("ec2").modify_image_attribute(ImageId=image_id, ImdsSupport={"Value": "v2.0"})
+    return image_id
 
 
 def caller_public_ip(url: str = "https://checkip.amazonaws.com") -> str:

@@ -26,7 +26,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from imagebuild import app_tree, builder, checksums, distnames, progress
+from imagebuild import app_tree, builder, checksums, distnames, profile, progress
 from imagebuild import inventory as inv
 from imagebuild.builders import image as img
 from imagebuild.builders.context import load_image, new_build
@@ -88,15 +88,16 @@ def final_config(r: Resolved, layers: list[Layer]) -> img.ImageConfig:
 
 def inventory(client: docker.DockerClient, image_ref: str, spec: Spec) -> dict[str, Any]:
     """What is really installed in the image (imagebuild.inventory's script, run as root)."""
-    out = client.containers.run(
-        image_ref,
-        [inv.target_python(spec), "-c", inv.SCRIPT],
-        entrypoint=[],
-        user="root",
-        network_mode="none",
-        remove=True,
-        labels={"io.imagebuild.inventory": "1"},
-    )
+    with profile.step("inventory container (package manifest)"):
+        out = client.containers.run(
+            image_ref,
+            [inv.target_python(spec), "-c", inv.SCRIPT],
+            entrypoint=[],
+            user="root",
+            network_mode="none",
+            remove=True,
+            labels={"io.imagebuild.inventory": "1"},
+        )
     return json.loads(out)
 
 
@@ -139,9 +140,10 @@ def build(inputs: Inputs, dist: Path) -> ContainerResult:
                 # The inventory container runs while the archive is written (disk-bound).
                 with ThreadPoolExecutor(1) as pool:
                     installed = pool.submit(inventory, client, tag, spec)
-                    manifest_digest = img.oci_archive(
-                        out["oci"], config, layers, spec.version, annotations
-                    )
+                    with profile.step("OCI archive written"):
+                        manifest_digest = img.oci_archive(
+                            out["oci"], config, layers, spec.version, annotations
+                        )
                 inv.write(
                     installed.result(),
                     spec,

@@ -13,7 +13,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from imagebuild import progress
+from imagebuild import profile, progress
 from imagebuild.builders import image as img
 from imagebuild.builders.layers import (
     Layer,
@@ -65,8 +65,10 @@ def load_image(b: Build, config: bytes, layers: list[Layer], tag: str) -> None:
     present = engine_has(
         b.client, layers, [f"{b.inputs.spec.repository}:{b.inputs.spec.version}", *b.stages]
     )
-    img.docker_archive(archive, config, layers, tag, present)
+    with profile.step("docker archive written"):
+        img.docker_archive(archive, config, layers, tag, present)
     try:
-        load_archive(b.client, archive)
+        with profile.step("image load (docker load)"):
+            load_archive(b.client, archive)
     finally:
         archive.unlink()

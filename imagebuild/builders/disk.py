@@ -22,16 +22,18 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from imagebuild import progress, tools
+from imagebuild import diskimage, progress, tools
 from imagebuild.builders.context import Build
 from imagebuild.builders.layers import Layer
 from imagebuild.builders.stages import stage_container
 from imagebuild.cache import Cache, sha256_file
+from imagebuild.cache_entries import DISK, Consistency, EntryKind
 from imagebuild.errors import ImageBuildError
 from imagebuild.keys import STAGES, sources_disk_key
-from imagebuild.registry_cache import sealed_by
 
+BLOCK = 4096  # ext4's block size, and the base disk's qcow2 cluster size (see _assemble)
 PART_OFFSET = 1 << 20  # first partition at 1 MiB; GRUB's core.img lives in the gap before it
 ROOT_LABEL, SOURCES_LABEL = "imagebuild-root", "imagebuild-src"
 GRUB_MODULES = ["biosdisk", "part_msdos", "ext2", "normal", "linux", "configfile", "search"]
@@ -52,10 +54,6 @@ class BaseDisk:
     reused: bool
     seconds: float
     pulled: bool = False  # from the registry cache
-
-
-# What a base disk entry pulled from a registry must be beyond its files' digests.
-ENTRY_RULE = sealed_by("disk.json", "sha256", "disk.qcow2")
 
 
 def disk_cached(cache: Cache, key: str) -> bool:
@@ -117,8 +115,8 @@ def make_ext4_image(
         with dest.open("wb") as f:
             f.truncate(size)
     tools.run(
-        ["mkfs.ext4", "-q", "-F", "-L", label, "-U", fs_uuid, "-E", ext, "-d", str(src),
-         str(dest), f"{(size - offset) // 1024}k"],
+        ["mkfs.ext4", "-q", "-F", "-b", str(BLOCK), "-L", label, "-U", fs_uuid, "-E", ext,
+         "-d", str(src), str(dest), f"{(size - offset) // 1024}k"],
         env={**os.environ, "E2FSPROGS_FAKE_TIME": str(sde)},
     )  # fmt: skip
 
@@ -145,7 +143,12 @@ def _assemble(rootfs: Path, out: Path, size: int, root_uuid: str, sde: int) -> N
         f.seek(512)
         f.write(core.read_bytes())
     core.unlink()
-    tools.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out)])
+    # Clusters of ext4's block size: every block the build VM frees and trims (vm_finalize's
+    # fstrim, the drive's discard=unmap) is a whole cluster, so QEMU drops it and no deleted
+    # journal, lease or key stays readable in the shipped image (64 KiB clusters keep a freed
+    # block whenever a live one shares its cluster).
+    tools.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-o", f"cluster_size={BLOCK}",
+               str(raw), str(out)])  # fmt: skip
     raw.unlink()
 
 
@@ -156,35 +159,64 @@ def base_disk(b: Build, layers: list[Layer]) -> BaseDisk:
     key, cache, remote = b.inputs.keys.disk, b.inputs.cache, b.inputs.remote
     final = cache.dir("disks", key)
     pulled = reused = False
-    if disk_cached(cache, key) and cache.intact("disks", key):
+    kind, rule = _entry(b, key, layers)
+    if disk_cached(cache, key) and cache.intact("disks", key, rule=rule):
         reused = True
         progress.say(f"build-vm: base disk: cached ({key[:12]})")
-    elif remote.fetch(cache, "disks", key, ENTRY_RULE):
+    elif remote.fetch(cache, kind, key, rule):
         pulled = True
         progress.say(f"build-vm: base disk: from {remote.pull_from} ({key[:12]})")
     else:
         known: dict[str, str] = {}
         with cache.building("disks", key, known) as tmp:
             known["disk.qcow2"] = _make(b, layers, key, tmp)
-    remote.publish(cache, "disks", key)
-    meta = json.loads((final / "disk.json").read_text())
+            known["disk.json"] = sha256_file(tmp / "disk.json")
+            # Sealed only if a later build will take it: else it would be made at every build.
+            if problem := rule(tmp, known):
+                raise DiskError(f"the base disk just made is not a valid entry: {problem}")
+    remote.publish(cache, kind, key)
+    meta = json.loads((final / "disk.json").read_text())  # as the rule checked it
     return BaseDisk(
         final / "disk.qcow2",
         meta["sha256"],
         key,
         meta["kernel"],
-        meta["root_uuid"],
+        _root_uuid(key),
         reused=reused,
         seconds=round(time.monotonic() - start, 2),
         pulled=pulled,
     )
 
 
+def _root_uuid(key: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"imagebuild:{key}"))
+
+
+def _entry(b: Build, key: str, layers: list[Layer]) -> tuple[EntryKind, Consistency]:
+    """The base disk entry `key`, local or pulled: its kind, bounded by the spec's disk (a qcow2
+    holds its virtual size and, with 4 KiB clusters, about 1/400 more in tables), and its rule: a
+    valid disk entry of this key, made from exactly `layers`, with this key's root UUID and a
+    kernel the lock installs, and one self-contained qcow2 of the spec's size (diskimage)."""
+    disk_gb, lock = b.inputs.spec.vm.disk_gb, b.inputs.lock
+    kind = DISK.capped("disk.qcow2", (disk_gb << 30) * 65 // 64 + (1 << 20))
+    kernels = {p.name.removeprefix("linux-image-").removesuffix("-unsigned")
+               for p in [*lock.shared, *lock.vm] if p.name.startswith("linux-image-")}  # fmt: skip
+
+    def kernel_problem(meta: dict[str, Any]) -> str | None:
+        if meta["kernel"] in kernels:
+            return None
+        return f"its disk.json names kernel {meta['kernel']}, which no locked linux-image installs"
+
+    expect = {"key": key, "layers": [ly.diff_id for ly in layers], "root_uuid": _root_uuid(key)}
+    rule = kind.rule(b.inputs.cache, expect, kernel_problem)
+    return kind, diskimage.entry_rule(rule, "disk.qcow2", "qcow2", disk_gb)
+
+
 def _make(b: Build, layers: list[Layer], key: str, tmp: Path) -> str:
     """Make the base disk in `tmp`; returns its sha256."""
     assert len(layers) == len(STAGES)
     spec = b.inputs.spec
-    root_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"imagebuild:{key}"))
+    root_uuid = _root_uuid(key)
     rootfs = b.workdir / "vm-rootfs"
     try:
         with (
@@ -202,9 +234,9 @@ def _make(b: Build, layers: list[Layer], key: str, tmp: Path) -> str:
             _assemble(rootfs, disk, spec.vm.disk_gb << 30, root_uuid, b.inputs.resolved.sde)
             sha = sha256_file(disk)
             st["note"] = f"kernel {kernel}, {disk.stat().st_size / 1e6:.0f} MB qcow2"
-        (tmp / "disk.json").write_text(
-            json.dumps({"sha256": sha, "kernel": kernel, "root_uuid": root_uuid}, indent=1)
-        )
+        meta = {"key": key, "layers": [ly.diff_id for ly in layers], "sha256": sha,
+                "kernel": kernel, "root_uuid": root_uuid}  # fmt: skip
+        (tmp / "disk.json").write_text(json.dumps(meta, indent=1))
         return sha
     finally:
         shutil.rmtree(rootfs, ignore_errors=True)

@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from imagebuild import progress, provision
+from imagebuild import profile, progress, provision
 from imagebuild.builders import image as img
 from imagebuild.builders.base_layer import mmdebstrap_base, registry_base
 from imagebuild.builders.changes import read_file, stage_changes
@@ -28,11 +28,11 @@ from imagebuild.builders.layers import (
     save_manifest,
 )
 from imagebuild.cache import Cache
+from imagebuild.cache_entries import STAGE, Consistency
 from imagebuild.engine import connection_vars
 from imagebuild.keys import STAGES
 from imagebuild.leftovers import CACHE_LABEL
 from imagebuild.lock.lockfile import Lock
-from imagebuild.registry_cache import sealed_by
 from imagebuild.resolved import APP_ARCHIVE, PATH, REPO_DIR, WHEELS_DIR
 
 
@@ -48,29 +48,35 @@ class StageResult:
     pulled: bool = False  # from the registry cache
 
 
-# What a stage entry pulled from a registry must be beyond its files' digests.
-ENTRY_RULE = sealed_by("layer.json", "diff_id", "layer.tar", ("manifest.json",))
-
-
 def stage_cached(cache: Cache, key: str) -> bool:
     """`layer.json` is written last, inside the folder that is renamed into place."""
     return (cache.dir("stages", key) / "layer.json").exists()
 
 
-def cached(cache: Cache, key: str) -> tuple[Layer, Manifest] | None:
-    """The stage's layer and manifest, if made and still what was sealed (else None: made
-    again; a tampered entry is said and removed)."""
-    if not (stage_cached(cache, key) and cache.intact("stages", key)):
+def entry_rule(cache: Cache, key: str, below: list[Layer]) -> Consistency:
+    """What the stage entry `key` must be, local or pulled: a valid stage entry of this key,
+    made on top of exactly the layers `below` (their diff_ids, in order)."""
+    return STAGE.rule(cache, {"key": key, "below": [ly.diff_id for ly in below]})
+
+
+def cached(cache: Cache, key: str, below: list[Layer]) -> tuple[Layer, Manifest] | None:
+    """The stage's layer and manifest on top of `below`, if made, still what was sealed and
+    valid (else None: made again; a tampered or invalid entry is said and removed)."""
+    rule = entry_rule(cache, key, below)
+    if not (stage_cached(cache, key) and cache.intact("stages", key, rule=rule)):
         return None
     d = cache.dir("stages", key)
-    meta = json.loads((d / "layer.json").read_text())
-    return Layer(d / "layer.tar", meta["diff_id"], meta["size"], meta["entries"]), load_manifest(
-        d / "manifest.json"
-    )
+    meta = json.loads((d / "layer.json").read_text())  # its diff_id: layer.tar's, the rule says
+    tar = d / "layer.tar"
+    layer = Layer(tar, meta["diff_id"], tar.stat().st_size, meta["entries"])
+    return layer, load_manifest(d / "manifest.json")
 
 
 def _store(
-    cache: Cache, key: str, build: Callable[[Path], tuple[Layer, Manifest, int | None]]
+    cache: Cache,
+    key: str,
+    below: list[Layer],
+    build: Callable[[Path], tuple[Layer, Manifest, int | None]],
 ) -> tuple[Layer, Manifest, int | None]:
     """Run `build(tmpdir)` and keep its layer and manifest only if it succeeds."""
     known: dict[str, str] = {}
@@ -78,10 +84,10 @@ def _store(
         layer, manifest, changed = build(tmp)
         known["layer.tar"] = layer.diff_id.removeprefix("sha256:")
         save_manifest(manifest, tmp / "manifest.json")
-        (tmp / "layer.json").write_text(
-            json.dumps({"diff_id": layer.diff_id, "size": layer.size, "entries": layer.entries})
-        )
-    stored = cached(cache, key)
+        meta = {"key": key, "below": [ly.diff_id for ly in below], "diff_id": layer.diff_id,
+                "size": layer.size, "entries": layer.entries}  # fmt: skip
+        (tmp / "layer.json").write_text(json.dumps(meta))
+    stored = cached(cache, key, below)
     assert stored is not None
     return (*stored, changed)
 
@@ -182,7 +188,10 @@ def _run_stage(
 ) -> tuple[Layer, Manifest, int]:
     """Run `site.yml --tags NAME` on the layers below; return the layer it adds, the new
     manifest and Ansible's changed count."""
-    with stage_container(b, name, below, [name]) as (container, result):
+    with (
+        stage_container(b, name, below, [name]) as (container, result),
+        profile.step("layer from a stage's changes (read, written, hashed)"),
+    ):
         stream, deleted = stage_changes(b, container, manifest, tmp)
         layer, new_manifest = diff_layer(
             stream, manifest, tmp / "layer.tar", b.inputs.lock.source_date_epoch,
@@ -199,22 +208,23 @@ def build_layers(b: Build, label: str) -> tuple[list[Layer], list[StageResult]]:
     manifest: Manifest = {}
     for name in STAGES:
         start = time.monotonic()
-        hit = cached(cache, keys[name])
-        pulled = hit is None and remote.fetch(cache, "stages", keys[name], ENTRY_RULE)
+        hit = cached(cache, keys[name], layers)
+        rule = entry_rule(cache, keys[name], layers)
+        pulled = hit is None and remote.fetch(cache, STAGE, keys[name], rule)
         if pulled:
-            hit = cached(cache, keys[name])
+            hit = cached(cache, keys[name], layers)
             progress.say(f"{label}: {name}: from {remote.pull_from} ({keys[name][:12]})")
         built, changed = hit is None, None
         if hit is None:
             with progress.stage(f"{label}: {name}", f"key {keys[name][:12]}") as st:
                 make = partial(_make_layer, b, name, list(layers), manifest)
-                layer, manifest, changed = _store(cache, keys[name], make)
+                layer, manifest, changed = _store(cache, keys[name], layers, make)
                 st["note"] = f"{layer.entries} entries, {layer.size / 1e6:.1f} MB"
         else:
             if not pulled:
                 progress.say(f"{label}: {name}: cached ({keys[name][:12]})")
             layer, manifest = hit
-        remote.publish(cache, "stages", keys[name])
+        remote.publish(cache, STAGE, keys[name])
         layers.append(layer)
         seconds = round(time.monotonic() - start, 2)
         results.append(StageResult(name, keys[name], layer.diff_id, layer.size, not built,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from imagebuild import (
+    ansible_vars,
     builder,
     checksums,
     distnames,
@@ -99,19 +100,18 @@ def outputs(dist: Path, spec: Spec) -> dict[str, Path]:
     return out
 
 
-def ansible_vars(
+def ansible_vars_file(
     r: Resolved, sources_label: str, inventory_out: Path, app_archive: str = ""
 ) -> Path:
     """The container's playbook variables (same paths: the sources sit where the container
-    build mounts them) + the VM-only ones, as a JSON file for `--extra-vars @file`."""
+    build mounts them) + the VM-only ones, as a file for `--extra-vars @file` (as data:
+    imagebuild.ansible_vars)."""
     values = {
         **r.playbook_vars(app_archive),
         **r.vm_vars(sources_label, str(inventory_out)),
         "imagebuild_sources_dir": SOURCES_DIR,
     }
-    path = inventory_out.with_name("ansible-vars.json")
-    path.write_text(json.dumps(values, indent=1, sort_keys=True))
-    return path
+    return ansible_vars.write(values, inventory_out.with_name("ansible-vars.yml"))
 
 
 def packer_values(spec: Spec, work: Path, **overrides: Any) -> dict[str, Any]:
@@ -222,6 +222,7 @@ def _packer_qemu(
     spec, lock, work = b.inputs.spec, b.inputs.lock, b.workdir
     make_build_key(work)
     inventory_out = work / "inventory.json"
+    vars_file = ansible_vars_file(b.inputs.resolved, disk.SOURCES_LABEL, inventory_out)
     values = packer_values(
         spec,
         work,
@@ -230,7 +231,7 @@ def _packer_qemu(
         base_disk_sha256=base.sha256,
         sources_disk=str(sources),
         accelerator=accel,
-        ansible_vars_file=str(ansible_vars(b.inputs.resolved, disk.SOURCES_LABEL, inventory_out)),
+        ansible_vars_file=str(vars_file),
         serial_log=str(staging / "serial.log"),  # kept with the VM by --on-error=abort
         guest_qemuargs=_pairs(
             vmboot.guest_args("{{ .SSHHostPort }}", (work / "build_key.pub").read_text())

@@ -19,7 +19,7 @@ from imagebuild import __version__, roles
 from imagebuild.cache import atomic_file
 from imagebuild.errors import StaleLockError
 from imagebuild.lock import schema
-from imagebuild.lock.python import platform_tag, requirement_lines
+from imagebuild.lock.python import INDEX, platform_tag, requirement_lines
 from imagebuild.spec import Spec
 
 FORMAT = 1
@@ -93,6 +93,15 @@ class Lock:
     @property
     def digest(self) -> str:
         return hashlib.sha256(render(self).encode()).hexdigest()
+
+    def row(self, item: DebPackage | Wheel) -> str:
+        """Where `item` is, as the lock's own errors say it: `LOCK:LINE: section[i]`."""
+        title, i = next((title, i) for title, attr in SECTIONS.items()
+                        for i, r in enumerate(getattr(self, attr)) if r == item)  # fmt: skip
+        try:
+            return f"{self.path}:{schema.line(self.path.read_text(), title, i)}: {title}[{i}]"
+        except OSError:  # a lock never written (made in memory)
+            return f"{self.path}: {title}[{i}]"
 
 
 def path_for(spec: Spec) -> Path:
@@ -178,7 +187,7 @@ def make(
         # The mirror state resolved against: the suite's Release date (also SOURCE_DATE_EPOCH).
         "index_date": datetime.fromtimestamp(source_date_epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "python": spec.python_version,
-        "pypi_index": "https://pypi.org/simple",
+        "pypi_index": INDEX,
     }
     return Lock(header, inputs, shared, vm, python, path_for(spec))
 
@@ -224,7 +233,7 @@ def read(path: Path) -> Lock:
         raise StaleLockError(f"{path}: no lock file; run `invoke lock --spec ...` first")
     try:
         text = path.read_text()
-        data = json.loads(text)
+        data = schema.parse(text, str(path))
         if data.get("format") != FORMAT:
             raise StaleLockError(
                 f"{path}: lock format {data.get('format')!r}, expected {FORMAT}; "
@@ -239,7 +248,7 @@ def read(path: Path) -> Lock:
             [Wheel(**r) for r in data["python"]],
             path,
         )
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise StaleLockError(f"{path}: not a valid lock file ({e}); re-run `invoke lock`") from None
 
 

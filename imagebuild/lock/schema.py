@@ -1,9 +1,12 @@
 """The lock's grammar: every row and header field is checked when a lock is read, so no cache
 path, URL or command line is ever built from a string the lock merely claims (a hand-edited or
-hostile lock is exit 3 naming the file, the line and the field)."""
+hostile lock is exit 3 naming the file, the line and the field). Every download is bound to the
+spec: debs come from the mirror the lock's inputs record (which the freshness check compares
+with the spec), wheels from the one index imagebuild resolves against."""
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.parse
 from typing import Any
@@ -12,6 +15,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from imagebuild.errors import StaleLockError
+from imagebuild.lock.python import INDEX
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 DEB_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # Debian policy 5.6.1
@@ -24,6 +28,8 @@ SUITE = re.compile(r"[a-z]+")
 UTC_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 COMPONENTS = {"main", "contrib", "non-free", "non-free-firmware"}
 WHEEL_HOSTS = {"files.pythonhosted.org"}  # where PyPI's simple index points its files
+# Header fields that name where the debs come from: each must be what the inputs record.
+FROM_INPUTS = ("mirror", "suite", "components")
 
 
 def _url(value: Any, schemes: set[str]) -> str | None:
@@ -50,7 +56,7 @@ def _deb(row: dict[str, Any]) -> list[tuple[str, str]]:
     return bad
 
 
-def _wheel(row: dict[str, Any], index: str) -> list[tuple[str, str]]:
+def _wheel(row: dict[str, Any]) -> list[tuple[str, str]]:
     bad = []
     name = row.get("name")
     if not isinstance(name, str) or canonicalize_name(name) != name or not name:
@@ -64,8 +70,8 @@ def _wheel(row: dict[str, Any], index: str) -> list[tuple[str, str]]:
         bad.append(("filename", "not a plain wheel file name"))
     problem = _url(row.get("url"), {"https"})
     host = urllib.parse.urlsplit(str(row.get("url"))).hostname
-    if problem is None and host not in WHEEL_HOSTS | {urllib.parse.urlsplit(index).hostname}:
-        problem = f"{host!r} is not the recorded index's file host"
+    if problem is None and host not in WHEEL_HOSTS:
+        problem = f"{host!r} is not {INDEX}'s file host ({', '.join(sorted(WHEEL_HOSTS))})"
     elif problem is None and not str(row["url"]).split("#")[0].endswith(f"/{fn}"):
         problem = "does not end with the row's filename"
     if problem:
@@ -79,18 +85,25 @@ def _common(row: dict[str, Any]) -> list[tuple[str, str]]:
     bad = []
     if not isinstance(row.get("sha256"), str) or not SHA256.fullmatch(row["sha256"]):
         bad.append(("sha256", "not 64 lowercase hex digits"))
-    size = row.get("size")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+    size = row.get("size")  # every download stops at it
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         bad.append(("size", "not a byte count"))
     return bad
 
 
-def _header(header: dict[str, Any]) -> list[tuple[str, str]]:
+def _header(header: dict[str, Any], inputs: Any) -> list[tuple[str, str]]:
     bad = []
     if problem := _url(header.get("mirror"), {"http", "https"}):
         bad.append(("mirror", problem))
-    if problem := _url(header.get("pypi_index"), {"https"}):
-        bad.append(("pypi_index", problem))
+    base = inputs.get("base") if isinstance(inputs, dict) else None
+    for field in FROM_INPUTS:
+        recorded = base.get(field) if isinstance(base, dict) else None
+        if header.get(field) != recorded:
+            msg = f"{header.get(field)!r} is not the inputs' base.{field} {recorded!r}"
+            bad.append((field, msg + " (the spec's, which the lock was resolved from)"))
+    if header.get("pypi_index") != INDEX:
+        bad.append(("pypi_index", f"{header.get('pypi_index')!r} is not {INDEX}, the index "
+                                  "imagebuild resolves against"))  # fmt: skip
     if not isinstance(header.get("suite"), str) or not SUITE.fullmatch(header["suite"]):
         bad.append(("suite", "not a Debian suite name"))
     comps = header.get("components")
@@ -110,30 +123,110 @@ def _header(header: dict[str, Any]) -> list[tuple[str, str]]:
     return bad
 
 
-def _line(text: str, key: str, index: int | None) -> int:
+def line(text: str, key: str, index: int | None) -> int:
     """The line of `key` (a section's row `index`, one row per line as `render` writes them)."""
     lines = text.splitlines()
     start = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith(f'"{key}"')), 0)
     return start + 1 + (index + 1 if index is not None else 0)
 
 
+def _twice(text: str, sections: list[tuple[str, list[Any]]]) -> list[tuple[int, str]]:
+    """(line, problem) for each row whose name an earlier row of `sections` already has: one
+    package is locked once (apt would see two versions of it in the VM's repo)."""
+    first: dict[str, tuple[str, int]] = {}
+    out = []
+    for section, rows in sections:
+        for i, row in enumerate(rows):
+            name = row.get("name") if isinstance(row, dict) else None
+            if not isinstance(name, str):
+                continue
+            if name in first:
+                s, j = first[name]
+                msg = f"is also {s}[{j}] (line {line(text, s, j)}); a package is locked once"
+                out.append((line(text, section, i), f"{section}[{i}].name: {name!r} {msg}"))
+            else:
+                first[name] = (section, i)
+    return out
+
+
 def check(data: dict[str, Any], text: str, path: str) -> None:
     """Raise StaleLockError (exit 3) naming `PATH:LINE: field: problem` for every bad field."""
     problems: list[str] = []
-    header = data["header"]
-    for field, msg in _header(header):
-        problems.append(f"{path}:{_line(text, 'header', None)}: header.{field}: {msg}")
-    index = str(header.get("pypi_index", ""))
+    for field, msg in _header(data["header"], data.get("inputs")):
+        problems.append(f"{path}:{line(text, 'header', None)}: header.{field}: {msg}")
     for section, rows, kind in (("os_shared", data["os_shared"], "deb"),
                                 ("os_vm_only", data["os_vm_only"], "deb"),
                                 ("python", data["python"], "wheel")):  # fmt: skip
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
-                problems.append(f"{path}:{_line(text, section, i)}: {section}[{i}]: not a row")
+                problems.append(f"{path}:{line(text, section, i)}: {section}[{i}]: not a row")
                 continue
-            bad = _common(row) + (_deb(row) if kind == "deb" else _wheel(row, index))
-            problems += [f"{path}:{_line(text, section, i)}: {section}[{i}].{f}: {m}"
+            bad = _common(row) + (_deb(row) if kind == "deb" else _wheel(row))
+            problems += [f"{path}:{line(text, section, i)}: {section}[{i}].{f}: {m}"
                          for f, m in bad]  # fmt: skip
+    twice = _twice(text, [("os_shared", data["os_shared"]), ("os_vm_only", data["os_vm_only"])])
+    twice += _twice(text, [("python", data["python"])])
+    problems += [f"{path}:{n}: {msg}" for n, msg in twice]
     if problems:
         raise StaleLockError("the lock is not what it claims to be; refusing it:\n  "
                              + "\n  ".join(problems))  # fmt: skip
+
+
+class _KeyTwice(Exception):
+    pass
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object_pairs_hook: a key given twice is refused (json.loads keeps the last one
+    silently, so an edited row or a second section would replace what a reviewer saw)."""
+    if len({k for k, _ in pairs}) < len(pairs):
+        raise _KeyTwice
+    return dict(pairs)
+
+
+_JSON = json.JSONDecoder()
+
+
+def _skip(text: str, pos: int) -> int:
+    while text[pos : pos + 1] in (" ", "\t", "\n", "\r"):
+        pos += 1
+    return pos
+
+
+def _walk(text: str, pos: int) -> tuple[int, tuple[str, int] | None]:
+    """Walk the JSON value at `pos`: (its end, the first key given twice in one object inside
+    it with its offset, or None). Run only to say where json.loads found one."""
+    pos = _skip(text, pos)
+    if text[pos] not in "{[":
+        return _JSON.raw_decode(text, pos)[1], None
+    is_object, seen = text[pos] == "{", set()
+    pos = _skip(text, pos + 1)
+    while text[pos] not in "}]":
+        if is_object:
+            key, after = _JSON.raw_decode(text, pos)
+            if key in seen:
+                return after, (key, pos)
+            seen.add(key)
+            pos = _skip(text, after) + 1  # past the ':'
+        pos, twice = _walk(text, pos)
+        if twice is not None:
+            return pos, twice
+        pos = _skip(text, pos)
+        pos = _skip(text, pos + 1) if text[pos] == "," else pos
+    return pos + 1, None
+
+
+def parse(text: str, path: str) -> Any:
+    """The lock's JSON; a key given twice in one object (anywhere) is exit 3 at its line."""
+    try:
+        return json.loads(text, object_pairs_hook=_pairs)
+    except _KeyTwice:
+        try:
+            twice = _walk(text, 0)[1]
+        except (ValueError, IndexError, RecursionError):  # the rest is bad or too deep
+            twice = None
+        key, where = (repr(twice[0]), twice[1]) if twice else ("a key", 0)
+        raise StaleLockError(
+            f"{path}:{text.count(chr(10), 0, where) + 1}: {key} given twice in one object "
+            "(a JSON reader keeps only one of them); refusing the lock"
+        ) from None

@@ -8,19 +8,19 @@ import hashlib
 import json
 import re
 import shlex
-import subprocess
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from packaging.utils import canonicalize_name
 
-from imagebuild import inventory, vmboot
+from imagebuild import inventory
 from imagebuild.lock.lockfile import Lock
 from imagebuild.spec import Spec
-from imagebuild.verify import filebytes, gpu
+from imagebuild.verify import filebytes, gpu, interpreter
+from imagebuild.verify.diskhygiene import disk_reading
+from imagebuild.verify.filemeta import Listing
+from imagebuild.verify.interpreter import Interpreters, ScriptFailed, text, texts
 from imagebuild.verify.items import (
     DISK_HYGIENE,
     SETUID_ROW,
@@ -83,39 +83,84 @@ def _env_pairs(pairs: list[str]) -> dict[str, str]:
 
 def collect(
     host: Any, artifact: str, spec: Spec, lock: Lock, config: dict[str, Any], disk: Path | None
-) -> Facts:
+) -> tuple[Facts, Listing | None]:
     """`artifact` is "container" (config = the image config) or "vm" (disk = the qcow2).
-    `seconds`: each group's time (the digest script runs behind the others)."""
+    `seconds`: each group's time (the digest script runs behind the others). Also the listing
+    of what every file is (filemeta.judge compares the two), None where the script failed.
+    What needs the artifact's Python is read with the first of its interpreters that runs;
+    where none does, those rows say why (`unread`)."""
     laps = Laps()
-    hashing = filebytes.start(host, spec)
+    pythons = interpreter.probe(host, interpreter.candidates(spec, lock))
+    hashing = filebytes.start(host, spec, pythons.working) if pythons.working else None
+    laps.lap("interpreter")
     # The disk image's hygiene is read on this host (qemu-img + debugfs): beside the VM's checks.
-    with ThreadPoolExecutor(1) as reading:
-        image = reading.submit(disk_hygiene, disk) if disk is not None else None
-        facts, run_as = _collect(host, artifact, spec, lock, config, laps)
+    with disk_reading(disk) as image:
+        facts, run_as = _collect(host, artifact, spec, lock, config, laps, pythons)
         if image is not None:
-            facts["hygiene"] |= image.result()
+            facts["hygiene"] |= image()
     laps.lap("the rest of the disk image's hygiene")
-    facts |= filebytes.finish(hashing)
+    more, listing = (
+        filebytes.finish(hashing) if hashing else (filebytes.unread(pythons.problem()), None)
+    )
+    merge(facts, more)
     laps.lap("bytes: what the digest script still needed")
     if spec.gpu:
-        facts |= gpu.facts(host, spec, run_as, WRAPPER, facts["env"])
+        merge(facts, gpu.facts(host, spec, run_as, WRAPPER, facts["env"]))
         laps.lap("gpu")
-    return facts | {"seconds": laps.laps}
+    return facts | {"seconds": laps.laps}, listing
+
+
+def merge(facts: Facts, more: Facts) -> None:
+    for kind, rows in more.items():
+        facts.setdefault(kind, {}).update(rows)
+
+
+INVENTORY_KINDS = ("deb", "deb-unlocked", "python", "python-unlocked", "import", "lib")
+VENV_KINDS = ("python", "python-unlocked", "import")  # only the spec's interpreter sees them
+
+
+def _inventory(host: Any, spec: Spec, pythons: Interpreters) -> tuple[Facts, dict[str, str]]:
+    """The inventory script's sections (deb, python, import, lib), and the kinds it could not
+    give, with why: all of them where no interpreter runs or the script fails; the venv's
+    where it ran on Debian's interpreter because the spec's does not run."""
+    python = pythons.working
+    own = python == pythons.target
+    empty: Facts = {"deb": {}, "python": {}, "import": {}, "lib": {}}
+    if python is None:
+        return empty, dict.fromkeys(INVENTORY_KINDS, pythons.problem())
+    want = json.dumps({"imports": import_names(spec) if own else []})
+    script = shlex.quote(inventory.SCRIPT)
+    r = host.run(f"{shlex.quote(python)} -c {script} {shlex.quote(want)}")
+    what = f"the inventory script ({python})"
+    try:
+        raw = interpreter.parse(what, r.rc, r.stdout, r.stderr)
+        sections: Facts = {
+            "deb": {text(n).split(":")[0]: text(v) for n, v, _ in raw["deb"]},
+            "python": {canonicalize_name(text(n)): text(v) for n, v in raw["python"]},
+            "import": texts(raw.get("import", {})),
+            "lib": texts(raw.get("lib", {})),
+        }
+    except ScriptFailed as e:
+        return empty, dict.fromkeys(INVENTORY_KINDS, str(e))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        return empty, dict.fromkeys(INVENTORY_KINDS, f"{what} printed another shape: {e!r}")
+    return sections, {} if own else dict.fromkeys(VENV_KINDS, pythons.problem())
 
 
 def _collect(
-    host: Any, artifact: str, spec: Spec, lock: Lock, config: dict[str, Any], laps: Laps
+    host: Any,
+    artifact: str,
+    spec: Spec,
+    lock: Lock,
+    config: dict[str, Any],
+    laps: Laps,
+    pythons: Interpreters,
 ) -> tuple[Facts, str]:
     """The facts read over the host's own commands, and the prefix that runs a command as the
     runtime user there."""
-    want = json.dumps({"imports": import_names(spec)})
-    script = shlex.quote(inventory.SCRIPT)
-    raw = json.loads(
-        host.check_output(f"{inventory.target_python(spec)} -c {script} {shlex.quote(want)}")
-    )
+    raw, unread = _inventory(host, spec, pythons)
     laps.lap("inventory: packages, imports, libraries")
-    deb = {n.split(":")[0]: v for n, v, _ in raw["deb"]}
-    python: dict[str, str] = {canonicalize_name(n): v for n, v in raw["python"]}
+    deb, python = raw["deb"], raw["python"]
     locked_debs = {p.name for p in lock.shared} | (
         {p.name for p in lock.vm} if artifact == "vm" else set()
     )
@@ -132,9 +177,11 @@ def _collect(
                 sorted(f"{n}=={v}" for n, v in python.items() if n not in locked_py)
             )
         },
-        "import": raw.get("import", {}),
-        "lib": raw.get("lib", {}),
+        "import": raw["import"],
+        "lib": raw["lib"],
         "entrypoint": {"wrapper sha256": wrapper.sha256sum if wrapper.exists else ABSENT},
+        "interpreter": interpreter.rows(pythons),
+        "unread": unread,
     }
     if artifact == "container":
         argv = " ".join([*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])])
@@ -147,7 +194,7 @@ def _collect(
         }
         hygiene = dict.fromkeys(DISK_HYGIENE, "n/a")
     else:
-        unit = spec.name
+        unit = f"{spec.service_name}.service"
         # `{ path=... ; argv[]=PROG ARGS ; ignore_errors=no ; ... }`: the command line it runs
         exec_start = _unit(host, unit, "ExecStart")
         started = exec_start.partition("argv[]=")[2].partition(" ;")[0] or "none"
@@ -226,43 +273,3 @@ def _setuid_outside_packages(host: Any) -> str:
     """setuid/setgid files no installed package owns (dpkg -S), e.g. a copied-in binary."""
     out = host.run(f"sh -c {shlex.quote(SETUID_SCRIPT)}").stdout.split()
     return " ".join(sorted(out)) or "none"
-
-
-def disk_hygiene(disk: Path) -> dict[str, str]:
-    """Read the image itself (never booted; the booted copy makes its own machine-id)."""
-    with tempfile.TemporaryDirectory(prefix="imagebuild-hygiene-") as tmp:
-        part = vmboot.partition_image(disk, Path(tmp))
-
-        def ls(path: str) -> list[str]:
-            r = subprocess.run(["debugfs", "-R", f"ls -p {path}", str(part)],
-                               capture_output=True, text=True)  # fmt: skip
-            return [ln.split("/")[5] for ln in r.stdout.splitlines() if ln.count("/") >= 6]
-
-        keys = [f for f in ls("/root/.ssh") if f.startswith("authorized_keys")]
-        homes = ["/root", *[f"/home/{h}" for h in ls("/home") if h not in (".", "..")]]
-        history = [f"{h}/{f}" for h in homes for f in ls(h) if f.endswith("_history")]
-        seed = [f for f in ls("/var/lib/systemd") if f == "random-seed"]
-        leases = [f for f in ls("/var/lib/dhcp") if f.endswith(".leases") or "dhclient" in f]
-        journal = [f for f in ls("/var/log/journal") if f not in (".", "..")]
-        host_keys = [f for f in ls("/etc/ssh") if f.startswith("ssh_host_")]
-        # what cloud-init keeps of a boot: a clone with it would skip its own first boot
-        cloud = [f for f in ls("/var/lib/cloud") if f in ("instance", "instances", "data", "sem")]
-        shadow = vmboot.debugfs_cat(part, "/etc/shadow").decode()
-        root_pw = next(
-            (ln.split(":")[1] for ln in shadow.splitlines() if ln.startswith("root:")), ""
-        )
-        return {
-            "/etc/machine-id content (disk image)": vmboot.debugfs_cat(part, "/etc/machine-id")
-            .decode()
-            .strip(),
-            "authorized SSH keys (disk image)": " ".join(keys) or "none",
-            "SSH host keys (disk image)": " ".join(host_keys) or "none",
-            "root password (disk image)": "locked"
-            if root_pw[:1] in ("*", "!")
-            else ("EMPTY" if not root_pw else "SET"),
-            "shell history (disk image)": " ".join(history) or "none",
-            "systemd random seed (disk image)": " ".join(seed) or "none",
-            "DHCP leases (disk image)": " ".join(leases) or "none",
-            "journal files (disk image)": " ".join(journal) or "none",
-            "cloud-init instance state (disk image)": " ".join(cloud) or "none",
-        }

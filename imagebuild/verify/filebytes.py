@@ -1,6 +1,7 @@
 """Parity by bytes: names and versions agreeing is not enough, the files behind them must be the
 bytes their packages recorded. One run of data/bytes_script.py per artifact, as root (dpkg's
-digests, the venv's wheel RECORDs, the app folder's files, what no package owns)."""
+digests, the venv's wheel RECORDs, the app folder's files, what no package owns, and what every
+path is: filemeta.py judges that part)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import testinfra
 
 from imagebuild import inventory, resolved, roles
 from imagebuild.spec import Spec
+from imagebuild.verify.filemeta import Listing
+from imagebuild.verify.interpreter import ScriptFailed, parse, texts
 from imagebuild.verify.items import WRAPPER
 from imagebuild.verify.model import ANY, Item
 
@@ -33,6 +36,8 @@ ROWS = [
     ("programs and /usr/local files no package owns, /etc/ld.so.preload", "unlocked", "none", True),
 ]
 APP_TREE = "app folder sha256 (every file)"
+# What the script's output gives: all of it is unread when it gives nothing.
+KINDS = ("bytes", "app-file", "files", "file-meta")
 
 
 def _as_root(host: Any) -> Any:
@@ -47,7 +52,8 @@ def _as_root(host: Any) -> Any:
 @dataclass(frozen=True)
 class Running:
     host: Any  # root on the artifact
-    out: str  # where the script's JSON appears, once it is complete
+    out: str  # where the script's JSON appears, once it is complete (its stderr: out.err)
+    python: str  # the interpreter running it
 
 
 def ours(spec: Spec) -> list[str]:
@@ -60,38 +66,52 @@ def ours(spec: Spec) -> list[str]:
     return sorted(paths)
 
 
-def start(host: Any, spec: Spec) -> Running:
+def start(host: Any, spec: Spec, python: str) -> Running:
     """Start the script in the background: it hashes every package and venv file (about 20 s
-    on the VM under TCG) while verify collects the other facts over many short round trips."""
+    on the VM under TCG) while verify collects the other facts over many short round trips.
+    `python`: an interpreter of the artifact that runs (interpreter.probe); it needs only the
+    standard library."""
     arg = {
         "venv": spec.python.venv if spec.python else None,
         "app": spec.app.dest if spec.app else "/nonexistent",
         "skip": ours(spec),
     }
     out = f"/tmp/imagebuild-verify-bytes-{uuid.uuid4().hex[:8]}.json"
-    cmd = f"{inventory.target_python(spec)} -c {shlex.quote(SCRIPT)} {shlex.quote(json.dumps(arg))}"
-    job = f"{cmd} > {out}.part 2>&1; mv {out}.part {out}"
+    cmd = f"{shlex.quote(python)} -c {shlex.quote(SCRIPT)} {shlex.quote(json.dumps(arg))}"
+    job = f'{cmd} > {out}.part 2> {out}.err; echo "exit $?" >> {out}.err; mv {out}.part {out}'
     root = _as_root(host)
     root.check_output(f"nohup sh -c {shlex.quote(job)} </dev/null >/dev/null 2>&1 &")
-    return Running(root, out)
+    return Running(root, out, python)
 
 
-def finish(run: Running, timeout: float = 900) -> dict[str, dict[str, str]]:
+def unread(why: str) -> dict[str, dict[str, str]]:
+    """The facts of an artifact where the script gave nothing: every row it feeds says why."""
+    return {"unread": dict.fromkeys(KINDS, why), "bytes": {}, "app-file": {}}
+
+
+def finish(run: Running, timeout: float = 900) -> tuple[dict[str, dict[str, str]], Listing | None]:
+    """The rows, and the listing of what every path is (None where the script failed: its
+    rows then say why, by `unread`)."""
     deadline = time.monotonic() + timeout
     while (r := run.host.run(f"cat {run.out}")).rc != 0:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the file digest script gave no result in {timeout:.0f}s")
+            return unread(f"the file digest script gave no result in {timeout:.0f}s"), None
         time.sleep(1)
-    run.host.run(f"rm -f {run.out}")
+    err = run.host.run(f"cat {run.out}.err; rm -f {run.out} {run.out}.err").stdout
+    stderr, _, code = err.rstrip().rpartition("exit ")
+    what = f"the file digest script ({run.python})"
     try:
-        raw = json.loads(r.stdout)
-    except json.JSONDecodeError:
-        raise RuntimeError(f"the file digest script failed: {r.stdout[-2000:]}") from None
-    rows = {row: raw[key] for row, key, _, _ in ROWS if key in raw}
-    app: dict[str, str] = raw["app"]
+        raw = parse(what, int(code) if code.isdigit() else -1, r.stdout, stderr)
+        rows = texts({row: raw[key] for row, key, _, _ in ROWS if key in raw})
+        app = texts(raw["app"])
+        listing = Listing.from_json(raw["meta"])
+    except ScriptFailed as e:
+        return unread(str(e)), None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        return unread(f"{what} printed another shape: {e!r}"), None
     whole = hashlib.sha256("".join(f"{p}\0{d}\n" for p, d in sorted(app.items())).encode())
     rows[APP_TREE] = f"{whole.hexdigest()} ({len(app)} files)"
-    return {"bytes": rows, "app-file": app}
+    return {"bytes": rows, "app-file": app}, listing
 
 
 def items(spec: Spec, container_app_files: list[str]) -> list[Item]:

@@ -17,6 +17,7 @@ import pytest
 
 from imagebuild import checksums, progress
 from imagebuild.builders.formats import filename
+from imagebuild.cache import default_root
 from imagebuild.errors import ImageBuildError
 from imagebuild.spec import Spec
 from imagebuild.verify import hosts, vmdisk
@@ -53,13 +54,30 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _vm_disk(artifact: Path, work: Path, qcow2: Path) -> Path:
-    """The qcow2 to boot for --vm (a qcow2, a Vagrant box or an OVA); a box's or an OVA's disk
-    must hold the same bytes as the qcow2 of the same build, when it is beside it."""
-    if vmdisk.kind_of(artifact) == "qcow2":
-        return artifact
+class Interrupt:
+    """pytest catches KeyboardInterrupt (Ctrl-C, and SIGTERM's Terminated), finishes its session
+    and returns exit status 2; verify must unwind at once instead (both artifacts torn down,
+    exit 130 or 143), so the plugin keeps what was caught for `verify` to raise again. (pytest
+    ends a session with collection errors by its own KeyboardInterrupt, Session.Interrupted:
+    not a signal.)"""
+
+    def __init__(self) -> None:
+        self.caught: KeyboardInterrupt | None = None
+
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        got = excinfo.value
+        if isinstance(got, KeyboardInterrupt) and not isinstance(got, pytest.Session.Interrupted):
+            self.caught = got
+
+
+def _vm_disk(artifact: Path, work: Path, qcow2: Path, disk_gb: int) -> Path:
+    """The qcow2 to boot for --vm (a qcow2, a Vagrant box or an OVA), its headers checked; a
+    box's or an OVA's disk must hold the same bytes as the qcow2 of the same build, when it is
+    beside it."""
     with progress.stage("verify: VM disk", f"from {artifact.name}"):
-        disk = vmdisk.bootable(artifact, work)
+        disk = vmdisk.bootable(artifact, work, disk_gb)
+    if disk.kind == "qcow2":
+        return artifact
     if qcow2.is_file():
         with progress.stage("verify: same disk as", qcow2.name):
             vmdisk.same_as(disk, qcow2)
@@ -76,7 +94,10 @@ def verify(
     backend: str,
     seed: Path | None = None,
     libvirt_uri: str = hosts.SYSTEM_URI,
+    cache_root: Path | None = None,
 ) -> VerifyResult:
+    """`cache_root`: where the locked .debs are (default: the default cache), for the special
+    files' modes (filemeta)."""
     ref = container_ref or f"{spec.repository}:{spec.version}"
     qcow2 = filename("qcow2", spec)
     artifact = (vm_disk or dist / qcow2).resolve()
@@ -91,7 +112,7 @@ def verify(
             with progress.stage("verify: SHA256SUMS", artifact.name):
                 if problems := checksums.check(dist, [artifact]):
                     raise VerifyFailed("; ".join(problems) + " (rebuild it, or pass --vm)")
-        disk = _vm_disk(artifact, work / "disk", artifact.with_name(qcow2))
+        disk = _vm_disk(artifact, work / "disk", artifact.with_name(qcow2), spec.vm.disk_gb)
         with progress.stage("verify: container up", f"{ref}, --network none") as st:
             c = up.enter_context(hosts.container(ref, service=spec.verify.service is not None))
             seconds["container start"] = c.seconds
@@ -112,6 +133,7 @@ def verify(
                 {
                     "spec": str(spec.path),
                     "disk": str(disk),
+                    "cache": str(cache_root or default_root()),
                     "hosts": {
                         name: {
                             "url": h.url,
@@ -130,10 +152,14 @@ def verify(
             progress.stage("verify: suite", "pytest + testinfra over docker:// and ssh://"),
             contextlib.redirect_stdout(sys.stderr),  # stdout carries the table only
         ):
+            interrupt = Interrupt()
             rc = pytest.main(
                 [str(SUITE), "-c", str(SUITE / "pytest.ini"), "--rootdir", str(SUITE),
-                 "--ib-context", str(ctx), f"--junitxml={ctx.parent / 'junit.xml'}"]
+                 "--ib-context", str(ctx), f"--junitxml={ctx.parent / 'junit.xml'}"],
+                plugins=[interrupt],
             )  # fmt: skip
+            if interrupt.caught is not None:
+                raise interrupt.caught
         seconds["test run"] = round(time.monotonic() - start, 1)
         report_file = ctx.parent / "report.json"
         if not report_file.exists():

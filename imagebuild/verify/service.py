@@ -65,7 +65,7 @@ def facts(service_host: Any, artifact: str, spec: Spec) -> dict[str, dict[str, s
         state, log = _container_state(service_host.backend.name)
         alive = state == "running"
     else:
-        unit = shlex.quote(spec.name)
+        unit = shlex.quote(f"{spec.service_name}.service")
         state = service_host.run(f"systemctl is-active {unit}").stdout.strip() or "unknown"
         alive = state in ("active", "activating")
         log = service_host.run(f"journalctl -u {unit} -n 5 --no-pager -o cat").stdout.strip()

@@ -9,8 +9,8 @@ from xml.sax.saxutils import escape
 
 from imagebuild import tarnorm, tools
 from imagebuild.cache import sha256_file
+from imagebuild.diskimage import info
 from imagebuild.spec import Spec
-from imagebuild.vmboot import image_info
 
 SUFFIX = ".ova"
 COMPRESSED_INPUT = False  # the VMDK is compressed anew: read the uncompressed disk
@@ -103,15 +103,15 @@ def make(disk: Path, dest: Path, spec: Spec, sde: int) -> None:
     work.mkdir()
     try:
         vmdk = work / f"{stem}-disk1.vmdk"
-        tools.run(["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized",
-                   disk, vmdk])  # fmt: skip
-        info = image_info(disk)
+        tools.run(["qemu-img", "convert", "-f", "qcow2", "-O", "vmdk",
+                   "-o", "subformat=streamOptimized", disk, vmdk])  # fmt: skip
+        capacity = info(disk)["virtual-size"]
         ovf = work / f"{stem}.ovf"
         ovf.write_text(
             OVF.format(
                 vmdk=vmdk.name,
                 vmdk_size=vmdk.stat().st_size,
-                capacity=info["virtual-size"],
+                capacity=capacity,
                 name=escape(spec.name),
                 version=escape(spec.version),
                 cpus=spec.vm.cpus,

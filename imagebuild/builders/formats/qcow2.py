@@ -15,7 +15,9 @@ COMPRESSION = ["-c"]  # zlib, which every qemu reads (zstd would need qemu >= 5.
 
 
 def start_compress(disk: Path, dest: Path) -> subprocess.Popen[bytes]:
-    return tools.start(["qemu-img", "convert", *COMPRESSION, "-O", "qcow2", disk, dest])
+    return tools.start(
+        ["qemu-img", "convert", *COMPRESSION, "-f", "qcow2", "-O", "qcow2", disk, dest]
+    )
 
 
 def make(disk: Path, dest: Path, spec: Spec, sde: int) -> None:

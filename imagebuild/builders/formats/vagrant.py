@@ -57,7 +57,7 @@ def _seed(dest: Path, spec: Spec, sde: int) -> Path:
         dest.with_suffix(".raw"), instance_id=f"{distnames.stem(spec)}-vagrant",
         hostname=spec.name, cloud_config={"users": [seed.user("vagrant", INSECURE_KEY)]}, sde=sde,
     )  # fmt: skip
-    tools.run(["qemu-img", "convert", "-q", "-O", "qcow2", str(raw), str(dest)])
+    tools.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(dest)])
     raw.unlink()
     return dest
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import json
 import shutil
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 import testinfra
 
+from imagebuild.cache import Cache
 from imagebuild.lock.lockfile import load_fresh
 from imagebuild.spec import load
 from imagebuild.verify import facts as factsmod
-from imagebuild.verify import filebytes, service
+from imagebuild.verify import filebytes, filemeta, interpreter, service
 from imagebuild.verify.items import items
 
 
@@ -27,25 +27,48 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--ib-context", required=True, help="context JSON written by invoke verify")
 
 
-@cache
+# Each context is collected once, whatever the outcome: a failure or an interrupt (Ctrl-C,
+# SIGTERM) is raised again, never collected a second time at the session's end.
+_CONTEXTS: dict[str, dict[str, Any] | BaseException] = {}
+
+
 def _context(path: str) -> dict[str, Any]:
+    if path not in _CONTEXTS:
+        try:
+            _CONTEXTS[path] = _collect(path)
+        except BaseException as e:
+            _CONTEXTS[path] = e
+            raise
+    got = _CONTEXTS[path]
+    if isinstance(got, BaseException):
+        raise got
+    return got
+
+
+def _collect(path: str) -> dict[str, Any]:
     ctx = json.loads(Path(path).read_text())
     spec = load(ctx["spec"])
     lock = load_fresh(spec)
-    facts = {}
+    facts, listings = {}, {}
     for artifact in ("container", "vm"):
         h = ctx["hosts"][artifact]
         host = testinfra.get_host(h["url"])
         disk = Path(ctx["disk"]) if artifact == "vm" else None
-        facts[artifact] = factsmod.collect(host, artifact, spec, lock, h["config"], disk)
+        facts[artifact], listings[artifact] = factsmod.collect(
+            host, artifact, spec, lock, h["config"], disk
+        )
         if h["service_url"]:
             laps = factsmod.Laps()
             facts[artifact] |= service.facts(testinfra.get_host(h["service_url"]), artifact, spec)
             laps.lap("service as shipped")
             facts[artifact]["seconds"] |= laps.laps
+    judged = filemeta.judge(listings, filemeta.Debs(lock, Cache(Path(ctx["cache"]))))
+    for artifact, rows in judged.items():
+        factsmod.merge(facts[artifact], rows)
     libs = sorted(facts["container"]["lib"])
     app_files = sorted(facts["container"]["app-file"])
     its = items(spec, lock, libs) + filebytes.items(spec, app_files) + service.items(spec)
+    its += filemeta.items(facts["container"]) + interpreter.items(spec)
     return {"ctx": ctx, "spec": spec, "facts": facts, "items": its}
 
 
@@ -95,16 +118,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
             r["problem"] = rep.longrepr[2].removeprefix("Skipped: ")
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The report, from what was collected; none if collection failed or was interrupted."""
     path = session.config.getoption("--ib-context")
-    try:
-        ctx = _context(path)["ctx"]
-    except Exception:  # noqa: BLE001 - collection already reported it; no report then
+    got = _CONTEXTS.get(path)
+    if not isinstance(got, dict) or exitstatus == pytest.ExitCode.INTERRUPTED:
         return
+    ctx = got["ctx"]
     out = Path(path).with_name("report.json")
     report = {
         "hosts": {a: {k: h[k] for k in ("url", "how", "seconds")} for a, h in ctx["hosts"].items()},
         "rows": list(ROWS.values()),
-        "group_seconds": {a: f.get("seconds", {}) for a, f in _context(path)["facts"].items()},
+        "group_seconds": {a: f.get("seconds", {}) for a, f in got["facts"].items()},
     }
     out.write_text(json.dumps(report, indent=1))

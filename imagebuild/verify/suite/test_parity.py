@@ -11,9 +11,17 @@ from conftest import gpu_present
 from imagebuild.verify.model import ABSENT, Item
 
 
+def value(facts: dict[str, Any], item: Item) -> str:
+    """The artifact's value for `item`; where its kind could not be read (a script of ours
+    failed there, e.g. on a broken Python), why."""
+    why = facts.get("unread", {}).get(item.kind)
+    if why is not None:
+        return f"not read: {why}"
+    return str(facts.get(item.kind, {}).get(item.key, ABSENT))
+
+
 def test_item(item: Item, facts: dict[str, Any], row: dict[str, Any]) -> None:
-    c = facts["container"].get(item.kind, {}).get(item.key, ABSENT)
-    v = facts["vm"].get(item.kind, {}).get(item.key, ABSENT)
+    c, v = value(facts["container"], item), value(facts["vm"], item)
     row.update(id=item.id, container=c, vm=v, same=c == v, shared=item.shared)
     if item.runtime_gpu:
         present, why = gpu_present()

@@ -1,0 +1,75 @@
+"""The VM's hygiene read from its disk image itself, as shipped (never booted: the booted copy
+makes its own machine-id, keys and leases): qemu-img copies the root partition out, debugfs
+reads it. No loop device, no mount."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from imagebuild import tools, vmboot
+
+
+@contextlib.contextmanager
+def disk_reading(disk: Path | None) -> Iterator[Callable[[], dict[str, str]] | None]:
+    """Start copying the disk image's root partition out (qemu-img, seconds of I/O) while the
+    other facts are read; the function given waits for it and reads the hygiene facts (None
+    without a disk). Started here, not in a thread, so that an unwinding verify (Ctrl-C,
+    SIGTERM) kills it at once instead of waiting for the copy to end."""
+    if disk is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="imagebuild-hygiene-") as tmp:
+        part = Path(tmp) / "root.raw"
+        copy = tools.start(vmboot.partition_argv(disk, part))
+
+        def read() -> dict[str, str]:
+            tools.wait(copy)
+            return disk_hygiene(part)
+
+        try:
+            yield read
+        finally:
+            if copy.poll() is None:
+                copy.kill()  # a half-written copy in a folder about to go: nothing to clean
+                copy.wait()
+
+
+def disk_hygiene(part: Path) -> dict[str, str]:
+    """Read the image itself (never booted; the booted copy makes its own machine-id) from its
+    root partition's copy."""
+
+    def ls(path: str) -> list[str]:
+        r = subprocess.run(["debugfs", "-R", f"ls -p {path}", str(part)],
+                           capture_output=True, text=True)  # fmt: skip
+        return [ln.split("/")[5] for ln in r.stdout.splitlines() if ln.count("/") >= 6]
+
+    keys = [f for f in ls("/root/.ssh") if f.startswith("authorized_keys")]
+    homes = ["/root", *[f"/home/{h}" for h in ls("/home") if h not in (".", "..")]]
+    history = [f"{h}/{f}" for h in homes for f in ls(h) if f.endswith("_history")]
+    seed = [f for f in ls("/var/lib/systemd") if f == "random-seed"]
+    leases = [f for f in ls("/var/lib/dhcp") if f.endswith(".leases") or "dhclient" in f]
+    journal = [f for f in ls("/var/log/journal") if f not in (".", "..")]
+    host_keys = [f for f in ls("/etc/ssh") if f.startswith("ssh_host_")]
+    # what cloud-init keeps of a boot: a clone with it would skip its own first boot
+    cloud = [f for f in ls("/var/lib/cloud") if f in ("instance", "instances", "data", "sem")]
+    shadow = vmboot.debugfs_cat(part, "/etc/shadow").decode()
+    root_pw = next((ln.split(":")[1] for ln in shadow.splitlines() if ln.startswith("root:")), "")
+    return {
+        "/etc/machine-id content (disk image)": vmboot.debugfs_cat(part, "/etc/machine-id")
+        .decode()
+        .strip(),
+        "authorized SSH keys (disk image)": " ".join(keys) or "none",
+        "SSH host keys (disk image)": " ".join(host_keys) or "none",
+        "root password (disk image)": "locked"
+        if root_pw[:1] in ("*", "!")
+        else ("EMPTY" if not root_pw else "SET"),
+        "shell history (disk image)": " ".join(history) or "none",
+        "systemd random seed (disk image)": " ".join(seed) or "none",
+        "DHCP leases (disk image)": " ".join(leases) or "none",
+        "journal files (disk image)": " ".join(journal) or "none",
+        "cloud-init instance state (disk image)": " ".join(cloud) or "none",
+    }
