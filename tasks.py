@@ -166,7 +166,10 @@ REGISTRY_CACHE_HELP = {
     "(default: cache.registry when cache.push).",
     "cache-required": "Fail when the registry cache cannot be reached or refuses (default: "
     "cache.required; else a warning and a local build).",
+    "cache-push": "auto (default: --cache-to, else cache.registry when cache.push) or never: "
+    "push nothing, whatever the spec says (a pull request's spec is its author's).",
 }
+CACHE_PUSH = ("auto", "never")
 
 
 def _say_registry(inputs: Inputs) -> None:
@@ -175,10 +178,18 @@ def _say_registry(inputs: Inputs) -> None:
         print(f"registry cache: pulled {len(remote.pulled)}, pushed {len(remote.pushed)}")
 
 
-def _registry_cache(s: Spec, pull: str | None, push: str | None, required: bool) -> RegistryCache:
-    """The registry cache from the options, the spec's `cache:` section as their default."""
+def _registry_cache(
+    s: Spec, pull: str | None, push: str | None, required: bool, push_mode: str
+) -> RegistryCache:
+    """The registry cache from the options, the spec's `cache:` section as their default;
+    `--cache-push never` overrides both (CI gives untrusted jobs read-only credentials, and
+    this makes their spec unable to ask for a push)."""
+    if push_mode not in CACHE_PUSH:
+        raise Exit(f"error: --cache-push: {push_mode!r} is not one of {', '.join(CACHE_PUSH)}", 2)
     pull = pull or s.cache.registry
     push = push or (s.cache.registry if s.cache.push else None)
+    if push_mode == "never":
+        push = None
     for option, ref in (("--cache-from", pull), ("--cache-to", push)):
         if ref and (problem := ref_problem(ref)):
             raise Exit(f"error: {option}: {problem}", code=2)
@@ -190,7 +201,7 @@ def _prepare(
     spec: str,
     cache_dir: str | None,
     label: str,
-    remote: tuple[str | None, str | None, bool],
+    remote: tuple[str | None, str | None, bool, str],
     dist: str,
 ) -> Iterator[Inputs]:
     """What every build starts from, resolved once (spec, fresh lock, what the roles add, every
@@ -211,11 +222,11 @@ def _prepare(
 
 @cli(dist="Output folder (default ./dist).", shared=REGISTRY_CACHE_HELP)
 def build_container(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", cache_from=None,
-                    cache_to=None, cache_required=False):  # fmt: skip
+                    cache_to=None, cache_required=False, cache_push="auto"):  # fmt: skip
     """Build the layered, reproducible Docker image from the spec and its lock."""
     from imagebuild.builders import container
 
-    remote = (cache_from, cache_to, cache_required)
+    remote = (cache_from, cache_to, cache_required, cache_push)
     with _prepare(spec, cache_dir, "build-container", remote, dist) as inputs:
         r = container.build(inputs, Path(dist))
     _say_registry(inputs)
@@ -243,7 +254,8 @@ def build_container(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", cache_fro
     shared=REGISTRY_CACHE_HELP,
 )
 def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", on_error="cleanup",
-             aws_region=None, cache_from=None, cache_to=None, cache_required=False):  # fmt: skip
+             aws_region=None, cache_from=None, cache_to=None, cache_required=False,
+             cache_push="auto"):  # fmt: skip
     """Build the VM images with Packer (qemu, TCG unless KVM works) from the spec and its lock,
     provisioned by the container's playbook."""
     from imagebuild.builders import vm
@@ -253,7 +265,7 @@ def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", o
         raise Exit(f"error: --target: {target!r} is not one of {', '.join(TARGETS)}", code=2)
     if on_error not in vm.ON_ERROR:
         raise Exit(f"error: --on-error: {on_error!r} is not one of {', '.join(vm.ON_ERROR)}", 2)
-    remote = (cache_from, cache_to, cache_required)
+    remote = (cache_from, cache_to, cache_required, cache_push)
     with _prepare(spec, cache_dir, "build-vm", remote, dist) as inputs:
         r = TARGETS[target](inputs, Path(dist), on_error, aws_region)
     _say_registry(inputs)

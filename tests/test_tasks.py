@@ -45,3 +45,24 @@ def test_verify_takes_a_local_libvirt_uri_only(uri: str, ok: bool) -> None:
     if not ok:
         r = run_invoke("verify", "--libvirt-uri", uri, "--spec", "/nonexistent.yaml")
         assert r.returncode == 2 and "--libvirt-uri" in r.stderr and "127.0.0.1" in r.stderr
+
+
+def test_cache_push_never_overrides_the_spec() -> None:
+    """A spec that asks to push (cache.push, the default) pushes nothing with --cache-push never,
+    and still reads the cache; a value other than auto/never is exit 2."""
+    import dataclasses
+
+    import tasks
+    from imagebuild.spec import load
+    from tests.conftest import EXAMPLE
+
+    spec = load(EXAMPLE / "imagebuild.yaml")
+    spec = dataclasses.replace(spec, cache=dataclasses.replace(
+        spec.cache, registry="127.0.0.1:5000/cache", push=True))  # fmt: skip
+    auto = tasks._registry_cache(spec, None, None, False, "auto")
+    assert (auto.pull_from, auto.push_to) == ("127.0.0.1:5000/cache", "127.0.0.1:5000/cache")
+    never = tasks._registry_cache(spec, None, "127.0.0.1:5000/other", False, "never")
+    assert (never.pull_from, never.push_to) == ("127.0.0.1:5000/cache", None)
+    with pytest.raises(tasks.Exit) as e:
+        tasks._registry_cache(spec, None, None, False, "sometimes")
+    assert e.value.code == 2
