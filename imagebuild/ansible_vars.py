@@ -1,5 +1,5 @@
 """The one way variables reach Ansible: a YAML file for `--extra-vars @FILE`, every string in it
-tagged `!unsafe`.
+that holds a template marker tagged `!unsafe`.
 
 Extra vars are trusted templates to Ansible: it renders `{{ }}`, `{% %}` and `{# #}` in them on
 the controller, as root, when a task uses the value (`{{ lookup('pipe', ...) }}` runs a command,
@@ -26,6 +26,10 @@ class _Dumper(yaml.SafeDumper):
     pass
 
 
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"')
+
+
 def _represent_unsafe(dumper: yaml.SafeDumper, value: _Unsafe) -> yaml.Node:
     # Double-quoted: every character escaped as YAML defines, nothing left to a plain scalar's
     # rules (a value like `yes`, `~` or `: x` stays the string it is).
@@ -33,11 +37,20 @@ def _represent_unsafe(dumper: yaml.SafeDumper, value: _Unsafe) -> yaml.Node:
 
 
 _Dumper.add_representer(_Unsafe, _represent_unsafe)
+_Dumper.add_representer(str, _represent_str)
+
+
+# What starts a Jinja construct in Ansible (its default delimiters, which imagebuild's
+# ansible.cfg keeps). Only strings holding one are tagged: ansible-core 2.19 re-resolves an
+# `!unsafe` scalar as if it were plain, so a tagged "yes", "1", "0755" or "" would arrive as
+# True, 1, 493 or None; an untagged, double-quoted string is always the string, and one without
+# these markers has nothing Ansible could render.
+TEMPLATE_MARKS = ("{{", "{%", "{#")
 
 
 def _tagged(value: Any) -> Any:
     if isinstance(value, str):
-        return _Unsafe(value)
+        return _Unsafe(value) if any(m in value for m in TEMPLATE_MARKS) else value
     if isinstance(value, dict):
         return {str(k): _tagged(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -48,6 +61,7 @@ def _tagged(value: Any) -> Any:
 
 
 def dumps(values: dict[str, Any]) -> str:
+    # Every plain string double-quoted too: its type never depends on YAML's implicit rules.
     return yaml.dump(
         _tagged(values), Dumper=_Dumper, sort_keys=True, allow_unicode=True, width=1 << 16
     )

@@ -74,11 +74,11 @@ def digest(*parts: str) -> str:
 
 
 @contextmanager
-def exclusive(folder: Path, task: str, what: str) -> Iterator[None]:
-    """One holder at a time of `folder` (flock on `<folder>/.lock`; the kernel releases it when
-    its holder dies, even by kill -9). A second one waits, saying who holds `what`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path, owner = folder / ".lock", folder / ".lock.owner"
+def exclusive(path: Path, task: str, what: str) -> Iterator[None]:
+    """One holder at a time of `what` (flock on the file `path`; the kernel releases it when
+    its holder dies, even by kill -9). A second one waits, saying who holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    owner = path.with_name(path.name + ".owner")
     with path.open("a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -133,7 +133,7 @@ class Cache:
     def exclusive(self, task: str) -> AbstractContextManager[None]:
         """One writer at a time on this cache: a second build waits, saying who holds it, then
         finds the first one's entries: two builds of one spec end with the same image."""
-        return exclusive(self.root, task, f"the cache {self.root}")
+        return exclusive(self.root / ".lock", task, f"the cache {self.root}")
 
     @contextmanager
     def building(self, kind: str, key: str, known: dict[str, str] | None = None) -> Iterator[Path]:

@@ -93,3 +93,18 @@ def test_the_control_plain_extra_vars_are_rendered(
 def test_no_secret_leaves_the_environment_of_this_process() -> None:
     # provision.run must not have changed this process's environment for the next test.
     assert "IMAGEBUILD_TEST_SECRET" not in os.environ
+
+
+def test_every_value_arrives_as_the_value_it_is() -> None:
+    """Read back by Ansible's own loader (what `--extra-vars @FILE` uses): strings YAML would
+    take for something else stay strings (ansible-core 2.19 re-resolves an `!unsafe` scalar as a
+    plain one, so those are not tagged: they hold no template marker), templates stay text."""
+    from ansible.parsing.dataloader import DataLoader
+
+    tricky = ["", "yes", "No", "1", "0755", "0x1F", "1e3", ".inf", "null", "~", "2001-01-01",
+              ": x", "- x", "#x", "'q'", '"q"', "a\\b", "{", "{a: 1}", "[1]"]  # fmt: skip
+    tricky += HOSTILE.values()
+    values = {"s": tricky, "env": dict.fromkeys(["A", "B"], "yes"), "i": 3, "b": True, "n": None}
+    text = ansible_vars.dumps(values)
+    assert DataLoader().load(text) == values
+    assert text.count("!unsafe") == len(HOSTILE)  # exactly the strings with a template marker

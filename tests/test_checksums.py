@@ -55,7 +55,7 @@ def _record_each(dist: str, names: list[str], start: Any) -> None:
 
 def test_concurrent_writers_keep_every_line(tmp_path: Path) -> None:
     """Two processes recording files into one dist at the same time (two builds, or a build
-    beside push): the read-modify-write of SHA256SUMS is under dist/.lock, so no line is lost."""
+    beside push): the read-modify-write of SHA256SUMS is under the dist lock, so no line is lost."""
     names = {who: [f"{who}-{i}.qcow2" for i in range(100)] for who in ("a", "b")}
     for name in names["a"] + names["b"]:
         (tmp_path / name).write_bytes(name.encode())

@@ -140,16 +140,18 @@ def test_image_has_no_build_traces(vm_built, tmp_path: Path) -> None:
     assert traces(part) == {}
 
 
-TRACES = {
-    "DHCP lease": rb"fixed-address 10\.0\.\d+\.\d+;",
-    "journal file": rb"LPKSHHRH",
-    "SSH public key": rb"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI[A-Za-z0-9+/]{43}",
+TRACES = {  # name: (pattern, whether it counts only at the start of a 4 KiB block)
+    "DHCP lease": (rb"fixed-address 10\.0\.\d+\.\d+;", False),
+    # a journal file's first bytes (systemd's binaries hold the string too, never block-aligned)
+    "journal file": (rb"LPKSHHRH", True),
+    "SSH public key": (rb"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI[A-Za-z0-9+/]{43}", False),
 }
 
 
-def traces(image: Path) -> dict[str, int]:
-    """How often each of TRACES occurs in the data of `image` (a sparse file: holes skipped)."""
-    found: dict[str, int] = {}
+def traces(image: Path) -> dict[str, set[int]]:
+    """The offsets where each of TRACES occurs in the data of `image` (a filesystem image, a
+    sparse file: holes skipped), by name; only names that occur."""
+    found: dict[str, set[int]] = {}
     with image.open("rb") as f:
         fd, end, pos = f.fileno(), os.fstat(f.fileno()).st_size, 0
         while pos < end:
@@ -161,9 +163,10 @@ def traces(image: Path) -> dict[str, int]:
             f.seek(start)
             while start < stop:  # 64 MiB at a time, overlapping by a pattern's length
                 data = f.read(min(64 << 20, stop - start))
-                for name, pattern in TRACES.items():
-                    if n := len(re.findall(pattern, data)):
-                        found[name] = found.get(name, 0) + n
+                for name, (pattern, aligned) in TRACES.items():
+                    for m in re.finditer(pattern, data):
+                        if not aligned or (start + m.start()) % 4096 == 0:
+                            found.setdefault(name, set()).add(start + m.start())
                 if start + len(data) >= stop:
                     break
                 start += len(data) - 128

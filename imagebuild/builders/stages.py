@@ -161,13 +161,10 @@ def stage_container(
             volumes=mounts,
         )
         container.start()
+        hostvars, ansible_env = provision.container_connection(connection_vars())
         result = provision.run(
             container.name,
-            {
-                "ansible_connection": "community.docker.docker_api",
-                **connection_vars(),
-                "ansible_python_interpreter": "/usr/bin/python3",
-            },
+            hostvars,
             {
                 **b.inputs.resolved.playbook_vars(APP_ARCHIVE if app_tar else ""),
                 **(extravars or {}),
@@ -175,6 +172,7 @@ def stage_container(
             tags,
             b.workdir / f"{name}-ansible",
             playbook,
+            ansible_env,
         )
         container.kill()  # PID 1 is `sleep infinity`: SIGTERM would only cost the stop timeout
         yield container, result
