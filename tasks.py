@@ -28,7 +28,6 @@ from imagebuild import (
 )
 from imagebuild import fetch as fetching  # noqa: E402
 from imagebuild import lock as locking  # noqa: E402
-from imagebuild import plan as planning  # noqa: E402
 from imagebuild.cache import Cache, default_root  # noqa: E402
 from imagebuild.errors import ImageBuildError, Terminated  # noqa: E402
 from imagebuild.inputs import Inputs, prepare  # noqa: E402
@@ -153,6 +152,8 @@ def fetch(c, spec=DEFAULT_SPEC, cache_dir=None, export=None, import_=None):
 @cli(dist="Output folder of the builds (default ./dist).")
 def plan(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist"):
     """Dry-run: show what would be built and what is cached; builds nothing."""
+    from imagebuild import plan as planning
+
     p = planning.make_plan(_load(spec), _cache(cache_dir), Path(dist))
     print(p.render())
     if not p.ok:

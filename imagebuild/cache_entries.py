@@ -21,8 +21,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from imagebuild.cache import Cache
 
 # Part of every stage key (so of every base disk's too): bump when an entry's files or their
@@ -89,6 +87,8 @@ def file_list_problem(doc: Any) -> str | None:
 
 def schema_problem(doc: Any, schema: dict[str, Any]) -> str | None:
     """The most relevant way `doc` breaks `schema` (where, what), or None."""
+    import jsonschema  # here: a build that validates nothing does not pay for its import
+
     error = jsonschema.exceptions.best_match(
         jsonschema.Draft202012Validator(schema).iter_errors(doc)
     )
@@ -152,19 +152,21 @@ class EntryKind:
         meta: dict[str, Any] = {}
         for name, schema in self.schemas.items():
             mkey = f"schema:{self.name}/{name}:{digests[name]}"
-            if name != self.meta and memo is not None and memo.get(mkey) == [ENTRY_FORMAT]:
+            passed = memo is not None and memo.get(mkey) == [ENTRY_FORMAT]
+            if passed and name != self.meta:
                 continue  # these bytes passed before (meta is always read: its fields are used)
             try:
                 doc = json.loads((folder / name).read_bytes())
             except ValueError as e:
                 raise Refused(f"its {name} is not JSON ({e})") from None
-            problem = schema(doc) if callable(schema) else schema_problem(doc, schema)
-            if problem:
-                raise Refused(f"its {name}: {problem}")
+            if not passed:
+                problem = schema(doc) if callable(schema) else schema_problem(doc, schema)
+                if problem:
+                    raise Refused(f"its {name}: {problem}")
+                if memo is not None:
+                    memo[mkey] = [ENTRY_FORMAT]
             if name == self.meta:
                 meta = doc
-            elif memo is not None:
-                memo[mkey] = [ENTRY_FORMAT]
         for field, fact in self.facts.items():
             if meta[field] != (want := fact(folder, digests)):
                 raise Refused(f"its {self.meta} names {field} {_short(meta[field])}, its files "

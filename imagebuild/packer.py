@@ -20,7 +20,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import hcl2
 from packaging.version import Version
 
 from imagebuild.errors import ImageBuildError
@@ -51,9 +50,15 @@ def template_files(packer_version: Version) -> list[str]:
     return [TEMPLATE, PLUGINS] if packer_version >= PLUGINS_SINCE else [TEMPLATE]
 
 
+def _hcl2() -> Any:
+    import hcl2  # here: only what reads or writes HCL pays for its import (~20 ms)
+
+    return hcl2
+
+
 def declared_variables(path: Path = PACKER_DIR / TEMPLATE) -> set[str]:
     with path.open() as f:
-        doc = hcl2.load(f)
+        doc = _hcl2().load(f)
     # python-hcl2 keeps labels quoted, as written in the file
     return {name.strip('"') for block in doc.get("variable", []) for name in block}
 
@@ -77,7 +82,7 @@ def write_vars(values: dict[str, Any], dest: Path) -> None:
             f"packer variables do not match {PACKER_DIR / TEMPLATE}: "
             f"missing {sorted(missing)}, undeclared {sorted(extra)}"
         )
-    dest.write_text(hcl2.dumps({k: _hcl_value(values[k]) for k in sorted(values)}))
+    dest.write_text(_hcl2().dumps({k: _hcl_value(values[k]) for k in sorted(values)}))
 
 
 def stage_template(dest: Path) -> Path:

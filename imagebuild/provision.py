@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ansible_runner
-
 from imagebuild import ansible_vars, profile
 from imagebuild.errors import ImageBuildError, Terminated
 from imagebuild.roles import ANSIBLE_DIR, ROLES_DIR
@@ -68,6 +66,8 @@ def run(
     bindir = str(Path(sys.executable).parent)
     if bindir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    import ansible_runner  # here: a build that runs no stage does not pay for its import
+
     started = time.time()
     with _signals_cancel() as received, profile.step("ansible-playbook (ansible-runner), whole"):
         r = ansible_runner.run(

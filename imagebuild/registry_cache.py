@@ -29,11 +29,12 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import oras.defaults
-import oras.provider
 import requests
+
+if TYPE_CHECKING:
+    from oras.provider import Registry
 
 from imagebuild import progress
 from imagebuild.cache import Cache
@@ -42,6 +43,7 @@ from imagebuild.errors import ImageBuildError
 from imagebuild.spec_checks import REGISTRY_REPO
 
 ARTIFACT_TYPE = "application/vnd.imagebuild.cache.v1"
+TITLE = "org.opencontainers.image.title"  # the OCI annotation naming a layer's file (oras-py's too)
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 TIMEOUT = (10, 120)  # seconds to connect, and between two reads of a body
 CHUNK = 1 << 20
@@ -65,8 +67,8 @@ OCI_MANIFEST = {
                     "size": COUNT,
                     "annotations": {
                         "type": "object",
-                        "required": [oras.defaults.annotation_title],
-                        "properties": {oras.defaults.annotation_title: {"type": "string"}},
+                        "required": [TITLE],
+                        "properties": {TITLE: {"type": "string"}},
                     },
                 },
             },
@@ -85,17 +87,29 @@ def ref_problem(ref: str) -> str | None:
     return f"{ref!r} is not a registry repository like 127.0.0.1:5000/imagebuild-cache"
 
 
-class _Registry(oras.provider.Registry):
+@functools.cache
+def _registry_class() -> type[Registry]:
     """oras-py's client without its retry loop (five tries, ~2 min of sleeps per request) and
     with timeouts (requests has none by default): a registry that is down or hangs must cost a
-    build seconds, not minutes; it is then skipped."""
+    build seconds, not minutes; it is then skipped. Made on first use: a build without a
+    registry cache does not import oras (the no-op build's start-up)."""
+    import oras.provider
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.session.request = functools.partial(self.session.request, timeout=TIMEOUT)
+    class _Registry(oras.provider.Registry):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.session.request = functools.partial(self.session.request, timeout=TIMEOUT)
 
-    def do_request(self, *args: Any, **kwargs: Any) -> Any:
-        return oras.provider.Registry.do_request.__wrapped__(self, *args, **kwargs)
+        def do_request(self, *args: Any, **kwargs: Any) -> Any:
+            return oras.provider.Registry.do_request.__wrapped__(self, *args, **kwargs)
+
+    return _Registry
+
+
+def __getattr__(name: str) -> Any:
+    if name == "_Registry":  # the class, for whoever patches it (tests)
+        return _registry_class()
+    raise AttributeError(name)
 
 
 @dataclass
@@ -112,9 +126,9 @@ class RegistryCache:
                  f"to {self.push_to}" if self.push_to else ""]  # fmt: skip
         return "registry cache " + ", ".join(p for p in parts if p)
 
-    def _client(self, ref: str) -> _Registry:
+    def _client(self, ref: str) -> Registry:
         host = ref.split("/", 1)[0]
-        return _Registry(hostname=host, insecure=host.split(":")[0] in LOOPBACK)
+        return _registry_class()(hostname=host, insecure=host.split(":")[0] in LOOPBACK)
 
     def _unavailable(self, ref: str, what: str, e: Exception) -> None:
         message = f"registry cache {ref}: {what}: {_reason(e)}"
@@ -124,7 +138,7 @@ class RegistryCache:
             progress.say(f"{message}; building locally without it")
         self._down.add(ref)
 
-    def _manifest(self, client: _Registry, target: str) -> Any | None:
+    def _manifest(self, client: Registry, target: str) -> Any | None:
         """The manifest tagged `target` (any JSON: checked by its reader), or None where the
         registry has no such tag."""
         try:
@@ -191,7 +205,7 @@ class RegistryCache:
             progress.say(message)
 
     def _push(
-        self, client: _Registry, ref: str, kind: str, key: str, folder: Path, names: list[str]
+        self, client: Registry, ref: str, kind: str, key: str, folder: Path, names: list[str]
     ) -> None:
         """Push the files `names` of `folder` as the artifact `kind-key`."""
         with tempfile.TemporaryDirectory() as tmp:
@@ -214,7 +228,7 @@ def entry_files(manifest: Any, kind: EntryKind) -> dict[str, tuple[str, int]]:
     if problem := schema_problem(manifest, OCI_MANIFEST):
         raise Refused(f"its manifest: {problem}")
     out: dict[str, tuple[str, int]] = {}
-    names = [layer["annotations"][oras.defaults.annotation_title] for layer in manifest["layers"]]
+    names = [layer["annotations"][TITLE] for layer in manifest["layers"]]
     if problem := kind.names_problem(names):
         raise Refused(f"its manifest {problem}")
     for name, layer in zip(names, manifest["layers"], strict=True):
@@ -225,9 +239,7 @@ def entry_files(manifest: Any, kind: EntryKind) -> dict[str, tuple[str, int]]:
     return out
 
 
-def _download(
-    client: _Registry, target: str, name: str, digest: str, size: int, dest: Path
-) -> None:
+def _download(client: Registry, target: str, name: str, digest: str, size: int, dest: Path) -> None:
     """The blob `digest` into `dest`, hashed as it comes; refused (and read no further) past
     the `size` bytes its manifest announced, or when it is shorter or other bytes."""
     h, got = hashlib.sha256(), 0

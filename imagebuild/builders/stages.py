@@ -59,17 +59,26 @@ def entry_rule(cache: Cache, key: str, below: list[Layer]) -> Consistency:
     return STAGE.rule(cache, {"key": key, "below": [ly.diff_id for ly in below]})
 
 
-def cached(cache: Cache, key: str, below: list[Layer]) -> tuple[Layer, Manifest] | None:
-    """The stage's layer and manifest on top of `below`, if made, still what was sealed and
-    valid (else None: made again; a tampered or invalid entry is said and removed)."""
+def cached_layer(cache: Cache, key: str, below: list[Layer]) -> Layer | None:
+    """The stage's layer on top of `below`, if made, still what was sealed and valid (else
+    None: made again; a tampered or invalid entry is said and removed)."""
     rule = entry_rule(cache, key, below)
     if not (stage_cached(cache, key) and cache.intact("stages", key, rule=rule)):
         return None
     d = cache.dir("stages", key)
     meta = json.loads((d / "layer.json").read_text())  # its diff_id: layer.tar's, the rule says
     tar = d / "layer.tar"
-    layer = Layer(tar, meta["diff_id"], tar.stat().st_size, meta["entries"])
-    return layer, load_manifest(d / "manifest.json")
+    return Layer(tar, meta["diff_id"], tar.stat().st_size, meta["entries"])
+
+
+def cached(cache: Cache, key: str, below: list[Layer]) -> tuple[Layer, Manifest] | None:
+    """`cached_layer` and the stage's manifest (every path up to it)."""
+    layer = cached_layer(cache, key, below)
+    return None if layer is None else (layer, load_manifest(manifest_path(cache, key)))
+
+
+def manifest_path(cache: Cache, key: str) -> Path:
+    return cache.dir("stages", key) / "manifest.json"
 
 
 def _store(
@@ -203,25 +212,28 @@ def build_layers(b: Build, label: str) -> tuple[list[Layer], list[StageResult]]:
     keys, cache, remote = b.inputs.keys.stages, b.inputs.cache, b.inputs.remote
     layers: list[Layer] = []
     results: list[StageResult] = []
-    manifest: Manifest = {}
+    # The file list below the next stage, read only when a stage is built (a stage's list holds
+    # every path of the image: reading five of them was most of a no-op build's own time).
+    manifest: Manifest | Path = {}
     for name in STAGES:
         start = time.monotonic()
-        hit = cached(cache, keys[name], layers)
+        hit = cached_layer(cache, keys[name], layers)
         rule = entry_rule(cache, keys[name], layers)
         pulled = hit is None and remote.fetch(cache, STAGE, keys[name], rule)
         if pulled:
-            hit = cached(cache, keys[name], layers)
+            hit = cached_layer(cache, keys[name], layers)
             progress.say(f"{label}: {name}: from {remote.pull_from} ({keys[name][:12]})")
         built, changed = hit is None, None
         if hit is None:
             with progress.stage(f"{label}: {name}", f"key {keys[name][:12]}") as st:
-                make = partial(_make_layer, b, name, list(layers), manifest)
+                below = load_manifest(manifest) if isinstance(manifest, Path) else manifest
+                make = partial(_make_layer, b, name, list(layers), below)
                 layer, manifest, changed = _store(cache, keys[name], layers, make)
                 st["note"] = f"{layer.entries} entries, {layer.size / 1e6:.1f} MB"
         else:
             if not pulled:
                 progress.say(f"{label}: {name}: cached ({keys[name][:12]})")
-            layer, manifest = hit
+            layer, manifest = hit, manifest_path(cache, keys[name])
         remote.publish(cache, STAGE, keys[name])
         layers.append(layer)
         seconds = round(time.monotonic() - start, 2)
