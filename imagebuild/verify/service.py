@@ -5,7 +5,6 @@ venv's Python, waiting for the port to open while the service is still starting.
 
 from __future__ import annotations
 
-import json
 import shlex
 from typing import Any
 
@@ -14,6 +13,7 @@ import docker.errors
 from imagebuild import inventory
 from imagebuild.engine import engine
 from imagebuild.spec import Spec
+from imagebuild.verify import interpreter
 from imagebuild.verify.facts import comparable
 from imagebuild.verify.model import ANY, Item
 
@@ -69,15 +69,18 @@ def facts(service_host: Any, artifact: str, spec: Spec) -> dict[str, dict[str, s
         state = service_host.run(f"systemctl is-active {unit}").stdout.strip() or "unknown"
         alive = state in ("active", "activating")
         log = service_host.run(f"journalctl -u {unit} -n 5 --no-pager -o cat").stdout.strip()
-    answer = {"status": f"not probed: {state}", "body": ""}
+    status, body = f"not probed: {state}", ""
     if alive:
         probe = f"{shlex.quote(PROBE)} {svc.port} {shlex.quote(svc.path)} {svc.start_s}"
         r = service_host.run(f"{inventory.target_python(spec)} -c {probe}")
-        answer = json.loads(r.stdout) if r.rc == 0 else {"status": r.stderr[-200:], "body": ""}
-    status = answer["status"]
+        try:  # the probe runs on the artifact's Python: a broken one is a finding, not a crash
+            answer = interpreter.parse("the service probe", r.rc, r.stdout, r.stderr)
+            status, body = interpreter.text(answer["status"]), interpreter.text(answer["body"])
+        except (interpreter.ScriptFailed, KeyError, TypeError) as e:
+            status = str(e)[:300]
     if not status.isdigit() and log:
         status += f"; its last lines: {log[-300:]}"
-    body = comparable(answer["body"], spec.verify.ignore)
+    body = comparable(body, spec.verify.ignore)
     return {"service": {state_row: state, status_row: status, body_row: body}}
 
 
