@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,19 +50,31 @@ def _collect(path: str) -> dict[str, Any]:
     ctx = json.loads(Path(path).read_text())
     spec = load(ctx["spec"])
     lock = load_fresh(spec)
-    facts, listings = {}, {}
-    for artifact in ("container", "vm"):
+
+    def one(artifact: str) -> tuple[dict[str, Any], Any]:
         h = ctx["hosts"][artifact]
         host = testinfra.get_host(h["url"])
         disk = Path(ctx["disk"]) if artifact == "vm" else None
-        facts[artifact], listings[artifact] = factsmod.collect(
-            host, artifact, spec, lock, h["config"], disk
-        )
+        found, listing = factsmod.collect(host, artifact, spec, lock, h["config"], disk)
         if h["service_url"]:
             laps = factsmod.Laps()
-            facts[artifact] |= service.facts(testinfra.get_host(h["service_url"]), artifact, spec)
+            found |= service.facts(testinfra.get_host(h["service_url"]), artifact, spec)
             laps.lap("service as shipped")
-            facts[artifact]["seconds"] |= laps.laps
+            found["seconds"] |= laps.laps
+        return found, listing
+
+    # Both artifacts at once: each side mostly waits on its own commands (docker exec, ssh to an
+    # emulated guest), so the container's facts cost no wall time beside the VM's. The VM's stay
+    # on this thread (its disk copy is killed at once when verify unwinds); the container's
+    # thread is not waited for on Ctrl-C or SIGTERM: the container's teardown ends its commands.
+    pool = ThreadPoolExecutor(1, thread_name_prefix="verify-container-facts")
+    try:
+        container = pool.submit(one, "container")
+        collected = {"vm": one("vm"), "container": container.result()}
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    facts = {artifact: collected[artifact][0] for artifact in ("container", "vm")}
+    listings = {artifact: collected[artifact][1] for artifact in ("container", "vm")}
     judged = filemeta.judge(listings, filemeta.Debs(lock, Cache(Path(ctx["cache"]))))
     for artifact, rows in judged.items():
         factsmod.merge(facts[artifact], rows)
