@@ -14,28 +14,14 @@ from pathlib import Path
 
 import pathspec
 
-from imagebuild import tarnorm
+from imagebuild import secret_rules, tarnorm
 from imagebuild.errors import SpecError
 from imagebuild.spec import Spec
 
 # Never shipped unless `.imagebuildignore` re-includes them (`!PATTERN`): VCS data, caches and
 # the usual secrets a project folder holds (credentials of git, cloud CLIs, kubectl, GnuPG,
 # Vault, Terraform state, key stores). Matched in any letter case: `.ENV` is as secret as `.env`.
-DEFAULT_IGNORE = [
-    ".git/", ".hg/", ".svn/", "__pycache__/", "*.pyc", ".imagebuildignore",
-    ".env", ".env.*", ".netrc", ".npmrc", ".pypirc", ".pgpass", ".git-credentials",
-    ".vault-token", "credentials.json", "*.tfstate", "*.tfstate.*", "*.tfvars",
-    "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore",
-    "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*",
-    ".ssh/", ".aws/", ".azure/", ".docker/", ".gnupg/", ".kube/",
-]  # fmt: skip
 IGNORE_FILE = ".imagebuildignore"
-
-
-def _any_case(rule: str) -> str:
-    """A gitignore rule that matches its letters in either case (`*.pem` -> `*.[pP][eE][mM]`).
-    Only the defaults: the user's own rules keep git's case-sensitive meaning."""
-    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in rule)
 
 
 @dataclass(frozen=True)
@@ -67,7 +53,7 @@ def _root(spec: Spec) -> Path:
 def _rules(root: Path) -> pathspec.PathSpec:
     ignore = root / IGNORE_FILE
     own = ignore.read_text().splitlines() if ignore.is_file() else []
-    return pathspec.GitIgnoreSpec.from_lines([*map(_any_case, DEFAULT_IGNORE), *own])
+    return pathspec.GitIgnoreSpec.from_lines([*secret_rules.lines(), *own])
 
 
 def _entry(root: Path, real_root: Path, path: Path) -> Entry | str:
@@ -93,10 +79,11 @@ def _entry(root: Path, real_root: Path, path: Path) -> Entry | str:
 
 
 def files(spec: Spec) -> list[Entry]:
-    """Everything under `app.src` but what DEFAULT_IGNORE and the tree's own `.imagebuildignore`
-    (gitignore syntax, via pathspec) exclude; an ignored folder is not entered, a linked one
-    is a link. Sorted, so the archive and the digest are stable. A link out of the folder, an
-    absolute link or a special file is a SpecError (exit 2) naming each."""
+    """Everything under `app.src` but what the default rules (imagebuild.secret_rules) and the
+    tree's own `.imagebuildignore` (gitignore syntax, via pathspec) exclude; an ignored folder
+    is not entered, a linked one is a link. Sorted, so the archive and the digest are stable.
+    A link out of the folder, an absolute link or a special file is a SpecError (exit 2)
+    naming each."""
     root = _root(spec)
     real_root = root.resolve()
     if (root / IGNORE_FILE).is_symlink():  # read as rules: never a link to a host file

@@ -79,7 +79,9 @@ def exclusive(path: Path, task: str, what: str) -> Iterator[None]:
     its holder dies, even by kill -9). A second one waits, saying who holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     owner = path.with_name(path.name + ".owner")
-    with path.open("a") as f:
+    # O_NOFOLLOW: a link planted where the lock goes must not make root write elsewhere.
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644),
+                   "a") as f:  # fmt: skip
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -89,7 +91,9 @@ def exclusive(path: Path, task: str, what: str) -> Iterator[None]:
                 who = "another process"
             progress.say(f"{task}: waiting for {who}, which is using {what}")
             fcntl.flock(f, fcntl.LOCK_EX)
-        owner.write_text(f"imagebuild {task} (pid {os.getpid()})\n")
+        fd = os.open(owner, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as o:
+            o.write(f"imagebuild {task} (pid {os.getpid()})\n")
         try:
             yield
         finally:

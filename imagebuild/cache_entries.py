@@ -62,7 +62,9 @@ DISK_JSON = _record(
 # path (it becomes a whiteout's name in that layer) -> [type, mode, uid, gid, size, mtime, link].
 # Checked by hand, not by jsonschema: a list holds every path of the image (30k for the
 # example), and jsonschema took 1.2 s for it on every build that made or reused a stage.
-_PATH = re.compile(r"[^/\x00-\x1f\x7f]+(?:/[^/\x00-\x1f\x7f]+)*")
+# Any name a filesystem can hold (a tab or a CR in an app file's name is legal), but no NUL, no
+# empty, `.` or `..` part and not absolute: it becomes a whiteout's name in the next layer.
+_PATH = re.compile(r"[^/\x00]+(?:/[^/\x00]+)*")
 _DOTS = re.compile(r"(?:\A|/)\.\.?(?:/|\Z)")
 _TYPES = frozenset(t.decode() for t in tarfile.SUPPORTED_TYPES)
 
@@ -73,11 +75,11 @@ def file_list_problem(doc: Any) -> str | None:
         return f"{doc!r:.40} is not of type 'object'"
     for path, row in doc.items():
         if not _PATH.fullmatch(path) or _DOTS.search(path):
-            return f"{path!r} is not a relative path without control characters, `.` or `..`"
+            return f"{path!r} is not a relative path without NUL, empty, `.` or `..` parts"
         if not (isinstance(row, list) and len(row) == 7 and isinstance(row[6], str)
                 and all(type(n) is int for n in row[1:6]) and min(row[2:5]) >= 0):  # fmt: skip
             return f"$[{path!r}]: {row!r:.80} is not [type, mode, uid, gid, size, mtime, link]"
-        if row[0] not in _TYPES:
+        if not isinstance(row[0], str) or row[0] not in _TYPES:
             return f"$[{path!r}][0]: {row[0]!r:.20} is not one of {sorted(_TYPES)}"
         if not 0 <= row[1] <= 0o7777:
             bound = "greater than the maximum of 4095" if row[1] > 0 else "less than 0"
@@ -157,8 +159,8 @@ class EntryKind:
                 continue  # these bytes passed before (meta is always read: its fields are used)
             try:
                 doc = json.loads((folder / name).read_bytes())
-            except ValueError as e:
-                raise Refused(f"its {name} is not JSON ({e})") from None
+            except (ValueError, RecursionError) as e:  # RecursionError: nested past Python's stack
+                raise Refused(f"its {name} is not JSON ({type(e).__name__}: {e})") from None
             if not passed:
                 problem = schema(doc) if callable(schema) else schema_problem(doc, schema)
                 if problem:

@@ -6,22 +6,34 @@ dist/ holds only outputs and a task refused early creates nothing there."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import stat
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from imagebuild import cache
+from imagebuild.errors import ImageBuildError
 
-# Root's lock folder (a tmpfs on Debian: no lock outlives a reboot); else the temp folder.
-LOCK_DIR = Path(
-    "/run/lock/imagebuild" if os.access("/run/lock", os.W_OK) else "/tmp/imagebuild-locks"
-)
+
+def lock_dir() -> Path:
+    """This user's own lock folder in the temp folder, mode 0700: made if absent, refused if
+    it is a link, another user's or open to others (a shared folder such as /tmp or
+    /run/lock would let anyone plant the files root then writes)."""
+    d = Path(tempfile.gettempdir()) / f"imagebuild-locks-{os.geteuid()}"
+    with contextlib.suppress(FileExistsError):
+        d.mkdir(mode=0o700)
+    st = d.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise ImageBuildError(f"{d} is not this user's own folder (mode 0700): remove it")
+    return d
 
 
 def lock_file(dist: Path) -> Path:
-    return LOCK_DIR / f"dist-{hashlib.sha256(str(dist.resolve()).encode()).hexdigest()[:32]}"
+    return lock_dir() / f"dist-{hashlib.sha256(str(dist.resolve()).encode()).hexdigest()[:32]}"
 
 
 # Dist folders this process holds: a task's own writes (SHA256SUMS under build-container) go

@@ -1,4 +1,4 @@
-"""Where a task's time goes, step by step, for the benches (`bench/profile.py`): engine calls,
+"""Where a task's time goes, step by step, for the benches (`bench/speed.py`): engine calls,
 Ansible's start-up and its tasks, reading a stage's changes, writing and hashing layers, the
 archives, the image load, and this process's own start-up. Off unless $IMAGEBUILD_PROFILE names a
 file: then the totals are written there as JSON when the process exits. Steps may overlap (an

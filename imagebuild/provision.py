@@ -143,6 +143,8 @@ def container_connection(
     common = {"ansible_python_interpreter": "/usr/bin/python3"}
     if name == "linear":
         return {"ansible_connection": "community.docker.docker_api", **engine_vars, **common}, env
+    # The CLI's engine is the SDK's: DOCKER_HOST wins over DOCKER_CONTEXT and `docker context use`.
+    env |= {"DOCKER_HOST": str(engine_vars["ansible_docker_docker_host"])}
     return {"ansible_connection": "docker", "ansible_user": "root", **common}, env
 
 

@@ -89,7 +89,10 @@ def push(spec: Spec, registry: str | None, dist: Path) -> PushResult:
         # The engine pushes a name, not an ID: had the vehicle tag been moved meanwhile, the
         # digest would belong to another image (the engine records it on the one it pushed).
         image.reload()
-        if f"{remote}@{digest}" not in image.attrs.get("RepoDigests", []):
+        # By digest: the engine records Docker Hub's names normalised (`user/x`, not
+        # `docker.io/user/x`), so the repository part is not compared.
+        pushed = {d.rpartition("@")[2] for d in image.attrs.get("RepoDigests") or []}
+        if digest not in pushed:
             raise PushError(f"push to {registry}: {remote}@{digest} is not {image_id} (was "
                             f"{remote}:{spec.version} re-tagged during the push?)")  # fmt: skip
     except docker.errors.APIError as e:

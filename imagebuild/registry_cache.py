@@ -106,12 +106,6 @@ def _registry_class() -> type[Registry]:
     return _Registry
 
 
-def __getattr__(name: str) -> Any:
-    if name == "_Registry":  # the class, for whoever patches it (tests)
-        return _registry_class()
-    raise AttributeError(name)
-
-
 @dataclass
 class RegistryCache:
     pull_from: str | None  # HOST[:PORT]/REPO read before building an entry
@@ -145,6 +139,8 @@ class RegistryCache:
             return client.get_manifest(target)
         except requests.JSONDecodeError:  # before ValueError and RequestException: it is both
             raise Refused("its manifest is not JSON") from None
+        except RecursionError:  # JSON nested past Python's stack
+            raise Refused("its manifest is nested too deep to be one") from None
         except ValueError as e:  # oras-py's "not found" (and other 4xx) answers
             if "404" in str(e) or "not found" in str(e).lower() or "MANIFEST_UNKNOWN" in str(e):
                 return None
@@ -162,7 +158,10 @@ class RegistryCache:
             manifest = self._manifest(client, target)
             if manifest is None:
                 return False
-            files = entry_files(manifest, kind)  # names and sizes, before any download
+            try:
+                files = entry_files(manifest, kind)  # names and sizes, before any download
+            except (TypeError, KeyError, AttributeError, RecursionError) as e:
+                raise Refused(f"its manifest is not an entry's ({type(e).__name__})") from None
             digests = {name: digest for name, (digest, _) in files.items()}
             with cache.building(kind.name, key, digests) as tmp:
                 for name, (digest, size) in files.items():

@@ -11,12 +11,12 @@ import pwd
 import re
 import urllib.parse
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from imagebuild import roles
+from imagebuild import roles, secret_rules
 from imagebuild.errors import SpecError
 
 if TYPE_CHECKING:  # the checks are named in the table that defines Spec: a type-only import
@@ -83,6 +83,13 @@ SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/med
                "/var", "/var/tmp")  # fmt: skip
 
 
+# Nor may it lie inside these: the system's own files and the engines' data (a project under
+# /var, /opt or /srv is fine: CI workspaces live there, e.g. /var/lib/jenkins/workspace).
+SYSTEM_INSIDE = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/run", "/sbin",
+                 "/sys", "/usr", "/var/lib/docker", "/var/lib/containerd",
+                 "/var/lib/libvirt")  # fmt: skip
+
+
 def project_root(spec: Spec) -> Path:
     return (spec.base_dir / spec.project_root).resolve()
 
@@ -94,13 +101,22 @@ def broad_root(spec: Spec) -> str | None:
     homes = [os.path.expanduser("~"), *(u.pw_dir for u in pwd.getpwall())]
     guarded = {Path(h).resolve(): "the home" for h in homes if h.startswith("/") and h != "/"}
     guarded |= {Path(d).resolve(): "the system folder" for d in SYSTEM_DIRS}
+    why = (
+        "use the project's own folder (it bounds what `app.src` and `python.requirements` may ship)"
+    )
     for folder, kind in sorted(guarded.items()):
         if folder == root or folder.is_relative_to(root):
             verb = "is" if folder == root else "holds"
-            return (
-                f"the project root {root} {verb} {kind} {folder}; use the project's own folder "
-                "(it bounds what `app.src` and `python.requirements` may ship)"
-            )
+            return f"the project root {root} {verb} {kind} {folder}; {why}"
+    for folder in map(Path, SYSTEM_INSIDE):
+        if root.is_relative_to(folder):
+            return f"the project root {root} is inside the system folder {folder}; {why}"
+    for home in sorted({Path(h).resolve() for h in homes if h.startswith("/") and h != "/"}):
+        if root.is_relative_to(home):
+            hidden = next((p for p in root.relative_to(home).parts if p.startswith(".")), None)
+            if hidden:
+                where = f"{home / hidden}, a home's hidden folder"
+                return f"the project root {root} is inside {where}; {why}"
     return None
 
 
@@ -109,9 +125,12 @@ def outside_root(spec: Spec, v: str) -> str | None:
     folder), so a spec cannot ship /root or ../../etc into an image."""
     root = project_root(spec)
     target = (spec.base_dir / v).resolve()
-    if target == root or target.is_relative_to(root):
-        return None
-    return f"{v!r} is outside the project root {root} (widen `project_root` to allow it)"
+    if not (target == root or target.is_relative_to(root)):
+        return f"{v!r} is outside the project root {root} (widen `project_root` to allow it)"
+    if hidden := secret_rules.hidden_part(PurePosixPath(target.relative_to(root))):
+        return (f"{v!r} is {hidden!r} (or inside it) of the project, which never ships "
+                "(VCS data, caches, secrets)")  # fmt: skip
+    return None
 
 
 def own_unit(unit: str) -> str | None:

@@ -183,3 +183,11 @@ def test_register_asks_for_imdsv2_ena_and_tags(tmp_path: Path, aws, monkeypatch)
     assert again != image_id
     assert [i["ImageId"] for i in ec2.describe_images(
         Filters=[{"Name": "name", "Values": ["t-1"]}])["Images"]] == [again]  # fmt: skip
+
+
+def test_a_refused_imdsv2_change_names_the_ami(aws, monkeypatch) -> None:
+    """An AMI the API will not change (here: one that does not exist) is an AwsError naming it
+    and what to do, not a botocore traceback."""
+    session = _client(aws, monkeypatch, "eu-west-1")
+    with pytest.raises(ami.AwsError, match="ami-0123456789abcdef0.*ModifyImageAttribute"):
+        ami.require_imdsv2(session, "ami-0123456789abcdef0")

@@ -123,7 +123,8 @@ def test_a_local_stage_whose_layer_json_lies_is_made_again(
         ([], "its manifest.json: [] is not of type 'object'"),
         ({"../../etc/passwd": ["0", 420, 0, 0, 1, 0, ""]}, "'../../etc/passwd' is not a relative"),
         ({"/etc/passwd": ["0", 420, 0, 0, 1, 0, ""]}, "its manifest.json: '/etc/passwd' is not a"),
-        ({"etc/\n": ["0", 420, 0, 0, 1, 0, ""]}, "its manifest.json: 'etc/\\n' is not a relative"),
+        ({"etc/\x00x": ["0", 420, 0, 0, 1, 0, ""]}, "its manifest.json: 'etc/\\x00x' is not a rel"),
+        ({"etc/x": [["0"], 420, 0, 0, 1, 0, ""]}, "$['etc/x'][0]: ['0'] is not one of"),
         (
             {"etc/x": ["0", 420, 0, 0, 1, 0]},
             "its manifest.json: $['etc/x']: ['0', 420, 0, 0, 1, 0]",
@@ -264,3 +265,14 @@ def test_an_artifact_of_the_kinds_files_names_their_digests_and_sizes() -> None:
     files = registry_cache.entry_files(oci(*STAGE_BLOBS), STAGE)
     assert files == {n: ("ab" * 32, 10) for n in ("layer.tar", "layer.json", "manifest.json")}
     assert DISK.capped("disk.qcow2", 5).caps == {"disk.qcow2": 5, "disk.json": 64 << 10}
+
+
+def test_legal_odd_names_pass_and_hostile_shapes_are_refused_not_raised(tmp_path: Path) -> None:
+    """A tab or a CR in a file name is legal (an app may hold one): the list passes. JSON nested
+    past Python's stack, or a row whose type is not a string, is a refusal, never a traceback."""
+    row = ["0", 420, 0, 0, 1, 0, ""]
+    assert cache_entries.file_list_problem({"opt/app/Icon\r": row, "opt/a\tb": row}) is None
+    cache = Cache(tmp_path)
+    deep = b"[" * 20000 + b"]" * 20000
+    seal(cache, "stages", KEY_A, stage_files() | {"manifest.json": deep})
+    assert stages.cached(cache, KEY_A, []) is None

@@ -95,3 +95,30 @@ def test_a_second_writer_waits_saying_who_holds_the_dist(
     assert f"waiting for imagebuild build-container (pid {holder.pid})" in err, err
     assert f"the dist folder {tmp_path}" in err
     assert set(checksums.read(tmp_path)) == {"x.oci.tar", "x.qcow2"}
+
+
+def test_the_dist_lock_folder_is_this_users_own(tmp_path: Path, monkeypatch) -> None:
+    """A lock folder planted by someone else (here: open to all) is refused, not written into;
+    a link where the lock file goes is never followed."""
+    import os
+
+    import pytest
+
+    from imagebuild import cache
+    from imagebuild.errors import ImageBuildError
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    planted = tmp_path / f"imagebuild-locks-{os.geteuid()}"
+    planted.mkdir(mode=0o777)
+    planted.chmod(0o777)
+    with pytest.raises(ImageBuildError, match="not this user's own folder"):
+        distlock.lock_dir()
+    target = tmp_path / "victim"
+    target.write_text("keep")
+    (tmp_path / "l").symlink_to(target)
+    with pytest.raises(OSError), cache.exclusive(tmp_path / "l", "t", "x"):
+        pass
+    assert target.read_text() == "keep"

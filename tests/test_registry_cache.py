@@ -227,6 +227,7 @@ def test_a_hostile_layer_json_is_refused_and_built_here(
     meta = json.loads((entry / "layer.json").read_text())
     del meta["size"]
     files = {n: (entry / n).read_bytes() for n in ("layer.tar", "manifest.json")}
+    (tmp_path / "registry").mkdir()
     with serve_registry(tmp_path / "registry") as host:
         ref = f"{host}/hostile"
         push(ref, f"stages-{app}", files | {"layer.json": json.dumps(meta).encode()},
@@ -297,7 +298,7 @@ def key(request: pytest.FixtureRequest) -> str:
 def downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Blobs requested from the registry and bytes read of them, as the client sees them."""
     seen = {"blobs": 0, "bytes": 0}
-    real = registry_cache._Registry.get_blob
+    real = registry_cache._registry_class().get_blob
 
     def get_blob(self, *args, **kwargs):
         response = real(self, *args, **kwargs)
@@ -312,7 +313,7 @@ def downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         response.iter_content = counted
         return response
 
-    monkeypatch.setattr(registry_cache._Registry, "get_blob", get_blob)
+    monkeypatch.setattr(registry_cache._registry_class(), "get_blob", get_blob)
     return seen
 
 

@@ -58,6 +58,8 @@ HOSTILE = [
     ("project_root", "/tmp", "the project root /tmp is the system folder /tmp"),
     ("project_root", "/etc", "is the system folder /etc"),
     ("name", "ssh-hostkeys", "would replace imagebuild's own unit"),
+    ("project_root", "/etc/ssh", "is inside the system folder /etc"),
+    ("project_root", "/var/lib/docker/volumes", "is inside the system folder /var/lib/docker"),
 ]
 
 
@@ -93,6 +95,40 @@ def test_a_hostile_spec_is_refused_at_its_line(
     field = path.split(".")[-1] if path.startswith("env") else path
     assert f"{spec}:" in r.stderr and field in r.stderr and says in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "says"),
+    [
+        ("app.src", ".git", "'.git' (or inside it) of the project, which never ships"),
+        ("app.src", "app/.AWS", "'app/.AWS' (or inside it) of the project, which never ships"),
+        ("python.requirements", "credentials.json", "'credentials.json' (or inside it)"),
+    ],
+)
+def test_a_spec_cannot_name_what_never_ships(
+    tmp_path: Path, path: str, value: str, says: str
+) -> None:
+    """The default rules drop VCS data and credentials inside the app tree; naming such a
+    folder or file as what ships (`app.src: .git`) is refused at its line, not shipped."""
+    spec = _example(tmp_path / "proj", **{path: value})
+    (tmp_path / "proj" / ".git").mkdir()
+    (tmp_path / "proj" / ".git" / "config").write_text("[credential]\n")
+    (tmp_path / "proj" / "app" / ".AWS").mkdir()
+    (tmp_path / "proj" / "app" / ".AWS" / "credentials").write_text("secret\n")
+    (tmp_path / "proj" / "credentials.json").write_text("{}\n")
+    r = run_invoke("lock", "--spec", str(spec), "--cache-dir", str(tmp_path / "cache"))
+    assert r.returncode == 2 and f"{spec}:" in r.stderr and says in r.stderr, r.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_project_inside_a_homes_hidden_folder_is_refused(tmp_path: Path) -> None:
+    """`~/.docker/proj` (config.json with registry tokens beside it) cannot be a project root."""
+    home = tmp_path / "home"
+    spec = _example(home / ".docker" / "proj")
+    r = run_invoke("lock", "--spec", str(spec), "--cache-dir", str(tmp_path / "cache"),
+                   env={"HOME": str(home)})  # fmt: skip
+    assert r.returncode == 2 and "a home's hidden folder" in r.stderr, r.stderr
+    assert str(home / ".docker") in r.stderr and not (tmp_path / "cache").exists()
 
 
 def test_the_root_folder_as_project_root_cannot_ship_root_s_home(tmp_path: Path) -> None:

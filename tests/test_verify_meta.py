@@ -62,6 +62,9 @@ class NoDebs(filemeta.Debs):
     def entries(self, package: str, version: str) -> dict[str, str] | str:
         return self._entries.get(package, f"{package} is not in the lock")
 
+    def scripts(self, package: str) -> str:
+        return ""  # no maintainer script sets anything
+
 
 # --- the in-artifact script, over a real tree -------------------------------------------------
 
@@ -482,3 +485,22 @@ def test_the_disk_hygiene_is_read_and_the_copy_never_outlives_an_interrupt(
         raise Terminated  # SIGTERM while the copy runs
     assert children() == before
     assert set(Path(tempfile.gettempdir()).glob("imagebuild-hygiene-*")) == folders
+
+
+def test_a_mode_or_group_the_package_sets_itself_is_its_own() -> None:
+    """openssh-client's postinst (as Debian ships it) makes ssh-agent setgid _ssh: that is the
+    package's, not a finding; another mode, owner or path is."""
+    from imagebuild.verify.filemeta import set_by_script
+
+    script = (
+        "if ! dpkg-statoverride --list /usr/bin/ssh-agent >/dev/null; then\n"
+        "\tchgrp _ssh /usr/bin/ssh-agent\n\tchmod 2755 /usr/bin/ssh-agent\nfi\n"
+    )
+    deb = "file 0755 root:root"
+    assert set_by_script(script, "/usr/bin/ssh-agent", "file 2755 root:_ssh", deb)
+    assert not set_by_script(script, "/usr/bin/ssh-agent", "file 4755 root:_ssh", deb)
+    assert not set_by_script(script, "/usr/bin/ssh-agent", "file 2755 nobody:_ssh", deb)
+    assert not set_by_script(script, "/usr/bin/ssh-agent-x", "file 2755 root:_ssh", deb)
+    assert not set_by_script(script, "/usr/bin/ssh", "file 2755 root:_ssh", deb)
+    assert not set_by_script(script, "/usr/bin/ssh-agent", "link root:_ssh -> x", deb)
+    assert not set_by_script("", "/usr/bin/ssh-agent", "file 2755 root:_ssh", deb)

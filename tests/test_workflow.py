@@ -60,6 +60,10 @@ def test_a_pull_request_cannot_write_the_cache_or_publish() -> None:
     pr = doc["jobs"]["pull-request"]
     assert pr["permissions"] == {"contents": "read", "packages": "read"}
     assert pr["with"] == {"publish": False} and "secrets" not in pr
+    matrix = yaml.safe_load(MATRIX.read_text())
+    assert "inputs.publish" in matrix["env"]["IMAGEBUILD_CACHE"]  # not main's local cache
+    checkout = next(s for s in _steps() if s.get("uses", "").startswith("actions/checkout"))
+    assert checkout["with"]["persist-credentials"] is False  # no token in .git/config
     choose = next(s["run"] for s in _steps() if s.get("id") == "cache")
     unpublished = choose.split("else", 1)[0]
     assert "--cache-push never" in unpublished and "--cache-to" not in unpublished

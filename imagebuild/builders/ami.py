@@ -252,7 +252,8 @@ def build_stock(inputs: Inputs, dist: Path) -> vm.VmResult:
         values = vm.packer_values(
             spec, work, sources_dir=str(tree), ansible_user=ami.ssh_username, ansible_become=True,
             ansible_vars_file=str(
-                vm.ansible_vars_file(inputs.resolved, "", work / "inventory.json", app_archive)
+                vm.ansible_vars_file(inputs.resolved, "", work / "inventory.json", app_archive,
+                                     trim=False)
             ),
         )  # fmt: skip
         pkrvars = work / "build.pkrvars.hcl"
@@ -289,7 +290,16 @@ def require_imdsv2(client: Any, image_id: str) -> str:
     metadata requests only with IMDSv2 tokens. Debian's Packer 1.6.6 knows neither
     `imds_support` nor `metadata_options`, so the AMI Packer registered is changed after the
     fact (a one-way setting), the same call for every Packer version."""
-    client.client("ec2").modify_image_attribute(ImageId=image_id, ImdsSupport={"Value": "v2.0"})
+    import botocore.exceptions
+
+    try:
+        client.client("ec2").modify_image_attribute(ImageId=image_id, ImdsSupport={"Value": "v2.0"})
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+        raise AwsError(
+            f"build-vm --target ami: Packer registered {image_id}, but requiring IMDSv2 on it "
+            f"failed ({e}); the AMI lacks it: deregister it, or give the role "
+            "ec2:ModifyImageAttribute and build again"
+        ) from None
     return image_id
 
 

@@ -30,6 +30,7 @@ from imagebuild.builders.layers import (
 from imagebuild.cache import Cache
 from imagebuild.cache_entries import STAGE, Consistency
 from imagebuild.engine import connection_vars
+from imagebuild.errors import ImageBuildError
 from imagebuild.keys import STAGES
 from imagebuild.leftovers import CACHE_LABEL
 from imagebuild.lock.lockfile import Lock
@@ -97,7 +98,8 @@ def _store(
                 "size": layer.size, "entries": layer.entries}  # fmt: skip
         (tmp / "layer.json").write_text(json.dumps(meta))
     stored = cached(cache, key, below)
-    assert stored is not None
+    if stored is None:  # it failed its own entry's rule (said above): a bug, never a traceback
+        raise ImageBuildError(f"the stage entry stages/{key[:12]} just built is not a valid one")
     return (*stored, changed)
 
 

@@ -101,7 +101,7 @@ def outputs(dist: Path, spec: Spec) -> dict[str, Path]:
 
 
 def ansible_vars_file(
-    r: Resolved, sources_label: str, inventory_out: Path, app_archive: str = ""
+    r: Resolved, sources_label: str, inventory_out: Path, app_archive: str = "", trim: bool = True
 ) -> Path:
     """The container's playbook variables (same paths: the sources sit where the container
     build mounts them) + the VM-only ones, as a file for `--extra-vars @file` (as data:
@@ -110,6 +110,7 @@ def ansible_vars_file(
         **r.playbook_vars(app_archive),
         **r.vm_vars(sources_label, str(inventory_out)),
         "imagebuild_sources_dir": SOURCES_DIR,
+        "imagebuild_trim": trim,
     }
     return ansible_vars.write(values, inventory_out.with_name("ansible-vars.yml"))
 

@@ -9,7 +9,9 @@ here, on the host, so that it is plain code over two dicts."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import re
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -124,6 +126,7 @@ class Debs:
         self._rows = {p.name: p for p in [*lock.shared, *lock.vm]}
         self._cache = cache
         self._read: dict[str, dict[str, str] | str] = {}
+        self._scripts: dict[str, str] = {}
 
     def entries(self, package: str, version: str) -> dict[str, str] | str:
         """The .deb's entries, or why there is none to compare with."""
@@ -135,6 +138,27 @@ class Debs:
         if row.sha256 not in self._read:
             self._read[row.sha256] = self._load(row)
         return self._read[row.sha256]
+
+    def scripts(self, package: str) -> str:
+        """The text of the locked .deb's maintainer scripts (preinst, postinst, ...): where a
+        package sets a mode or group itself (openssh-client: `chmod 2755 /usr/bin/ssh-agent`).
+        Read after `entries` checked the blob; "" when there are none."""
+        row = self._rows[package.split(":")[0]]
+        if row.sha256 not in self._scripts:
+            try:
+                out = tools.run(["dpkg-deb", "--ctrl-tarfile", self._cache.blob(row.sha256)],
+                                text=False).stdout  # fmt: skip
+                with tarfile.open(fileobj=io.BytesIO(out), mode="r:") as tar:
+                    found = [
+                        tar.extractfile(m)
+                        for m in tar
+                        if m.isfile() and m.name.lstrip("./") in MAINTAINER_SCRIPTS
+                    ]
+                    text = "\n".join(f.read().decode(errors="replace") for f in found if f)
+            except (tools.ToolError, tarfile.TarError):
+                text = ""
+            self._scripts[row.sha256] = text
+        return self._scripts[row.sha256]
 
     def _load(self, row: DebPackage) -> dict[str, str] | str:
         blob = self._cache.blob(row.sha256)
@@ -162,6 +186,33 @@ def header(m: tarfile.TarInfo) -> str:
     return f"{kind} {m.mode & 0o7777:04o} {owner}"
 
 
+MAINTAINER_SCRIPTS = ("preinst", "postinst")
+
+
+def set_by_script(script: str, path: str, have: str, want: str) -> bool:
+    """Whether the package's own maintainer script explains every way `have` (what is on disk)
+    differs from `want` (its .deb's header): a `chmod MODE PATH` with the mode seen, a
+    `chgrp GROUP PATH` or `chown [USER][:GROUP] PATH` with the owner seen. The kind never."""
+    kind_h, mode_h, owner_h = (have.split(" ") + ["", ""])[:3]
+    kind_w, mode_w, owner_w = (want.split(" ") + ["", ""])[:3]
+    if kind_h != kind_w or not script:
+        return False
+    where = re.escape(path) + r"(?=[\s;&|)]|$)"
+    ok = True
+    if mode_h != mode_w:
+        mode = mode_h.lstrip("0") or "0"
+        ok &= bool(re.search(rf"\bchmod\s+0*{mode}\s+{where}", script, re.M))
+    if owner_h != owner_w:
+        user, _, group = owner_h.partition(":")
+        chgrp = user == owner_w.partition(":")[0] and re.search(
+            rf"\bchgrp\s+{re.escape(group)}\s+{where}", script, re.M
+        )
+        chown = re.search(rf"\bchown\s+{re.escape(user)}:{re.escape(group)}\s+{where}",
+                          script, re.M)  # fmt: skip
+        ok &= bool(chgrp or chown)
+    return ok
+
+
 def against_debs(listing: Listing, debs: Debs) -> tuple[list[str], list[str]]:
     """(findings, unchecked): each special package file whose kind, mode and owner are not
     what its .deb ships (or dpkg-statoverride says); the packages there was no .deb for."""
@@ -183,7 +234,7 @@ def against_debs(listing: Listing, debs: Debs) -> tuple[list[str], list[str]]:
             want = ref.get(p)
             if want is not None and p in listing.overrides:
                 want = f"{want.partition(' ')[0]} {listing.overrides[p]}"
-            if want == have[p]:
+            if want == have[p] or (want and set_by_script(debs.scripts(name), p, have[p], want)):
                 break
             shipped.append(f"{name} {version} ships {want or 'no such path'}")
         else:

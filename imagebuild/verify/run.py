@@ -77,7 +77,7 @@ def _vm_disk(artifact: Path, work: Path, qcow2: Path, disk_gb: int) -> Path:
     with progress.stage("verify: VM disk", f"from {artifact.name}"):
         disk = vmdisk.bootable(artifact, work, disk_gb)
     if disk.kind == "qcow2":
-        return artifact
+        return disk.bootable  # the checked inode (a link beside the run), not the path again
     if qcow2.is_file():
         with progress.stage("verify: same disk as", qcow2.name):
             vmdisk.same_as(disk, qcow2)

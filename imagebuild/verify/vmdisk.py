@@ -7,6 +7,7 @@ here came from outside this run: each passes `diskimage.check` before qemu-img o
 from __future__ import annotations
 
 import fnmatch
+import os
 import shutil
 import tarfile
 from dataclasses import dataclass
@@ -70,8 +71,16 @@ def bootable(artifact: Path, work: Path, disk_gb: int) -> Disk:
     if not artifact.is_file():
         raise DiskError(f"VM disk {artifact} not found; run `invoke build-vm` or pass --vm")
     if kind == "qcow2":
-        diskimage.check(artifact, "qcow2", disk_gb, str(artifact))
-        return Disk(artifact, artifact, kind, disk_gb)
+        # Checked and booted as one inode: a link in `work` (else a copy), so a file put in its
+        # place after the check is not what QEMU opens.
+        work.mkdir(parents=True, exist_ok=True)
+        disk = work / "disk.qcow2"
+        try:
+            os.link(artifact, disk)
+        except OSError:  # another filesystem
+            shutil.copyfile(artifact, disk)
+        diskimage.check(disk, "qcow2", disk_gb, str(artifact))
+        return Disk(artifact, disk, kind, disk_gb)
     pattern, fmt = MEMBER[kind]
     work.mkdir(parents=True, exist_ok=True)
     disk = work / f"disk.{fmt}"

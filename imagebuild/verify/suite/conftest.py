@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +66,19 @@ def _collect(path: str) -> dict[str, Any]:
 
     # Both artifacts at once: each side mostly waits on its own commands (docker exec, ssh to an
     # emulated guest), so the container's facts cost no wall time beside the VM's. The VM's stay
-    # on this thread (its disk copy is killed at once when verify unwinds); the container's
-    # thread is not waited for on Ctrl-C or SIGTERM: the container's teardown ends its commands.
-    pool = ThreadPoolExecutor(1, thread_name_prefix="verify-container-facts")
-    try:
-        container = pool.submit(one, "container")
-        collected = {"vm": one("vm"), "container": container.result()}
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    # on this thread (its disk copy is killed at once when verify unwinds); the container's run
+    # on a daemon thread, which nothing waits for on Ctrl-C or SIGTERM (an executor's threads
+    # are joined at exit: a poll still running there would hold the exit up).
+    done: Future[tuple[dict[str, Any], Any]] = Future()
+
+    def container() -> None:
+        try:
+            done.set_result(one("container"))
+        except BaseException as e:  # handed to the waiting thread, raised there
+            done.set_exception(e)
+
+    threading.Thread(target=container, name="verify-container-facts", daemon=True).start()
+    collected = {"vm": one("vm"), "container": done.result()}
     facts = {artifact: collected[artifact][0] for artifact in ("container", "vm")}
     listings = {artifact: collected[artifact][1] for artifact in ("container", "vm")}
     judged = filemeta.judge(listings, filemeta.Debs(lock, Cache(Path(ctx["cache"]))))
