@@ -206,7 +206,11 @@ def _libvirt_vm(
 
 def _ssh_host(booted: vmboot.Booted, work: Path, how: str) -> Host:
     config = work / "ssh_config"
-    config.write_text("Host *\n" + "".join(f"  {k} {v}\n" for k, v in vmboot.SSH_OPTIONS.items()))
+    # One SSH connection for the whole run (testinfra asks for ControlMaster=auto, but without a
+    # ControlPath ssh makes none): each command then costs a round trip, not a handshake with
+    # an emulated guest (the VM's facts: 43 s -> see README's verify figures).
+    options = vmboot.SSH_OPTIONS | {"ControlPath": str(work / "ssh-%C")}
+    config.write_text("Host *\n" + "".join(f"  {k} {v}\n" for k, v in options.items()))
     url = (
         f"ssh://root@127.0.0.1:{booted.port}?ssh_identity_file={booted.key}"
         f"&ssh_config={config}&timeout=60"
