@@ -5,7 +5,7 @@ Read from the resolved spec; `tests/test_keys.py` pins which input moves which k
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from imagebuild import __version__, inventory, packer, roles
@@ -25,6 +25,9 @@ class Keys:
     stages: dict[str, str]  # by STAGES name
     disk: str  # the VM's base disk (made from the app stage)
     vm: str  # the finished VM: base disk + Packer's pass + the formats
+    # The finished VM but the app's own files: a VM made under this key takes another app's
+    # files without a new base disk or Packer pass (builders.app_overlay).
+    vm_but_app: str
 
 
 def stage_keys(r: Resolved) -> dict[str, str]:
@@ -104,7 +107,17 @@ def vm_key(r: Resolved, disk: str) -> str:
     )
 
 
+ANY_APP = "any app"  # the app tree's digest and stamp in `vm_but_app`
+
+
+def vm_but_app_key(r: Resolved) -> str:
+    """vm_key as if the app tree were any: every other input (the app stage's role, build
+    step, entrypoint, env, destination) still moves it."""
+    anyapp = replace(r, app_digest=ANY_APP, app_stamp=ANY_APP)
+    return vm_key(anyapp, disk_key(anyapp, stage_keys(anyapp)["app"]))
+
+
 def compute(r: Resolved) -> Keys:
     stages = stage_keys(r)
     disk = disk_key(r, stages["app"])
-    return Keys(stages, disk, vm_key(r, disk))
+    return Keys(stages, disk, vm_key(r, disk), vm_but_app_key(r))

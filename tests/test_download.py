@@ -7,7 +7,6 @@ import contextlib
 import http.server
 import io
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +14,7 @@ import urllib3
 
 from imagebuild import download
 from imagebuild.errors import ImageBuildError
+from tests.conftest import http_server
 
 BODY = bytes(range(256)) * 4096  # 1 MiB
 
@@ -58,12 +58,8 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[str]:
     _Flaky.hits = {}
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}"
-    finally:
-        srv.shutdown()
+    with http_server(_Flaky) as url:
+        yield url
 
 
 FAST = download.pool(attempts=4, backoff=0.01)

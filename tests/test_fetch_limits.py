@@ -12,14 +12,13 @@ import io
 import os
 import shutil
 import tarfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from imagebuild.lock import lockfile
-from tests.conftest import EXAMPLE, run_invoke
+from tests.conftest import EXAMPLE, http_server, run_invoke
 
 SMALL = b"a small .deb\n" * 8
 BIG = b"x" * (4 << 20)  # what the hostile mirror sends for a row locked at len(SMALL) bytes
@@ -43,12 +42,8 @@ class _Mirror(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def mirror() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Mirror)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/debian"
-    finally:
-        server.shutdown()
+    with http_server(_Mirror) as url:
+        yield f"{url}/debian"
 
 
 def _deb(name: str, body: bytes, size: int) -> lockfile.DebPackage:

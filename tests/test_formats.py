@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from imagebuild.builders import vm
+from imagebuild.builders import vm_outputs
 from imagebuild.builders.formats import qcow2, vagrant
 from imagebuild.cache import sha256_file
 from imagebuild.errors import ImageBuildError
@@ -47,9 +47,11 @@ def test_formats_read_the_right_disk_and_the_shipped_one_is_compressed(
     written = packer_disk(tmp_path)
     size = written.stat().st_size
     seen: dict[str, tuple[Path, int]] = {}
-    monkeypatch.setattr(vm, "FORMATS", {"a": recorder(False, seen), "b": recorder(True, seen)})
+    monkeypatch.setattr(
+        vm_outputs, "FORMATS", {"a": recorder(False, seen), "b": recorder(True, seen)}
+    )
     made = {"a": tmp_path / "a.out", "b": tmp_path / "b.out"}
-    vm.make_formats(written, made, None, LOCK)  # type: ignore[arg-type]
+    vm_outputs.make_formats(written, made, None, LOCK)  # type: ignore[arg-type]
     assert seen["a.out"] == (written, size)
     disk_b, size_b = seen["b.out"]
     assert disk_b == written.with_name("compressed.qcow2") and size_b < size // 4
@@ -64,19 +66,19 @@ def test_a_failing_format_stops_the_compression(tmp_path: Path, monkeypatch) -> 
     monkeypatch.setattr(qcow2, "start_compress", lambda *a: procs.append(real(*a)) or procs[-1])
     seen: dict[str, tuple[Path, int]] = {}
     fake = {"a": recorder(False, seen, fail=True), "b": recorder(True, seen)}
-    monkeypatch.setattr(vm, "FORMATS", fake)
+    monkeypatch.setattr(vm_outputs, "FORMATS", fake)
     with pytest.raises(RuntimeError, match="format failed"):
-        vm.make_formats(written, {"a": tmp_path / "a", "b": tmp_path / "b"}, None, LOCK)  # type: ignore[arg-type]
+        vm_outputs.make_formats(written, {"a": tmp_path / "a", "b": tmp_path / "b"}, None, LOCK)  # type: ignore[arg-type]
     assert procs and procs[0].returncode is not None  # not left running
     assert "b" not in seen
 
 
 def test_a_failed_compression_is_an_error_in_qemu_imgs_words(tmp_path: Path, monkeypatch) -> None:
     seen: dict[str, tuple[Path, int]] = {}
-    monkeypatch.setattr(vm, "FORMATS", {"b": recorder(True, seen)})
+    monkeypatch.setattr(vm_outputs, "FORMATS", {"b": recorder(True, seen)})
     missing = tmp_path / "packer-out" / "vm.qcow2"
     with pytest.raises(ImageBuildError, match=r"qemu-img convert -c .* failed \(exit 1\)"):
-        vm.make_formats(missing, {"b": tmp_path / "b"}, None, LOCK)  # type: ignore[arg-type]
+        vm_outputs.make_formats(missing, {"b": tmp_path / "b"}, None, LOCK)  # type: ignore[arg-type]
     assert not seen
 
 

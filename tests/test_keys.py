@@ -22,7 +22,7 @@ def _keys(spec_path: Path) -> dict[str, str]:
     spec = specmod.load(spec_path)
     lock = locking.read(spec_path.with_suffix(".lock"))
     keys = keying.compute(resolve(spec, lock))
-    return keys.stages | {"disk": keys.disk, "vm": keys.vm}
+    return keys.stages | {"disk": keys.disk, "vm": keys.vm, "vm_but_app": keys.vm_but_app}
 
 
 def _changed(before: dict[str, str], after: dict[str, str]) -> list[str]:
@@ -36,16 +36,17 @@ def example(tmp_path: Path) -> Path:
     return spec
 
 
-ABOVE = {s: list(STAGES[i:]) + ["disk", "vm"] for i, s in enumerate(STAGES)}
+ABOVE = {s: list(STAGES[i:]) + ["disk", "vm", "vm_but_app"] for i, s in enumerate(STAGES)}
+
+
+def APP_FILE_EDIT(p: Path) -> None:  # noqa: N802 (a constant: the one edit of the app's files)
+    (p.parent / "app" / "app" / "__init__.py").write_text('__version__ = "9"\n')
 
 
 @pytest.mark.parametrize(
     ("edit", "first"),
     [
-        (
-            lambda p: (p.parent / "app" / "app" / "__init__.py").write_text('__version__ = "9"\n'),
-            "app",
-        ),
+        (APP_FILE_EDIT, "app"),
         (
             lambda p: p.write_text(
                 p.read_text().replace('OMP_NUM_THREADS: "1"', 'OMP_NUM_THREADS: "2"')
@@ -59,7 +60,11 @@ ABOVE = {s: list(STAGES[i:]) + ["disk", "vm"] for i, s in enumerate(STAGES)}
 def test_a_change_reaches_its_stage_and_those_above(example: Path, edit, first: str) -> None:
     before = _keys(example)
     edit(example)
-    assert _changed(before, _keys(example)) == ABOVE[first]
+    moved = _changed(before, _keys(example))
+    # An app file moves everything above the app stage but `vm_but_app` (what an app-only
+    # change overlays); the env, as every other input of the app stage, moves it too.
+    own_files = edit is APP_FILE_EDIT
+    assert moved == [k for k in ABOVE[first] if not (own_files and k == "vm_but_app")]
 
 
 def test_nothing_changed_nothing_moves(example: Path) -> None:
@@ -71,7 +76,7 @@ def test_vm_settings_move_no_layer(example: Path) -> None:
     OVA and the box record it)."""
     before = _keys(example)
     example.write_text(example.read_text().replace("  disk_gb: 6", "  disk_gb: 7"))
-    assert _changed(before, _keys(example)) == ["disk", "vm"]
+    assert _changed(before, _keys(example)) == ["disk", "vm", "vm_but_app"]
     before = _keys(example)
     example.write_text(example.read_text().replace("memory_mb: 2048", "memory_mb: 4096"))
-    assert _changed(before, _keys(example)) == ["vm"]
+    assert _changed(before, _keys(example)) == ["vm", "vm_but_app"]

@@ -37,7 +37,7 @@ from imagebuild.vmboot import (
     make_key,
     partition_image,
 )
-from tests.conftest import ROOT, build_vm, changed, stamps, tree
+from tests.conftest import ROOT, build_vm, changed, run_invoke, stamps, tree
 
 pytestmark = [pytest.mark.network, pytest.mark.engine, pytest.mark.vm]
 
@@ -298,6 +298,36 @@ def test_vagrant_up_boots_the_box_with_a_plain_vagrantfile(vm_built, tmp_path: P
             pool.storageVolLookupByName(v).delete()
     assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
     assert (domains, networks, volumes - base) == before
+
+
+def test_an_app_change_is_written_over_the_last_vm_without_packer(
+    vm_built, locked_example: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """One changed app file: build-vm writes the new app files over the VM built before (kept
+    under the key of the VM but its app) instead of a new base disk and a Packer boot; the
+    result holds the new file, and verify finds it the container's twin."""
+    shutil.copytree(locked_example.parent, tmp_path / "p")
+    spec_file = tmp_path / "p" / locked_example.name
+    # its own tag: the session's image stays the one the other tests verify
+    text = spec_file.read_text()
+    spec_file.write_text(text.replace("repository: local/onnx-serve", "repository: local/ov"))
+    assert spec_file.read_text() != text
+    init = tmp_path / "p" / "app" / "app" / "__init__.py"
+    init.write_text(init.read_text() + "# an app-only change\n")
+    dist, logs = tmp_path / "dist", cache_dir / "logs"
+    packer_logs = set(logs.glob("*.packer.log"))
+    args = ["--spec", str(spec_file), "--cache-dir", str(cache_dir), "--dist", str(dist)]
+    assert run_invoke("build-container", *args).returncode == 0
+    r = build_vm(spec_file, cache_dir, dist)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "build-vm: app overlay: done" in r.stderr and "packer build" not in r.stderr
+    assert set(logs.glob("*.packer.log")) == packer_logs  # Packer never ran
+    spec = specmod.load(spec_file)
+    part = partition_image(dist / f"{_stem(spec)}.qcow2", tmp_path)
+    assert debugfs_cat(part, "/opt/app/app/__init__.py") == init.read_bytes()
+    part.unlink()
+    v = run_invoke("verify", "--spec", str(spec_file), "--dist", str(dist))
+    assert v.returncode == 0, v.stdout[-3000:] + v.stderr[-3000:]
 
 
 def test_second_build_reuses_everything(vm_built, locked_example: Path, cache_dir: Path) -> None:

@@ -37,12 +37,10 @@ from imagebuild import (
     tools,
     vmboot,
 )
-from imagebuild import inventory as inv
-from imagebuild.builders import context, disk, stages
-from imagebuild.builders.formats import FORMATS, filename, qcow2
+from imagebuild.builders import app_overlay, context, disk, stages, vm_outputs
+from imagebuild.builders.formats import filename
 from imagebuild.cache import atomic_file
 from imagebuild.inputs import Inputs
-from imagebuild.lock.lockfile import Lock
 from imagebuild.resolved import SOURCES_DIR, Resolved
 from imagebuild.spec import Spec
 
@@ -173,25 +171,34 @@ def build(inputs: Inputs, dist: Path, on_error: str = "cleanup") -> VmResult:
     with context.new_build(inputs) as b:
         start = time.monotonic()
         layers, _ = stages.build_layers(b, "build-vm")
-        base = disk.base_disk(b, layers)
-        seconds["base disk"] = round(time.monotonic() - start, 1)
         record = out["record"]
         leftovers.sweep_staging(dist, b.inputs.cache, "build-vm")  # also when nothing else is to do
         if up_to_date(dist, spec, key):
+            same = disk.base_disk(b, layers)
             previous = json.loads(record.read_text())
             progress.say(f"build-vm: nothing changed ({key[:12]}); outputs in {dist}")
             checksums.listed(dist, list(out.values()))
-            return VmResult("qemu", previous["accelerator"], key, base, out, seconds, {}, True)
-        sources = disk.sources_disk(b)
-        accel, why = vmboot.probe_accelerator()
-        progress.say(f"build-vm: accelerator {accel} ({why})")
+            return VmResult("qemu", previous["accelerator"], key, same, out, seconds, {}, True)
+        app, prior = app_overlay.select(b, layers)
+        base = None if prior else disk.base_disk(b, layers)
+        if base is not None:
+            seconds["base disk"] = round(time.monotonic() - start, 1)
         staging = dist / f".imagebuild-vm-{b.build_id}"
         staging.mkdir(parents=True)
         # whose it is, should we be killed
         (staging / ".owner").write_text(f"{b.inputs.cache.root}\n")
         keep = False
         try:
-            parity = _packer_qemu(b, base, sources, accel, on_error, staging, out, seconds)
+            if prior is not None and isinstance(app, app_overlay.AppFiles):
+                accel = "none (app overlay: no boot)"
+                parity, vm_inv = app_overlay.build(b, prior, app, layers[-1], staging, out, seconds)
+            else:
+                assert base is not None
+                sources = disk.sources_disk(b)
+                accel, why = vmboot.probe_accelerator()
+                progress.say(f"build-vm: accelerator {accel} ({why})")
+                parity, vm_inv = _packer_qemu(b, base, sources, accel, on_error, staging, out,
+                                              seconds)  # fmt: skip
             result = VmResult("qemu", accel, key, base, out, seconds, parity)
             with atomic_file(record) as t:  # last: its presence means every output is complete
                 body = asdict(result) | {
@@ -199,6 +206,8 @@ def build(inputs: Inputs, dist: Path, on_error: str = "cleanup") -> VmResult:
                 }
                 t.write_text(json.dumps(body, default=str, indent=1))
             checksums.record(dist, list(out.values()))
+            if isinstance(app, app_overlay.AppFiles) and "qcow2" in out:  # for the next app change
+                app_overlay.keep(b.inputs.cache, inputs.keys.vm_but_app, out["qcow2"], app, vm_inv)
             return result
         except BaseException:
             keep = on_error == "abort"
@@ -219,8 +228,9 @@ def _packer_qemu(
     staging: Path,
     out: dict[str, Path],
     seconds: dict[str, float],
-) -> dict[str, Any]:
-    spec, lock, work = b.inputs.spec, b.inputs.lock, b.workdir
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Packer's pass over the base disk, then the outputs; (parity, the VM's inventory)."""
+    spec, work = b.inputs.spec, b.workdir
     make_build_key(work)
     inventory_out = work / "inventory.json"
     vars_file = ansible_vars_file(b.inputs.resolved, disk.SOURCES_LABEL, inventory_out)
@@ -260,51 +270,14 @@ def _packer_qemu(
     finally:
         if on_error != "abort":
             _kill_stray_qemu(values["qemu_name"])
-    start = time.monotonic()
-    with progress.stage("build-vm: outputs", ", ".join(spec.vm.formats)):
-        made = {fmt: staging / out[fmt].name for fmt in spec.vm.formats}
-        make_formats(staging / "packer-out" / values["vm_name"], made, spec, lock)
-        shutil.copy(work / "packer-manifest.json", staging / out["packer_manifest"].name)
-        vm_inv = json.loads(inventory_out.read_text())
-        inv.write(vm_inv, spec, lock, base.sha256, "vm", staging / out["packages"].name,
-                  staging / out["sbom"].name)  # fmt: skip
-        for name, dest in out.items():
-            if name != "record":
-                os.replace(staging / dest.name, dest)
-    seconds["outputs"] = round(time.monotonic() - start, 1)
-    parity = inv.parity_with_container(
-        out["packages"],
-        out["packages"].with_name(out["packages"].name.replace(".vm.", ".container.")),
-        lock,
-    )
+    vm_inv = json.loads(inventory_out.read_text())
+    written = staging / "packer-out" / values["vm_name"]
+    manifest = (work / "packer-manifest.json").read_bytes()
+    parity = vm_outputs.ship(written, manifest, vm_inv, base.sha256, b.inputs, staging, out,
+                             seconds)  # fmt: skip
     # The base disk is the container's filesystem: the shared roles must find nothing to do.
     parity["shared_roles_changed"] = provision.shared_changed([ln for _, ln in timeline], spec)
-    return parity
-
-
-def make_formats(written: Path, made: dict[str, Path], spec: Spec, lock: Lock) -> None:
-    """Compress Packer's disk while the formats that read it uncompressed are made: qemu-img
-    compresses on one thread, so on two cores the OVA costs no extra wall time (Packer's
-    convert + outputs: 32 s -> 19-21 s here). Then the formats that ship the compressed qcow2.
-    `written` is removed once read."""
-    sde = lock.source_date_epoch
-    compressed = written.with_name("compressed.qcow2")
-    first = [f for f in made if not FORMATS[f].COMPRESSED_INPUT]
-    then = [f for f in made if FORMATS[f].COMPRESSED_INPUT]
-    proc = qcow2.start_compress(written, compressed) if then else None
-    try:
-        for f in first:
-            FORMATS[f].make(written, made[f], spec, sde)
-    except BaseException:  # a failed format or Ctrl-C: the compression must not outlive it
-        if proc is not None:
-            proc.kill()
-            proc.wait()
-        raise
-    if proc is not None:
-        tools.wait(proc)
-    written.unlink()
-    for f in then:
-        FORMATS[f].make(compressed, made[f], spec, sde)
+    return parity, vm_inv
 
 
 def up_to_date(dist: Path, spec: Spec, key: str) -> bool:

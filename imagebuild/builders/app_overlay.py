@@ -1,0 +1,211 @@
+"""An app-only change to a VM built before: the new app layer's files written into that VM's
+finished disk with debugfs (no mount, no boot), instead of a new base disk, a Packer boot and its
+provisioning. Everything else on that disk is the last Packer pass's, which found the app role
+converged on it: the app's files are all the app stage adds, and no VM role reads them (the
+unit runs the wrapper by its path).
+
+Kept, after every full build, under the key of the VM but its app's files (keys.vm_but_app):
+the shipped qcow2 and what the next overlay needs (`vm.json`: the app layer it holds, the paths
+that layer added, the VM's inventory). Taken only for exactly that case; anything else is a full
+build, and the build says why: the app layer may add paths and set the metadata of folders
+that exist below it, nothing more (no whiteout, hard link, device, changed lower file), under
+`app.dest` or the wrapper, with plain names (debugfs reads its commands word by word).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagebuild import progress, tools
+from imagebuild.builders import stages, vm_outputs
+from imagebuild.builders.context import Build
+from imagebuild.builders.disk import PART_OFFSET
+from imagebuild.builders.layers import Layer, Manifest, load_manifest
+from imagebuild.cache import Cache, sha256_file
+from imagebuild.errors import ImageBuildError
+from imagebuild.spec import Spec
+
+KIND = "vms"
+PLAIN = re.compile(r"[A-Za-z0-9._+@%=,:-]+(?:/[A-Za-z0-9._+@%=,:-]+)*")  # one debugfs word
+WRAPPER = "usr/local/bin/imagebuild-entrypoint"  # written by the app role (its template)
+TYPES = {tarfile.DIRTYPE: "dir", tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file",
+         tarfile.SYMTYPE: "link"}  # fmt: skip
+MODE_BITS = {"dir": 0o040000, "file": 0o100000, "link": 0o120000}
+
+
+class OverlayError(ImageBuildError):
+    pass
+
+
+@dataclass(frozen=True)
+class AppFiles:
+    """What an app layer adds to the layers below it: (path, type) of each path it creates, in
+    tar order (parents first)."""
+
+    diff_id: str
+    added: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A VM built before under the same `vm_but_app` key."""
+
+    disk: Path  # its shipped qcow2, in the cache
+    app: AppFiles
+    inventory: dict[str, Any]
+
+
+def app_files(app: Layer, below: Manifest, spec: Spec) -> AppFiles | str:
+    """The app layer's additions, or why it cannot be written over a VM's disk."""
+    dest = (spec.app.dest if spec.app else "/").strip("/")
+    added: list[tuple[str, str]] = []
+    with tarfile.open(app.path) as tar:
+        for m in tar:
+            name = m.name.rstrip("/")
+            kind = TYPES.get(m.type)
+            if kind is None:
+                return f"{name} is a hard link, device or other special entry"
+            if os.path.basename(name).startswith(".wh."):
+                return f"the app stage removed {name.replace('.wh.', '', 1)}"
+            if not PLAIN.fullmatch(name):
+                return f"{name!r} is not a plain path name"
+            if name in below:
+                if kind != "dir" or below[name][0] != tarfile.DIRTYPE.decode():
+                    return f"the app stage changed {name}, which a layer below holds"
+                continue
+            if not (name in (WRAPPER, dest) or name.startswith(dest + "/")):
+                return f"the app stage added {name}, outside {spec.app.dest if spec.app else '/'}"
+            added.append((name, kind))
+    return AppFiles(app.diff_id, added)
+
+
+def find(cache: Cache, key: str) -> Prior | None:
+    """The VM kept under `key`, if any and intact."""
+    folder = cache.dir(KIND, key)
+    if not (folder / "vm.json").is_file() or not cache.intact(KIND, key):
+        return None
+    try:
+        meta = json.loads((folder / "vm.json").read_text())
+        app = AppFiles(str(meta["app"]["diff_id"]),
+                       [(str(p), str(k)) for p, k in meta["app"]["added"]])  # fmt: skip
+        return Prior(folder / "disk.qcow2", app, dict(meta["inventory"]))
+    except (ValueError, KeyError, TypeError):  # ours, but of another format: made again
+        return None
+
+
+def keep(cache: Cache, key: str, qcow2: Path, app: AppFiles, inventory: dict[str, Any]) -> None:
+    """Keep a finished VM for the next app-only change (a hard link: the bytes shipped)."""
+    known = {"disk.qcow2": sha256_file(qcow2)}
+    with cache.building(KIND, key, known) as tmp:
+        try:
+            os.link(qcow2, tmp / "disk.qcow2")
+        except OSError:  # dist on another filesystem than the cache
+            tools.run(["cp", "--reflink=auto", str(qcow2), str(tmp / "disk.qcow2")])
+        body = {"app": {"diff_id": app.diff_id, "added": app.added}, "inventory": inventory}
+        (tmp / "vm.json").write_text(json.dumps(body, sort_keys=True))
+
+
+def _sif(path: str, kind: str, info: tarfile.TarInfo) -> list[str]:
+    """debugfs commands setting what the layer says of `path` (every time field: the layer's
+    clamped mtime, so the same layer gives the same inode)."""
+    fields = {"mode": f"0{MODE_BITS[kind] | (info.mode & 0o7777):o}", "uid": str(info.uid),
+              "gid": str(info.gid)}  # fmt: skip
+    fields |= dict.fromkeys(("mtime", "atime", "ctime", "crtime"), f"@{int(info.mtime)}")
+    return [f"sif /{path} {field} {value}" for field, value in fields.items()]
+
+
+def script(prior: AppFiles, new: AppFiles, layer: Path, files: Path) -> list[str]:
+    """The debugfs commands that take a disk from `prior`'s app files to `new`'s, the new
+    regular files extracted into `files` (debugfs writes from local files)."""
+    keep_dirs = {p for p, k in new.added if k == "dir"} & {p for p, k in prior.added if k == "dir"}
+    cmds = [
+        f"{'rmdir' if kind == 'dir' else 'rm'} /{path}"
+        for path, kind in sorted(prior.added, reverse=True)  # children before their folder
+        if path not in keep_dirs
+    ]
+    added = dict(new.added)
+    files.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(layer) as tar:
+        for n, m in enumerate(tar):
+            path = m.name.rstrip("/")
+            kind = TYPES[m.type]
+            if path in added and path not in keep_dirs:
+                if kind == "dir":
+                    cmds.append(f"mkdir /{path}")
+                elif kind == "link":
+                    if not PLAIN.fullmatch(m.linkname.lstrip("/")):
+                        raise OverlayError(f"{path}: link target {m.linkname!r} is not plain")
+                    cmds.append(f"symlink /{path} {m.linkname}")
+                else:
+                    src = files / str(n)
+                    with src.open("wb") as out, tar.extractfile(m) as data:  # type: ignore[union-attr]
+                        out.write(data.read())
+                    cmds.append(f"write {src} /{path}")
+            cmds += _sif(path, kind, m)
+    return cmds
+
+
+def apply(prior: Prior, new: AppFiles, layer: Path, work: Path, sde: int) -> Path:
+    """A qcow2 (uncompressed, in `work`) of `prior`'s disk with `new`'s app files in place of
+    its own; freed blocks given back (e2fsck's discard), the filesystem checked."""
+    raw, fs = work / "overlay.raw", f"{work / 'overlay.raw'}?offset={PART_OFFSET}"
+    tools.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", prior.disk, raw])
+    commands = work / "overlay.debugfs"
+    commands.write_text("\n".join(script(prior.app, new, layer, work / "overlay-files")) + "\n")
+    env = {**os.environ, "E2FSPROGS_FAKE_TIME": str(sde)}
+    r = tools.run(["debugfs", "-w", "-f", commands, fs], env=env)
+    errors = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("debugfs ")]
+    if errors:
+        raise OverlayError("debugfs: " + "; ".join(errors[:5]))
+    # -E discard: the blocks of the old app's files become holes (not readable in the image)
+    check = tools.run(["e2fsck", "-f", "-y", "-E", "discard", fs], env=env, ok=(0, 1, 2, 4, 8))
+    if check.returncode != 0:
+        raise OverlayError(f"e2fsck {shlex.quote(fs)} exit {check.returncode}: "
+                           f"{(check.stdout + check.stderr).strip()[-500:]}")  # fmt: skip
+    out = work / "overlay.qcow2"
+    tools.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, out])
+    raw.unlink()
+    return out
+
+
+def select(b: Build, layers: list[Layer]) -> tuple[AppFiles | str, Prior | None]:
+    """This build's app files (or why they cannot be written over a VM), and the VM built
+    before that they will be written over (None: a full build; said why when there was one)."""
+    cache, keys = b.inputs.cache, b.inputs.keys
+    below = load_manifest(stages.manifest_path(cache, keys.stages["stacks"]))
+    app = app_files(layers[-1], below, b.inputs.spec)
+    prior = find(cache, keys.vm_but_app)
+    if prior is not None and isinstance(app, str):
+        progress.say(f"build-vm: app overlay not taken ({app}): a full build")
+    return app, prior if isinstance(app, AppFiles) else None
+
+
+def build(
+    b: Build,
+    prior: Prior,
+    app: AppFiles,
+    layer: Layer,
+    staging: Path,
+    out: dict[str, Path],
+    seconds: dict[str, float],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The VM built before with this build's app files written over its own, shipped as Packer's
+    disk would be; (parity, the VM's inventory: the prior VM's, unchanged)."""
+    start = time.monotonic()
+    with progress.stage("build-vm: app overlay", f"{len(app.added)} paths, no boot") as st:
+        written = apply(prior, app, layer.path, b.workdir, b.inputs.lock.source_date_epoch)
+        st["note"] = f"over the VM with app layer {prior.app.diff_id[:12]}"
+    seconds["app overlay"] = round(time.monotonic() - start, 1)
+    manifest = {"builds": [], "imagebuild": "app overlay over the last Packer build: no Packer run"}
+    parity = vm_outputs.ship(written, json.dumps(manifest).encode() + b"\n", prior.inventory,
+                             layer.diff_id, b.inputs, staging, out, seconds)  # fmt: skip
+    parity["shared_roles_changed"] = "not run: an app overlay (the Packer pass under it found none)"
+    return parity, prior.inventory
