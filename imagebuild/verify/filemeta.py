@@ -236,7 +236,7 @@ def against_debs(listing: Listing, debs: Debs) -> tuple[list[str], list[str]]:
                 want = f"{want.partition(' ')[0]} {listing.overrides[p]}"
             if want == have[p] or (want and set_by_script(debs.scripts(name), p, have[p], want)):
                 break
-            shipped.append(f"{name} {version} ships {want or 'no such path'}")
+            shipped.append(f"{name.split(':')[0]} {version} ships {want or 'no such path'}")
         else:
             if shipped:
                 findings.append(f"{p}: {have[p]}, but {'; '.join(shipped)}")
