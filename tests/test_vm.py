@@ -326,6 +326,11 @@ def test_an_app_change_is_written_over_the_last_vm_without_packer(
     part = partition_image(dist / f"{_stem(spec)}.qcow2", tmp_path)
     assert debugfs_cat(part, "/opt/app/app/__init__.py") == init.read_bytes()
     part.unlink()
+    # Built again, nothing changed: no base disk is made for it (the overlay needed none).
+    before = stamps(dist, cache_dir / "disks", cache_dir / "vms")
+    again = build_vm(spec_file, cache_dir, dist)
+    assert again.returncode == 0 and "vm: nothing changed" in again.stdout, again.stderr[-2000:]
+    assert changed(before, stamps(dist, cache_dir / "disks", cache_dir / "vms")) == set()
     v = run_invoke("verify", "--spec", str(spec_file), "--dist", str(dist))
     assert v.returncode == 0, v.stdout[-3000:] + v.stderr[-3000:]
 

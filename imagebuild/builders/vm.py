@@ -174,8 +174,10 @@ def build(inputs: Inputs, dist: Path, on_error: str = "cleanup") -> VmResult:
         record = out["record"]
         leftovers.sweep_staging(dist, b.inputs.cache, "build-vm")  # also when nothing else is to do
         if up_to_date(dist, spec, key):
-            same = disk.base_disk(b, layers)
             previous = json.loads(record.read_text())
+            # The base disk the VM was made from (cached or pulled); none for an app overlay's
+            # VM: it had none, and making one now would cost what the overlay saved.
+            same = disk.base_disk(b, layers) if previous.get("base_disk") else None
             progress.say(f"build-vm: nothing changed ({key[:12]}); outputs in {dist}")
             checksums.listed(dist, list(out.values()))
             return VmResult("qemu", previous["accelerator"], key, same, out, seconds, {}, True)
