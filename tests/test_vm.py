@@ -24,6 +24,7 @@ import pytest
 from imagebuild import leftovers, seed
 from imagebuild import lock as locking
 from imagebuild import spec as specmod
+from imagebuild.builders import ami
 from imagebuild.builders.formats import filename
 from imagebuild.cache import sha256_file
 from imagebuild.inventory import package_entries
@@ -149,29 +150,21 @@ TRACES = {  # name: (pattern, whether it counts only at the start of a 4 KiB blo
 
 
 def traces(image: Path) -> dict[str, set[int]]:
-    """The offsets where each of TRACES occurs in the data of `image` (a filesystem image, a
-    sparse file: holes skipped), by name; only names that occur."""
+    """The offsets where each of TRACES occurs in the data of `image` (a filesystem image),
+    by name; only names that occur. Read as the AMI upload reads a disk (ami.data_blocks: holes
+    and zero blocks skipped), with each block's tail carried into the next one it adjoins, so a
+    trace across two blocks is found too."""
     found: dict[str, set[int]] = {}
-    with image.open("rb") as f:
-        fd, end, pos = f.fileno(), os.fstat(f.fileno()).st_size, 0
-        while pos < end:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole is left
-                break
-            stop = os.lseek(fd, start, os.SEEK_HOLE)
-            f.seek(start)
-            while start < stop:  # 64 MiB at a time, overlapping by a pattern's length
-                data = f.read(min(64 << 20, stop - start))
-                for name, (pattern, aligned) in TRACES.items():
-                    for m in re.finditer(pattern, data):
-                        if not aligned or (start + m.start()) % 4096 == 0:
-                            found.setdefault(name, set()).add(start + m.start())
-                if start + len(data) >= stop:
-                    break
-                start += len(data) - 128
-                f.seek(start)
-            pos = stop
+    tail, last = b"", -2
+    for index, data in ami.data_blocks(image):
+        carried = tail if index == last + 1 else b""
+        start = index * ami.BLOCK - len(carried)
+        for name, (pattern, aligned) in TRACES.items():
+            for m in re.finditer(pattern, carried + data):
+                at = start + m.start()
+                if m.end() > len(carried) and (not aligned or at % 4096 == 0):
+                    found.setdefault(name, set()).add(at)
+        tail, last = data[-128:], index
     return found
 
 

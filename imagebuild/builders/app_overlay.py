@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import tarfile
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from imagebuild.builders import stages, vm_outputs
 from imagebuild.builders.context import Build
 from imagebuild.builders.disk import PART_OFFSET
 from imagebuild.builders.layers import Layer, Manifest, load_manifest
-from imagebuild.cache import Cache, sha256_file
+from imagebuild.cache import Cache
 from imagebuild.errors import ImageBuildError
 from imagebuild.spec import Spec
 
@@ -101,14 +102,17 @@ def find(cache: Cache, key: str) -> Prior | None:
         return None
 
 
-def keep(cache: Cache, key: str, qcow2: Path, app: AppFiles, inventory: dict[str, Any]) -> None:
-    """Keep a finished VM for the next app-only change (a hard link: the bytes shipped)."""
-    known = {"disk.qcow2": sha256_file(qcow2)}
+def keep(
+    cache: Cache, key: str, qcow2: Path, sha256: str, app: AppFiles, inventory: dict[str, Any]
+) -> None:
+    """Keep a finished VM for the next app-only change (a hard link: the bytes shipped, whose
+    `sha256` SHA256SUMS has just recorded)."""
+    known = {"disk.qcow2": sha256}
     with cache.building(KIND, key, known) as tmp:
         try:
             os.link(qcow2, tmp / "disk.qcow2")
         except OSError:  # dist on another filesystem than the cache
-            tools.run(["cp", "--reflink=auto", str(qcow2), str(tmp / "disk.qcow2")])
+            shutil.copyfile(qcow2, tmp / "disk.qcow2")
         body = {"app": {"diff_id": app.diff_id, "added": app.added}, "inventory": inventory}
         (tmp / "vm.json").write_text(json.dumps(body, sort_keys=True))
 
@@ -157,6 +161,14 @@ def apply(prior: Prior, new: AppFiles, layer: Path, work: Path, sde: int) -> Pat
     """A qcow2 (uncompressed, in `work`) of `prior`'s disk with `new`'s app files in place of
     its own; freed blocks given back (e2fsck's discard), the filesystem checked."""
     raw, fs = work / "overlay.raw", f"{work / 'overlay.raw'}?offset={PART_OFFSET}"
+    try:
+        return _apply(prior, new, layer, work, sde, raw, fs)
+    finally:
+        raw.unlink(missing_ok=True)  # a 6 GiB sparse file, also when the overlay failed
+
+
+def _apply(prior: Prior, new: AppFiles, layer: Path, work: Path, sde: int, raw: Path,
+           fs: str) -> Path:  # fmt: skip
     tools.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", prior.disk, raw])
     commands = work / "overlay.debugfs"
     commands.write_text("\n".join(script(prior.app, new, layer, work / "overlay-files")) + "\n")
@@ -172,7 +184,6 @@ def apply(prior: Prior, new: AppFiles, layer: Path, work: Path, sde: int) -> Pat
                            f"{(check.stdout + check.stderr).strip()[-500:]}")  # fmt: skip
     out = work / "overlay.qcow2"
     tools.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, out])
-    raw.unlink()
     return out
 
 

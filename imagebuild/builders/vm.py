@@ -182,20 +182,25 @@ def build(inputs: Inputs, dist: Path, on_error: str = "cleanup") -> VmResult:
             checksums.listed(dist, list(out.values()))
             return VmResult("qemu", previous["accelerator"], key, same, out, seconds, {}, True)
         app, prior = app_overlay.select(b, layers)
-        base = None if prior else disk.base_disk(b, layers)
-        if base is not None:
-            seconds["base disk"] = round(time.monotonic() - start, 1)
+        base: disk.BaseDisk | None = None
         staging = dist / f".imagebuild-vm-{b.build_id}"
         staging.mkdir(parents=True)
         # whose it is, should we be killed
         (staging / ".owner").write_text(f"{b.inputs.cache.root}\n")
         keep = False
         try:
+            done = None
             if prior is not None and isinstance(app, app_overlay.AppFiles):
                 accel = "none (app overlay: no boot)"
-                parity, vm_inv = app_overlay.build(b, prior, app, layers[-1], staging, out, seconds)
+                try:
+                    done = app_overlay.build(b, prior, app, layers[-1], staging, out, seconds)
+                except app_overlay.OverlayError as e:  # before any output: the full build
+                    progress.say(f"build-vm: app overlay failed ({e}): a full build")
+            if done is not None:
+                parity, vm_inv = done
             else:
-                assert base is not None
+                base = disk.base_disk(b, layers)
+                seconds["base disk"] = round(time.monotonic() - start, 1)
                 sources = disk.sources_disk(b)
                 accel, why = vmboot.probe_accelerator()
                 progress.say(f"build-vm: accelerator {accel} ({why})")
@@ -209,7 +214,9 @@ def build(inputs: Inputs, dist: Path, on_error: str = "cleanup") -> VmResult:
                 t.write_text(json.dumps(body, default=str, indent=1))
             checksums.record(dist, list(out.values()))
             if isinstance(app, app_overlay.AppFiles) and "qcow2" in out:  # for the next app change
-                app_overlay.keep(b.inputs.cache, inputs.keys.vm_but_app, out["qcow2"], app, vm_inv)
+                sha = checksums.read(dist)[out["qcow2"].name]
+                app_overlay.keep(b.inputs.cache, inputs.keys.vm_but_app, out["qcow2"], sha, app,
+                                 vm_inv)  # fmt: skip
             return result
         except BaseException:
             keep = on_error == "abort"
