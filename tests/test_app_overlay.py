@@ -102,3 +102,19 @@ def test_a_layer_that_changes_more_than_the_app_is_not_overlaid(tmp_path: Path) 
     below = {**BELOW, "etc": ["5", 0o755, 0, 0, 0, SDE, ""]}
     got = app_overlay.app_files(Layer(path, "x", 0, 0), below, SPEC)  # type: ignore[arg-type]
     assert got == "the app stage added etc/passwd, outside /opt/app"
+
+
+def test_a_kept_vm_whose_paths_are_not_plain_is_not_used(
+    prior: app_overlay.Prior, tmp_path: Path
+) -> None:
+    """The kept record's paths become debugfs commands: one that is not a plain path (a newline
+    would start another command) makes the entry unusable (a full build), however sealed."""
+    from imagebuild.cache import Cache, sha256_file
+
+    cache, sha = Cache(tmp_path / "cache"), sha256_file(prior.disk)
+    app_overlay.keep(cache, "a" * 64, prior.disk, sha, prior.app, {})
+    found = app_overlay.find(cache, "a" * 64)
+    assert found is not None and found.app == prior.app
+    hostile = app_overlay.AppFiles("x", [("opt/app/x\nrm /etc/passwd", "file")])
+    app_overlay.keep(cache, "b" * 64, prior.disk, sha, hostile, {})
+    assert app_overlay.find(cache, "b" * 64) is None

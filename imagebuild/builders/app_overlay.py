@@ -97,9 +97,13 @@ def find(cache: Cache, key: str) -> Prior | None:
         meta = json.loads((folder / "vm.json").read_text())
         app = AppFiles(str(meta["app"]["diff_id"]),
                        [(str(p), str(k)) for p, k in meta["app"]["added"]])  # fmt: skip
-        return Prior(folder / "disk.qcow2", app, dict(meta["inventory"]))
-    except (ValueError, KeyError, TypeError):  # ours, but of another format: made again
+        inventory = dict(meta["inventory"])
+    except (ValueError, KeyError, TypeError, RecursionError):  # not what keep() writes: made again
         return None
+    # Its paths become debugfs commands: the same rule as a layer's, whoever wrote the file.
+    if not all(PLAIN.fullmatch(p) and k in MODE_BITS for p, k in app.added):
+        return None
+    return Prior(folder / "disk.qcow2", app, inventory)
 
 
 def keep(
