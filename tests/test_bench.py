@@ -25,3 +25,14 @@ def test_rendered_dockerfile_is_hadolint_clean(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     for pin in resolve(spec, load_fresh(spec)).os_pins:
         assert pin in text
+
+
+def test_the_profile_names_engine_calls_by_endpoint_without_names_or_versions() -> None:
+    from imagebuild.profile import endpoint
+
+    assert endpoint("/v1.43/containers/imagebuild-x-1a2b/json?all=1") == "/containers/{}/json"
+    assert endpoint("/v1.43/containers/create?name=x") == "/containers/create"
+    # an image name holds slashes: still one placeholder
+    assert endpoint("/v1.43/images/imagebuild-stage/x:ab-os") == "/images/{}"
+    assert endpoint("/v1.43/containers/0123abcd/archive?path=/etc") == "/containers/{}/archive"
+    assert endpoint("/_ping") == "/_ping"

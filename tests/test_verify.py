@@ -212,9 +212,10 @@ def test_modes_links_and_a_broken_python_are_named(
 ) -> None:
     """What `dpkg --verify` cannot see, made in the container only (the VM as built): a setuid
     bit on a package's program, a package file made world-writable, one given to another owner,
-    and `python3` swapped for /bin/true, which also takes the spec's interpreter away from
-    verify's own scripts: each a row naming the path and both values, no crash. With the cache
-    (--cache-dir) the special files are checked against the locked .debs too."""
+    a setuid copy no package owns in root's home, and `python3` swapped for /bin/true, which
+    also takes the spec's interpreter away from verify's own scripts: each a row naming the path
+    and both values, no crash. With the cache (--cache-dir) the special files are checked
+    against the locked .debs too."""
     spec, dist, _ = vm_built
     client = docker.from_env()
     ref = f"{spec.repository}:{spec.version}"
@@ -224,7 +225,9 @@ def test_modes_links_and_a_broken_python_are_named(
     try:
         sabotage = (
             "set -e; chmod u+s /usr/bin/python3.11; chmod 0666 /usr/lib/python3.11/colorsys.py; "
-            "chown nobody:nogroup /usr/lib/python3.11/this.py; ln -sf /bin/true /usr/bin/python3"
+            "chown nobody:nogroup /usr/lib/python3.11/this.py; ln -sf /bin/true /usr/bin/python3; "
+            # no package's, and where the runtime user cannot look (root's home is 0700)
+            "cp /bin/true /root/sneaky; chmod 4755 /root/sneaky"
         )
         rc, out = c.exec_run(["sh", "-c", sabotage])
         assert rc == 0, out
@@ -278,8 +281,11 @@ def test_modes_links_and_a_broken_python_are_named(
         assert rows[f"python:{w.name}"]["container"].startswith(
             f"not read: {spec.python.venv}/bin/python does not run Python"
         )
+    setuid = rows["hygiene:setuid/setgid files no package owns"]
+    assert (setuid["container"], setuid["vm"], setuid["outcome"]) == ("/root/sneaky", "none",
+                                                                      "failed")  # fmt: skip
     allowed = ("interpreter:", "file-meta:", "files:", "python:", "python-unlocked:", "import:",
-               "behaviour:", "service:")  # fmt: skip
+               "behaviour:", "service:", "hygiene:setuid")  # fmt: skip
     assert [i for i in failed if not i.startswith(allowed)] == []
     assert leftovers() == []
 

@@ -18,7 +18,7 @@ from imagebuild import profile, progress, provision
 from imagebuild.builders import image as img
 from imagebuild.builders.base_layer import mmdebstrap_base, registry_base
 from imagebuild.builders.changes import read_file, stage_changes
-from imagebuild.builders.context import Build, load_image
+from imagebuild.builders.context import Build, load_image, remove_later
 from imagebuild.builders.layers import (
     Layer,
     Manifest,
@@ -189,7 +189,7 @@ def stage_container(
         yield container, result
     finally:
         if container is not None:
-            container.remove(force=True)
+            remove_later(b, container)
 
 
 def _run_stage(

@@ -270,6 +270,7 @@ def comparable(stdout: str, ignore: list[str]) -> str:
 
 
 def _setuid_outside_packages(host: Any) -> str:
-    """setuid/setgid files no installed package owns (dpkg -S), e.g. a copied-in binary."""
-    out = host.run(f"sh -c {shlex.quote(SETUID_SCRIPT)}").stdout.split()
+    """setuid/setgid files no installed package owns (dpkg -S), e.g. a copied-in binary; as
+    root (the runtime user's `find` missed one in /root)."""
+    out = filebytes.as_root(host).run(f"sh -c {shlex.quote(SETUID_SCRIPT)}").stdout.split()
     return " ".join(sorted(out)) or "none"

@@ -40,9 +40,10 @@ APP_TREE = "app folder sha256 (every file)"
 KINDS = ("bytes", "app-file", "files", "file-meta")
 
 
-def _as_root(host: Any) -> Any:
-    """The container's facts are read as its runtime user; these need root (dpkg --verify reads
-    every package file). The VM's host is root already."""
+def as_root(host: Any) -> Any:
+    """The container's facts are read as its runtime user; some need root (dpkg --verify reads
+    every package file; the setuid scan looks in folders only root may read). The VM's host is
+    root already."""
     backend = host.backend
     if backend.NAME == "docker" and backend.user != "root":
         return testinfra.get_host(f"docker://root@{backend.name}")
@@ -79,7 +80,7 @@ def start(host: Any, spec: Spec, python: str) -> Running:
     out = f"/tmp/imagebuild-verify-bytes-{uuid.uuid4().hex[:8]}.json"
     cmd = f"{shlex.quote(python)} -c {shlex.quote(SCRIPT)} {shlex.quote(json.dumps(arg))}"
     job = f'{cmd} > {out}.part 2> {out}.err; echo "exit $?" >> {out}.err; mv {out}.part {out}'
-    root = _as_root(host)
+    root = as_root(host)
     root.check_output(f"nohup sh -c {shlex.quote(job)} </dev/null >/dev/null 2>&1 &")
     return Running(root, out, python)
 
