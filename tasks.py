@@ -259,16 +259,14 @@ def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", o
              cache_push="auto"):  # fmt: skip
     """Build the VM images with Packer (qemu, TCG unless KVM works) from the spec and its lock,
     provisioned by the container's playbook."""
-    from imagebuild.builders import vm
-    from imagebuild.builders.targets import TARGETS
+    from imagebuild.builders.targets import TARGETS, Options
 
-    if target not in TARGETS:
-        raise Exit(f"error: --target: {target!r} is not one of {', '.join(TARGETS)}", code=2)
-    if on_error not in vm.ON_ERROR:
-        raise Exit(f"error: --on-error: {on_error!r} is not one of {', '.join(vm.ON_ERROR)}", 2)
+    options = Options(on_error, aws_region)
+    if problems := options.problems(target):
+        raise Exit("\n".join(f"error: {p}" for p in problems), code=2)
     remote = (cache_from, cache_to, cache_required, cache_push)
     with _prepare(spec, cache_dir, "build-vm", remote, dist) as inputs:
-        r = TARGETS[target](inputs, Path(dist), on_error, aws_region)
+        r = TARGETS[target](inputs, Path(dist), options)
     _say_registry(inputs)
     if r.base_disk:
         d = r.base_disk

@@ -103,6 +103,32 @@ def run_env(workdir: Path) -> dict[str, str]:
     }
 
 
+def log_file(cache_root: Path, name: str) -> Path:
+    """Where a build's Packer log goes: the cache's logs folder, which outlives the scratch
+    folder of a failed build (the error names it)."""
+    logs = cache_root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    return logs / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.packer.log"
+
+
+def build(
+    values: dict[str, Any], work: Path, only: str, on_error: str, log: Path, what: str
+) -> list[tuple[float, str]]:
+    """The one way every target runs Packer: its variables written and checked, the template
+    staged for this Packer, `packer validate` (offline), then `packer build -on-error=...`, both
+    logged to `log`. Returns the build's timeline (`phases`)."""
+    from imagebuild import progress
+
+    pkrvars = work / "build.pkrvars.hcl"
+    write_vars(values, pkrvars)
+    tdir = stage_template(work / "packer")
+    args = [f"-only={only}", f"-var-file={pkrvars}"]
+    with progress.stage("build-vm: packer validate", f"{only}, Packer {version()}"):
+        run(["validate", *args], tdir, work, log)
+    with progress.stage("build-vm: packer build", what):
+        return run(["build", f"-on-error={on_error}", *args], tdir, work, log)
+
+
 def run(args: list[str], template_dir: Path, workdir: Path, log: Path) -> list[tuple[float, str]]:
     """Run `packer ARGS .` in the template folder, streaming its lines as progress and to
     `log`; return every line with its time since start (for the per-phase timings). On Ctrl-C,

@@ -19,6 +19,7 @@ from imagebuild.keys import STAGES
 from imagebuild.lock.lockfile import DebPackage, Wheel
 from imagebuild.resolved import resolve
 from imagebuild.spec import Spec
+from imagebuild.spec_sections import Ami
 
 
 @dataclass
@@ -80,8 +81,15 @@ def make_plan(spec: Spec, cache: Cache, dist: Path) -> Plan:
         f"{state}"
     )
     if spec.vm.ami:
-        plan.add(
-            f"ami       {spec.vm.ami.region} {spec.vm.ami.instance_type} from "
-            f"{spec.vm.ami.source_ami} (needs AWS credentials)"
-        )
+        plan.add(f"ami       {ami_line(spec.vm.ami)}")
     return plan
+
+
+def ami_line(ami: Ami) -> str:
+    """What `--target ami` would do, in the fields of its method only."""
+    how = (
+        f"stock: Packer amazon-ebs on a {ami.instance_type} from {ami.source_ami}"
+        if ami.method == "stock"
+        else "import: the qcow2's disk as an EBS snapshot (direct APIs) + RegisterImage"
+    )
+    return f"{ami.region}; {how} (--target ami, needs AWS credentials)"

@@ -182,6 +182,8 @@ def _cross_checks(spec: Spec, ctx: Context) -> None:
         fail("base.components", "gpu: needs the 'non-free' component for the NVIDIA driver")
     if spec.vm.ami and spec.vm.ami.method == "stock" and not spec.vm.ami.source_ami:
         fail("vm.ami.source_ami", "missing: vm.ami.method stock starts from a stock AMI")
+    if spec.vm.ami and spec.vm.ami.method == "import" and "qcow2" not in spec.vm.formats:
+        fail("vm.formats", "vm.ami.method import makes the AMI from the qcow2: add qcow2 here")
     for i, s in enumerate(spec.stacks):
         info = roles.role(s).variant(bool(spec.gpu))
         if spec.stacks.index(s) != i:

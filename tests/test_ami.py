@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from imagebuild import spec as specmod
-from imagebuild.builders import ami
+from imagebuild.builders import ami, ami_stock
 from tests.conftest import build_vm, stamps
 
 pytestmark = [pytest.mark.network, pytest.mark.engine, pytest.mark.vm]
@@ -134,21 +134,33 @@ def recorded(aws: dict[str, str]) -> Iterator[list[dict[str, list[str]]]]:
     bodies += [urllib.parse.parse_qs(b) for b in raw]
 
 
-def test_stock_ami_gets_imdsv2_required(tmp_path: Path, aws, monkeypatch) -> None:
+def test_stock_ami_gets_imdsv2_required_and_a_record(tmp_path: Path, aws, monkeypatch) -> None:
     """The stock path's AMI (Packer 1.6.6 cannot ask for IMDSv2) is changed after Packer: the
-    AMI ID read from Packer's manifest, ModifyImageAttribute as the API receives it."""
-    session = _client(aws, monkeypatch, "eu-west-1")
+    AMI ID read from Packer's manifest, ModifyImageAttribute as the API receives it. Then its
+    record (it returned no output before): the AMI as the API describes it, in SHA256SUMS."""
+    from tests.conftest import EXAMPLE
+
+    session = _client(aws, monkeypatch, "us-east-2")
     ec2 = session.client("ec2")
     image_id = ec2.register_image(Name="stock", RootDeviceName="/dev/xvda")["ImageId"]
     manifest = tmp_path / "packer-manifest.json"
-    manifest.write_text(json.dumps({"builds": [{"artifact_id": f"eu-west-1:{image_id}"}]}))
+    manifest.write_text(json.dumps({"builds": [{"artifact_id": f"us-east-2:{image_id}"}]}))
     with recorded(aws) as bodies:
-        ami.require_imdsv2(session, ami.packer_ami_id(manifest))
+        ami_stock.require_imdsv2(session, ami_stock.packer_ami_id(manifest))
     (call,) = [b for b in bodies if b.get("Action") == ["ModifyImageAttribute"]]
     assert call["ImageId"] == [image_id] and call["ImdsSupport.Value"] == ["v2.0"]
+    spec = specmod.load(EXAMPLE / "imagebuild.yaml")
+    dist = tmp_path / "dist"
+    record = ami_stock.write_record(session, spec, image_id, "stock", manifest, dist)
+    body = json.loads(record.read_text())
+    assert (body["method"], body["image_id"], body["region"]) == ("stock", image_id, "us-east-2")
+    assert body["source_ami"] == spec.vm.ami.source_ami and body["name"] == "stock"
+    assert body["packer_manifest"]["builds"][0]["artifact_id"].endswith(image_id)
+    digest = hashlib.sha256(record.read_bytes()).hexdigest()
+    assert f"{digest}  {record.name}" in (dist / "SHA256SUMS").read_text()
     manifest.write_text(json.dumps({"builds": [{"artifact_id": "eu-west-1:ami-x; rm -rf /"}]}))
     with pytest.raises(ami.ImageBuildError, match="is not an AMI ID"):
-        ami.packer_ami_id(manifest)
+        ami_stock.packer_ami_id(manifest)
 
 
 def test_register_asks_for_imdsv2_ena_and_tags(tmp_path: Path, aws, monkeypatch) -> None:
@@ -190,4 +202,4 @@ def test_a_refused_imdsv2_change_names_the_ami(aws, monkeypatch) -> None:
     and what to do, not a botocore traceback."""
     session = _client(aws, monkeypatch, "eu-west-1")
     with pytest.raises(ami.AwsError, match="ami-0123456789abcdef0.*ModifyImageAttribute"):
-        ami.require_imdsv2(session, "ami-0123456789abcdef0")
+        ami_stock.require_imdsv2(session, "ami-0123456789abcdef0")

@@ -15,7 +15,7 @@ from ansible.parsing.dataloader import DataLoader
 from packaging.version import Version
 
 from imagebuild import packer, provision
-from imagebuild.builders import ami, vm
+from imagebuild.builders import ami, ami_stock, vm
 from imagebuild.cache import Cache
 from imagebuild.errors import ImageBuildError
 from imagebuild.fetch import FetchResult
@@ -78,7 +78,7 @@ def test_strings_are_escaped_for_hcl(tmp_path: Path) -> None:
     assert '"a \\"quoted\\" $${not_interpolated} %%{nor_this} back\\\\slash"' in text
 
 
-def _validate(tmp_path: Path, only: str, **overrides: str) -> subprocess.CompletedProcess[str]:
+def _values(tmp_path: Path, **overrides: str) -> dict[str, object]:
     spec = load(EXAMPLE / "imagebuild.yaml")
     vm.make_build_key(tmp_path)  # Packer reads the key at validate time
     for name in ("base.qcow2", "vars.json"):
@@ -95,6 +95,11 @@ def _validate(tmp_path: Path, only: str, **overrides: str) -> subprocess.Complet
         ansible_vars_file=str(tmp_path / "vars.json"),
         **overrides,
     )
+    return values
+
+
+def _validate(tmp_path: Path, only: str, **overrides: str) -> subprocess.CompletedProcess[str]:
+    values = _values(tmp_path, **overrides)
     packer.write_vars(values, tmp_path / "v.pkrvars.hcl")
     tdir = packer.stage_template(tmp_path / "t")
     return subprocess.run(
@@ -116,6 +121,45 @@ def test_packer_validate_catches_a_bad_value(tmp_path: Path) -> None:
     r = _validate(tmp_path, "amazon-ebs.vm", aws_instance_type="")
     assert r.returncode != 0
     assert "instance_type" in r.stdout + r.stderr
+
+
+def test_the_packer_runner_keeps_its_log_when_the_build_fails(tmp_path: Path) -> None:
+    """The one runner every target uses: real `packer validate` then `packer build` (here the
+    base disk's checksum is wrong: Packer stops before QEMU starts); the error names the log,
+    which holds both runs and outlives the scratch folder."""
+    work = tmp_path / "work"
+    work.mkdir()
+    log = packer.log_file(tmp_path / "cache", "demo")
+    with pytest.raises(packer.PackerError, match=f"packer build failed .*full log {log}"):
+        packer.build(_values(work), work, "qemu.vm", "cleanup", log, "a build that fails")
+    text = log.read_text()
+    assert "ecksum" in text, text[-2000:]
+    assert not (work / "out").exists()  # cleanup: Packer removed its output folder
+
+
+def test_build_vm_options_are_checked_once_naming_the_option() -> None:
+    from imagebuild.builders.targets import Options
+
+    assert Options().problems("qemu") == [] and Options("abort", "us-east-2").problems("ami") == []
+    assert Options(region="eu-west-1").problems("qemu") == ["--aws-region: for --target ami only"]
+    assert Options(region="eu-west-1; rm -rf /").problems("ami") == [
+        "--aws-region: 'eu-west-1; rm -rf /' is not an AWS region like eu-west-1"
+    ]
+    assert Options(on_error="ask").problems("gce") == [
+        "--target: 'gce' is not one of qemu, ami",
+        "--on-error: 'ask' is not one of cleanup, abort",
+    ]
+
+
+def test_plan_shows_the_ami_methods_own_fields() -> None:
+    from imagebuild.plan import ami_line
+
+    ami_spec = load(EXAMPLE / "imagebuild.yaml").vm.ami
+    assert ami_spec is not None and ami_spec.method == "import"
+    assert "import: the qcow2's disk" in ami_line(ami_spec)
+    assert ami_spec.instance_type not in ami_line(ami_spec)  # a stock-only field
+    stock = ami_line(dataclasses.replace(ami_spec, method="stock"))
+    assert f"on a {ami_spec.instance_type} from {ami_spec.source_ami}" in stock
 
 
 @pytest.mark.network
@@ -145,7 +189,7 @@ def test_ami_uploads_the_app_the_stock_ami_lacks(tmp_path: Path, locked_example:
         (d / "marker").write_text(d.name)
     fetched = FetchResult(0, 0, 0, repo, repo, wheels)
     inputs = prepare(spec, lock, Cache(tmp_path / "cache"), fetched)
-    archive = ami.stock_sources(inputs, tmp_path / "up")
+    archive = ami_stock.stock_sources(inputs, tmp_path / "up")
     assert archive == f"{SOURCES_DIR}/app.tar"
     with tarfile.open(tmp_path / "up" / "app.tar") as tar:
         names = tar.getnames()
@@ -205,9 +249,9 @@ def test_caller_ip_is_checked_before_it_opens_ssh(tmp_path: Path) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/"
     try:
-        assert ami.caller_public_ip(url) == "203.0.113.7"
+        assert ami_stock.caller_public_ip(url) == "203.0.113.7"
         with pytest.raises(ImageBuildError, match="vm.ami.ssh_cidrs"):
-            ami.caller_public_ip(url)
+            ami_stock.caller_public_ip(url)
     finally:
         server.shutdown()
 

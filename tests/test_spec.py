@@ -198,6 +198,13 @@ BAD = [
     ("project-root-up", BASE + "project_root: " + "../" * 16 + "\n", "project_root", 14, "holds"),
     ("project-root-tmp", BASE + "project_root: /tmp\n", "project_root", 14, "is the system folder"),
     ("name-own-unit", swap("name", "name: ssh-hostkeys"), "name", 1, "imagebuild's own unit"),
+    (
+        "ami-import-without-qcow2",
+        swap("vm", "vm: {formats: [ova], ami: {region: eu-west-1}}"),
+        "vm.formats",
+        13,
+        "makes the AMI from the qcow2: add qcow2 here",
+    ),
 ]
 
 

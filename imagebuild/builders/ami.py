@@ -10,9 +10,7 @@ bucket and the `vmimport` service role and let AWS convert the disk; here the sn
 blocks are the disk's bytes, checked by AWS block by block, so the AMI's packages are the
 qcow2's by construction (one package manifest for both, named in the record).
 
-stock (`vm.ami.method: stock`): Packer's amazon-ebs provisions a stock Debian AMI with the same
-vm.yml. Its own packages (kernel, cloud-init, ...) stay in versions the lock never saw, and a
-stock package newer than the locked one makes the install fail: kept as an explicit option.
+stock (`vm.ami.method: stock`): ami_stock.py.
 
 Credentials, endpoints and the rest of the AWS configuration come from the standard AWS chain
 (environment, profile, AWS_ENDPOINT_URL); without credentials nothing is built.
@@ -23,14 +21,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import ipaddress
 import json
 import os
-import re
-import shutil
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,15 +32,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from imagebuild import checksums, distnames, packer, progress, tools
+from imagebuild import checksums, distnames, progress, tools
 from imagebuild.builders import vm
 from imagebuild.cache import atomic_file, sha256_file
 from imagebuild.errors import ImageBuildError
 from imagebuild.inputs import Inputs
 from imagebuild.lock.lockfile import Lock
-from imagebuild.resolved import APP_ARCHIVE
 from imagebuild.spec import Spec
-from imagebuild.spec_checks import AWS_REGION
 
 BLOCK = 512 * 1024  # the EBS direct APIs' block size
 ROOT_DEVICE = "/dev/xvda"
@@ -190,14 +182,10 @@ def ami_tags(spec: Spec, lock: Lock, dist: Path) -> list[dict[str, str]]:
 
 
 def build(inputs: Inputs, dist: Path, on_error: str, region: str | None = None) -> vm.VmResult:
+    """vm.ami.method import: the qemu target's qcow2 (built or reused) as the AMI."""
     spec, lock, cache = inputs.spec, inputs.lock, inputs.cache
-    if spec.vm.ami is None:
-        raise spec.error("vm.ami", "missing; `--target ami` needs vm.ami (at least region)")
-    if spec.vm.ami.method == "stock":
-        return build_stock(inputs, dist)
-    if region is not None and not re.fullmatch(AWS_REGION, region):
-        raise ImageBuildError(f"--aws-region: {region!r} is not an AWS region like eu-west-1")
-    client = session(spec, region)
+    assert spec.vm.ami is not None  # targets.py refuses a spec without it
+    client = session(spec, region)  # the region is checked (targets.Options)
     qemu = vm.build(inputs, dist, on_error)
     out = vm.outputs(dist.resolve(), spec)
     qcow2 = out["qcow2"]
@@ -236,93 +224,3 @@ def build(inputs: Inputs, dist: Path, on_error: str, region: str | None = None) 
     }
     return replace(qemu, target="ami", outputs=qemu.outputs | {"ami_record": record},
                    seconds=seconds, parity=parity)  # fmt: skip
-
-
-def build_stock(inputs: Inputs, dist: Path) -> vm.VmResult:
-    """vm.ami.method stock: Packer's amazon-ebs from vm.ami.source_ami, validated offline;
-    built only with AWS credentials."""
-    spec = inputs.spec
-    ami = spec.vm.ami
-    assert ami is not None
-    with tempfile.TemporaryDirectory(prefix="imagebuild-ami-", dir=inputs.cache.root) as tmp:
-        work = Path(tmp)
-        vm.make_build_key(work)
-        tree = work / "sources"
-        app_archive = stock_sources(inputs, tree)
-        values = vm.packer_values(
-            spec, work, sources_dir=str(tree), ansible_user=ami.ssh_username, ansible_become=True,
-            ansible_vars_file=str(
-                vm.ansible_vars_file(inputs.resolved, "", work / "inventory.json", app_archive,
-                                     trim=False)
-            ),
-        )  # fmt: skip
-        pkrvars = work / "build.pkrvars.hcl"
-        packer.write_vars(values, pkrvars)
-        tdir = packer.stage_template(work / "packer")
-        args = ["-only=amazon-ebs.vm", f"-var-file={pkrvars}"]
-        with progress.stage("build-vm: packer validate", "amazon-ebs.vm (offline)"):
-            packer.run(["validate", *args], tdir, work, work / "packer.log")
-        client = session(spec)
-        if not values["aws_ssh_cidrs"]:
-            values["aws_ssh_cidrs"] = [f"{caller_public_ip()}/32"]
-            packer.write_vars(values, pkrvars)
-        with progress.stage("build-vm: packer build", "amazon-ebs.vm"):
-            packer.run(["build", *args], tdir, work, work / "packer.log")
-        with progress.stage("build-vm: ami: IMDSv2 required") as st:
-            st["note"] = require_imdsv2(client, packer_ami_id(Path(values["manifest_file"])))
-    return vm.VmResult("ami", "", "", None, {})
-
-
-def packer_ami_id(manifest: Path) -> str:
-    """The AMI Packer's manifest post-processor names (`artifact_id` is `REGION:AMI-ID`)."""
-    try:
-        artifact = json.loads(manifest.read_text())["builds"][-1]["artifact_id"]
-        image_id = str(artifact).rsplit(":", 1)[-1]
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
-        raise ImageBuildError(f"{manifest}: no AMI in Packer's manifest ({e})") from None
-    if not re.fullmatch(r"ami-[0-9a-f]{8,17}", image_id):
-        raise ImageBuildError(f"{manifest}: {image_id!r} is not an AMI ID")
-    return image_id
-
-
-def require_imdsv2(client: Any, image_id: str) -> str:
-    """A stock AMI gets what the import path registers with: instances launched from it answer
-    metadata requests only with IMDSv2 tokens. Debian's Packer 1.6.6 knows neither
-    `imds_support` nor `metadata_options`, so the AMI Packer registered is changed after the
-    fact (a one-way setting), the same call for every Packer version."""
-    import botocore.exceptions
-
-    try:
-        client.client("ec2").modify_image_attribute(ImageId=image_id, ImdsSupport={"Value": "v2.0"})
-    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
-        raise AwsError(
-            f"build-vm --target ami: Packer registered {image_id}, but requiring IMDSv2 on it "
-            f"failed ({e}); the AMI lacks it: deregister it, or give the role "
-            "ec2:ModifyImageAttribute and build again"
-        ) from None
-    return image_id
-
-
-def caller_public_ip(url: str = "https://checkip.amazonaws.com") -> str:
-    """This machine's address as AWS sees it (the service Packer's
-    temporary_security_group_source_public_ip asks), so the builder's SSH port is open to it
-    alone; checked to be an address before it reaches a security group."""
-    try:
-        with urllib.request.urlopen(url, timeout=20) as r:
-            text = r.read(64).decode().strip()
-        return str(ipaddress.ip_address(text))
-    except (OSError, ValueError) as e:
-        raise ImageBuildError(
-            f"build-vm --target ami: cannot learn this machine's public IP from {url} ({e}); "
-            "set vm.ami.ssh_cidrs to the networks that may reach the builder's SSH port"
-        ) from e
-
-
-def stock_sources(inputs: Inputs, tree: Path) -> str:
-    """The folder Packer uploads to a stock AMI's SOURCES_DIR: the apt repo and wheelhouse
-    (hard links: the cache's bytes, no copy) and the app archive. A stock AMI, unlike the qemu
-    base disk, does not hold the app yet, so the app role must unpack it there. Returns the
-    archive's path on the instance ("" when the spec has no app)."""
-    shutil.copytree(inputs.fetched.repo_vm, tree / "repo", copy_function=os.link)
-    shutil.copytree(inputs.fetched.wheelhouse, tree / "wheels", copy_function=os.link)
-    return APP_ARCHIVE if inputs.resolved.write_app_archive(tree / "app.tar") else ""

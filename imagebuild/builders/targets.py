@@ -1,27 +1,55 @@
 """The VM targets behind one small factory, as the output formats are: the name `--target`
-takes -> its builder, all with one signature. A new target (another cloud) is one new module
-and one line here."""
+takes -> its builder, all with one signature and one set of options, checked once before
+anything runs. A new target (another cloud) is one new module and one line here."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from imagebuild.builders import ami, vm
-from imagebuild.errors import ImageBuildError
+from imagebuild.builders import ami, ami_stock, vm
 from imagebuild.inputs import Inputs
+from imagebuild.spec_checks import AWS_REGION
+
+
+@dataclass(frozen=True)
+class Options:
+    """What `build-vm` hands every target."""
+
+    on_error: str = "cleanup"  # Packer's -on-error: cleanup, or abort (keep the failed VM)
+    region: str | None = None  # --aws-region: the AMI's region instead of vm.ami.region
+
+    def problems(self, target: str) -> list[str]:
+        """What is wrong with these options for `target`, each naming its option (empty: all
+        good); the task exits 2 on any, before it reads the spec or builds anything."""
+        found = []
+        if target not in TARGETS:
+            found.append(f"--target: {target!r} is not one of {', '.join(TARGETS)}")
+        if self.on_error not in vm.ON_ERROR:
+            found.append(f"--on-error: {self.on_error!r} is not one of {', '.join(vm.ON_ERROR)}")
+        if self.region is not None and target != "ami":
+            found.append("--aws-region: for --target ami only")
+        elif self.region is not None and not re.fullmatch(AWS_REGION, self.region):
+            found.append(f"--aws-region: {self.region!r} is not an AWS region like eu-west-1")
+        return found
 
 
 class Target(Protocol):
-    def __call__(
-        self, inputs: Inputs, dist: Path, on_error: str, region: str | None
-    ) -> vm.VmResult: ...
+    def __call__(self, inputs: Inputs, dist: Path, options: Options) -> vm.VmResult: ...
 
 
-def _qemu(inputs: Inputs, dist: Path, on_error: str, region: str | None) -> vm.VmResult:
-    if region is not None:
-        raise ImageBuildError("--aws-region is for --target ami only")
-    return vm.build(inputs, dist, on_error)
+def _qemu(inputs: Inputs, dist: Path, options: Options) -> vm.VmResult:
+    return vm.build(inputs, dist, options.on_error)
 
 
-TARGETS: dict[str, Target] = {"qemu": _qemu, "ami": ami.build}
+def _ami(inputs: Inputs, dist: Path, options: Options) -> vm.VmResult:
+    spec = inputs.spec
+    if spec.vm.ami is None:
+        raise spec.error("vm.ami", "missing; `--target ami` needs vm.ami (at least region)")
+    method = ami_stock.build if spec.vm.ami.method == "stock" else ami.build
+    return method(inputs, dist, options.on_error, options.region)
+
+
+TARGETS: dict[str, Target] = {"qemu": _qemu, "ami": _ami}

@@ -257,20 +257,11 @@ def _packer_qemu(
             vmboot.guest_args("{{ .SSHHostPort }}", (work / "build_key.pub").read_text())
         ),
     )
-    pkrvars = work / "build.pkrvars.hcl"
-    packer.write_vars(values, pkrvars)
-    tdir = packer.stage_template(work / "packer")
-    # In the cache, not the scratch folder: it outlives a failure.
-    log = b.inputs.cache.root / "logs" / f"{spec.name}-{b.build_id}.packer.log"
-    log.parent.mkdir(exist_ok=True)
-    args = ["-only=qemu.vm", f"-var-file={pkrvars}"]
+    strategy = provision.ssh_strategy()[0]
+    what = f"qemu/{accel}: boot, vm.yml (Ansible strategy {strategy}), shutdown"
+    log = packer.log_file(b.inputs.cache.root, spec.name)
     try:
-        with progress.stage("build-vm: packer validate", f"Packer {packer.version()}"):
-            packer.run(["validate", *args], tdir, work, log)
-        strategy = provision.ssh_strategy()[0]
-        what = f"qemu/{accel}: boot, vm.yml (Ansible strategy {strategy}), shutdown"
-        with progress.stage("build-vm: packer build", what):
-            timeline = packer.run(["build", f"-on-error={on_error}", *args], tdir, work, log)
+        timeline = packer.build(values, work, "qemu.vm", on_error, log, what)
         seconds |= {f"packer {k}": v for k, v in packer.phases(timeline).items()}
     except BaseException:
         if on_error == "abort":
