@@ -10,7 +10,6 @@ import docker
 import docker.errors
 
 from imagebuild import profile
-from imagebuild.builders.layers import Layer
 from imagebuild.errors import ImageBuildError
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"  # where docker.from_env goes without DOCKER_HOST
@@ -67,10 +66,11 @@ def load_archive(client: docker.DockerClient, archive: Path) -> None:
             pass
 
 
-def engine_has(client: docker.DockerClient, layers: list[Layer], refs: list[str]) -> int:
-    """How many of `layers`, from the bottom, the engine already holds (as the layers of one of
-    the images `refs`, e.g. the last build's image and this build's stage images)."""
-    want = [f"sha256:{ly.diff_id}" for ly in layers]
+def engine_has(client: docker.DockerClient, diff_ids: list[str], refs: list[str]) -> int:
+    """How many of the layers `diff_ids`, from the bottom, the engine already holds (as the
+    layers of one of the images `refs`, e.g. the last build's image and this build's stage
+    images)."""
+    want = [f"sha256:{d}" for d in diff_ids]
     best = 0
     for ref in refs:
         try:

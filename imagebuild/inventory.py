@@ -13,9 +13,8 @@ from typing import Any
 from packaging.utils import canonicalize_name
 
 from imagebuild import progress
-from imagebuild.builders.image import rfc3339
 from imagebuild.cache import atomic_file
-from imagebuild.lock.lockfile import Lock
+from imagebuild.lock.lockfile import Lock, rfc3339
 from imagebuild.spec import Spec
 
 SCRIPT_PATH = Path(__file__).parent / "data" / "inventory_script.py"

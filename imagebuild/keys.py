@@ -9,8 +9,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from imagebuild import __version__, inventory, packer, roles
-from imagebuild.builders.formats import FORMATS
-from imagebuild.builders.layers import LAYER_FORMAT
 from imagebuild.cache import digest
 from imagebuild.cache_entries import ENTRY_FORMAT
 from imagebuild.lock.lockfile import BASE_PACKAGES, Lock
@@ -18,6 +16,11 @@ from imagebuild.resolved import Resolved
 
 STAGES = ("base", "os", "python", "stacks", "app")
 DISK_LAYOUT = "2"  # bump when builders/disk.py's layout code changes
+# Part of every stage key: bump when builders/layers.py makes different layers from the same
+# input (2: folders of every entry included, hard links compared without "./", etc/mtab excluded).
+LAYER_FORMAT = "2"
+# The output format writers (builders/formats/), read as files: the VM key moves with their code.
+FORMATS_DIR = Path(__file__).parent / "builders" / "formats"
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ def vm_key(r: Resolved, disk: str) -> str:
         (packer.PACKER_DIR / packer.TEMPLATE).read_text(),
         roles.files_digest("vm_finalize"),
         inventory.SCRIPT,  # the VM manifest is made by it
-        *(Path(m.__file__).read_text() for m in FORMATS.values()),  # type: ignore[attr-defined]
+        *(f.read_text() for f in sorted(FORMATS_DIR.glob("*.py"))),  # the format writers
         json.dumps(r.playbook_vars(), sort_keys=True),
         json.dumps(asdict(r.spec.vm), sort_keys=True, default=str),
     )

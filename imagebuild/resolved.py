@@ -12,7 +12,7 @@ from typing import Any
 
 from imagebuild import app_tree, inventory
 from imagebuild.lock.lockfile import Lock
-from imagebuild.roles import ROLES_DIR, stack_roles
+from imagebuild.roles import ROLES_DIR
 from imagebuild.spec import Spec
 
 # Where the build's sources sit inside a stage container (bind mounts) and inside the VM
@@ -117,7 +117,7 @@ class Resolved:
 def resolve(spec: Spec, lock: Lock) -> Resolved:
     shared = {p.name: p.version for p in lock.shared}
     both = shared | {p.name: p.version for p in lock.vm}
-    stacks = stack_roles(spec)
+    stacks = spec.stack_roles
     digest = app_tree.digest(spec)
     return Resolved(
         spec=spec,

@@ -10,15 +10,13 @@ variant of a stack); `needs_gpu: true` marks roles that only make sense with `gp
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
-
-if TYPE_CHECKING:  # spec checks stack names against this module: a type-only import
-    from imagebuild.spec import Spec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ANSIBLE_DIR = PROJECT_ROOT / "ansible"
@@ -58,11 +56,12 @@ def with_cuda_wheels(stacks: list[RoleInfo], cuda: str) -> list[RoleInfo]:
     ]
 
 
-def stack_roles(spec: Spec) -> list[RoleInfo]:
-    """The spec's stack roles, in the variant (CPU or CUDA) the spec's `gpu:` selects, the CUDA
-    user space resolved for the spec's CUDA version."""
-    stacks = [role(s).variant(bool(spec.gpu)) for s in spec.stacks]
-    return with_cuda_wheels(stacks, spec.gpu.cuda) if spec.gpu else stacks
+def stack_roles(names: Sequence[str], cuda: str | None) -> list[RoleInfo]:
+    """The stack roles `names`, in their CUDA variant where `cuda` (the spec's `gpu.cuda`) is
+    given, else the CPU one, the CUDA user space resolved for that version. `Spec.stack_roles`
+    holds the spec's, made once."""
+    stacks = [role(s).variant(cuda is not None) for s in names]
+    return with_cuda_wheels(stacks, cuda) if cuda is not None else stacks
 
 
 @cache

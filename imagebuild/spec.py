@@ -11,6 +11,7 @@ import dataclasses
 import re
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import yaml
@@ -31,6 +32,7 @@ from imagebuild.spec_checks import (
     outside_root,
     own_unit,
     pattern,
+    project_root,
 )
 from imagebuild.spec_sections import (
     SUITE_PYTHON,
@@ -141,6 +143,11 @@ class Spec:
         it): prefixed, so no spec name (`ssh`, `cloud-init`) replaces a unit of the OS."""
         return f"imagebuild-{self.name}"
 
+    @cached_property
+    def stack_roles(self) -> tuple[roles.RoleInfo, ...]:
+        """The stack roles in the variant `gpu:` selects (CPU or CUDA), made once per spec."""
+        return tuple(roles.stack_roles(self.stacks, self.gpu.cuda if self.gpu else None))
+
     @property
     def runtime_env(self) -> dict[str, str]:
         """`env` with the thread defaults filled in: the same in both artifacts."""
@@ -163,7 +170,8 @@ def _cross_checks(spec: Spec, ctx: Context) -> None:
     def fail(path: str, message: str) -> None:
         ctx.errors.append(spec.error(path, message))
 
-    if problem := broad_root(spec):
+    root = project_root(spec.base_dir, spec.project_root)
+    if problem := broad_root(root):
         fail("project_root", problem)
     if problem := own_unit(f"{spec.service_name}.service"):
         fail("name", problem)
@@ -171,7 +179,7 @@ def _cross_checks(spec: Spec, ctx: Context) -> None:
         ("app.src", spec.app.src if spec.app else None),
         ("python.requirements", spec.python.requirements if spec.python else None),
     ):
-        if value is not None and (problem := outside_root(spec, value)):
+        if value is not None and (problem := outside_root(root, spec.base_dir, value)):
             fail(fld, problem)  # fmt: skip
     if spec.entrypoint and not spec.entrypoint[0].startswith("/"):
         fail(

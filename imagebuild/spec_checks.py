@@ -12,15 +12,12 @@ import re
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from imagebuild import roles, secret_rules
 from imagebuild.errors import SpecError
-
-if TYPE_CHECKING:  # the checks are named in the table that defines Spec: a type-only import
-    from imagebuild.spec import Spec
 
 Check = Any  # Callable[[value, Context], str | None]; kept loose to allow lambdas in metadata
 
@@ -90,14 +87,14 @@ SYSTEM_INSIDE = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/r
                  "/var/lib/libvirt")  # fmt: skip
 
 
-def project_root(spec: Spec) -> Path:
-    return (spec.base_dir / spec.project_root).resolve()
+def project_root(base_dir: Path, field: str) -> Path:
+    """The folder the spec's `project_root` names (relative to the spec's own folder)."""
+    return (base_dir / field).resolve()
 
 
-def broad_root(spec: Spec) -> str | None:
+def broad_root(root: Path) -> str | None:
     """The project root bounds what `app.src` and `python.requirements` may name: `/`, a system
     folder or a home as the root would let a spec ship the host's secrets (`app.src: /root`)."""
-    root = project_root(spec)
     homes = [os.path.expanduser("~"), *(u.pw_dir for u in pwd.getpwall())]
     guarded = {Path(h).resolve(): "the home" for h in homes if h.startswith("/") and h != "/"}
     guarded |= {Path(d).resolve(): "the system folder" for d in SYSTEM_DIRS}
@@ -120,11 +117,11 @@ def broad_root(spec: Spec) -> str | None:
     return None
 
 
-def outside_root(spec: Spec, v: str) -> str | None:
-    """Files the spec names stay inside its project root (`project_root`, default the spec's
-    folder), so a spec cannot ship /root or ../../etc into an image."""
-    root = project_root(spec)
-    target = (spec.base_dir / v).resolve()
+def outside_root(root: Path, base_dir: Path, v: str) -> str | None:
+    """Files the spec names (`v`, relative to its folder `base_dir`) stay inside its project root
+    (`project_root`, default the spec's folder), so a spec cannot ship /root or ../../etc into an
+    image."""
+    target = (base_dir / v).resolve()
     if not (target == root or target.is_relative_to(root)):
         return f"{v!r} is outside the project root {root} (widen `project_root` to allow it)"
     if hidden := secret_rules.hidden_part(PurePosixPath(target.relative_to(root))):

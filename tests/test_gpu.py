@@ -22,7 +22,6 @@ import yaml
 from imagebuild import resolved, roles
 from imagebuild import spec as specmod
 from imagebuild.errors import SpecError
-from imagebuild.roles import stack_roles
 from imagebuild.verify import gpu
 from tests.conftest import ROOT, build_vm, run_invoke
 
@@ -129,13 +128,13 @@ def test_a_cuda_version_without_locked_wheels_is_refused_at_its_line(tmp_path: P
 def test_cuda_components_follow_the_stacks(tmp_path: Path) -> None:
     """cuda_runtime installs the runtime plus what the other stacks ask for, all one CUDA minor."""
     spec = specmod.load(gpu_spec(tmp_path / "a"))
-    cuda = {r.name: r for r in stack_roles(spec)}["cuda_runtime"]
+    cuda = {r.name: r for r in spec.stack_roles}["cuda_runtime"]
     assert cuda.python == [
         "nvidia-cuda-runtime-cu12==12.2.*", "nvidia-cublas-cu12==12.2.*",
         "nvidia-cufft-cu12==11.0.8.*", "nvidia-curand-cu12==10.3.3.*", "nvidia-cudnn-cu12==9.*",
     ]  # fmt: skip
     probe = specmod.load(gpu_spec(tmp_path / "b", stacks=["nvidia_driver", "cuda_runtime"]))
-    cuda = {r.name: r for r in stack_roles(probe)}["cuda_runtime"]
+    cuda = {r.name: r for r in probe.stack_roles}["cuda_runtime"]
     assert cuda.python == ["nvidia-cuda-runtime-cu12==12.2.*"]
 
 

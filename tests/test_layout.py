@@ -1,6 +1,6 @@
 """The house's shape, read from the source (no imports run): no import circle among imagebuild's
-modules, counting imports inside functions (a circle hidden there is still a circle) and leaving
-out `if TYPE_CHECKING:` blocks (type-only)."""
+modules, counting imports inside functions (a circle hidden there is still a circle), at run
+time and counting `if TYPE_CHECKING:` blocks too (type-only); no import up the floors (FLOORS)."""
 
 from __future__ import annotations
 
@@ -77,6 +77,52 @@ def test_no_import_circle() -> None:
     g = graph()
     assert "imagebuild.lock.lockfile" in g["imagebuild.lock"]  # the reader sees the edges
     assert cycles(g) == []
+
+
+def test_no_import_circle_even_a_type_only_one() -> None:
+    paths = {module_name(p): p for p in PKG.rglob("*.py")}
+    with_types = {m: _all_imports(p, set(paths)) - {m} for m, p in paths.items()}
+    assert "imagebuild.cache_entries" in with_types["imagebuild.diskimage"]  # a type-only edge
+    assert cycles(with_types) == []
+
+
+# The floors of the house, bottom up: a module imports from its own floor or below, never above.
+# builders make the artifacts, verify reads them (and knows their formats), plan asks both.
+FLOORS = ("imagebuild", "imagebuild.builders", "imagebuild.verify", "imagebuild.plan")
+
+
+def floor(module: str) -> int:
+    return max(i for i, f in enumerate(FLOORS) if module == f or module.startswith(f + "."))
+
+
+def upward(g: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} -> {n}" for m, deps in g.items() for n in deps if floor(n) > floor(m))
+
+
+def test_the_checker_sees_an_import_upward() -> None:
+    g = {
+        "imagebuild.keys": {"imagebuild.builders.layers"},
+        "imagebuild.builders.vm": {"imagebuild.keys"},
+    }
+    assert upward(g) == ["imagebuild.keys -> imagebuild.builders.layers"]
+
+
+def test_no_import_runs_up_the_floors_nor_a_type_only_one() -> None:
+    """Counting `if TYPE_CHECKING:` imports too: a type-only edge upward is still one."""
+    paths = {module_name(p): p for p in PKG.rglob("*.py")}
+    with_types = {m: _all_imports(p, set(paths)) - {m} for m, p in paths.items()}
+    assert upward(with_types) == []
+
+
+def _all_imports(path: Path, modules: set[str]) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            subs = {f"{node.module}.{a.name}" for a in node.names} & modules
+            found |= subs or {node.module}
+    return {m for m in found if m in modules}
 
 
 def test_the_types_check() -> None:

@@ -35,6 +35,7 @@ from imagebuild.builders.stages import StageResult, build_layers
 from imagebuild.cache import atomic_file
 from imagebuild.inputs import Inputs
 from imagebuild.keys import STAGES
+from imagebuild.lock.lockfile import rfc3339
 from imagebuild.resolved import Resolved
 from imagebuild.spec import Spec
 
@@ -64,7 +65,7 @@ def final_config(r: Resolved, layers: list[Layer]) -> img.ImageConfig:
         "org.opencontainers.image.title": spec.name,
         "org.opencontainers.image.version": spec.version,
         "org.opencontainers.image.revision": _revision(spec),
-        "org.opencontainers.image.created": img.rfc3339(lock.source_date_epoch),
+        "org.opencontainers.image.created": rfc3339(lock.source_date_epoch),
         "org.opencontainers.image.base.digest": f"sha256:{layers[0].diff_id}",
         "io.imagebuild.lock.sha256": lock.digest,
         "io.imagebuild.spec": spec.path.name,

@@ -82,7 +82,9 @@ def load_image(b: Build, config: bytes, layers: list[Layer], tag: str) -> None:
     """Load an image made of `layers`, writing only the layers the engine lacks."""
     archive = b.workdir / f"{tag.replace('/', '_').replace(':', '_')}.tar"
     present = engine_has(
-        b.client, layers, [f"{b.inputs.spec.repository}:{b.inputs.spec.version}", *b.stages]
+        b.client,
+        [ly.diff_id for ly in layers],
+        [f"{b.inputs.spec.repository}:{b.inputs.spec.version}", *b.stages],
     )
     with profile.step("docker archive written"):
         img.docker_archive(archive, config, layers, tag, present)

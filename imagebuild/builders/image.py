@@ -7,12 +7,12 @@ import hashlib
 import json
 import tarfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from imagebuild import tarnorm
 from imagebuild.builders.layers import Layer
 from imagebuild.cache import atomic_file
+from imagebuild.lock.lockfile import rfc3339
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -21,10 +21,6 @@ OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 def _json(obj: object) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
-def rfc3339(epoch: int) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,6 @@ from pathlib import Path
 from imagebuild import tarnorm
 from imagebuild.cache import sha256_file
 
-# Part of every stage key: bump when a change here makes different layers from the same input
-# (2: folders of every entry included, hard links compared without "./", etc/mtab excluded).
-LAYER_FORMAT = "2"
-
 # Never part of a layer: engine-managed mounts, per-run state, caches and logs.
 EXCLUDE_PREFIXES = (
     ".dockerenv",

@@ -23,7 +23,6 @@ from imagebuild.lock.lockfile import (
     write,
 )
 from imagebuild.lock.python import lock_python
-from imagebuild.roles import stack_roles
 from imagebuild.spec import Spec
 
 __all__ = ["Lock", "load_fresh", "path_for", "read", "resolve", "stale_reasons", "write"]
@@ -32,7 +31,7 @@ DEBIAN_PYTHON = "/usr/bin/python3"  # python3-apt imports only under Debian's in
 
 
 def _groups(spec: Spec) -> tuple[list[str], list[str]]:
-    stacks = stack_roles(spec)
+    stacks = spec.stack_roles
     shared = list(BASE_PACKAGES) + list(spec.packages)
     vm = list(spec.vm.packages)
     for r in stacks:
@@ -46,7 +45,7 @@ def _blame_package(spec: Spec, name: str, message: str) -> SpecError:
         if name in items:
             path = f"{field_name}[{items.index(name)}]"
             return spec.error(path, f"{name!r}: {message}")
-    for i, r in enumerate(stack_roles(spec)):
+    for i, r in enumerate(spec.stack_roles):
         if name in r.packages + r.vm_packages:
             return spec.error(f"stacks[{i}]", f"role {r.name!r} needs {name!r}: {message}")
     return spec.error("base", f"{name!r}: {message}")

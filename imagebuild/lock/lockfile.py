@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from imagebuild import __version__, roles
+from imagebuild import __version__
 from imagebuild.cache import atomic_file
 from imagebuild.errors import StaleLockError
 from imagebuild.lock import schema
@@ -104,13 +104,18 @@ class Lock:
             return f"{self.path}: {title}[{i}]"
 
 
+def rfc3339(epoch: int) -> str:
+    """A lock's time (its source_date_epoch) as the image config, SBOM and index date write it."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def path_for(spec: Spec) -> Path:
     return spec.path.with_suffix(".lock")
 
 
 def inputs_for(spec: Spec) -> dict[str, Any]:
     """Everything in the spec (and in files it names) that the lock's content depends on."""
-    stacks = roles.stack_roles(spec)
+    stacks = spec.stack_roles
     return {
         "base": {
             "distro": spec.base.distro,
@@ -185,7 +190,7 @@ def make(
         "arch": "amd64",
         "source_date_epoch": source_date_epoch,
         # The mirror state resolved against: the suite's Release date (also SOURCE_DATE_EPOCH).
-        "index_date": datetime.fromtimestamp(source_date_epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "index_date": rfc3339(source_date_epoch),
         "python": spec.python_version,
         "pypi_index": INDEX,
     }

@@ -18,7 +18,6 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 
 from imagebuild import download
 from imagebuild.errors import ImageBuildError, SpecError
-from imagebuild.roles import stack_roles
 from imagebuild.spec import Spec
 
 INDEX = "https://pypi.org/simple"
@@ -87,7 +86,7 @@ def requirement_sets(spec: Spec) -> list[tuple[str, list[str]]]:
     """(group, lines) in install order: the spec's requirements (python_env), then each stack
     role's `python:` lines. Resolved together, so every group agrees on shared dependencies."""
     sets = [("python", requirement_lines(spec))] if spec.python else []
-    return sets + [(r.name, r.python) for r in stack_roles(spec) if r.python]
+    return sets + [(r.name, r.python) for r in spec.stack_roles if r.python]
 
 
 def _blame_stacks(spec: Spec, message: str) -> SpecError | None:

@@ -14,7 +14,6 @@ from typing import Any
 from imagebuild import resolved, roles
 from imagebuild.lock import GPU_VERSION_PACKAGES
 from imagebuild.lock.lockfile import Lock
-from imagebuild.roles import stack_roles
 from imagebuild.spec import Spec
 from imagebuild.verify.model import ABSENT, Item
 
@@ -54,7 +53,7 @@ def driver_enough(driver: str, need: str) -> str:
 def ldd_targets(spec: Spec) -> list[str]:
     """site-packages-relative libraries whose dependencies must all resolve, besides every
     library of the CUDA wheels: the stacks' own CUDA-linked libraries (meta `cuda_libs`)."""
-    return sorted({lib for r in stack_roles(spec) for lib in r.cuda_libs})
+    return sorted({lib for r in spec.stack_roles for lib in r.cuda_libs})
 
 
 def script(spec: Spec) -> str:

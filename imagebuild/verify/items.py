@@ -11,7 +11,6 @@ from packaging.utils import canonicalize_name
 from imagebuild.lock.lockfile import Lock
 from imagebuild.lock.python import requirement_lines
 from imagebuild.resolved import exec_argv
-from imagebuild.roles import stack_roles
 from imagebuild.spec import Spec
 from imagebuild.verify import gpu
 from imagebuild.verify.model import ABSENT, ANY, Item
@@ -52,7 +51,7 @@ def behaviour_key(cmd: str) -> str:
 def import_names(spec: Spec) -> list[str]:
     """Distributions whose top-level module verify imports: the stacks' (meta `imports`), else
     the spec's top-level requirements."""
-    names = [m for r in stack_roles(spec) for m in r.imports]
+    names = [m for r in spec.stack_roles for m in r.imports]
     if not names and spec.python:
         names = [Requirement(line).name for line in requirement_lines(spec)]
     return sorted(dict.fromkeys(canonicalize_name(n) for n in names))
