@@ -104,7 +104,7 @@ def lock(c, spec=DEFAULT_SPEC, cache_dir=None, check=False, update=None, dry_run
     if isinstance(update, str) and update:
         names = {n.strip() for n in update.split(",") if n.strip()}
         known = {p.name for p in old.files} if old else set()
-        known |= {*s.packages, *s.vm.packages}  # a package the spec newly asks for
+        known |= locking.requested_names(s)  # a package the spec (or a new stack) newly asks for
         unknown = sorted(n for n in names if n not in known)
         if unknown:
             raise Exit(f"error: --update: {', '.join(unknown)} not in {path}", code=2)

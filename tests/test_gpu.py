@@ -440,3 +440,16 @@ def test_a_vm_only_change_keys_the_disk_not_the_stacks_layer(
     guard = tmp_path / "nvidia_driver" / "templates" / "gpu-guard.sh.j2"
     guard.write_text(guard.read_text() + "\n# changed\n")
     assert roles.files_digest("nvidia_driver", "shared") != before["shared"]
+
+
+def test_update_knows_every_name_the_spec_asks_for(tmp_path: Path) -> None:
+    """`lock --update NAME` accepts what the spec newly asks for through its stack roles too
+    (it knew only `packages` and `vm.packages`): their Debian packages and Python names."""
+    from imagebuild.lock import requested_names
+
+    spec = specmod.load(gpu_spec(tmp_path))
+    names = requested_names(spec)
+    assert {"nvidia-kernel-dkms", "libnvidia-ml1"} <= names  # nvidia_driver's vm_packages
+    assert {"onnxruntime-gpu", "nvidia-cuda-runtime-cu12"} <= names  # stack roles' Python lines
+    assert set(spec.packages) | set(spec.vm.packages) <= names
+    assert "no-such-package" not in names

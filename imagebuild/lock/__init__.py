@@ -6,6 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 from imagebuild import progress
 from imagebuild.cache import Cache, digest
 from imagebuild.errors import ImageBuildError, SpecError
@@ -22,12 +24,23 @@ from imagebuild.lock.lockfile import (
     stale_reasons,
     write,
 )
-from imagebuild.lock.python import lock_python
+from imagebuild.lock.python import REQ_NAME, lock_python, requirement_sets
 from imagebuild.spec import Spec
 
-__all__ = ["Lock", "load_fresh", "path_for", "read", "resolve", "stale_reasons", "write"]
+__all__ = ["Lock", "load_fresh", "path_for", "read", "requested_names", "resolve", "stale_reasons",
+           "write"]  # fmt: skip
 
 DEBIAN_PYTHON = "/usr/bin/python3"  # python3-apt imports only under Debian's interpreter
+
+
+def requested_names(spec: Spec) -> set[str]:
+    """Every name the spec asks the lock for, as `--update` takes them: the Debian packages of
+    both groups (the spec's, the base's, its stack roles') and the Python distributions of every
+    requirement set (the spec's file, the stack roles' lines), normalised."""
+    shared, vm = _groups(spec)
+    python = {canonicalize_name(m.group(1)) for _, lines in requirement_sets(spec)
+              for line in lines if (m := REQ_NAME.match(line))}  # fmt: skip
+    return {*shared, *vm, *python}
 
 
 def _groups(spec: Spec) -> tuple[list[str], list[str]]:
