@@ -9,6 +9,7 @@ import json
 import re
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,23 @@ from imagebuild.verify.filemeta import Listing
 from imagebuild.verify.interpreter import Interpreters, ScriptFailed, text, texts
 from imagebuild.verify.items import (
     DISK_HYGIENE,
-    SETUID_ROW,
     WRAPPER,
     behaviour_commands,
     behaviour_key,
     import_names,
     smoke_command,
 )
-from imagebuild.verify.model import ABSENT
+from imagebuild.verify.model import (
+    ABSENT,
+    ARGV,
+    RUNS_AS_ROOT,
+    RUNTIME_USER,
+    SETUID_ROW,
+    STARTED_BY,
+    UNLOCKED_DEBS,
+    VENV_TOOLING,
+    WRAPPER_SHA,
+)
 
 Facts = dict[str, dict[str, str]]
 
@@ -161,53 +171,28 @@ def _collect(
     raw, unread = _inventory(host, spec, pythons)
     laps.lap("inventory: packages, imports, libraries")
     deb, python = raw["deb"], raw["python"]
-    locked_debs = {p.name for p in lock.shared} | (
-        {p.name for p in lock.vm} if artifact == "vm" else set()
-    )
+    # The VM's own section is locked too, for the VM only.
+    locked_debs = {p.name for p in [*lock.shared, *(lock.vm if artifact == "vm" else [])]}
     locked_py = {w.name for w in lock.python}
     wrapper = host.file(WRAPPER)
     facts: Facts = {
         "deb": deb,
-        "deb-unlocked": {
-            "installed but not in the lock": json.dumps(sorted(set(deb) - locked_debs))
-        },
+        "deb-unlocked": {UNLOCKED_DEBS: json.dumps(sorted(set(deb) - locked_debs))},
         "python": python,
         "python-unlocked": {
-            "venv tooling (pip, setuptools)": " ".join(
+            VENV_TOOLING: " ".join(
                 sorted(f"{n}=={v}" for n, v in python.items() if n not in locked_py)
             )
         },
         "import": raw["import"],
         "lib": raw["lib"],
-        "entrypoint": {"wrapper sha256": wrapper.sha256sum if wrapper.exists else ABSENT},
+        "entrypoint": {WRAPPER_SHA: wrapper.sha256sum if wrapper.exists else ABSENT},
         "interpreter": interpreter.rows(pythons),
         "unread": unread,
     }
-    if artifact == "container":
-        argv = " ".join([*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])])
-        user = config.get("User") or "root"
-        env = _env_pairs(config.get("Env") or [])
-        run_as = ""
-        facts["entrypoint"] |= {
-            "ENTRYPOINT+CMD / wrapper": argv,
-            "what starts it": "image ENTRYPOINT" if config.get("Entrypoint") else "none",
-        }
-        hygiene = dict.fromkeys(DISK_HYGIENE, "n/a")
-    else:
-        unit = f"{spec.service_name}.service"
-        # `{ path=... ; argv[]=PROG ARGS ; ignore_errors=no ; ... }`: the command line it runs
-        exec_start = _unit(host, unit, "ExecStart")
-        started = exec_start.partition("argv[]=")[2].partition(" ;")[0] or "none"
-        user = _unit(host, unit, "User") or "root"
-        env = _env_pairs(systemd_words(_unit(host, unit, "Environment")))
-        run_as = f"runuser -u {shlex.quote(user)} -- "
-        facts["entrypoint"] |= {
-            "ENTRYPOINT+CMD / wrapper": _wrapper_argv(wrapper.content_string)
-            if wrapper.exists
-            else ABSENT,
-            "what starts it": f"systemd ExecStart={started}",
-        }
-        hygiene = {}  # read from the disk image beside these checks
+    start = STARTS[artifact](host, spec, config, wrapper)
+    facts["entrypoint"] |= {ARGV: start.argv, STARTED_BY: start.started_by}
+    user, env, run_as = start.user, start.env, start.run_as
     laps.lap("entrypoint, user, env")
     smoke = host.run(f"env {smoke_command(spec, run_as)}")
     facts["smoke"] = {
@@ -221,15 +206,60 @@ def _collect(
         facts["behaviour"][f"{key}: exit status"] = str(r.rc)
         facts["behaviour"][f"{key}: stdout"] = comparable(r.stdout, spec.verify.ignore)
     laps.lap("smoke and behaviour commands")
-    facts["user"] = {"runtime user": user}
+    facts["user"] = {RUNTIME_USER: user}
     facts["env"] = env
     facts["hygiene"] = {
-        "runs as root": "yes" if user in ("root", "0") else "no",
+        RUNS_AS_ROOT: "yes" if user in ("root", "0") else "no",
         SETUID_ROW: _setuid_outside_packages(host),
-        **hygiene,
+        **start.hygiene,
     }
     laps.lap("setuid scan")
     return facts, run_as
+
+
+@dataclass(frozen=True)
+class Start:
+    """How an artifact starts its app, read its own way (one reader per artifact kind)."""
+
+    argv: str  # what runs: the image's ENTRYPOINT+CMD, or the wrapper's command line
+    started_by: str
+    user: str
+    env: dict[str, str]
+    run_as: str  # the prefix that runs a command as that user there
+    hygiene: dict[str, str]  # the disk-image rows: not applicable to a container
+
+
+def _container_start(host: Any, spec: Spec, config: dict[str, Any], wrapper: Any) -> Start:
+    """From the image config (what `docker run` starts); commands run as its user already."""
+    argv = " ".join([*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])])
+    return Start(
+        argv,
+        "image ENTRYPOINT" if config.get("Entrypoint") else "none",
+        config.get("User") or "root",
+        _env_pairs(config.get("Env") or []),
+        "",
+        dict.fromkeys(DISK_HYGIENE, "n/a"),
+    )
+
+
+def _vm_start(host: Any, spec: Spec, config: dict[str, Any], wrapper: Any) -> Start:
+    """From the app's systemd unit and the wrapper it runs; the disk image's hygiene is read
+    beside these checks (diskhygiene)."""
+    unit = f"{spec.service_name}.service"
+    # `{ path=... ; argv[]=PROG ARGS ; ignore_errors=no ; ... }`: the command line it runs
+    started = _unit(host, unit, "ExecStart").partition("argv[]=")[2].partition(" ;")[0] or "none"
+    user = _unit(host, unit, "User") or "root"
+    return Start(
+        _wrapper_argv(wrapper.content_string) if wrapper.exists else ABSENT,
+        f"systemd ExecStart={started}",
+        user,
+        _env_pairs(systemd_words(_unit(host, unit, "Environment"))),
+        f"runuser -u {shlex.quote(user)} -- ",
+        {},
+    )
+
+
+STARTS = {"container": _container_start, "vm": _vm_start}
 
 
 class Laps:

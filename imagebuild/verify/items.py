@@ -13,10 +13,21 @@ from imagebuild.lock.python import requirement_lines
 from imagebuild.resolved import exec_argv
 from imagebuild.spec import Spec
 from imagebuild.verify import gpu
-from imagebuild.verify.model import ABSENT, ANY, Item
+from imagebuild.verify.model import (
+    ABSENT,
+    ANY,
+    ARGV,
+    RUNS_AS_ROOT,
+    RUNTIME_USER,
+    SETUID_ROW,
+    STARTED_BY,
+    UNLOCKED_DEBS,
+    VENV_TOOLING,
+    WRAPPER_SHA,
+    Item,
+)
 
 WRAPPER = "/usr/local/bin/imagebuild-entrypoint"
-SETUID_ROW = "setuid/setgid files no package owns"
 # Read from the VM's disk image itself (never booted), as shipped: (row, expected).
 DISK_HYGIENE = {
     "/etc/machine-id content (disk image)": "",
@@ -60,20 +71,20 @@ def import_names(spec: Spec) -> list[str]:
 def items(spec: Spec, lock: Lock, container_libs: list[str]) -> list[Item]:
     out = [Item("deb", p.name, p.version, p.version) for p in lock.shared]
     out += [Item("deb", p.name, ABSENT, p.version, shared=False) for p in lock.vm]
-    out += [Item("deb-unlocked", "installed but not in the lock", "[]", "[]", shared=False)]
+    out += [Item("deb-unlocked", UNLOCKED_DEBS, "[]", "[]", shared=False)]
     out += [Item("python", w.name, w.version, w.version) for w in lock.python]
     if spec.python:
-        out += [Item("python-unlocked", "venv tooling (pip, setuptools)", ANY, ANY)]
+        out += [Item("python-unlocked", VENV_TOOLING, ANY, ANY)]
     out += [Item("import", m, ANY, ANY) for m in import_names(spec)]
     # Every library the container's linker cache knows must resolve to the same path in the VM.
     out += [Item("lib", so, ANY, ANY) for so in container_libs]
     argv = " ".join([*exec_argv(spec), *spec.cmd])
     out += [
-        Item("entrypoint", "ENTRYPOINT+CMD / wrapper", argv, argv),
-        Item("entrypoint", "wrapper sha256", ANY, ANY),
-        Item("entrypoint", "what starts it", "image ENTRYPOINT", f"systemd ExecStart={WRAPPER}",
+        Item("entrypoint", ARGV, argv, argv),
+        Item("entrypoint", WRAPPER_SHA, ANY, ANY),
+        Item("entrypoint", STARTED_BY, "image ENTRYPOINT", f"systemd ExecStart={WRAPPER}",
              shared=False),
-        Item("user", "runtime user", spec.user, spec.user),
+        Item("user", RUNTIME_USER, spec.user, spec.user),
     ]  # fmt: skip
     if spec.verify.commands:
         # Behaviour: the same command gives the same exit status and stdout in both.
@@ -87,7 +98,7 @@ def items(spec: Spec, lock: Lock, container_libs: list[str]) -> list[Item]:
                 Item("smoke", f"{smoke_command(spec)}: exit status", "0", "0")]  # fmt: skip
     out += [Item("env", k, v, v) for k, v in sorted(spec.runtime_env.items())]
     out += [
-        Item("hygiene", "runs as root", "no", "no"),
+        Item("hygiene", RUNS_AS_ROOT, "no", "no"),
         Item("hygiene", SETUID_ROW, "none", "none"),
     ]
     out += [Item("hygiene", row, "n/a", want, shared=False) for row, want in DISK_HYGIENE.items()]

@@ -9,6 +9,16 @@ from dataclasses import dataclass
 ABSENT = "absent"
 ANY = None  # no fixed expectation: the two artifacts must only agree
 
+# Row keys written by both sides: items.py (what is expected) and facts.py (what is read).
+UNLOCKED_DEBS = "installed but not in the lock"
+VENV_TOOLING = "venv tooling (pip, setuptools)"
+ARGV = "ENTRYPOINT+CMD / wrapper"
+WRAPPER_SHA = "wrapper sha256"
+STARTED_BY = "what starts it"
+RUNTIME_USER = "runtime user"
+RUNS_AS_ROOT = "runs as root"
+SETUID_ROW = "setuid/setgid files no package owns"
+
 
 @dataclass(frozen=True)
 class Item:
