@@ -20,8 +20,6 @@ from imagebuild.cache import Cache, atomic_file, sha256_file, stat_key
 from imagebuild.errors import ImageBuildError
 from imagebuild.lock.lockfile import DebPackage, Lock, Wheel
 
-COMPLETE = ".complete"
-
 
 class FetchError(ImageBuildError):
     pass
@@ -227,7 +225,6 @@ def _apt_repo(cache: Cache, lock: Lock, section: str) -> Path:
         (tmp / "dists" / suite / "Release").write_text(
             _release(suite, index, lock.source_date_epoch)
         )
-        (tmp / COMPLETE).write_text(f"{len(items)} packages\n")
     return final
 
 
@@ -253,7 +250,6 @@ def _wheelhouse(cache: Cache, lock: Lock) -> Path:
                     f"{w.name}=={w.version} --hash=sha256:{w.sha256}\n" for w in lock.wheels(group)
                 )
             )
-        (tmp / COMPLETE).write_text(f"{len(lock.python)} wheels\n")
     return final
 
 
@@ -289,11 +285,9 @@ def local_sources(lock: Lock, cache: Cache) -> FetchResult:
         _pool_hashes(lock.shared), _pool_hashes(lock.shared + lock.vm), _wheel_hashes(lock)
     )  # fmt: skip
     for path, anchor in zip(paths, expect, strict=True):
-        problem = cache.seal_problem(path.parent.name, path.name, anchor)
-        if problem or not (path / COMPLETE).exists():
-            raise FetchError(
-                f"{path} {problem or 'is not complete'}; run `invoke fetch` (it makes it again)"
-            )
+        # The folder exists only once complete (renamed into place); its seal says the rest.
+        if problem := cache.seal_problem(path.parent.name, path.name, anchor):
+            raise FetchError(f"{path} {problem}; run `invoke fetch` (it makes it again)")
     return FetchResult(0, len(lock.shared) + len(lock.vm) + len(lock.python), 0, *paths)
 
 

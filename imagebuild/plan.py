@@ -14,7 +14,7 @@ from imagebuild.builders.stages import stage_cached
 from imagebuild.builders.vm import up_to_date
 from imagebuild.cache import Cache
 from imagebuild.errors import StaleLockError
-from imagebuild.fetch import COMPLETE, source_dirs
+from imagebuild.fetch import source_dirs
 from imagebuild.keys import STAGES
 from imagebuild.lock.lockfile import DebPackage, Wheel
 from imagebuild.resolved import resolve
@@ -68,7 +68,8 @@ def make_plan(spec: Spec, cache: Cache, dist: Path) -> Plan:
         plan.add(
             f"  {label:<11} {len(items):>4} items  {_mb(size):>10}  cached {len(have)}/{len(items)}"
         )
-    shared, vm, wh = (_state((d / COMPLETE).exists(), "make") for d in source_dirs(cache, lock))
+    # Made, as every cache entry, under a temporary name and renamed once complete.
+    shared, vm, wh = (_state(d.is_dir(), "make") for d in source_dirs(cache, lock))
     plan.add(f"fetch     apt repo shared: {shared}, vm: {vm}; wheelhouse: {wh}")
     keys = keying.compute(resolve(spec, lock))
     st = keys.stages

@@ -32,6 +32,7 @@ from imagebuild.cache import Cache, sha256_file
 from imagebuild.cache_entries import DISK, Consistency, EntryKind
 from imagebuild.errors import ImageBuildError
 from imagebuild.keys import STAGES, sources_disk_key
+from imagebuild.obtain import obtain
 
 BLOCK = 4096  # ext4's block size, and the base disk's qcow2 cluster size (see _assemble)
 PART_OFFSET = 1 << 20  # first partition at 1 MiB; GRUB's core.img lives in the gap before it
@@ -57,7 +58,9 @@ class BaseDisk:
 
 
 def disk_cached(cache: Cache, key: str) -> bool:
-    return (cache.dir("disks", key) / "disk.json").exists()
+    """Whether the entry is there (what `plan` asks: no seal checked, nothing removed); the
+    folder exists only once complete (renamed into place)."""
+    return cache.dir("disks", key).is_dir()
 
 
 def _extract(chunks: object, rootfs: Path) -> None:
@@ -156,25 +159,15 @@ def base_disk(b: Build, layers: list[Layer]) -> BaseDisk:
     """The cached base disk for this spec + lock, made now if missing (its key: keys.disk_key;
     bump keys.DISK_LAYOUT when the layout code here changes)."""
     start = time.monotonic()
-    key, cache, remote = b.inputs.keys.disk, b.inputs.cache, b.inputs.remote
-    final = cache.dir("disks", key)
-    pulled = reused = False
+    key, cache = b.inputs.keys.disk, b.inputs.cache
     kind, rule = _entry(b, key, layers)
-    if disk_cached(cache, key) and cache.intact("disks", key, rule=rule):
-        reused = True
-        progress.say(f"build-vm: base disk: cached ({key[:12]})")
-    elif remote.fetch(cache, kind, key, rule):
-        pulled = True
-        progress.say(f"build-vm: base disk: from {remote.pull_from} ({key[:12]})")
-    else:
-        known: dict[str, str] = {}
-        with cache.building("disks", key, known) as tmp:
-            known["disk.qcow2"] = _make(b, layers, key, tmp)
-            known["disk.json"] = sha256_file(tmp / "disk.json")
-            # Sealed only if a later build will take it: else it would be made at every build.
-            if problem := rule(tmp, known):
-                raise DiskError(f"the base disk just made is not a valid entry: {problem}")
-    remote.publish(cache, kind, key)
+
+    def make(tmp: Path, known: dict[str, str]) -> None:
+        known["disk.qcow2"] = _make(b, layers, key, tmp)
+        known["disk.json"] = sha256_file(tmp / "disk.json")
+
+    origin = obtain(cache, b.inputs.remote, kind, key, rule, "build-vm: base disk", make)
+    final = cache.dir("disks", key)
     meta = json.loads((final / "disk.json").read_text())  # as the rule checked it
     return BaseDisk(
         final / "disk.qcow2",
@@ -182,9 +175,9 @@ def base_disk(b: Build, layers: list[Layer]) -> BaseDisk:
         key,
         meta["kernel"],
         _root_uuid(key),
-        reused=reused,
+        reused=origin == "cached",
         seconds=round(time.monotonic() - start, 2),
-        pulled=pulled,
+        pulled=origin == "pulled",
     )
 
 
@@ -247,7 +240,7 @@ def sources_disk(b: Build) -> Path:
     sections it holds. Files are copied (hard links into the blob store would not survive)."""
     key = sources_disk_key(b.inputs.lock)
     final = b.inputs.cache.dir("disks", key)
-    if (final / "sources.img").exists() and b.inputs.cache.intact("disks", key):
+    if b.inputs.cache.intact("disks", key):
         return final / "sources.img"
     with (
         progress.stage("build-vm: sources disk", "local apt repo + wheelhouse") as st,

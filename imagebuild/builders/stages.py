@@ -30,10 +30,11 @@ from imagebuild.builders.layers import (
 from imagebuild.cache import Cache
 from imagebuild.cache_entries import STAGE, Consistency
 from imagebuild.engine import connection_vars
-from imagebuild.errors import ImageBuildError
 from imagebuild.keys import STAGES
 from imagebuild.leftovers import CACHE_LABEL
 from imagebuild.lock.lockfile import Lock
+from imagebuild.obtain import obtain
+from imagebuild.registry_cache import RegistryCache
 from imagebuild.resolved import APP_ARCHIVE, PATH, REPO_DIR, WHEELS_DIR
 
 
@@ -50,8 +51,9 @@ class StageResult:
 
 
 def stage_cached(cache: Cache, key: str) -> bool:
-    """`layer.json` is written last, inside the folder that is renamed into place."""
-    return (cache.dir("stages", key) / "layer.json").exists()
+    """Whether the entry is there (what `plan` asks: no seal checked, nothing removed); the
+    folder exists only once complete (renamed into place)."""
+    return cache.dir("stages", key).is_dir()
 
 
 def entry_rule(cache: Cache, key: str, below: list[Layer]) -> Consistency:
@@ -60,16 +62,20 @@ def entry_rule(cache: Cache, key: str, below: list[Layer]) -> Consistency:
     return STAGE.rule(cache, {"key": key, "below": [ly.diff_id for ly in below]})
 
 
+def _entry_layer(cache: Cache, key: str) -> Layer:
+    """The layer of an entry its rule has passed (its diff_id: layer.tar's, the rule says)."""
+    d = cache.dir("stages", key)
+    meta = json.loads((d / "layer.json").read_text())
+    tar = d / "layer.tar"
+    return Layer(tar, meta["diff_id"], tar.stat().st_size, meta["entries"])
+
+
 def cached_layer(cache: Cache, key: str, below: list[Layer]) -> Layer | None:
     """The stage's layer on top of `below`, if made, still what was sealed and valid (else
     None: made again; a tampered or invalid entry is said and removed)."""
-    rule = entry_rule(cache, key, below)
-    if not (stage_cached(cache, key) and cache.intact("stages", key, rule=rule)):
+    if not cache.intact("stages", key, rule=entry_rule(cache, key, below)):
         return None
-    d = cache.dir("stages", key)
-    meta = json.loads((d / "layer.json").read_text())  # its diff_id: layer.tar's, the rule says
-    tar = d / "layer.tar"
-    return Layer(tar, meta["diff_id"], tar.stat().st_size, meta["entries"])
+    return _entry_layer(cache, key)
 
 
 def cached(cache: Cache, key: str, below: list[Layer]) -> tuple[Layer, Manifest] | None:
@@ -82,25 +88,37 @@ def manifest_path(cache: Cache, key: str) -> Path:
     return cache.dir("stages", key) / "manifest.json"
 
 
-def _store(
-    cache: Cache,
-    key: str,
-    below: list[Layer],
-    build: Callable[[Path], tuple[Layer, Manifest, int | None]],
-) -> tuple[Layer, Manifest, int | None]:
-    """Run `build(tmpdir)` and keep its layer and manifest only if it succeeds."""
-    known: dict[str, str] = {}
-    with cache.building("stages", key, known) as tmp:
+Made = Callable[[Path], tuple[Layer, Manifest, int | None]]
+
+
+def _entry_builder(
+    key: str, below: list[Layer], build: Made, made: dict[str, Any]
+) -> Callable[[Path, dict[str, str]], None]:
+    """What `obtain` runs to make a stage entry: `build(tmpdir)` writes the layer; its file list
+    and layer.json go beside it; the layer, manifest and Ansible's count land in `made`."""
+
+    def make(tmp: Path, known: dict[str, str]) -> None:
         layer, manifest, changed = build(tmp)
         known["layer.tar"] = layer.diff_id.removeprefix("sha256:")
         save_manifest(manifest, tmp / "manifest.json")
         meta = {"key": key, "below": [ly.diff_id for ly in below], "diff_id": layer.diff_id,
                 "size": layer.size, "entries": layer.entries}  # fmt: skip
         (tmp / "layer.json").write_text(json.dumps(meta))
-    stored = cached(cache, key, below)
-    if stored is None:  # it failed its own entry's rule (said above): a bug, never a traceback
-        raise ImageBuildError(f"the stage entry stages/{key[:12]} just built is not a valid one")
-    return (*stored, changed)
+        made.update(manifest=manifest, changed=changed)
+
+    return make
+
+
+def _store(
+    cache: Cache, key: str, below: list[Layer], build: Made
+) -> tuple[Layer, Manifest, int | None]:
+    """Run `build(tmpdir)` and keep its layer and manifest only if it succeeds (this cache
+    only; `build_layers` goes through the registry cache too)."""
+    made: dict[str, Any] = {}
+    offline = RegistryCache(None, None)
+    obtain(cache, offline, STAGE, key, entry_rule(cache, key, below), f"stage {key[:12]}",
+           _entry_builder(key, below, build, made))  # fmt: skip
+    return _entry_layer(cache, key), load_manifest(manifest_path(cache, key)), made.get("changed")
 
 
 def _make_layer(
@@ -209,36 +227,43 @@ def _run_stage(
     return layer, new_manifest, result.changed
 
 
+def _build_stage(
+    b: Build,
+    label: str,
+    name: str,
+    key: str,
+    below: list[Layer],
+    listing: Manifest | Path,
+    tmp: Path,
+) -> tuple[Layer, Manifest, int | None]:
+    """Build one stage (its progress line) on `below`, whose file list is `listing` (read now
+    if it is still the cached entry's file)."""
+    with progress.stage(f"{label}: {name}", f"key {key[:12]}") as st:
+        manifest = load_manifest(listing) if isinstance(listing, Path) else listing
+        out = _make_layer(b, name, below, manifest, tmp)
+        st["note"] = f"{out[0].entries} entries, {out[0].size / 1e6:.1f} MB"
+    return out
+
+
 def build_layers(b: Build, label: str) -> tuple[list[Layer], list[StageResult]]:
-    """Every stage's layer, from the stage cache or built (and cached) now."""
-    keys, cache, remote = b.inputs.keys.stages, b.inputs.cache, b.inputs.remote
+    """Every stage's layer, from the stage cache (local, else the registry's) or built now."""
+    keys, cache = b.inputs.keys.stages, b.inputs.cache
     layers: list[Layer] = []
     results: list[StageResult] = []
     # The file list below the next stage, read only when a stage is built (a stage's list holds
     # every path of the image: reading five of them was most of a no-op build's own time).
     manifest: Manifest | Path = {}
     for name in STAGES:
-        start = time.monotonic()
-        hit = cached_layer(cache, keys[name], layers)
-        rule = entry_rule(cache, keys[name], layers)
-        pulled = hit is None and remote.fetch(cache, STAGE, keys[name], rule)
-        if pulled:
-            hit = cached_layer(cache, keys[name], layers)
-            progress.say(f"{label}: {name}: from {remote.pull_from} ({keys[name][:12]})")
-        built, changed = hit is None, None
-        if hit is None:
-            with progress.stage(f"{label}: {name}", f"key {keys[name][:12]}") as st:
-                below = load_manifest(manifest) if isinstance(manifest, Path) else manifest
-                make = partial(_make_layer, b, name, list(layers), below)
-                layer, manifest, changed = _store(cache, keys[name], layers, make)
-                st["note"] = f"{layer.entries} entries, {layer.size / 1e6:.1f} MB"
-        else:
-            if not pulled:
-                progress.say(f"{label}: {name}: cached ({keys[name][:12]})")
-            layer, manifest = hit, manifest_path(cache, keys[name])
-        remote.publish(cache, STAGE, keys[name])
+        start, key, made = time.monotonic(), keys[name], dict[str, Any]()
+        below = list(layers)
+        build = partial(_build_stage, b, label, name, key, below, manifest)
+        make = _entry_builder(key, below, build, made)
+        rule = entry_rule(cache, key, below)
+        origin = obtain(cache, b.inputs.remote, STAGE, key, rule, f"{label}: {name}", make)
+        layer = _entry_layer(cache, key)
+        manifest = made.get("manifest", manifest_path(cache, key))
         layers.append(layer)
         seconds = round(time.monotonic() - start, 2)
-        results.append(StageResult(name, keys[name], layer.diff_id, layer.size, not built,
-                                   seconds, changed, pulled))  # fmt: skip
+        results.append(StageResult(name, key, layer.diff_id, layer.size, origin != "built",
+                                   seconds, made.get("changed"), origin == "pulled"))  # fmt: skip
     return layers, results
