@@ -13,19 +13,8 @@ from imagebuild.lock.python import requirement_lines
 from imagebuild.resolved import exec_argv
 from imagebuild.spec import Spec
 from imagebuild.verify import gpu
-from imagebuild.verify.model import (
-    ABSENT,
-    ANY,
-    ARGV,
-    RUNS_AS_ROOT,
-    RUNTIME_USER,
-    SETUID_ROW,
-    STARTED_BY,
-    UNLOCKED_DEBS,
-    VENV_TOOLING,
-    WRAPPER_SHA,
-    Item,
-)
+from imagebuild.verify import model as row
+from imagebuild.verify.model import ABSENT, ANY, Item
 
 WRAPPER = "/usr/local/bin/imagebuild-entrypoint"
 # Read from the VM's disk image itself (never booted), as shipped: (row, expected).
@@ -71,20 +60,20 @@ def import_names(spec: Spec) -> list[str]:
 def items(spec: Spec, lock: Lock, container_libs: list[str]) -> list[Item]:
     out = [Item("deb", p.name, p.version, p.version) for p in lock.shared]
     out += [Item("deb", p.name, ABSENT, p.version, shared=False) for p in lock.vm]
-    out += [Item("deb-unlocked", UNLOCKED_DEBS, "[]", "[]", shared=False)]
+    out += [Item("deb-unlocked", row.UNLOCKED_DEBS, "[]", "[]", shared=False)]
     out += [Item("python", w.name, w.version, w.version) for w in lock.python]
     if spec.python:
-        out += [Item("python-unlocked", VENV_TOOLING, ANY, ANY)]
+        out += [Item("python-unlocked", row.VENV_TOOLING, ANY, ANY)]
     out += [Item("import", m, ANY, ANY) for m in import_names(spec)]
     # Every library the container's linker cache knows must resolve to the same path in the VM.
     out += [Item("lib", so, ANY, ANY) for so in container_libs]
     argv = " ".join([*exec_argv(spec), *spec.cmd])
     out += [
-        Item("entrypoint", ARGV, argv, argv),
-        Item("entrypoint", WRAPPER_SHA, ANY, ANY),
-        Item("entrypoint", STARTED_BY, "image ENTRYPOINT", f"systemd ExecStart={WRAPPER}",
+        Item("entrypoint", row.ARGV, argv, argv),
+        Item("entrypoint", row.WRAPPER_SHA, ANY, ANY),
+        Item("entrypoint", row.STARTED_BY, "image ENTRYPOINT", f"systemd ExecStart={WRAPPER}",
              shared=False),
-        Item("user", RUNTIME_USER, spec.user, spec.user),
+        Item("user", row.RUNTIME_USER, spec.user, spec.user),
     ]  # fmt: skip
     if spec.verify.commands:
         # Behaviour: the same command gives the same exit status and stdout in both.
@@ -98,8 +87,8 @@ def items(spec: Spec, lock: Lock, container_libs: list[str]) -> list[Item]:
                 Item("smoke", f"{smoke_command(spec)}: exit status", "0", "0")]  # fmt: skip
     out += [Item("env", k, v, v) for k, v in sorted(spec.runtime_env.items())]
     out += [
-        Item("hygiene", RUNS_AS_ROOT, "no", "no"),
-        Item("hygiene", SETUID_ROW, "none", "none"),
+        Item("hygiene", row.RUNS_AS_ROOT, "no", "no"),
+        Item("hygiene", row.SETUID_ROW, "none", "none"),
     ]
     out += [Item("hygiene", row, "n/a", want, shared=False) for row, want in DISK_HYGIENE.items()]
     return out + gpu.items(spec, lock)
