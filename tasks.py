@@ -76,8 +76,9 @@ def cli(
     return wrap
 
 
-def _load(spec: str) -> Spec:
-    return load(spec)
+def _load(spec: str | Spec) -> Spec:
+    """The spec a task names; `all` hands its tasks the one it loaded."""
+    return spec if isinstance(spec, Spec) else load(spec)
 
 
 @cli(
@@ -199,7 +200,7 @@ def _registry_cache(
 
 @contextmanager
 def _prepare(
-    spec: str,
+    spec: str | Spec,
     cache_dir: str | None,
     label: str,
     remote: tuple[str | None, str | None, bool, str],
@@ -231,18 +232,7 @@ def build_container(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", cache_fro
     with _prepare(spec, cache_dir, "build-container", remote, dist) as inputs:
         r = container.build(inputs, Path(dist))
     _say_registry(inputs)
-    for st in r.stages:
-        state = (
-            "from the registry cache" if st.pulled
-            else "cached" if st.reused
-            else f"built in {st.seconds}s, changed={st.changed}"
-        )  # fmt: skip
-        print(f"layer {st.name:<7} sha256:{st.diff_id[:12]}  {st.size / 1e6:8.1f} MB  {state}")
-    print(f"image {r.tag} sha256:{r.image_id}" + ("  (nothing changed)" if r.noop else ""))
-    print(
-        f"oci archive {r.oci_archive} ({r.manifest_digest})\npackages {r.packages_file}\n"
-        f"sbom {r.sbom_file}"
-    )
+    print(r.render())
 
 
 @cli(
@@ -268,22 +258,8 @@ def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", o
     with _prepare(spec, cache_dir, "build-vm", remote, dist) as inputs:
         r = TARGETS[target](inputs, Path(dist), options)
     _say_registry(inputs)
-    if r.base_disk:
-        d = r.base_disk
-        state = (
-            "from the registry cache" if d.pulled
-            else "cached" if d.reused
-            else f"built in {d.seconds}s"
-        )  # fmt: skip
-        print(f"base disk sha256:{r.base_disk.sha256[:12]} kernel {r.base_disk.kernel} ({state})")
-    if r.noop:
-        print("vm: nothing changed")
-    for name, path in r.outputs.items():
-        print(f"{name:<16} {path}")
-    for k, v in r.parity.items():
-        print(f"parity {k}: {v}")
-    if r.seconds:
-        print("seconds " + ", ".join(f"{k} {v}" for k, v in r.seconds.items()))
+    if text := r.render():
+        print(text)
 
 
 @cli(
@@ -317,20 +293,9 @@ def verify(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", container=None, vm
             Path(vm_seed) if vm_seed else None, libvirt_uri, _cache(cache_dir).root,
         )  # fmt: skip
     print(r.table, end="")
-    counts = {
-        o: sum(row.get("outcome") == o for row in r.rows) for o in ("passed", "failed", "skipped")
-    }
-    print(
-        "verify: "
-        + ", ".join(f"{n} {o}" for o, n in counts.items())
-        + "; "
-        + ", ".join(f"{k} {v}s" for k, v in r.seconds.items())
-        + f"; report {r.out_dir}/report.json, junit {r.out_dir}/junit.xml"
-    )
+    print(r.summary())
     if not r.ok:
-        bad = [row for row in r.rows if row.get("outcome") == "failed"]
-        names = "\n".join(f"  {row['id']}: {row.get('problem', '')}" for row in bad[:30])
-        raise Exit(f"error: verify: {len(bad)} item(s) differ or miss expectations:\n{names}", 1)
+        raise Exit(f"error: {r.failures()}", 1)
 
 
 @cli(
@@ -358,12 +323,9 @@ def all(c, spec=DEFAULT_SPEC, cache_dir=None):  # noqa: A001 - the task's name o
                      "refreshes it)")  # fmt: skip
     else:
         progress.say(f"lock: no {locking.path_for(s)} yet: resolving one")
-        lock(c, spec=spec, cache_dir=cache_dir)
-    fetch(c, spec=spec, cache_dir=cache_dir)
-    plan(c, spec=spec, cache_dir=cache_dir)
-    build_container(c, spec=spec, cache_dir=cache_dir)
-    build_vm(c, spec=spec, cache_dir=cache_dir)
-    verify(c, spec=spec, cache_dir=cache_dir)
+        lock(c, spec=s, cache_dir=cache_dir)
+    for step in (fetch, plan, build_container, build_vm, verify):  # the spec read once
+        step(c, spec=s, cache_dir=cache_dir)
 
 
 ns = Collection(lock, fetch, plan, build_container, build_vm, verify, push, all)

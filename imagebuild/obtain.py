@@ -53,3 +53,8 @@ def obtain(
         origin = "built"
     remote.publish(cache, kind, key)
     return origin
+
+
+def told(pulled: bool, reused: bool, built: str) -> str:
+    """Where an entry came from, as a task's result lines say it (`built`: how it was made)."""
+    return "from the registry cache" if pulled else "cached" if reused else built

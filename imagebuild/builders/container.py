@@ -36,6 +36,7 @@ from imagebuild.cache import atomic_file
 from imagebuild.inputs import Inputs
 from imagebuild.keys import STAGES
 from imagebuild.lock.lockfile import rfc3339
+from imagebuild.obtain import told
 from imagebuild.resolved import Resolved
 from imagebuild.spec import Spec
 
@@ -50,6 +51,19 @@ class ContainerResult:
     packages_file: Path
     sbom_file: Path
     noop: bool
+
+    def render(self) -> str:
+        """What `build-container` prints: a line per layer, the image, its outputs."""
+        lines = [
+            f"layer {st.name:<7} sha256:{st.diff_id[:12]}  {st.size / 1e6:8.1f} MB  "
+            + told(st.pulled, st.reused, f"built in {st.seconds}s, changed={st.changed}")
+            for st in self.stages
+        ]
+        lines.append(f"image {self.tag} sha256:{self.image_id}"
+                     + ("  (nothing changed)" if self.noop else ""))  # fmt: skip
+        lines += [f"oci archive {self.oci_archive} ({self.manifest_digest})",
+                  f"packages {self.packages_file}", f"sbom {self.sbom_file}"]  # fmt: skip
+        return "\n".join(lines)
 
 
 def _revision(spec: Spec) -> str:

@@ -41,6 +41,7 @@ from imagebuild.builders import app_overlay, context, disk, stages, vm_outputs
 from imagebuild.builders.formats import filename
 from imagebuild.cache import atomic_file
 from imagebuild.inputs import Inputs
+from imagebuild.obtain import told
 from imagebuild.resolved import SOURCES_DIR, Resolved
 from imagebuild.spec import Spec
 
@@ -57,6 +58,20 @@ class VmResult:
     seconds: dict[str, float] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
     noop: bool = False
+
+    def render(self) -> str:
+        """What `build-vm` prints: the base disk, the outputs, the parity, the timings."""
+        lines = []
+        if d := self.base_disk:
+            state = told(d.pulled, d.reused, f"built in {d.seconds}s")
+            lines.append(f"base disk sha256:{d.sha256[:12]} kernel {d.kernel} ({state})")
+        if self.noop:
+            lines.append("vm: nothing changed")
+        lines += [f"{name:<16} {path}" for name, path in self.outputs.items()]
+        lines += [f"parity {k}: {v}" for k, v in self.parity.items()]
+        if self.seconds:
+            lines.append("seconds " + ", ".join(f"{k} {v}" for k, v in self.seconds.items()))
+        return "\n".join(lines)
 
 
 def _build_qemu(name: str) -> list[tuple[int, str]]:

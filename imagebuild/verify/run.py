@@ -37,6 +37,23 @@ class VerifyResult:
     table: str
     seconds: dict[str, float]
 
+    def summary(self) -> str:
+        """The line `verify` ends with: the outcomes counted, the timings, where the report is."""
+        counts = {o: sum(row.get("outcome") == o for row in self.rows)
+                  for o in ("passed", "failed", "skipped")}  # fmt: skip
+        return (
+            "verify: " + ", ".join(f"{n} {o}" for o, n in counts.items()) + "; "
+            + ", ".join(f"{k} {v}s" for k, v in self.seconds.items())
+            + f"; report {self.out_dir}/report.json, junit {self.out_dir}/junit.xml"
+        )  # fmt: skip
+
+    def failures(self) -> str:
+        """Each failed row named with its problem (the first 30), for the error `verify` exits
+        with."""
+        bad = [row for row in self.rows if row.get("outcome") == "failed"]
+        names = "\n".join(f"  {row['id']}: {row.get('problem', '')}" for row in bad[:30])
+        return f"verify: {len(bad)} item(s) differ or miss expectations:\n{names}"
+
 
 def _cell(v: Any) -> str:
     s = str(v).replace("|", "\\|").replace("\n", " ")
