@@ -10,9 +10,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from imagebuild import app_tree, inventory
+from imagebuild import app_tree, inventory, roles
 from imagebuild.lock.lockfile import Lock
-from imagebuild.roles import ROLES_DIR
 from imagebuild.spec import Spec
 
 # Where the build's sources sit inside a stage container (bind mounts) and inside the VM
@@ -21,6 +20,8 @@ SOURCES_DIR = "/var/lib/imagebuild"
 REPO_DIR, WHEELS_DIR = f"{SOURCES_DIR}/repo", f"{SOURCES_DIR}/wheels"
 APP_ARCHIVE = f"{SOURCES_DIR}/app.tar"
 GPU_GUARD = "/usr/local/bin/imagebuild-gpu-guard"  # installed by role nvidia_driver
+# The app's command at a fixed path (the VM's unit runs it), where the app role writes it.
+WRAPPER = roles.task_arg("app", "Entrypoint wrapper", "template", "dest")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -124,7 +125,7 @@ def resolve(spec: Spec, lock: Lock) -> Resolved:
         lock=lock,
         os_pins=_pins(shared, [*spec.packages, *(n for r in stacks for n in r.packages)]),
         vm_pins=_pins(both, [*spec.vm.packages, *(n for r in stacks for n in r.vm_packages)]),
-        vm_stacks=[s for s in spec.stacks if (ROLES_DIR / s / "tasks" / "vm.yml").is_file()],
+        vm_stacks=[s for s in spec.stacks if (roles.ROLES_DIR / s / "tasks" / "vm.yml").is_file()],
         exec_argv=exec_argv(spec),
         runtime_env=runtime_env(spec),
         toolkit_env=toolkit_env(spec),

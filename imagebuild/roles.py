@@ -95,6 +95,19 @@ def files_digest(name: str, part: str = "all") -> str:
 
 
 @cache
+@cache
+def task_arg(name: str, task: str, module: str, arg: str) -> str:
+    """An argument of one of role `name`'s tasks (tasks/main.yml), e.g. where the app role
+    writes the entrypoint wrapper: imagebuild names that path from the role, its one place."""
+    for t in yaml.safe_load((ROLES_DIR / name / "tasks" / "main.yml").read_text()) or []:
+        if t.get("name") != task:
+            continue
+        body = t.get(f"ansible.builtin.{module}") or t.get(module)
+        if isinstance(body, dict) and arg in body:
+            return str(body[arg])
+    raise KeyError(f"role {name}: no task {task!r} with {module}.{arg}")
+
+
 def defaults(name: str) -> dict[str, Any]:
     """A role's `defaults/main.yml`: values imagebuild must agree on with the role (e.g. verify's
     expectations), read from the one place they are set."""

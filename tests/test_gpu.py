@@ -453,3 +453,16 @@ def test_update_knows_every_name_the_spec_asks_for(tmp_path: Path) -> None:
     assert {"onnxruntime-gpu", "nvidia-cuda-runtime-cu12"} <= names  # stack roles' Python lines
     assert set(spec.packages) | set(spec.vm.packages) <= names
     assert "no-such-package" not in names
+
+
+def test_the_wrapper_path_is_the_app_roles_and_the_units() -> None:
+    """imagebuild names the entrypoint wrapper (verify, the app overlay) by the path the app role
+    writes it to; the VM's unit starts that same path."""
+    from imagebuild.resolved import WRAPPER
+
+    assert WRAPPER == roles.task_arg("app", "Entrypoint wrapper", "template", "dest")
+    assert WRAPPER.startswith("/usr/local/bin/")
+    unit = (roles.ROLES_DIR / "vm_service" / "templates" / "unit.j2").read_text()
+    assert f"ExecStart={WRAPPER}\n" in unit
+    with pytest.raises(KeyError, match="no task 'Nope'"):
+        roles.task_arg("app", "Nope", "template", "dest")

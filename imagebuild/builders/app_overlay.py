@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagebuild import progress, tools
+from imagebuild import progress, resolved, tools
 from imagebuild.builders import stages, vm_outputs
 from imagebuild.builders.context import Build
 from imagebuild.builders.disk import PART_OFFSET
@@ -36,7 +36,7 @@ from imagebuild.spec import Spec
 
 KIND = "vms"
 PLAIN = re.compile(r"[A-Za-z0-9._+@%=,:-]+(?:/[A-Za-z0-9._+@%=,:-]+)*")  # one debugfs word
-WRAPPER = "usr/local/bin/imagebuild-entrypoint"  # written by the app role (its template)
+WRAPPER = resolved.WRAPPER.lstrip("/")  # written by the app role (its template)
 TYPES = {tarfile.DIRTYPE: "dir", tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file",
          tarfile.SYMTYPE: "link"}  # fmt: skip
 MODE_BITS = {"dir": 0o040000, "file": 0o100000, "link": 0o120000}

@@ -10,13 +10,12 @@ from packaging.utils import canonicalize_name
 
 from imagebuild.lock.lockfile import Lock
 from imagebuild.lock.python import requirement_lines
-from imagebuild.resolved import exec_argv
+from imagebuild.resolved import WRAPPER, exec_argv
 from imagebuild.spec import Spec
 from imagebuild.verify import gpu
 from imagebuild.verify import model as row
 from imagebuild.verify.model import ABSENT, ANY, Item
 
-WRAPPER = "/usr/local/bin/imagebuild-entrypoint"
 # Read from the VM's disk image itself (never booted), as shipped: (row, expected).
 DISK_HYGIENE = {
     "/etc/machine-id content (disk image)": "",
