@@ -460,7 +460,7 @@ def test_the_wrapper_path_is_the_app_roles_and_the_units() -> None:
     writes it to; the VM's unit starts that same path."""
     from imagebuild.resolved import WRAPPER
 
-    assert WRAPPER == roles.task_arg("app", "Entrypoint wrapper", "template", "dest")
+    assert roles.task_arg("app", "Entrypoint wrapper", "template", "dest") == WRAPPER
     assert WRAPPER.startswith("/usr/local/bin/")
     unit = (roles.ROLES_DIR / "vm_service" / "templates" / "unit.j2").read_text()
     assert f"ExecStart={WRAPPER}\n" in unit

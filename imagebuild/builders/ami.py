@@ -204,7 +204,6 @@ def build(inputs: Inputs, dist: Path, on_error: str, region: str | None = None) 
     with progress.stage("build-vm: ami: register", name) as st:
         image_id = register(client, spec, name, sid, tags)
         st["note"] = image_id
-    record = distnames.path(dist.resolve(), spec, distnames.AMI_RECORD)
     body = {
         "image_id": image_id, "name": name, "region": client.region_name, "snapshot_id": sid,
         "disk_sha256": disk_sha, "blocks_written": blocks, "block_size": BLOCK,
@@ -214,9 +213,7 @@ def build(inputs: Inputs, dist: Path, on_error: str, region: str | None = None) 
         "tags": {t["Key"]: t["Value"] for t in tags},
         "imds_support": "v2.0", "boot_mode": "legacy-bios", "root_device": ROOT_DEVICE,
     }  # fmt: skip
-    with atomic_file(record) as t:
-        t.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
-    checksums.record(dist.resolve(), [record])
+    record = write_record(spec, body, dist)
     seconds = qemu.seconds | {"ami": round(time.monotonic() - start, 1)}
     parity = qemu.parity | {
         "ami": image_id,
@@ -224,3 +221,13 @@ def build(inputs: Inputs, dist: Path, on_error: str, region: str | None = None) 
     }
     return replace(qemu, target="ami", outputs=qemu.outputs | {"ami_record": record},
                    seconds=seconds, parity=parity)  # fmt: skip
+
+
+def write_record(spec: Spec, body: dict[str, Any], dist: Path) -> Path:
+    """dist/NAME-VERSION.ami.json (either method's), written whole, listed in SHA256SUMS."""
+    record = distnames.path(dist.resolve(), spec, distnames.AMI_RECORD)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(record) as t:
+        t.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
+    checksums.record(dist.resolve(), [record])
+    return record

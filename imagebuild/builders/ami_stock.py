@@ -20,10 +20,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from imagebuild import checksums, distnames, packer, progress
-from imagebuild.builders import vm
+from imagebuild import packer, progress
+from imagebuild.builders import ami, vm
 from imagebuild.builders.ami import AwsError, session
-from imagebuild.cache import atomic_file
 from imagebuild.errors import ImageBuildError
 from imagebuild.inputs import Inputs
 from imagebuild.resolved import APP_ARCHIVE
@@ -80,12 +79,7 @@ def write_record(
         "imds_support": image.get("ImdsSupport"),
         "packer_manifest": json.loads(manifest.read_text()),
     }  # fmt: skip
-    record = distnames.path(dist.resolve(), spec, distnames.AMI_RECORD)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(record) as t:
-        t.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
-    checksums.record(dist.resolve(), [record])
-    return record
+    return ami.write_record(spec, body, dist)
 
 
 def packer_ami_id(manifest: Path) -> str:

@@ -163,8 +163,7 @@ def base_disk(b: Build, layers: list[Layer]) -> BaseDisk:
     kind, rule = _entry(b, key, layers)
 
     def make(tmp: Path, known: dict[str, str]) -> None:
-        known["disk.qcow2"] = _make(b, layers, key, tmp)
-        known["disk.json"] = sha256_file(tmp / "disk.json")
+        known["disk.qcow2"] = _make(b, layers, key, tmp)  # disk.json: hashed by obtain
 
     origin = obtain(cache, b.inputs.remote, kind, key, rule, "build-vm: base disk", make)
     final = cache.dir("disks", key)
