@@ -70,8 +70,11 @@ def cli(
             except KeyboardInterrupt:
                 raise Exit("interrupted; partial outputs were removed", code=130) from None
 
-        return task(help={**COMMON_HELP, **(shared or {}), **helps}, optional=list(optional),
-                    auto_shortflags=False)(run)  # fmt: skip
+        return task(
+            help={**COMMON_HELP, **(shared or {}), **helps},
+            optional=list(optional),
+            auto_shortflags=False,
+        )(run)
 
     return wrap
 
@@ -223,8 +226,16 @@ def _prepare(
 
 
 @cli(dist="Output folder (default ./dist).", shared=REGISTRY_CACHE_HELP)
-def build_container(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", cache_from=None,
-                    cache_to=None, cache_required=False, cache_push="auto"):  # fmt: skip
+def build_container(
+    c,
+    spec=DEFAULT_SPEC,
+    cache_dir=None,
+    dist="dist",
+    cache_from=None,
+    cache_to=None,
+    cache_required=False,
+    cache_push="auto",
+):
     """Build the layered, reproducible Docker image from the spec and its lock."""
     from imagebuild.builders import container
 
@@ -244,9 +255,19 @@ def build_container(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", cache_fro
     aws_region="--target ami: AWS region (default vm.ami.region).",
     shared=REGISTRY_CACHE_HELP,
 )
-def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", on_error="cleanup",
-             aws_region=None, cache_from=None, cache_to=None, cache_required=False,
-             cache_push="auto"):  # fmt: skip
+def build_vm(
+    c,
+    spec=DEFAULT_SPEC,
+    cache_dir=None,
+    dist="dist",
+    target="qemu",
+    on_error="cleanup",
+    aws_region=None,
+    cache_from=None,
+    cache_to=None,
+    cache_required=False,
+    cache_push="auto",
+):
     """Build the VM images with Packer (qemu, TCG unless KVM works) from the spec and its lock,
     provisioned by the container's playbook."""
     from imagebuild.builders.targets import TARGETS, Options
@@ -273,8 +294,17 @@ def build_vm(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", target="qemu", o
     vm_seed="A NoCloud seed ISO (cloud-localds) to boot the VM with, as your platform would "
     "(libvirt only); the login verify itself uses stays systemd's credential.",
 )
-def verify(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", container=None, vm=None,
-           backend="auto", vm_seed=None, libvirt_uri="qemu:///system"):  # fmt: skip
+def verify(
+    c,
+    spec=DEFAULT_SPEC,
+    cache_dir=None,
+    dist="dist",
+    container=None,
+    vm=None,
+    backend="auto",
+    vm_seed=None,
+    libvirt_uri="qemu:///system",
+):
     """Prove the container and the VM are the same where it matters: one testinfra suite over
     docker:// and ssh://, a parity table, report.json + junit.xml; exit 1 naming each difference."""
     from imagebuild.verify import run as verifying
@@ -289,9 +319,15 @@ def verify(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", container=None, vm
     locking.load_fresh(s)
     with distlock.exclusive(Path(dist), "verify"):
         r = verifying.verify(
-            s, Path(dist), container, Path(vm) if vm else None, backend,
-            Path(vm_seed) if vm_seed else None, libvirt_uri, _cache(cache_dir).root,
-        )  # fmt: skip
+            s,
+            Path(dist),
+            container,
+            Path(vm) if vm else None,
+            backend,
+            Path(vm_seed) if vm_seed else None,
+            libvirt_uri,
+            _cache(cache_dir).root,
+        )
     print(r.table, end="")
     print(r.summary())
     if not r.ok:
@@ -319,8 +355,9 @@ def all(c, spec=DEFAULT_SPEC, cache_dir=None):  # noqa: A001 - the task's name o
     s = _load(spec)
     if locking.path_for(s).is_file():
         locking.load_fresh(s)
-        progress.say(f"lock: using {locking.path_for(s)} as it is (`invoke lock --update` "
-                     "refreshes it)")  # fmt: skip
+        progress.say(
+            f"lock: using {locking.path_for(s)} as it is (`invoke lock --update` refreshes it)"
+        )
     else:
         progress.say(f"lock: no {locking.path_for(s)} yet: resolving one")
         lock(c, spec=s, cache_dir=cache_dir)

@@ -43,8 +43,12 @@ def first_boot(disk: Path, spec: specmod.Spec, with_seed: bool) -> tuple[float, 
         if with_seed:
             key = vmboot.make_key(work / "user")
             user = seed.user("bench", Path(f"{key}.pub").read_text())
-            iso = seed.nocloud(work / "seed.iso", instance_id="iid-bench", hostname="bench",
-                               cloud_config={"users": [user]})  # fmt: skip
+            iso = seed.nocloud(
+                work / "seed.iso",
+                instance_id="iid-bench",
+                hostname="bench",
+                cloud_config={"users": [user]},
+            )
         start = time.monotonic()
         with hosts.vm(disk, work / "vm", spec.vm.memory_mb, spec.vm.cpus, "libvirt", iso) as h:
             port = urlsplit(h.url).port

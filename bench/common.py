@@ -49,18 +49,22 @@ def private_example(
     (what a user builds); only an edit that changes its inputs re-resolves it (`lock` on an
     existing lock keeps every pin it can). Fetched into `cache_dir`; returns the spec."""
     shutil.copytree(
-        ROOT / "examples", work / "examples", ignore=shutil.ignore_patterns("__pycache__", "dist"),
+        ROOT / "examples",
+        work / "examples",
+        ignore=shutil.ignore_patterns("__pycache__", "dist"),
         dirs_exist_ok=True,
-    )  # fmt: skip
+    )
     spec = work / "examples" / example / "imagebuild.yaml"
-    text, n = re.subn(r"(?m)^(  repository: )\S+$", rf"\1{BENCH_REPOSITORY}/{example}",
-                      spec.read_text(), count=1)  # fmt: skip
+    text, n = re.subn(
+        r"(?m)^(  repository: )\S+$", rf"\1{BENCH_REPOSITORY}/{example}", spec.read_text(), count=1
+    )
     assert n == 1, f"{spec}: no container.repository line to replace"
     spec.write_text(text)
     if edit:
         edit(spec)
-    check = subprocess.run([INVOKE, "lock", "--check", "--spec", str(spec)], cwd=ROOT,
-                           capture_output=True, text=True)  # fmt: skip
+    check = subprocess.run(
+        [INVOKE, "lock", "--check", "--spec", str(spec)], cwd=ROOT, capture_output=True, text=True
+    )
     if check.returncode != 0:
         timed("lock", "--spec", str(spec), "--cache-dir", cache_dir)
     timed("fetch", "--spec", str(spec), "--cache-dir", cache_dir)

@@ -77,9 +77,15 @@ def prepare(spec_path: str, cache_dir: Path, ctx: Path) -> tuple[str, str]:
     assert hit is not None, "run build-container first: its base layer is the common base"
     layer = hit[0]
     cfg = img.ImageConfig(
-        entrypoint=[], cmd=["/bin/sh"], env={"PATH": resolved.PATH}, workdir="/", user="",
-        labels={}, history=["base"], created=lock.source_date_epoch,
-    )  # fmt: skip
+        entrypoint=[],
+        cmd=["/bin/sh"],
+        env={"PATH": resolved.PATH},
+        workdir="/",
+        user="",
+        labels={},
+        history=["base"],
+        created=lock.source_date_epoch,
+    )
     archive = ctx.parent / "base.tar"
     base = f"{BASE_REPO}:{key[:12]}"
     img.docker_archive(archive, cfg.render([layer]), [layer], base)
@@ -98,14 +104,21 @@ def docker_build(ctx: Path, tag: str) -> tuple[float, str]:
     start = time.monotonic()
     r = subprocess.run(
         ["/usr/bin/docker", "build", "-q", "--network", "host", "-t", tag, str(ctx)],
-        check=True, capture_output=True, text=True, env={**os.environ, "DOCKER_BUILDKIT": "1"},
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DOCKER_BUILDKIT": "1"},
+    )
     return time.monotonic() - start, r.stdout.strip()
 
 
 def size(tag: str) -> int:
-    out = subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", tag],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        ["docker", "image", "inspect", "-f", "{{.Size}}", tag],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(out.stdout)
 
 
@@ -136,13 +149,19 @@ def main() -> None:
             ("nothing changed", ib_noop, df_noop),
         ]
         table(
-            [(f"{name}: imagebuild / Dockerfile", f"{a:.1f} s / {b:.1f} s", f"{a / b:.2f}x")
-             for name, a, b in rows]
-            + [("image size: imagebuild / Dockerfile",
-                f"{size(ib_tag) / 1e6:.0f} MB / {size(tag) / 1e6:.0f} MB",
-                f"{size(ib_tag) / size(tag):.2f}x")],
+            [
+                (f"{name}: imagebuild / Dockerfile", f"{a:.1f} s / {b:.1f} s", f"{a / b:.2f}x")
+                for name, a, b in rows
+            ]
+            + [
+                (
+                    "image size: imagebuild / Dockerfile",
+                    f"{size(ib_tag) / 1e6:.0f} MB / {size(tag) / 1e6:.0f} MB",
+                    f"{size(ib_tag) / size(tag):.2f}x",
+                )
+            ],
             "ratio",
-        )  # fmt: skip
+        )
         subprocess.run(["docker", "rmi", "-f", tag, base], capture_output=True)
 
 

@@ -52,17 +52,23 @@ def main() -> None:
             size = docker.from_env().images.get(tag).attrs["Size"]
             rows += [
                 (f"{example}: lock + fetch", f"{info['lock_fetch']:.0f} s", ""),
-                (f"{example}: CUDA wheels (locked)",
-                 f"{len(cuda)}, {sum(w['size'] for w in cuda) / 1e6:.0f} MB", ""),
+                (
+                    f"{example}: CUDA wheels (locked)",
+                    f"{len(cuda)}, {sum(w['size'] for w in cuda) / 1e6:.0f} MB",
+                    "",
+                ),
                 (f"{example}: build-container, cold", f"{cold:.0f} s", ""),
                 *[(f"{example}: layer {n}", v, "") for n, v in layers.items()],
                 (f"{example}: image size", f"{size / 1e9:.2f} GB", ""),
-            ]  # fmt: skip
+            ]
             if example == "gpu-probe":
                 out = work / "gpu-probe.rootfs.tar.xz"
                 start = time.monotonic()
-                subprocess.run([sys.executable, str(ROOT / "bench/gpu_proof.py"), "pack", tag,
-                                str(out)], check=True, capture_output=True)  # fmt: skip
+                subprocess.run(
+                    [sys.executable, str(ROOT / "bench/gpu_proof.py"), "pack", tag, str(out)],
+                    check=True,
+                    capture_output=True,
+                )
                 took = time.monotonic() - start
                 packed = f"{out.stat().st_size / 2**20:.1f} MiB in {took:.0f} s"
                 rows += [(f"{example}: packed root filesystem (xz)", packed, "< 60 MiB")]

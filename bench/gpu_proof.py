@@ -64,8 +64,11 @@ def pack(image: str, out: Path) -> None:
             with tmp.open("wb") as f:
                 xz = subprocess.Popen(["xz", "-6", "-T0", "-c"], stdin=subprocess.PIPE, stdout=f)
                 assert xz.stdin is not None
-                with xz.stdin, tarfile.open(fileobj=xz.stdin, mode="w|") as dst, \
-                        tarfile.open(fileobj=flat) as src:  # fmt: skip
+                with (
+                    xz.stdin,
+                    tarfile.open(fileobj=xz.stdin, mode="w|") as dst,
+                    tarfile.open(fileobj=flat) as src,
+                ):
                     for member in src:
                         dst.addfile(member, src.extractfile(member) if member.isreg() else None)
                     blob = json.dumps(config, sort_keys=True).encode()
@@ -147,8 +150,11 @@ def run(rootfs: Path, command: list[str]) -> int:
         return 2
     driver = host_driver()
     if not driver:
-        print("gpu_proof run: no NVIDIA driver on this host (no /sys/module/nvidia/version, no "
-              "/proc/driver/nvidia/version): run it on a GPU host", file=sys.stderr)  # fmt: skip
+        print(
+            "gpu_proof run: no NVIDIA driver on this host (no /sys/module/nvidia/version, no "
+            "/proc/driver/nvidia/version): run it on a GPU host",
+            file=sys.stderr,
+        )
         return 2
     print(f"host driver: {driver}")
     print(f"host devices: {' '.join(sorted(str(p) for p in Path('/dev').glob('nvidia*')))}")
@@ -173,9 +179,20 @@ def run(rootfs: Path, command: list[str]) -> int:
         argv = command or [GUARD, PROBE]
         print(f"running in the image: {shlex.join(argv)}", flush=True)
         r = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", SETUP, "sh",
-             str(root), *env, *argv]
-        )  # fmt: skip
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                SETUP,
+                "sh",
+                str(root),
+                *env,
+                *argv,
+            ]
+        )
     print(f"exit status: {r.returncode}")
     return r.returncode
 

@@ -29,8 +29,11 @@ def _registry(root: Path) -> tuple[subprocess.Popen[bytes], str]:
         f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root / 'store'}\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
     )
-    proc = subprocess.Popen(["docker-registry", "serve", str(root / "registry.yml")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(root / "registry.yml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(1)
     return proc, f"127.0.0.1:{port}/imagebuild-cache"
 

@@ -36,8 +36,11 @@ class Checkout:
 
     def __init__(self, name: str, root: Path, work: Path, downloads: str) -> None:
         self.name, self.root, self.work = name, root, work
-        shutil.copytree(ROOT / "examples", work / "examples",
-                        ignore=shutil.ignore_patterns("__pycache__", "dist"))  # fmt: skip
+        shutil.copytree(
+            ROOT / "examples",
+            work / "examples",
+            ignore=shutil.ignore_patterns("__pycache__", "dist"),
+        )
         self.spec = work / "examples" / "onnx-serve" / "imagebuild.yaml"
         text = self.spec.read_text().replace("local/onnx-serve", f"{BENCH_REPOSITORY}/onnx-serve")
         self.spec.write_text(text)
@@ -46,8 +49,14 @@ class Checkout:
         self.run("fetch", "--spec", str(self.spec), "--cache-dir", str(self.cache))
 
     def args(self, cache: Path | None = None) -> list[str]:
-        return ["--spec", str(self.spec), "--cache-dir", str(cache or self.cache),
-                "--dist", str(self.work / "dist")]  # fmt: skip
+        return [
+            "--spec",
+            str(self.spec),
+            "--cache-dir",
+            str(cache or self.cache),
+            "--dist",
+            str(self.work / "dist"),
+        ]
 
     def run(self, *args: str, profile: Path | None = None) -> tuple[float, str]:
         """Seconds and stdout of `invoke ARGS` run by this checkout's code."""
@@ -72,8 +81,7 @@ class Checkout:
         cache = cold_cache(self.downloads, self.work / "cache-base")
         self.run("fetch", "--spec", str(self.spec), "--cache-dir", str(cache))
         (cache / "stages").mkdir(exist_ok=True)
-        shutil.copytree(self.cache / "stages" / key, cache / "stages" / key,
-                        copy_function=os.link)  # fmt: skip
+        shutil.copytree(self.cache / "stages" / key, cache / "stages" / key, copy_function=os.link)
         for f in ("verified.json",):  # the seals' memo: what a cache that made it would hold
             if (self.cache / f).exists():
                 shutil.copy(self.cache / f, cache / f)
@@ -84,9 +92,10 @@ def measure(c: Checkout, vm: bool) -> dict[str, float]:
     # The other checkout's image (same tag, maybe the same lower layers) would spare this one's
     # cold build the load of those layers: each starts from an engine without it.
     tag = f"{BENCH_REPOSITORY}/onnx-serve:" + next(
-        ln.split(":", 1)[1].strip() for ln in c.spec.read_text().splitlines()
+        ln.split(":", 1)[1].strip()
+        for ln in c.spec.read_text().splitlines()
         if ln.startswith("version:")
-    )  # fmt: skip
+    )
     subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
     out: dict[str, float] = {}
     out["container cold"], _ = c.run("build-container", *c.args())
@@ -104,8 +113,9 @@ def measure(c: Checkout, vm: bool) -> dict[str, float]:
         t2, _ = c.run("build-vm", *c.args())
         out["vm, one app file changed (build-container + build-vm)"] = t1 + t2
         out["vm, nothing changed"], _ = c.run("build-vm", *c.args())
-        out["verify, end to end"], _ = c.run("verify", "--spec", str(c.spec),
-                                            "--dist", str(c.work / "dist"))  # fmt: skip
+        out["verify, end to end"], _ = c.run(
+            "verify", "--spec", str(c.spec), "--dist", str(c.work / "dist")
+        )
     return out
 
 
@@ -122,8 +132,11 @@ def dockerfile_times(after: Checkout) -> dict[str, float]:
     noop = statistics.median(dockerfile.docker_build(ctx, tag)[0] for _ in range(3))
     assert id_app != id_cold, "the Dockerfile did not rebuild on the app change"
     subprocess.run(["docker", "rmi", "-f", tag, base], capture_output=True)
-    return {"container cold, base cached": cold, "container, one app file changed": app,
-            "container, nothing changed": noop}  # fmt: skip
+    return {
+        "container cold, base cached": cold,
+        "container, one app file changed": app,
+        "container, nothing changed": noop,
+    }
 
 
 TARGETS = {
@@ -144,23 +157,31 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ib-bench-speed-"))
     old = work / "baseline-checkout"
-    subprocess.run(["git", "worktree", "add", "--detach", str(old), args.baseline],
-                   cwd=ROOT, check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(old), args.baseline],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     try:
         # The downloads once, by this checkout's fetch (the blobs are the lock's either way).
         Checkout("after", ROOT, work / "prime", args.cache_dir)
         before = Checkout("before", old, work / "before", args.cache_dir)
         after = Checkout("after", ROOT, work / "after", args.cache_dir)
-        results = {"before": measure(before, not args.no_vm),
-                   "after": measure(after, not args.no_vm)}  # fmt: skip
+        results = {
+            "before": measure(before, not args.no_vm),
+            "after": measure(after, not args.no_vm),
+        }
         df = dockerfile_times(after)
         print(f"| measure | before ({args.baseline}) | after | Dockerfile | target |")
         print("|---|---|---|---|---|")
         for k, b in results["before"].items():
             a, d = results["after"][k], df.get(k)
             ratio = f" ({a / d:.2f}x)" if d else ""
-            print(f"| {k} | {b:.2f} s | {a:.2f} s{ratio} | "
-                  f"{f'{d:.2f} s' if d else ''} | {TARGETS.get(k, '')} |")  # fmt: skip
+            print(
+                f"| {k} | {b:.2f} s | {a:.2f} s{ratio} | "
+                f"{f'{d:.2f} s' if d else ''} | {TARGETS.get(k, '')} |"
+            )
         cold = results["after"]["container cold"]
         if "vm cold (container stages cached)" in results["after"]:
             vm = results["after"]["vm cold (container stages cached)"]
@@ -171,8 +192,9 @@ def main() -> None:
         for step, v in sorted(prof.items(), key=lambda kv: -kv[1]["seconds"]):
             print(f"| {step} | {v['seconds']:.3f} | {v['count']} |")
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            ["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, capture_output=True
+        )
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -28,8 +28,12 @@ NEW_KEYS = {"verify": ["service"]}  # spec keys added since the baselines this w
 
 def run_verify(checkout: Path, spec: Path, dist: Path) -> dict[str, float]:
     start = time.monotonic()
-    r = subprocess.run([INVOKE, "verify", "--spec", str(spec), "--dist", str(dist)],
-                       cwd=checkout, capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [INVOKE, "verify", "--spec", str(spec), "--dist", str(dist)],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+    )
     total = time.monotonic() - start
     if r.returncode != 0:
         raise SystemExit(f"verify in {checkout} failed:\n{r.stderr[-3000:]}")
@@ -60,8 +64,12 @@ def main() -> None:
     spec, dist = Path(args.spec).resolve(), Path(args.dist).resolve()
     with tempfile.TemporaryDirectory(prefix="ib-bench-verify-") as tmp:
         old = Path(tmp) / "baseline"
-        subprocess.run(["git", "worktree", "add", "--detach", str(old), args.baseline],
-                       cwd=ROOT, check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(old), args.baseline],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
         try:
             old_spec = baseline_spec(spec, Path(tmp) / "spec")
             runs: dict[str, list[dict[str, float]]] = {"baseline": [], "this": []}

@@ -32,8 +32,12 @@ def local_aws(work: Path) -> Iterator[dict[str, str]]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     moto = str(Path(sys.executable).with_name("moto_server"))
-    proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], cwd=work,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [moto, "-H", "127.0.0.1", "-p", str(port)],
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
@@ -42,8 +46,12 @@ def local_aws(work: Path) -> Iterator[dict[str, str]]:
         except OSError:
             time.sleep(0.3)
     try:
-        yield {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-               "AWS_ENDPOINT_URL": url, "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+        yield {
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_ENDPOINT_URL": url,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
     finally:
         proc.terminate()
         proc.wait(timeout=30)

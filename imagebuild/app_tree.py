@@ -70,8 +70,10 @@ def _entry(root: Path, real_root: Path, path: Path) -> Entry | str:
         return f"{path}: not a file, folder or symbolic link (a device, FIFO or socket)"
     target = os.readlink(path)
     if os.path.isabs(target):
-        return (f"{path}: symbolic link to {target!r}: an absolute link names a path of the "
-                "host, not of the app; make it relative, inside the app folder")  # fmt: skip
+        return (
+            f"{path}: symbolic link to {target!r}: an absolute link names a path of the "
+            "host, not of the app; make it relative, inside the app folder"
+        )
     lands = Path(os.path.realpath(path))
     if lands != real_root and not lands.is_relative_to(real_root):
         return f"{path}: symbolic link to {target!r} leads out of the app folder (to {lands})"

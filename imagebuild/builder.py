@@ -7,8 +7,20 @@ import platform
 from importlib import metadata
 
 # The Python packages whose behaviour reaches an artifact's bytes or its checks.
-PACKAGES = ("imagebuild", "ansible-core", "ansible", "ansible-runner", "mitogen", "docker",
-            "uv", "python-hcl2", "libvirt-python", "pathspec", "PyYAML", "packaging")  # fmt: skip
+PACKAGES = (
+    "imagebuild",
+    "ansible-core",
+    "ansible",
+    "ansible-runner",
+    "mitogen",
+    "docker",
+    "uv",
+    "python-hcl2",
+    "libvirt-python",
+    "pathspec",
+    "PyYAML",
+    "packaging",
+)
 
 
 def versions() -> dict[str, str]:

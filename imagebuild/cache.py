@@ -80,8 +80,9 @@ def exclusive(path: Path, task: str, what: str) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     owner = path.with_name(path.name + ".owner")
     # O_NOFOLLOW: a link planted where the lock goes must not make root write elsewhere.
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644),
-                   "a") as f:  # fmt: skip
+    with os.fdopen(
+        os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644), "a"
+    ) as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -197,8 +198,9 @@ class Cache:
         for rel, sha in (expect or {}).items():
             if seal.get(rel) != sha:
                 return f"seals {rel} as {seal.get(rel)}, the lock says {sha}"
-        present = {str(p.relative_to(folder)) for p in folder.rglob("*")
-                   if p.is_file() and p.name != SEAL}  # fmt: skip
+        present = {
+            str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != SEAL
+        }
         if present != seal.keys():
             extra, gone = sorted(present - seal.keys()), sorted(seal.keys() - present)
             return f"has files added {extra[:3]} or removed {gone[:3]} since it was sealed"

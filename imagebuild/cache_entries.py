@@ -43,8 +43,12 @@ def string(pattern: str, description: str) -> dict[str, Any]:
 
 def _record(**fields: Any) -> dict[str, Any]:
     """A JSON object with exactly these fields."""
-    return {"type": "object", "properties": fields, "required": sorted(fields),
-            "additionalProperties": False}  # fmt: skip
+    return {
+        "type": "object",
+        "properties": fields,
+        "required": sorted(fields),
+        "additionalProperties": False,
+    }
 
 
 SHA256 = string("[0-9a-f]{64}", "a sha256 (64 lowercase hex digits)")
@@ -76,8 +80,13 @@ def file_list_problem(doc: Any) -> str | None:
     for path, row in doc.items():
         if not _PATH.fullmatch(path) or _DOTS.search(path):
             return f"{path!r} is not a relative path without NUL, empty, `.` or `..` parts"
-        if not (isinstance(row, list) and len(row) == 7 and isinstance(row[6], str)
-                and all(type(n) is int for n in row[1:6]) and min(row[2:5]) >= 0):  # fmt: skip
+        if not (
+            isinstance(row, list)
+            and len(row) == 7
+            and isinstance(row[6], str)
+            and all(type(n) is int for n in row[1:6])
+            and min(row[2:5]) >= 0
+        ):
             return f"$[{path!r}]: {row!r:.80} is not [type, mode, uid, gid, size, mtime, link]"
         if not isinstance(row[0], str) or row[0] not in _TYPES:
             return f"$[{path!r}][0]: {row[0]!r:.20} is not one of {sorted(_TYPES)}"
@@ -149,8 +158,7 @@ class EntryKind:
             raise Refused(problem)
         for name, most in self.caps.items():
             if (size := (folder / name).stat().st_size) > most:
-                raise Refused(f"its {name} is {size} bytes, more than a {self.name} entry's "
-                              f"{most}")  # fmt: skip
+                raise Refused(f"its {name} is {size} bytes, more than a {self.name} entry's {most}")
         meta: dict[str, Any] = {}
         for name, schema in self.schemas.items():
             mkey = f"schema:{self.name}/{name}:{digests[name]}"
@@ -171,12 +179,16 @@ class EntryKind:
                 meta = doc
         for field, fact in self.facts.items():
             if meta[field] != (want := fact(folder, digests)):
-                raise Refused(f"its {self.meta} names {field} {_short(meta[field])}, its files "
-                              f"say {_short(want)}")  # fmt: skip
+                raise Refused(
+                    f"its {self.meta} names {field} {_short(meta[field])}, its files "
+                    f"say {_short(want)}"
+                )
         for field, want in expect.items():
             if meta[field] != want:
-                raise Refused(f"its {self.meta} names {field} {_short(meta[field])}, this build's "
-                              f"is {_short(want)}")  # fmt: skip
+                raise Refused(
+                    f"its {self.meta} names {field} {_short(meta[field])}, this build's "
+                    f"is {_short(want)}"
+                )
         return meta
 
     def rule(

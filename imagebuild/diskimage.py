@@ -74,8 +74,10 @@ def _info_problem(path: Path, fmt: str, disk_gb: int) -> str | None:
         if extents != [str(path.absolute())]:
             return f"its extents are {extents}, not the file itself"
     if got.get("virtual-size") != disk_gb << 30:
-        return (f"its virtual size is {got.get('virtual-size')} bytes, not the spec's "
-                f"vm.disk_gb: {disk_gb} ({disk_gb << 30} bytes)")  # fmt: skip
+        return (
+            f"its virtual size is {got.get('virtual-size')} bytes, not the spec's "
+            f"vm.disk_gb: {disk_gb} ({disk_gb << 30} bytes)"
+        )
     return None
 
 

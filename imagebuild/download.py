@@ -52,8 +52,13 @@ class TooLarge(DownloadError):
 
 
 def pool(attempts: int, backoff: float, proxy: str | None = None) -> urllib3.PoolManager:
-    retry = Retry(total=attempts - 1, backoff_factor=backoff, status_forcelist=TRANSIENT,
-                  allowed_methods={"GET"}, raise_on_status=False)  # fmt: skip
+    retry = Retry(
+        total=attempts - 1,
+        backoff_factor=backoff,
+        status_forcelist=TRANSIENT,
+        allowed_methods={"GET"},
+        raise_on_status=False,
+    )
     timeout = Timeout(connect=20, read=120)
     if proxy:
         return urllib3.ProxyManager(proxy, retries=retry, timeout=timeout)
@@ -76,8 +81,14 @@ def pool_for(url: str) -> urllib3.PoolManager:
     return _pool(attempts(), proxy)
 
 
-def fetch_to(url: str, out: BinaryIO, headers: dict[str, str] | None = None, *,
-             pool: urllib3.PoolManager | None = None, limit: int | None = None) -> int:  # fmt: skip
+def fetch_to(
+    url: str,
+    out: BinaryIO,
+    headers: dict[str, str] | None = None,
+    *,
+    pool: urllib3.PoolManager | None = None,
+    limit: int | None = None,
+) -> int:
     """The body of `url` into `out` (from its start: a body cut off mid-way is fetched again
     whole, never appended to); returns its size. Raises DownloadError after the last attempt,
     or at once for a status that is not a blip (404, 403, ...); TooLarge, with no more than

@@ -61,8 +61,10 @@ def _download(cache: Cache, lock: Lock, item: DebPackage | Wheel) -> int:
         os.replace(tmp, dest)
         return size
     except download.TooLarge as e:
-        raise FetchError(f"{lock.row(item)}: {_label(item)}: {e.url} {e.reason} (the lock's "
-                         "size); refusing it, nothing kept") from None  # fmt: skip
+        raise FetchError(
+            f"{lock.row(item)}: {_label(item)}: {e.url} {e.reason} (the lock's "
+            "size); refusing it, nothing kept"
+        ) from None
     except download.DownloadError as e:
         if e.status in (404, 410):
             raise FetchError(_gone(lock, item, e.status)) from None
@@ -94,12 +96,18 @@ def export_archive(lock: Lock, cache: Cache, dest: Path) -> int:
     items = _unique(lock.files)
     bad = missing(cache, lock, repair=False)
     if bad:
-        raise FetchError(f"{len(bad)} locked files are not in {cache.root} (first: "
-                         f"{_label(bad[0])}); run `invoke fetch` first")  # fmt: skip
+        raise FetchError(
+            f"{len(bad)} locked files are not in {cache.root} (first: "
+            f"{_label(bad[0])}); run `invoke fetch` first"
+        )
     with atomic_file(dest) as tmp, tarfile.open(tmp, "w") as tar:
         for item in items:
-            tar.add(cache.blob(item.sha256), f"blobs/sha256/{item.sha256}", recursive=False,
-                    filter=_plain)  # fmt: skip
+            tar.add(
+                cache.blob(item.sha256),
+                f"blobs/sha256/{item.sha256}",
+                recursive=False,
+                filter=_plain,
+            )
     return len(items)
 
 
@@ -123,9 +131,11 @@ def import_archive(lock: Lock, cache: Cache, src: Path) -> int:
                 continue
             item = wanted[hexdigest]
             if item.size is not None and member.size != item.size:
-                raise FetchError(f"--import {src}: {name} is {member.size} bytes, "
-                                 f"{lock.row(item)} ({_label(item)}) says {item.size}; "
-                                 "refusing the archive, that member not extracted")  # fmt: skip
+                raise FetchError(
+                    f"--import {src}: {name} is {member.size} bytes, "
+                    f"{lock.row(item)} ({_label(item)}) says {item.size}; "
+                    "refusing the archive, that member not extracted"
+                )
             dest = cache.blob(hexdigest)
             if dest.is_file() and sha256_file(dest) == hexdigest:
                 continue
@@ -138,8 +148,9 @@ def import_archive(lock: Lock, cache: Cache, src: Path) -> int:
                     while chunk := data.read(1 << 20):
                         out.write(chunk)
                 if sha256_file(Path(tmp)) != hexdigest:
-                    raise FetchError(f"--import {src}: {name} does not hash to its name; "
-                                     "refusing the archive")  # fmt: skip
+                    raise FetchError(
+                        f"--import {src}: {name} does not hash to its name; refusing the archive"
+                    )
                 os.replace(tmp, dest)
                 count += 1
             finally:
@@ -220,8 +231,9 @@ def _apt_repo(cache: Cache, lock: Lock, section: str) -> Path:
         index = tmp / "dists" / suite / "main" / "binary-amd64" / "Packages"
         index.parent.mkdir(parents=True)
         with index.open("w") as out:
-            tools.run(["dpkg-scanpackages", "--multiversion", "pool", "/dev/null"], cwd=tmp,
-                      stdout=out)  # fmt: skip
+            tools.run(
+                ["dpkg-scanpackages", "--multiversion", "pool", "/dev/null"], cwd=tmp, stdout=out
+            )
         (tmp / "dists" / suite / "Release").write_text(
             _release(suite, index, lock.source_date_epoch)
         )
@@ -281,9 +293,7 @@ def local_sources(lock: Lock, cache: Cache) -> FetchResult:
             f"{len(bad)} locked files missing or corrupt in {cache.root} (first: "
             f"{_label(bad[0])}); run `invoke fetch`"
         )
-    expect = (
-        _pool_hashes(lock.shared), _pool_hashes(lock.shared + lock.vm), _wheel_hashes(lock)
-    )  # fmt: skip
+    expect = (_pool_hashes(lock.shared), _pool_hashes(lock.shared + lock.vm), _wheel_hashes(lock))
     for path, anchor in zip(paths, expect, strict=True):
         # The folder exists only once complete (renamed into place); its seal says the rest.
         if problem := cache.seal_problem(path.parent.name, path.name, anchor):

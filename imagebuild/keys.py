@@ -92,8 +92,9 @@ def disk_key(r: Resolved, app_key: str) -> str:
 
 
 def sources_disk_key(lock: Lock) -> str:
-    return digest("sources-disk", DISK_LAYOUT, lock.section_digest("vm"),
-                  lock.section_digest("python"))  # fmt: skip
+    return digest(
+        "sources-disk", DISK_LAYOUT, lock.section_digest("vm"), lock.section_digest("python")
+    )
 
 
 def vm_key(r: Resolved, disk: str) -> str:

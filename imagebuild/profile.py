@@ -68,11 +68,38 @@ def endpoint(path_url: str) -> str:
 
 
 _API_WORDS = frozenset(
-    {"containers", "images", "exec", "volumes", "networks", "distribution", "system", "json",
-     "create", "start", "stop", "kill", "wait", "archive", "export", "changes", "load", "get",
-     "push", "tag", "prune", "version", "_ping", "info", "attach", "logs", "resize", "top",
-     "stats"}
-)  # fmt: skip
+    {
+        "containers",
+        "images",
+        "exec",
+        "volumes",
+        "networks",
+        "distribution",
+        "system",
+        "json",
+        "create",
+        "start",
+        "stop",
+        "kill",
+        "wait",
+        "archive",
+        "export",
+        "changes",
+        "load",
+        "get",
+        "push",
+        "tag",
+        "prune",
+        "version",
+        "_ping",
+        "info",
+        "attach",
+        "logs",
+        "resize",
+        "top",
+        "stats",
+    }
+)
 
 
 def ansible_events(events: Any, started: float) -> None:

@@ -40,8 +40,10 @@ def recorded_id(spec: Spec, dist: Path) -> str:
     against dist/SHA256SUMS (as verify checks the artifacts it reads)."""
     record = distnames.path(dist, spec, distnames.CONTAINER_RECORD)
     if not record.is_file():
-        raise PushError(f"{record}: no such file; push sends the image `invoke build-container "
-                        f"--dist {dist}` built and recorded there: build it first")  # fmt: skip
+        raise PushError(
+            f"{record}: no such file; push sends the image `invoke build-container "
+            f"--dist {dist}` built and recorded there: build it first"
+        )
     if problems := checksums.check(dist, [record]):
         raise PushError(f"{record}: {problems[0]}; refusing to push what it names")
     try:
@@ -65,16 +67,19 @@ def push(spec: Spec, registry: str | None, dist: Path) -> PushResult:
     try:
         image = client.images.get(image_id)
     except docker.errors.ImageNotFound:
-        raise PushError(f"{image_id} (recorded in {dist}) is not in this engine; run "
-                        "`invoke build-container` again") from None  # fmt: skip
+        raise PushError(
+            f"{image_id} (recorded in {dist}) is not in this engine; run "
+            "`invoke build-container` again"
+        ) from None
     local = f"{spec.repository}:{spec.version}"
     try:
         tagged = client.images.get(local).id
     except docker.errors.ImageNotFound:
         tagged = "no image"
     if tagged != image_id:
-        progress.say(f"push: {local} now points to {tagged}, not the built {image_id}; "
-                     "pushing the built one")  # fmt: skip
+        progress.say(
+            f"push: {local} now points to {tagged}, not the built {image_id}; pushing the built one"
+        )
     remote = remote_repository(spec, registry)
     image.tag(remote, spec.version)
     digest = ""
@@ -93,8 +98,10 @@ def push(spec: Spec, registry: str | None, dist: Path) -> PushResult:
         # `docker.io/user/x`), so the repository part is not compared.
         pushed = {d.rpartition("@")[2] for d in image.attrs.get("RepoDigests") or []}
         if digest not in pushed:
-            raise PushError(f"push to {registry}: {remote}@{digest} is not {image_id} (was "
-                            f"{remote}:{spec.version} re-tagged during the push?)")  # fmt: skip
+            raise PushError(
+                f"push to {registry}: {remote}@{digest} is not {image_id} (was "
+                f"{remote}:{spec.version} re-tagged during the push?)"
+            )
     except docker.errors.APIError as e:
         raise PushError(f"push to {registry} failed: {e.explanation or e}") from None
     finally:

@@ -116,8 +116,10 @@ class RegistryCache:
     pushed: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        parts = [f"from {self.pull_from}" if self.pull_from else "",
-                 f"to {self.push_to}" if self.push_to else ""]  # fmt: skip
+        parts = [
+            f"from {self.pull_from}" if self.pull_from else "",
+            f"to {self.push_to}" if self.push_to else "",
+        ]
         return "registry cache " + ", ".join(p for p in parts if p)
 
     def _client(self, ref: str) -> Registry:
@@ -212,11 +214,13 @@ class RegistryCache:
             config.write_text(json.dumps({"kind": kind, "key": key}, sort_keys=True))
             with progress.stage(f"registry cache: push {kind}-{key[:12]}", ref):
                 client.push(
-                    f"{ref}:{kind}-{key}", files=[str(folder / name) for name in names],
+                    f"{ref}:{kind}-{key}",
+                    files=[str(folder / name) for name in names],
                     disable_path_validation=True,
                     manifest_config=f"{config}:{ARTIFACT_TYPE}.config+json",
-                    do_chunked=True, quiet=True,
-                )  # fmt: skip
+                    do_chunked=True,
+                    quiet=True,
+                )
         self.pushed.append(f"{kind}/{key}")
 
 
@@ -232,8 +236,10 @@ def entry_files(manifest: Any, kind: EntryKind) -> dict[str, tuple[str, int]]:
         raise Refused(f"its manifest {problem}")
     for name, layer in zip(names, manifest["layers"], strict=True):
         if layer["size"] > kind.caps[name]:
-            raise Refused(f"its manifest announces {name} of {layer['size']} bytes, more than a "
-                          f"{kind.name} entry's {kind.caps[name]}")  # fmt: skip
+            raise Refused(
+                f"its manifest announces {name} of {layer['size']} bytes, more than a "
+                f"{kind.name} entry's {kind.caps[name]}"
+            )
         out[name] = (layer["digest"].removeprefix("sha256:"), layer["size"])
     return out
 

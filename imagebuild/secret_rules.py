@@ -11,13 +11,41 @@ from pathlib import PurePosixPath
 import pathspec
 
 DEFAULT_IGNORE = [
-    ".git/", ".hg/", ".svn/", "__pycache__/", "*.pyc", ".imagebuildignore",
-    ".env", ".env.*", ".netrc", ".npmrc", ".pypirc", ".pgpass", ".git-credentials",
-    ".vault-token", "credentials.json", "*.tfstate", "*.tfstate.*", "*.tfvars",
-    "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore",
-    "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*",
-    ".ssh/", ".aws/", ".azure/", ".docker/", ".gnupg/", ".kube/",
-]  # fmt: skip
+    ".git/",
+    ".hg/",
+    ".svn/",
+    "__pycache__/",
+    "*.pyc",
+    ".imagebuildignore",
+    ".env",
+    ".env.*",
+    ".netrc",
+    ".npmrc",
+    ".pypirc",
+    ".pgpass",
+    ".git-credentials",
+    ".vault-token",
+    "credentials.json",
+    "*.tfstate",
+    "*.tfstate.*",
+    "*.tfvars",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "*.jks",
+    "*.keystore",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    ".ssh/",
+    ".aws/",
+    ".azure/",
+    ".docker/",
+    ".gnupg/",
+    ".kube/",
+]
 
 
 def any_case(rule: str) -> str:

@@ -54,8 +54,9 @@ def nocloud(dest: Path, *, instance_id: str, hostname: str, cloud_config: dict[s
     return dest
 
 
-def nocloud_vfat(dest: Path, *, instance_id: str, hostname: str, cloud_config: dict[str, Any],
-                 sde: int) -> Path:  # fmt: skip
+def nocloud_vfat(
+    dest: Path, *, instance_id: str, hostname: str, cloud_config: dict[str, Any], sde: int
+) -> Path:
     """The same seed as a FAT filesystem labelled CIDATA (NoCloud reads both), reproducible:
     the files dated `sde`, the label entry and volume id constants (`mkfs.fat
     --invariant`). Written atomically to `dest` (raw)."""

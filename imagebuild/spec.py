@@ -180,7 +180,7 @@ def _cross_checks(spec: Spec, ctx: Context) -> None:
         ("python.requirements", spec.python.requirements if spec.python else None),
     ):
         if value is not None and (problem := outside_root(root, spec.base_dir, value)):
-            fail(fld, problem)  # fmt: skip
+            fail(fld, problem)
     if spec.entrypoint and not spec.entrypoint[0].startswith("/"):
         fail(
             "entrypoint[0]",
@@ -207,13 +207,19 @@ def _cross_checks(spec: Spec, ctx: Context) -> None:
             fail("gpu", f"a GPU profile needs the stacks {', '.join(missing)} (add to `stacks:`)")
         tables = roles.role("cuda_runtime").cuda_wheels
         if spec.gpu.cuda not in tables:
-            fail("gpu.cuda", f"{spec.gpu.cuda!r}: role cuda_runtime has the CUDA user space of "
-                             f"{', '.join(tables)} (meta/imagebuild.yml, cuda_wheels)")  # fmt: skip
+            fail(
+                "gpu.cuda",
+                f"{spec.gpu.cuda!r}: role cuda_runtime has the CUDA user space of "
+                f"{', '.join(tables)} (meta/imagebuild.yml, cuda_wheels)",
+            )
         for i, s in enumerate(spec.stacks):
             unknown = set(roles.role(s).variant(True).cuda) - set(tables.get(spec.gpu.cuda, {}))
             if unknown and spec.gpu.cuda in tables:
-                fail(f"stacks[{i}]", f"{s!r} needs CUDA components cuda_runtime does not have: "
-                                     f"{', '.join(sorted(unknown))}")  # fmt: skip
+                fail(
+                    f"stacks[{i}]",
+                    f"{s!r} needs CUDA components cuda_runtime does not have: "
+                    f"{', '.join(sorted(unknown))}",
+                )
 
 
 def load(path: str | Path) -> Spec:

@@ -75,16 +75,48 @@ def http_url(v: str, _: Context) -> str | None:
 # What a project root may be neither nor hold: the system's folders (/tmp and /var/tmp are
 # shared by every user, so the root may be inside them, never them) and, below, every account's
 # home (keys, tokens, shell history).
-SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/media", "/mnt",
-               "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr",
-               "/var", "/var/tmp")  # fmt: skip
+SYSTEM_DIRS = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib64",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var",
+    "/var/tmp",
+)
 
 
 # Nor may it lie inside these: the system's own files and the engines' data (a project under
 # /var, /opt or /srv is fine: CI workspaces live there, e.g. /var/lib/jenkins/workspace).
-SYSTEM_INSIDE = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/run", "/sbin",
-                 "/sys", "/usr", "/var/lib/docker", "/var/lib/containerd",
-                 "/var/lib/libvirt")  # fmt: skip
+SYSTEM_INSIDE = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib64",
+    "/proc",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var/lib/docker",
+    "/var/lib/containerd",
+    "/var/lib/libvirt",
+)
 
 
 def project_root(base_dir: Path, field: str) -> Path:
@@ -125,8 +157,10 @@ def outside_root(root: Path, base_dir: Path, v: str) -> str | None:
     if not (target == root or target.is_relative_to(root)):
         return f"{v!r} is outside the project root {root} (widen `project_root` to allow it)"
     if hidden := secret_rules.hidden_part(PurePosixPath(target.relative_to(root))):
-        return (f"{v!r} is {hidden!r} (or inside it) of the project, which never ships "
-                "(VCS data, caches, secrets)")  # fmt: skip
+        return (
+            f"{v!r} is {hidden!r} (or inside it) of the project, which never ships "
+            "(VCS data, caches, secrets)"
+        )
     return None
 
 

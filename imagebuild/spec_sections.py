@@ -274,8 +274,9 @@ class Vm:
 
 @dataclass(frozen=True)
 class Service:
-    port: int = field(metadata=meta("TCP port the app listens on, inside the artifact.",
-                                    between(1, 65535)))  # fmt: skip
+    port: int = field(
+        metadata=meta("TCP port the app listens on, inside the artifact.", between(1, 65535))
+    )
     path: str = field(
         default="/",
         metadata=meta(

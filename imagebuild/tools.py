@@ -44,9 +44,15 @@ def run(
     """Run `argv` to completion; stdout is captured unless a file is given. Exit codes in `ok`
     are answers (`qemu-img compare` says "differ" with 1), any other a ToolError."""
     args = _found(argv)
-    proc = subprocess.Popen(args, cwd=cwd, env=env, text=text, stderr=subprocess.PIPE,
-                            stdin=subprocess.PIPE if input is not None else None,
-                            stdout=subprocess.PIPE if stdout is None else stdout)  # fmt: skip
+    proc = subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=env,
+        text=text,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.PIPE if input is not None else None,
+        stdout=subprocess.PIPE if stdout is None else stdout,
+    )
     try:
         out, err = proc.communicate(input)
     finally:

@@ -70,10 +70,13 @@ def guest_args(port: int | str, public_key: str) -> list[str]:
     if "," in public_key or "\n" in public_key.strip():
         raise BootError(f"not a one-line OpenSSH public key: {public_key[:60]!r}")
     return [
-        "-netdev", f"user,id=ibnet0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
-        "-device", "virtio-net-pci,netdev=ibnet0,addr=0x10",
-        "-smbios", f"type=11,value={LOGIN_CREDENTIAL}={public_key.strip()}",
-    ]  # fmt: skip
+        "-netdev",
+        f"user,id=ibnet0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-device",
+        "virtio-net-pci,netdev=ibnet0,addr=0x10",
+        "-smbios",
+        f"type=11,value={LOGIN_CREDENTIAL}={public_key.strip()}",
+    ]
 
 
 def free_port() -> int:
@@ -94,10 +97,20 @@ def probe_accelerator() -> tuple[str, str]:
         # Seen here: /dev/kvm exists, but without vmx/svm guests crawl and -cpu host aborts.
         return "tcg", "/dev/kvm exists but the CPU has no vmx/svm flag"
     probe = subprocess.Popen(
-        ["qemu-system-x86_64", "-machine", "pc,accel=kvm", "-cpu", "host", "-nodefaults",
-         "-display", "none", "-S"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [
+            "qemu-system-x86_64",
+            "-machine",
+            "pc,accel=kvm",
+            "-cpu",
+            "host",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-S",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         probe.wait(timeout=3)
         return "tcg", "a KVM probe VM with -cpu host failed to start"
@@ -130,8 +143,20 @@ def overlay(disk: Path, workdir: Path) -> Path:
     """A throw-away qcow2 on top of `disk`: the guest never writes the artifact."""
     out = workdir / "overlay.qcow2"
     out.unlink(missing_ok=True)
-    tools.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(disk.resolve()),
-               str(out)])  # fmt: skip
+    tools.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            str(disk.resolve()),
+            str(out),
+        ]
+    )
     return out
 
 
@@ -163,12 +188,23 @@ def boot(
     key, disk_overlay = make_key(workdir), overlay(disk, workdir)
     port, serial = free_port(), workdir / "serial.log"
     cmd = [
-        "qemu-system-x86_64", "-name", name, *accel_args(accel),
-        "-m", str(memory_mb), "-smp", str(cpus), "-display", "none", "-nodefaults",
-        "-serial", f"file:{serial}",
-        "-drive", f"file={_opt(disk_overlay)},if=virtio,format=qcow2",
+        "qemu-system-x86_64",
+        "-name",
+        name,
+        *accel_args(accel),
+        "-m",
+        str(memory_mb),
+        "-smp",
+        str(cpus),
+        "-display",
+        "none",
+        "-nodefaults",
+        "-serial",
+        f"file:{serial}",
+        "-drive",
+        f"file={_opt(disk_overlay)},if=virtio,format=qcow2",
         *guest_args(port, Path(f"{key}.pub").read_text()),
-    ]  # fmt: skip
+    ]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

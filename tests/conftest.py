@@ -101,8 +101,11 @@ def serve_registry(root: Path) -> Iterator[str]:
         "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: "
         f"{root / 'store'}\nhttp:\n  addr: 127.0.0.1:{port}\n"
     )
-    proc = subprocess.Popen(["docker-registry", "serve", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(50):
             with socket.socket() as s:
@@ -198,9 +201,13 @@ def locked_example(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) ->
 
 
 def build_vm(
-    spec: Path, cache: Path, dist: Path, *extra: str, env: dict[str, str] | None = None,
+    spec: Path,
+    cache: Path,
+    dist: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
     prefix: tuple[str, ...] = (),
-) -> subprocess.CompletedProcess[str]:  # fmt: skip
+) -> subprocess.CompletedProcess[str]:
     args = ["--spec", str(spec), "--cache-dir", str(cache), "--dist", str(dist)]
     return run_invoke("build-vm", *args, *extra, env=env, prefix=prefix)
 

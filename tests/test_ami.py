@@ -36,9 +36,11 @@ def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     work = tmp_path_factory.mktemp("moto")
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=work,
         env={"PATH": "/usr/bin:/bin", "MOTO_RECORDER_FILEPATH": str(work / "recording")},
-    )  # fmt: skip
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -48,10 +50,13 @@ def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         except OSError:
             time.sleep(0.3)
     env = {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_ENDPOINT_URL": url, "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_CONFIG_FILE": str(work / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(work / "none"),
-    }  # fmt: skip
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_ENDPOINT_URL": url,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": str(work / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(work / "none"),
+    }
     yield env | {"recording": str(work / "recording")}
     server.terminate()
     server.wait(timeout=30)
@@ -94,8 +99,9 @@ def test_the_ami_is_the_qcow2s_disk(vm_built, cache_dir: Path, aws, monkeypatch)
 
     # The snapshot read back block by block is the qcow2's disk (holes read as zeros).
     raw = dist.parent / "ami-check.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(dist / record["qcow2"]), str(raw)],
-                   check=True)  # fmt: skip
+    subprocess.run(
+        ["qemu-img", "convert", "-O", "raw", str(dist / record["qcow2"]), str(raw)], check=True
+    )
     size = raw.stat().st_size
     raw.unlink()
     blocks, token = {}, None
@@ -129,8 +135,10 @@ def recorded(aws: dict[str, str]) -> Iterator[list[dict[str, list[str]]]]:
     urllib.request.urlopen(urllib.request.Request(f"{base}/stop-recording", method="POST"))
     lines = urllib.request.urlopen(f"{base}/download-recording").read().decode().splitlines()
     calls = [json.loads(ln) for ln in lines if ln.strip()]
-    raw = [base64.b64decode(c["body"]).decode() if c.get("body_encoded") else c.get("body") or ""
-           for c in calls]  # fmt: skip
+    raw = [
+        base64.b64decode(c["body"]).decode() if c.get("body_encoded") else c.get("body") or ""
+        for c in calls
+    ]
     bodies += [urllib.parse.parse_qs(b) for b in raw]
 
 
@@ -178,23 +186,44 @@ def test_register_asks_for_imdsv2_ena_and_tags(tmp_path: Path, aws, monkeypatch)
     with recorded(aws) as bodies:
         image_id = ami.register(session, spec, "t-1", sid, tags)
     reg = next(b for b in bodies if b.get("Action") == ["RegisterImage"])
-    assert {k: reg[k][0] for k in ("ImdsSupport", "EnaSupport", "BootMode", "Architecture",
-                                   "RootDeviceName", "VirtualizationType", "Name")} == {
-        "ImdsSupport": "v2.0", "EnaSupport": "true", "BootMode": "legacy-bios",
-        "Architecture": "x86_64", "RootDeviceName": "/dev/xvda", "VirtualizationType": "hvm",
-        "Name": "t-1"}  # fmt: skip
+    assert {
+        k: reg[k][0]
+        for k in (
+            "ImdsSupport",
+            "EnaSupport",
+            "BootMode",
+            "Architecture",
+            "RootDeviceName",
+            "VirtualizationType",
+            "Name",
+        )
+    } == {
+        "ImdsSupport": "v2.0",
+        "EnaSupport": "true",
+        "BootMode": "legacy-bios",
+        "Architecture": "x86_64",
+        "RootDeviceName": "/dev/xvda",
+        "VirtualizationType": "hvm",
+        "Name": "t-1",
+    }
     assert reg["BlockDeviceMapping.1.Ebs.SnapshotId"] == [sid]
     assert reg["TagSpecification.1.Tag.1.Key"] == ["imagebuild:spec"]
     assert image_id.startswith("ami-")
 
     with pytest.raises(ami.AwsError, match="force_deregister"):
         ami.register(session, spec, "t-1", sid, tags)
-    forced = dataclasses.replace(spec, vm=dataclasses.replace(
-        spec.vm, ami=dataclasses.replace(spec.vm.ami, force_deregister=True)))  # fmt: skip
+    forced = dataclasses.replace(
+        spec,
+        vm=dataclasses.replace(
+            spec.vm, ami=dataclasses.replace(spec.vm.ami, force_deregister=True)
+        ),
+    )
     again = ami.register(session, forced, "t-1", sid, tags)
     assert again != image_id
-    assert [i["ImageId"] for i in ec2.describe_images(
-        Filters=[{"Name": "name", "Values": ["t-1"]}])["Images"]] == [again]  # fmt: skip
+    assert [
+        i["ImageId"]
+        for i in ec2.describe_images(Filters=[{"Name": "name", "Values": ["t-1"]}])["Images"]
+    ] == [again]
 
 
 def test_a_refused_imdsv2_change_names_the_ami(aws, monkeypatch) -> None:

@@ -98,8 +98,28 @@ def test_every_value_arrives_as_the_value_it_is() -> None:
     plain one, so those are not tagged: they hold no template marker), templates stay text."""
     from ansible.parsing.dataloader import DataLoader
 
-    tricky = ["", "yes", "No", "1", "0755", "0x1F", "1e3", ".inf", "null", "~", "2001-01-01",
-              ": x", "- x", "#x", "'q'", '"q"', "a\\b", "{", "{a: 1}", "[1]"]  # fmt: skip
+    tricky = [
+        "",
+        "yes",
+        "No",
+        "1",
+        "0755",
+        "0x1F",
+        "1e3",
+        ".inf",
+        "null",
+        "~",
+        "2001-01-01",
+        ": x",
+        "- x",
+        "#x",
+        "'q'",
+        '"q"',
+        "a\\b",
+        "{",
+        "{a: 1}",
+        "[1]",
+    ]
     tricky += HOSTILE.values()
     values = {"s": tricky, "env": dict.fromkeys(["A", "B"], "yes"), "i": 3, "b": True, "n": None}
     text = ansible_vars.dumps(values)

@@ -17,9 +17,12 @@ from imagebuild.builders.disk import PART_OFFSET, make_ext4_image
 from imagebuild.builders.layers import Layer
 
 SDE = 1_700_000_000
-BELOW = {"opt": ["5", 0o755, 0, 0, 0, SDE, ""], "usr": ["5", 0o755, 0, 0, 0, SDE, ""],
-         "usr/local": ["5", 0o755, 0, 0, 0, SDE, ""],
-         "usr/local/bin": ["5", 0o755, 0, 0, 0, SDE, ""]}  # fmt: skip
+BELOW = {
+    "opt": ["5", 0o755, 0, 0, 0, SDE, ""],
+    "usr": ["5", 0o755, 0, 0, 0, SDE, ""],
+    "usr/local": ["5", 0o755, 0, 0, 0, SDE, ""],
+    "usr/local/bin": ["5", 0o755, 0, 0, 0, SDE, ""],
+}
 SPEC = SimpleNamespace(app=SimpleNamespace(dest="/opt/app"))
 WRAPPER = app_overlay.WRAPPER
 
@@ -43,8 +46,9 @@ def app_layer(path: Path, files: dict[str, bytes]) -> app_overlay.AppFiles:
 def debugfs(disk: Path, command: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     raw = tmp / "check.raw"
     subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", disk, raw], check=True)
-    return subprocess.run(["debugfs", "-R", command, f"{raw}?offset={PART_OFFSET}"],
-                          capture_output=True, text=True)  # fmt: skip
+    return subprocess.run(
+        ["debugfs", "-R", command, f"{raw}?offset={PART_OFFSET}"], capture_output=True, text=True
+    )
 
 
 @pytest.fixture
@@ -57,8 +61,9 @@ def prior(tmp_path: Path) -> app_overlay.Prior:
     (tree / "opt/app/keep.py").write_text("v1\n")
     (tree / "usr/local/bin/imagebuild-entrypoint").write_text("#!/bin/sh\n")
     raw, disk = tmp_path / "disk.raw", tmp_path / "disk.qcow2"
-    make_ext4_image(tree, raw, 64 << 20, "root", "2b5c3c3e-0000-4000-8000-000000000001", SDE,
-                    PART_OFFSET)  # fmt: skip
+    make_ext4_image(
+        tree, raw, 64 << 20, "root", "2b5c3c3e-0000-4000-8000-000000000001", SDE, PART_OFFSET
+    )
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, disk], check=True)
     files = {"opt/app/old.py": b"old\n", "opt/app/keep.py": b"v1\n", WRAPPER: b"#!/bin/sh\n"}
     old = app_layer(tmp_path / "old.tar", files)
@@ -83,8 +88,11 @@ def test_the_new_app_replaces_the_old_one(prior: app_overlay.Prior, tmp_path: Pa
 def test_a_disk_unlike_its_record_is_refused(prior: app_overlay.Prior, tmp_path: Path) -> None:
     """The record names a file the disk lacks: debugfs says so, the overlay stops (build-vm
     then makes the VM in full) and leaves no raw copy behind."""
-    lying = app_overlay.Prior(prior.disk, app_overlay.AppFiles(
-        prior.app.diff_id, [*prior.app.added, ("opt/app/gone.py", "file")]), {})  # fmt: skip
+    lying = app_overlay.Prior(
+        prior.disk,
+        app_overlay.AppFiles(prior.app.diff_id, [*prior.app.added, ("opt/app/gone.py", "file")]),
+        {},
+    )
     new_tar = tmp_path / "new.tar"
     new = app_layer(new_tar, {"opt/app/keep.py": b"v2\n"})
     work = tmp_path / "work"

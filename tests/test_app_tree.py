@@ -18,12 +18,30 @@ from imagebuild.lock import lockfile
 from imagebuild.resolved import resolve
 from tests.conftest import EXAMPLE, run_invoke
 
-SECRETS = (".git/config", ".env", ".ENV", ".Env.local", "certs/server.pem", "certs/Secrets.PEM",
-           "deploy/id_ed25519", "deploy/ID_RSA", ".ssh/known_hosts", ".git-credentials",
-           ".kube/config", ".gnupg/pubring.kbx", "certs/client.p12", "certs/client.PFX",
-           "credentials.json", "gcp/Credentials.JSON", "infra/terraform.tfstate",
-           "infra/terraform.tfstate.backup", "infra/prod.tfvars", ".vault-token",
-           ".docker/config.json", ".Aws/credentials")  # fmt: skip
+SECRETS = (
+    ".git/config",
+    ".env",
+    ".ENV",
+    ".Env.local",
+    "certs/server.pem",
+    "certs/Secrets.PEM",
+    "deploy/id_ed25519",
+    "deploy/ID_RSA",
+    ".ssh/known_hosts",
+    ".git-credentials",
+    ".kube/config",
+    ".gnupg/pubring.kbx",
+    "certs/client.p12",
+    "certs/client.PFX",
+    "credentials.json",
+    "gcp/Credentials.JSON",
+    "infra/terraform.tfstate",
+    "infra/terraform.tfstate.backup",
+    "infra/prod.tfvars",
+    ".vault-token",
+    ".docker/config.json",
+    ".Aws/credentials",
+)
 
 
 def _project(tmp_path: Path) -> Path:
@@ -48,15 +66,28 @@ def _archive(app: Path, tmp_path: Path) -> dict[str, tarfile.TarInfo]:
 
 def test_secrets_and_ignored_files_are_not_shipped(tmp_path: Path) -> None:
     app = _project(tmp_path)
-    for name in (*SECRETS, "data/big.bin", "notes/keep.md", "build.log", "BUILD.LOG",
-                 "keys.py", "infra/main.tf"):  # fmt: skip
+    for name in (
+        *SECRETS,
+        "data/big.bin",
+        "notes/keep.md",
+        "build.log",
+        "BUILD.LOG",
+        "keys.py",
+        "infra/main.tf",
+    ):
         (app / name).parent.mkdir(parents=True, exist_ok=True)
         (app / name).write_text("secret\n")
     (app / ".imagebuildignore").write_text("# the user's own rules\ndata/\n*.log\n")
     names = _shipped(app)
     # the user's rules keep git's meaning: case-sensitive, so BUILD.LOG ships
-    for kept in ("notes/keep.md", "app/infer.py", "default.yaml", "keys.py", "infra/main.tf",
-                 "BUILD.LOG"):  # fmt: skip
+    for kept in (
+        "notes/keep.md",
+        "app/infer.py",
+        "default.yaml",
+        "keys.py",
+        "infra/main.tf",
+        "BUILD.LOG",
+    ):
         assert kept in names, kept
     gone = [*SECRETS, ".git/", ".ssh/", ".kube/", ".gnupg/", ".docker/", ".Aws/", "data/"]
     for name in (*gone, "build.log", ".imagebuildignore"):
@@ -118,8 +149,16 @@ def test_a_link_out_of_the_tree_is_refused_quickly(tmp_path: Path, make, says: s
     make(app)
     spec = app.parent / "imagebuild.yaml"
     bad = next(p for p in app.rglob("*") if p.is_symlink() or p.is_fifo())
-    r = run_invoke("plan", "--spec", str(spec), "--cache-dir", str(tmp_path / "cache"),
-                   "--dist", str(tmp_path / "dist"), prefix=("timeout", "60"))  # fmt: skip
+    r = run_invoke(
+        "plan",
+        "--spec",
+        str(spec),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--dist",
+        str(tmp_path / "dist"),
+        prefix=("timeout", "60"),
+    )
     assert r.returncode == 2, r.stdout + r.stderr
     where = specmod.load(spec).where("app.src")
     assert f"{where}: app.src: {bad}: " in r.stderr and says in r.stderr, r.stderr

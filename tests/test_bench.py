@@ -20,8 +20,9 @@ def test_rendered_dockerfile_is_hadolint_clean(tmp_path: Path) -> None:
     text = dockerfile.render(spec, resolve(spec, load_fresh(spec)).os_pins, "base:0123abcd")
     (tmp_path / "Dockerfile").write_text(text)
     hadolint = Path(sys.executable).with_name("hadolint")
-    r = subprocess.run([str(hadolint), str(tmp_path / "Dockerfile")], capture_output=True,
-                       text=True)  # fmt: skip
+    r = subprocess.run(
+        [str(hadolint), str(tmp_path / "Dockerfile")], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     for pin in resolve(spec, load_fresh(spec)).os_pins:
         assert pin in text

@@ -62,8 +62,14 @@ def stage_files(**meta: object) -> dict[str, bytes]:
     """The files of a base stage entry for KEY_A, made by hand (as a registry writer can),
     `meta` overriding its layer.json's fields (None: the field left out)."""
     layer = rootfs_tar({"etc/motd": b"hello\n"})
-    fields = {"key": KEY_A, "below": [], "diff_id": hashlib.sha256(layer).hexdigest(),
-              "size": len(layer), "entries": 3, **meta}  # fmt: skip
+    fields = {
+        "key": KEY_A,
+        "below": [],
+        "diff_id": hashlib.sha256(layer).hexdigest(),
+        "size": len(layer),
+        "entries": 3,
+        **meta,
+    }
     listing = {"etc": ["5", 0o755, 0, 0, 0, 0, ""], "etc/motd": ["0", 0o644, 0, 0, 6, 0, ""]}
     return {
         "layer.tar": layer,
@@ -173,8 +179,11 @@ def test_a_file_list_is_validated_once_per_content(tmp_path: Path) -> None:
 
 
 LOCK = lock.read(EXAMPLE / "imagebuild.lock")
-KERNEL = next(p.name.removeprefix("linux-image-") for p in LOCK.vm
-              if p.name.startswith("linux-image-") and p.name[12].isdigit())  # fmt: skip
+KERNEL = next(
+    p.name.removeprefix("linux-image-")
+    for p in LOCK.vm
+    if p.name.startswith("linux-image-") and p.name[12].isdigit()
+)
 
 
 def disk_build(cache: Cache, disk_gb: int = 2) -> SimpleNamespace:
@@ -190,8 +199,14 @@ def disk_files(folder: Path, **meta: object) -> dict[str, str]:
     qcow2 = folder / "disk.qcow2"
     tools.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow2), "2G"])
     sha = hashlib.sha256(qcow2.read_bytes()).hexdigest()
-    fields = {"key": KEY_A, "layers": ["f" * 64], "sha256": sha, "kernel": KERNEL,
-              "root_uuid": disk._root_uuid(KEY_A), **meta}  # fmt: skip
+    fields = {
+        "key": KEY_A,
+        "layers": ["f" * 64],
+        "sha256": sha,
+        "kernel": KERNEL,
+        "root_uuid": disk._root_uuid(KEY_A),
+        **meta,
+    }
     (folder / "disk.json").write_text(json.dumps(fields))
     return {
         "disk.qcow2": sha,

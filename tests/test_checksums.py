@@ -24,8 +24,9 @@ def test_builds_share_one_file_that_sha256sum_checks(tmp_path: Path) -> None:
         "x.oci.tar": hashlib.sha256(b"container").hexdigest(),
         "x.qcow2": hashlib.sha256(b"disk").hexdigest(),
     }
-    r = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=tmp_path, capture_output=True,
-                       text=True)  # fmt: skip
+    r = subprocess.run(
+        ["sha256sum", "-c", "SHA256SUMS"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert r.returncode == 0 and r.stdout.count(": OK") == 2, r.stdout + r.stderr
     assert checksums.check(tmp_path, [a, b]) == []
     b.write_bytes(b"disk, changed")
@@ -61,8 +62,9 @@ def test_concurrent_writers_keep_every_line(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(name.encode())
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Barrier(2)
-    procs = [ctx.Process(target=_record_each, args=(str(tmp_path), n, start))
-             for n in names.values()]  # fmt: skip
+    procs = [
+        ctx.Process(target=_record_each, args=(str(tmp_path), n, start)) for n in names.values()
+    ]
     for p in procs:
         p.start()
     for p in procs:

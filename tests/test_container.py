@@ -96,9 +96,22 @@ def test_metadata_from_spec(built, locked_example: Path) -> None:
     assert all(env[k] == v for k, v in spec.runtime_env.items())
     # Templated values as written, in the config and in the wrapper (what the VM's unit runs);
     # Ansible ran nothing on this host.
-    wrapper = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "cat",
-                              f"{spec.repository}:{spec.version}", WRAPPER],
-                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+    wrapper = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "cat",
+            f"{spec.repository}:{spec.version}",
+            WRAPPER,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for key, value in TEMPLATED_ENV.items():
         assert env[key] == value and f"export {key}={shlex.quote(value)}\n" in wrapper
     assert not TEMPLATE_RAN.exists()
@@ -180,9 +193,15 @@ def test_clean_rebuild_gives_the_same_image_id(
     shutil.copytree(cache_dir, cache, ignore=shutil.ignore_patterns("stages", "disks", "logs"))
     docker.from_env().images.remove(ref, force=True)
     r = run_invoke(
-        "build-container", "--spec", str(locked_example), "--cache-dir", str(cache),
-        "--dist", str(tmp_path / "dist"), env={"IMAGEBUILD_ENGINE_DIFF": engine_diff},
-    )  # fmt: skip
+        "build-container",
+        "--spec",
+        str(locked_example),
+        "--cache-dir",
+        str(cache),
+        "--dist",
+        str(tmp_path / "dist"),
+        env={"IMAGEBUILD_ENGINE_DIFF": engine_diff},
+    )
     assert r.returncode == 0, r.stderr
     assert image_id(r.stdout) == first == inspect(ref)["Id"]
 
@@ -239,10 +258,20 @@ def _inside_a_stage(
     assert spec_file.read_text() != text
     before = containers()
     proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("invoke")), "build-container", "--spec",
-         str(spec_file), "--cache-dir", str(cache_dir), "--dist", str(dist)],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+        [
+            str(Path(sys.executable).with_name("invoke")),
+            "build-container",
+            "--spec",
+            str(spec_file),
+            "--cache-dir",
+            str(cache_dir),
+            "--dist",
+            str(dist),
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     assert proc.stderr is not None
     for line in proc.stderr:
         if "build-container: app: key" in line:
@@ -254,9 +283,11 @@ def _inside_a_stage(
     return proc, spec_file
 
 
-@pytest.mark.parametrize(("sig", "code", "says"), [(signal.SIGINT, 130, "interrupted"),
-                                                   (signal.SIGTERM, 143, "terminated")],
-                         ids=["SIGINT", "SIGTERM"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("sig", "code", "says"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    ids=["SIGINT", "SIGTERM"],
+)
 def test_ctrl_c_during_a_stage_leaves_nothing(
     built, tmp_path: Path, cache_dir: Path, sig: int, code: int, says: str
 ) -> None:
@@ -269,8 +300,12 @@ def test_ctrl_c_during_a_stage_leaves_nothing(
     assert proc.returncode == code, err
     assert says in err
     assert containers() == before
-    stage_images = [t for i in docker.from_env().images.list() for t in i.tags
-                    if t.startswith("imagebuild-stage/")]  # fmt: skip
+    stage_images = [
+        t
+        for i in docker.from_env().images.list()
+        for t in i.tags
+        if t.startswith("imagebuild-stage/")
+    ]
     assert stage_images == []
     assert tree(dist) == set()
     assert not list(cache_dir.glob("imagebuild-*")) and not list(cache_dir.glob("stages/.*"))
@@ -286,8 +321,9 @@ def test_exported_blobs_build_the_same_image_without_the_network(
     args = ["--spec", str(locked_example)]
     r = run_invoke("fetch", *args, "--cache-dir", str(cache_dir), "--export", str(archive))
     assert r.returncode == 0 and archive.is_file(), r.stderr
-    blocked = {k: "http://127.0.0.1:9" for k in ("http_proxy", "https_proxy", "HTTP_PROXY",
-                                                 "HTTPS_PROXY")}  # fmt: skip
+    blocked = {
+        k: "http://127.0.0.1:9" for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")
+    }
     cache = str(tmp_path / "cache")
     r = run_invoke("fetch", *args, "--cache-dir", cache, "--import", str(archive), env=blocked)
     assert r.returncode == 0, r.stderr
@@ -297,9 +333,13 @@ def test_exported_blobs_build_the_same_image_without_the_network(
     # First a CI cancel (SIGTERM) while mmdebstrap has its chroot's /proc, /sys, /dev mounted:
     # it gets to unmount them and remove its temp folder before the build exits.
     temp_before = set(Path("/tmp").glob("mmdebstrap.*"))
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("invoke")), *build],
-                            env={**os.environ, **blocked}, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("invoke")), *build],
+        env={**os.environ, **blocked},
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while not mmdebstrap_mounts() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -325,8 +365,9 @@ def test_import_refuses_bytes_that_are_not_what_the_lock_says(
         tar.add(bad, f"blobs/sha256/{lk.shared[0].sha256}")
         tar.add(bad, "../../outside")  # a name the lock does not have: never extracted
     cache = tmp_path / "cache"
-    r = run_invoke("fetch", "--spec", str(locked_example), "--cache-dir", str(cache),
-                   "--import", str(archive))  # fmt: skip
+    r = run_invoke(
+        "fetch", "--spec", str(locked_example), "--cache-dir", str(cache), "--import", str(archive)
+    )
     assert r.returncode == 1 and "does not hash to its name" in r.stderr, r.stderr
     assert (
         not (tmp_path / "outside").exists() and not Cache(cache).blob(lk.shared[0].sha256).exists()
@@ -357,7 +398,7 @@ def test_two_builds_on_one_cache_at_once(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for n in (1, 2)
     ]
     outs = [p.communicate(timeout=1200) for p in procs]

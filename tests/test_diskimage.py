@@ -69,8 +69,9 @@ def backing_file(tmp: Path, target: Path) -> tuple[Path, str, str]:
 
 def data_file(tmp: Path, target: Path) -> tuple[Path, str, str]:
     path = tmp / "data-file.qcow2"
-    qemu_img("create", "-q", "-f", "qcow2", "-o", f"data_file={target},data_file_raw=on",
-             path, f"{GB}G")  # fmt: skip
+    qemu_img(
+        "create", "-q", "-f", "qcow2", "-o", f"data_file={target},data_file_raw=on", path, f"{GB}G"
+    )
     fifo(target)
     return path, "qcow2", f"names an external data file ({target})"
 
@@ -109,14 +110,33 @@ def vmdk_embedded_descriptor(tmp: Path, target: Path) -> tuple[Path, str, str]:
 def vmdk_parent(tmp: Path, target: Path) -> tuple[Path, str, str]:
     path = tmp / "child.vmdk"
     qemu_img("create", "-q", "-f", "vmdk", "-o", "subformat=monolithicSparse", target, f"{GB}G")
-    qemu_img("create", "-q", "-f", "vmdk", "-o", "subformat=monolithicSparse", "-F", "vmdk",
-             "-b", target, path, f"{GB}G")  # fmt: skip
+    qemu_img(
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-o",
+        "subformat=monolithicSparse",
+        "-F",
+        "vmdk",
+        "-b",
+        target,
+        path,
+        f"{GB}G",
+    )
     fifo(target)
     return path, "vmdk", f"names a backing file ({target})"
 
 
-HOSTILE = [backing_file, data_file, raw_as_qcow2, wrong_size, vmdk_descriptor,
-           vmdk_embedded_descriptor, vmdk_parent]  # fmt: skip
+HOSTILE = [
+    backing_file,
+    data_file,
+    raw_as_qcow2,
+    wrong_size,
+    vmdk_descriptor,
+    vmdk_embedded_descriptor,
+    vmdk_parent,
+]
 
 
 def unopened(call: Callable[[], object], target: Path) -> object:
@@ -151,12 +171,15 @@ def refusal(call: Callable[[], object], target: Path) -> str:
 def test_a_self_contained_disk_of_the_specs_size_passes(tmp_path: Path) -> None:
     good = qcow2(tmp_path / "good.qcow2")
     stream = tmp_path / "stream.vmdk"
-    qemu_img("convert", "-f", "qcow2", "-O", "vmdk", "-o", "subformat=streamOptimized", good,
-             stream)  # fmt: skip
+    qemu_img(
+        "convert", "-f", "qcow2", "-O", "vmdk", "-o", "subformat=streamOptimized", good, stream
+    )
     sparse = tmp_path / "sparse.vmdk"
     qemu_img("create", "-q", "-f", "vmdk", "-o", "subformat=monolithicSparse", sparse, f"{GB}G")
-    assert [diskimage.problem(p, f, GB) for p, f in
-            ((good, "qcow2"), (stream, "vmdk"), (sparse, "vmdk"))] == [None] * 3  # fmt: skip
+    assert [
+        diskimage.problem(p, f, GB)
+        for p, f in ((good, "qcow2"), (stream, "vmdk"), (sparse, "vmdk"))
+    ] == [None] * 3
     assert diskimage.info(good)["virtual-size"] == GB << 30
 
 
@@ -220,8 +243,9 @@ def test_verify_vm_refuses_a_hostile_disk_before_any_conversion(tmp_path: Path) 
     # a good OVA, and a hostile qcow2 beside it: refused before `qemu-img compare` reads it
     good = qcow2(tmp_path / "good.qcow2")
     stream = tmp_path / "stream.vmdk"
-    qemu_img("convert", "-f", "qcow2", "-O", "vmdk", "-o", "subformat=streamOptimized", good,
-             stream)  # fmt: skip
+    qemu_img(
+        "convert", "-f", "qcow2", "-O", "vmdk", "-o", "subformat=streamOptimized", good, stream
+    )
     ova = _tar(tmp_path / "good.ova", {"good-disk1.vmdk": stream})
     got = vmdisk.bootable(ova, work, GB)
     assert got.bootable == work / "ova.qcow2"
@@ -243,8 +267,10 @@ def test_the_verify_task_refuses_a_hostile_ova_before_anything_runs(tmp_path: Pa
     dist = tmp_path / "dist"
     r = run_invoke("verify", "--spec", str(spec), "--dist", str(dist), "--vm", str(ova))
     assert r.returncode == 1, r.stderr[-2000:]
-    assert f"error: {ova}: evil-disk1.vmdk: a VMDK descriptor (its extents are other files); " \
-           "refused before qemu-img or QEMU read it" in r.stderr  # fmt: skip
+    assert (
+        f"error: {ova}: evil-disk1.vmdk: a VMDK descriptor (its extents are other files); "
+        "refused before qemu-img or QEMU read it" in r.stderr
+    )
     assert "Traceback" not in r.stderr and "container up" not in r.stderr
     assert stamps(dist) == {}
 
@@ -253,8 +279,13 @@ def _entry(cache: Cache, key: str, qcow2_file: Path) -> None:
     """A base disk entry in `cache` as a build seals one (valid disk.json), holding `qcow2_file`."""
     with cache.building("disks", key) as tmp:
         shutil.copy(qcow2_file, tmp / "disk.qcow2")
-        meta = {"key": key, "layers": [], "sha256": sha256_file(tmp / "disk.qcow2"),
-                "kernel": "6.1.0-1-cloud-amd64", "root_uuid": disk._root_uuid(key)}  # fmt: skip
+        meta = {
+            "key": key,
+            "layers": [],
+            "sha256": sha256_file(tmp / "disk.qcow2"),
+            "kernel": "6.1.0-1-cloud-amd64",
+            "root_uuid": disk._root_uuid(key),
+        }
         (tmp / "disk.json").write_text(json.dumps(meta))
 
 
@@ -271,8 +302,9 @@ def test_a_registry_base_disk_naming_a_host_file_is_refused_and_built_here(
     _entry(a, bad, hostile)
     _entry(a, good, qcow2(tmp_path / "good.qcow2"))
     lock = SimpleNamespace(shared=[SimpleNamespace(name="linux-image-6.1.0-1-cloud-amd64")], vm=[])
-    inputs = SimpleNamespace(spec=SimpleNamespace(vm=SimpleNamespace(disk_gb=GB)), lock=lock,
-                             cache=b)  # fmt: skip
+    inputs = SimpleNamespace(
+        spec=SimpleNamespace(vm=SimpleNamespace(disk_gb=GB)), lock=lock, cache=b
+    )
     build = SimpleNamespace(inputs=inputs)
     (tmp_path / "registry").mkdir()
     with serve_registry(tmp_path / "registry") as host:
@@ -297,9 +329,14 @@ def _qemu_calls() -> list[tuple[str, list[object]]]:
     for path in sorted((ROOT / "imagebuild").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.List) and node.elts:
-                items = [e.value if isinstance(e, ast.Constant) else
-                         ast.unparse(e) if isinstance(e, ast.JoinedStr) else None
-                         for e in node.elts]  # fmt: skip
+                items = [
+                    e.value
+                    if isinstance(e, ast.Constant)
+                    else ast.unparse(e)
+                    if isinstance(e, ast.JoinedStr)
+                    else None
+                    for e in node.elts
+                ]
                 if items[0] == "qemu-img" or "-drive" in items:
                     found.append((str(path.relative_to(ROOT)), items))
     return found
@@ -311,10 +348,11 @@ def test_qemu_img_and_qemu_are_always_told_the_format() -> None:
     calls = _qemu_calls()
     assert len(calls) >= 9, calls  # the checker sees them
     unnamed = [
-        (where, items) for where, items in calls
+        (where, items)
+        for where, items in calls
         if (items[0] == "qemu-img" and not {"-f", "--image-opts"} & set(items))
         or ("-drive" in items and "format=" not in str(items[items.index("-drive") + 1]))
-    ]  # fmt: skip
+    ]
     assert unnamed == []
     hcl = (ROOT / "packer" / "imagebuild.pkr.hcl").read_text()
     drives = re.findall(r'\["-drive", "([^"]*)"\]', hcl)

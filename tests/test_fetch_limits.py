@@ -47,8 +47,14 @@ def mirror() -> Iterator[str]:
 
 
 def _deb(name: str, body: bytes, size: int) -> lockfile.DebPackage:
-    return lockfile.DebPackage(name, "1.0", "all", hashlib.sha256(body).hexdigest(),
-                               f"pool/main/{name[0]}/{name}/{name}_1.0_all.deb", size)  # fmt: skip
+    return lockfile.DebPackage(
+        name,
+        "1.0",
+        "all",
+        hashlib.sha256(body).hexdigest(),
+        f"pool/main/{name[0]}/{name}/{name}_1.0_all.deb",
+        size,
+    )
 
 
 def _locked(tmp_path: Path, url: str, big: str) -> tuple[Path, lockfile.Lock]:
@@ -67,8 +73,11 @@ def _locked(tmp_path: Path, url: str, big: str) -> tuple[Path, lockfile.Lock]:
 
 
 def _outside(tmp_path: Path, cache: Path) -> dict[str, int]:
-    return {str(p): p.stat().st_mtime_ns for p in tmp_path.rglob("*")
-            if p != cache and cache not in p.parents}  # fmt: skip
+    return {
+        str(p): p.stat().st_mtime_ns
+        for p in tmp_path.rglob("*")
+        if p != cache and cache not in p.parents
+    }
 
 
 @pytest.mark.parametrize("big", ["big", "big-announced"])
@@ -78,8 +87,14 @@ def test_a_download_longer_than_the_locked_size_is_refused(
     spec, lock = _locked(tmp_path, mirror, big)
     cache = tmp_path / "cache"
     before = _outside(tmp_path, cache)
-    r = run_invoke("fetch", "--spec", str(spec), "--cache-dir", str(cache),
-                   env={"IMAGEBUILD_DOWNLOAD_ATTEMPTS": "1"})  # fmt: skip
+    r = run_invoke(
+        "fetch",
+        "--spec",
+        str(spec),
+        "--cache-dir",
+        str(cache),
+        env={"IMAGEBUILD_DOWNLOAD_ATTEMPTS": "1"},
+    )
     assert r.returncode == 1, r.stderr
     url = f"{mirror}/{lock.shared[1].filename}"
     lines = lock.path.read_text().splitlines()
@@ -107,8 +122,9 @@ def test_an_import_member_larger_than_its_row_is_not_extracted(tmp_path: Path, m
     assert archive.stat().st_size < 4096
     cache = tmp_path / "cache"
     before = _outside(tmp_path, cache)
-    r = run_invoke("fetch", "--spec", str(spec), "--cache-dir", str(cache),
-                   "--import", str(archive))  # fmt: skip
+    r = run_invoke(
+        "fetch", "--spec", str(spec), "--cache-dir", str(cache), "--import", str(archive)
+    )
     assert r.returncode == 1, r.stderr
     assert f"--import {archive}: blobs/sha256/{row.sha256} is {8 << 30} bytes" in r.stderr
     assert f"os_shared[1] (big=1.0 (big_1.0_all.deb)) says {len(SMALL)}" in r.stderr, r.stderr
@@ -127,7 +143,15 @@ def test_an_import_member_of_the_locked_size_is_imported(tmp_path: Path, mirror:
         info.size = len(SMALL)
         tar.addfile(info, io.BytesIO(SMALL))
     cache = tmp_path / "cache"
-    r = run_invoke("fetch", "--spec", str(spec), "--cache-dir", str(cache),
-                   "--import", str(archive), env={"IMAGEBUILD_DOWNLOAD_ATTEMPTS": "1"})  # fmt: skip
+    r = run_invoke(
+        "fetch",
+        "--spec",
+        str(spec),
+        "--cache-dir",
+        str(cache),
+        "--import",
+        str(archive),
+        env={"IMAGEBUILD_DOWNLOAD_ATTEMPTS": "1"},
+    )
     assert "imported 1 blobs" in r.stdout, r.stderr
     assert (cache / "blobs" / "sha256" / lock.shared[0].sha256).read_bytes() == SMALL

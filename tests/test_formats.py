@@ -107,8 +107,9 @@ def test_the_vagrant_box_is_reproducible_and_carries_the_convention_on_its_seed(
     )
     label = subprocess.run(["fatlabel", str(raw)], capture_output=True, text=True, check=True)
     assert label.stdout.strip() == "CIDATA"
-    user_data = subprocess.run(["mtype", "-i", str(raw), "::user-data"], capture_output=True,
-                               text=True, check=True).stdout  # fmt: skip
+    user_data = subprocess.run(
+        ["mtype", "-i", str(raw), "::user-data"], capture_output=True, text=True, check=True
+    ).stdout
     users = yaml.safe_load(user_data)["users"]
     assert users[0]["name"] == "vagrant" and users[0]["sudo"] == "ALL=(ALL) NOPASSWD:ALL"
     assert users[0]["ssh_authorized_keys"] == [vagrant.INSECURE_KEY]

@@ -30,8 +30,11 @@ GUARD = roles.ROLES_DIR / "nvidia_driver" / "templates" / "gpu-guard.sh.j2"
 
 def gpu_spec(tmp_path: Path, **changes: object) -> Path:
     """Both examples copied (onnx-gpu reuses onnx-serve's app and requirements), then edited."""
-    shutil.copytree(ROOT / "examples", tmp_path / "examples",
-                    ignore=shutil.ignore_patterns("*.lock", "__pycache__"))  # fmt: skip
+    shutil.copytree(
+        ROOT / "examples",
+        tmp_path / "examples",
+        ignore=shutil.ignore_patterns("*.lock", "__pycache__"),
+    )
     path = tmp_path / "examples" / "onnx-gpu" / "imagebuild.yaml"
     data = yaml.safe_load(path.read_text()) | changes
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -130,9 +133,12 @@ def test_cuda_components_follow_the_stacks(tmp_path: Path) -> None:
     spec = specmod.load(gpu_spec(tmp_path / "a"))
     cuda = {r.name: r for r in spec.stack_roles}["cuda_runtime"]
     assert cuda.python == [
-        "nvidia-cuda-runtime-cu12==12.2.*", "nvidia-cublas-cu12==12.2.*",
-        "nvidia-cufft-cu12==11.0.8.*", "nvidia-curand-cu12==10.3.3.*", "nvidia-cudnn-cu12==9.*",
-    ]  # fmt: skip
+        "nvidia-cuda-runtime-cu12==12.2.*",
+        "nvidia-cublas-cu12==12.2.*",
+        "nvidia-cufft-cu12==11.0.8.*",
+        "nvidia-curand-cu12==10.3.3.*",
+        "nvidia-cudnn-cu12==9.*",
+    ]
     probe = specmod.load(gpu_spec(tmp_path / "b", stacks=["nvidia_driver", "cuda_runtime"]))
     cuda = {r.name: r for r in probe.stack_roles}["cuda_runtime"]
     assert cuda.python == ["nvidia-cuda-runtime-cu12==12.2.*"]
@@ -197,8 +203,9 @@ def test_gpu_container_has_cuda_but_no_driver(gpu_built) -> None:
         assert groups[dist] == "cuda_runtime"
     assert groups["onnxruntime-gpu"] == "onnxruntime"
     find = "find / -xdev ( -name 'libcuda.so*' -o -name 'libnvidia-ml.so*' -o -name nvidia-smi )"
-    found = _in_image(image, "-c", find.replace("(", "\\(").replace(")", "\\)"), entry="/bin/sh",
-                      root=True)  # fmt: skip
+    found = _in_image(
+        image, "-c", find.replace("(", "\\(").replace(")", "\\)"), entry="/bin/sh", root=True
+    )
     assert found.returncode == 0 and found.stdout == "", found.stdout + found.stderr
     inspect = ["docker", "image", "inspect", image]
     config = json.loads(subprocess.run(inspect, capture_output=True, text=True).stdout)[0]
@@ -246,8 +253,9 @@ def test_gpu_vm_verifies_statically_and_skips_runtime_checks(probe_built, cache_
     assert r.returncode == 0, r.stderr[-5000:]
     r = run_invoke("verify", "--spec", str(spec.path), "--dist", str(dist))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    rows = {row["id"]: row for row in json.loads((dist / "verify" / "report.json").read_text())[
-        "rows"]}  # fmt: skip
+    rows = {
+        row["id"]: row for row in json.loads((dist / "verify" / "report.json").read_text())["rows"]
+    }
     ml = rows["gpu:libnvidia-ml.so.1 version"]
     assert ml["outcome"] == "passed" and ml["container"] == gpu.ABSENT != ml["vm"]
     module = rows["gpu:nvidia kernel module version (modinfo)"]
@@ -272,8 +280,11 @@ def test_gpu_vm_verifies_statically_and_skips_runtime_checks(probe_built, cache_
     # An env value with %, $, quotes, a backslash and double spaces: the same in both artifacts
     # (the container's image config and the VM's unit + wrapper, as the service sees it).
     note = rows["env:PROBE_NOTE"]
-    assert (note["outcome"], note["container"], note["vm"]) == ("passed", spec.env["PROBE_NOTE"],
-                                                                spec.env["PROBE_NOTE"])  # fmt: skip
+    assert (note["outcome"], note["container"], note["vm"]) == (
+        "passed",
+        spec.env["PROBE_NOTE"],
+        spec.env["PROBE_NOTE"],
+    )
     assert "\\" in spec.env["PROBE_NOTE"] and "%" in spec.env["PROBE_NOTE"]
 
 
@@ -311,14 +322,32 @@ def _proc(name: str) -> str:
     [
         (None, None, "580.159.04", False, True, "no GPU: the NVIDIA kernel driver is not loaded"),
         (_proc("open-580"), None, "580.159.04", False, False, "no GPU: no /dev/nvidia<N> device"),
-        (_proc("proprietary-470"), None, "470.256.02", False, True,
-         "driver too old: kernel driver 470.256.02 < 535.54.03, which CUDA 12.2 needs"),
-        (_proc("open-580"), None, None, False, True,
-         "driver user space missing: libcuda.so.1 is not in the linker cache"),
+        (
+            _proc("proprietary-470"),
+            None,
+            "470.256.02",
+            False,
+            True,
+            "driver too old: kernel driver 470.256.02 < 535.54.03, which CUDA 12.2 needs",
+        ),
+        (
+            _proc("open-580"),
+            None,
+            None,
+            False,
+            True,
+            "driver user space missing: libcuda.so.1 is not in the linker cache",
+        ),
         # The VM owns its driver: user space and module must agree.
-        (_proc("proprietary-535"), None, "535.104.05", True, True,
-         "driver mismatch: user-space libcuda.so.535.104.05 does not match the kernel driver "
-         "535.129.03"),
+        (
+            _proc("proprietary-535"),
+            None,
+            "535.104.05",
+            True,
+            True,
+            "driver mismatch: user-space libcuda.so.535.104.05 does not match the kernel driver "
+            "535.129.03",
+        ),
         (_proc("proprietary-535"), None, "535.129.03", True, True, None),
         # A container: the toolkit's libcuda is the host's; any driver >= the minimum starts.
         (_proc("proprietary-535"), None, "535.129.03", False, True, None),
@@ -328,9 +357,20 @@ def _proc(name: str) -> str:
         # /sys/module/nvidia/version, where it is readable, wins over /proc's wording.
         (_proc("proprietary-470"), "580.159.04\n", "580.159.04", False, True, None),
     ],
-    ids=["no-driver", "no-device", "too-old-470", "no-libcuda", "vm-mismatch", "vm-match",
-         "proprietary-535", "open-535", "open-550", "open-580", "sysfs-580"],
-)  # fmt: skip
+    ids=[
+        "no-driver",
+        "no-device",
+        "too-old-470",
+        "no-libcuda",
+        "vm-mismatch",
+        "vm-match",
+        "proprietary-535",
+        "open-535",
+        "open-550",
+        "open-580",
+        "sysfs-580",
+    ],
+)
 def test_guard_names_each_missing_piece_on_a_faked_gpu_host(
     tmp_path: Path,
     proc: str | None,
@@ -365,10 +405,25 @@ def test_guard_names_each_missing_piece_on_a_faked_gpu_host(
     if device:
         (fake / "nvidia0").touch()
     r = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", FAKE_HOST, "sh",
-         str(fake), str(guard), "echo", "started"],
-        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, timeout=30,
-    )  # fmt: skip
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            FAKE_HOST,
+            "sh",
+            str(fake),
+            str(guard),
+            "echo",
+            "started",
+        ],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        timeout=30,
+    )
     if says is None:
         assert (r.returncode, r.stdout, r.stderr) == (0, "started\n", "")
     else:
@@ -383,8 +438,9 @@ def test_guard_names_each_missing_piece_on_a_faked_gpu_host(
 def probe_built(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):
     """examples/gpu-probe locked, fetched and built as a container."""
     work = tmp_path_factory.mktemp("probe")
-    shutil.copytree(ROOT / "examples", work / "examples",
-                    ignore=shutil.ignore_patterns("*.lock", "__pycache__"))  # fmt: skip
+    shutil.copytree(
+        ROOT / "examples", work / "examples", ignore=shutil.ignore_patterns("*.lock", "__pycache__")
+    )
     spec = work / "examples" / "gpu-probe" / "imagebuild.yaml"
     args = ["--spec", str(spec), "--cache-dir", str(cache_dir)]
     for task in ("lock", "fetch"):
@@ -402,8 +458,9 @@ def test_gpu_probe_packs_small_and_runs_only_on_a_gpu_host(probe_built, tmp_path
     image = f"{spec.repository}:{spec.version}"
     proof = [sys.executable, str(ROOT / "bench" / "gpu_proof.py")]
     out = tmp_path / "probe.rootfs.tar.xz"
-    r = subprocess.run([*proof, "pack", image, str(out)], capture_output=True, text=True,
-                       timeout=600)  # fmt: skip
+    r = subprocess.run(
+        [*proof, "pack", image, str(out)], capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stderr
     assert out.stat().st_size < 60 * 2**20, f"{out.stat().st_size / 2**20:.1f} MiB"
     with tarfile.open(out) as tar:
@@ -415,7 +472,7 @@ def test_gpu_probe_packs_small_and_runs_only_on_a_gpu_host(probe_built, tmp_path
         "etc/ld.so.conf.d/imagebuild-cuda.conf",
         ".imagebuild-proof-config.json",
     ):
-        assert path in names, path  # fmt: skip
+        assert path in names, path
     assert not [n for n in names if "/libcuda.so" in n or n.endswith("nvidia-smi")]
     # This host has no NVIDIA driver: `run` says so before touching anything.
     r = subprocess.run([*proof, "run", str(out)], capture_output=True, text=True, timeout=60)

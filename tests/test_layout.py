@@ -134,10 +134,27 @@ def test_the_types_check() -> None:
 def test_modules_stay_small_and_no_folder_is_named_build() -> None:
     """One reason to change per module (350 lines at most), and every package visible to a
     module-graph tool (tools and ignore templates skip folders named `build`)."""
-    long = {str(p.relative_to(ROOT)): n for p in PKG.rglob("*.py")
-            if (n := len(p.read_text().splitlines())) > 350}  # fmt: skip
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in PKG.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 350
+    }
     assert long == {}
     assert [p for p in PKG.rglob("build") if p.is_dir()] == []
+
+
+def test_the_formatter_needs_no_opt_outs() -> None:
+    """Formatting is the formatter's (`ruff format`): no line or block of the project opts out,
+    so a reader never meets two styles and a reformat never fights a hand-kept table."""
+    opt_out = re.compile(r"#\s*fmt:\s*(skip|off)\b|#\s*yapf:\s*disable")
+    found = [
+        f"{p.relative_to(ROOT)}:{i}"
+        for p in sorted(ROOT.glob("**/*.py"))
+        if not p.relative_to(ROOT).parts[0].startswith((".", "dist"))
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if opt_out.search(line)
+    ]
+    assert found == []
 
 
 def test_the_readme_layout_names_every_module_and_only_real_paths() -> None:

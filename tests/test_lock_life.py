@@ -22,9 +22,13 @@ from imagebuild.lock import lockfile
 from tests.conftest import copy_example, run_invoke
 
 # The network blocked by a proxy that is not there; one attempt (no retry of what cannot work).
-BLOCKED = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
-           "IMAGEBUILD_DOWNLOAD_ATTEMPTS": "1"}  # fmt: skip
+BLOCKED = {
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "IMAGEBUILD_DOWNLOAD_ATTEMPTS": "1",
+}
 
 
 @pytest.fixture
@@ -77,8 +81,9 @@ def test_all_uses_the_lock_as_it_is(private: Path, tmp_path: Path) -> None:
     (and stops at fetch), the lock byte-identical; a stale lock is refused up front."""
     lock_path = private.with_suffix(".lock")
     before = lock_path.read_bytes()
-    r = run_invoke("all", "--spec", str(private), "--cache-dir", str(tmp_path / "empty"),
-                   env=BLOCKED)  # fmt: skip
+    r = run_invoke(
+        "all", "--spec", str(private), "--cache-dir", str(tmp_path / "empty"), env=BLOCKED
+    )
     assert r.returncode == 1 and "as it is" in r.stderr and "fetch: download" in r.stderr
     assert lock_path.read_bytes() == before
     (private.parent / "requirements.in").write_text("numpy\n")
@@ -138,11 +143,13 @@ def test_a_deb_gone_from_the_mirror_is_named(
     assert not [f for f in os.listdir(blobs) if f.startswith(".")], "a partial download was left"
     # The same lock keeps working from a cache that has the file: export there, import here.
     archive = tmp_path / "blobs.tar"
-    r = run_invoke("fetch", "--spec", str(private), "--cache-dir", str(cache_dir),
-                   "--export", str(archive))  # fmt: skip
+    r = run_invoke(
+        "fetch", "--spec", str(private), "--cache-dir", str(cache_dir), "--export", str(archive)
+    )
     assert r.returncode == 0, r.stderr
-    r = run_invoke("fetch", "--spec", str(private), "--cache-dir", str(cache.root),
-                   "--import", str(archive))  # fmt: skip
+    r = run_invoke(
+        "fetch", "--spec", str(private), "--cache-dir", str(cache.root), "--import", str(archive)
+    )
     assert r.returncode == 0 and "fetched 0 (0.0 MB)" in r.stdout, r.stderr
     assert cache.blob(gone.sha256).is_file()
 

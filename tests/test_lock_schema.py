@@ -47,11 +47,13 @@ def _tampered(tmp_path: Path, section: str, row: int | None, field: str, value: 
     else:
         data[section][row][field] = value
     lock = lockfile.Lock(
-        data["header"], data["inputs"],
+        data["header"],
+        data["inputs"],
         [lockfile.DebPackage(**r) for r in data["os_shared"]],
         [lockfile.DebPackage(**r) for r in data["os_vm_only"]],
-        [lockfile.Wheel(**r) for r in data["python"]], path,
-    )  # fmt: skip
+        [lockfile.Wheel(**r) for r in data["python"]],
+        path,
+    )
     path.write_text(lockfile.render(lock))  # the one-row-per-line layout `invoke lock` writes
     return path
 

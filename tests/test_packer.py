@@ -166,11 +166,25 @@ def test_plan_shows_the_ami_methods_own_fields() -> None:
 def test_ami_target_asks_for_credentials_before_building(
     tmp_path: Path, locked_example: Path, cache_dir: Path
 ) -> None:
-    env = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_PROFILE": "",
-           "HOME": str(tmp_path), "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
-    r = run_invoke("build-vm", "--spec", str(locked_example), "--target", "ami",
-                   "--cache-dir", str(cache_dir), "--dist", str(tmp_path / "dist"),
-                   env=env)  # fmt: skip
+    env = {
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+        "AWS_PROFILE": "",
+        "HOME": str(tmp_path),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    r = run_invoke(
+        "build-vm",
+        "--spec",
+        str(locked_example),
+        "--target",
+        "ami",
+        "--cache-dir",
+        str(cache_dir),
+        "--dist",
+        str(tmp_path / "dist"),
+        env=env,
+    )
     assert r.returncode != 0
     assert "needs AWS credentials (nothing was built)" in r.stderr and "Traceback" not in r.stderr
     assert "build-vm: base disk" not in r.stderr

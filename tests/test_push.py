@@ -31,8 +31,9 @@ def registry(tmp_path: Path) -> Iterator[str]:
 
 @pytest.mark.network
 @pytest.mark.engine
-def test_push_then_pull_by_digest(registry: str, locked_example: Path, cache_dir: Path,
-                                  tmp_path: Path) -> None:  # fmt: skip
+def test_push_then_pull_by_digest(
+    registry: str, locked_example: Path, cache_dir: Path, tmp_path: Path
+) -> None:
     dist = tmp_path / "dist"
     common = ["--spec", str(locked_example), "--dist", str(dist)]
     r = run_invoke("build-container", *common, "--cache-dir", str(cache_dir))
@@ -80,16 +81,26 @@ def test_build_on_a_registry_base_pulled_by_digest(
     text = on_registry.read_text().replace("base:\n", f"base:\n  image: {ref}\n", 1)
     on_registry.write_text(text.replace("local/onnx-serve", "local/onnx-serve-on-registry"))
     shutil.copy(locked_example.with_suffix(".lock"), on_registry.with_suffix(".lock"))
-    args = ["--spec", str(on_registry), "--dist", str(tmp_path / "dist2"),
-            "--cache-dir", str(cache_dir)]  # fmt: skip
+    args = [
+        "--spec",
+        str(on_registry),
+        "--dist",
+        str(tmp_path / "dist2"),
+        "--cache-dir",
+        str(cache_dir),
+    ]
     r = run_invoke("build-container", *args)
     assert r.returncode == 0, r.stderr[-3000:]
     local_base = json.loads((dist / f"{spec.name}-{spec.version}.container.json").read_text())
-    record = json.loads((tmp_path / "dist2" / f"{spec.name}-{spec.version}.container.json")
-                        .read_text())  # fmt: skip
+    record = json.loads(
+        (tmp_path / "dist2" / f"{spec.name}-{spec.version}.container.json").read_text()
+    )
     assert record["stages"][0]["diff_id"] != local_base["stages"][0]["diff_id"]
-    out = subprocess.run(["docker", "run", "--rm", "--network", "none", record["tag"],
-                          "--version"], capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", record["tag"], "--version"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0 and out.stdout.strip().endswith(spec.version), out.stderr
 
     gone = "127.0.0.1:9/nowhere@sha256:" + "0" * 64
@@ -106,8 +117,12 @@ def _tiny_image(content: bytes) -> str:
         info = tarfile.TarInfo("hello")
         info.size = len(content)
         tar.addfile(info, io.BytesIO(content))
-    r = subprocess.run(["docker", "import", "--change", "LABEL io.imagebuild.test=push", "-"],
-                       input=buf.getvalue(), capture_output=True, check=True)  # fmt: skip
+    r = subprocess.run(
+        ["docker", "import", "--change", "LABEL io.imagebuild.test=push", "-"],
+        input=buf.getvalue(),
+        capture_output=True,
+        check=True,
+    )
     return r.stdout.decode().strip()
 
 
@@ -121,8 +136,9 @@ def _spec_and_record(tmp_path: Path, image_id: str) -> tuple[specmod.Spec, Path,
     dist = tmp_path / "dist"
     dist.mkdir()
     record = distnames.path(dist, spec, distnames.CONTAINER_RECORD)
-    record.write_text(json.dumps({"tag": f"{repo}:{spec.version}",
-                                  "image_id": image_id.removeprefix("sha256:")}))  # fmt: skip
+    record.write_text(
+        json.dumps({"tag": f"{repo}:{spec.version}", "image_id": image_id.removeprefix("sha256:")})
+    )
     checksums.record(dist, [record])
     return spec, path, dist
 

@@ -44,8 +44,14 @@ def heavy(test):  # builds the example (real mirror, engine, VM)
 
 # B's tasks run where /var/run/docker.sock is not a socket (a private mount namespace): only
 # DOCKER_HOST can lead them to an engine.
-NO_DEFAULT_SOCKET = ("unshare", "-m", "sh", "-c",
-                     'mount --bind /dev/null /var/run/docker.sock && exec "$@"', "sh")  # fmt: skip
+NO_DEFAULT_SOCKET = (
+    "unshare",
+    "-m",
+    "sh",
+    "-c",
+    'mount --bind /dev/null /var/run/docker.sock && exec "$@"',
+    "sh",
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +69,23 @@ def engine2() -> Iterator[str]:
     host = f"unix://{root}/docker.sock"
     log = (root / "log").open("w")
     proc = subprocess.Popen(
-        ["dockerd", "--host", host, "--data-root", f"{root}/data", "--exec-root", f"{root}/x",
-         "--pidfile", f"{root}/docker.pid", "--bridge=none", "--iptables=false",
-         "--ip-masq=false"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            "dockerd",
+            "--host",
+            host,
+            "--data-root",
+            f"{root}/data",
+            "--exec-root",
+            f"{root}/x",
+            "--pidfile",
+            f"{root}/docker.pid",
+            "--bridge=none",
+            "--iptables=false",
+            "--ip-masq=false",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         for _ in range(120):  # the client asks the engine's version as it is made
             with contextlib.suppress(docker.errors.DockerException):
@@ -105,15 +123,27 @@ def machine_a(vm_built, locked_example: Path, cache_dir: Path, registry) -> dict
     return seconds
 
 
-VM_OUTPUTS = (".qcow2", ".ova", ".libvirt.box", ".vm.json", ".vm.packages.txt",
-              ".vm.sbom.cdx.json", ".packer-manifest.json")  # fmt: skip
+VM_OUTPUTS = (
+    ".qcow2",
+    ".ova",
+    ".libvirt.box",
+    ".vm.json",
+    ".vm.packages.txt",
+    ".vm.sbom.cdx.json",
+    ".packer-manifest.json",
+)
 
 
 @heavy
 def test_machine_b_builds_from_the_registry_on_another_engine(
-    machine_a, vm_built, locked_example: Path, cache_dir: Path, registry, engine2: str,
+    machine_a,
+    vm_built,
+    locked_example: Path,
+    cache_dir: Path,
+    registry,
+    engine2: str,
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     spec, dist_a, _ = vm_built
     ref, _ = registry
     cache_b, dist_b = tmp_path / "cache-b", tmp_path / "dist-b"
@@ -121,11 +151,19 @@ def test_machine_b_builds_from_the_registry_on_another_engine(
     env = {"DOCKER_HOST": engine2}
     # B's own sources, from A's blobs (what `fetch --export/--import` carries between machines)
     blobs = tmp_path / "blobs.tar"
-    r = run_invoke("fetch", "--spec", str(locked_example), "--cache-dir", str(cache_dir),
-                   "--export", str(blobs))  # fmt: skip
+    r = run_invoke(
+        "fetch",
+        "--spec",
+        str(locked_example),
+        "--cache-dir",
+        str(cache_dir),
+        "--export",
+        str(blobs),
+    )
     assert r.returncode == 0, r.stderr
-    r = run_invoke("fetch", "--spec", str(locked_example), "--cache-dir", str(cache_b),
-                   "--import", str(blobs))  # fmt: skip
+    r = run_invoke(
+        "fetch", "--spec", str(locked_example), "--cache-dir", str(cache_b), "--import", str(blobs)
+    )
     assert r.returncode == 0, r.stderr
     blobs.unlink()
 
@@ -141,8 +179,17 @@ def test_machine_b_builds_from_the_registry_on_another_engine(
     )
     assert f"engine: {engine2} " in r.stderr  # the build says which engine it used
 
-    r = run_invoke("push", "--spec", str(locked_example), "--dist", str(dist_b), "--registry",
-                   ref.split("/")[0], env=env, prefix=NO_DEFAULT_SOCKET)  # fmt: skip
+    r = run_invoke(
+        "push",
+        "--spec",
+        str(locked_example),
+        "--dist",
+        str(dist_b),
+        "--registry",
+        ref.split("/")[0],
+        env=env,
+        prefix=NO_DEFAULT_SOCKET,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert _record(dist_b, spec, "push")["image_id"] == f"sha256:{record['image_id']}"
 
@@ -154,8 +201,9 @@ def test_machine_b_builds_from_the_registry_on_another_engine(
             dist_b / f"{spec.name}-{spec.version}{suffix}",
         )
     outputs = stamps(dist_b)
-    r = build_vm(locked_example, cache_b, dist_b, "--cache-from", ref, env=env,
-                 prefix=NO_DEFAULT_SOCKET)  # fmt: skip
+    r = build_vm(
+        locked_example, cache_b, dist_b, "--cache-from", ref, env=env, prefix=NO_DEFAULT_SOCKET
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "registry cache: pulled 1, pushed 0" in r.stdout
     key = keys_of(locked_example).disk
@@ -164,8 +212,15 @@ def test_machine_b_builds_from_the_registry_on_another_engine(
     ).read_text()
     assert {Path(p).name for p in changed(outputs, stamps(dist_b))} == {"SHA256SUMS"}
 
-    r = run_invoke("verify", "--spec", str(locked_example), "--dist", str(dist_b), env=env,
-                   prefix=NO_DEFAULT_SOCKET)  # fmt: skip
+    r = run_invoke(
+        "verify",
+        "--spec",
+        str(locked_example),
+        "--dist",
+        str(dist_b),
+        env=env,
+        prefix=NO_DEFAULT_SOCKET,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert b_engine.containers.list(all=True) == []  # verify's container is gone
     b_engine.close()
@@ -186,8 +241,10 @@ def _built_here_as_a(r: subprocess.CompletedProcess[str], spec, dist: Path, dist
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
     record = _record(dist, spec, "container")
     assert [(s["name"], s["pulled"], s["reused"]) for s in record["stages"]][-1] == (
-        "app", False, False,
-    )  # built here  # fmt: skip
+        "app",
+        False,
+        False,
+    )  # built here
     assert record["image_id"] == _record(dist_a, spec, "container")["image_id"]
 
 
@@ -206,8 +263,12 @@ def test_a_tampered_blob_is_refused_and_built_here(
     good = blob.read_bytes()
     blob.write_bytes(good[:-1030] + bytes([good[-1030] ^ 0xFF]) + good[-1029:])
     try:
-        r = run_invoke("build-container", *_args(locked_example, cache_c, tmp_path / "dist"),
-                       "--cache-from", ref)  # fmt: skip
+        r = run_invoke(
+            "build-container",
+            *_args(locked_example, cache_c, tmp_path / "dist"),
+            "--cache-from",
+            ref,
+        )
     finally:
         blob.write_bytes(good)
     assert f"{ref}:stages-{app} refused: its layer.tar is sha256:" in r.stderr
@@ -230,8 +291,12 @@ def test_a_hostile_layer_json_is_refused_and_built_here(
     (tmp_path / "registry").mkdir()
     with serve_registry(tmp_path / "registry") as host:
         ref = f"{host}/hostile"
-        push(ref, f"stages-{app}", files | {"layer.json": json.dumps(meta).encode()},
-             tmp_path / "push")  # fmt: skip
+        push(
+            ref,
+            f"stages-{app}",
+            files | {"layer.json": json.dumps(meta).encode()},
+            tmp_path / "push",
+        )
         args = [*_args(locked_example, cache_c, tmp_path / "dist"), "--cache-from", ref]
         r = run_invoke("build-container", *args)
         assert r.stderr.count(f"{ref}:stages-{app} refused: ") == 1
@@ -264,8 +329,12 @@ def test_a_registry_that_is_down_is_a_warning_unless_required(
 def test_a_bad_cache_reference_is_refused_before_anything(
     locked_example: Path, tmp_path: Path
 ) -> None:
-    r = run_invoke("build-container", *_args(locked_example, tmp_path / "c", tmp_path / "d"),
-                   "--cache-from", "http://registry/x")  # fmt: skip
+    r = run_invoke(
+        "build-container",
+        *_args(locked_example, tmp_path / "c", tmp_path / "d"),
+        "--cache-from",
+        "http://registry/x",
+    )
     assert r.returncode == 2 and "--cache-from: 'http://registry/x' is not a registry" in r.stderr
     assert not (tmp_path / "d").exists()
 
@@ -324,8 +393,12 @@ def push(ref: str, tag: str, files: dict[str, bytes], folder: Path) -> oras.prov
     for name, data in files.items():
         (folder / name).write_bytes(data)
     client = oras.provider.Registry(hostname=ref.split("/")[0], insecure=True)
-    client.push(f"{ref}:{tag}", files=[str(folder / n) for n in files],
-                disable_path_validation=True, quiet=True)  # fmt: skip
+    client.push(
+        f"{ref}:{tag}",
+        files=[str(folder / n) for n in files],
+        disable_path_validation=True,
+        quiet=True,
+    )
     return client
 
 
@@ -367,9 +440,13 @@ def test_a_hand_made_stage_entry_is_pulled(
     ],
 )
 def test_a_hostile_stage_entry_is_refused_and_nothing_sealed(
-    registry, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], hostile: dict,
+    registry,
+    key: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    hostile: dict,
     said: str,
-) -> None:  # fmt: skip
+) -> None:
     ref, _ = registry
     meta = {k: v for k, v in hostile.items() if not k.endswith(".json")}
     files = stage_files(**{"key": key, **meta}) | {
@@ -394,9 +471,12 @@ def test_a_file_name_not_of_the_kind_is_refused_before_any_download(
     assert not registry_cache.RegistryCache(ref, None).fetch(
         cache, STAGE, key, stages.entry_rule(cache, key, [])
     )
-    refused(capsys.readouterr().err, f"{ref}:stages-{key}",
-            "its manifest holds ['layer.json', 'layer.tar', 'manifest.json', 'run.sh'], a "
-            "stages entry holds ['layer.json', 'layer.tar', 'manifest.json']")  # fmt: skip
+    refused(
+        capsys.readouterr().err,
+        f"{ref}:stages-{key}",
+        "its manifest holds ['layer.json', 'layer.tar', 'manifest.json', 'run.sh'], a "
+        "stages entry holds ['layer.json', 'layer.tar', 'manifest.json']",
+    )
     assert downloads["blobs"] == 0
     nothing_sealed(cache, "stages")
 
@@ -436,8 +516,11 @@ def test_a_blob_larger_than_its_manifest_says_is_read_no_further(
     assert not registry_cache.RegistryCache(ref, None).fetch(
         cache, STAGE, key, stages.entry_rule(cache, key, [])
     )
-    refused(capsys.readouterr().err, target,
-            "its layer.tar is larger than the 1000 bytes its manifest announces")  # fmt: skip
+    refused(
+        capsys.readouterr().err,
+        target,
+        "its layer.tar is larger than the 1000 bytes its manifest announces",
+    )
     assert downloads["bytes"] <= 1000 + registry_cache.CHUNK < len(big["layer.tar"])
     nothing_sealed(cache, "stages")
 
@@ -455,8 +538,11 @@ def test_a_base_disk_entry_for_another_key_is_refused(
 
     kind, rule = disk._entry(disk_build(cache), key, [Layer(tmp_path, "f" * 64, 0, 0)])
     assert not registry_cache.RegistryCache(ref, None).fetch(cache, kind, key, rule)
-    refused(capsys.readouterr().err, f"{ref}:disks-{key}",
-            f"its disk.json names key {KEY_A[:12]}, this build's is {key[:12]}")  # fmt: skip
+    refused(
+        capsys.readouterr().err,
+        f"{ref}:disks-{key}",
+        f"its disk.json names key {KEY_A[:12]}, this build's is {key[:12]}",
+    )
     nothing_sealed(cache, "disks")
 
 

@@ -165,7 +165,7 @@ BAD = [
         "verify.service.port",
         14,
         "missing required field",
-    ),  # fmt: skip
+    ),
     (
         "service-path-newline",
         BASE + 'verify: {service: {port: 80, path: "/health\\nX: y"}}\n',

@@ -83,8 +83,9 @@ def _example(proj: Path, **fields: object) -> Path:
     return spec
 
 
-@pytest.mark.parametrize(("path", "value", "says"), HOSTILE,
-                         ids=[f"{p}-{i}" for i, (p, _, _) in enumerate(HOSTILE)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("path", "value", "says"), HOSTILE, ids=[f"{p}-{i}" for i, (p, _, _) in enumerate(HOSTILE)]
+)
 def test_a_hostile_spec_is_refused_at_its_line(
     tmp_path: Path, path: str, value: object, says: str
 ) -> None:
@@ -125,8 +126,9 @@ def test_a_project_inside_a_homes_hidden_folder_is_refused(tmp_path: Path) -> No
     """`~/.docker/proj` (config.json with registry tokens beside it) cannot be a project root."""
     home = tmp_path / "home"
     spec = _example(home / ".docker" / "proj")
-    r = run_invoke("lock", "--spec", str(spec), "--cache-dir", str(tmp_path / "cache"),
-                   env={"HOME": str(home)})  # fmt: skip
+    r = run_invoke(
+        "lock", "--spec", str(spec), "--cache-dir", str(tmp_path / "cache"), env={"HOME": str(home)}
+    )
     assert r.returncode == 2 and "a home's hidden folder" in r.stderr, r.stderr
     assert str(home / ".docker") in r.stderr and not (tmp_path / "cache").exists()
 
@@ -136,8 +138,9 @@ def test_the_root_folder_as_project_root_cannot_ship_root_s_home(tmp_path: Path)
     spec = _example(tmp_path / "proj", project_root="/", **{"app.src": "/root"})
     r = run_invoke("lock", "--spec", str(spec), "--cache-dir", str(tmp_path / "cache"))
     assert r.returncode == 2, r.stderr
-    line = next(i for i, ln in enumerate(spec.read_text().splitlines(), 1)
-                if ln.startswith("project_root:"))  # fmt: skip
+    line = next(
+        i for i, ln in enumerate(spec.read_text().splitlines(), 1) if ln.startswith("project_root:")
+    )
     assert f"{spec}:{line}: project_root: the project root / holds" in r.stderr, r.stderr
     assert not (tmp_path / "cache").exists()
 
@@ -150,8 +153,9 @@ def test_a_home_is_no_project_root_even_by_default(
     inside the home is the ordinary case and loads."""
     home = tmp_path / "home"
     spec = _example(home)
-    r = run_invoke("lock", "--spec", str(spec), "--cache-dir", str(tmp_path / "cache"),
-                   env={"HOME": str(home)})  # fmt: skip
+    r = run_invoke(
+        "lock", "--spec", str(spec), "--cache-dir", str(tmp_path / "cache"), env={"HOME": str(home)}
+    )
     assert r.returncode == 2, r.stderr
     says = f"{spec}:1: project_root: the project root {home.resolve()} is the home"
     assert says in r.stderr, r.stderr
@@ -195,19 +199,27 @@ def _render(template: Path, **values: object) -> str:
 
 def test_special_env_values_reach_the_wrapper_exactly(tmp_path: Path) -> None:
     wrapper = tmp_path / "wrapper"
-    wrapper.write_text(_render(
-        roles.ROLES_DIR / "app" / "templates" / "entrypoint.sh.j2",
-        imagebuild_env={"K": SPECIAL}, imagebuild_app_dest=str(tmp_path),
-        imagebuild_cmd=[], imagebuild_exec=["/usr/bin/printenv", "K"],
-    ))  # fmt: skip
+    wrapper.write_text(
+        _render(
+            roles.ROLES_DIR / "app" / "templates" / "entrypoint.sh.j2",
+            imagebuild_env={"K": SPECIAL},
+            imagebuild_app_dest=str(tmp_path),
+            imagebuild_cmd=[],
+            imagebuild_exec=["/usr/bin/printenv", "K"],
+        )
+    )
     r = subprocess.run(["sh", str(wrapper)], capture_output=True, text=True, env={})
     assert (r.returncode, r.stdout) == (0, SPECIAL + "\n"), r.stderr
 
 
 def test_special_env_values_are_escaped_for_systemd(tmp_path: Path) -> None:
-    unit = _render(roles.ROLES_DIR / "vm_service" / "templates" / "unit.j2",
-                   imagebuild_env={"K": SPECIAL}, imagebuild_service_name="x",
-                   imagebuild_user="app", imagebuild_app_dest="/opt/app")  # fmt: skip
+    unit = _render(
+        roles.ROLES_DIR / "vm_service" / "templates" / "unit.j2",
+        imagebuild_env={"K": SPECIAL},
+        imagebuild_service_name="x",
+        imagebuild_user="app",
+        imagebuild_app_dest="/opt/app",
+    )
     line = next(ln for ln in unit.splitlines() if ln.startswith("Environment="))
     # What systemd does with it: strip the quotes, undo \\ and \", turn %% into %.
     quoted = line.removeprefix('Environment="').removesuffix('"')
@@ -222,11 +234,15 @@ HOSTILE_WORDS = [SPECIAL, "; touch /tmp/pwned", "$(id)", "`id`", "a\\'b", "--fla
 def test_hostile_arguments_stay_one_word_in_the_wrapper(tmp_path: Path) -> None:
     """cmd and entrypoint arguments (legal in a spec) reach the program as the same argv."""
     wrapper = tmp_path / "wrapper"
-    wrapper.write_text(_render(
-        roles.ROLES_DIR / "app" / "templates" / "entrypoint.sh.j2",
-        imagebuild_env={}, imagebuild_app_dest=str(tmp_path),
-        imagebuild_cmd=HOSTILE_WORDS, imagebuild_exec=["/usr/bin/printf", "[%s]\\n"],
-    ))  # fmt: skip
+    wrapper.write_text(
+        _render(
+            roles.ROLES_DIR / "app" / "templates" / "entrypoint.sh.j2",
+            imagebuild_env={},
+            imagebuild_app_dest=str(tmp_path),
+            imagebuild_cmd=HOSTILE_WORDS,
+            imagebuild_exec=["/usr/bin/printf", "[%s]\\n"],
+        )
+    )
     r = subprocess.run(["sh", str(wrapper)], capture_output=True, text=True, cwd=tmp_path)
     assert r.stdout == "".join(f"[{w}]\n" for w in HOSTILE_WORDS), r.stderr
     assert not (tmp_path / "pwned").exists()

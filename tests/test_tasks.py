@@ -33,9 +33,14 @@ def test_every_option_has_help(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("uri", "ok"),
-    [("qemu:///system", True), ("qemu:///session", True), ("qemu+ssh://builder/system", False),
-     ("xen:///system", False), ("qemu://otherhost/system", False)],
-)  # fmt: skip
+    [
+        ("qemu:///system", True),
+        ("qemu:///session", True),
+        ("qemu+ssh://builder/system", False),
+        ("xen:///system", False),
+        ("qemu://otherhost/system", False),
+    ],
+)
 def test_verify_takes_a_local_libvirt_uri_only(uri: str, ok: bool) -> None:
     """verify reaches the guest on this host's 127.0.0.1: a remote libvirt is refused (exit 2)
     before anything starts, a local one is accepted."""
@@ -57,8 +62,9 @@ def test_cache_push_never_overrides_the_spec() -> None:
     from tests.conftest import EXAMPLE
 
     spec = load(EXAMPLE / "imagebuild.yaml")
-    spec = dataclasses.replace(spec, cache=dataclasses.replace(
-        spec.cache, registry="127.0.0.1:5000/cache", push=True))  # fmt: skip
+    spec = dataclasses.replace(
+        spec, cache=dataclasses.replace(spec.cache, registry="127.0.0.1:5000/cache", push=True)
+    )
     auto = tasks._registry_cache(spec, None, None, False, "auto")
     assert (auto.pull_from, auto.push_to) == ("127.0.0.1:5000/cache", "127.0.0.1:5000/cache")
     never = tasks._registry_cache(spec, None, "127.0.0.1:5000/other", False, "never")

@@ -39,10 +39,15 @@ def verify(spec: Path, dist: Path, *extra: str) -> subprocess.CompletedProcess[s
 
 def leftovers() -> list[str]:
     """Anything verify may have started: containers, libvirt domains, QEMU processes."""
-    out = [c.name for c in docker.from_env().containers.list(all=True, filters={
-        "label": "io.imagebuild.verify"})]  # fmt: skip
-    doms = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--name"],
-                          capture_output=True, text=True).stdout  # fmt: skip
+    out = [
+        c.name
+        for c in docker.from_env().containers.list(
+            all=True, filters={"label": "io.imagebuild.verify"}
+        )
+    ]
+    doms = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "list", "--name"], capture_output=True, text=True
+    ).stdout
     out += [d for d in doms.split() if d.startswith("imagebuild-verify")]
     ps = subprocess.run(["pgrep", "-a", "qemu-system"], capture_output=True, text=True).stdout
     return out + [ln for ln in ps.splitlines() if "imagebuild-verify" in ln]
@@ -83,8 +88,12 @@ def test_verify_passes_on_the_built_example(vm_built, locked_example: Path) -> N
     assert not TEMPLATE_RAN.exists()
     assert (dist / "verify" / "junit.xml").read_text().count("<testcase") == len(report["rows"])
     assert r.stdout.startswith("| item | container | vm | same? | result |")
-    assert set(report["seconds"]) == {"container start", "vm start (libvirt)", "vm boot to ssh",
-                                      "test run"}  # fmt: skip
+    assert set(report["seconds"]) == {
+        "container start",
+        "vm start (libvirt)",
+        "vm boot to ssh",
+        "test run",
+    }
     assert leftovers() == []
 
 
@@ -97,9 +106,13 @@ def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path) -> No
     victim_py = lock.python[0].name
     client = docker.from_env()
     c = client.containers.run(
-        f"{spec.repository}:{spec.version}", ["sleep", "infinity"], entrypoint=[], user="root",
-        network_mode="none", detach=True,
-    )  # fmt: skip
+        f"{spec.repository}:{spec.version}",
+        ["sleep", "infinity"],
+        entrypoint=[],
+        user="root",
+        network_mode="none",
+        detach=True,
+    )
     try:
         # A real package of another version, built and installed with Debian's own tools.
         script = (
@@ -159,11 +172,13 @@ def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path) -> No
         # Packer's shutdown does: --force, so no service writes its state back.
         # The login key too: systemd writes the credential's key only where there is none.
         # journald moves to /run first, as vm_finalize does, or it writes /var/log/journal again.
-        b.ssh("journalctl --relinquish-var; "
-              "truncate -s 0 /etc/machine-id; rm -f /etc/ssh/ssh_host_*; rm -f /var/lib/dhcp/* "
-              "/var/lib/systemd/random-seed /root/.ssh/authorized_keys; "
-              "rm -rf /var/log/journal/*; sync; "
-              "systemctl poweroff --force")  # fmt: skip
+        b.ssh(
+            "journalctl --relinquish-var; "
+            "truncate -s 0 /etc/machine-id; rm -f /etc/ssh/ssh_host_*; rm -f /var/lib/dhcp/* "
+            "/var/lib/systemd/random-seed /root/.ssh/authorized_keys; "
+            "rm -rf /var/log/journal/*; sync; "
+            "systemctl poweroff --force"
+        )
     # The same spec, waiting 20 s (not 180) for a port that will not open.
     impatient = tmp_path / "spec"
     shutil.copytree(locked_example.parent, impatient)
@@ -171,21 +186,38 @@ def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path) -> No
     (impatient / locked_example.name).write_text(text)
     # verify takes no disk that names another file (diskimage): the overlay, flattened.
     flat = bad_vm / "sabotaged.qcow2"
-    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "qcow2",
-                    str(bad_vm / "overlay.qcow2"), str(flat)], check=True)  # fmt: skip
-    r = verify(impatient / locked_example.name, dist, "--container", "local/sabotage:c",
-               "--vm", str(flat))  # fmt: skip
+    subprocess.run(
+        [
+            "qemu-img",
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            "qcow2",
+            str(bad_vm / "overlay.qcow2"),
+            str(flat),
+        ],
+        check=True,
+    )
+    r = verify(
+        impatient / locked_example.name, dist, "--container", "local/sabotage:c", "--vm", str(flat)
+    )
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
     report = json.loads((dist / "verify" / "report.json").read_text())
     failed = {row["id"]: row for row in report["rows"] if row["outcome"] == "failed"}
     request = "GET 127.0.0.1:8080/health"
     sabotaged = {
-        f"deb:{victim_deb}", "env:OMP_NUM_THREADS", f"python:{victim_py}",
-        "entrypoint:what starts it", "entrypoint:ENTRYPOINT+CMD / wrapper",
-        "behaviour:[--check]: stdout", "app-file:model.onnx",
-        "bytes:app folder sha256 (every file)", "app-file:other-port.yaml",
+        f"deb:{victim_deb}",
+        "env:OMP_NUM_THREADS",
+        f"python:{victim_py}",
+        "entrypoint:what starts it",
+        "entrypoint:ENTRYPOINT+CMD / wrapper",
+        "behaviour:[--check]: stdout",
+        "app-file:model.onnx",
+        "bytes:app folder sha256 (every file)",
+        "app-file:other-port.yaml",
         "bytes:venv sha256 (every file but byte-code caches)",
-    }  # fmt: skip
+    }
     assert sabotaged <= set(failed), sorted(failed)
     # Each changed byte is named, and on the side it was made.
     # Each change is named with its path, on the side it was made: (container, vm) values.
@@ -220,8 +252,9 @@ def test_modes_links_and_a_broken_python_are_named(
     client = docker.from_env()
     ref = f"{spec.repository}:{spec.version}"
     config = client.images.get(ref).attrs["Config"]
-    c = client.containers.run(ref, ["sleep", "infinity"], entrypoint=[], user="root",
-                              network_mode="none", detach=True)  # fmt: skip
+    c = client.containers.run(
+        ref, ["sleep", "infinity"], entrypoint=[], user="root", network_mode="none", detach=True
+    )
     try:
         sabotage = (
             "set -e; chmod u+s /usr/bin/python3.11; chmod 0666 /usr/lib/python3.11/colorsys.py; "
@@ -232,14 +265,26 @@ def test_modes_links_and_a_broken_python_are_named(
         rc, out = c.exec_run(["sh", "-c", sabotage])
         assert rc == 0, out
         # commit takes this container's user, entrypoint and command: the image's back.
-        c.commit("local/sabotage", "meta", changes=[
-            f"USER {config['User']}", f"ENTRYPOINT {json.dumps(config['Entrypoint'])}",
-            f"CMD {json.dumps(config['Cmd'])}"])  # fmt: skip
+        c.commit(
+            "local/sabotage",
+            "meta",
+            changes=[
+                f"USER {config['User']}",
+                f"ENTRYPOINT {json.dumps(config['Entrypoint'])}",
+                f"CMD {json.dumps(config['Cmd'])}",
+            ],
+        )
     finally:
         c.remove(force=True)
     try:
-        r = verify(locked_example, dist, "--container", "local/sabotage:meta",
-                   "--cache-dir", str(cache_dir))  # fmt: skip
+        r = verify(
+            locked_example,
+            dist,
+            "--container",
+            "local/sabotage:meta",
+            "--cache-dir",
+            str(cache_dir),
+        )
     finally:
         client.images.remove("local/sabotage:meta", force=True)
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
@@ -282,10 +327,22 @@ def test_modes_links_and_a_broken_python_are_named(
             f"not read: {spec.python.venv}/bin/python does not run Python"
         )
     setuid = rows["hygiene:setuid/setgid files no package owns"]
-    assert (setuid["container"], setuid["vm"], setuid["outcome"]) == ("/root/sneaky", "none",
-                                                                      "failed")  # fmt: skip
-    allowed = ("interpreter:", "file-meta:", "files:", "python:", "python-unlocked:", "import:",
-               "behaviour:", "service:", "hygiene:setuid")  # fmt: skip
+    assert (setuid["container"], setuid["vm"], setuid["outcome"]) == (
+        "/root/sneaky",
+        "none",
+        "failed",
+    )
+    allowed = (
+        "interpreter:",
+        "file-meta:",
+        "files:",
+        "python:",
+        "python-unlocked:",
+        "import:",
+        "behaviour:",
+        "service:",
+        "hygiene:setuid",
+    )
     assert [i for i in failed if not i.startswith(allowed)] == []
     assert leftovers() == []
 
@@ -302,9 +359,13 @@ def test_sigterm_stops_verify_within_seconds_and_leaves_nothing(
     ours = ("imagebuild-verify-*", "imagebuild-hygiene-*")
     before = {p for pattern in ours for p in tmp.glob(pattern)}
     invoke = str(Path(sys.executable).with_name("invoke"))
-    proc = subprocess.Popen([invoke, "verify", "--spec", str(locked_example), "--dist", str(dist)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [invoke, "verify", "--spec", str(locked_example), "--dist", str(dist)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen: list[str] = []
     try:
         assert proc.stderr is not None
@@ -337,12 +398,24 @@ def test_sha256sums_list_every_artifact_and_verify_checks_the_disk(
     spec, dist, _ = vm_built
     stem = f"{spec.name}-{spec.version}"
     listed = {ln.split("  ", 1)[1] for ln in (dist / "SHA256SUMS").read_text().splitlines()}
-    suffixes = (".qcow2", ".ova", ".libvirt.box", ".oci.tar", ".vm.json", ".container.json",
-                ".vm.packages.txt", ".container.packages.txt")  # fmt: skip
+    suffixes = (
+        ".qcow2",
+        ".ova",
+        ".libvirt.box",
+        ".oci.tar",
+        ".vm.json",
+        ".container.json",
+        ".vm.packages.txt",
+        ".container.packages.txt",
+    )
     for name in (stem + s for s in suffixes):
         assert name in listed, name
-    r = subprocess.run(["sha256sum", "--ignore-missing", "-c", "SHA256SUMS"], cwd=dist,
-                       capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        ["sha256sum", "--ignore-missing", "-c", "SHA256SUMS"],
+        cwd=dist,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and "FAILED" not in r.stdout, r.stdout + r.stderr
     copy = tmp_path / "dist"
     copy.mkdir()
@@ -361,8 +434,9 @@ def wordcount_built(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """A second kind of spec: a plain FastAPI service (no ML stack, another user, port, app
     folder), from its committed lock, built as both artifacts."""
     spec = tmp_path_factory.mktemp("wordcount") / "wordcount-api"
-    shutil.copytree(ROOT / "examples" / "wordcount-api", spec,
-                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    shutil.copytree(
+        ROOT / "examples" / "wordcount-api", spec, ignore=shutil.ignore_patterns("__pycache__")
+    )
     dist = tmp_path_factory.mktemp("wordcount-dist")
     common = ["--spec", str(spec / "imagebuild.yaml"), "--cache-dir", str(cache_dir)]
     for task in ("fetch", "build-container", "build-vm"):

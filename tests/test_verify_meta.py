@@ -171,22 +171,41 @@ def test_what_is_not_the_images_is_not_compared() -> None:
     per-run state no layer carries, a package at two versions (its deb row says so), a venv
     file in one artifact only."""
     c = listing(
-        {"base-files": ("12.4", {"/proc": "dir 0555 root:root", "/run": "dir 0755 root:root",
-                                 "/": "dir 0700 root:root",
-                                 "/var/log/apt": "missing", "/etc/issue": "file 0644 root:root"}),
-         "ca-certificates": ("99.0", {"/usr/sbin/update-ca-certificates": "missing"})},
+        {
+            "base-files": (
+                "12.4",
+                {
+                    "/proc": "dir 0555 root:root",
+                    "/run": "dir 0755 root:root",
+                    "/": "dir 0700 root:root",
+                    "/var/log/apt": "missing",
+                    "/etc/issue": "file 0644 root:root",
+                },
+            ),
+            "ca-certificates": ("99.0", {"/usr/sbin/update-ca-certificates": "missing"}),
+        },
         trees={"/opt/venv/only-here.py": "file 0644 root:root"},
         mounts=("/proc", "/dev"),
-    )  # fmt: skip
+    )
     v = listing(
-        {"base-files": ("12.4", {"/proc": "dir 0555 root:root", "/run": "dir 0755 root:root",
-                                 "/": "dir 0755 root:root",
-                                 "/var/log/apt": "dir 0755 root:root",
-                                 "/etc/issue": "file 0644 root:root"}),
-         "ca-certificates": ("20230311", {"/usr/sbin/update-ca-certificates":
-                                          "file 0755 root:root"})},
+        {
+            "base-files": (
+                "12.4",
+                {
+                    "/proc": "dir 0555 root:root",
+                    "/run": "dir 0755 root:root",
+                    "/": "dir 0755 root:root",
+                    "/var/log/apt": "dir 0755 root:root",
+                    "/etc/issue": "file 0644 root:root",
+                },
+            ),
+            "ca-certificates": (
+                "20230311",
+                {"/usr/sbin/update-ca-certificates": "file 0755 root:root"},
+            ),
+        },
         mounts=("/proc", "/run"),
-    )  # fmt: skip
+    )
     assert filemeta.pairs(c, v) == {"/etc/issue": ("file 0644 root:root",) * 2}
 
 
@@ -270,8 +289,11 @@ def deb(tmp_path: Path, name: str, version: str) -> Path:
     (root / "usr" / "bin" / "plain").chmod(0o755)
     (root / "usr" / "bin" / "alias").symlink_to("plain")
     out = tmp_path / f"{name}_{version}_all.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(root), str(out)], check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "-b", str(root), str(out)],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -297,8 +319,14 @@ def test_the_reference_is_the_locked_deb_read_from_the_cache(tmp_path: Path) -> 
     assert debs.entries("tool", "0.9") == "tool 0.9 installed, 1.0 locked"
     assert debs.entries("other", "1") == "other is not in the lock"
     # The artifact's setuid bit on `plain` is named against the .deb's 0755.
-    art = listing({"tool": ("1.0", {"/usr/bin/plain": "file 4755 root:root",
-                                    "/usr/bin/tool": "file 4755 root:root"})})  # fmt: skip
+    art = listing(
+        {
+            "tool": (
+                "1.0",
+                {"/usr/bin/plain": "file 4755 root:root", "/usr/bin/tool": "file 4755 root:root"},
+            )
+        }
+    )
     assert filemeta.against_debs(art, debs) == (
         ["/usr/bin/plain: file 4755 root:root, but tool 1.0 ships file 0755 root:root"],
         [],
@@ -403,8 +431,9 @@ def test_an_interrupt_in_the_suite_is_handed_back_to_verify(tmp_path: Path) -> N
     )
     (suite / "test_x.py").write_text("def test_x(item):\n    pass\n")
     caught = Interrupt()
-    rc = pytest.main([str(suite), "-q", "-p", "no:cacheprovider", "--rootdir", str(suite)],
-                     plugins=[caught])  # fmt: skip
+    rc = pytest.main(
+        [str(suite), "-q", "-p", "no:cacheprovider", "--rootdir", str(suite)], plugins=[caught]
+    )
     assert rc == pytest.ExitCode.INTERRUPTED
     assert isinstance(caught.caught, Terminated)
     # A collection error also ends pytest's session by a KeyboardInterrupt of its own: no signal.
@@ -412,8 +441,9 @@ def test_an_interrupt_in_the_suite_is_handed_back_to_verify(tmp_path: Path) -> N
         "def pytest_generate_tests(metafunc):\n    raise RuntimeError('no host')\n"
     )
     error = Interrupt()
-    rc = pytest.main([str(suite), "-q", "-p", "no:cacheprovider", "--rootdir", str(suite)],
-                     plugins=[error])  # fmt: skip
+    rc = pytest.main(
+        [str(suite), "-q", "-p", "no:cacheprovider", "--rootdir", str(suite)], plugins=[error]
+    )
     assert rc == pytest.ExitCode.INTERRUPTED and error.caught is None
 
 
@@ -459,8 +489,9 @@ def disk_image(tmp_path: Path) -> Path:
         out.seek(1 << 20)
         out.write(fs.read_bytes())
     qcow2 = tmp_path / "disk.qcow2"
-    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)],
-                   check=True)  # fmt: skip
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)], check=True
+    )
     return qcow2
 
 

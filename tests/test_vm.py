@@ -127,13 +127,20 @@ def test_image_has_no_build_traces(vm_built, tmp_path: Path) -> None:
     spec, dist, _ = vm_built
     part = partition_image(dist / f"{_stem(spec)}.qcow2", tmp_path)
     assert debugfs_cat(part, "/etc/machine-id") == b""
-    ls = subprocess.run(["debugfs", "-R", "ls -l /etc/ssh", str(part)], capture_output=True,
-                        text=True, check=True).stdout  # fmt: skip
+    ls = subprocess.run(
+        ["debugfs", "-R", "ls -l /etc/ssh", str(part)], capture_output=True, text=True, check=True
+    ).stdout
     assert "ssh_host_" not in ls
-    for path in ("/root/.ssh/authorized_keys", "/var/lib/imagebuild", "/root/.ansible",
-                 "/var/lib/systemd/random-seed", "/root/.bash_history"):  # fmt: skip
-        r = subprocess.run(["debugfs", "-R", f"stat {path}", str(part)], capture_output=True,
-                           text=True)  # fmt: skip
+    for path in (
+        "/root/.ssh/authorized_keys",
+        "/var/lib/imagebuild",
+        "/root/.ansible",
+        "/var/lib/systemd/random-seed",
+        "/root/.bash_history",
+    ):
+        r = subprocess.run(
+            ["debugfs", "-R", f"stat {path}", str(part)], capture_output=True, text=True
+        )
         assert "File not found" in r.stderr, path
     # Nor in the free blocks: vm_finalize deleted them and trimmed, so their bytes are gone from
     # the image file too (a lease, a journal file's header, an SSH public key: no file of the
@@ -200,8 +207,10 @@ def test_virt_v2v_reads_the_ova_as_the_spec_asked(vm_built) -> None:
     spec, dist, _ = vm_built
     r = subprocess.run(
         ["virt-v2v", "--print-source", "-i", "ova", str(dist / filename("ova", spec))],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     fields = dict(
         (k.strip(), v.strip())
@@ -226,9 +235,11 @@ def test_nocloud_seed_logs_in_its_user_on_every_clone(vm_built, tmp_path: Path) 
     for n in (1, 2):
         key, name = make_key(tmp_path / f"key{n}"), f"clouduser{n}"
         iso = seed.nocloud(
-            tmp_path / f"seed{n}.iso", instance_id=f"iid-clone-{n}", hostname=f"clone-{n}",
+            tmp_path / f"seed{n}.iso",
+            instance_id=f"iid-clone-{n}",
+            hostname=f"clone-{n}",
             cloud_config={"users": [seed.user(name, Path(f"{key}.pub").read_text())]},
-        )  # fmt: skip
+        )
         work = tmp_path / f"vm{n}"
         with hosts.vm(disk, work, spec.vm.memory_mb, spec.vm.cpus, "libvirt", iso) as host:
             port = urlsplit(host.url).port
@@ -241,8 +252,13 @@ def test_nocloud_seed_logs_in_its_user_on_every_clone(vm_built, tmp_path: Path) 
             r = as_user.ssh(probe, timeout=600)
             assert r.returncode == 0, r.stderr + work.joinpath("serial.log").read_text()[-3000:]
             assert r.stdout.split() == [
-                name, f"clone-{n}", "status:", "done", f"iid-clone-{n}", "active"
-            ]  # fmt: skip
+                name,
+                f"clone-{n}",
+                "status:",
+                "done",
+                f"iid-clone-{n}",
+                "active",
+            ]
 
 
 def _libvirt_state(conn: Any) -> tuple[set[str], set[str], set[str]]:
@@ -263,12 +279,18 @@ def test_vagrant_up_boots_the_box_with_a_plain_vagrantfile(vm_built, tmp_path: P
     project, box = tmp_path / "project", f"imagebuild-test/{spec.name}"
     project.mkdir()
     shutil.copy(ROOT / "vagrant" / "Vagrantfile", project / "Vagrantfile")
-    env = {**os.environ, "VAGRANT_HOME": str(tmp_path / "vagrant.d"), "IMAGEBUILD_BOX": box,
-           "IMAGEBUILD_SSH_PORT": str(free_port()), "VAGRANT_CHECKPOINT_DISABLE": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "VAGRANT_HOME": str(tmp_path / "vagrant.d"),
+        "IMAGEBUILD_BOX": box,
+        "IMAGEBUILD_SSH_PORT": str(free_port()),
+        "VAGRANT_CHECKPOINT_DISABLE": "1",
+    }
 
     def vagrant(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["vagrant", *args], cwd=project, env=env, capture_output=True,
-                              text=True, timeout=900)  # fmt: skip
+        return subprocess.run(
+            ["vagrant", *args], cwd=project, env=env, capture_output=True, text=True, timeout=900
+        )
 
     before = _libvirt_state(conn)
     r = vagrant("box", "add", "--name", box, str((dist / filename("vagrant", spec)).resolve()))
@@ -354,10 +376,20 @@ def _packer_booting(spec: specmod.Spec, cache_dir: Path, dist: Path, name: str, 
     # memory is no lock input: the example's lock is this spec's lock
     shutil.copy(spec.path.with_suffix(".lock"), other.with_suffix(".lock"))
     proc = subprocess.Popen(
-        [str(Path(os.sys.executable).with_name("invoke")), "build-vm", "--spec", str(other),
-         "--cache-dir", str(cache_dir), "--dist", str(dist)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            str(Path(os.sys.executable).with_name("invoke")),
+            "build-vm",
+            "--spec",
+            str(other),
+            "--cache-dir",
+            str(cache_dir),
+            "--dist",
+            str(dist),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stderr is not None
     seen = []
     for line in proc.stderr:

@@ -24,8 +24,9 @@ def disk(path: Path, fill: bytes) -> Path:
     raw.write_bytes(fill * ((4 << 20) // len(fill)))
     with raw.open("r+b") as f:
         f.truncate(GB << 30)
-    subprocess.run(["qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", str(raw), str(path)],
-                   check=True)  # fmt: skip
+    subprocess.run(
+        ["qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", str(raw), str(path)], check=True
+    )
     return path
 
 

@@ -108,27 +108,37 @@ def write_snapshot(
     written). A failure deletes the unfinished snapshot: nothing half-written stays."""
     ebs, ec2 = client.client("ebs"), client.client("ec2")
     sid = ebs.start_snapshot(
-        VolumeSize=size_gib, Tags=tags, Encrypted=encrypted, Timeout=60,
-        ClientToken=str(uuid.uuid4()), Description=tags[0]["Value"],
-    )["SnapshotId"]  # fmt: skip
+        VolumeSize=size_gib,
+        Tags=tags,
+        Encrypted=encrypted,
+        Timeout=60,
+        ClientToken=str(uuid.uuid4()),
+        Description=tags[0]["Value"],
+    )["SnapshotId"]
     try:
 
         def put(block: tuple[int, bytes]) -> tuple[int, bytes]:
             index, data = block
             digest = hashlib.sha256(data).digest()
             ebs.put_snapshot_block(
-                SnapshotId=sid, BlockIndex=index, BlockData=data, DataLength=BLOCK,
-                Checksum=base64.b64encode(digest).decode(), ChecksumAlgorithm="SHA256",
-            )  # fmt: skip
+                SnapshotId=sid,
+                BlockIndex=index,
+                BlockData=data,
+                DataLength=BLOCK,
+                Checksum=base64.b64encode(digest).decode(),
+                ChecksumAlgorithm="SHA256",
+            )
             return index, digest
 
         with ThreadPoolExecutor(WORKERS) as pool:
             written = sorted(pool.map(put, data_blocks(raw)))
         ebs.complete_snapshot(
-            SnapshotId=sid, ChangedBlocksCount=len(written),
+            SnapshotId=sid,
+            ChangedBlocksCount=len(written),
             Checksum=_b64_sha256(b"".join(d for _, d in written)),
-            ChecksumAlgorithm="SHA256", ChecksumAggregationMethod="LINEAR",
-        )  # fmt: skip
+            ChecksumAlgorithm="SHA256",
+            ChecksumAggregationMethod="LINEAR",
+        )
         ec2.get_waiter("snapshot_completed").wait(
             SnapshotIds=[sid], WaiterConfig={"Delay": 5, "MaxAttempts": 360}
         )
@@ -154,14 +164,23 @@ def register(client: Any, spec: Spec, name: str, sid: str, tags: list[dict[str, 
         progress.say(f"build-vm: deregistering {image['ImageId']} ({name})")
         ec2.deregister_image(ImageId=image["ImageId"])
     return ec2.register_image(
-        Name=name, Description=f"imagebuild {spec.name} {spec.version}",
-        Architecture="x86_64", VirtualizationType="hvm", BootMode="legacy-bios",
-        RootDeviceName=ROOT_DEVICE, EnaSupport=True, SriovNetSupport="simple",
+        Name=name,
+        Description=f"imagebuild {spec.name} {spec.version}",
+        Architecture="x86_64",
+        VirtualizationType="hvm",
+        BootMode="legacy-bios",
+        RootDeviceName=ROOT_DEVICE,
+        EnaSupport=True,
+        SriovNetSupport="simple",
         ImdsSupport="v2.0",
-        BlockDeviceMappings=[{"DeviceName": ROOT_DEVICE, "Ebs": {
-            "SnapshotId": sid, "VolumeType": "gp3", "DeleteOnTermination": True}}],
+        BlockDeviceMappings=[
+            {
+                "DeviceName": ROOT_DEVICE,
+                "Ebs": {"SnapshotId": sid, "VolumeType": "gp3", "DeleteOnTermination": True},
+            }
+        ],
         TagSpecifications=[{"ResourceType": "image", "Tags": tags}],
-    )["ImageId"]  # fmt: skip
+    )["ImageId"]
 
 
 def ami_tags(spec: Spec, lock: Lock, dist: Path) -> list[dict[str, str]]:
@@ -205,22 +224,36 @@ def build(inputs: Inputs, dist: Path, on_error: str, region: str | None = None) 
         image_id = register(client, spec, name, sid, tags)
         st["note"] = image_id
     body = {
-        "image_id": image_id, "name": name, "region": client.region_name, "snapshot_id": sid,
-        "disk_sha256": disk_sha, "blocks_written": blocks, "block_size": BLOCK,
-        "qcow2": qcow2.name, "qcow2_sha256": sha256_file(qcow2),
+        "image_id": image_id,
+        "name": name,
+        "region": client.region_name,
+        "snapshot_id": sid,
+        "disk_sha256": disk_sha,
+        "blocks_written": blocks,
+        "block_size": BLOCK,
+        "qcow2": qcow2.name,
+        "qcow2_sha256": sha256_file(qcow2),
         # one manifest for both: the AMI is the qcow2's disk
-        "packages": out["packages"].name, "packages_sha256": sha256_file(out["packages"]),
+        "packages": out["packages"].name,
+        "packages_sha256": sha256_file(out["packages"]),
         "tags": {t["Key"]: t["Value"] for t in tags},
-        "imds_support": "v2.0", "boot_mode": "legacy-bios", "root_device": ROOT_DEVICE,
-    }  # fmt: skip
+        "imds_support": "v2.0",
+        "boot_mode": "legacy-bios",
+        "root_device": ROOT_DEVICE,
+    }
     record = write_record(spec, body, dist)
     seconds = qemu.seconds | {"ami": round(time.monotonic() - start, 1)}
     parity = qemu.parity | {
         "ami": image_id,
         "ami packages": f"the qcow2's ({out['packages'].name})",
     }
-    return replace(qemu, target="ami", outputs=qemu.outputs | {"ami_record": record},
-                   seconds=seconds, parity=parity)  # fmt: skip
+    return replace(
+        qemu,
+        target="ami",
+        outputs=qemu.outputs | {"ami_record": record},
+        seconds=seconds,
+        parity=parity,
+    )
 
 
 def write_record(spec: Spec, body: dict[str, Any], dist: Path) -> Path:

@@ -43,14 +43,19 @@ def build(inputs: Inputs, dist: Path, on_error: str, region: str | None = None) 
         tree = work / "sources"
         app_archive = stock_sources(inputs, tree)
         values = vm.packer_values(
-            spec, work, sources_dir=str(tree), ansible_user=ami.ssh_username, ansible_become=True,
+            spec,
+            work,
+            sources_dir=str(tree),
+            ansible_user=ami.ssh_username,
+            ansible_become=True,
             ansible_vars_file=str(
-                vm.ansible_vars_file(inputs.resolved, "", work / "inventory.json", app_archive,
-                                     trim=False)
+                vm.ansible_vars_file(
+                    inputs.resolved, "", work / "inventory.json", app_archive, trim=False
+                )
             ),
             aws_region=client.region_name,
             aws_ssh_cidrs=list(ami.ssh_cidrs) or [f"{caller_public_ip()}/32"],
-        )  # fmt: skip
+        )
         log = packer.log_file(inputs.cache.root, spec.name)
         what = f"amazon-ebs.vm in {client.region_name} from {ami.source_ami}"
         packer.build(values, work, "amazon-ebs.vm", on_error, log, what)
@@ -58,8 +63,15 @@ def build(inputs: Inputs, dist: Path, on_error: str, region: str | None = None) 
         with progress.stage("build-vm: ami: IMDSv2 required"):
             image_id = require_imdsv2(client, packer_ami_id(manifest))
         record = write_record(client, spec, image_id, values["aws_ami_name"], manifest, dist)
-    return vm.VmResult("ami", "", "", None, {"ami_record": record},
-                       {"ami": round(time.monotonic() - start, 1)}, {"ami": image_id})  # fmt: skip
+    return vm.VmResult(
+        "ami",
+        "",
+        "",
+        None,
+        {"ami_record": record},
+        {"ami": round(time.monotonic() - start, 1)},
+        {"ami": image_id},
+    )
 
 
 def write_record(
@@ -71,14 +83,21 @@ def write_record(
     images = client.client("ec2").describe_images(ImageIds=[image_id])["Images"]
     image = images[0] if images else {}
     body = {
-        "method": "stock", "image_id": image_id, "name": image.get("Name", name),
-        "region": client.region_name, "source_ami": spec.vm.ami.source_ami,
-        "instance_type": spec.vm.ami.instance_type, "root_device": image.get("RootDeviceName"),
-        "snapshot_ids": sorted(m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", [])
-                               if m.get("Ebs", {}).get("SnapshotId")),
+        "method": "stock",
+        "image_id": image_id,
+        "name": image.get("Name", name),
+        "region": client.region_name,
+        "source_ami": spec.vm.ami.source_ami,
+        "instance_type": spec.vm.ami.instance_type,
+        "root_device": image.get("RootDeviceName"),
+        "snapshot_ids": sorted(
+            m["Ebs"]["SnapshotId"]
+            for m in image.get("BlockDeviceMappings", [])
+            if m.get("Ebs", {}).get("SnapshotId")
+        ),
         "imds_support": image.get("ImdsSupport"),
         "packer_manifest": json.loads(manifest.read_text()),
-    }  # fmt: skip
+    }
     return ami.write_record(spec, body, dist)
 
 

@@ -37,8 +37,12 @@ from imagebuild.spec import Spec
 KIND = "vms"
 PLAIN = re.compile(r"[A-Za-z0-9._+@%=,:-]+(?:/[A-Za-z0-9._+@%=,:-]+)*")  # one debugfs word
 WRAPPER = resolved.WRAPPER.lstrip("/")  # written by the app role (its template)
-TYPES = {tarfile.DIRTYPE: "dir", tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file",
-         tarfile.SYMTYPE: "link"}  # fmt: skip
+TYPES = {
+    tarfile.DIRTYPE: "dir",
+    tarfile.REGTYPE: "file",
+    tarfile.AREGTYPE: "file",
+    tarfile.SYMTYPE: "link",
+}
 MODE_BITS = {"dir": 0o040000, "file": 0o100000, "link": 0o120000}
 
 
@@ -95,8 +99,9 @@ def find(cache: Cache, key: str) -> Prior | None:
         return None
     try:
         meta = json.loads((folder / "vm.json").read_text())
-        app = AppFiles(str(meta["app"]["diff_id"]),
-                       [(str(p), str(k)) for p, k in meta["app"]["added"]])  # fmt: skip
+        app = AppFiles(
+            str(meta["app"]["diff_id"]), [(str(p), str(k)) for p, k in meta["app"]["added"]]
+        )
         inventory = dict(meta["inventory"])
     except (ValueError, KeyError, TypeError, RecursionError):  # not what keep() writes: made again
         return None
@@ -124,8 +129,11 @@ def keep(
 def _sif(path: str, kind: str, info: tarfile.TarInfo) -> list[str]:
     """debugfs commands setting what the layer says of `path` (every time field: the layer's
     clamped mtime, so the same layer gives the same inode)."""
-    fields = {"mode": f"0{MODE_BITS[kind] | (info.mode & 0o7777):o}", "uid": str(info.uid),
-              "gid": str(info.gid)}  # fmt: skip
+    fields = {
+        "mode": f"0{MODE_BITS[kind] | (info.mode & 0o7777):o}",
+        "uid": str(info.uid),
+        "gid": str(info.gid),
+    }
     fields |= dict.fromkeys(("mtime", "atime", "ctime", "crtime"), f"@{int(info.mtime)}")
     return [f"sif /{path} {field} {value}" for field, value in fields.items()]
 
@@ -171,8 +179,9 @@ def apply(prior: Prior, new: AppFiles, layer: Path, work: Path, sde: int) -> Pat
         raw.unlink(missing_ok=True)  # a 6 GiB sparse file, also when the overlay failed
 
 
-def _apply(prior: Prior, new: AppFiles, layer: Path, work: Path, sde: int, raw: Path,
-           fs: str) -> Path:  # fmt: skip
+def _apply(
+    prior: Prior, new: AppFiles, layer: Path, work: Path, sde: int, raw: Path, fs: str
+) -> Path:
     tools.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", prior.disk, raw])
     commands = work / "overlay.debugfs"
     commands.write_text("\n".join(script(prior.app, new, layer, work / "overlay-files")) + "\n")
@@ -184,8 +193,10 @@ def _apply(prior: Prior, new: AppFiles, layer: Path, work: Path, sde: int, raw: 
     # -E discard: the blocks of the old app's files become holes (not readable in the image)
     check = tools.run(["e2fsck", "-f", "-y", "-E", "discard", fs], env=env, ok=(0, 1, 2, 4, 8))
     if check.returncode != 0:
-        raise OverlayError(f"e2fsck {shlex.quote(fs)} exit {check.returncode}: "
-                           f"{(check.stdout + check.stderr).strip()[-500:]}")  # fmt: skip
+        raise OverlayError(
+            f"e2fsck {shlex.quote(fs)} exit {check.returncode}: "
+            f"{(check.stdout + check.stderr).strip()[-500:]}"
+        )
     out = work / "overlay.qcow2"
     tools.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, out])
     return out
@@ -220,7 +231,15 @@ def build(
         st["note"] = f"over the VM with app layer {prior.app.diff_id[:12]}"
     seconds["app overlay"] = round(time.monotonic() - start, 1)
     manifest = {"builds": [], "imagebuild": "app overlay over the last Packer build: no Packer run"}
-    parity = vm_outputs.ship(written, json.dumps(manifest).encode() + b"\n", prior.inventory,
-                             layer.diff_id, b.inputs, staging, out, seconds)  # fmt: skip
+    parity = vm_outputs.ship(
+        written,
+        json.dumps(manifest).encode() + b"\n",
+        prior.inventory,
+        layer.diff_id,
+        b.inputs,
+        staging,
+        out,
+        seconds,
+    )
     parity["shared_roles_changed"] = "not run: an app overlay (the Packer pass under it found none)"
     return parity, prior.inventory

@@ -70,9 +70,11 @@ def registry_base(b: Build, tmp: Path) -> tuple[Layer, Manifest]:
         reason = e.explanation or str(e)
         raise b.inputs.spec.error("base.image", f"cannot pull {ref}: {reason}") from None
     container = b.client.containers.create(
-        image.id, name=f"imagebuild-{b.inputs.spec.name}-{b.build_id}-base", network_mode="none",
+        image.id,
+        name=f"imagebuild-{b.inputs.spec.name}-{b.build_id}-base",
+        network_mode="none",
         labels={"io.imagebuild.build": b.build_id, CACHE_LABEL: str(b.inputs.cache.root)},
-    )  # fmt: skip
+    )
     try:
         layer, manifest = diff_layer(
             container.export(chunk_size=1 << 20),

@@ -59,10 +59,15 @@ class ContainerResult:
             + told(st.pulled, st.reused, f"built in {st.seconds}s, changed={st.changed}")
             for st in self.stages
         ]
-        lines.append(f"image {self.tag} sha256:{self.image_id}"
-                     + ("  (nothing changed)" if self.noop else ""))  # fmt: skip
-        lines += [f"oci archive {self.oci_archive} ({self.manifest_digest})",
-                  f"packages {self.packages_file}", f"sbom {self.sbom_file}"]  # fmt: skip
+        lines.append(
+            f"image {self.tag} sha256:{self.image_id}"
+            + ("  (nothing changed)" if self.noop else "")
+        )
+        lines += [
+            f"oci archive {self.oci_archive} ({self.manifest_digest})",
+            f"packages {self.packages_file}",
+            f"sbom {self.sbom_file}",
+        ]
         return "\n".join(lines)
 
 

@@ -67,11 +67,22 @@ def _extract(chunks: object, rootfs: Path) -> None:
     """`docker export` stream -> folder, owners and modes kept (we are root)."""
     rootfs.mkdir()
     tar = subprocess.Popen(
-        ["tar", "-x", "-p", "--numeric-owner", "--xattrs", "--xattrs-include=*",
-         "--exclude=.dockerenv", "-C", str(rootfs), "-f", "-"],
+        [
+            "tar",
+            "-x",
+            "-p",
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--exclude=.dockerenv",
+            "-C",
+            str(rootfs),
+            "-f",
+            "-",
+        ],
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
-    )  # fmt: skip
+    )
     assert tar.stdin is not None
     try:
         for chunk in chunks:  # type: ignore[attr-defined]
@@ -118,10 +129,25 @@ def make_ext4_image(
         with dest.open("wb") as f:
             f.truncate(size)
     tools.run(
-        ["mkfs.ext4", "-q", "-F", "-b", str(BLOCK), "-L", label, "-U", fs_uuid, "-E", ext,
-         "-d", str(src), str(dest), f"{(size - offset) // 1024}k"],
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-b",
+            str(BLOCK),
+            "-L",
+            label,
+            "-U",
+            fs_uuid,
+            "-E",
+            ext,
+            "-d",
+            str(src),
+            str(dest),
+            f"{(size - offset) // 1024}k",
+        ],
         env={**os.environ, "E2FSPROGS_FAKE_TIME": str(sde)},
-    )  # fmt: skip
+    )
 
 
 def _assemble(rootfs: Path, out: Path, size: int, root_uuid: str, sde: int) -> None:
@@ -136,9 +162,19 @@ def _assemble(rootfs: Path, out: Path, size: int, root_uuid: str, sde: int) -> N
         raise DiskError("no GRUB i386-pc modules in the VM rootfs: vm.packages needs grub-pc-bin")
     core = out.parent / "core.img"
     tools.run(
-        ["grub-mkimage", "-O", "i386-pc", "-d", str(grub_dir), "-o", str(core),
-         "-p", "(hd0,msdos1)/boot/grub", *GRUB_MODULES],
-    )  # fmt: skip
+        [
+            "grub-mkimage",
+            "-O",
+            "i386-pc",
+            "-d",
+            str(grub_dir),
+            "-o",
+            str(core),
+            "-p",
+            "(hd0,msdos1)/boot/grub",
+            *GRUB_MODULES,
+        ],
+    )
     if core.stat().st_size > PART_OFFSET - 512:
         raise DiskError(f"GRUB core.img ({core.stat().st_size} bytes) does not fit before 1 MiB")
     with raw.open("r+b") as f:
@@ -150,8 +186,20 @@ def _assemble(rootfs: Path, out: Path, size: int, root_uuid: str, sde: int) -> N
     # fstrim, the drive's discard=unmap) is a whole cluster, so QEMU drops it and no deleted
     # journal, lease or key stays readable in the shipped image (64 KiB clusters keep a freed
     # block whenever a live one shares its cluster).
-    tools.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-o", f"cluster_size={BLOCK}",
-               str(raw), str(out)])  # fmt: skip
+    tools.run(
+        [
+            "qemu-img",
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "-o",
+            f"cluster_size={BLOCK}",
+            str(raw),
+            str(out),
+        ]
+    )
     raw.unlink()
 
 
@@ -191,8 +239,11 @@ def _entry(b: Build, key: str, layers: list[Layer]) -> tuple[EntryKind, Consiste
     kernel the lock installs, and one self-contained qcow2 of the spec's size (diskimage)."""
     disk_gb, lock = b.inputs.spec.vm.disk_gb, b.inputs.lock
     kind = DISK.capped("disk.qcow2", (disk_gb << 30) * 65 // 64 + (1 << 20))
-    kernels = {p.name.removeprefix("linux-image-").removesuffix("-unsigned")
-               for p in [*lock.shared, *lock.vm] if p.name.startswith("linux-image-")}  # fmt: skip
+    kernels = {
+        p.name.removeprefix("linux-image-").removesuffix("-unsigned")
+        for p in [*lock.shared, *lock.vm]
+        if p.name.startswith("linux-image-")
+    }
 
     def kernel_problem(meta: dict[str, Any]) -> str | None:
         if meta["kernel"] in kernels:
@@ -214,10 +265,15 @@ def _make(b: Build, layers: list[Layer], key: str, tmp: Path) -> str:
         with (
             progress.stage("build-vm: base disk: VM-only packages", f"key {key[:12]}") as st,
             stage_container(
-                b, "vm", layers, ["vm"], "vm.yml", b.inputs.fetched.repo_vm,
+                b,
+                "vm",
+                layers,
+                ["vm"],
+                "vm.yml",
+                b.inputs.fetched.repo_vm,
                 b.inputs.resolved.vm_vars(),
             ) as (container, result),
-        ):  # fmt: skip
+        ):
             st["note"] = f"ansible changed={result.changed}"
             _extract(container.export(chunk_size=1 << 20), rootfs)
         with progress.stage("build-vm: base disk: assemble", f"{spec.vm.disk_gb} GiB") as st:
@@ -226,8 +282,13 @@ def _make(b: Build, layers: list[Layer], key: str, tmp: Path) -> str:
             _assemble(rootfs, disk, spec.vm.disk_gb << 30, root_uuid, b.inputs.resolved.sde)
             sha = sha256_file(disk)
             st["note"] = f"kernel {kernel}, {disk.stat().st_size / 1e6:.0f} MB qcow2"
-        meta = {"key": key, "layers": [ly.diff_id for ly in layers], "sha256": sha,
-                "kernel": kernel, "root_uuid": root_uuid}  # fmt: skip
+        meta = {
+            "key": key,
+            "layers": [ly.diff_id for ly in layers],
+            "sha256": sha,
+            "kernel": kernel,
+            "root_uuid": root_uuid,
+        }
         (tmp / "disk.json").write_text(json.dumps(meta, indent=1))
         return sha
     finally:
@@ -251,8 +312,9 @@ def sources_disk(b: Build) -> Path:
         used = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file())
         size = (used * 13 // 10 + (64 << 20)) // (1 << 20) << 20  # room for ext4 metadata
         fs_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"imagebuild:{key}"))
-        make_ext4_image(tree, tmp / "sources.img", size, SOURCES_LABEL, fs_uuid,
-                        b.inputs.lock.source_date_epoch)  # fmt: skip
+        make_ext4_image(
+            tree, tmp / "sources.img", size, SOURCES_LABEL, fs_uuid, b.inputs.lock.source_date_epoch
+        )
         shutil.rmtree(tree)
         st["note"] = f"{used / 1e6:.0f} MB"
     return final / "sources.img"

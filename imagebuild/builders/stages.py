@@ -101,8 +101,13 @@ def _entry_builder(
         layer, manifest, changed = build(tmp)
         known["layer.tar"] = layer.diff_id.removeprefix("sha256:")
         save_manifest(manifest, tmp / "manifest.json")
-        meta = {"key": key, "below": [ly.diff_id for ly in below], "diff_id": layer.diff_id,
-                "size": layer.size, "entries": layer.entries}  # fmt: skip
+        meta = {
+            "key": key,
+            "below": [ly.diff_id for ly in below],
+            "diff_id": layer.diff_id,
+            "size": layer.size,
+            "entries": layer.entries,
+        }
         (tmp / "layer.json").write_text(json.dumps(meta))
         made.update(manifest=manifest, changed=changed)
 
@@ -116,8 +121,15 @@ def _store(
     only; `build_layers` goes through the registry cache too)."""
     made: dict[str, Any] = {}
     offline = RegistryCache(None, None)
-    obtain(cache, offline, STAGE, key, entry_rule(cache, key, below), f"stage {key[:12]}",
-           _entry_builder(key, below, build, made))  # fmt: skip
+    obtain(
+        cache,
+        offline,
+        STAGE,
+        key,
+        entry_rule(cache, key, below),
+        f"stage {key[:12]}",
+        _entry_builder(key, below, build, made),
+    )
     return _entry_layer(cache, key), load_manifest(manifest_path(cache, key)), made.get("changed")
 
 
@@ -197,7 +209,7 @@ def stage_container(
             {
                 **b.inputs.resolved.playbook_vars(APP_ARCHIVE if app_tar else ""),
                 **(extravars or {}),
-            },  # fmt: skip
+            },
             tags,
             b.workdir / f"{name}-ansible",
             playbook,
@@ -221,9 +233,13 @@ def _run_stage(
     ):
         stream, deleted = stage_changes(b, container, manifest, tmp)
         layer, new_manifest = diff_layer(
-            stream, manifest, tmp / "layer.tar", b.inputs.lock.source_date_epoch,
-            partial(read_file, container), deleted,
-        )  # fmt: skip
+            stream,
+            manifest,
+            tmp / "layer.tar",
+            b.inputs.lock.source_date_epoch,
+            partial(read_file, container),
+            deleted,
+        )
     return layer, new_manifest, result.changed
 
 
@@ -264,6 +280,16 @@ def build_layers(b: Build, label: str) -> tuple[list[Layer], list[StageResult]]:
         manifest = made.get("manifest", manifest_path(cache, key))
         layers.append(layer)
         seconds = round(time.monotonic() - start, 2)
-        results.append(StageResult(name, key, layer.diff_id, layer.size, origin != "built",
-                                   seconds, made.get("changed"), origin == "pulled"))  # fmt: skip
+        results.append(
+            StageResult(
+                name,
+                key,
+                layer.diff_id,
+                layer.size,
+                origin != "built",
+                seconds,
+                made.get("changed"),
+                origin == "pulled",
+            )
+        )
     return layers, results

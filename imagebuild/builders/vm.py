@@ -77,8 +77,11 @@ class VmResult:
 def _build_qemu(name: str) -> list[tuple[int, str]]:
     """This build's QEMU processes (Packer names them with `-name NAME`)."""
     qemu = ("qemu-system", "/usr/bin/qemu-system")
-    return [(pid, cmd) for pid, cmd in leftovers.processes()
-            if cmd.startswith(qemu) and f" {name} " in cmd]  # fmt: skip
+    return [
+        (pid, cmd)
+        for pid, cmd in leftovers.processes()
+        if cmd.startswith(qemu) and f" {name} " in cmd
+    ]
 
 
 def _kill_stray_qemu(name: str) -> None:
@@ -94,12 +97,20 @@ def _keep_for_login(values: dict[str, Any], work: Path, staging: Path) -> None:
     with the scratch folder) and say how."""
     for name in ("build_key", "build_key.pub"):
         shutil.copy2(work / name, staging / name)
-    ports = [m for _, cmd in _build_qemu(values["qemu_name"])
-             for m in re.findall(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-:22", cmd)]  # fmt: skip
-    login = (f"ssh -i {staging / 'build_key'} -p {ports[0]} -o StrictHostKeyChecking=no "
-             "root@127.0.0.1") if ports else "(the VM is not running any more)"  # fmt: skip
-    progress.say(f"build-vm: --on-error=abort: the VM is kept running; log in with: {login}; "
-                 f"serial console: {staging / 'serial.log'}")  # fmt: skip
+    ports = [
+        m
+        for _, cmd in _build_qemu(values["qemu_name"])
+        for m in re.findall(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-:22", cmd)
+    ]
+    login = (
+        (f"ssh -i {staging / 'build_key'} -p {ports[0]} -o StrictHostKeyChecking=no root@127.0.0.1")
+        if ports
+        else "(the VM is not running any more)"
+    )
+    progress.say(
+        f"build-vm: --on-error=abort: the VM is kept running; log in with: {login}; "
+        f"serial console: {staging / 'serial.log'}"
+    )
 
 
 def outputs(dist: Path, spec: Spec) -> dict[str, Path]:
@@ -173,8 +184,20 @@ def _pairs(args: list[str]) -> list[list[str]]:
 
 
 def make_build_key(work: Path) -> None:
-    tools.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "imagebuild-build",
-               "-f", str(work / "build_key")])  # fmt: skip
+    tools.run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "imagebuild-build",
+            "-f",
+            str(work / "build_key"),
+        ]
+    )
 
 
 def build(inputs: Inputs, dist: Path, on_error: str = "cleanup") -> VmResult:
@@ -219,8 +242,9 @@ def build(inputs: Inputs, dist: Path, on_error: str = "cleanup") -> VmResult:
                 sources = disk.sources_disk(b)
                 accel, why = vmboot.probe_accelerator()
                 progress.say(f"build-vm: accelerator {accel} ({why})")
-                parity, vm_inv = _packer_qemu(b, base, sources, accel, on_error, staging, out,
-                                              seconds)  # fmt: skip
+                parity, vm_inv = _packer_qemu(
+                    b, base, sources, accel, on_error, staging, out, seconds
+                )
             result = VmResult("qemu", accel, key, base, out, seconds, parity)
             with atomic_file(record) as t:  # last: its presence means every output is complete
                 body = asdict(result) | {
@@ -230,8 +254,9 @@ def build(inputs: Inputs, dist: Path, on_error: str = "cleanup") -> VmResult:
             checksums.record(dist, list(out.values()))
             if isinstance(app, app_overlay.AppFiles) and "qcow2" in out:  # for the next app change
                 sha = checksums.read(dist)[out["qcow2"].name]
-                app_overlay.keep(b.inputs.cache, inputs.keys.vm_but_app, out["qcow2"], sha, app,
-                                 vm_inv)  # fmt: skip
+                app_overlay.keep(
+                    b.inputs.cache, inputs.keys.vm_but_app, out["qcow2"], sha, app, vm_inv
+                )
             return result
         except BaseException:
             keep = on_error == "abort"
@@ -288,8 +313,9 @@ def _packer_qemu(
     vm_inv = json.loads(inventory_out.read_text())
     written = staging / "packer-out" / values["vm_name"]
     manifest = (work / "packer-manifest.json").read_bytes()
-    parity = vm_outputs.ship(written, manifest, vm_inv, base.sha256, b.inputs, staging, out,
-                             seconds)  # fmt: skip
+    parity = vm_outputs.ship(
+        written, manifest, vm_inv, base.sha256, b.inputs, staging, out, seconds
+    )
     # The base disk is the container's filesystem: the shared roles must find nothing to do.
     parity["shared_roles_changed"] = provision.shared_changed([ln for _, ln in timeline], spec)
     return parity, vm_inv

@@ -36,8 +36,15 @@ def ship(
         made = {fmt: staging / out[fmt].name for fmt in spec.vm.formats}
         make_formats(written, made, spec, lock)
         (staging / out["packer_manifest"].name).write_bytes(packer_manifest)
-        inv.write(inventory, spec, lock, ref, "vm", staging / out["packages"].name,
-                  staging / out["sbom"].name)  # fmt: skip
+        inv.write(
+            inventory,
+            spec,
+            lock,
+            ref,
+            "vm",
+            staging / out["packages"].name,
+            staging / out["sbom"].name,
+        )
         for name, dest in out.items():
             if name != "record":
                 os.replace(staging / dest.name, dest)

@@ -27,8 +27,16 @@ from imagebuild.lock.lockfile import (
 from imagebuild.lock.python import REQ_NAME, lock_python, requirement_sets
 from imagebuild.spec import Spec
 
-__all__ = ["Lock", "load_fresh", "path_for", "read", "requested_names", "resolve", "stale_reasons",
-           "write"]  # fmt: skip
+__all__ = [
+    "Lock",
+    "load_fresh",
+    "path_for",
+    "read",
+    "requested_names",
+    "resolve",
+    "stale_reasons",
+    "write",
+]
 
 DEBIAN_PYTHON = "/usr/bin/python3"  # python3-apt imports only under Debian's interpreter
 
@@ -38,8 +46,12 @@ def requested_names(spec: Spec) -> set[str]:
     both groups (the spec's, the base's, its stack roles') and the Python distributions of every
     requirement set (the spec's file, the stack roles' lines), normalised."""
     shared, vm = _groups(spec)
-    python = {canonicalize_name(m.group(1)) for _, lines in requirement_sets(spec)
-              for line in lines if (m := REQ_NAME.match(line))}  # fmt: skip
+    python = {
+        canonicalize_name(m.group(1))
+        for _, lines in requirement_sets(spec)
+        for line in lines
+        if (m := REQ_NAME.match(line))
+    }
     return {*shared, *vm, *python}
 
 

@@ -96,8 +96,12 @@ class Lock:
 
     def row(self, item: DebPackage | Wheel) -> str:
         """Where `item` is, as the lock's own errors say it: `LOCK:LINE: section[i]`."""
-        title, i = next((title, i) for title, attr in SECTIONS.items()
-                        for i, r in enumerate(getattr(self, attr)) if r == item)  # fmt: skip
+        title, i = next(
+            (title, i)
+            for title, attr in SECTIONS.items()
+            for i, r in enumerate(getattr(self, attr))
+            if r == item
+        )
         try:
             return f"{self.path}:{schema.line(self.path.read_text(), title, i)}: {title}[{i}]"
         except OSError:  # a lock never written (made in memory)
@@ -209,8 +213,11 @@ def moves(old: Lock, new: Lock) -> list[str]:
         after = {p.name: p.version for p in getattr(new, attr)}
         lines = [f"  + {n} {after[n]}" for n in sorted(set(after) - set(before))]
         lines += [f"  - {n} {before[n]}" for n in sorted(set(before) - set(after))]
-        lines += [f"  {n} {before[n]} -> {after[n]}" for n in sorted(set(before) & set(after))
-                  if before[n] != after[n]]  # fmt: skip
+        lines += [
+            f"  {n} {before[n]} -> {after[n]}"
+            for n in sorted(set(before) & set(after))
+            if before[n] != after[n]
+        ]
         if lines:
             out += [f"{title}:", *lines]
     return out
@@ -220,8 +227,9 @@ def stamped(new: Lock, old: Lock | None, now: str) -> Lock:
     """`new` with `resolved_at` in its header: the old lock's when nothing but the stamp would
     differ (same mirror state, same result: byte-identical lock), else `now`."""
     if old is not None:
-        keep = dataclasses.replace(new, header={**new.header, "resolved_at": old.header.get(
-            "resolved_at", now)})  # fmt: skip
+        keep = dataclasses.replace(
+            new, header={**new.header, "resolved_at": old.header.get("resolved_at", now)}
+        )
         if render(keep) == render(old):
             return keep
     return dataclasses.replace(new, header={**new.header, "resolved_at": now})

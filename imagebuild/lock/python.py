@@ -97,8 +97,9 @@ def _blame_stacks(spec: Spec, message: str) -> SpecError | None:
             m = REQ_NAME.match(line)
             if group != "python" and m and canonicalize_name(m.group(1)) in mentioned:
                 path = f"stacks[{spec.stacks.index(group)}]"
-                return spec.error(path, f"role {group!r} needs {line!r}, which does not resolve: "
-                                        f"{msg}")  # fmt: skip
+                return spec.error(
+                    path, f"role {group!r} needs {line!r}, which does not resolve: {msg}"
+                )
     return None
 
 

@@ -102,8 +102,13 @@ def _header(header: dict[str, Any], inputs: Any) -> list[tuple[str, str]]:
             msg = f"{header.get(field)!r} is not the inputs' base.{field} {recorded!r}"
             bad.append((field, msg + " (the spec's, which the lock was resolved from)"))
     if header.get("pypi_index") != INDEX:
-        bad.append(("pypi_index", f"{header.get('pypi_index')!r} is not {INDEX}, the index "
-                                  "imagebuild resolves against"))  # fmt: skip
+        bad.append(
+            (
+                "pypi_index",
+                f"{header.get('pypi_index')!r} is not {INDEX}, the index "
+                "imagebuild resolves against",
+            )
+        )
     if not isinstance(header.get("suite"), str) or not SUITE.fullmatch(header["suite"]):
         bad.append(("suite", "not a Debian suite name"))
     comps = header.get("components")
@@ -154,22 +159,26 @@ def check(data: dict[str, Any], text: str, path: str) -> None:
     problems: list[str] = []
     for field, msg in _header(data["header"], data.get("inputs")):
         problems.append(f"{path}:{line(text, 'header', None)}: header.{field}: {msg}")
-    for section, rows, kind in (("os_shared", data["os_shared"], "deb"),
-                                ("os_vm_only", data["os_vm_only"], "deb"),
-                                ("python", data["python"], "wheel")):  # fmt: skip
+    for section, rows, kind in (
+        ("os_shared", data["os_shared"], "deb"),
+        ("os_vm_only", data["os_vm_only"], "deb"),
+        ("python", data["python"], "wheel"),
+    ):
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
                 problems.append(f"{path}:{line(text, section, i)}: {section}[{i}]: not a row")
                 continue
             bad = _common(row) + (_deb(row) if kind == "deb" else _wheel(row))
-            problems += [f"{path}:{line(text, section, i)}: {section}[{i}].{f}: {m}"
-                         for f, m in bad]  # fmt: skip
+            problems += [
+                f"{path}:{line(text, section, i)}: {section}[{i}].{f}: {m}" for f, m in bad
+            ]
     twice = _twice(text, [("os_shared", data["os_shared"]), ("os_vm_only", data["os_vm_only"])])
     twice += _twice(text, [("python", data["python"])])
     problems += [f"{path}:{n}: {msg}" for n, msg in twice]
     if problems:
-        raise StaleLockError("the lock is not what it claims to be; refusing it:\n  "
-                             + "\n  ".join(problems))  # fmt: skip
+        raise StaleLockError(
+            "the lock is not what it claims to be; refusing it:\n  " + "\n  ".join(problems)
+        )
 
 
 class _KeyTwice(Exception):

@@ -43,8 +43,9 @@ def disk_hygiene(part: Path) -> dict[str, str]:
     root partition's copy."""
 
     def ls(path: str) -> list[str]:
-        r = subprocess.run(["debugfs", "-R", f"ls -p {path}", str(part)],
-                           capture_output=True, text=True)  # fmt: skip
+        r = subprocess.run(
+            ["debugfs", "-R", f"ls -p {path}", str(part)], capture_output=True, text=True
+        )
         return [ln.split("/")[5] for ln in r.stdout.splitlines() if ln.count("/") >= 6]
 
     keys = [f for f in ls("/root/.ssh") if f.startswith("authorized_keys")]

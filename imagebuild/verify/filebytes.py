@@ -62,8 +62,11 @@ def ours(spec: Spec) -> list[str]:
     entrypoint wrapper, the GPU guard, and the stack roles' /usr/local files (the CUDA probe)."""
     paths = {WRAPPER, *([resolved.GPU_GUARD] if spec.gpu else [])}
     for name in spec.stacks:
-        paths |= {v for v in roles.defaults(name).values()
-                  if isinstance(v, str) and v.startswith("/usr/local/")}  # fmt: skip
+        paths |= {
+            v
+            for v in roles.defaults(name).values()
+            if isinstance(v, str) and v.startswith("/usr/local/")
+        }
     return sorted(paths)
 
 

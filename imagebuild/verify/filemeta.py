@@ -146,8 +146,9 @@ class Debs:
         row = self._rows[package.split(":")[0]]
         if row.sha256 not in self._scripts:
             try:
-                out = tools.run(["dpkg-deb", "--ctrl-tarfile", self._cache.blob(row.sha256)],
-                                text=False).stdout  # fmt: skip
+                out = tools.run(
+                    ["dpkg-deb", "--ctrl-tarfile", self._cache.blob(row.sha256)], text=False
+                ).stdout
                 with tarfile.open(fileobj=io.BytesIO(out), mode="r:") as tar:
                     found = [
                         tar.extractfile(m)
@@ -181,8 +182,19 @@ def header(m: tarfile.TarInfo) -> str:
     owner = f"{m.uname or m.uid}:{m.gname or m.gid}"
     if m.issym():
         return f"link {owner} -> {m.linkname}"
-    kind = ("dir" if m.isdir() else "file" if m.isreg() or m.islnk() else "char" if m.ischr()
-            else "block" if m.isblk() else "fifo" if m.isfifo() else "other")  # fmt: skip
+    kind = (
+        "dir"
+        if m.isdir()
+        else "file"
+        if m.isreg() or m.islnk()
+        else "char"
+        if m.ischr()
+        else "block"
+        if m.isblk()
+        else "fifo"
+        if m.isfifo()
+        else "other"
+    )
     return f"{kind} {m.mode & 0o7777:04o} {owner}"
 
 
@@ -207,8 +219,9 @@ def set_by_script(script: str, path: str, have: str, want: str) -> bool:
         chgrp = user == owner_w.partition(":")[0] and re.search(
             rf"\bchgrp\s+{re.escape(group)}\s+{where}", script, re.M
         )
-        chown = re.search(rf"\bchown\s+{re.escape(user)}:{re.escape(group)}\s+{where}",
-                          script, re.M)  # fmt: skip
+        chown = re.search(
+            rf"\bchown\s+{re.escape(user)}:{re.escape(group)}\s+{where}", script, re.M
+        )
         ok &= bool(chgrp or chown)
     return ok
 

@@ -153,10 +153,11 @@ def items(spec: Spec, lock: Lock) -> list[Item]:
     toolkit = resolved.toolkit_env(spec)
     out = [
         # The driver's user space: the VM's own, never the container's (the host's is injected).
-        Item("gpu", "driver user space in the image", "none", " ".join(DRIVER_FILES),
-             shared=False),
-        *[Item("gpu", f"{so} version", ABSENT, vm_versions.get(pkg, ABSENT), shared=False)
-          for so, pkg in DRIVER_LIBS.items()],
+        Item("gpu", "driver user space in the image", "none", " ".join(DRIVER_FILES), shared=False),
+        *[
+            Item("gpu", f"{so} version", ABSENT, vm_versions.get(pkg, ABSENT), shared=False)
+            for so, pkg in DRIVER_LIBS.items()
+        ],
         # The kernel module exists only in the VM, built for its kernel; its version must be the
         # user space's, or nothing would load.
         Item("gpu", "nvidia kernel module version (modinfo)", ABSENT, ml, shared=False),
@@ -171,9 +172,13 @@ def items(spec: Spec, lock: Lock) -> list[Item]:
         Item("gpu", LDD_COUNT_ROW, None, None),
         Item("gpu", DIGEST_ROW, None, None),
         # Neither artifact sees a GPU under verify: both must refuse to start, naming it.
-        Item("gpu", "entrypoint without a GPU, no override", f"exit {GUARD_EXIT}: no GPU",
-             f"exit {GUARD_EXIT}: no GPU"),
+        Item(
+            "gpu",
+            "entrypoint without a GPU, no override",
+            f"exit {GUARD_EXIT}: no GPU",
+            f"exit {GUARD_EXIT}: no GPU",
+        ),
         Item("gpu", "nvidia-smi driver version", None, ml, shared=False, runtime_gpu=True),
         Item("gpu", "CUDA call (imagebuild-cuda-probe)", "ok", "ok", runtime_gpu=True),
-    ]  # fmt: skip
+    ]
     return out

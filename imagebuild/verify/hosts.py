@@ -63,14 +63,30 @@ def container(ref: str, service: bool = False) -> Iterator[Host]:
     started = []
     try:
         if service:
-            started.append(client.containers.run(ref, name=f"{name}-service", network_mode="none",
-                                                 detach=True, labels=labels))  # fmt: skip
-        started.append(client.containers.run(ref, entrypoint=["sleep", "infinity"], command=[],
-                                             name=name, network_mode="none", detach=True,
-                                             labels=labels))  # fmt: skip
+            started.append(
+                client.containers.run(
+                    ref, name=f"{name}-service", network_mode="none", detach=True, labels=labels
+                )
+            )
+        started.append(
+            client.containers.run(
+                ref,
+                entrypoint=["sleep", "infinity"],
+                command=[],
+                name=name,
+                network_mode="none",
+                detach=True,
+                labels=labels,
+            )
+        )
         seconds, url = round(time.monotonic() - start, 2), f"docker://{name}"
-        yield Host(url, seconds, "docker", image.attrs["Config"],
-                   service_url=f"{url}-service" if service else "")  # fmt: skip
+        yield Host(
+            url,
+            seconds,
+            "docker",
+            image.attrs["Config"],
+            service_url=f"{url}-service" if service else "",
+        )
     finally:
         for c in started:
             c.remove(force=True)
@@ -120,8 +136,10 @@ def local_uri_problem(uri: str) -> str | None:
     its path here: a libvirt on another host (`qemu+ssh://host/system`) cannot do either."""
     u = urlsplit(uri)
     if not u.scheme.startswith("qemu") or u.netloc or u.path not in ("/system", "/session"):
-        return (f"{uri!r} is not a local QEMU libvirt URI (qemu:///system or qemu:///session): "
-                "verify reaches the VM on this host's 127.0.0.1")  # fmt: skip
+        return (
+            f"{uri!r} is not a local QEMU libvirt URI (qemu:///system or qemu:///session): "
+            "verify reaches the VM on this host's 127.0.0.1"
+        )
     return None
 
 
@@ -161,13 +179,17 @@ def kvm_device_for_libvirt(dev: Path = Path("/dev/kvm")) -> None:
         os.chmod(dev, st.st_mode & 0o7777 | 0o060)
     except PermissionError:
         fix = f"chgrp kvm {dev} && chmod g+rw {dev}"
-        progress.say(f"verify: {dev} is root-only, so libvirt re-probes QEMU on every domain "
-                     f"start (~48 s here); as root: {fix}")  # fmt: skip
+        progress.say(
+            f"verify: {dev} is root-only, so libvirt re-probes QEMU on every domain "
+            f"start (~48 s here); as root: {fix}"
+        )
         return
     except (OSError, KeyError):  # no device or no kvm group: nothing libvirt could disagree on
         return
-    progress.say(f"verify: {dev} set to root:kvm 0660 (Debian's udev default), so libvirt "
-                 "keeps its QEMU capabilities cache")  # fmt: skip
+    progress.say(
+        f"verify: {dev} set to root:kvm 0660 (Debian's udev default), so libvirt "
+        "keeps its QEMU capabilities cache"
+    )
 
 
 @contextlib.contextmanager

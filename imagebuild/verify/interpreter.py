@@ -111,8 +111,11 @@ def parse(what: str, rc: int, stdout: str, stderr: str = "") -> dict[str, Any]:
     if rc == 0 and isinstance(out, dict):
         return out
     said = stderr.strip()[-300:] or stdout.strip()[:300]
-    raise ScriptFailed(f"{what} failed: exit {rc}, printed {said!r}" if said else
-                       f"{what} failed: exit {rc}, printed nothing")  # fmt: skip
+    raise ScriptFailed(
+        f"{what} failed: exit {rc}, printed {said!r}"
+        if said
+        else f"{what} failed: exit {rc}, printed nothing"
+    )
 
 
 def text(value: Any) -> str:

@@ -70,20 +70,29 @@ def items(spec: Spec, lock: Lock, container_libs: list[str]) -> list[Item]:
     out += [
         Item("entrypoint", row.ARGV, argv, argv),
         Item("entrypoint", row.WRAPPER_SHA, ANY, ANY),
-        Item("entrypoint", row.STARTED_BY, "image ENTRYPOINT", f"systemd ExecStart={WRAPPER}",
-             shared=False),
+        Item(
+            "entrypoint",
+            row.STARTED_BY,
+            "image ENTRYPOINT",
+            f"systemd ExecStart={WRAPPER}",
+            shared=False,
+        ),
         Item("user", row.RUNTIME_USER, spec.user, spec.user),
-    ]  # fmt: skip
+    ]
     if spec.verify.commands:
         # Behaviour: the same command gives the same exit status and stdout in both.
         for cmd in behaviour_commands(spec):
             key = behaviour_key(cmd)
-            out += [Item("behaviour", f"{key}: exit status", ANY, ANY),
-                    Item("behaviour", f"{key}: stdout", ANY, ANY)]  # fmt: skip
+            out += [
+                Item("behaviour", f"{key}: exit status", ANY, ANY),
+                Item("behaviour", f"{key}: stdout", ANY, ANY),
+            ]
     else:
         # The app's output is its own business: it must succeed and say the same on both.
-        out += [Item("smoke", smoke_command(spec), ANY, ANY),
-                Item("smoke", f"{smoke_command(spec)}: exit status", "0", "0")]  # fmt: skip
+        out += [
+            Item("smoke", smoke_command(spec), ANY, ANY),
+            Item("smoke", f"{smoke_command(spec)}: exit status", "0", "0"),
+        ]
     out += [Item("env", k, v, v) for k, v in sorted(spec.runtime_env.items())]
     out += [
         Item("hygiene", row.RUNS_AS_ROOT, "no", "no"),

@@ -39,13 +39,17 @@ class VerifyResult:
 
     def summary(self) -> str:
         """The line `verify` ends with: the outcomes counted, the timings, where the report is."""
-        counts = {o: sum(row.get("outcome") == o for row in self.rows)
-                  for o in ("passed", "failed", "skipped")}  # fmt: skip
+        counts = {
+            o: sum(row.get("outcome") == o for row in self.rows)
+            for o in ("passed", "failed", "skipped")
+        }
         return (
-            "verify: " + ", ".join(f"{n} {o}" for o, n in counts.items()) + "; "
+            "verify: "
+            + ", ".join(f"{n} {o}" for o, n in counts.items())
+            + "; "
             + ", ".join(f"{k} {v}s" for k, v in self.seconds.items())
             + f"; report {self.out_dir}/report.json, junit {self.out_dir}/junit.xml"
-        )  # fmt: skip
+        )
 
     def failures(self) -> str:
         """Each failed row named with its problem (the first 30), for the error `verify` exits
@@ -138,7 +142,7 @@ def verify(
             v = up.enter_context(
                 hosts.vm(
                     disk, work / "vm", spec.vm.memory_mb, spec.vm.cpus, backend, seed, libvirt_uri
-                )  # fmt: skip
+                )
             )
             seconds["vm start (libvirt)"] = v.setup_seconds
             seconds["vm boot to ssh"] = v.seconds
@@ -158,7 +162,7 @@ def verify(
                             "seconds": h.seconds,
                             "config": h.config,
                             "service_url": h.service_url,
-                        }  # fmt: skip
+                        }
                         for name, h in (("container", c), ("vm", v))
                     },
                 }
@@ -171,10 +175,18 @@ def verify(
         ):
             interrupt = Interrupt()
             rc = pytest.main(
-                [str(SUITE), "-c", str(SUITE / "pytest.ini"), "--rootdir", str(SUITE),
-                 "--ib-context", str(ctx), f"--junitxml={ctx.parent / 'junit.xml'}"],
+                [
+                    str(SUITE),
+                    "-c",
+                    str(SUITE / "pytest.ini"),
+                    "--rootdir",
+                    str(SUITE),
+                    "--ib-context",
+                    str(ctx),
+                    f"--junitxml={ctx.parent / 'junit.xml'}",
+                ],
                 plugins=[interrupt],
-            )  # fmt: skip
+            )
             if interrupt.caught is not None:
                 raise interrupt.caught
         seconds["test run"] = round(time.monotonic() - start, 1)

@@ -45,8 +45,10 @@ def kind_of(artifact: Path) -> str:
 def _member(tar: tarfile.TarFile, artifact: Path, pattern: str) -> tarfile.TarInfo:
     found = [m for m in tar.getmembers() if m.isfile() and fnmatch.fnmatchcase(m.name, pattern)]
     if len(found) != 1 or "/" in found[0].name:
-        raise DiskError(f"{artifact}: expected one {pattern} disk at its top, found "
-                        f"{[m.name for m in found] or 'none'}")  # fmt: skip
+        raise DiskError(
+            f"{artifact}: expected one {pattern} disk at its top, found "
+            f"{[m.name for m in found] or 'none'}"
+        )
     return found[0]
 
 
@@ -96,8 +98,9 @@ def bootable(artifact: Path, work: Path, disk_gb: int) -> Disk:
 def same_as(disk: Disk, qcow2: Path) -> None:
     """Refuse a box or OVA whose disk is not the qcow2's (guest-visible bytes)."""
     diskimage.check(qcow2, "qcow2", disk.disk_gb, str(qcow2))
-    same = tools.run(["qemu-img", "compare", "-q", "-f", "qcow2", "-F", "qcow2",
-                      disk.bootable, qcow2], ok=(0, 1))  # fmt: skip
+    same = tools.run(
+        ["qemu-img", "compare", "-q", "-f", "qcow2", "-F", "qcow2", disk.bootable, qcow2], ok=(0, 1)
+    )
     if same.returncode:
         raise DiskError(
             f"{disk.artifact.name}: its disk differs from {qcow2.name} "

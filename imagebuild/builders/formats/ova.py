@@ -103,8 +103,20 @@ def make(disk: Path, dest: Path, spec: Spec, sde: int) -> None:
     work.mkdir()
     try:
         vmdk = work / f"{stem}-disk1.vmdk"
-        tools.run(["qemu-img", "convert", "-f", "qcow2", "-O", "vmdk",
-                   "-o", "subformat=streamOptimized", disk, vmdk])  # fmt: skip
+        tools.run(
+            [
+                "qemu-img",
+                "convert",
+                "-f",
+                "qcow2",
+                "-O",
+                "vmdk",
+                "-o",
+                "subformat=streamOptimized",
+                disk,
+                vmdk,
+            ]
+        )
         capacity = info(disk)["virtual-size"]
         ovf = work / f"{stem}.ovf"
         ovf.write_text(

@@ -54,23 +54,31 @@ end
 def _seed(dest: Path, spec: Spec, sde: int) -> Path:
     """seed.img: the NoCloud seed as the qcow2 vagrant-libvirt requires of every box disk."""
     raw = seed.nocloud_vfat(
-        dest.with_suffix(".raw"), instance_id=f"{distnames.stem(spec)}-vagrant",
-        hostname=spec.name, cloud_config={"users": [seed.user("vagrant", INSECURE_KEY)]}, sde=sde,
-    )  # fmt: skip
+        dest.with_suffix(".raw"),
+        instance_id=f"{distnames.stem(spec)}-vagrant",
+        hostname=spec.name,
+        cloud_config={"users": [seed.user("vagrant", INSECURE_KEY)]},
+        sde=sde,
+    )
     tools.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(dest)])
     raw.unlink()
     return dest
 
 
 def make(disk: Path, dest: Path, spec: Spec, sde: int) -> None:
-    meta = {"provider": "libvirt", "format": "qcow2",
-            "disks": [{"path": "box.img"}, {"path": "seed.img"}]}  # fmt: skip
+    meta = {
+        "provider": "libvirt",
+        "format": "qcow2",
+        "disks": [{"path": "box.img"}, {"path": "seed.img"}],
+    }
     vf = VAGRANTFILE.format(name=spec.name, memory=spec.vm.memory_mb, cpus=spec.vm.cpus)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".box-") as tmp:
         seed_img = _seed(Path(tmp, "seed.img"), spec, sde)
         with tarfile.open(dest, "w", format=tarfile.GNU_FORMAT) as tar:
-            for name, data in (("metadata.json", json.dumps(meta).encode()),
-                               ("Vagrantfile", vf.encode())):  # fmt: skip
+            for name, data in (
+                ("metadata.json", json.dumps(meta).encode()),
+                ("Vagrantfile", vf.encode()),
+            ):
                 tarnorm.add_bytes(tar, name, data, sde)
             for name, path in (("box.img", disk), ("seed.img", seed_img)):
                 tarnorm.add_file(tar, name, path, sde)

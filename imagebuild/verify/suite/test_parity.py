@@ -27,11 +27,16 @@ def test_item(item: Item, facts: dict[str, Any], row: dict[str, Any]) -> None:
         present, why = gpu_present()
         if not present:
             pytest.skip(why)
-        blind = [a for a in ("container", "vm")
-                 if facts[a].get("gpu-device", {}).get("/dev/nvidiactl") != "present"]  # fmt: skip
+        blind = [
+            a
+            for a in ("container", "vm")
+            if facts[a].get("gpu-device", {}).get("/dev/nvidiactl") != "present"
+        ]
         if blind:
-            pytest.skip(f"the host has a GPU, but verify's {' and '.join(blind)} cannot see it "
-                        "(container run without --gpus, VM without PCI passthrough)")  # fmt: skip
+            pytest.skip(
+                f"the host has a GPU, but verify's {' and '.join(blind)} cannot see it "
+                "(container run without --gpus, VM without PCI passthrough)"
+            )
     problems = []
     if item.container is not None and c != item.container:
         problems.append(f"container has {c!r}, expected {item.container!r}")
