@@ -31,8 +31,9 @@ from imagebuild import lock as locking  # noqa: E402
 from imagebuild.cache import Cache, default_root  # noqa: E402
 from imagebuild.errors import ImageBuildError, Terminated  # noqa: E402
 from imagebuild.inputs import Inputs, prepare  # noqa: E402
+from imagebuild.project import Project  # noqa: E402
 from imagebuild.registry_cache import RegistryCache, ref_problem  # noqa: E402
-from imagebuild.spec import Spec, load  # noqa: E402
+from imagebuild.spec import Spec  # noqa: E402
 
 DEFAULT_SPEC = "imagebuild.yaml"
 COMMON_HELP = {
@@ -79,11 +80,6 @@ def cli(
     return wrap
 
 
-def _load(spec: str | Spec) -> Spec:
-    """The spec a task names; `all` hands its tasks the one it loaded."""
-    return spec if isinstance(spec, Spec) else load(spec)
-
-
 @cli(
     optional=("update",),
     check="Do not resolve: exit 3 if the lock no longer matches the spec, naming what changed.",
@@ -94,9 +90,10 @@ def _load(spec: str | Spec) -> Spec:
 def lock(c, spec=DEFAULT_SPEC, cache_dir=None, check=False, update=None, dry_run=False):
     """Resolve OS packages and Python wheels; write <spec>.lock next to the spec. Only this task
     resolves (and `all` when there is no lock yet): every other task uses the lock as it is."""
-    s = _load(spec)
+    p = Project.named(spec)
+    s = p.spec
     if check:
-        lk = locking.load_fresh(s)
+        lk = p.lock
         print(
             f"{lk.path}: up to date ({len(lk.shared)} shared, {len(lk.vm)} VM-only, "
             f"{len(lk.python)} Python)"
@@ -108,13 +105,13 @@ def lock(c, spec=DEFAULT_SPEC, cache_dir=None, check=False, update=None, dry_run
     if isinstance(update, str) and update:
         names = {n.strip() for n in update.split(",") if n.strip()}
         known = {p.name for p in old.files} if old else set()
-        known |= locking.requested_names(s)  # a package the spec (or a new stack) newly asks for
+        known |= p.req.names  # a package the spec (or a new stack) newly asks for
         unknown = sorted(n for n in names if n not in known)
         if unknown:
             raise Exit(f"error: --update: {', '.join(unknown)} not in {path}", code=2)
     cache = _cache(cache_dir)
     with cache.exclusive("lock"):
-        new = locking.resolve(s, cache, old, names)
+        new = locking.resolve(p.req, cache, old, names)
     new = locking.lockfile.stamped(new, old, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     moved = locking.lockfile.moves(old, new) if old else []
     if old is not None:
@@ -134,8 +131,7 @@ def lock(c, spec=DEFAULT_SPEC, cache_dir=None, check=False, update=None, dry_run
 )
 def fetch(c, spec=DEFAULT_SPEC, cache_dir=None, export=None, import_=None):
     """Download every locked .deb and wheel (sha256-verified) and make the offline repos."""
-    s = _load(spec)
-    lk = locking.load_fresh(s)
+    lk = Project.named(spec).lock
     cache = _cache(cache_dir)
     with cache.exclusive("fetch"):
         leftovers.sweep(cache, "fetch")
@@ -158,7 +154,7 @@ def plan(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist"):
     """Dry-run: show what would be built and what is cached; builds nothing."""
     from imagebuild import plan as planning
 
-    p = planning.make_plan(_load(spec), _cache(cache_dir), Path(dist))
+    p = planning.make_plan(Project.named(spec), _cache(cache_dir), Path(dist))
     print(p.render())
     if not p.ok:
         raise Exit(code=3)
@@ -203,7 +199,7 @@ def _registry_cache(
 
 @contextmanager
 def _prepare(
-    spec: str | Spec,
+    spec: str | Project,
     cache_dir: str | None,
     label: str,
     remote: tuple[str | None, str | None, bool, str],
@@ -212,8 +208,8 @@ def _prepare(
     """What every build starts from, resolved once (spec, fresh lock, what the roles add, every
     key, the cache, the registry cache, the verified local sources); the dist folder, then the
     cache, are this build's alone until the body returns (a second build, verify or push waits)."""
-    s = _load(spec)
-    lk = locking.load_fresh(s)
+    p = Project.named(spec)
+    s, lk = p.spec, p.lock
     cache = _cache(cache_dir)
     registry = _registry_cache(s, *remote)
     with distlock.exclusive(Path(dist), label), cache.exclusive(label):
@@ -222,7 +218,7 @@ def _prepare(
             fetched = fetching.local_sources(lk, cache)
         if registry.pull_from or registry.push_to:
             progress.say(f"{label}: {registry.describe()}")
-        yield prepare(s, lk, cache, fetched, registry)
+        yield prepare(p.req, lk, cache, fetched, registry)
 
 
 @cli(dist="Output folder (default ./dist).", shared=REGISTRY_CACHE_HELP)
@@ -315,11 +311,11 @@ def verify(
 
     if problem := local_uri_problem(libvirt_uri):
         raise Exit(f"error: --libvirt-uri: {problem}", code=2)
-    s = _load(spec)
-    locking.load_fresh(s)
+    p = Project.named(spec)
+    p.check()  # a stale lock is refused before anything boots
     with distlock.exclusive(Path(dist), "verify"):
         r = verifying.verify(
-            s,
+            p,
             Path(dist),
             container,
             Path(vm) if vm else None,
@@ -342,7 +338,7 @@ def push(c, spec=DEFAULT_SPEC, cache_dir=None, registry=None, dist="dist"):
     """Push the built image and print its reference by digest (REGISTRY/REPO@sha256:...)."""
     from imagebuild.push import push as pushing
 
-    s = _load(spec)
+    s = Project.named(spec).spec
     with distlock.exclusive(Path(dist), "push"):
         r = pushing(s, registry, Path(dist))
     print(f"pushed {r.reference} (image {r.image_id})")
@@ -352,17 +348,16 @@ def push(c, spec=DEFAULT_SPEC, cache_dir=None, registry=None, dist="dist"):
 def all(c, spec=DEFAULT_SPEC, cache_dir=None):  # noqa: A001 - the task's name on the CLI
     """The main job: fetch, plan, build-container, build-vm, verify, from the lock as it is (a
     stale lock is refused; only a missing one is resolved, and then it says it wrote one)."""
-    s = _load(spec)
-    if locking.path_for(s).is_file():
-        locking.load_fresh(s)
-        progress.say(
-            f"lock: using {locking.path_for(s)} as it is (`invoke lock --update` refreshes it)"
-        )
+    p = Project.named(spec)
+    path = locking.path_for(p.spec)
+    if path.is_file():
+        p.check()  # read and checked here, once: every step below uses this one
+        progress.say(f"lock: using {path} as it is (`invoke lock --update` refreshes it)")
     else:
-        progress.say(f"lock: no {locking.path_for(s)} yet: resolving one")
-        lock(c, spec=s, cache_dir=cache_dir)
-    for step in (fetch, plan, build_container, build_vm, verify):  # the spec read once
-        step(c, spec=s, cache_dir=cache_dir)
+        progress.say(f"lock: no {path} yet: resolving one")
+        lock(c, spec=p, cache_dir=cache_dir)
+    for step in (fetch, plan, build_container, build_vm, verify):  # spec and lock read once
+        step(c, spec=p, cache_dir=cache_dir)
 
 
 ns = Collection(lock, fetch, plan, build_container, build_vm, verify, push, all)

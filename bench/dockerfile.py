@@ -28,7 +28,7 @@ from imagebuild.builders import image as img  # noqa: E402
 from imagebuild.builders import stages  # noqa: E402
 from imagebuild.cache import Cache  # noqa: E402
 from imagebuild.fetch import local_sources  # noqa: E402
-from imagebuild.lock.lockfile import load_fresh  # noqa: E402
+from imagebuild.project import Project  # noqa: E402
 from imagebuild.spec import Spec, load  # noqa: E402
 
 BASE_REPO = "imagebuild-bench/base"
@@ -67,11 +67,11 @@ CMD [{q(f'"{a}"' for a in spec.cmd)}]
 def prepare(spec_path: str, cache_dir: Path, ctx: Path) -> tuple[str, str]:
     """Load imagebuild's base layer as an image, make the build context; return the base
     image's tag and the tag to build."""
-    spec = load(spec_path)
-    lock = load_fresh(spec)
+    project = Project(load(spec_path))
+    spec, lock = project.spec, project.lock
     cache = Cache(cache_dir)
     fetched = local_sources(lock, cache)
-    r = resolved.resolve(spec, lock)
+    r = resolved.resolve(project.req, lock)
     key = keying.compute(r).stages["base"]
     hit = stages.cached(cache, key, [])  # the base: no layer below
     assert hit is not None, "run build-container first: its base layer is the common base"

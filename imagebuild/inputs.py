@@ -11,6 +11,7 @@ from imagebuild.cache import Cache
 from imagebuild.fetch import FetchResult
 from imagebuild.lock.lockfile import Lock
 from imagebuild.registry_cache import RegistryCache
+from imagebuild.requested import Requested
 from imagebuild.resolved import Resolved, resolve
 from imagebuild.spec import Spec
 
@@ -33,7 +34,11 @@ class Inputs:
 
 
 def prepare(
-    spec: Spec, lock: Lock, cache: Cache, fetched: FetchResult, remote: RegistryCache | None = None
+    req: Requested,
+    lock: Lock,
+    cache: Cache,
+    fetched: FetchResult,
+    remote: RegistryCache | None = None,
 ) -> Inputs:
-    r = resolve(spec, lock)
+    r = resolve(req, lock)
     return Inputs(r, keying.compute(r), cache, fetched, remote or RegistryCache(None, None))

@@ -11,7 +11,8 @@ from pathlib import Path
 from imagebuild import __version__, inventory, packer, roles
 from imagebuild.cache import digest
 from imagebuild.cache_entries import ENTRY_FORMAT
-from imagebuild.lock.lockfile import BASE_PACKAGES, Lock
+from imagebuild.lock.lockfile import Lock
+from imagebuild.requested import BASE_PACKAGES
 from imagebuild.resolved import Resolved
 
 STAGES = ("base", "os", "python", "stacks", "app")

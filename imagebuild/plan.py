@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagebuild import keys as keying
-from imagebuild import lock as locking
 from imagebuild.builders.disk import disk_cached
 from imagebuild.builders.stages import stage_cached
 from imagebuild.builders.vm import up_to_date
@@ -17,8 +16,8 @@ from imagebuild.errors import StaleLockError
 from imagebuild.fetch import source_dirs
 from imagebuild.keys import STAGES
 from imagebuild.lock.lockfile import DebPackage, Wheel
+from imagebuild.project import Project
 from imagebuild.resolved import resolve
-from imagebuild.spec import Spec
 from imagebuild.spec_sections import Ami
 
 
@@ -42,11 +41,12 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def make_plan(spec: Spec, cache: Cache, dist: Path) -> Plan:
+def make_plan(project: Project, cache: Cache, dist: Path) -> Plan:
+    spec = project.spec
     plan = Plan()
     plan.add(f"spec      {spec.path}  ({spec.name} {spec.version})")
     try:
-        lock = locking.load_fresh(spec)
+        lock = project.lock
     except StaleLockError as e:
         plan.ok = False
         plan.add(f"lock      NOT USABLE: {e}")
@@ -71,7 +71,7 @@ def make_plan(spec: Spec, cache: Cache, dist: Path) -> Plan:
     # Made, as every cache entry, under a temporary name and renamed once complete.
     shared, vm, wh = (_state(d.is_dir(), "make") for d in source_dirs(cache, lock))
     plan.add(f"fetch     apt repo shared: {shared}, vm: {vm}; wheelhouse: {wh}")
-    keys = keying.compute(resolve(spec, lock))
+    keys = keying.compute(resolve(project.req, lock))
     st = keys.stages
     layers = " ".join(f"{n}:{_state(stage_cached(cache, st[n]), 'build')}" for n in STAGES)
     plan.add(f"container {spec.repository}:{spec.version}  layers {layers}")

@@ -6,12 +6,14 @@ AMI and every cache key read the same values, so they cannot drift."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from imagebuild import app_tree, inventory, roles
 from imagebuild.lock.lockfile import Lock
+from imagebuild.requested import Requested
 from imagebuild.spec import Spec
 
 # Where the build's sources sit inside a stage container (bind mounts) and inside the VM
@@ -50,7 +52,7 @@ def toolkit_env(spec: Spec) -> dict[str, str]:
     }
 
 
-def _pins(versions: dict[str, str], names: list[str]) -> list[str]:
+def _pins(versions: dict[str, str], names: Sequence[str]) -> list[str]:
     return [f"{n}={versions[n]}" for n in dict.fromkeys(names)]
 
 
@@ -115,16 +117,16 @@ class Resolved:
         }
 
 
-def resolve(spec: Spec, lock: Lock) -> Resolved:
+def resolve(req: Requested, lock: Lock) -> Resolved:
+    spec = req.spec
     shared = {p.name: p.version for p in lock.shared}
     both = shared | {p.name: p.version for p in lock.vm}
-    stacks = spec.stack_roles
     digest = app_tree.digest(spec)
     return Resolved(
         spec=spec,
         lock=lock,
-        os_pins=_pins(shared, [*spec.packages, *(n for r in stacks for n in r.packages)]),
-        vm_pins=_pins(both, [*spec.vm.packages, *(n for r in stacks for n in r.vm_packages)]),
+        os_pins=_pins(shared, req.packages),
+        vm_pins=_pins(both, req.vm),
         vm_stacks=[s for s in spec.stacks if (roles.ROLES_DIR / s / "tasks" / "vm.yml").is_file()],
         exec_argv=exec_argv(spec),
         runtime_env=runtime_env(spec),

@@ -58,8 +58,8 @@ def with_cuda_wheels(stacks: list[RoleInfo], cuda: str) -> list[RoleInfo]:
 
 def stack_roles(names: Sequence[str], cuda: str | None) -> list[RoleInfo]:
     """The stack roles `names`, in their CUDA variant where `cuda` (the spec's `gpu.cuda`) is
-    given, else the CPU one, the CUDA user space resolved for that version. `Spec.stack_roles`
-    holds the spec's, made once."""
+    given, else the CPU one, the CUDA user space resolved for that version. `Requested.stacks`
+    holds the spec's, made once per task."""
     stacks = [role(s).variant(cuda is not None) for s in names]
     return with_cuda_wheels(stacks, cuda) if cuda is not None else stacks
 

@@ -11,7 +11,6 @@ import dataclasses
 import re
 import sys
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import yaml
@@ -142,11 +141,6 @@ class Spec:
         """The VM's systemd unit for the entrypoint (`.service` implied, as systemctl takes
         it): prefixed, so no spec name (`ssh`, `cloud-init`) replaces a unit of the OS."""
         return f"imagebuild-{self.name}"
-
-    @cached_property
-    def stack_roles(self) -> tuple[roles.RoleInfo, ...]:
-        """The stack roles in the variant `gpu:` selects (CPU or CUDA), made once per spec."""
-        return tuple(roles.stack_roles(self.stacks, self.gpu.cuda if self.gpu else None))
 
     @property
     def runtime_env(self) -> dict[str, str]:

@@ -153,10 +153,12 @@ def changed(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]
 
 def keys_of(spec_path: Path) -> Keys:
     """Every cache key of a spec with its lock beside it, as a build computes them."""
-    from imagebuild import keys, lock, resolved, spec
+    from imagebuild import keys, lock, requested, resolved, spec
 
     s = spec.load(spec_path)
-    return keys.compute(resolved.resolve(s, lock.read(spec_path.with_suffix(".lock"))))
+    return keys.compute(
+        resolved.resolve(requested.of(s), lock.read(spec_path.with_suffix(".lock")))
+    )
 
 
 def copy_example(dest: Path) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild import app_tree
+from imagebuild import app_tree, requested
 from imagebuild import spec as specmod
 from imagebuild.errors import SpecError
 from imagebuild.lock import lockfile
@@ -59,7 +59,9 @@ def _shipped(app: Path) -> set[str]:
 def _archive(app: Path, tmp_path: Path) -> dict[str, tarfile.TarInfo]:
     spec = specmod.load(app.parent / "imagebuild.yaml")
     archive = tmp_path / "app.tar"
-    resolve(spec, lockfile.read(EXAMPLE / "imagebuild.lock")).write_app_archive(archive)
+    resolve(requested.of(spec), lockfile.read(EXAMPLE / "imagebuild.lock")).write_app_archive(
+        archive
+    )
     with tarfile.open(archive) as tar:
         return {m.name: m for m in tar.getmembers()}
 

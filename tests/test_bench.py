@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from imagebuild.lock.lockfile import load_fresh
+from imagebuild.project import Project
 from imagebuild.resolved import resolve
 from imagebuild.spec import load
 from tests.conftest import EXAMPLE, ROOT
@@ -17,14 +17,15 @@ import dockerfile  # noqa: E402
 
 def test_rendered_dockerfile_is_hadolint_clean(tmp_path: Path) -> None:
     spec = load(EXAMPLE / "imagebuild.yaml")
-    text = dockerfile.render(spec, resolve(spec, load_fresh(spec)).os_pins, "base:0123abcd")
+    p = Project(spec)
+    text = dockerfile.render(spec, resolve(p.req, p.lock).os_pins, "base:0123abcd")
     (tmp_path / "Dockerfile").write_text(text)
     hadolint = Path(sys.executable).with_name("hadolint")
     r = subprocess.run(
         [str(hadolint), str(tmp_path / "Dockerfile")], capture_output=True, text=True
     )
     assert r.returncode == 0, r.stdout + r.stderr
-    for pin in resolve(spec, load_fresh(spec)).os_pins:
+    for pin in resolve(p.req, p.lock).os_pins:
         assert pin in text
 
 

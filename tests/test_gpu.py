@@ -19,7 +19,7 @@ import jinja2
 import pytest
 import yaml
 
-from imagebuild import resolved, roles
+from imagebuild import requested, resolved, roles
 from imagebuild import spec as specmod
 from imagebuild.errors import SpecError
 from imagebuild.verify import gpu
@@ -131,7 +131,7 @@ def test_a_cuda_version_without_locked_wheels_is_refused_at_its_line(tmp_path: P
 def test_cuda_components_follow_the_stacks(tmp_path: Path) -> None:
     """cuda_runtime installs the runtime plus what the other stacks ask for, all one CUDA minor."""
     spec = specmod.load(gpu_spec(tmp_path / "a"))
-    cuda = {r.name: r for r in spec.stack_roles}["cuda_runtime"]
+    cuda = {r.name: r for r in requested.of(spec).stacks}["cuda_runtime"]
     assert cuda.python == [
         "nvidia-cuda-runtime-cu12==12.2.*",
         "nvidia-cublas-cu12==12.2.*",
@@ -140,7 +140,7 @@ def test_cuda_components_follow_the_stacks(tmp_path: Path) -> None:
         "nvidia-cudnn-cu12==9.*",
     ]
     probe = specmod.load(gpu_spec(tmp_path / "b", stacks=["nvidia_driver", "cuda_runtime"]))
-    cuda = {r.name: r for r in probe.stack_roles}["cuda_runtime"]
+    cuda = {r.name: r for r in requested.of(probe).stacks}["cuda_runtime"]
     assert cuda.python == ["nvidia-cuda-runtime-cu12==12.2.*"]
 
 
@@ -502,10 +502,8 @@ def test_a_vm_only_change_keys_the_disk_not_the_stacks_layer(
 def test_update_knows_every_name_the_spec_asks_for(tmp_path: Path) -> None:
     """`lock --update NAME` accepts what the spec newly asks for through its stack roles too
     (it knew only `packages` and `vm.packages`): their Debian packages and Python names."""
-    from imagebuild.lock import requested_names
-
     spec = specmod.load(gpu_spec(tmp_path))
-    names = requested_names(spec)
+    names = requested.of(spec).names
     assert {"nvidia-kernel-dkms", "libnvidia-ml1"} <= names  # nvidia_driver's vm_packages
     assert {"onnxruntime-gpu", "nvidia-cuda-runtime-cu12"} <= names  # stack roles' Python lines
     assert set(spec.packages) | set(spec.vm.packages) <= names

@@ -12,6 +12,7 @@ import pytest
 
 from imagebuild import keys as keying
 from imagebuild import lock as locking
+from imagebuild import requested
 from imagebuild import spec as specmod
 from imagebuild.keys import STAGES
 from imagebuild.resolved import resolve
@@ -21,7 +22,7 @@ from tests.conftest import EXAMPLE, copy_example
 def _keys(spec_path: Path) -> dict[str, str]:
     spec = specmod.load(spec_path)
     lock = locking.read(spec_path.with_suffix(".lock"))
-    keys = keying.compute(resolve(spec, lock))
+    keys = keying.compute(resolve(requested.of(spec), lock))
     return keys.stages | {"disk": keys.disk, "vm": keys.vm, "vm_but_app": keys.vm_but_app}
 
 

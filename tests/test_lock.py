@@ -13,7 +13,7 @@ from imagebuild import lock as locking
 from imagebuild import spec as specmod
 from imagebuild.builders.stages import STAGES
 from imagebuild.cache import Cache, sha256_file
-from imagebuild.lock.python import requirement_lines
+from imagebuild.project import Project
 from tests.conftest import run_invoke, tree
 
 pytestmark = pytest.mark.network
@@ -21,12 +21,12 @@ pytestmark = pytest.mark.network
 
 def test_lock_covers_spec_and_vm_sections(locked_example: Path) -> None:
     spec = specmod.load(locked_example)
-    lk = locking.load_fresh(spec)
+    lk = Project(spec).lock
     shared = {p.name for p in lk.shared}
     assert set(spec.packages) <= shared and {"apt", "python3", "dpkg"} <= shared
     vm_only = {p.name for p in lk.vm}
     assert {"linux-image-cloud-amd64", "openssh-server"} <= vm_only and not vm_only & shared
-    wanted = set(requirement_lines(spec))  # the example's lines are bare names
+    wanted = set(Project(spec).req.requirements)  # the example's lines are bare names
     assert wanted <= {w.name for w in lk.python}
     assert all(len(p.sha256) == 64 for p in [*lk.shared, *lk.vm, *lk.python])
     assert lk.source_date_epoch > 1_600_000_000

@@ -14,7 +14,7 @@ import pytest
 from ansible.parsing.dataloader import DataLoader
 from packaging.version import Version
 
-from imagebuild import packer, provision
+from imagebuild import packer, provision, requested
 from imagebuild.builders import ami, ami_stock, vm
 from imagebuild.cache import Cache
 from imagebuild.errors import ImageBuildError
@@ -202,7 +202,7 @@ def test_ami_uploads_the_app_the_stock_ami_lacks(tmp_path: Path, locked_example:
         d.mkdir()
         (d / "marker").write_text(d.name)
     fetched = FetchResult(0, 0, 0, repo, repo, wheels)
-    inputs = prepare(spec, lock, Cache(tmp_path / "cache"), fetched)
+    inputs = prepare(requested.of(spec), lock, Cache(tmp_path / "cache"), fetched)
     archive = ami_stock.stock_sources(inputs, tmp_path / "up")
     assert archive == f"{SOURCES_DIR}/app.tar"
     with tarfile.open(tmp_path / "up" / "app.tar") as tar:

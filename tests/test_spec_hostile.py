@@ -13,7 +13,7 @@ import jinja2
 import pytest
 import yaml
 
-from imagebuild import roles
+from imagebuild import requested, roles
 from imagebuild import spec as specmod
 from imagebuild.lock import lockfile
 from imagebuild.resolved import resolve
@@ -169,7 +169,10 @@ def test_an_os_unit_s_name_gets_its_own_unit(tmp_path: Path, name: str) -> None:
     writes over it (the VM kept no sshd / cloud-init), through the values the build passes."""
     spec = specmod.load(_example(tmp_path / "proj", name=name))
     lock = lockfile.read(EXAMPLE / "imagebuild.lock")
-    assert resolve(spec, lock).vm_vars()["imagebuild_service_name"] == f"imagebuild-{name}"
+    assert (
+        resolve(requested.of(spec), lock).vm_vars()["imagebuild_service_name"]
+        == f"imagebuild-{name}"
+    )
     tasks = (roles.ROLES_DIR / "vm_service" / "tasks" / "main.yml").read_text()
     assert tasks.count("/{{ imagebuild_service_name }}.service") == 3
     # verify asks systemd about that unit, not the OS's namesake

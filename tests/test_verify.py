@@ -15,8 +15,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from imagebuild import lock as locking
 from imagebuild import vmboot
+from imagebuild.project import Project
 from imagebuild.verify.filemeta import SPECIAL, SUMMARY, UNCHECKED
 from imagebuild.verify.items import items
 from tests.conftest import ROOT, TEMPLATE_RAN, TEMPLATED_ENV, run_invoke
@@ -58,7 +58,7 @@ def test_verify_passes_on_the_built_example(vm_built, locked_example: Path) -> N
     r = verify(locked_example, dist)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads((dist / "verify" / "report.json").read_text())
-    lock = locking.load_fresh(spec)
+    lock = Project(spec).lock
     rows = {row["id"]: row for row in report["rows"]}
     # Every locked package and Python distribution is a row, and every row passed.
     for p in lock.shared + lock.vm:
@@ -101,7 +101,7 @@ def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path) -> No
     """One different package version + one different env var in the container; a changed
     entrypoint unit + one locked Python package removed in the VM: each item named."""
     spec, dist, _ = vm_built
-    lock = locking.load_fresh(spec)
+    lock = Project(spec).lock
     victim_deb = "ca-certificates"
     victim_py = lock.python[0].name
     client = docker.from_env()
@@ -322,7 +322,7 @@ def test_modes_links_and_a_broken_python_are_named(
     # and imports could not be, and say why. The app itself no longer starts (behaviour, service).
     assert rows["deb:ca-certificates"]["outcome"] == "passed"
     assert rows["bytes:deb files changed or missing (dpkg --verify)"]["container"] == "none"
-    for w in locking.load_fresh(spec).python:
+    for w in Project(spec).lock.python:
         assert rows[f"python:{w.name}"]["container"].startswith(
             f"not read: {spec.python.venv}/bin/python does not run Python"
         )

@@ -455,17 +455,19 @@ def test_the_suite_collects_once_and_writes_no_report_when_interrupted(
     conftest = load_file(ROOT / "imagebuild" / "verify" / "suite" / "conftest.py", "suite_conftest")
     calls = []
 
-    def collect(path: str) -> dict[str, Any]:
+    def collect(path: str, project: object) -> dict[str, Any]:
         calls.append(path)
         raise Terminated
 
     monkeypatch.setattr(conftest, "_collect", collect)
+    monkeypatch.setattr(conftest, "_project", lambda config, path: None)
     ctx = str(tmp_path / "context.json")
+    config = SimpleNamespace(getoption=lambda _: ctx)
     for _ in range(2):
         with pytest.raises(Terminated):
-            conftest._context(ctx)
+            conftest._ctx(config)
     assert calls == [ctx]
-    session = SimpleNamespace(config=SimpleNamespace(getoption=lambda _: ctx))
+    session = SimpleNamespace(config=config)
     conftest.pytest_sessionfinish(session, pytest.ExitCode.INTERRUPTED)
     assert calls == [ctx] and not (tmp_path / "report.json").exists()
 

@@ -22,12 +22,12 @@ import docker
 import pytest
 
 from imagebuild import leftovers, seed
-from imagebuild import lock as locking
 from imagebuild import spec as specmod
 from imagebuild.builders import ami
 from imagebuild.builders.formats import filename
 from imagebuild.cache import sha256_file
 from imagebuild.inventory import package_entries
+from imagebuild.project import Project
 from imagebuild.verify import hosts
 from imagebuild.vmboot import (
     Booted,
@@ -78,7 +78,7 @@ def test_shared_packages_equal_the_containers(vm_built, locked_example: Path) ->
     """The manifest written from inside the VM equals the container's on every package of the
     lock's shared section and every locked Python distribution; VM-only ones all present."""
     spec, dist, r = vm_built
-    lock = locking.load_fresh(spec)
+    lock = Project(spec).lock
     vm = package_entries((dist / f"{_stem(spec)}.vm.packages.txt").read_text())
     ct = package_entries((dist / f"{_stem(spec)}.container.packages.txt").read_text())
     shared = [f"deb {p.name}" for p in lock.shared] + [f"python {w.name}" for w in lock.python]

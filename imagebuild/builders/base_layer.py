@@ -20,7 +20,8 @@ from imagebuild.builders.layers import (
 )
 from imagebuild.fetch import apt_source
 from imagebuild.leftovers import CACHE_LABEL
-from imagebuild.lock.lockfile import BASE_PACKAGES, Lock
+from imagebuild.lock.lockfile import Lock
+from imagebuild.requested import BASE_PACKAGES
 
 
 def sources_hook(source: str) -> str:

@@ -6,17 +6,13 @@ import json
 import subprocess
 from pathlib import Path
 
-from packaging.utils import canonicalize_name
-
 from imagebuild import progress
 from imagebuild.cache import Cache, digest
 from imagebuild.errors import ImageBuildError, SpecError
 from imagebuild.lock.lockfile import (
-    BASE_PACKAGES,
     DebPackage,
     Lock,
     Wheel,
-    inputs_for,
     load_fresh,
     make,
     path_for,
@@ -24,7 +20,8 @@ from imagebuild.lock.lockfile import (
     stale_reasons,
     write,
 )
-from imagebuild.lock.python import REQ_NAME, lock_python, requirement_sets
+from imagebuild.lock.python import lock_python
+from imagebuild.requested import Requested
 from imagebuild.spec import Spec
 
 __all__ = [
@@ -32,7 +29,6 @@ __all__ = [
     "load_fresh",
     "path_for",
     "read",
-    "requested_names",
     "resolve",
     "stale_reasons",
     "write",
@@ -41,45 +37,10 @@ __all__ = [
 DEBIAN_PYTHON = "/usr/bin/python3"  # python3-apt imports only under Debian's interpreter
 
 
-def requested_names(spec: Spec) -> set[str]:
-    """Every name the spec asks the lock for, as `--update` takes them: the Debian packages of
-    both groups (the spec's, the base's, its stack roles') and the Python distributions of every
-    requirement set (the spec's file, the stack roles' lines), normalised."""
-    shared, vm = _groups(spec)
-    python = {
-        canonicalize_name(m.group(1))
-        for _, lines in requirement_sets(spec)
-        for line in lines
-        if (m := REQ_NAME.match(line))
-    }
-    return {*shared, *vm, *python}
-
-
-def _groups(spec: Spec) -> tuple[list[str], list[str]]:
-    stacks = spec.stack_roles
-    shared = list(BASE_PACKAGES) + list(spec.packages)
-    vm = list(spec.vm.packages)
-    for r in stacks:
-        shared += r.packages
-        vm += r.vm_packages
-    return shared, vm
-
-
-def _blame_package(spec: Spec, name: str, message: str) -> SpecError:
-    for field_name, items in (("packages", spec.packages), ("vm.packages", spec.vm.packages)):
-        if name in items:
-            path = f"{field_name}[{items.index(name)}]"
-            return spec.error(path, f"{name!r}: {message}")
-    for i, r in enumerate(spec.stack_roles):
-        if name in r.packages + r.vm_packages:
-            return spec.error(f"stacks[{i}]", f"role {r.name!r} needs {name!r}: {message}")
-    return spec.error("base", f"{name!r}: {message}")
-
-
 def resolve_os(
-    spec: Spec, cache: Cache, keep: dict[str, str] | None = None
+    req: Requested, cache: Cache, keep: dict[str, str] | None = None
 ) -> tuple[list[DebPackage], list[DebPackage], int]:
-    shared, vm = _groups(spec)
+    spec = req.spec
     key = digest(spec.base.effective_mirror, spec.base.suite, *spec.base.components)[:16]
     request = {
         "root": str(cache.dir("apt", key)),
@@ -90,8 +51,8 @@ def resolve_os(
         "snapshot": spec.base.snapshot,
         "keep": keep or {},
         "groups": [
-            {"name": "shared", "essential": True, "packages": shared},
-            {"name": "vm", "packages": vm},
+            {"name": "shared", "essential": True, "packages": list(req.shared)},
+            {"name": "vm", "packages": list(req.vm)},
         ],
     }
     if not Path(DEBIAN_PYTHON).exists():
@@ -109,7 +70,7 @@ def resolve_os(
         raise SpecError(spec.where("base.mirror"), "base.mirror", answer["fatal"])
     if answer["errors"]:
         raise SpecError.many(
-            [_blame_package(spec, e["package"], e["message"]) for e in answer["errors"]]
+            [req.package_error(e["package"], e["message"]) for e in answer["errors"]]
         )
     return (
         [DebPackage(**r) for r in answer["groups"]["shared"]],
@@ -139,7 +100,7 @@ def check_gpu_versions(spec: Spec, locked: dict[str, str]) -> None:
 
 
 def resolve(
-    spec: Spec, cache: Cache, old: Lock | None = None, update: set[str] | None = None
+    req: Requested, cache: Cache, old: Lock | None = None, update: set[str] | None = None
 ) -> Lock:
     """Resolve everything; nothing is written (the caller writes the lock on success). With an
     `old` lock and `update` names, every other package prefers its locked version, so only the
@@ -148,15 +109,15 @@ def resolve(
     if old is not None and update is not None:
         keep_os = {p.name: p.version for p in [*old.shared, *old.vm] if p.name not in update}
         keep_py = {w.name: w.version for w in old.python if w.name not in update}
-    inputs_for(spec)  # fail early on unreadable requirement files
+    spec = req.spec
     with progress.stage(
         "lock: OS packages", f"{spec.base.suite} from {spec.base.effective_mirror}"
     ) as st:
-        shared, vm, epoch = resolve_os(spec, cache, keep_os)
+        shared, vm, epoch = resolve_os(req, cache, keep_os)
         check_gpu_versions(spec, {p.name: p.version for p in vm})
         st["note"] = f"{len(shared)} shared, {len(vm)} VM-only"
     with progress.stage("lock: Python", f"cp{spec.python_version} wheels") as st:
-        wheels = [Wheel(**w) for w in lock_python(spec, keep_py)]
+        wheels = [Wheel(**w) for w in lock_python(req, keep_py)]
         check_gpu_versions(spec, {w.name: w.version for w in wheels})
         st["note"] = f"{len(wheels)} distributions"
-    return make(spec, shared, vm, wheels, epoch)
+    return make(req, shared, vm, wheels, epoch)

@@ -19,13 +19,11 @@ from imagebuild import __version__
 from imagebuild.cache import atomic_file
 from imagebuild.errors import StaleLockError
 from imagebuild.lock import schema
-from imagebuild.lock.python import INDEX, platform_tag, requirement_lines
+from imagebuild.lock.python import INDEX, platform_tag
+from imagebuild.requested import BASE_PACKAGES, Requested
 from imagebuild.spec import Spec
 
 FORMAT = 1
-# In every rootfs besides the spec's packages: apt installs the locked packages, python3 is
-# Ansible's interpreter on the target.
-BASE_PACKAGES = ["apt", "python3"]
 
 
 @dataclass(frozen=True)
@@ -117,9 +115,9 @@ def path_for(spec: Spec) -> Path:
     return spec.path.with_suffix(".lock")
 
 
-def inputs_for(spec: Spec) -> dict[str, Any]:
+def inputs_for(req: Requested) -> dict[str, Any]:
     """Everything in the spec (and in files it names) that the lock's content depends on."""
-    stacks = spec.stack_roles
+    spec = req.spec
     return {
         "base": {
             "distro": spec.base.distro,
@@ -127,21 +125,21 @@ def inputs_for(spec: Spec) -> dict[str, Any]:
             "mirror": spec.base.effective_mirror,
             "components": spec.base.components,
         },
-        "packages": sorted(set(BASE_PACKAGES + spec.packages)),
+        "packages": sorted({*BASE_PACKAGES, *spec.packages}),
         "stacks": {
             r.name: {
                 "packages": r.packages,
                 "vm_packages": r.vm_packages,
                 "python": r.python,
             }
-            for r in stacks
+            for r in req.stacks
         },
         "gpu": dataclasses.asdict(spec.gpu) if spec.gpu else None,
         "vm_packages": sorted(spec.vm.packages),
         "python": None
         if spec.python is None
         else {
-            "requirements": requirement_lines(spec),
+            "requirements": list(req.requirements),
             "target": spec.python_version,
             "platform": platform_tag(spec),
         },
@@ -176,13 +174,14 @@ def render(lock: Lock) -> str:
 
 
 def make(
-    spec: Spec,
+    req: Requested,
     shared: list[DebPackage],
     vm: list[DebPackage],
     python: list[Wheel],
     source_date_epoch: int,
 ) -> Lock:
-    inputs = inputs_for(spec)
+    spec = req.spec
+    inputs = inputs_for(req)
     header = {
         "generated_by": f"imagebuild {__version__}",
         "spec": spec.path.name,
@@ -295,18 +294,18 @@ def differences(old: Any, new: Any, key: str = "") -> list[str]:
     return [] if old == new else [f"{key}: {old!r} -> {new!r}"]
 
 
-def stale_reasons(spec: Spec, lock: Lock) -> list[str]:
-    now = inputs_for(spec)
+def stale_reasons(req: Requested, lock: Lock) -> list[str]:
+    now = inputs_for(req)
     reasons = differences(lock.inputs, now)
     if not reasons and lock.header.get("inputs_sha256") != inputs_digest(lock.inputs):
         reasons.append("the lock's inputs section was edited by hand (digest mismatch)")
     return reasons
 
 
-def load_fresh(spec: Spec) -> Lock:
+def load_fresh(req: Requested) -> Lock:
     """The lock for this spec, or StaleLockError naming every difference (fail closed)."""
-    lock = read(path_for(spec))
-    reasons = stale_reasons(spec, lock)
+    lock = read(path_for(req.spec))
+    reasons = stale_reasons(req, lock)
     if reasons:
         raise StaleLockError(
             f"{lock.path} is stale; the spec changed since `invoke lock`:\n  "

@@ -18,11 +18,11 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 
 from imagebuild import download
 from imagebuild.errors import ImageBuildError, SpecError
+from imagebuild.requested import REQ_NAME, SPEC_GROUP, Requested
 from imagebuild.spec import Spec
 
 INDEX = "https://pypi.org/simple"
 GLIBC_MINOR = {"bookworm": 36, "trixie": 41}  # the glibc of each suite bounds the manylinux tag
-REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
 def platform_tag(spec: Spec) -> str:
@@ -36,17 +36,6 @@ def target_tags(spec: Spec) -> list[Tag]:
     return [
         *cpython_tags((major, minor), platforms=platforms),
         *compatible_tags((major, minor), platforms=platforms),
-    ]
-
-
-def requirement_lines(spec: Spec) -> list[str]:
-    """The requirements file as normalised lines (comments and blanks dropped): a lock input."""
-    assert spec.python is not None
-    text = (spec.base_dir / spec.python.requirements).read_text()
-    return [
-        ln.split(" #")[0].strip()
-        for ln in text.splitlines()
-        if ln.strip() and not ln.strip().startswith("#")
     ]
 
 
@@ -82,36 +71,30 @@ def _blame(spec: Spec, message: str) -> SpecError:
     )
 
 
-def requirement_sets(spec: Spec) -> list[tuple[str, list[str]]]:
-    """(group, lines) in install order: the spec's requirements (python_env), then each stack
-    role's `python:` lines. Resolved together, so every group agrees on shared dependencies."""
-    sets = [("python", requirement_lines(spec))] if spec.python else []
-    return sets + [(r.name, r.python) for r in spec.stack_roles if r.python]
-
-
-def _blame_stacks(spec: Spec, message: str) -> SpecError | None:
+def _blame_stacks(req: Requested, message: str) -> SpecError | None:
     """The stack role whose `python:` line names a package the resolver failed on, if any."""
     msg, mentioned = _mentioned(message)
-    for group, lines in requirement_sets(spec):
+    for group, lines in req.requirement_sets:
         for line in lines:
             m = REQ_NAME.match(line)
-            if group != "python" and m and canonicalize_name(m.group(1)) in mentioned:
-                path = f"stacks[{spec.stacks.index(group)}]"
-                return spec.error(
+            if group != SPEC_GROUP and m and canonicalize_name(m.group(1)) in mentioned:
+                path = f"stacks[{req.spec.stacks.index(group)}]"
+                return req.spec.error(
                     path, f"role {group!r} needs {line!r}, which does not resolve: {msg}"
                 )
     return None
 
 
 def compile_pins(
-    spec: Spec, lines: list[str], keep: dict[str, str] | None = None
+    req: Requested, lines: list[str], keep: dict[str, str] | None = None
 ) -> dict[str, tuple[str, set[str]]]:
     """{name: (version, {sha256...})} from `uv pip compile --generate-hashes`. With `keep`
     ({name: version} of a lock being updated), uv prefers those versions (its output-file
     preferences) and moves only what the requirements force: `lock --update NAME`."""
+    spec = req.spec
     with tempfile.TemporaryDirectory() as tmp:
-        req = Path(tmp, "requirements.in")
-        req.write_text("".join(f"{ln}\n" for ln in lines))
+        wanted = Path(tmp, "requirements.in")
+        wanted.write_text("".join(f"{ln}\n" for ln in lines))
         out = Path(tmp, "requirements.txt")
         if keep is not None:
             out.write_text("".join(f"{n}=={v}\n" for n, v in sorted(keep.items())))
@@ -132,13 +115,13 @@ def compile_pins(
             "--index-url",
             INDEX,
             *(["--output-file", str(out)] if keep is not None else []),
-            str(req),
+            str(wanted),
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         text = out.read_text() if keep is not None and proc.returncode == 0 else proc.stdout
     if proc.returncode != 0:
         message = proc.stderr.strip() or proc.stdout.strip()
-        raise _blame_stacks(spec, message) or _blame(spec, message)
+        raise _blame_stacks(req, message) or _blame(spec, message)
     pins: dict[str, tuple[str, set[str]]] = {}
     current = ""
     for line in text.splitlines():
@@ -151,18 +134,18 @@ def compile_pins(
 
 
 def pin_groups(
-    spec: Spec, keep: dict[str, str] | None = None
+    req: Requested, keep: dict[str, str] | None = None
 ) -> tuple[dict[str, tuple[str, set[str]]], dict[str, str]]:
     """The pins of everything, and which group installs each: the first group whose cumulative
     resolution needs it (so a stack's layer holds only what the layers below lack)."""
-    sets = requirement_sets(spec)
+    sets = req.requirement_sets
     lines = [ln for _, group_lines in sets for ln in group_lines]
-    pins = compile_pins(spec, lines, keep)
+    pins = compile_pins(req, lines, keep)
     owner: dict[str, str] = {}
     upto: list[str] = []
     for i, (group, group_lines) in enumerate(sets):
         upto += group_lines
-        names = pins if i == len(sets) - 1 else compile_pins(spec, upto, keep)
+        names = pins if i == len(sets) - 1 else compile_pins(req, upto, keep)
         for name in names:
             owner.setdefault(name, group)
     return pins, owner
@@ -215,8 +198,9 @@ def choose_wheels(spec: Spec, pins: dict[str, tuple[str, set[str]]]) -> list[dic
         return sorted(pool.map(pick, pins), key=lambda r: r["name"])
 
 
-def lock_python(spec: Spec, keep: dict[str, str] | None = None) -> list[dict]:
-    if not requirement_sets(spec):
+def lock_python(req: Requested, keep: dict[str, str] | None = None) -> list[dict]:
+    if not req.requirement_sets:
         return []
-    pins, owner = pin_groups(spec, keep)
-    return [{**w, "group": owner.get(w["name"], "python")} for w in choose_wheels(spec, pins)]
+    pins, owner = pin_groups(req, keep)
+    wheels = choose_wheels(req.spec, pins)
+    return [{**w, "group": owner.get(w["name"], SPEC_GROUP)} for w in wheels]

@@ -17,6 +17,7 @@ from packaging.utils import canonicalize_name
 
 from imagebuild import inventory
 from imagebuild.lock.lockfile import Lock
+from imagebuild.requested import Requested
 from imagebuild.spec import Spec
 from imagebuild.verify import filebytes, gpu, interpreter
 from imagebuild.verify.diskhygiene import disk_reading
@@ -27,7 +28,6 @@ from imagebuild.verify.items import (
     WRAPPER,
     behaviour_commands,
     behaviour_key,
-    import_names,
     smoke_command,
 )
 from imagebuild.verify.model import (
@@ -92,20 +92,21 @@ def _env_pairs(pairs: list[str]) -> dict[str, str]:
 
 
 def collect(
-    host: Any, artifact: str, spec: Spec, lock: Lock, config: dict[str, Any], disk: Path | None
+    host: Any, artifact: str, req: Requested, lock: Lock, config: dict[str, Any], disk: Path | None
 ) -> tuple[Facts, Listing | None]:
     """`artifact` is "container" (config = the image config) or "vm" (disk = the qcow2).
     `seconds`: each group's time (the digest script runs behind the others). Also the listing
     of what every file is (filemeta.judge compares the two), None where the script failed.
     What needs the artifact's Python is read with the first of its interpreters that runs;
     where none does, those rows say why (`unread`)."""
+    spec = req.spec
     laps = Laps()
     pythons = interpreter.probe(host, interpreter.candidates(spec, lock))
     hashing = filebytes.start(host, spec, pythons.working) if pythons.working else None
     laps.lap("interpreter")
     # The disk image's hygiene is read on this host (qemu-img + debugfs): beside the VM's checks.
     with disk_reading(disk) as image:
-        facts, run_as = _collect(host, artifact, spec, lock, config, laps, pythons)
+        facts, run_as = _collect(host, artifact, req, lock, config, laps, pythons)
         if image is not None:
             facts["hygiene"] |= image()
     laps.lap("the rest of the disk image's hygiene")
@@ -115,7 +116,7 @@ def collect(
     merge(facts, more)
     laps.lap("bytes: what the digest script still needed")
     if spec.gpu:
-        merge(facts, gpu.facts(host, spec, run_as, WRAPPER, facts["env"]))
+        merge(facts, gpu.facts(host, req, run_as, WRAPPER, facts["env"]))
         laps.lap("gpu")
     return facts | {"seconds": laps.laps}, listing
 
@@ -129,7 +130,7 @@ INVENTORY_KINDS = ("deb", "deb-unlocked", "python", "python-unlocked", "import",
 VENV_KINDS = ("python", "python-unlocked", "import")  # only the spec's interpreter sees them
 
 
-def _inventory(host: Any, spec: Spec, pythons: Interpreters) -> tuple[Facts, dict[str, str]]:
+def _inventory(host: Any, req: Requested, pythons: Interpreters) -> tuple[Facts, dict[str, str]]:
     """The inventory script's sections (deb, python, import, lib), and the kinds it could not
     give, with why: all of them where no interpreter runs or the script fails; the venv's
     where it ran on Debian's interpreter because the spec's does not run."""
@@ -138,7 +139,7 @@ def _inventory(host: Any, spec: Spec, pythons: Interpreters) -> tuple[Facts, dic
     empty: Facts = {"deb": {}, "python": {}, "import": {}, "lib": {}}
     if python is None:
         return empty, dict.fromkeys(INVENTORY_KINDS, pythons.problem())
-    want = json.dumps({"imports": import_names(spec) if own else []})
+    want = json.dumps({"imports": req.imports if own else []})
     script = shlex.quote(inventory.SCRIPT)
     r = host.run(f"{shlex.quote(python)} -c {script} {shlex.quote(want)}")
     what = f"the inventory script ({python})"
@@ -160,7 +161,7 @@ def _inventory(host: Any, spec: Spec, pythons: Interpreters) -> tuple[Facts, dic
 def _collect(
     host: Any,
     artifact: str,
-    spec: Spec,
+    req: Requested,
     lock: Lock,
     config: dict[str, Any],
     laps: Laps,
@@ -168,7 +169,8 @@ def _collect(
 ) -> tuple[Facts, str]:
     """The facts read over the host's own commands, and the prefix that runs a command as the
     runtime user there."""
-    raw, unread = _inventory(host, spec, pythons)
+    spec = req.spec
+    raw, unread = _inventory(host, req, pythons)
     laps.lap("inventory: packages, imports, libraries")
     deb, python = raw["deb"], raw["python"]
     # The VM's own section is locked too, for the VM only.

@@ -14,6 +14,7 @@ from typing import Any
 from imagebuild import resolved, roles
 from imagebuild.lock import GPU_VERSION_PACKAGES
 from imagebuild.lock.lockfile import Lock
+from imagebuild.requested import Requested
 from imagebuild.spec import Spec
 from imagebuild.verify.model import ABSENT, Item
 
@@ -50,17 +51,14 @@ def driver_enough(driver: str, need: str) -> str:
     return f"{driver} >= {need}: {'yes' if ok else 'no'}"
 
 
-def ldd_targets(spec: Spec) -> list[str]:
-    """site-packages-relative libraries whose dependencies must all resolve, besides every
-    library of the CUDA wheels: the stacks' own CUDA-linked libraries (meta `cuda_libs`)."""
-    return sorted({lib for r in spec.stack_roles for lib in r.cuda_libs})
-
-
-def script(spec: Spec) -> str:
+def script(req: Requested) -> str:
+    """Besides every library of the CUDA wheels, the site-packages-relative libraries whose
+    dependencies must all resolve are the stacks' own CUDA-linked ones (meta `cuda_libs`)."""
+    spec = req.spec
     assert spec.python is not None  # cuda_runtime installs wheels: the spec has a venv
     d = roles.defaults("nvidia_driver")
     ko = f"/lib/modules/*/{d['nvidia_driver_modules_dir']}/{d['nvidia_driver_module']}"
-    extra = " ".join(f'"$sp"/{shlex.quote(lib)}' for lib in ldd_targets(spec))
+    extra = " ".join(f'"$sp"/{shlex.quote(lib)}' for lib in req.cuda_libs)
     return f"""
 for so in {" ".join(DRIVER_LIBS)}; do
   p=$(/sbin/ldconfig -p | awk -v so="$so" '$1 == so {{print $NF; exit}}')
@@ -96,16 +94,17 @@ def guard_outcome(rc: int, stderr: str) -> str:
 
 
 def facts(
-    host: Any, spec: Spec, run_as: str, wrapper: str, env: dict[str, str]
+    host: Any, req: Requested, run_as: str, wrapper: str, env: dict[str, str]
 ) -> dict[str, dict[str, str]]:
     """`run_as` prefixes commands that must run as the runtime user (empty in the container);
     `env` is the artifact's runtime environment (image config / systemd unit)."""
+    spec = req.spec
     assert spec.gpu is not None
     out: dict[str, str] = {}
     device = "absent"
     missing: list[str] = []
     count = 0
-    for line in host.check_output(f"sh -c {shlex.quote(script(spec))}").splitlines():
+    for line in host.check_output(f"sh -c {shlex.quote(script(req))}").splitlines():
         kind, _, rest = line.partition(" ")
         if kind == "lib":
             so, _, path = rest.partition(" ")

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import shlex
 
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
-
 from imagebuild.lock.lockfile import Lock
-from imagebuild.lock.python import requirement_lines
+from imagebuild.requested import Requested
 from imagebuild.resolved import WRAPPER, exec_argv
 from imagebuild.spec import Spec
 from imagebuild.verify import gpu
@@ -47,23 +44,15 @@ def behaviour_key(cmd: str) -> str:
     return f"[{cmd}]"
 
 
-def import_names(spec: Spec) -> list[str]:
-    """Distributions whose top-level module verify imports: the stacks' (meta `imports`), else
-    the spec's top-level requirements."""
-    names = [m for r in spec.stack_roles for m in r.imports]
-    if not names and spec.python:
-        names = [Requirement(line).name for line in requirement_lines(spec)]
-    return sorted(dict.fromkeys(canonicalize_name(n) for n in names))
-
-
-def items(spec: Spec, lock: Lock, container_libs: list[str]) -> list[Item]:
+def items(req: Requested, lock: Lock, container_libs: list[str]) -> list[Item]:
+    spec = req.spec
     out = [Item("deb", p.name, p.version, p.version) for p in lock.shared]
     out += [Item("deb", p.name, ABSENT, p.version, shared=False) for p in lock.vm]
     out += [Item("deb-unlocked", row.UNLOCKED_DEBS, "[]", "[]", shared=False)]
     out += [Item("python", w.name, w.version, w.version) for w in lock.python]
     if spec.python:
         out += [Item("python-unlocked", row.VENV_TOOLING, ANY, ANY)]
-    out += [Item("import", m, ANY, ANY) for m in import_names(spec)]
+    out += [Item("import", m, ANY, ANY) for m in req.imports]
     # Every library the container's linker cache knows must resolve to the same path in the VM.
     out += [Item("lib", so, ANY, ANY) for so in container_libs]
     argv = " ".join([*exec_argv(spec), *spec.cmd])

@@ -19,7 +19,7 @@ from imagebuild import checksums, progress
 from imagebuild.builders.formats import filename
 from imagebuild.cache import default_root
 from imagebuild.errors import ImageBuildError
-from imagebuild.spec import Spec
+from imagebuild.project import Project
 from imagebuild.verify import hosts, vmdisk
 
 SUITE = Path(__file__).parent / "suite"
@@ -91,6 +91,13 @@ class Interrupt:
             self.caught = got
 
 
+class Handed:
+    """The task's project, handed to the suite (imagebuild/verify/suite/conftest.py)."""
+
+    def __init__(self, project: Project) -> None:
+        self.imagebuild_project = project
+
+
 def _vm_disk(artifact: Path, work: Path, qcow2: Path, disk_gb: int) -> Path:
     """The qcow2 to boot for --vm (a qcow2, a Vagrant box or an OVA), its headers checked; a
     box's or an OVA's disk must hold the same bytes as the qcow2 of the same build, when it is
@@ -108,7 +115,7 @@ def _vm_disk(artifact: Path, work: Path, qcow2: Path, disk_gb: int) -> Path:
 
 
 def verify(
-    spec: Spec,
+    project: Project,
     dist: Path,
     container_ref: str | None,
     vm_disk: Path | None,
@@ -118,7 +125,8 @@ def verify(
     cache_root: Path | None = None,
 ) -> VerifyResult:
     """`cache_root`: where the locked .debs are (default: the default cache), for the special
-    files' modes (filemeta)."""
+    files' modes (filemeta). The suite reads `project` (spec, request, lock) as loaded here."""
+    spec = project.spec
     ref = container_ref or f"{spec.repository}:{spec.version}"
     qcow2 = filename("qcow2", spec)
     artifact = (vm_disk or dist / qcow2).resolve()
@@ -185,7 +193,7 @@ def verify(
                     str(ctx),
                     f"--junitxml={ctx.parent / 'junit.xml'}",
                 ],
-                plugins=[interrupt],
+                plugins=[interrupt, Handed(project)],
             )
             if interrupt.caught is not None:
                 raise interrupt.caught

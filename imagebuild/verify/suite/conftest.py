@@ -18,8 +18,7 @@ import pytest
 import testinfra
 
 from imagebuild.cache import Cache
-from imagebuild.lock.lockfile import load_fresh
-from imagebuild.spec import load
+from imagebuild.project import Project
 from imagebuild.verify import facts as factsmod
 from imagebuild.verify import filebytes, filemeta, interpreter, service
 from imagebuild.verify.items import items
@@ -34,10 +33,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 _CONTEXTS: dict[str, dict[str, Any] | BaseException] = {}
 
 
-def _context(path: str) -> dict[str, Any]:
+def _ctx(config: pytest.Config) -> dict[str, Any]:
+    path = config.getoption("--ib-context")
     if path not in _CONTEXTS:
         try:
-            _CONTEXTS[path] = _collect(path)
+            _CONTEXTS[path] = _collect(path, _project(config, path))
         except BaseException as e:
             _CONTEXTS[path] = e
             raise
@@ -47,16 +47,24 @@ def _context(path: str) -> dict[str, Any]:
     return got
 
 
-def _collect(path: str) -> dict[str, Any]:
+def _project(config: pytest.Config, path: str) -> Project:
+    """The project `invoke verify` loaded, handed over as a plugin (this suite runs in its
+    process); read from the context's spec path only when the suite is run on its own."""
+    for plugin in config.pluginmanager.get_plugins():
+        if isinstance(got := getattr(plugin, "imagebuild_project", None), Project):
+            return got
+    return Project.named(json.loads(Path(path).read_text())["spec"])
+
+
+def _collect(path: str, project: Project) -> dict[str, Any]:
     ctx = json.loads(Path(path).read_text())
-    spec = load(ctx["spec"])
-    lock = load_fresh(spec)
+    spec, req, lock = project.spec, project.req, project.lock
 
     def one(artifact: str) -> tuple[dict[str, Any], Any]:
         h = ctx["hosts"][artifact]
         host = testinfra.get_host(h["url"])
         disk = Path(ctx["disk"]) if artifact == "vm" else None
-        found, listing = factsmod.collect(host, artifact, spec, lock, h["config"], disk)
+        found, listing = factsmod.collect(host, artifact, req, lock, h["config"], disk)
         if h["service_url"]:
             laps = factsmod.Laps()
             found |= service.facts(testinfra.get_host(h["service_url"]), artifact, spec)
@@ -86,13 +94,9 @@ def _collect(path: str) -> dict[str, Any]:
         factsmod.merge(facts[artifact], rows)
     libs = sorted(facts["container"]["lib"])
     app_files = sorted(facts["container"]["app-file"])
-    its = items(spec, lock, libs) + filebytes.items(spec, app_files) + service.items(spec)
+    its = items(req, lock, libs) + filebytes.items(spec, app_files) + service.items(spec)
     its += filemeta.items(facts["container"]) + interpreter.items(spec)
     return {"ctx": ctx, "spec": spec, "facts": facts, "items": its}
-
-
-def _ctx(config: pytest.Config) -> dict[str, Any]:
-    return _context(config.getoption("--ib-context"))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -12,15 +12,8 @@ import onnxruntime as ort
 N_FEATURES = 4  # Must match the input shape [None, 4] built by make_model.
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # What the CUDA provider loads, the driver's libcuda last (the host's, injected at run time).
-CUDA_LIBRARIES = [
-    "libcudart.so.12",
-    "libcublasLt.so.12",
-    "libcublas.so.12",
-    "libcudnn.so.9",
-    "libcufft.so.11",
-    "libcurand.so.10",
-    "libcuda.so.1",
-]
+CUDA_LIBRARIES = ["libcudart.so.12", "libcublasLt.so.12", "libcublas.so.12", "libcudnn.so.9",
+                  "libcufft.so.11", "libcurand.so.10", "libcuda.so.1"]  # fmt: skip
 # The GPU image's one switch for "no GPU here, run anyway" (the start-up guard reads it too).
 ALLOW_CPU_ENV = "IMAGEBUILD_ALLOW_NO_GPU"
 
@@ -56,7 +49,8 @@ def load_session(model_path: str, provider: str = "cpu") -> ort.InferenceSession
         problem = f"{want} could not start: {_missing_library()}"
     if os.environ.get(ALLOW_CPU_ENV) != "1":
         raise ProviderError(f"{problem}; refusing to run on the CPU (set {ALLOW_CPU_ENV}=1 to)")
-    print(f"onnx-serve: warning: {problem}; {ALLOW_CPU_ENV}=1: running on the CPU", file=sys.stderr)
+    print(f"onnx-serve: warning: {problem}; {ALLOW_CPU_ENV}=1: running on the CPU",
+          file=sys.stderr)  # fmt: skip
     return ort.InferenceSession(model_path, providers=[PROVIDERS["cpu"]])
 
 
