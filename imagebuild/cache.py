@@ -135,6 +135,11 @@ class Cache:
     def dir(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
+    def has(self, kind: str, key: str) -> bool:
+        """Whether the entry is there, for `plan` (no seal checked, nothing removed): a folder
+        exists only once complete, renamed into place."""
+        return self.dir(kind, key).is_dir()
+
     def exclusive(self, task: str) -> AbstractContextManager[None]:
         """One writer at a time on this cache: a second build waits, saying who holds it, then
         finds the first one's entries: two builds of one spec end with the same image."""
@@ -226,7 +231,7 @@ class Cache:
     ) -> bool:
         """Whether a finished entry can be reused (`seal_problem`); a tampered or invalid one
         is said, removed, and then made again by its caller like a missing one."""
-        if not self.dir(kind, key).is_dir():
+        if not self.has(kind, key):
             return False
         problem = self.seal_problem(kind, key, expect, rule)
         if problem is None:

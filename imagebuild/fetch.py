@@ -19,6 +19,7 @@ from imagebuild import download, progress, tarnorm, tools
 from imagebuild.cache import Cache, atomic_file, sha256_file, stat_key
 from imagebuild.errors import ImageBuildError
 from imagebuild.lock.lockfile import DebPackage, Lock, Wheel
+from imagebuild.obtain import obtain
 
 
 class FetchError(ImageBuildError):
@@ -221,13 +222,12 @@ def _wheel_hashes(lock: Lock) -> dict[str, str]:
 def _apt_repo(cache: Cache, lock: Lock, section: str) -> Path:
     """An apt repo (`deb [trusted=yes] file:DIR SUITE main`) holding exactly one lock section."""
     key = lock.section_digest(section)
-    final = cache.dir("repos", key)
     items = lock.shared + (lock.vm if section == "vm" else [])
-    if cache.intact("repos", key, _pool_hashes(items)):
-        return final
     suite = str(lock.header["suite"])
-    with cache.building("repos", key, _pool_hashes(items)) as tmp:
+
+    def build(tmp: Path, known: dict[str, str]) -> None:
         _link_all(cache, items, tmp / "pool", lambda i: i.basename)
+        known |= _pool_hashes(items)  # verified blobs, linked: not hashed again
         index = tmp / "dists" / suite / "main" / "binary-amd64" / "Packages"
         index.parent.mkdir(parents=True)
         with index.open("w") as out:
@@ -237,7 +237,9 @@ def _apt_repo(cache: Cache, lock: Lock, section: str) -> Path:
         (tmp / "dists" / suite / "Release").write_text(
             _release(suite, index, lock.source_date_epoch)
         )
-    return final
+
+    obtain(cache, "repos", key, build, expect=_pool_hashes(items))
+    return cache.dir("repos", key)
 
 
 def apt_source(repo: Path, suite: str, scheme: str = "file") -> str:
@@ -247,11 +249,10 @@ def apt_source(repo: Path, suite: str, scheme: str = "file") -> str:
 
 def _wheelhouse(cache: Cache, lock: Lock) -> Path:
     key = lock.section_digest("python")
-    final = cache.dir("wheelhouses", key)
-    if cache.intact("wheelhouses", key, _wheel_hashes(lock)):
-        return final
-    with cache.building("wheelhouses", key, _wheel_hashes(lock)) as tmp:
+
+    def build(tmp: Path, known: dict[str, str]) -> None:
         _link_all(cache, lock.python, tmp, lambda w: w.filename)
+        known |= _wheel_hashes(lock)  # verified blobs, linked: not hashed again
         # One requirements file per installing role: python_env's, then each stack's.
         # python_env's file even when the spec's own requirements pin nothing (gpu-probe: every
         # wheel is a stack's): the role reads it in both artifacts.
@@ -262,7 +263,9 @@ def _wheelhouse(cache: Cache, lock: Lock) -> Path:
                     f"{w.name}=={w.version} --hash=sha256:{w.sha256}\n" for w in lock.wheels(group)
                 )
             )
-    return final
+
+    obtain(cache, "wheelhouses", key, build, expect=_wheel_hashes(lock))
+    return cache.dir("wheelhouses", key)
 
 
 def missing(cache: Cache, lock: Lock, repair: bool = True) -> list[DebPackage | Wheel]:

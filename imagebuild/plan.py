@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagebuild import keys as keying
-from imagebuild.builders.disk import disk_cached
-from imagebuild.builders.stages import stage_cached
 from imagebuild.builders.vm import up_to_date
 from imagebuild.cache import Cache
 from imagebuild.errors import StaleLockError
@@ -69,16 +67,18 @@ def make_plan(project: Project, cache: Cache, dist: Path) -> Plan:
             f"  {label:<11} {len(items):>4} items  {_mb(size):>10}  cached {len(have)}/{len(items)}"
         )
     # Made, as every cache entry, under a temporary name and renamed once complete.
-    shared, vm, wh = (_state(d.is_dir(), "make") for d in source_dirs(cache, lock))
+    shared, vm, wh = (
+        _state(cache.has(d.parent.name, d.name), "make") for d in source_dirs(cache, lock)
+    )
     plan.add(f"fetch     apt repo shared: {shared}, vm: {vm}; wheelhouse: {wh}")
     keys = keying.compute(resolve(project.req, lock))
     st = keys.stages
-    layers = " ".join(f"{n}:{_state(stage_cached(cache, st[n]), 'build')}" for n in STAGES)
+    layers = " ".join(f"{n}:{_state(cache.has('stages', st[n]), 'build')}" for n in STAGES)
     plan.add(f"container {spec.repository}:{spec.version}  layers {layers}")
     state = "nothing to do" if up_to_date(dist, spec, keys.vm) else "packer build"
     plan.add(
         f"vm        {', '.join(spec.vm.formats)}; {spec.vm.cpus} vCPU, {spec.vm.memory_mb} MiB, "
-        f"{spec.vm.disk_gb} GiB; base disk {_state(disk_cached(cache, keys.disk), 'build')}; "
+        f"{spec.vm.disk_gb} GiB; base disk {_state(cache.has('disks', keys.disk), 'build')}; "
         f"{state}"
     )
     if spec.vm.ami:

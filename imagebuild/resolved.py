@@ -17,8 +17,9 @@ from imagebuild.requested import Requested
 from imagebuild.spec import Spec
 
 # Where the build's sources sit inside a stage container (bind mounts) and inside the VM
-# (role vm_sources mounts the sources disk there; a stock AMI gets them uploaded there).
-SOURCES_DIR = "/var/lib/imagebuild"
+# (role vm_sources mounts the sources disk there; a stock AMI gets them uploaded there): the
+# role's own default, its one place.
+SOURCES_DIR = str(roles.defaults("vm_sources")["imagebuild_sources_dir"])
 REPO_DIR, WHEELS_DIR = f"{SOURCES_DIR}/repo", f"{SOURCES_DIR}/wheels"
 APP_ARCHIVE = f"{SOURCES_DIR}/app.tar"
 GPU_GUARD = "/usr/local/bin/imagebuild-gpu-guard"  # installed by role nvidia_driver

@@ -14,14 +14,14 @@ import pytest
 from ansible.parsing.dataloader import DataLoader
 from packaging.version import Version
 
-from imagebuild import packer, provision, requested
+from imagebuild import packer, provision, requested, roles
 from imagebuild.builders import ami, ami_stock, vm
 from imagebuild.cache import Cache
 from imagebuild.errors import ImageBuildError
 from imagebuild.fetch import FetchResult
 from imagebuild.inputs import prepare
 from imagebuild.lock import lockfile
-from imagebuild.resolved import SOURCES_DIR
+from imagebuild.resolved import GPU_GUARD, SOURCES_DIR
 from imagebuild.spec import load
 from tests.conftest import EXAMPLE, run_invoke
 
@@ -215,6 +215,16 @@ def test_ami_uploads_the_app_the_stock_ami_lacks(tmp_path: Path, locked_example:
     values = DataLoader().load_from_file(str(vars_file))  # as ansible-playbook reads it
     assert values["imagebuild_app_archive"] == archive
     assert values["imagebuild_repo_dir"] == f"{SOURCES_DIR}/repo"
+
+
+def test_in_image_paths_are_the_roles_own() -> None:
+    """The sources folder is read from role vm_sources (its one place): vm_finalize, which
+    removes it, names the same; the GPU guard imagebuild puts in front of the entrypoint is the
+    path role nvidia_driver falls back to when run on its own."""
+    assert SOURCES_DIR == "/var/lib/imagebuild"
+    assert roles.defaults("vm_finalize")["imagebuild_sources_dir"] == SOURCES_DIR
+    fallback = roles.defaults("nvidia_driver")["nvidia_driver_guard"]
+    assert f"default('{GPU_GUARD}')" in fallback
 
 
 def test_vm_ansible_strategy_is_mitogen_unless_turned_off(monkeypatch) -> None:

@@ -28,7 +28,7 @@ from imagebuild import diskimage, progress, tools
 from imagebuild.builders.context import Build
 from imagebuild.builders.layers import Layer
 from imagebuild.builders.stages import stage_container
-from imagebuild.cache import Cache, sha256_file
+from imagebuild.cache import sha256_file
 from imagebuild.cache_entries import DISK, Consistency, EntryKind
 from imagebuild.errors import ImageBuildError
 from imagebuild.keys import STAGES, sources_disk_key
@@ -55,12 +55,6 @@ class BaseDisk:
     reused: bool
     seconds: float
     pulled: bool = False  # from the registry cache
-
-
-def disk_cached(cache: Cache, key: str) -> bool:
-    """Whether the entry is there (what `plan` asks: no seal checked, nothing removed); the
-    folder exists only once complete (renamed into place)."""
-    return cache.dir("disks", key).is_dir()
 
 
 def _extract(chunks: object, rootfs: Path) -> None:
@@ -213,7 +207,9 @@ def base_disk(b: Build, layers: list[Layer]) -> BaseDisk:
     def make(tmp: Path, known: dict[str, str]) -> None:
         known["disk.qcow2"] = _make(b, layers, key, tmp)  # disk.json: hashed by obtain
 
-    origin = obtain(cache, b.inputs.remote, kind, key, rule, "build-vm: base disk", make)
+    origin = obtain(
+        cache, kind, key, make, label="build-vm: base disk", rule=rule, remote=b.inputs.remote
+    )
     final = cache.dir("disks", key)
     meta = json.loads((final / "disk.json").read_text())  # as the rule checked it
     return BaseDisk(
@@ -299,22 +295,19 @@ def sources_disk(b: Build) -> Path:
     """Read-only ext4 image of `repo/` (shared + VM sections) and `wheels/`, cached by the lock
     sections it holds. Files are copied (hard links into the blob store would not survive)."""
     key = sources_disk_key(b.inputs.lock)
-    final = b.inputs.cache.dir("disks", key)
-    if b.inputs.cache.intact("disks", key):
-        return final / "sources.img"
-    with (
-        progress.stage("build-vm: sources disk", "local apt repo + wheelhouse") as st,
-        b.inputs.cache.building("disks", key) as tmp,
-    ):
-        tree = b.workdir / "sources"
-        shutil.copytree(b.inputs.fetched.repo_vm, tree / "repo", symlinks=False)
-        shutil.copytree(b.inputs.fetched.wheelhouse, tree / "wheels", symlinks=False)
-        used = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file())
-        size = (used * 13 // 10 + (64 << 20)) // (1 << 20) << 20  # room for ext4 metadata
-        fs_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"imagebuild:{key}"))
-        make_ext4_image(
-            tree, tmp / "sources.img", size, SOURCES_LABEL, fs_uuid, b.inputs.lock.source_date_epoch
-        )
-        shutil.rmtree(tree)
-        st["note"] = f"{used / 1e6:.0f} MB"
-    return final / "sources.img"
+
+    def build(tmp: Path, known: dict[str, str]) -> None:
+        with progress.stage("build-vm: sources disk", "local apt repo + wheelhouse") as st:
+            tree = b.workdir / "sources"
+            shutil.copytree(b.inputs.fetched.repo_vm, tree / "repo", symlinks=False)
+            shutil.copytree(b.inputs.fetched.wheelhouse, tree / "wheels", symlinks=False)
+            used = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file())
+            size = (used * 13 // 10 + (64 << 20)) // (1 << 20) << 20  # room for ext4 metadata
+            fs_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"imagebuild:{key}"))
+            epoch = b.inputs.lock.source_date_epoch
+            make_ext4_image(tree, tmp / "sources.img", size, SOURCES_LABEL, fs_uuid, epoch)
+            shutil.rmtree(tree)
+            st["note"] = f"{used / 1e6:.0f} MB"
+
+    obtain(b.inputs.cache, "disks", key, build)
+    return b.inputs.cache.dir("disks", key) / "sources.img"

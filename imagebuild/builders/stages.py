@@ -34,7 +34,6 @@ from imagebuild.keys import STAGES
 from imagebuild.leftovers import CACHE_LABEL
 from imagebuild.lock.lockfile import Lock
 from imagebuild.obtain import obtain
-from imagebuild.registry_cache import RegistryCache
 from imagebuild.resolved import APP_ARCHIVE, PATH, REPO_DIR, WHEELS_DIR
 
 
@@ -48,12 +47,6 @@ class StageResult:
     seconds: float
     changed: int | None = None  # Ansible's changed count, when the stage ran
     pulled: bool = False  # from the registry cache
-
-
-def stage_cached(cache: Cache, key: str) -> bool:
-    """Whether the entry is there (what `plan` asks: no seal checked, nothing removed); the
-    folder exists only once complete (renamed into place)."""
-    return cache.dir("stages", key).is_dir()
 
 
 def entry_rule(cache: Cache, key: str, below: list[Layer]) -> Consistency:
@@ -120,15 +113,13 @@ def _store(
     """Run `build(tmpdir)` and keep its layer and manifest only if it succeeds (this cache
     only; `build_layers` goes through the registry cache too)."""
     made: dict[str, Any] = {}
-    offline = RegistryCache(None, None)
     obtain(
         cache,
-        offline,
         STAGE,
         key,
-        entry_rule(cache, key, below),
-        f"stage {key[:12]}",
         _entry_builder(key, below, build, made),
+        label=f"stage {key[:12]}",
+        rule=entry_rule(cache, key, below),
     )
     return _entry_layer(cache, key), load_manifest(manifest_path(cache, key)), made.get("changed")
 
@@ -275,7 +266,9 @@ def build_layers(b: Build, label: str) -> tuple[list[Layer], list[StageResult]]:
         build = partial(_build_stage, b, label, name, key, below, manifest)
         make = _entry_builder(key, below, build, made)
         rule = entry_rule(cache, key, below)
-        origin = obtain(cache, b.inputs.remote, STAGE, key, rule, f"{label}: {name}", make)
+        origin = obtain(
+            cache, STAGE, key, make, label=f"{label}: {name}", rule=rule, remote=b.inputs.remote
+        )
         layer = _entry_layer(cache, key)
         manifest = made.get("manifest", manifest_path(cache, key))
         layers.append(layer)
