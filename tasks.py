@@ -32,14 +32,20 @@ from imagebuild.cache import Cache, default_root  # noqa: E402
 from imagebuild.errors import ImageBuildError, Terminated  # noqa: E402
 from imagebuild.inputs import Inputs, prepare  # noqa: E402
 from imagebuild.project import Project  # noqa: E402
-from imagebuild.registry_cache import RegistryCache, ref_problem  # noqa: E402
-from imagebuild.spec import Spec  # noqa: E402
+from imagebuild.registry_cache import RegistryCache  # noqa: E402
+from imagebuild.spec import Spec, option_problem  # noqa: E402
 
 DEFAULT_SPEC = "imagebuild.yaml"
 COMMON_HELP = {
     "spec": "Path to the spec (default ./imagebuild.yaml).",
     "cache-dir": "Cache root (default $IMAGEBUILD_CACHE or ~/.cache/imagebuild).",
 }
+
+
+def _refuse(*problems: str | bool | None) -> None:
+    """Exit 2 naming each wrong option (one error style for every task), before anything runs."""
+    if found := [p for p in problems if isinstance(p, str) and p]:
+        raise Exit("\n".join(f"error: {p}" for p in found), code=2)
 
 
 def _cache(cache_dir: str | None) -> Cache:
@@ -107,8 +113,7 @@ def lock(c, spec=DEFAULT_SPEC, cache_dir=None, check=False, update=None, dry_run
         known = {p.name for p in old.files} if old else set()
         known |= p.req.names  # a package the spec (or a new stack) newly asks for
         unknown = sorted(n for n in names if n not in known)
-        if unknown:
-            raise Exit(f"error: --update: {', '.join(unknown)} not in {path}", code=2)
+        _refuse(bool(unknown) and f"--update: {', '.join(unknown)} not in {path}")
     cache = _cache(cache_dir)
     with cache.exclusive("lock"):
         new = locking.resolve(p.req, cache, old, names)
@@ -171,6 +176,7 @@ REGISTRY_CACHE_HELP = {
     "push nothing, whatever the spec says (a pull request's spec is its author's).",
 }
 CACHE_PUSH = ("auto", "never")
+BACKENDS = ("auto", "libvirt", "qemu")
 
 
 def _say_registry(inputs: Inputs) -> None:
@@ -185,15 +191,21 @@ def _registry_cache(
     """The registry cache from the options, the spec's `cache:` section as their default;
     `--cache-push never` overrides both (CI gives untrusted jobs read-only credentials, and
     this makes their spec unable to ask for a push)."""
-    if push_mode not in CACHE_PUSH:
-        raise Exit(f"error: --cache-push: {push_mode!r} is not one of {', '.join(CACHE_PUSH)}", 2)
+    _refuse(
+        push_mode not in CACHE_PUSH
+        and f"--cache-push: {push_mode!r} is not one of {', '.join(CACHE_PUSH)}"
+    )
     pull = pull or s.cache.registry
     push = push or (s.cache.registry if s.cache.push else None)
     if push_mode == "never":
         push = None
-    for option, ref in (("--cache-from", pull), ("--cache-to", push)):
-        if ref and (problem := ref_problem(ref)):
-            raise Exit(f"error: {option}: {problem}", code=2)
+    _refuse(
+        *(
+            option_problem(opt, "cache.registry", ref)
+            for opt, ref in (("--cache-from", pull), ("--cache-to", push))
+            if ref
+        )
+    )
     return RegistryCache(pull, push, required or s.cache.required)
 
 
@@ -269,8 +281,7 @@ def build_vm(
     from imagebuild.builders.targets import TARGETS, Options
 
     options = Options(on_error, aws_region)
-    if problems := options.problems(target):
-        raise Exit("\n".join(f"error: {p}" for p in problems), code=2)
+    _refuse(*options.problems(target))
     remote = (cache_from, cache_to, cache_required, cache_push)
     with _prepare(spec, cache_dir, "build-vm", remote, dist) as inputs:
         r = TARGETS[target](inputs, Path(dist), options)
@@ -304,13 +315,12 @@ def verify(
     """Prove the container and the VM are the same where it matters: one testinfra suite over
     docker:// and ssh://, a parity table, report.json + junit.xml; exit 1 naming each difference."""
     from imagebuild.verify import run as verifying
-
-    if backend not in ("auto", "libvirt", "qemu"):
-        raise Exit(f"error: --backend: {backend!r} is not one of auto, libvirt, qemu", code=2)
     from imagebuild.verify.hosts import local_uri_problem
 
-    if problem := local_uri_problem(libvirt_uri):
-        raise Exit(f"error: --libvirt-uri: {problem}", code=2)
+    _refuse(
+        backend not in BACKENDS and f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}",
+        (problem := local_uri_problem(libvirt_uri)) and f"--libvirt-uri: {problem}",
+    )
     p = Project.named(spec)
     p.check()  # a stale lock is refused before anything boots
     with distlock.exclusive(Path(dist), "verify"):
@@ -338,6 +348,7 @@ def push(c, spec=DEFAULT_SPEC, cache_dir=None, registry=None, dist="dist"):
     """Push the built image and print its reference by digest (REGISTRY/REPO@sha256:...)."""
     from imagebuild.push import push as pushing
 
+    _refuse(registry and option_problem("--registry", "container.registry", registry))
     s = Project.named(spec).spec
     with distlock.exclusive(Path(dist), "push"):
         r = pushing(s, registry, Path(dist))

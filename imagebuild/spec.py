@@ -45,7 +45,7 @@ from imagebuild.spec_sections import (
     Verify,
     Vm,
 )
-from imagebuild.spec_yaml import INVALID, build_dataclass, reference
+from imagebuild.spec_yaml import INVALID, build_dataclass, field_problem, reference
 
 GPU_ROLES = ("nvidia_driver", "cuda_runtime")
 
@@ -214,6 +214,15 @@ def _cross_checks(spec: Spec, ctx: Context) -> None:
                     f"{s!r} needs CUDA components cuda_runtime does not have: "
                     f"{', '.join(sorted(unknown))}",
                 )
+
+
+def option_problem(option: str, field_path: str, value: str) -> str | None:
+    """A command-line option that overrides spec field `field_path`, checked by that field's
+    own check (one settings table for the file and the command line), its message naming both:
+    `--aws-region: 'x' is not an AWS region like eu-west-1 (spec field vm.ami.region)`."""
+    ctx = Context(path=Path("(command line)"), base_dir=Path.cwd())
+    problem = field_problem(Spec, field_path, value, ctx)
+    return f"{option}: {problem} (spec field {field_path})" if problem else None
 
 
 def load(path: str | Path) -> Spec:

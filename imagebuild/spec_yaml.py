@@ -109,6 +109,18 @@ def build_dataclass(cls: type, node: yaml.Node, path: str, ctx: Context) -> Any:
     return cls(**values)
 
 
+def field_problem(root: type, path: str, value: Any, ctx: Context) -> str | None:
+    """What field `path` ("vm.ami.region") of the table `root` says of `value`, by its own
+    check, as a spec file's value gets it: a command-line override is checked the same way."""
+    *parents, leaf = path.split(".")
+    cls: Any = root
+    for part in parents:
+        hint = get_type_hints(cls)[part]
+        cls = next(a for a in (get_args(hint) or (hint,)) if dataclasses.is_dataclass(a))
+    check = {f.name: f for f in dataclasses.fields(cls)}[leaf].metadata.get("check")
+    return check(value, ctx) if check is not None else None
+
+
 def _type_name(tp: Any) -> str:
     args = [a for a in get_args(tp) if a is not type(None)]
     if get_origin(tp) in (Union, types.UnionType):

@@ -72,3 +72,35 @@ def test_cache_push_never_overrides_the_spec() -> None:
     with pytest.raises(tasks.Exit) as e:
         tasks._registry_cache(spec, None, None, False, "sometimes")
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            ["push", "--registry", "a b:5000"],
+            "error: --registry: 'a b:5000' is not host[:port] (spec field container.registry)",
+        ),
+        (
+            ["build-container", "--cache-from", "127.0.0.1:5000/Cache;x"],
+            "error: --cache-from: '127.0.0.1:5000/Cache;x' is not a registry repository like "
+            "127.0.0.1:5000/imagebuild-cache (spec field cache.registry)",
+        ),
+        (
+            ["build-vm", "--target", "ami", "--aws-region", "$(id)"],
+            "error: --aws-region: '$(id)' is not an AWS region like eu-west-1 "
+            "(spec field vm.ami.region)",
+        ),
+    ],
+)
+def test_an_option_that_overrides_a_spec_field_gets_that_fields_check(
+    tmp_path, args: list[str], says: str
+) -> None:
+    """One settings table for the spec file and the command line: an override is checked by
+    its field's own check, exit 2 naming the option and the field, nothing written."""
+    from tests.conftest import EXAMPLE
+
+    dist = tmp_path / "dist"
+    r = run_invoke(*args, "--spec", str(EXAMPLE / "imagebuild.yaml"), "--dist", str(dist))
+    assert r.returncode == 2 and says in r.stderr, r.stderr
+    assert not dist.exists()

@@ -4,14 +4,13 @@ anything runs. A new target (another cloud) is one new module and one line here.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from imagebuild.builders import ami, ami_stock, vm
 from imagebuild.inputs import Inputs
-from imagebuild.spec_checks import AWS_REGION
+from imagebuild.spec import option_problem
 
 
 @dataclass(frozen=True)
@@ -31,8 +30,10 @@ class Options:
             found.append(f"--on-error: {self.on_error!r} is not one of {', '.join(vm.ON_ERROR)}")
         if self.region is not None and target != "ami":
             found.append("--aws-region: for --target ami only")
-        elif self.region is not None and not re.fullmatch(AWS_REGION, self.region):
-            found.append(f"--aws-region: {self.region!r} is not an AWS region like eu-west-1")
+        elif self.region is not None and (
+            problem := option_problem("--aws-region", "vm.ami.region", self.region)
+        ):
+            found.append(problem)
         return found
 
 
