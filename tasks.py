@@ -11,7 +11,6 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +28,17 @@ from imagebuild import (
 from imagebuild import fetch as fetching  # noqa: E402
 from imagebuild import lock as locking  # noqa: E402
 from imagebuild.cache import Cache, default_root  # noqa: E402
-from imagebuild.errors import ImageBuildError, Terminated  # noqa: E402
+from imagebuild.errors import ImageBuildError, OptionError, Terminated  # noqa: E402
 from imagebuild.inputs import Inputs, prepare  # noqa: E402
 from imagebuild.project import Project  # noqa: E402
 from imagebuild.registry_cache import RegistryCache  # noqa: E402
-from imagebuild.spec import Spec, option_problem  # noqa: E402
+from imagebuild.spec import option_problem  # noqa: E402
 
 DEFAULT_SPEC = "imagebuild.yaml"
 COMMON_HELP = {
     "spec": "Path to the spec (default ./imagebuild.yaml).",
     "cache-dir": "Cache root (default $IMAGEBUILD_CACHE or ~/.cache/imagebuild).",
 }
-
-
-def _refuse(*problems: str | bool | None) -> None:
-    """Exit 2 naming each wrong option (one error style for every task), before anything runs."""
-    if found := [p for p in problems if isinstance(p, str) and p]:
-        raise Exit("\n".join(f"error: {p}" for p in found), code=2)
 
 
 def _cache(cache_dir: str | None) -> Cache:
@@ -97,7 +90,6 @@ def lock(c, spec=DEFAULT_SPEC, cache_dir=None, check=False, update=None, dry_run
     """Resolve OS packages and Python wheels; write <spec>.lock next to the spec. Only this task
     resolves (and `all` when there is no lock yet): every other task uses the lock as it is."""
     p = Project.named(spec)
-    s = p.spec
     if check:
         lk = p.lock
         print(
@@ -105,28 +97,17 @@ def lock(c, spec=DEFAULT_SPEC, cache_dir=None, check=False, update=None, dry_run
             f"{len(lk.python)} Python)"
         )
         return
-    path = locking.path_for(s)
-    old = locking.read(path) if path.is_file() else None
     names = None
     if isinstance(update, str) and update:
         names = {n.strip() for n in update.split(",") if n.strip()}
-        known = {p.name for p in old.files} if old else set()
-        known |= p.req.names  # a package the spec (or a new stack) newly asks for
-        unknown = sorted(n for n in names if n not in known)
-        _refuse(bool(unknown) and f"--update: {', '.join(unknown)} not in {path}")
-    cache = _cache(cache_dir)
-    with cache.exclusive("lock"):
-        new = locking.resolve(p.req, cache, old, names)
-    new = locking.lockfile.stamped(new, old, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    moved = locking.lockfile.moves(old, new) if old else []
-    if old is not None:
-        print("\n".join(moved) if moved else "nothing moved")
-    if dry_run:
-        progress.say(f"lock: dry run: {path} not written")
-        return
-    unchanged = old is not None and path.read_text() == locking.lockfile.render(new)
-    locking.write(new)
-    progress.say(f"lock: {'unchanged' if unchanged else 'wrote'} {path}")
+        unknown = locking.unknown_names(p.req, names)
+        OptionError.check(
+            bool(unknown) and f"--update: {', '.join(unknown)} not in {locking.path_for(p.spec)}"
+        )
+    *moved, done = locking.relock(p.req, _cache(cache_dir), names, dry_run)
+    if moved:
+        print("\n".join(moved))
+    progress.say(done)
 
 
 @cli(
@@ -175,7 +156,6 @@ REGISTRY_CACHE_HELP = {
     "cache-push": "auto (default: --cache-to, else cache.registry when cache.push) or never: "
     "push nothing, whatever the spec says (a pull request's spec is its author's).",
 }
-CACHE_PUSH = ("auto", "never")
 BACKENDS = ("auto", "libvirt", "qemu")
 
 
@@ -183,30 +163,6 @@ def _say_registry(inputs: Inputs) -> None:
     remote = inputs.remote
     if remote.pull_from or remote.push_to:
         print(f"registry cache: pulled {len(remote.pulled)}, pushed {len(remote.pushed)}")
-
-
-def _registry_cache(
-    s: Spec, pull: str | None, push: str | None, required: bool, push_mode: str
-) -> RegistryCache:
-    """The registry cache from the options, the spec's `cache:` section as their default;
-    `--cache-push never` overrides both (CI gives untrusted jobs read-only credentials, and
-    this makes their spec unable to ask for a push)."""
-    _refuse(
-        push_mode not in CACHE_PUSH
-        and f"--cache-push: {push_mode!r} is not one of {', '.join(CACHE_PUSH)}"
-    )
-    pull = pull or s.cache.registry
-    push = push or (s.cache.registry if s.cache.push else None)
-    if push_mode == "never":
-        push = None
-    _refuse(
-        *(
-            option_problem(opt, "cache.registry", ref)
-            for opt, ref in (("--cache-from", pull), ("--cache-to", push))
-            if ref
-        )
-    )
-    return RegistryCache(pull, push, required or s.cache.required)
 
 
 @contextmanager
@@ -223,7 +179,7 @@ def _prepare(
     p = Project.named(spec)
     s, lk = p.spec, p.lock
     cache = _cache(cache_dir)
-    registry = _registry_cache(s, *remote)
+    registry = RegistryCache.chosen(s.cache, *remote)
     with distlock.exclusive(Path(dist), label), cache.exclusive(label):
         leftovers.sweep(cache, label)
         with progress.stage(f"{label}: verify cache"):
@@ -281,7 +237,7 @@ def build_vm(
     from imagebuild.builders.targets import TARGETS, Options
 
     options = Options(on_error, aws_region)
-    _refuse(*options.problems(target))
+    OptionError.check(*options.problems(target))
     remote = (cache_from, cache_to, cache_required, cache_push)
     with _prepare(spec, cache_dir, "build-vm", remote, dist) as inputs:
         r = TARGETS[target](inputs, Path(dist), options)
@@ -317,7 +273,7 @@ def verify(
     from imagebuild.verify import run as verifying
     from imagebuild.verify.hosts import local_uri_problem
 
-    _refuse(
+    OptionError.check(
         backend not in BACKENDS and f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}",
         (problem := local_uri_problem(libvirt_uri)) and f"--libvirt-uri: {problem}",
     )
@@ -348,7 +304,7 @@ def push(c, spec=DEFAULT_SPEC, cache_dir=None, registry=None, dist="dist"):
     """Push the built image and print its reference by digest (REGISTRY/REPO@sha256:...)."""
     from imagebuild.push import push as pushing
 
-    _refuse(registry and option_problem("--registry", "container.registry", registry))
+    OptionError.check(registry and option_problem("--registry", "container.registry", registry))
     s = Project.named(spec).spec
     with distlock.exclusive(Path(dist), "push"):
         r = pushing(s, registry, Path(dist))

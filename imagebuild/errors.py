@@ -29,6 +29,22 @@ class SpecError(ImageBuildError):
         return combined
 
 
+class OptionError(ImageBuildError):
+    """Command-line options that are wrong, each `--OPTION: message`; raised before anything
+    runs. Printed one per line, each as the task prints an error."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\nerror: ".join(problems))
+
+    @classmethod
+    def check(cls, *problems: str | bool | None) -> None:
+        """Raise for the problems given (a falsy one is no problem: `bad and "--x: ..."`)."""
+        if found := [p for p in problems if isinstance(p, str) and p]:
+            raise cls(found)
+
+
 class StaleLockError(ImageBuildError):
     """The lock does not match the spec (or is missing/edited); builds refuse to run on it."""
 

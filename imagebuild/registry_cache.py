@@ -39,8 +39,10 @@ if TYPE_CHECKING:
 from imagebuild import progress
 from imagebuild.cache import Cache
 from imagebuild.cache_entries import COUNT, Consistency, EntryKind, Refused, schema_problem, string
-from imagebuild.errors import ImageBuildError
+from imagebuild.errors import ImageBuildError, OptionError
+from imagebuild.spec import option_problem
 from imagebuild.spec_checks import REGISTRY_REPO
+from imagebuild.spec_sections import BuildCache
 
 ARTIFACT_TYPE = "application/vnd.imagebuild.cache.v1"
 TITLE = "org.opencontainers.image.title"  # the OCI annotation naming a layer's file (oras-py's too)
@@ -106,6 +108,9 @@ def _registry_class() -> type[Registry]:
     return _Registry
 
 
+PUSH_MODES = ("auto", "never")  # --cache-push
+
+
 @dataclass
 class RegistryCache:
     pull_from: str | None  # HOST[:PORT]/REPO read before building an entry
@@ -114,6 +119,36 @@ class RegistryCache:
     _down: set[str] = field(default_factory=set)  # repositories found unusable in this build
     pulled: list[str] = field(default_factory=list)  # `kind/key` pulled, for the summary
     pushed: list[str] = field(default_factory=list)
+
+    @classmethod
+    def chosen(
+        cls,
+        section: BuildCache,
+        pull: str | None,
+        push: str | None,
+        required: bool,
+        push_mode: str,
+    ) -> RegistryCache:
+        """The registry cache a build's options ask for, the spec's `cache:` section as their
+        default; `--cache-push never` overrides both (CI gives untrusted jobs read-only
+        credentials, and this makes their spec unable to ask for a push). OptionError (exit 2)
+        names a wrong option, a repository by the check of spec field cache.registry."""
+        OptionError.check(
+            push_mode not in PUSH_MODES
+            and f"--cache-push: {push_mode!r} is not one of {', '.join(PUSH_MODES)}"
+        )
+        pull = pull or section.registry
+        push = (
+            None if push_mode == "never" else push or (section.registry if section.push else None)
+        )
+        OptionError.check(
+            *(
+                option_problem(option, "cache.registry", ref)
+                for option, ref in (("--cache-from", pull), ("--cache-to", push))
+                if ref
+            )
+        )
+        return cls(pull, push, required or section.required)
 
     def describe(self) -> str:
         parts = [

@@ -57,7 +57,8 @@ def test_cache_push_never_overrides_the_spec() -> None:
     and still reads the cache; a value other than auto/never is exit 2."""
     import dataclasses
 
-    import tasks
+    from imagebuild.errors import OptionError
+    from imagebuild.registry_cache import RegistryCache
     from imagebuild.spec import load
     from tests.conftest import EXAMPLE
 
@@ -65,13 +66,13 @@ def test_cache_push_never_overrides_the_spec() -> None:
     spec = dataclasses.replace(
         spec, cache=dataclasses.replace(spec.cache, registry="127.0.0.1:5000/cache", push=True)
     )
-    auto = tasks._registry_cache(spec, None, None, False, "auto")
+    auto = RegistryCache.chosen(spec.cache, None, None, False, "auto")
     assert (auto.pull_from, auto.push_to) == ("127.0.0.1:5000/cache", "127.0.0.1:5000/cache")
-    never = tasks._registry_cache(spec, None, "127.0.0.1:5000/other", False, "never")
+    never = RegistryCache.chosen(spec.cache, None, "127.0.0.1:5000/other", False, "never")
     assert (never.pull_from, never.push_to) == ("127.0.0.1:5000/cache", None)
-    with pytest.raises(tasks.Exit) as e:
-        tasks._registry_cache(spec, None, None, False, "sometimes")
-    assert e.value.code == 2
+    with pytest.raises(OptionError) as e:
+        RegistryCache.chosen(spec.cache, None, None, False, "sometimes")
+    assert e.value.exit_code == 2 and "--cache-push: 'sometimes'" in str(e.value)
 
 
 @pytest.mark.parametrize(

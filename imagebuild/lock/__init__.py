@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 from imagebuild import progress
@@ -15,9 +16,12 @@ from imagebuild.lock.lockfile import (
     Wheel,
     load_fresh,
     make,
+    moves,
     path_for,
     read,
+    render,
     stale_reasons,
+    stamped,
     write,
 )
 from imagebuild.lock.python import lock_python
@@ -29,8 +33,10 @@ __all__ = [
     "load_fresh",
     "path_for",
     "read",
+    "relock",
     "resolve",
     "stale_reasons",
+    "unknown_names",
     "write",
 ]
 
@@ -121,3 +127,27 @@ def resolve(
         check_gpu_versions(spec, {w.name: w.version for w in wheels})
         st["note"] = f"{len(wheels)} distributions"
     return make(req, shared, vm, wheels, epoch)
+
+
+def unknown_names(req: Requested, names: set[str]) -> list[str]:
+    """The `--update` names neither the lock (if any) nor the spec knows: a typo, refused."""
+    path = path_for(req.spec)
+    known = {p.name for p in read(path).files} if path.is_file() else set()
+    known |= req.names  # a package the spec (or a new stack) newly asks for
+    return sorted(n for n in names if n not in known)
+
+
+def relock(req: Requested, cache: Cache, names: set[str] | None, dry_run: bool) -> list[str]:
+    """Resolve again (`names`: only those and what they drag in) and write the lock unless
+    `dry_run`; the lines to say: what moved, then what happened to the file."""
+    path = path_for(req.spec)
+    old = read(path) if path.is_file() else None
+    with cache.exclusive("lock"):
+        new = resolve(req, cache, old, names)
+    new = stamped(new, old, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    said = (moves(old, new) or ["nothing moved"]) if old is not None else []
+    if dry_run:
+        return [*said, f"lock: dry run: {path} not written"]
+    unchanged = old is not None and path.read_text() == render(new)
+    write(new)
+    return [*said, f"lock: {'unchanged' if unchanged else 'wrote'} {path}"]
