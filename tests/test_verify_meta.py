@@ -24,7 +24,7 @@ import testinfra
 from imagebuild.cache import Cache, sha256_file
 from imagebuild.errors import Terminated
 from imagebuild.lock.lockfile import DebPackage, Lock
-from imagebuild.verify import diskhygiene, filebytes, filemeta, interpreter
+from imagebuild.verify import diskhygiene, filebytes, filemeta, interpreter, model
 from imagebuild.verify import facts as factsmod
 from imagebuild.verify.filemeta import MORE, SPECIAL, SUMMARY, UNCHECKED, Listing
 from imagebuild.verify.run import Interrupt
@@ -483,6 +483,8 @@ def disk_image(tmp_path: Path) -> Path:
     (rootfs / "etc" / "shadow").write_text("root:*:19000:0:99999:7:::\n")
     (rootfs / "root" / ".ssh").mkdir(parents=True)
     (rootfs / "root" / ".ssh" / "authorized_keys").write_text("ssh-ed25519 AAAA left\n")
+    (rootfs / "var" / "lib" / "dkms").mkdir(parents=True)
+    (rootfs / "var" / "lib" / "dkms" / "mok.key").write_text("-----BEGIN PRIVATE KEY-----\n")
     fs = tmp_path / "fs.img"
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(rootfs), str(fs), "16M"], check=True)
     raw = tmp_path / "disk.raw"
@@ -512,6 +514,8 @@ def test_the_disk_hygiene_is_read_and_the_copy_never_outlives_an_interrupt(
     assert got["authorized SSH keys (disk image)"] == "authorized_keys"
     assert got["root password (disk image)"] == "locked"
     assert got["/etc/machine-id content (disk image)"] == ""
+    assert got["DKMS module-signing private key (disk image)"] == "/var/lib/dkms/mok.key"
+    assert got.keys() == model.DISK_HYGIENE.keys()  # every row verify expects, read
     before = children()
     folders = set(Path(tempfile.gettempdir()).glob("imagebuild-hygiene-*"))
     with pytest.raises(Terminated), diskhygiene.disk_reading(qcow2):

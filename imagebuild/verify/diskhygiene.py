@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from imagebuild import tools, vmboot
+from imagebuild.verify import model as row
 
 
 @contextlib.contextmanager
@@ -59,18 +60,18 @@ def disk_hygiene(part: Path) -> dict[str, str]:
     cloud = [f for f in ls("/var/lib/cloud") if f in ("instance", "instances", "data", "sem")]
     shadow = vmboot.debugfs_cat(part, "/etc/shadow").decode()
     root_pw = next((ln.split(":")[1] for ln in shadow.splitlines() if ln.startswith("root:")), "")
+    dkms = [f for f in ls("/var/lib/dkms") if f == "mok.key"]  # signs what DKMS builds
     return {
-        "/etc/machine-id content (disk image)": vmboot.debugfs_cat(part, "/etc/machine-id")
-        .decode()
-        .strip(),
-        "authorized SSH keys (disk image)": " ".join(keys) or "none",
-        "SSH host keys (disk image)": " ".join(host_keys) or "none",
-        "root password (disk image)": "locked"
+        row.MACHINE_ID: vmboot.debugfs_cat(part, "/etc/machine-id").decode().strip(),
+        row.AUTHORIZED_KEYS: " ".join(keys) or "none",
+        row.HOST_KEYS: " ".join(host_keys) or "none",
+        row.ROOT_PASSWORD: "locked"
         if root_pw[:1] in ("*", "!")
         else ("EMPTY" if not root_pw else "SET"),
-        "shell history (disk image)": " ".join(history) or "none",
-        "systemd random seed (disk image)": " ".join(seed) or "none",
-        "DHCP leases (disk image)": " ".join(leases) or "none",
-        "journal files (disk image)": " ".join(journal) or "none",
-        "cloud-init instance state (disk image)": " ".join(cloud) or "none",
+        row.HISTORY: " ".join(history) or "none",
+        row.RANDOM_SEED: " ".join(seed) or "none",
+        row.LEASES: " ".join(leases) or "none",
+        row.JOURNAL: " ".join(journal) or "none",
+        row.CLOUD_STATE: " ".join(cloud) or "none",
+        row.SIGNING_KEY: " ".join(f"/var/lib/dkms/{f}" for f in dkms) or "none",
     }

@@ -24,7 +24,6 @@ from imagebuild.verify.diskhygiene import disk_reading
 from imagebuild.verify.filemeta import Listing
 from imagebuild.verify.interpreter import Interpreters, ScriptFailed, text, texts
 from imagebuild.verify.items import (
-    DISK_HYGIENE,
     WRAPPER,
     behaviour_commands,
     behaviour_key,
@@ -33,6 +32,7 @@ from imagebuild.verify.items import (
 from imagebuild.verify.model import (
     ABSENT,
     ARGV,
+    DISK_HYGIENE,
     RUNS_AS_ROOT,
     RUNTIME_USER,
     SETUID_ROW,

@@ -13,19 +13,6 @@ from imagebuild.verify import gpu
 from imagebuild.verify import model as row
 from imagebuild.verify.model import ABSENT, ANY, Item
 
-# Read from the VM's disk image itself (never booted), as shipped: (row, expected).
-DISK_HYGIENE = {
-    "/etc/machine-id content (disk image)": "",
-    "authorized SSH keys (disk image)": "none",
-    "SSH host keys (disk image)": "none",
-    "root password (disk image)": "locked",
-    "shell history (disk image)": "none",
-    "systemd random seed (disk image)": "none",
-    "DHCP leases (disk image)": "none",
-    "journal files (disk image)": "none",
-    "cloud-init instance state (disk image)": "none",
-}
-
 
 def smoke_command(spec: Spec, run_as: str = "", args: str = "--version") -> str:
     """The entrypoint with `args` (`run_as` e.g. `runuser -u app -- `); a GPU image needs the
@@ -87,5 +74,5 @@ def items(req: Requested, lock: Lock, container_libs: list[str]) -> list[Item]:
         Item("hygiene", row.RUNS_AS_ROOT, "no", "no"),
         Item("hygiene", row.SETUID_ROW, "none", "none"),
     ]
-    out += [Item("hygiene", row, "n/a", want, shared=False) for row, want in DISK_HYGIENE.items()]
+    out += [Item("hygiene", k, "n/a", want, shared=False) for k, want in row.DISK_HYGIENE.items()]
     return out + gpu.items(spec, lock)

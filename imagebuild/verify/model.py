@@ -19,6 +19,31 @@ RUNTIME_USER = "runtime user"
 RUNS_AS_ROOT = "runs as root"
 SETUID_ROW = "setuid/setgid files no package owns"
 
+# Read from the VM's disk image itself (never booted), as shipped (diskhygiene.py): row -> what
+# it must be; not applicable to a container.
+MACHINE_ID = "/etc/machine-id content (disk image)"
+AUTHORIZED_KEYS = "authorized SSH keys (disk image)"
+HOST_KEYS = "SSH host keys (disk image)"
+ROOT_PASSWORD = "root password (disk image)"
+HISTORY = "shell history (disk image)"
+RANDOM_SEED = "systemd random seed (disk image)"
+LEASES = "DHCP leases (disk image)"
+JOURNAL = "journal files (disk image)"
+CLOUD_STATE = "cloud-init instance state (disk image)"
+SIGNING_KEY = "DKMS module-signing private key (disk image)"
+DISK_HYGIENE = {
+    MACHINE_ID: "",
+    AUTHORIZED_KEYS: "none",
+    HOST_KEYS: "none",
+    ROOT_PASSWORD: "locked",
+    HISTORY: "none",
+    RANDOM_SEED: "none",
+    LEASES: "none",
+    JOURNAL: "none",
+    CLOUD_STATE: "none",
+    SIGNING_KEY: "none",
+}
+
 
 @dataclass(frozen=True)
 class Item:
