@@ -20,6 +20,7 @@ PACKAGES = (
     "pathspec",
     "PyYAML",
     "packaging",
+    "cyclonedx-python-lib",
 )
 
 

@@ -1,20 +1,23 @@
 """What is really installed in an artifact, and the files made from it: the package manifest
-(`deb name=version=sha256`, `python name=version=sha256`, sorted) and a CycloneDX SBOM.
+(`deb name=version=sha256`, `python name=version=sha256`, sorted) and its SBOM (imagebuild.sbom).
 
 The same script (data/inventory_script.py) runs in the container (docker) and in the VM
 (Ansible's `script` module), so the two manifests are comparable line by line."""
 
 from __future__ import annotations
 
-import json
+import re
 from pathlib import Path
 from typing import Any
 
 from packaging.utils import canonicalize_name
 
-from imagebuild import progress
+from imagebuild import progress, sbom
 from imagebuild.cache import atomic_file
-from imagebuild.lock.lockfile import Lock, rfc3339
+from imagebuild.errors import ImageBuildError
+from imagebuild.lock.lockfile import Lock
+from imagebuild.lock.schema import DEB_NAME, DEB_VERSION
+from imagebuild.sbom import Subject
 from imagebuild.spec import Spec
 
 SCRIPT_PATH = Path(__file__).parent / "data" / "inventory_script.py"
@@ -24,6 +27,41 @@ SCRIPT = SCRIPT_PATH.read_text()
 def target_python(spec: Spec) -> str:
     """The venv's interpreter sees the venv's distributions; without a venv, Debian's."""
     return f"{spec.python.venv}/bin/python" if spec.python else "/usr/bin/python3"
+
+
+class InventoryError(ImageBuildError):
+    pass
+
+
+DEB_ARCH = re.compile(r"[a-z0-9][a-z0-9-]*")
+PY_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")  # PEP 508's name
+PY_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+!_-]*")
+GRAMMAR = {
+    "deb": ("Debian package (name, version, arch)", (DEB_NAME, DEB_VERSION, DEB_ARCH)),
+    "python": ("Python distribution (name, version)", (PY_NAME, PY_VERSION)),
+}
+
+
+def checked(inv: Any, kind: str) -> dict[str, Any]:
+    """The inventory's package rows, each checked against Debian's and PEP 508's grammar before
+    it becomes a manifest line, a purl or an SBOM field: they are read from the artifact (with a
+    registry base, its dpkg database is anyone's)."""
+    rows = inv if isinstance(inv, dict) else {}
+    for section, (what, fields) in GRAMMAR.items():
+        entries = rows.get(section)
+        for row in entries if isinstance(entries, list) else [None]:
+            if not (
+                isinstance(row, list)
+                and len(row) == len(fields)
+                and all(
+                    isinstance(v, str) and f.fullmatch(v) for f, v in zip(fields, row, strict=True)
+                )
+            ):
+                raise InventoryError(
+                    f"the {kind}'s installed packages ({section}) list {str(row)[:120]!r}: "
+                    f"not a {what}"
+                )
+    return rows
 
 
 def package_manifest(inv: dict[str, Any], lock: Lock) -> str:
@@ -37,33 +75,6 @@ def package_manifest(inv: dict[str, Any], lock: Lock) -> str:
         for n, v in inv["python"]
     ]
     return "\n".join(sorted(lines)) + "\n"
-
-
-def sbom(inv: dict[str, Any], spec: Spec, lock: Lock, ref: str, kind: str) -> dict[str, Any]:
-    """CycloneDX 1.5 JSON from the same inventory; `kind` is the artifact (container, vm)."""
-    comps = [
-        {"type": "library", "name": n, "version": v, "purl": f"pkg:deb/debian/{n}@{v}?arch={a}"}
-        for n, v, a in inv["deb"]
-    ]
-    comps += [
-        {"type": "library", "name": n, "version": v, "purl": f"pkg:pypi/{n.lower()}@{v}"}
-        for n, v in inv["python"]
-    ]
-    return {
-        "bomFormat": "CycloneDX",
-        "specVersion": "1.5",
-        "version": 1,
-        "metadata": {
-            "timestamp": rfc3339(lock.source_date_epoch),
-            "component": {
-                "type": "container" if kind == "container" else "operating-system",
-                "name": f"{spec.name} ({kind})",
-                "version": spec.version,
-                "bom-ref": ref,
-            },
-        },
-        "components": sorted(comps, key=lambda c: c["purl"]),
-    }
 
 
 FLOATING = ("=unlocked", "=not-in-lock")
@@ -81,16 +92,17 @@ def floating(manifest: str) -> list[str]:
 
 
 def write(
-    inv: dict[str, Any], spec: Spec, lock: Lock, ref: str, kind: str, packages: Path, bom: Path
+    inv: dict[str, Any], spec: Spec, lock: Lock, subject: Subject, packages: Path, bom: Path
 ) -> list[str]:
     """Write both files; say (and return) what floated in: with a registry base, its own
     packages; with the lock's own base, a bug worth a look."""
+    inv = checked(inv, subject.kind)
     manifest = package_manifest(inv, lock)
     with atomic_file(packages) as t:
         t.write_text(manifest)
     with atomic_file(bom) as t:
-        t.write_text(json.dumps(sbom(inv, spec, lock, ref, kind), indent=1))
-    extra = floating(manifest)
+        t.write_text(sbom.document(inv, spec, lock, subject))
+    extra, kind = floating(manifest), subject.kind
     if extra:
         shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
         progress.say(

@@ -17,7 +17,11 @@ from pathlib import Path
 
 import docker
 import pytest
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
+from packageurl import PackageURL
 
+from imagebuild import inventory
 from imagebuild import lock as locking
 from imagebuild import spec as specmod
 from imagebuild.builders.stages import STAGES
@@ -132,8 +136,20 @@ def test_package_manifest_matches_lock(built, locked_example: Path) -> None:
     assert debs == {f"{p.name}={p.version}={p.sha256}" for p in lk.shared}
     py = {ln.split()[1] for ln in lines if ln.startswith("python ")}
     assert {f"{w.name}={w.version}={w.sha256}" for w in lk.python} <= py
-    sbom = json.loads((dist / f"{spec.name}-{spec.version}.container.sbom.cdx.json").read_text())
-    assert sbom["bomFormat"] == "CycloneDX" and len(sbom["components"]) == len(lines) - 1
+    text = (dist / f"{spec.name}-{spec.version}.container.sbom.cdx.json").read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    sbom = json.loads(text)
+    assert len(sbom["components"]) == len(lines) - 1
+    # every locked deb and wheel (and only those) carries the sha256 it was installed from
+    hashed = {
+        f"{'deb' if p.type == 'deb' else 'python'} {p.name}={p.version}={c['hashes'][0]['content']}"
+        for c in sbom["components"]
+        if (p := PackageURL.from_string(c["purl"])) and c.get("hashes")
+    }
+    assert hashed == {ln for ln in lines if ln and not ln.endswith(inventory.FLOATING)}
+    oci = json.loads((dist / f"{spec.name}-{spec.version}.container.json").read_text())
+    digest = oci["manifest_digest"].removeprefix("sha256:")
+    assert sbom["metadata"]["component"]["hashes"] == [{"alg": "SHA-256", "content": digest}]
 
 
 def test_oci_archive_is_readable_by_skopeo(built) -> None:

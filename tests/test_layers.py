@@ -16,6 +16,7 @@ from imagebuild.builders.changes import upper_entries
 from imagebuild.builders.layers import diff_layer
 from imagebuild.inventory import write
 from imagebuild.lock.lockfile import DebPackage, Lock, Wheel
+from imagebuild.sbom import Subject
 from tests.conftest import copy_example
 
 SDE = 1_700_000_000
@@ -110,7 +111,7 @@ def test_app_archive_is_rooted_at_its_destination_with_the_stamp_last(tmp_path: 
 def test_packages_not_in_the_lock_are_marked_and_said(tmp_path: Path, capsys) -> None:
     deb = DebPackage("libc6", "2.36-9", "amd64", "ab" * 32, "pool/main/g/glibc/libc6.deb", 1)
     lock = Lock(
-        {"source_date_epoch": SDE}, {}, [deb], [], [Wheel("numpy", "2.0", "n.whl", "", "cd")]
+        {"source_date_epoch": SDE}, {}, [deb], [], [Wheel("numpy", "2.0", "n.whl", "", "cd" * 32)]
     )
     installed = {
         "deb": [
@@ -121,7 +122,8 @@ def test_packages_not_in_the_lock_are_marked_and_said(tmp_path: Path, capsys) ->
         "python": [["NumPy", "2.0"], ["six", "1.16"], ["pip", "23.0.1"]],
     }
     spec = specmod.load(copy_example(tmp_path / "ex"))
-    out = write(installed, spec, lock, "x", "container", tmp_path / "p.txt", tmp_path / "b.json")
+    subject = Subject("container", "ef" * 32, "x")
+    out = write(installed, spec, lock, subject, tmp_path / "p.txt", tmp_path / "b.json")
     assert out == ["deb curl=1", "deb libc6=2.36-9+deb12u9", "python six=1.16"]
     manifest = (tmp_path / "p.txt").read_text()
     assert "deb libc6=2.36-9=" + "ab" * 32 in manifest

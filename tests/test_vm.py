@@ -20,8 +20,10 @@ from urllib.parse import urlsplit
 
 import docker
 import pytest
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
 
-from imagebuild import leftovers, seed
+from imagebuild import checksums, leftovers, seed
 from imagebuild import spec as specmod
 from imagebuild.builders import ami
 from imagebuild.builders.formats import filename
@@ -88,6 +90,21 @@ def test_shared_packages_equal_the_containers(vm_built, locked_example: Path) ->
     assert not [k for k, v in vm.items() if v.endswith("=unlocked")], "package not in the lock"
     assert "parity shared_differ: []" in r.stdout
     assert "parity shared_roles_changed: []" in r.stdout  # Packer's pass found them converged
+
+
+def test_the_sbom_is_valid_cyclonedx_naming_the_disks_it_describes(vm_built) -> None:
+    spec, dist, _ = vm_built
+    text = (dist / f"{_stem(spec)}.vm.sbom.cdx.json").read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    sbom, sums = json.loads(text), checksums.read(dist)
+    root = sbom["metadata"]["component"]
+    assert root["type"] == "operating-system"
+    qcow2 = sums[filename("qcow2", spec)]
+    assert root["hashes"] == [{"alg": "SHA-256", "content": qcow2}]
+    files = {p["name"].removeprefix("imagebuild:file:"): p["value"] for p in root["properties"]}
+    assert files == {filename(f, spec): sums[filename(f, spec)] for f in spec.vm.formats}
+    lines = (dist / f"{_stem(spec)}.vm.packages.txt").read_text().splitlines()
+    assert len(sbom["components"]) == len(lines)
 
 
 def test_vm_boots_and_runs_the_entrypoint_service(booted: Booted, vm_built) -> None:

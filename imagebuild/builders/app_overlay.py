@@ -219,9 +219,7 @@ def build(
     prior: Prior,
     app: AppFiles,
     layer: Layer,
-    staging: Path,
-    out: dict[str, Path],
-    seconds: dict[str, float],
+    to: vm_outputs.Delivery,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The VM built before with this build's app files written over its own, shipped as Packer's
     disk would be; (parity, the VM's inventory: the prior VM's, unchanged)."""
@@ -229,7 +227,7 @@ def build(
     with progress.stage("build-vm: app overlay", f"{len(app.added)} paths, no boot") as st:
         written = apply(prior, app, layer.path, b.workdir, b.inputs.lock.source_date_epoch)
         st["note"] = f"over the VM with app layer {prior.app.diff_id[:12]}"
-    seconds["app overlay"] = round(time.monotonic() - start, 1)
+    to.seconds["app overlay"] = round(time.monotonic() - start, 1)
     manifest = {"builds": [], "imagebuild": "app overlay over the last Packer build: no Packer run"}
     parity = vm_outputs.ship(
         written,
@@ -237,9 +235,7 @@ def build(
         prior.inventory,
         layer.diff_id,
         b.inputs,
-        staging,
-        out,
-        seconds,
+        to,
     )
     parity["shared_roles_changed"] = "not run: an app overlay (the Packer pass under it found none)"
     return parity, prior.inventory

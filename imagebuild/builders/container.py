@@ -38,6 +38,7 @@ from imagebuild.keys import STAGES
 from imagebuild.lock.lockfile import rfc3339
 from imagebuild.obtain import told
 from imagebuild.resolved import Resolved
+from imagebuild.sbom import Subject
 from imagebuild.spec import Spec
 
 
@@ -164,15 +165,8 @@ def build(inputs: Inputs, dist: Path) -> ContainerResult:
                         manifest_digest = img.oci_archive(
                             out["oci"], config, layers, spec.version, annotations
                         )
-                inv.write(
-                    installed.result(),
-                    spec,
-                    lock,
-                    image_id,
-                    "container",
-                    out["packages"],
-                    out["sbom"],
-                )
+                subject = Subject("container", manifest_digest.removeprefix("sha256:"), image_id)
+                inv.write(installed.result(), spec, lock, subject, out["packages"], out["sbom"])
         result = ContainerResult(
             tag, image_id, results, out["oci"], manifest_digest, out["packages"], out["sbom"], noop
         )

@@ -225,13 +225,14 @@ def build(inputs: Inputs, dist: Path, on_error: str = "cleanup") -> VmResult:
         staging.mkdir(parents=True)
         # whose it is, should we be killed
         (staging / ".owner").write_text(f"{b.inputs.cache.root}\n")
+        to = vm_outputs.Delivery(staging, out, seconds)
         keep = False
         try:
             done = None
             if prior is not None and isinstance(app, app_overlay.AppFiles):
                 accel = "none (app overlay: no boot)"
                 try:
-                    done = app_overlay.build(b, prior, app, layers[-1], staging, out, seconds)
+                    done = app_overlay.build(b, prior, app, layers[-1], to)
                 except app_overlay.OverlayError as e:  # before any output: the full build
                     progress.say(f"build-vm: app overlay failed ({e}): a full build")
             if done is not None:
@@ -242,16 +243,14 @@ def build(inputs: Inputs, dist: Path, on_error: str = "cleanup") -> VmResult:
                 sources = disk.sources_disk(b)
                 accel, why = vmboot.probe_accelerator()
                 progress.say(f"build-vm: accelerator {accel} ({why})")
-                parity, vm_inv = _packer_qemu(
-                    b, base, sources, accel, on_error, staging, out, seconds
-                )
+                parity, vm_inv = _packer_qemu(b, base, sources, accel, on_error, to)
             result = VmResult("qemu", accel, key, base, out, seconds, parity)
             with atomic_file(record) as t:  # last: its presence means every output is complete
                 body = asdict(result) | {
                     "builder": builder.versions() | {"packer": packer.version()}
                 }
                 t.write_text(json.dumps(body, default=str, indent=1))
-            checksums.record(dist, list(out.values()))
+            checksums.record(dist, list(out.values()), to.known)
             if isinstance(app, app_overlay.AppFiles) and "qcow2" in out:  # for the next app change
                 sha = checksums.read(dist)[out["qcow2"].name]
                 app_overlay.keep(
@@ -274,11 +273,10 @@ def _packer_qemu(
     sources: Path,
     accel: str,
     on_error: str,
-    staging: Path,
-    out: dict[str, Path],
-    seconds: dict[str, float],
+    to: vm_outputs.Delivery,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Packer's pass over the base disk, then the outputs; (parity, the VM's inventory)."""
+    staging = to.staging
     spec, work = b.inputs.spec, b.workdir
     make_build_key(work)
     inventory_out = work / "inventory.json"
@@ -302,7 +300,7 @@ def _packer_qemu(
     log = packer.log_file(b.inputs.cache.root, spec.name)
     try:
         timeline = packer.build(values, work, "qemu.vm", on_error, log, what)
-        seconds |= {f"packer {k}": v for k, v in packer.phases(timeline).items()}
+        to.seconds |= {f"packer {k}": v for k, v in packer.phases(timeline).items()}
     except BaseException:
         if on_error == "abort":
             _keep_for_login(values, work, staging)
@@ -313,9 +311,7 @@ def _packer_qemu(
     vm_inv = json.loads(inventory_out.read_text())
     written = staging / "packer-out" / values["vm_name"]
     manifest = (work / "packer-manifest.json").read_bytes()
-    parity = vm_outputs.ship(
-        written, manifest, vm_inv, base.sha256, b.inputs, staging, out, seconds
-    )
+    parity = vm_outputs.ship(written, manifest, vm_inv, base.sha256, b.inputs, to)
     # The base disk is the container's filesystem: the shared roles must find nothing to do.
     parity["shared_roles_changed"] = provision.shared_changed([ln for _, ln in timeline], spec)
     return parity, vm_inv

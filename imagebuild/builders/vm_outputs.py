@@ -7,15 +7,30 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from imagebuild import inventory as inv
 from imagebuild import progress, tools
 from imagebuild.builders.formats import FORMATS, qcow2
+from imagebuild.cache import sha256_file
 from imagebuild.inputs import Inputs
 from imagebuild.lock.lockfile import Lock
+from imagebuild.sbom import Subject
 from imagebuild.spec import Spec
+
+
+@dataclass
+class Delivery:
+    """Where a VM build's outputs go and what it learns on the way there: the staging folder
+    (moved into dist/ once complete), each output's final path, each step's seconds, and the
+    sha256 of the files already hashed (SHA256SUMS takes them instead of hashing again)."""
+
+    staging: Path
+    out: dict[str, Path]
+    seconds: dict[str, float] = field(default_factory=dict)
+    known: dict[str, str] = field(default_factory=dict)
 
 
 def ship(
@@ -24,31 +39,27 @@ def ship(
     inventory: dict[str, Any],
     ref: str,
     inputs: Inputs,
-    staging: Path,
-    out: dict[str, Path],
-    seconds: dict[str, float],
+    to: Delivery,
 ) -> dict[str, Any]:
-    """Make every output in `staging` from the disk `written` (removed once read), move them
+    """Make every output in `to.staging` from the disk `written` (removed once read), move them
     into place (the record aside: the caller writes it last), and return the parity."""
     spec, lock = inputs.spec, inputs.lock
+    staging, out, known = to.staging, to.out, to.known
     start = time.monotonic()
     with progress.stage("build-vm: outputs", ", ".join(spec.vm.formats)):
         made = {fmt: staging / out[fmt].name for fmt in spec.vm.formats}
         make_formats(written, made, spec, lock)
         (staging / out["packer_manifest"].name).write_bytes(packer_manifest)
-        inv.write(
-            inventory,
-            spec,
-            lock,
-            ref,
-            "vm",
-            staging / out["packages"].name,
-            staging / out["sbom"].name,
-        )
+        known |= {made[f].name: sha256_file(made[f]) for f in spec.vm.formats}
+        # The VM's digest: its qcow2 when made, else the first format asked for.
+        disk = made["qcow2" if "qcow2" in made else spec.vm.formats[0]].name
+        subject = Subject("vm", known[disk], ref, {n: known[n] for n in sorted(known)})
+        bom, packages = staging / out["sbom"].name, staging / out["packages"].name
+        inv.write(inventory, spec, lock, subject, packages, bom)
         for name, dest in out.items():
             if name != "record":
                 os.replace(staging / dest.name, dest)
-    seconds["outputs"] = round(time.monotonic() - start, 1)
+    to.seconds["outputs"] = round(time.monotonic() - start, 1)
     packages = out["packages"]
     container = packages.with_name(packages.name.replace(".vm.", ".container."))
     return inv.parity_with_container(packages, container, lock)
