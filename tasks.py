@@ -24,6 +24,7 @@ from imagebuild import (
     leftovers,  # noqa: E402
     profile,  # noqa: E402
     progress,  # noqa: E402
+    signing,  # noqa: E402
 )
 from imagebuild import fetch as fetching  # noqa: E402
 from imagebuild import lock as locking  # noqa: E402
@@ -155,6 +156,7 @@ REGISTRY_CACHE_HELP = {
     "cache.required; else a warning and a local build).",
     "cache-push": "auto (default: --cache-to, else cache.registry when cache.push) or never: "
     "push nothing, whatever the spec says (a pull request's spec is its author's).",
+    "sign-key": signing.HELP,
 }
 BACKENDS = ("auto", "libvirt", "qemu")
 
@@ -172,10 +174,12 @@ def _prepare(
     label: str,
     remote: tuple[str | None, str | None, bool, str],
     dist: str,
+    sign_key: str | None = None,
 ) -> Iterator[Inputs]:
     """What every build starts from, resolved once (spec, fresh lock, what the roles add, every
     key, the cache, the registry cache, the verified local sources); the dist folder, then the
     cache, are this build's alone until the body returns (a second build, verify or push waits)."""
+    signer = signing.load(sign_key)  # a key that cannot sign is refused before anything runs
     p = Project.named(spec)
     s, lk = p.spec, p.lock
     cache = _cache(cache_dir)
@@ -186,7 +190,7 @@ def _prepare(
             fetched = fetching.local_sources(lk, cache)
         if registry.pull_from or registry.push_to:
             progress.say(f"{label}: {registry.describe()}")
-        yield prepare(p.req, lk, cache, fetched, registry)
+        yield prepare(p.req, lk, cache, fetched, registry, signer)
 
 
 @cli(dist="Output folder (default ./dist).", shared=REGISTRY_CACHE_HELP)
@@ -199,12 +203,13 @@ def build_container(
     cache_to=None,
     cache_required=False,
     cache_push="auto",
+    sign_key=None,
 ):
     """Build the layered, reproducible Docker image from the spec and its lock."""
     from imagebuild.builders import container
 
     remote = (cache_from, cache_to, cache_required, cache_push)
-    with _prepare(spec, cache_dir, "build-container", remote, dist) as inputs:
+    with _prepare(spec, cache_dir, "build-container", remote, dist, sign_key) as inputs:
         r = container.build(inputs, Path(dist))
     _say_registry(inputs)
     print(r.render())
@@ -231,6 +236,7 @@ def build_vm(
     cache_to=None,
     cache_required=False,
     cache_push="auto",
+    sign_key=None,
 ):
     """Build the VM images with Packer (qemu, TCG unless KVM works) from the spec and its lock,
     provisioned by the container's playbook."""
@@ -239,7 +245,7 @@ def build_vm(
     options = Options(on_error, aws_region)
     OptionError.check(*options.problems(target))
     remote = (cache_from, cache_to, cache_required, cache_push)
-    with _prepare(spec, cache_dir, "build-vm", remote, dist) as inputs:
+    with _prepare(spec, cache_dir, "build-vm", remote, dist, sign_key) as inputs:
         r = TARGETS[target](inputs, Path(dist), options)
     _say_registry(inputs)
     if text := r.render():

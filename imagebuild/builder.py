@@ -21,6 +21,7 @@ PACKAGES = (
     "PyYAML",
     "packaging",
     "cyclonedx-python-lib",
+    "securesystemslib",
 )
 
 

@@ -1,10 +1,13 @@
 """The inputs of one build, resolved once by the task layer and passed down typed: the spec's
 meaning with its lock and roles applied, every cache key, the cache, the registry cache shared
-with other machines, and the verified local sources (apt repos, wheelhouse)."""
+with other machines, the verified local sources (apt repos, wheelhouse) and the key that signs
+the provenance."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from securesystemslib.signer import Signer
 
 from imagebuild import keys as keying
 from imagebuild.cache import Cache
@@ -23,6 +26,7 @@ class Inputs:
     cache: Cache
     fetched: FetchResult
     remote: RegistryCache = field(default_factory=lambda: RegistryCache(None, None))
+    signer: Signer | None = None  # the provenance's key (imagebuild.signing); None: unsigned
 
     @property
     def spec(self) -> Spec:
@@ -39,6 +43,8 @@ def prepare(
     cache: Cache,
     fetched: FetchResult,
     remote: RegistryCache | None = None,
+    signer: Signer | None = None,
 ) -> Inputs:
     r = resolve(req, lock)
-    return Inputs(r, keying.compute(r), cache, fetched, remote or RegistryCache(None, None))
+    remote = remote or RegistryCache(None, None)
+    return Inputs(r, keying.compute(r), cache, fetched, remote, signer)

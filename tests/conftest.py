@@ -186,6 +186,24 @@ def add_templated_env(spec: Path) -> None:
 
 
 @pytest.fixture(scope="session")
+def sign_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ed25519 private key (PEM, PKCS#8) the tests sign provenance with, as a user's would be."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    path = tmp_path_factory.mktemp("key") / "signing.pem"
+    key = ed25519.Ed25519PrivateKey.generate()
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 

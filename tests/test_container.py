@@ -20,8 +20,9 @@ import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
+from securesystemslib.dsse import Envelope
 
-from imagebuild import inventory
+from imagebuild import checksums, inventory, provenance, signing
 from imagebuild import lock as locking
 from imagebuild import spec as specmod
 from imagebuild.builders.stages import STAGES
@@ -41,9 +42,16 @@ from tests.conftest import (
 pytestmark = [pytest.mark.network, pytest.mark.engine]
 
 
-def build(spec: Path, cache: Path, dist: Path) -> subprocess.CompletedProcess[str]:
+def build(spec: Path, cache: Path, dist: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return run_invoke(
-        "build-container", "--spec", str(spec), "--cache-dir", str(cache), "--dist", str(dist)
+        "build-container",
+        "--spec",
+        str(spec),
+        "--cache-dir",
+        str(cache),
+        "--dist",
+        str(dist),
+        *extra,
     )
 
 
@@ -61,9 +69,11 @@ def containers() -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def built(locked_example: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def built(
+    locked_example: Path, cache_dir: Path, sign_key: Path, tmp_path_factory: pytest.TempPathFactory
+):
     dist = tmp_path_factory.mktemp("dist")
-    r = build(locked_example, cache_dir, dist)
+    r = build(locked_example, cache_dir, dist, "--sign-key", str(sign_key))
     assert r.returncode == 0, r.stderr
     spec = specmod.load(locked_example)
     return spec, dist, r
@@ -165,16 +175,54 @@ def test_oci_archive_is_readable_by_skopeo(built) -> None:
     assert image_id.split(":")[1] in r.stdout
 
 
-def test_noop_rebuild_touches_no_container(built, locked_example: Path, cache_dir: Path) -> None:
+def test_noop_rebuild_touches_no_container(
+    built, locked_example: Path, cache_dir: Path, sign_key: Path
+) -> None:
     """Nothing changed: no container, no file written in dist or in the stage cache, the same
-    image."""
+    image. Nothing changed but the key: the same statement signed again, nothing else written."""
     spec, dist, first = built
     before, files = containers(), stamps(dist, cache_dir / "stages")
-    r = build(locked_example, cache_dir, dist)
+    r = build(locked_example, cache_dir, dist, "--sign-key", str(sign_key))
     assert r.returncode == 0, r.stderr
     assert changed(files, stamps(dist, cache_dir / "stages")) == set()
     assert image_id(r.stdout) == image_id(first.stdout)
     assert containers() == before
+    envelope = dist / f"{spec.name}-{spec.version}.container.intoto.jsonl"
+    signed = envelope.read_bytes()
+    r = build(locked_example, cache_dir, dist)  # no key: the same statement, unsigned
+    assert r.returncode == 0 and "nothing changed" in r.stderr, r.stderr
+    assert changed(files, stamps(dist, cache_dir / "stages")) == {
+        str(envelope),
+        str(dist / "SHA256SUMS"),
+    }
+    unsigned = json.loads(envelope.read_text())
+    assert unsigned["signatures"] == [] and unsigned["payload"] == json.loads(signed)["payload"]
+    r = build(locked_example, cache_dir, dist, "--sign-key", str(sign_key))
+    assert r.returncode == 0 and envelope.read_bytes() == signed  # ed25519: deterministic
+    assert containers() == before
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=dist).returncode == 0
+
+
+def test_the_provenance_names_the_image_and_verifies_with_the_key(built, sign_key: Path) -> None:
+    spec, dist, _ = built
+    stem = f"{spec.name}-{spec.version}"
+    env = json.loads((dist / f"{stem}.container.intoto.jsonl").read_text())
+    signer = signing.load(str(sign_key))
+    assert signer is not None
+    Envelope.from_dict(env).verify([signer.public_key], 1)
+    stmt = provenance.read_statement(dist / f"{stem}.container.intoto.jsonl")
+    record = json.loads((dist / f"{stem}.container.json").read_text())
+    sums = checksums.read(dist)
+    assert {s["name"]: s["digest"]["sha256"] for s in stmt["subject"]} == {
+        f"{stem}.oci.tar": sums[f"{stem}.oci.tar"],
+        f"{spec.repository}:{spec.version}": record["manifest_digest"].removeprefix("sha256:"),
+    }
+    deps = stmt["predicate"]["buildDefinition"]["resolvedDependencies"]
+    assert deps[0]["name"] == "base layer"
+    assert (
+        "sha256:" + deps[0]["digest"]["sha256"]
+        == inspect(record["image_id"])["RootFS"]["Layers"][0]
+    )
 
 
 def test_app_change_rebuilds_only_the_app_layer(built, tmp_path: Path, cache_dir: Path) -> None:

@@ -105,3 +105,19 @@ def test_an_option_that_overrides_a_spec_field_gets_that_fields_check(
     r = run_invoke(*args, "--spec", str(EXAMPLE / "imagebuild.yaml"), "--dist", str(dist))
     assert r.returncode == 2 and says in r.stderr, r.stderr
     assert not dist.exists()
+
+
+@pytest.mark.parametrize("task", ["build-container", "build-vm"])
+def test_a_key_that_cannot_sign_stops_the_build_before_anything(task: str, tmp_path) -> None:
+    from tests.conftest import EXAMPLE
+
+    dist, key = tmp_path / "dist", tmp_path / "key.pem"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    spec = ["--spec", str(EXAMPLE / "imagebuild.yaml"), "--dist", str(dist)]
+    r = run_invoke(task, *spec, "--sign-key", str(key))
+    assert r.returncode == 2 and f"error: --sign-key: {key}: not a PEM private key" in r.stderr
+    r = run_invoke(task, *spec, env={"IMAGEBUILD_SIGN_KEY": str(tmp_path)})
+    assert (
+        r.returncode == 2 and f"error: $IMAGEBUILD_SIGN_KEY: {tmp_path}: not a regular" in r.stderr
+    )
+    assert not dist.exists() and "Traceback" not in r.stderr

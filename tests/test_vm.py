@@ -22,8 +22,9 @@ import docker
 import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
+from securesystemslib.dsse import Envelope
 
-from imagebuild import checksums, leftovers, seed
+from imagebuild import checksums, leftovers, provenance, seed, signing
 from imagebuild import spec as specmod
 from imagebuild.builders import ami
 from imagebuild.builders.formats import filename
@@ -105,6 +106,13 @@ def test_the_sbom_is_valid_cyclonedx_naming_the_disks_it_describes(vm_built) -> 
     assert files == {filename(f, spec): sums[filename(f, spec)] for f in spec.vm.formats}
     lines = (dist / f"{_stem(spec)}.vm.packages.txt").read_text().splitlines()
     assert len(sbom["components"]) == len(lines)
+    # the provenance (unsigned: no key given) names the same files and the base disk
+    stmt = provenance.read_statement(dist / f"{_stem(spec)}.vm.intoto.jsonl")
+    assert {s["name"]: s["digest"]["sha256"] for s in stmt["subject"]} == files
+    record = json.loads((dist / f"{_stem(spec)}.vm.json").read_text())
+    base = stmt["predicate"]["buildDefinition"]["resolvedDependencies"][0]
+    assert base == {"name": "base disk", "digest": {"sha256": record["base_disk"]["sha256"]}}
+    assert json.loads((dist / f"{_stem(spec)}.vm.intoto.jsonl").read_text())["signatures"] == []
 
 
 def test_vm_boots_and_runs_the_entrypoint_service(booted: Booted, vm_built) -> None:
@@ -333,11 +341,12 @@ def test_vagrant_up_boots_the_box_with_a_plain_vagrantfile(vm_built, tmp_path: P
 
 
 def test_an_app_change_is_written_over_the_last_vm_without_packer(
-    vm_built, locked_example: Path, cache_dir: Path, tmp_path: Path
+    vm_built, locked_example: Path, cache_dir: Path, tmp_path: Path, sign_key: Path
 ) -> None:
     """One changed app file: build-vm writes the new app files over the VM built before (kept
     under the key of the VM but its app) instead of a new base disk and a Packer boot; the
-    result holds the new file, and verify finds it the container's twin."""
+    result holds the new file, and verify finds it the container's twin. Its provenance is
+    signed with the key from the environment and names what the VM was made from."""
     shutil.copytree(locked_example.parent, tmp_path / "p")
     spec_file = tmp_path / "p" / locked_example.name
     # its own tag: the session's image stays the one the other tests verify
@@ -350,7 +359,8 @@ def test_an_app_change_is_written_over_the_last_vm_without_packer(
     packer_logs = set(logs.glob("*.packer.log"))
     args = ["--spec", str(spec_file), "--cache-dir", str(cache_dir), "--dist", str(dist)]
     assert run_invoke("build-container", *args).returncode == 0
-    r = build_vm(spec_file, cache_dir, dist)
+    keyed = {"IMAGEBUILD_SIGN_KEY": str(sign_key)}
+    r = build_vm(spec_file, cache_dir, dist, env=keyed)
     assert r.returncode == 0, r.stderr[-4000:]
     assert "build-vm: app overlay: done" in r.stderr and "packer build" not in r.stderr
     assert set(logs.glob("*.packer.log")) == packer_logs  # Packer never ran
@@ -360,11 +370,17 @@ def test_an_app_change_is_written_over_the_last_vm_without_packer(
     part.unlink()
     # Built again, nothing changed: no base disk is made for it (the overlay needed none).
     before = stamps(dist, cache_dir / "disks", cache_dir / "vms")
-    again = build_vm(spec_file, cache_dir, dist)
+    again = build_vm(spec_file, cache_dir, dist, env=keyed)
     assert again.returncode == 0 and "vm: nothing changed" in again.stdout, again.stderr[-2000:]
     assert changed(before, stamps(dist, cache_dir / "disks", cache_dir / "vms")) == set()
     v = run_invoke("verify", "--spec", str(spec_file), "--dist", str(dist))
     assert v.returncode == 0, v.stdout[-3000:] + v.stderr[-3000:]
+    envelope = dist / f"{_stem(spec)}.vm.intoto.jsonl"
+    signer = signing.load(str(sign_key))
+    assert signer is not None
+    Envelope.from_dict(json.loads(envelope.read_text())).verify([signer.public_key], 1)
+    made_from = provenance.read_statement(envelope)["predicate"]["buildDefinition"]
+    assert made_from["resolvedDependencies"][0]["name"] == "app layer over the previous VM"
 
 
 def test_second_build_reuses_everything(vm_built, locked_example: Path, cache_dir: Path) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagebuild import progress, resolved, tools
+from imagebuild import progress, provenance, resolved, tools
 from imagebuild.builders import stages, vm_outputs
 from imagebuild.builders.context import Build
 from imagebuild.builders.disk import PART_OFFSET
@@ -233,7 +233,8 @@ def build(
         written,
         json.dumps(manifest).encode() + b"\n",
         prior.inventory,
-        layer.diff_id,
+        # what the VM was made from: the previous VM (same vm_but_app key) and this app layer
+        provenance.subject("app layer over the previous VM", layer.diff_id.removeprefix("sha256:")),
         b.inputs,
         to,
     )

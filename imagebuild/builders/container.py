@@ -26,13 +26,13 @@ from typing import Any
 import docker
 import docker.errors
 
-from imagebuild import app_tree, builder, checksums, distnames, profile, progress
+from imagebuild import app_tree, builder, checksums, distnames, profile, progress, provenance
 from imagebuild import inventory as inv
 from imagebuild.builders import image as img
 from imagebuild.builders.context import load_image, new_build
 from imagebuild.builders.layers import Layer
 from imagebuild.builders.stages import StageResult, build_layers
-from imagebuild.cache import atomic_file
+from imagebuild.cache import atomic_file, sha256_file
 from imagebuild.inputs import Inputs
 from imagebuild.keys import STAGES
 from imagebuild.lock.lockfile import rfc3339
@@ -127,6 +127,7 @@ def _outputs(dist: Path, spec: Spec) -> dict[str, Path]:
         "oci": distnames.path(dist, spec, distnames.OCI),
         "packages": distnames.path(dist, spec, distnames.CONTAINER_PACKAGES),
         "sbom": distnames.path(dist, spec, distnames.CONTAINER_SBOM),
+        "provenance": distnames.path(dist, spec, distnames.CONTAINER_PROVENANCE),
         "record": distnames.path(dist, spec, distnames.CONTAINER_RECORD),
     }
 
@@ -142,10 +143,14 @@ def build(inputs: Inputs, dist: Path) -> ContainerResult:
         image_id = hashlib.sha256(config).hexdigest()
         record = out["record"]
         previous = json.loads(record.read_text()) if record.exists() else {}
+        known: dict[str, str] = {}  # sha256 of outputs already hashed, for SHA256SUMS
         noop = (
             previous.get("image_id") == image_id
             and all(p.exists() for p in out.values())
             and _has_image(client, tag, image_id)
+            and provenance.signed_as_asked(
+                out["provenance"], inputs, "container", {out["oci"].name: out["oci"]}
+            )
         )
         if noop:
             progress.say(f"build-container: nothing changed; {tag} is sha256:{image_id[:12]}")
@@ -165,8 +170,16 @@ def build(inputs: Inputs, dist: Path) -> ContainerResult:
                         manifest_digest = img.oci_archive(
                             out["oci"], config, layers, spec.version, annotations
                         )
-                subject = Subject("container", manifest_digest.removeprefix("sha256:"), image_id)
+                digest = manifest_digest.removeprefix("sha256:")
+                subject = Subject("container", digest, image_id)
                 inv.write(installed.result(), spec, lock, subject, out["packages"], out["sbom"])
+                known[out["oci"].name] = sha256_file(out["oci"])
+                subjects = [
+                    provenance.subject(out["oci"].name, known[out["oci"].name]),
+                    provenance.subject(tag, digest),
+                ]
+                base = provenance.subject("base layer", layers[0].diff_id.removeprefix("sha256:"))
+                provenance.write(out["provenance"], inputs, "container", subjects, base)
         result = ContainerResult(
             tag, image_id, results, out["oci"], manifest_digest, out["packages"], out["sbom"], noop
         )
@@ -177,7 +190,7 @@ def build(inputs: Inputs, dist: Path) -> ContainerResult:
         if noop:
             checksums.listed(dist, list(out.values()))
         else:
-            checksums.record(dist, list(out.values()))
+            checksums.record(dist, list(out.values()), known)
     return result
 
 

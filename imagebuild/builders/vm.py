@@ -32,6 +32,7 @@ from imagebuild import (
     leftovers,
     packer,
     progress,
+    provenance,
     provision,
     roles,
     tools,
@@ -118,6 +119,7 @@ def outputs(dist: Path, spec: Spec) -> dict[str, Path]:
     out |= {
         "packages": distnames.path(dist, spec, distnames.VM_PACKAGES),
         "sbom": distnames.path(dist, spec, distnames.VM_SBOM),
+        "provenance": distnames.path(dist, spec, distnames.VM_PROVENANCE),
         "packer_manifest": distnames.path(dist, spec, distnames.PACKER_MANIFEST),
         "record": distnames.path(dist, spec, distnames.VM_RECORD),
     }
@@ -211,7 +213,10 @@ def build(inputs: Inputs, dist: Path, on_error: str = "cleanup") -> VmResult:
         layers, _ = stages.build_layers(b, "build-vm")
         record = out["record"]
         leftovers.sweep_staging(dist, b.inputs.cache, "build-vm")  # also when nothing else is to do
-        if up_to_date(dist, spec, key):
+        formats = {out[f].name: out[f] for f in spec.vm.formats}
+        if up_to_date(dist, spec, key) and provenance.signed_as_asked(
+            out["provenance"], inputs, "vm", formats
+        ):
             previous = json.loads(record.read_text())
             # The base disk the VM was made from (cached or pulled); none for an app overlay's
             # VM: it had none, and making one now would cost what the overlay saved.
@@ -311,7 +316,8 @@ def _packer_qemu(
     vm_inv = json.loads(inventory_out.read_text())
     written = staging / "packer-out" / values["vm_name"]
     manifest = (work / "packer-manifest.json").read_bytes()
-    parity = vm_outputs.ship(written, manifest, vm_inv, base.sha256, b.inputs, to)
+    made_from = provenance.subject("base disk", base.sha256)
+    parity = vm_outputs.ship(written, manifest, vm_inv, made_from, b.inputs, to)
     # The base disk is the container's filesystem: the shared roles must find nothing to do.
     parity["shared_roles_changed"] = provision.shared_changed([ln for _, ln in timeline], spec)
     return parity, vm_inv

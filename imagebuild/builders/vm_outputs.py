@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from imagebuild import inventory as inv
-from imagebuild import progress, tools
+from imagebuild import progress, provenance, tools
 from imagebuild.builders.formats import FORMATS, qcow2
 from imagebuild.cache import sha256_file
 from imagebuild.inputs import Inputs
@@ -37,12 +37,13 @@ def ship(
     written: Path,
     packer_manifest: bytes,
     inventory: dict[str, Any],
-    ref: str,
+    made_from: dict[str, Any],
     inputs: Inputs,
     to: Delivery,
 ) -> dict[str, Any]:
     """Make every output in `to.staging` from the disk `written` (removed once read), move them
-    into place (the record aside: the caller writes it last), and return the parity."""
+    into place (the record aside: the caller writes it last), and return the parity.
+    `made_from`: what the disk was made from, as the provenance names it."""
     spec, lock = inputs.spec, inputs.lock
     staging, out, known = to.staging, to.out, to.known
     start = time.monotonic()
@@ -53,9 +54,12 @@ def ship(
         known |= {made[f].name: sha256_file(made[f]) for f in spec.vm.formats}
         # The VM's digest: its qcow2 when made, else the first format asked for.
         disk = made["qcow2" if "qcow2" in made else spec.vm.formats[0]].name
-        subject = Subject("vm", known[disk], ref, {n: known[n] for n in sorted(known)})
+        files = {n: known[n] for n in sorted(known)}
+        subject = Subject("vm", known[disk], f"sha256:{known[disk]}", files)
         bom, packages = staging / out["sbom"].name, staging / out["packages"].name
         inv.write(inventory, spec, lock, subject, packages, bom)
+        shipped = [provenance.subject(n, d) for n, d in files.items()]
+        provenance.write(staging / out["provenance"].name, inputs, "vm", shipped, made_from)
         for name, dest in out.items():
             if name != "record":
                 os.replace(staging / dest.name, dest)

@@ -1,0 +1,66 @@
+"""The user's key for signing provenance: a PEM private key file (PKCS#8, or the PEM `openssl`
+writes for the key type), ed25519 or ECDSA P-256, given by `--sign-key FILE` or
+$IMAGEBUILD_SIGN_KEY (its passphrase, if any, in $IMAGEBUILD_SIGN_KEY_PASSWORD). Read once,
+checked before anything is built, held in memory only: nothing writes it, records and logs name
+its key id (securesystemslib's: the sha256 of the public key's canonical form) and never its
+path's content. Signing is securesystemslib's CryptoSigner (the DSSE reference implementation's
+library, on pyca/cryptography)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from securesystemslib.signer import CryptoSigner, SSlibKey
+
+from imagebuild.errors import OptionError
+
+ENV = "IMAGEBUILD_SIGN_KEY"
+PASSWORD_ENV = "IMAGEBUILD_SIGN_KEY_PASSWORD"
+MAX_BYTES = 64 << 10  # a PEM private key is a few hundred bytes
+HELP = (
+    f"Sign the provenance with this private key (PEM, ed25519 or ECDSA P-256; default "
+    f"${ENV}; passphrase in ${PASSWORD_ENV}). Without one it is written unsigned."
+)
+
+
+def load(option: str | None) -> CryptoSigner | None:
+    """The signer for `--sign-key` (else $IMAGEBUILD_SIGN_KEY), or None when neither is set;
+    OptionError (exit 2) naming the option and the file when it cannot sign."""
+    source, value = ("--sign-key", option) if option else (f"${ENV}", os.environ.get(ENV))
+    if not value:
+        return None
+    path = Path(value)
+
+    def refuse(why: str) -> OptionError:
+        return OptionError([f"{source}: {path}: {why}"])
+
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise refuse(e.strerror or "cannot be read") from None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+        raise refuse("not a regular file")
+    if st.st_size > MAX_BYTES:
+        raise refuse(f"{st.st_size} bytes: not a private key file")
+    password = os.environ.get(PASSWORD_ENV)
+    try:
+        key = serialization.load_pem_private_key(
+            path.read_bytes(), password.encode() if password else None
+        )
+    except TypeError as e:  # encrypted without a passphrase, or a passphrase it does not need
+        raise refuse(f"{e} (${PASSWORD_ENV})") from None
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise refuse(f"not a PEM private key ({str(e).splitlines()[0]})") from None
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        public = SSlibKey.from_crypto(key.public_key())
+    elif isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+        public = SSlibKey.from_crypto(key.public_key(), scheme="ecdsa-sha2-nistp256")
+    else:
+        kind = key.curve.name if isinstance(key, ec.EllipticCurvePrivateKey) else type(key).__name__
+        raise refuse(f"a {kind} key; ed25519 or ECDSA P-256 (secp256r1) only")
+    return CryptoSigner(key, public)
