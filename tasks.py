@@ -262,6 +262,12 @@ def build_vm(
     "own; it must be on this host: verify reaches the VM on 127.0.0.1).",
     vm_seed="A NoCloud seed ISO (cloud-localds) to boot the VM with, as your platform would "
     "(libvirt only); the login verify itself uses stays systemd's credential.",
+    sign_key=signing.HELP.replace("the provenance", "the equivalence attestation"),
+    attestation="Boot nothing: check this equivalence attestation (DIST/verify/"
+    "equivalence.intoto.jsonl of a verify) offline against the image in the engine and the VM "
+    "disk in DIST (or --vm): signature (--public-key), both digests, and that it says PASSED.",
+    public_key="With --attestation: the PEM public key (ed25519 or ECDSA P-256) it must be "
+    "signed with.",
 )
 def verify(
     c,
@@ -273,11 +279,23 @@ def verify(
     backend="auto",
     vm_seed=None,
     libvirt_uri="qemu:///system",
+    sign_key=None,
+    attestation=None,
+    public_key=None,
 ):
     """Prove the container and the VM are the same where it matters: one testinfra suite over
-    docker:// and ssh://, a parity table, report.json + junit.xml; exit 1 naming each difference."""
+    docker:// and ssh://, a parity table, report.json + junit.xml and a (signed) equivalence
+    attestation; exit 1 naming each difference. --attestation checks one instead."""
     from imagebuild.verify import run as verifying
     from imagebuild.verify.hosts import local_uri_problem
+
+    if attestation or public_key:
+        OptionError.check(
+            not (attestation and public_key) and "--attestation and --public-key go together"
+        )
+        _check_attestation(attestation, public_key, Path(dist), Path(vm) if vm else None)
+        return
+    signer = signing.load(sign_key)
 
     OptionError.check(
         backend not in BACKENDS and f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}",
@@ -295,11 +313,23 @@ def verify(
             Path(vm_seed) if vm_seed else None,
             libvirt_uri,
             _cache(cache_dir).root,
+            signer,
         )
     print(r.table, end="")
     print(r.summary())
     if not r.ok:
         raise Exit(f"error: {r.failures()}", 1)
+
+
+def _check_attestation(statement: str, public_key: str, dist: Path, vm: Path | None) -> None:
+    from imagebuild.verify import attestation
+
+    key = signing.load_public("--public-key", public_key)
+    r = attestation.check(Path(statement), key, dist, vm)
+    print(
+        f"attestation {statement}: {r.result}, {r.rows} rows, signed by {r.keyid[:16]}; "
+        f"subjects here: {', '.join(r.subjects)}"
+    )
 
 
 @cli(

@@ -107,10 +107,14 @@ def _write(dest: Path, payload: bytes, signer: Signer | None) -> None:
         tmp.write_bytes(_canonical(env.to_dict()) + b"\n")
 
 
+def write_statement(dest: Path, stmt: dict[str, Any], signer: Signer | None) -> None:
+    _write(dest, _canonical(stmt), signer)
+
+
 def write(
     dest: Path, inputs: Inputs, kind: str, subjects: list[dict[str, Any]], base: dict[str, Any]
 ) -> None:
-    _write(dest, _canonical(statement(inputs, kind, subjects, base)), inputs.signer)
+    write_statement(dest, statement(inputs, kind, subjects, base), inputs.signer)
 
 
 def signer_id(signer: Signer | None) -> list[str]:

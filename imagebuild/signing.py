@@ -28,6 +28,43 @@ HELP = (
 )
 
 
+def _file(source: str, path: Path) -> bytes:
+    """The bytes of a key file, refused (OptionError naming `source`) if it is not one."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise _refuse(source, path, e.strerror or "cannot be read") from None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+        raise _refuse(source, path, "not a regular file")
+    if st.st_size > MAX_BYTES:
+        raise _refuse(source, path, f"{st.st_size} bytes: not a key file")
+    return path.read_bytes()
+
+
+def _refuse(source: str, path: Path, why: str) -> OptionError:
+    return OptionError([f"{source}: {path}: {why}"])
+
+
+def _sslib(public: ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey) -> SSlibKey:
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        return SSlibKey.from_crypto(public, scheme="ecdsa-sha2-nistp256")
+    return SSlibKey.from_crypto(public)
+
+
+def load_public(option: str, value: str) -> SSlibKey:
+    """A PEM public key (ed25519 or ECDSA P-256) to check a signature with."""
+    path = Path(value)
+    try:
+        key = serialization.load_pem_public_key(_file(option, path))
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise _refuse(option, path, f"not a PEM public key ({str(e).splitlines()[0]})") from None
+    if isinstance(key, ed25519.Ed25519PublicKey) or (
+        isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
+    ):
+        return _sslib(key)
+    raise _refuse(option, path, "ed25519 or ECDSA P-256 (secp256r1) keys only")
+
+
 def load(option: str | None) -> CryptoSigner | None:
     """The signer for `--sign-key` (else $IMAGEBUILD_SIGN_KEY), or None when neither is set;
     OptionError (exit 2) naming the option and the file when it cannot sign."""
@@ -35,32 +72,17 @@ def load(option: str | None) -> CryptoSigner | None:
     if not value:
         return None
     path = Path(value)
-
-    def refuse(why: str) -> OptionError:
-        return OptionError([f"{source}: {path}: {why}"])
-
-    try:
-        st = path.stat()
-    except OSError as e:
-        raise refuse(e.strerror or "cannot be read") from None
-    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
-        raise refuse("not a regular file")
-    if st.st_size > MAX_BYTES:
-        raise refuse(f"{st.st_size} bytes: not a private key file")
+    data = _file(source, path)
     password = os.environ.get(PASSWORD_ENV)
     try:
-        key = serialization.load_pem_private_key(
-            path.read_bytes(), password.encode() if password else None
-        )
+        key = serialization.load_pem_private_key(data, password.encode() if password else None)
     except TypeError as e:  # encrypted without a passphrase, or a passphrase it does not need
-        raise refuse(f"{e} (${PASSWORD_ENV})") from None
+        raise _refuse(source, path, f"{e} (${PASSWORD_ENV})") from None
     except (ValueError, UnsupportedAlgorithm) as e:
-        raise refuse(f"not a PEM private key ({str(e).splitlines()[0]})") from None
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        public = SSlibKey.from_crypto(key.public_key())
-    elif isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
-        public = SSlibKey.from_crypto(key.public_key(), scheme="ecdsa-sha2-nistp256")
-    else:
-        kind = key.curve.name if isinstance(key, ec.EllipticCurvePrivateKey) else type(key).__name__
-        raise refuse(f"a {kind} key; ed25519 or ECDSA P-256 (secp256r1) only")
-    return CryptoSigner(key, public)
+        raise _refuse(source, path, f"not a PEM private key ({str(e).splitlines()[0]})") from None
+    if isinstance(key, ed25519.Ed25519PrivateKey) or (
+        isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
+    ):
+        return CryptoSigner(key, _sslib(key.public_key()))
+    kind = key.curve.name if isinstance(key, ec.EllipticCurvePrivateKey) else type(key).__name__
+    raise _refuse(source, path, f"a {kind} key; ed25519 or ECDSA P-256 (secp256r1) only")

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import docker
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from imagebuild import vmboot
+from imagebuild import provenance, vmboot
 from imagebuild.project import Project
 from imagebuild.verify.filemeta import SPECIAL, SUMMARY, UNCHECKED
 from imagebuild.verify.items import items
@@ -53,10 +55,55 @@ def leftovers() -> list[str]:
     return out + [ln for ln in ps.splitlines() if "imagebuild-verify" in ln]
 
 
-def test_verify_passes_on_the_built_example(vm_built, locked_example: Path) -> None:
+def public_pem(private: Path, dest: Path) -> Path:
+    key = serialization.load_pem_private_key(private.read_bytes(), None)
+    dest.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return dest
+
+
+def _new_key(path: Path) -> Path:
+    key = ed25519.Ed25519PrivateKey.generate()
+    fmt = serialization.PrivateFormat.PKCS8
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
+    )
+    return path
+
+
+def check_attestation(
+    spec: Path, dist: Path, statement: Path, public: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    return verify(spec, dist, "--attestation", str(statement), "--public-key", str(public), *extra)
+
+
+def test_verify_passes_on_the_built_example(
+    vm_built, locked_example: Path, sign_key: Path, tmp_path: Path
+) -> None:
     spec, dist, _ = vm_built
-    r = verify(locked_example, dist)
+    r = verify(locked_example, dist, "--sign-key", str(sign_key))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # The equivalence attestation: signed, both artifacts, PASSED; checked offline by the task,
+    # and refused with another key or when the disk is not the one verified.
+    statement = tmp_path / "equivalence.intoto.jsonl"
+    shutil.copy(dist / "verify" / "equivalence.intoto.jsonl", statement)
+    public = public_pem(sign_key, tmp_path / "pub.pem")
+    ok = check_attestation(locked_example, dist, statement, public)
+    assert ok.returncode == 0 and ": PASSED, " in ok.stdout, ok.stderr
+    qcow2 = f"{spec.name}-{spec.version}.qcow2"
+    assert f"{spec.repository}:{spec.version}, {qcow2}" in ok.stdout
+    other = public_pem(_new_key(tmp_path / "other.pem"), tmp_path / "other.pub")
+    bad = check_attestation(locked_example, dist, statement, other)
+    assert bad.returncode == 1 and "not signed by key" in bad.stderr, bad.stderr
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / qcow2).write_bytes(b"another disk")
+    bad = check_attestation(locked_example, tmp_path / "d", statement, public)
+    assert bad.returncode == 1 and "the statement says" in bad.stderr, bad.stderr
+    stmt = provenance.read_statement(statement)
+    assert stmt["predicate"]["result"] == "PASSED" and not stmt["predicate"]["failedTests"]
     report = json.loads((dist / "verify" / "report.json").read_text())
     lock = Project(spec).lock
     rows = {row["id"]: row for row in report["rows"]}
@@ -97,7 +144,7 @@ def test_verify_passes_on_the_built_example(vm_built, locked_example: Path) -> N
     assert leftovers() == []
 
 
-def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path) -> None:
+def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path, sign_key: Path) -> None:
     """One different package version + one different env var in the container; a changed
     entrypoint unit + one locked Python package removed in the VM: each item named."""
     spec, dist, _ = vm_built
@@ -200,9 +247,22 @@ def test_sabotage_is_named(vm_built, locked_example: Path, tmp_path: Path) -> No
         check=True,
     )
     r = verify(
-        impatient / locked_example.name, dist, "--container", "local/sabotage:c", "--vm", str(flat)
+        impatient / locked_example.name,
+        dist,
+        "--container",
+        "local/sabotage:c",
+        "--vm",
+        str(flat),
+        "--sign-key",
+        str(sign_key),
     )
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    # Its attestation says so, signed: the check names the result, not the subjects
+    public = public_pem(sign_key, tmp_path / "pub.pem")
+    statement = dist / "verify" / "equivalence.intoto.jsonl"
+    says = check_attestation(locked_example, dist, statement, public, "--vm", str(flat))
+    assert says.returncode == 1 and "it says 'FAILED', not PASSED" in says.stderr, says.stderr
+    assert "the statement says" not in says.stderr
     report = json.loads((dist / "verify" / "report.json").read_text())
     failed = {row["id"]: row for row in report["rows"] if row["outcome"] == "failed"}
     request = "GET 127.0.0.1:8080/health"

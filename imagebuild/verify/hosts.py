@@ -44,6 +44,7 @@ class Host:
     config: dict[str, Any]  # container: the image config; VM: {}
     setup_seconds: float = 0.0  # VM: libvirt's own time to create and start the domain
     service_url: str = ""  # where the app runs as it ships (container: a second one; VM: itself)
+    image_id: str = ""  # container: the image's ID (sha256:... of its config), as the engine has it
 
 
 @contextlib.contextmanager
@@ -86,6 +87,7 @@ def container(ref: str, service: bool = False) -> Iterator[Host]:
             "docker",
             image.attrs["Config"],
             service_url=f"{url}-service" if service else "",
+            image_id=image.id,
         )
     finally:
         for c in started:

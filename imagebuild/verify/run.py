@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from securesystemslib.signer import Signer
 
-from imagebuild import checksums, progress
+from imagebuild import checksums, progress, provenance
 from imagebuild.builders.formats import filename
 from imagebuild.cache import default_root
 from imagebuild.errors import ImageBuildError
 from imagebuild.project import Project
-from imagebuild.verify import hosts, vmdisk
+from imagebuild.verify import attestation, hosts, vmdisk
 
 SUITE = Path(__file__).parent / "suite"
 
@@ -123,9 +124,11 @@ def verify(
     seed: Path | None = None,
     libvirt_uri: str = hosts.SYSTEM_URI,
     cache_root: Path | None = None,
+    signer: Signer | None = None,
 ) -> VerifyResult:
     """`cache_root`: where the locked .debs are (default: the default cache), for the special
-    files' modes (filemeta). The suite reads `project` (spec, request, lock) as loaded here."""
+    files' modes (filemeta). The suite reads `project` (spec, request, lock) as loaded here.
+    The equivalence attestation is signed by `signer` (unsigned without one)."""
     spec = project.spec
     ref = container_ref or f"{spec.repository}:{spec.version}"
     qcow2 = filename("qcow2", spec)
@@ -206,10 +209,15 @@ def verify(
         report_file.write_text(json.dumps(report, indent=1))
         table = markdown(report["rows"])
         (ctx.parent / "parity.md").write_text(table)
+        ok = rc == 0 and all(r.get("outcome") in ("passed", "skipped") for r in report["rows"])
+        with progress.stage("verify: attestation", "signed" if signer else "unsigned"):
+            stmt = attestation.statement(
+                project, report["rows"], ok, (ref, c.image_id), artifact, report_file
+            )
+            provenance.write_statement(ctx.parent / attestation.NAME, stmt, signer)
         ctx.unlink()
         if out_dir.exists():
             shutil.rmtree(out_dir)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(ctx.parent), out_dir)
-    ok = rc == 0 and all(r.get("outcome") in ("passed", "skipped") for r in report["rows"])
     return VerifyResult(ok, report["rows"], out_dir, table, seconds)
