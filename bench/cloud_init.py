@@ -19,12 +19,13 @@ from common import bench, cold_cache, private_example, stage_seconds, table, tim
 
 from imagebuild import seed, vmboot
 from imagebuild import spec as specmod
+from imagebuild.spec_sections import DEFAULT_VM_PACKAGES
 from imagebuild.verify import hosts
 
 
 def without_cloud_init(spec: Path) -> None:
     data = yaml.safe_load(spec.read_text())
-    packages = [p for p in specmod.DEFAULT_VM_PACKAGES if p != "cloud-init"]
+    packages = [p for p in DEFAULT_VM_PACKAGES if p != "cloud-init"]
     data.setdefault("vm", {})["packages"] = packages
     spec.write_text(yaml.safe_dump(data, sort_keys=False))
 
