@@ -6,8 +6,7 @@ the provenance."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from securesystemslib.signer import Signer
+from typing import TYPE_CHECKING
 
 from imagebuild import keys as keying
 from imagebuild.cache import Cache
@@ -17,6 +16,9 @@ from imagebuild.registry_cache import RegistryCache
 from imagebuild.requested import Requested
 from imagebuild.resolved import Resolved, resolve
 from imagebuild.spec import Spec
+
+if TYPE_CHECKING:
+    from securesystemslib.signer import Signer
 
 
 @dataclass(frozen=True)

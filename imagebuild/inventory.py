@@ -7,21 +7,33 @@ The same script (data/inventory_script.py) runs in the container (docker) and in
 from __future__ import annotations
 
 import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from packaging.utils import canonicalize_name
 
-from imagebuild import progress, sbom
+from imagebuild import progress
 from imagebuild.cache import atomic_file
 from imagebuild.errors import ImageBuildError
 from imagebuild.lock.lockfile import Lock
 from imagebuild.lock.schema import DEB_NAME, DEB_VERSION
-from imagebuild.sbom import Subject
 from imagebuild.spec import Spec
 
 SCRIPT_PATH = Path(__file__).parent / "data" / "inventory_script.py"
 SCRIPT = SCRIPT_PATH.read_text()
+
+
+@dataclass(frozen=True)
+class Subject:
+    """The artifact an SBOM describes: its kind (container, vm), its digest (sha256 hex of the
+    OCI manifest, or of the VM's primary disk file), its bom-ref, and further named digests
+    (the VM's format files)."""
+
+    kind: str
+    digest: str
+    ref: str
+    files: dict[str, str] = field(default_factory=dict)
 
 
 def target_python(spec: Spec) -> str:
@@ -96,12 +108,14 @@ def write(
 ) -> list[str]:
     """Write both files; say (and return) what floated in: with a registry base, its own
     packages; with the lock's own base, a bug worth a look."""
+    from imagebuild import sbom  # only here: see its docstring
+
     inv = checked(inv, subject.kind)
     manifest = package_manifest(inv, lock)
     with atomic_file(packages) as t:
         t.write_text(manifest)
     with atomic_file(bom) as t:
-        t.write_text(sbom.document(inv, spec, lock, subject))
+        t.write_text(sbom.document(inv, spec, lock, **asdict(subject)))
     extra, kind = floating(manifest), subject.kind
     if extra:
         shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")

@@ -16,10 +16,7 @@ import base64
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
-
-from securesystemslib.dsse import Envelope
-from securesystemslib.signer import Signer
+from typing import TYPE_CHECKING, Any
 
 from imagebuild import __version__, app_tree, builder, checksums, roles
 from imagebuild.cache import atomic_file, sha256_file
@@ -31,6 +28,9 @@ PAYLOAD_TYPE = "application/vnd.in-toto+json"  # DSSE's payloadType for in-toto 
 BUILD_TYPE = "urn:imagebuild:buildtype:{kind}:v1"  # this README's "Provenance" says what it means
 BUILDER_ID = "urn:imagebuild:builder:local"
 REQUIREMENTS = roles.PROJECT_ROOT / "requirements.lock"
+
+if TYPE_CHECKING:  # securesystemslib is imported when an envelope is written or read
+    from securesystemslib.signer import Signer
 
 
 def subject(name: str, sha256: str) -> dict[str, Any]:
@@ -100,6 +100,8 @@ def _canonical(obj: Any) -> bytes:
 def _write(dest: Path, payload: bytes, signer: Signer | None) -> None:
     """The DSSE envelope of `payload` as one JSON line (the `.intoto.jsonl` convention), signed
     by `signer` when given; with no signature it is still DSSE, and says it is unsigned."""
+    from securesystemslib.dsse import Envelope
+
     env = Envelope(payload, PAYLOAD_TYPE, {})
     if signer is not None:
         env.sign(signer)

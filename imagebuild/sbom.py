@@ -7,13 +7,13 @@ and, when the installed version is the lock's, the sha256 of the .deb or wheel i
 from (the lock's, checked by fetch). The metadata component is the artifact itself with its
 digest: the OCI manifest for the container, the disk file(s) for the VM. Same inputs, same
 bytes: the time is the lock's, the serial number is derived from the artifact's digest, the
-lists are sorted by the writer."""
+lists are sorted by the writer. Imported only when an SBOM is written (imagebuild.inventory):
+the library and its schema validator take ~0.15 s to import, which a no-op build never pays."""
 
 from __future__ import annotations
 
 import uuid
 import warnings
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
@@ -38,17 +38,6 @@ _SERIALS = uuid.UUID("5b0e1f4e-7d3a-4c7e-9a51-1d3f1e6b2c90")
 
 class SbomError(ImageBuildError):
     pass
-
-
-@dataclass(frozen=True)
-class Subject:
-    """The artifact an SBOM describes: its kind (container, vm), its digest (sha256 hex of the
-    OCI manifest, or of the VM's primary disk file) and further named digests (VM formats)."""
-
-    kind: str
-    digest: str
-    ref: str
-    files: dict[str, str] = field(default_factory=dict)
 
 
 def _sha256(hexdigest: str | None) -> list[HashType]:
@@ -80,21 +69,28 @@ def _library(name: str, version: str, purl: PackageURL, sha: str | None) -> Comp
     )
 
 
-def document(inv: dict[str, Any], spec: Spec, lock: Lock, subject: Subject) -> str:
+def document(
+    inv: dict[str, Any],
+    spec: Spec,
+    lock: Lock,
+    kind: str,
+    digest: str,
+    ref: str,
+    files: dict[str, str],
+) -> str:
     """The SBOM as JSON text, checked against CycloneDX's schema (a failure is a bug here,
-    raised, never written)."""
-    files = subject.files.items()
+    raised, never written). The artifact: its `kind` (container, vm), `digest` (sha256 hex),
+    bom-ref and further named file digests (imagebuild.inventory.Subject)."""
     os_or_image = ComponentType.OPERATING_SYSTEM, ComponentType.CONTAINER
-    kind = os_or_image[subject.kind == "container"]
     root = Component(
-        type=kind,
-        name=f"{spec.name} ({subject.kind})",
+        type=os_or_image[kind == "container"],
+        name=f"{spec.name} ({kind})",
         version=spec.version,
-        bom_ref=subject.ref,
-        hashes=_sha256(subject.digest),
-        properties=[Property(name=f"imagebuild:file:{n}", value=v) for n, v in files],
+        bom_ref=ref,
+        hashes=_sha256(digest),
+        properties=[Property(name=f"imagebuild:file:{n}", value=v) for n, v in files.items()],
     )
-    bom = Bom(serial_number=uuid.uuid5(_SERIALS, f"{subject.kind}:{subject.digest}"))
+    bom = Bom(serial_number=uuid.uuid5(_SERIALS, f"{kind}:{digest}"))
     bom.metadata.timestamp = datetime.fromtimestamp(lock.source_date_epoch, UTC)
     bom.metadata.component = root
     me = metadata.version("imagebuild")
@@ -108,5 +104,5 @@ def document(inv: dict[str, Any], spec: Spec, lock: Lock, subject: Subject) -> s
         warnings.simplefilter("error")  # the library warns about what its schema would miss
         text = JsonV1Dot6(bom).output_as_string(indent=1)
     if problem := JsonStrictValidator(SCHEMA).validate_str(text):
-        raise SbomError(f"the {subject.kind} SBOM fails CycloneDX {SCHEMA.to_version()}: {problem}")
+        raise SbomError(f"the {kind} SBOM fails CycloneDX {SCHEMA.to_version()}: {problem}")
     return text + "\n"

@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from securesystemslib.signer import CryptoSigner, SSlibKey
+from typing import TYPE_CHECKING, Any
 
 from imagebuild.errors import OptionError
+
+if TYPE_CHECKING:  # imported when a key is given: every task's start-up would pay ~0.2 s
+    from securesystemslib.signer import CryptoSigner, SSlibKey
 
 ENV = "IMAGEBUILD_SIGN_KEY"
 PASSWORD_ENV = "IMAGEBUILD_SIGN_KEY_PASSWORD"
@@ -45,7 +44,10 @@ def _refuse(source: str, path: Path, why: str) -> OptionError:
     return OptionError([f"{source}: {path}: {why}"])
 
 
-def _sslib(public: ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey) -> SSlibKey:
+def _sslib(public: Any) -> SSlibKey:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from securesystemslib.signer import SSlibKey
+
     if isinstance(public, ec.EllipticCurvePublicKey):
         return SSlibKey.from_crypto(public, scheme="ecdsa-sha2-nistp256")
     return SSlibKey.from_crypto(public)
@@ -53,6 +55,10 @@ def _sslib(public: ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey) -> SSli
 
 def load_public(option: str, value: str) -> SSlibKey:
     """A PEM public key (ed25519 or ECDSA P-256) to check a signature with."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
     path = Path(value)
     try:
         key = serialization.load_pem_public_key(_file(option, path))
@@ -71,6 +77,11 @@ def load(option: str | None) -> CryptoSigner | None:
     source, value = ("--sign-key", option) if option else (f"${ENV}", os.environ.get(ENV))
     if not value:
         return None
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+    from securesystemslib.signer import CryptoSigner
+
     path = Path(value)
     data = _file(source, path)
     password = os.environ.get(PASSWORD_ENV)

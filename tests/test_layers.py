@@ -14,9 +14,8 @@ from imagebuild import app_tree
 from imagebuild import spec as specmod
 from imagebuild.builders.changes import upper_entries
 from imagebuild.builders.layers import diff_layer
-from imagebuild.inventory import write
+from imagebuild.inventory import Subject, write
 from imagebuild.lock.lockfile import DebPackage, Lock, Wheel
-from imagebuild.sbom import Subject
 from tests.conftest import copy_example
 
 SDE = 1_700_000_000

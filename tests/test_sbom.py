@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ from packageurl import PackageURL
 from packaging.utils import canonicalize_name
 
 from imagebuild import inventory, sbom, spec
+from imagebuild.inventory import Subject
 from imagebuild.lock import lockfile
-from imagebuild.sbom import SbomError, Subject
+from imagebuild.sbom import SbomError
 from tests.conftest import ROOT
 
 EXAMPLE = ROOT / "examples" / "onnx-serve" / "imagebuild.yaml"
@@ -36,7 +38,7 @@ def host_inventory() -> dict[str, Any]:
 
 def _doc(inv: dict[str, Any], subject: Subject = SUBJECT) -> dict[str, Any]:
     s = spec.load(EXAMPLE)
-    text = sbom.document(inv, s, lockfile.read(EXAMPLE.with_suffix(".lock")), subject)
+    text = sbom.document(inv, s, lockfile.read(EXAMPLE.with_suffix(".lock")), **asdict(subject))
     assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
     return json.loads(text)
 
@@ -80,9 +82,11 @@ def test_a_locked_component_carries_the_sha256_it_was_installed_from() -> None:
 def test_the_same_artifact_gives_the_same_bytes(host_inventory) -> None:
     s, lock = spec.load(EXAMPLE), lockfile.read(EXAMPLE.with_suffix(".lock"))
     shuffled = {k: list(reversed(v)) for k, v in host_inventory.items()}
-    one = sbom.document(host_inventory, s, lock, SUBJECT)
-    assert sbom.document(shuffled, s, lock, SUBJECT) == one
-    other = sbom.document(host_inventory, s, lock, Subject("container", "ef" * 32, SUBJECT.ref))
+    one = sbom.document(host_inventory, s, lock, **asdict(SUBJECT))
+    assert sbom.document(shuffled, s, lock, **asdict(SUBJECT)) == one
+    other = sbom.document(
+        host_inventory, s, lock, **asdict(Subject("container", "ef" * 32, SUBJECT.ref))
+    )
     assert json.loads(other)["serialNumber"] != json.loads(one)["serialNumber"]
 
 

@@ -34,11 +34,11 @@ from imagebuild.builders.layers import Layer
 from imagebuild.builders.stages import StageResult, build_layers
 from imagebuild.cache import atomic_file, sha256_file
 from imagebuild.inputs import Inputs
+from imagebuild.inventory import Subject
 from imagebuild.keys import STAGES
 from imagebuild.lock.lockfile import rfc3339
 from imagebuild.obtain import told
 from imagebuild.resolved import Resolved
-from imagebuild.sbom import Subject
 from imagebuild.spec import Spec
 
 

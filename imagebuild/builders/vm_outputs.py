@@ -16,8 +16,8 @@ from imagebuild import progress, provenance, tools
 from imagebuild.builders.formats import FORMATS, qcow2
 from imagebuild.cache import sha256_file
 from imagebuild.inputs import Inputs
+from imagebuild.inventory import Subject
 from imagebuild.lock.lockfile import Lock
-from imagebuild.sbom import Subject
 from imagebuild.spec import Spec
 
 

@@ -11,10 +11,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from securesystemslib.signer import Signer
 
 from imagebuild import checksums, progress, provenance
 from imagebuild.builders.formats import filename
@@ -22,6 +21,9 @@ from imagebuild.cache import default_root
 from imagebuild.errors import ImageBuildError
 from imagebuild.project import Project
 from imagebuild.verify import attestation, hosts, vmdisk
+
+if TYPE_CHECKING:
+    from securesystemslib.signer import Signer
 
 SUITE = Path(__file__).parent / "suite"
 
