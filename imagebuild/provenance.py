@@ -37,13 +37,14 @@ def subject(name: str, sha256: str) -> dict[str, Any]:
     return {"name": name, "digest": {"sha256": sha256}}
 
 
-def _dependencies(inputs: Inputs, base: dict[str, Any]) -> list[dict[str, Any]]:
+def _dependencies(inputs: Inputs, kind: str, base: dict[str, Any]) -> list[dict[str, Any]]:
     spec, lock = inputs.spec, inputs.lock
     mirror = lock.mirror.rstrip("/")  # where fetch downloads them from
+    debs = {*lock.shared, *lock.vm} if kind == "vm" else set(lock.shared)
     deps = [base]
     deps += [
         {"name": p.basename, "uri": f"{mirror}/{p.filename}", "digest": {"sha256": p.sha256}}
-        for p in sorted({*lock.shared, *lock.vm}, key=lambda p: p.filename)
+        for p in sorted(debs, key=lambda p: p.filename)
     ]
     deps += [
         {"name": w.filename, "uri": w.url, "digest": {"sha256": w.sha256}}
@@ -86,7 +87,7 @@ def statement(
                     "sourceDateEpoch": lock.source_date_epoch,
                     "keys": asdict(inputs.keys),
                 },
-                "resolvedDependencies": _dependencies(inputs, base),
+                "resolvedDependencies": _dependencies(inputs, kind, base),
             },
             "runDetails": {"builder": {"id": BUILDER_ID, "version": builder.versions()}},
         },

@@ -76,9 +76,11 @@ def test_the_statement_is_what_the_in_toto_bindings_read(tmp_path: Path) -> None
     prov = json_format.ParseDict(predicate, provenance_pb2.Provenance())  # SLSA v1's fields
     deps = {d.name: d for d in prov.build_definition.resolved_dependencies}
     lock = lockfile.read(EXAMPLE.with_suffix(".lock"))
-    for item in [*lock.shared, *lock.vm]:
+    for item in lock.shared:
         d = deps[item.basename]
         assert d.digest["sha256"] == item.sha256 and d.uri.endswith("/" + item.filename)
+    shared = {p.basename for p in lock.shared}
+    assert lock.vm and not [p for p in lock.vm if p.basename in deps and p.basename not in shared]
     for w in lock.python:
         assert deps[w.filename].digest["sha256"] == w.sha256 and deps[w.filename].uri == w.url
     assert {"base layer", "ansible/roles/app", "ansible/site.yml", "requirements.lock"} <= set(deps)

@@ -110,8 +110,9 @@ def test_the_sbom_is_valid_cyclonedx_naming_the_disks_it_describes(vm_built) -> 
     stmt = provenance.read_statement(dist / f"{_stem(spec)}.vm.intoto.jsonl")
     assert {s["name"]: s["digest"]["sha256"] for s in stmt["subject"]} == files
     record = json.loads((dist / f"{_stem(spec)}.vm.json").read_text())
-    base = stmt["predicate"]["buildDefinition"]["resolvedDependencies"][0]
-    assert base == {"name": "base disk", "digest": {"sha256": record["base_disk"]["sha256"]}}
+    deps = stmt["predicate"]["buildDefinition"]["resolvedDependencies"]
+    assert deps[0] == {"name": "base disk", "digest": {"sha256": record["base_disk"]["sha256"]}}
+    assert {p.basename for p in Project(spec).lock.vm} <= {d["name"] for d in deps}  # VM-only too
     assert json.loads((dist / f"{_stem(spec)}.vm.intoto.jsonl").read_text())["signatures"] == []
 
 
