@@ -13,7 +13,7 @@ from typing import Any
 
 from packaging.utils import canonicalize_name
 
-from imagebuild import progress
+from imagebuild import profile, progress
 from imagebuild.cache import atomic_file
 from imagebuild.errors import ImageBuildError
 from imagebuild.lock.lockfile import Lock
@@ -114,7 +114,7 @@ def write(
     manifest = package_manifest(inv, lock)
     with atomic_file(packages) as t:
         t.write_text(manifest)
-    with atomic_file(bom) as t:
+    with atomic_file(bom) as t, profile.step("SBOM made and validated"):
         t.write_text(sbom.document(inv, spec, lock, **asdict(subject)))
     extra, kind = floating(manifest), subject.kind
     if extra:

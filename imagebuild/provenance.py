@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imagebuild import __version__, app_tree, builder, checksums, roles
+from imagebuild import __version__, app_tree, builder, checksums, profile, roles
 from imagebuild.cache import atomic_file, sha256_file
 from imagebuild.inputs import Inputs
 
@@ -117,7 +117,8 @@ def write_statement(dest: Path, stmt: dict[str, Any], signer: Signer | None) -> 
 def write(
     dest: Path, inputs: Inputs, kind: str, subjects: list[dict[str, Any]], base: dict[str, Any]
 ) -> None:
-    write_statement(dest, statement(inputs, kind, subjects, base), inputs.signer)
+    with profile.step("provenance made and signed"):
+        write_statement(dest, statement(inputs, kind, subjects, base), inputs.signer)
 
 
 def signer_id(signer: Signer | None) -> list[str]:
