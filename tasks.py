@@ -345,6 +345,8 @@ def push(c, spec=DEFAULT_SPEC, cache_dir=None, registry=None, dist="dist"):
     with distlock.exclusive(Path(dist), "push"):
         r = pushing(s, registry, Path(dist))
     print(f"pushed {r.reference} (image {r.image_id})")
+    for tag in r.attached:
+        print(f"attached {tag}")
 
 
 @cli()

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import docker.errors
+import requests
 
-from imagebuild import checksums, distnames, progress
+from imagebuild import attach, checksums, distnames, progress
 from imagebuild.cache import atomic_file
 from imagebuild.engine import describe, engine
 from imagebuild.errors import ImageBuildError
@@ -28,6 +29,7 @@ class PushError(ImageBuildError):
 class PushResult:
     reference: str  # REGISTRY/REPO@sha256:...
     image_id: str
+    attached: list[str]  # the SBOM's and attestations' tags (imagebuild.attach)
 
 
 def remote_repository(spec: Spec, registry: str) -> str:
@@ -55,6 +57,23 @@ def recorded_id(spec: Spec, dist: Path) -> str:
     return f"sha256:{image_id}"
 
 
+def _attachments(spec: Spec, dist: Path) -> dict[str, list[tuple[Path, str]]]:
+    """What goes beside the image: its SBOM, its provenance and verify's equivalence statement
+    (those of them in `dist`, each checked against dist/SHA256SUMS first, as the record is)."""
+    sbom = distnames.path(dist, spec, distnames.CONTAINER_SBOM)
+    envelopes = [
+        distnames.path(dist, spec, distnames.CONTAINER_PROVENANCE),
+        dist / "verify" / "equivalence.intoto.jsonl",
+    ]
+    listed = [f for f in (sbom, envelopes[0]) if f.is_file()]
+    if problems := checksums.check(dist, listed):
+        raise PushError(f"{problems[0]}; refusing to push it")
+    return {
+        "sbom": [(sbom, attach.SBOM_TYPE)] if sbom.is_file() else [],
+        "att": [(f, attach.DSSE_TYPE) for f in envelopes if f.is_file()],
+    }
+
+
 def push(spec: Spec, registry: str | None, dist: Path) -> PushResult:
     registry = registry or spec.container.registry
     if not registry:
@@ -62,6 +81,7 @@ def push(spec: Spec, registry: str | None, dist: Path) -> PushResult:
             "container.registry", "not set; give it in the spec or with --registry HOST:PORT"
         )
     image_id = recorded_id(spec, dist)
+    extras = _attachments(spec, dist)  # checked before anything is pushed
     client = engine()
     progress.say(f"push: engine {describe(client)}")
     try:
@@ -82,13 +102,14 @@ def push(spec: Spec, registry: str | None, dist: Path) -> PushResult:
         )
     remote = remote_repository(spec, registry)
     image.tag(remote, spec.version)
-    digest = ""
+    digest, size = "", 0
     try:
         with progress.stage("push", f"{remote}:{spec.version} ({image_id[:19]})"):
             for line in client.api.push(remote, spec.version, stream=True, decode=True):
                 if "error" in line:
                     raise PushError(f"push to {registry} failed: {line['error']}")
                 digest = line.get("aux", {}).get("Digest", digest)
+                size = line.get("aux", {}).get("Size", size)
         if not digest:
             raise PushError(f"push to {registry}: the registry reported no digest")
         # The engine pushes a name, not an ID: had the vehicle tag been moved meanwhile, the
@@ -106,7 +127,12 @@ def push(spec: Spec, registry: str | None, dist: Path) -> PushResult:
         raise PushError(f"push to {registry} failed: {e.explanation or e}") from None
     finally:
         client.api.remove_image(f"{remote}:{spec.version}", noprune=True)
-    result = PushResult(f"{remote}@{digest}", image.id)
+    with progress.stage("push: SBOM and attestations", f"referring to {digest[:19]}"):
+        try:
+            tags = attach.attach(attach.Pushed(remote, digest, size), extras)
+        except (requests.RequestException, ValueError, OSError) as e:
+            raise PushError(f"pushed {remote}@{digest}, not its SBOM/attestations: {e}") from None
+    result = PushResult(f"{remote}@{digest}", image.id, tags)
     with atomic_file(distnames.path(dist, spec, distnames.PUSH_RECORD)) as t:
         t.write_text(json.dumps(result.__dict__, indent=1))
     return result

@@ -108,6 +108,12 @@ def _registry_class() -> type[Registry]:
     return _Registry
 
 
+def registry_client(ref: str) -> Registry:
+    """A client for the registry of `ref` (HOST[:PORT]/...); plain HTTP on loopback only."""
+    host = ref.split("/", 1)[0]
+    return _registry_class()(hostname=host, insecure=host.split(":")[0] in LOOPBACK)
+
+
 PUSH_MODES = ("auto", "never")  # --cache-push
 
 
@@ -157,10 +163,6 @@ class RegistryCache:
         ]
         return "registry cache " + ", ".join(p for p in parts if p)
 
-    def _client(self, ref: str) -> Registry:
-        host = ref.split("/", 1)[0]
-        return _registry_class()(hostname=host, insecure=host.split(":")[0] in LOOPBACK)
-
     def _unavailable(self, ref: str, what: str, e: Exception) -> None:
         message = f"registry cache {ref}: {what}: {_reason(e)}"
         if self.required:
@@ -190,7 +192,7 @@ class RegistryCache:
         if not ref or ref in self._down:
             return False
         target = f"{ref}:{kind.name}-{key}"
-        client = self._client(ref)
+        client = registry_client(ref)
         try:
             manifest = self._manifest(client, target)
             if manifest is None:
@@ -222,7 +224,7 @@ class RegistryCache:
             return
         target = f"{ref}:{kind.name}-{key}"
         sealed = cache.seal(kind.name, key)  # checked by the build that just used the entry
-        client = self._client(ref)
+        client = registry_client(ref)
         try:
             there = self._manifest(client, target)
             if there is None:

@@ -18,8 +18,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from imagebuild import checksums, distlock, distnames
+from imagebuild import attach, checksums, distlock, distnames
 from imagebuild import spec as specmod
+from imagebuild.cache import sha256_file
 from tests.conftest import copy_example, run_invoke, serve_registry
 
 
@@ -49,6 +50,17 @@ def test_push_then_pull_by_digest(
     pulled = client.images.pull(ref)
     assert pulled.id == local_id == record["image_id"]
     client.images.remove(ref)
+    # Beside it, referring to it by digest: its SBOM and its provenance, byte for byte, read
+    # back by the image's digest (the tag fallback: this registry has no referrers API).
+    repo, _, digest = ref.partition("@")
+    image = attach.Pushed(repo, digest, 0)  # the size: for pushing only
+    stem = f"{spec.name}-{spec.version}"
+    sbom, prov = dist / f"{stem}.container.sbom.cdx.json", dist / f"{stem}.container.intoto.jsonl"
+    assert attach.attached(image, "sbom") == {sbom.name: f"sha256:{sha256_file(sbom)}"}
+    assert attach.attached(image, "att") == {prov.name: f"sha256:{sha256_file(prov)}"}
+    assert f"attached {image.tag('att')}" in r.stdout
+    other = attach.Pushed(repo, "sha256:" + "0" * 64, 1)
+    assert attach.attached(other, "att") == {}
 
 
 @pytest.mark.network
