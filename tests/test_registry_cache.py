@@ -130,6 +130,7 @@ VM_OUTPUTS = (
     ".vm.json",
     ".vm.packages.txt",
     ".vm.sbom.cdx.json",
+    ".vm.intoto.jsonl",
     ".packer-manifest.json",
 )
 
