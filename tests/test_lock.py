@@ -32,10 +32,16 @@ def test_lock_covers_spec_and_vm_sections(locked_example: Path) -> None:
     assert lk.source_date_epoch > 1_600_000_000
 
 
-def test_lock_twice_is_byte_identical(locked_example: Path, cache_dir: Path) -> None:
-    path = locked_example.with_suffix(".lock")
+def test_lock_twice_is_byte_identical(
+    locked_example: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    # A private copy: were PyPI to answer differently this time, the session's lock (which
+    # every later build uses with what was fetched for it) must stay as it is.
+    shutil.copytree(locked_example.parent, tmp_path, dirs_exist_ok=True)
+    spec = tmp_path / locked_example.name
+    path = spec.with_suffix(".lock")
     first = path.read_bytes()
-    r = run_invoke("lock", "--spec", str(locked_example), "--cache-dir", str(cache_dir))
+    r = run_invoke("lock", "--spec", str(spec), "--cache-dir", str(cache_dir))
     assert r.returncode == 0, r.stderr
     assert path.read_bytes() == first
     assert "lock: unchanged" in r.stderr
