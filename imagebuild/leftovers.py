@@ -1,8 +1,8 @@
 """What a killed build leaves (kill -9 runs no clean-up): the next run on the same cache finds it
 and removes it, saying so. It runs under the cache's lock (Cache.exclusive), so everything that
 belongs to this cache is known dead: scratch folders and half-made entries, the build's
-containers (labelled with the cache), and Packer's and QEMU's processes started from a scratch
-folder."""
+containers (labelled with the cache), and the Packer, QEMU and Ansible processes that name a
+scratch folder."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from imagebuild.cache import Cache
 
 CACHE_LABEL = "io.imagebuild.cache"  # on every container a build starts: whose cache it is
 SCRATCH = "imagebuild-*"  # a build's scratch folder in the cache root (tempfile prefix)
+PROGRAMS = ("qemu-system", "packer", "ansible")  # what a build starts that can outlive it
 
 
 def processes() -> list[tuple[int, str]]:
@@ -30,8 +31,30 @@ def processes() -> list[tuple[int, str]]:
     return out
 
 
-def _containers(cache: Cache) -> list[str]:
-    """Remove the containers of this cache's builds; their names."""
+def stop_processes(marks: list[str], programs: tuple[str, ...] = PROGRAMS) -> list[str]:
+    """SIGKILL every process running one of `programs` whose command line names one of `marks`
+    (a build's own scratch paths: nothing of another build matches); returns `PID (program)`.
+    Packer and Mitogen's multiplexer (forked by ansible-playbook, then in a session of its
+    own) are outside any process group a build can signal, and outlive it."""
+    gone = []
+    for pid, cmd in processes():
+        if pid != os.getpid() and any(t in cmd for t in programs) and any(m in cmd for m in marks):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                program = next(a for a in cmd.split() if any(t in a for t in programs))
+                gone.append(f"{pid} ({program.rsplit('/', 1)[-1]})")
+    return gone
+
+
+def build_id(scratch: Path) -> str:
+    """The id a build's engine objects (containers, stage image tags) carry: its scratch
+    folder's random part (tempfile's [a-z0-9_], valid in names and tags)."""
+    return scratch.name.removeprefix(SCRATCH.rstrip("*"))
+
+
+def _engine(cache: Cache, scratch: list[Path]) -> list[str]:
+    """Remove the containers of this cache's builds, then the stage images of its dead builds
+    (tagged `imagebuild-stage/SPEC:ID-STAGE`); what went."""
     try:
         import docker
 
@@ -39,12 +62,18 @@ def _containers(cache: Cache) -> list[str]:
         found = client.containers.list(all=True, filters={"label": f"{CACHE_LABEL}={cache.root}"})
     except Exception:  # no engine here: nothing of ours can be running in it
         return []
-    names = []
+    gone = []
     for c in found:
         with contextlib.suppress(Exception):
             c.remove(force=True)
-            names.append(c.name)
-    return names
+            gone.append(f"container {c.name}")
+    for d in scratch:
+        with contextlib.suppress(Exception):
+            ours = f"imagebuild-stage/*:{build_id(d)}-*"
+            for tag in {t for i in client.images.list(filters={"reference": ours}) for t in i.tags}:
+                client.images.remove(tag)
+                gone.append(f"image {tag}")
+    return gone
 
 
 def sweep(cache: Cache, task: str) -> list[str]:
@@ -56,13 +85,8 @@ def sweep(cache: Cache, task: str) -> list[str]:
     # Packer runs in its own session and outlives a killed build; its QEMU is named after the
     # scratch folder, and Packer's arguments name files in it.
     marks = [str(p) for p in scratch] + [f"-{p.name}" for p in scratch]
-    for pid, cmd in processes():
-        ours = ("qemu-system" in cmd or "packer" in cmd) and any(m in cmd for m in marks)
-        if ours and pid != os.getpid():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-                gone.append(f"process {pid} ({cmd.split()[0].rsplit('/', 1)[-1]})")
-    gone += [f"container {n}" for n in _containers(cache)]
+    gone += [f"process {p}" for p in stop_processes(marks)]
+    gone += _engine(cache, scratch)
     half_made = [p for p in cache.root.glob("*/.*-*") if p.is_dir()]
     half_made += [p for p in cache.root.glob("blobs/sha256/.*") if p.is_file()]
     for p in scratch + half_made:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagebuild import ansible_vars, profile
+from imagebuild import ansible_vars, leftovers, profile
 from imagebuild.errors import ImageBuildError, Terminated
 from imagebuild.roles import ANSIBLE_DIR, ROLES_DIR
 from imagebuild.spec import Spec
@@ -48,6 +48,17 @@ def _signals_cancel() -> Iterator[list[int]]:
             signal.signal(s, handler)
 
 
+@contextmanager
+def _no_process_outlives(private_dir: Path) -> Iterator[None]:
+    """Whatever ends the run (done, failed, cancelled), no Ansible process of it stays: on a
+    cancel ansible-runner kills ansible-playbook's process group, but Mitogen's multiplexer has
+    a session of its own and stayed, reparented to init. Its arguments name `private_dir`."""
+    try:
+        yield
+    finally:
+        leftovers.stop_processes([str(private_dir)], ("ansible",))
+
+
 def run(
     host: str,
     hostvars: dict[str, Any],
@@ -69,7 +80,11 @@ def run(
     import ansible_runner  # here: a build that runs no stage does not pay for its import
 
     started = time.time()
-    with _signals_cancel() as received, profile.step("ansible-playbook (ansible-runner), whole"):
+    with (
+        _signals_cancel() as received,
+        profile.step("ansible-playbook (ansible-runner), whole"),
+        _no_process_outlives(private_dir),
+    ):
         r = ansible_runner.run(
             private_data_dir=str(private_dir),
             project_dir=str(ANSIBLE_DIR),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from imagebuild import profile, progress
+from imagebuild import leftovers, profile, progress
 from imagebuild.builders import image as img
 from imagebuild.builders.layers import (
     Layer,
@@ -53,9 +52,9 @@ def new_build(inputs: Inputs) -> Iterator[Build]:
     """The shared context of one build; its scratch folder is removed on exit."""
     client, spec = engine(), inputs.spec
     with tempfile.TemporaryDirectory(prefix="imagebuild-", dir=inputs.cache.root) as tmpdir:
-        b = Build(
-            client, inputs, uuid.uuid4().hex[:8], Path(tmpdir), local_overlay=local_overlay(client)
-        )
+        # The build's id is its scratch folder's: what a kill -9 leaves is found by that name.
+        build_id = leftovers.build_id(Path(tmpdir))
+        b = Build(client, inputs, build_id, Path(tmpdir), local_overlay=local_overlay(client))
         how = "from its overlay upper dirs" if b.local_overlay else "through its API"
         progress.say(f"engine: {describe(client)}; stage changes read {how}")
         try:

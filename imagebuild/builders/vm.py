@@ -13,12 +13,9 @@ provisioned by the template's amazon-ebs source).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import shutil
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,12 +82,12 @@ def _build_qemu(name: str) -> list[tuple[int, str]]:
     ]
 
 
-def _kill_stray_qemu(name: str) -> None:
-    """Safety net after Packer: no QEMU process of this build may outlive it."""
-    for pid, _ in _build_qemu(name):
-        progress.say(f"build-vm: stopping leftover QEMU {pid}")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+def _stop_strays(name: str, work: Path) -> None:
+    """Safety net after Packer: no QEMU or Ansible process of this build may outlive it (QEMU is
+    named NAME; Ansible's arguments name files in the scratch folder)."""
+    strays = leftovers.stop_processes([f" {name} "], ("qemu-system",))
+    for p in strays + leftovers.stop_processes([str(work)], ("ansible",)):
+        progress.say(f"build-vm: stopped leftover process {p}")
 
 
 def _keep_for_login(values: dict[str, Any], work: Path, staging: Path) -> None:
@@ -312,7 +309,7 @@ def _packer_qemu(
         raise
     finally:
         if on_error != "abort":
-            _kill_stray_qemu(values["qemu_name"])
+            _stop_strays(values["qemu_name"], work)
     vm_inv = json.loads(inventory_out.read_text())
     written = staging / "packer-out" / values["vm_name"]
     manifest = (work / "packer-manifest.json").read_bytes()
