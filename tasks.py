@@ -7,10 +7,12 @@ Tasks are thin: parse the spec once, call one stage module, turn its errors into
 from __future__ import annotations
 
 import functools
+import inspect
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +53,14 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def cli(
-    optional: tuple[str, ...] = (), shared: Mapping[str, str] | None = None, **helps: str
+    optional: tuple[str, ...] = (),
+    shared: Mapping[str, str] | None = None,
+    iterable: tuple[str, ...] = (),
+    **helps: str,
 ) -> Callable[[Callable[..., Any]], Any]:
     """A task with the common options documented and errors mapped to exit codes; `optional`
     names flags that may be given with or without a value; `shared`: helps of options several
-    tasks have."""
+    tasks have; `iterable`: options that may be repeated."""
 
     def wrap(fn: Callable[..., Any]) -> Any:
         @functools.wraps(fn)
@@ -71,9 +76,12 @@ def cli(
             except KeyboardInterrupt:
                 raise Exit("interrupted; partial outputs were removed", code=130) from None
 
+        params = inspect.signature(fn).parameters
+        common = {k: v for k, v in COMMON_HELP.items() if k.replace("-", "_") in params}
         return task(
-            help={**COMMON_HELP, **(shared or {}), **helps},
+            help={**common, **(shared or {}), **helps},
             optional=list(optional),
+            iterable=list(iterable),
             auto_shortflags=False,
         )(run)
 
@@ -333,6 +341,47 @@ def _check_attestation(statement: str, public_key: str, dist: Path, vm: Path | N
 
 
 @cli(
+    iterable=("db",),
+    db="A vulnerability database: an OSV all.zip export (Debian's, PyPI's, ...); repeat for "
+    "several. Read as data, offline.",
+    fail_on="Exit 1 when a finding is at or above this severity: unknown, low, medium, high or "
+    "critical (default: report only).",
+    max_db_age="Refuse a database whose newest record is older than this many days (default 7; "
+    "0: accept any age).",
+    vex="Also write the findings here as a CycloneDX 1.6 VEX document (validated; its "
+    "components' bom-refs are the artifacts' SBOMs').",
+)
+def scan(c, spec=DEFAULT_SPEC, db=None, fail_on=None, max_db_age=7, vex=None):
+    """The offline CVE gate: every locked .deb (by source package, Debian's version order) and
+    wheel (PEP 440) against the --db files; prints each finding (package, installed, fixed in,
+    severity, ID). A pure function of the lock and the databases: nothing is downloaded."""
+    from imagebuild import scan as scanning
+    from imagebuild import vulndb
+
+    OptionError.check(
+        not db and "--db: give at least one OSV all.zip export",
+        fail_on not in (None, *scanning.SEVERITIES)
+        and f"--fail-on: {fail_on!r} is not one of {', '.join(scanning.SEVERITIES)}",
+        not str(max_db_age).isdigit() and f"--max-db-age: {max_db_age!r} is not a number of days",
+    )
+    lk = Project.named(spec).lock
+    with progress.stage("scan: read the databases"):
+        found = vulndb.load([Path(d) for d in db], scanning.ecosystems(lk))
+    if why := scanning.too_old(found, int(max_db_age), datetime.now(UTC)):
+        raise vulndb.VulnDBError(why)
+    r = scanning.scan(lk, found)
+    print(r.render())
+    if vex:
+        from imagebuild import sbom
+        from imagebuild.cache import atomic_file
+
+        with atomic_file(Path(vex)) as tmp:
+            tmp.write_text(sbom.vex(r, lk))
+        print(f"vex: {vex}")
+    scanning.gate(r, fail_on)
+
+
+@cli(
     registry="Registry HOST:PORT (default: container.registry from the spec).",
     dist="Output folder (default ./dist); the pushed reference goes to NAME-VERSION.push.json.",
 )
@@ -365,4 +414,4 @@ def all(c, spec=DEFAULT_SPEC, cache_dir=None):  # noqa: A001 - the task's name o
         step(c, spec=p, cache_dir=cache_dir)
 
 
-ns = Collection(lock, fetch, plan, build_container, build_vm, verify, push, all)
+ns = Collection(lock, fetch, plan, build_container, build_vm, verify, push, scan, all)

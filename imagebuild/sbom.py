@@ -29,6 +29,7 @@ from packaging.utils import canonicalize_name
 
 from imagebuild.errors import ImageBuildError
 from imagebuild.lock.lockfile import Lock
+from imagebuild.scan import Report
 from imagebuild.spec import Spec
 
 SCHEMA = SchemaVersion.V1_6
@@ -100,9 +101,64 @@ def document(
     parts = components(inv, lock)
     bom.components.update(parts)
     bom.register_dependency(root, parts)  # the artifact holds every component: a complete graph
+    return _checked(bom, f"{kind} SBOM")
+
+
+def _checked(bom: Bom, what: str) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the library warns about what its schema would miss
         text = JsonV1Dot6(bom).output_as_string(indent=1)
     if problem := JsonStrictValidator(SCHEMA).validate_str(text):
-        raise SbomError(f"the {kind} SBOM fails CycloneDX {SCHEMA.to_version()}: {problem}")
+        raise SbomError(f"the {what} fails CycloneDX {SCHEMA.to_version()}: {problem}")
     return text + "\n"
+
+
+def vex(report: Report, lock: Lock) -> str:
+    """The scan's findings as a CycloneDX 1.6 VEX document: each vulnerability `affects` the
+    locked packages by the bom-ref (their purl) the artifacts' SBOMs give them, state
+    `in_triage` (a version match, not an analysis), with the fix to upgrade to. Same lock and
+    databases, same bytes: its time is the databases' newest record, its serial derived from
+    their digests and the lock's."""
+    from cyclonedx.model.vulnerability import (
+        BomTarget,
+        ImpactAnalysisState,
+        Vulnerability,
+        VulnerabilityAnalysis,
+        VulnerabilityRating,
+        VulnerabilitySeverity,
+        VulnerabilitySource,
+    )
+
+    arch = {(p.name, p.version): p.arch for p in [*lock.shared, *lock.vm]}
+    bom = Bom(
+        serial_number=uuid.uuid5(
+            _SERIALS, "vex:" + ",".join([lock.digest, *(s.sha256 for s in report.db.sources)])
+        )
+    )
+    bom.metadata.timestamp = max(s.newest for s in report.db.sources)
+    parts: dict[str, Component] = {}
+    for f in report.findings:
+        refs = []
+        for row in f.installed.rows:
+            name, version = row.split(" ", 1)
+            if f.installed.ecosystem == "PyPI":
+                purl = PackageURL("pypi", None, canonicalize_name(name), version)
+            else:
+                purl = PackageURL("deb", "debian", name, version, {"arch": arch[(name, version)]})
+            parts.setdefault(purl.to_string(), _library(name, version, purl, None))
+            refs.append(BomTarget(ref=purl.to_string()))
+        bom.vulnerabilities.add(
+            Vulnerability(
+                bom_ref=f"{f.advisory.id}:{f.installed.name}",
+                id=f.advisory.id,
+                source=VulnerabilitySource(name="OSV"),
+                description=f.advisory.summary or None,
+                ratings=[VulnerabilityRating(severity=VulnerabilitySeverity(f.severity))],
+                recommendation=f"upgrade to {f.fixed}" if f.fixed else "no fix yet",
+                analysis=VulnerabilityAnalysis(state=ImpactAnalysisState.IN_TRIAGE),
+                affects=refs,
+                properties=[Property(name="imagebuild:alias", value=a) for a in f.advisory.aliases],
+            )
+        )
+    bom.components.update(parts.values())
+    return _checked(bom, "VEX")

@@ -9,10 +9,10 @@ library, on pyca/cryptography)."""
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imagebuild import userfiles
 from imagebuild.errors import OptionError
 
 if TYPE_CHECKING:  # imported when a key is given: every task's start-up would pay ~0.2 s
@@ -29,19 +29,10 @@ HELP = (
 
 def _file(source: str, path: Path) -> bytes:
     """The bytes of a key file, refused (OptionError naming `source`) if it is not one."""
-    try:  # one open file, checked and read: nothing can swap the path in between
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as e:
-        raise _refuse(source, path, e.strerror or "cannot be read") from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
-            raise _refuse(source, path, "not a regular file")
-        if st.st_size > MAX_BYTES:
-            raise _refuse(source, path, f"{st.st_size} bytes: not a key file")
-        return os.read(fd, MAX_BYTES + 1)
-    finally:
-        os.close(fd)
+        return userfiles.read_regular(path, MAX_BYTES)
+    except ValueError as e:
+        raise _refuse(source, path, str(e)) from None
 
 
 def _refuse(source: str, path: Path, why: str) -> OptionError:

@@ -167,7 +167,7 @@ def _fifo(path: Path) -> Path:
         ),
         (
             lambda p: (p / "big.pem").write_bytes(b"x" * (signing.MAX_BYTES + 1)) and p / "big.pem",
-            "bytes: not a key file",
+            "bytes, more than",
         ),
         (
             lambda p: _pem(rsa.generate_private_key(65537, 2048), p / "rsa.pem"),
