@@ -12,9 +12,8 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from invoke import Collection, task
 from invoke.exceptions import Exit
@@ -30,12 +29,16 @@ from imagebuild import (
 )
 from imagebuild import fetch as fetching  # noqa: E402
 from imagebuild import lock as locking  # noqa: E402
+from imagebuild import scan as scanning  # noqa: E402
 from imagebuild.cache import Cache, default_root  # noqa: E402
 from imagebuild.errors import ImageBuildError, OptionError, Terminated  # noqa: E402
 from imagebuild.inputs import Inputs, prepare  # noqa: E402
 from imagebuild.project import Project  # noqa: E402
 from imagebuild.registry_cache import RegistryCache  # noqa: E402
 from imagebuild.spec import option_problem  # noqa: E402
+
+if TYPE_CHECKING:  # securesystemslib is imported only when a key is used
+    from securesystemslib.signer import Signer
 
 DEFAULT_SPEC = "imagebuild.yaml"
 COMMON_HELP = {
@@ -155,7 +158,15 @@ def plan(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist"):
         raise Exit(code=3)
 
 
-REGISTRY_CACHE_HELP = {
+SCAN_HELP = {
+    "fail-on": "Exit 1 when a finding is at or above this severity: unknown, low, medium, high "
+    "or critical (default: report only).",
+    "max-db-age": "Refuse a database whose newest record is older than this many days (default "
+    "7; 0: accept any age).",
+}
+
+
+BUILD_HELP = {
     "cache-from": "Registry repository (HOST[:PORT]/PATH) to pull stages and base disks from "
     "before building them (default: cache.registry).",
     "cache-to": "Registry repository to push the stages and base disk this build made or found "
@@ -165,6 +176,10 @@ REGISTRY_CACHE_HELP = {
     "cache-push": "auto (default: --cache-to, else cache.registry when cache.push) or never: "
     "push nothing, whatever the spec says (a pull request's spec is its author's).",
     "sign-key": signing.HELP,
+    "scan": "Scan the lock first against this OSV all.zip export (repeat for several; see "
+    "`invoke scan`): with --fail-on a finding stops the build before anything runs; the "
+    "findings are written beside the artifacts, the statement signed with --sign-key.",
+    **SCAN_HELP,
 }
 BACKENDS = ("auto", "libvirt", "qemu")
 
@@ -201,7 +216,7 @@ def _prepare(
         yield prepare(p.req, lk, cache, fetched, registry, signer)
 
 
-@cli(dist="Output folder (default ./dist).", shared=REGISTRY_CACHE_HELP)
+@cli(dist="Output folder (default ./dist).", shared=BUILD_HELP, iterable=("scan",))
 def build_container(
     c,
     spec=DEFAULT_SPEC,
@@ -212,13 +227,20 @@ def build_container(
     cache_required=False,
     cache_push="auto",
     sign_key=None,
+    scan=None,
+    fail_on=None,
+    max_db_age=7,
 ):
     """Build the layered, reproducible Docker image from the spec and its lock."""
     from imagebuild.builders import container
 
+    p = Project.named(spec)
+    found = _scan_first(p, scan, fail_on, max_db_age)
     remote = (cache_from, cache_to, cache_required, cache_push)
-    with _prepare(spec, cache_dir, "build-container", remote, dist, sign_key) as inputs:
+    with _prepare(p, cache_dir, "build-container", remote, dist, sign_key) as inputs:
         r = container.build(inputs, Path(dist))
+        if found:
+            _write_scan(found, p, dist, inputs.signer)
     _say_registry(inputs)
     print(r.render())
 
@@ -230,7 +252,8 @@ def build_container(
     on_error="cleanup (default) or abort: keep the failed VM and its disk, as Packer's "
     "-on-error=abort.",
     aws_region="--target ami: AWS region (default vm.ami.region).",
-    shared=REGISTRY_CACHE_HELP,
+    shared=BUILD_HELP,
+    iterable=("scan",),
 )
 def build_vm(
     c,
@@ -245,6 +268,9 @@ def build_vm(
     cache_required=False,
     cache_push="auto",
     sign_key=None,
+    scan=None,
+    fail_on=None,
+    max_db_age=7,
 ):
     """Build the VM images with Packer (qemu, TCG unless KVM works) from the spec and its lock,
     provisioned by the container's playbook."""
@@ -252,9 +278,13 @@ def build_vm(
 
     options = Options(on_error, aws_region)
     OptionError.check(*options.problems(target))
+    p = Project.named(spec)
+    found = _scan_first(p, scan, fail_on, max_db_age)
     remote = (cache_from, cache_to, cache_required, cache_push)
-    with _prepare(spec, cache_dir, "build-vm", remote, dist, sign_key) as inputs:
+    with _prepare(p, cache_dir, "build-vm", remote, dist, sign_key) as inputs:
         r = TARGETS[target](inputs, Path(dist), options)
+        if found:
+            _write_scan(found, p, dist, inputs.signer)
     _say_registry(inputs)
     if text := r.render():
         print(text)
@@ -342,43 +372,70 @@ def _check_attestation(statement: str, public_key: str, dist: Path, vm: Path | N
 
 @cli(
     iterable=("db",),
+    shared=SCAN_HELP,
     db="A vulnerability database: an OSV all.zip export (Debian's, PyPI's, ...); repeat for "
     "several. Read as data, offline.",
-    fail_on="Exit 1 when a finding is at or above this severity: unknown, low, medium, high or "
-    "critical (default: report only).",
-    max_db_age="Refuse a database whose newest record is older than this many days (default 7; "
-    "0: accept any age).",
     vex="Also write the findings here as a CycloneDX 1.6 VEX document (validated; its "
     "components' bom-refs are the artifacts' SBOMs').",
+    dist="Also write, beside the artifacts built there, NAME-VERSION.vex.cdx.json and "
+    "NAME-VERSION.scan.intoto.jsonl (the findings as an in-toto vulns statement about them, "
+    "signed with --sign-key; push attaches it).",
+    sign_key=signing.HELP.replace("the provenance", "the scan's statement (with --dist)"),
 )
-def scan(c, spec=DEFAULT_SPEC, db=None, fail_on=None, max_db_age=7, vex=None):
+def scan(
+    c,
+    spec=DEFAULT_SPEC,
+    db=None,
+    fail_on=None,
+    max_db_age=7,
+    vex=None,
+    dist=None,
+    sign_key=None,
+):
     """The offline CVE gate: every locked .deb (by source package, Debian's version order) and
     wheel (PEP 440) against the --db files; prints each finding (package, installed, fixed in,
-    severity, ID). A pure function of the lock and the databases: nothing is downloaded."""
-    from imagebuild import scan as scanning
-    from imagebuild import vulndb
-
+    severity, ID); --fail-on gates (after writing what was asked). A pure function of the lock
+    and the databases: nothing is downloaded."""
     OptionError.check(
-        not db and "--db: give at least one OSV all.zip export",
-        fail_on not in (None, *scanning.SEVERITIES)
-        and f"--fail-on: {fail_on!r} is not one of {', '.join(scanning.SEVERITIES)}",
-        not str(max_db_age).isdigit() and f"--max-db-age: {max_db_age!r} is not a number of days",
+        *scanning.option_problems(db, fail_on, max_db_age),
+        sign_key and not dist and "--sign-key: only with --dist (it signs the statement there)",
     )
-    lk = Project.named(spec).lock
-    with progress.stage("scan: read the databases"):
-        found = vulndb.load([Path(d) for d in db], scanning.ecosystems(lk))
-    if why := scanning.too_old(found, int(max_db_age), datetime.now(UTC)):
-        raise vulndb.VulnDBError(why)
-    r = scanning.scan(lk, found)
+    signer = signing.load(sign_key) if dist else None
+    p = Project.named(spec)
+    r = scanning.run(p.lock, [Path(d) for d in db], int(max_db_age))
     print(r.render())
     if vex:
         from imagebuild import sbom
         from imagebuild.cache import atomic_file
 
         with atomic_file(Path(vex)) as tmp:
-            tmp.write_text(sbom.vex(r, lk))
+            tmp.write_text(sbom.vex(r, p.lock))
         print(f"vex: {vex}")
+    if dist:
+        with distlock.exclusive(Path(dist), "scan"):
+            _write_scan(r, p, dist, signer)
     scanning.gate(r, fail_on)
+
+
+def _scan_first(
+    p: Project, dbs: list[str], fail_on: str | None, max_db_age: Any
+) -> scanning.Report | None:
+    """A build's --scan: the lock scanned before anything runs; --fail-on stops it there."""
+    if not dbs:
+        OptionError.check(fail_on and "--fail-on: only with --scan")
+        return None
+    OptionError.check(*scanning.option_problems(dbs, fail_on, max_db_age, "--scan"))
+    r = scanning.run(p.lock, [Path(d) for d in dbs], int(max_db_age))
+    print(r.render())
+    scanning.gate(r, fail_on)
+    return r
+
+
+def _write_scan(report: scanning.Report, p: Project, dist: str, signer: Signer | None) -> None:
+    from imagebuild import scan_outputs
+
+    for path in scan_outputs.write(report, p.lock, p.spec, Path(dist), signer):
+        print(f"wrote {path}")
 
 
 @cli(

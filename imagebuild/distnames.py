@@ -19,7 +19,10 @@ VM_PROVENANCE = ".vm.intoto.jsonl"
 PACKER_MANIFEST = ".packer-manifest.json"
 VM_RECORD = ".vm.json"
 AMI_RECORD = ".ami.json"
+AMI_PROVENANCE = ".ami.intoto.jsonl"
 PUSH_RECORD = ".push.json"
+SCAN_VEX = ".vex.cdx.json"  # invoke scan --dist
+SCAN_ATTESTATION = ".scan.intoto.jsonl"
 
 
 def stem(spec: Spec) -> str:

@@ -40,7 +40,7 @@ def subject(name: str, sha256: str) -> dict[str, Any]:
 def _dependencies(inputs: Inputs, kind: str, base: dict[str, Any]) -> list[dict[str, Any]]:
     spec, lock = inputs.spec, inputs.lock
     mirror = lock.mirror.rstrip("/")  # where fetch downloads them from
-    debs = {*lock.shared, *lock.vm} if kind == "vm" else set(lock.shared)
+    debs = set(lock.shared) if kind == "container" else {*lock.shared, *lock.vm}
     deps = [base]
     deps += [
         {"name": p.basename, "uri": f"{mirror}/{p.filename}", "digest": {"sha256": p.sha256}}

@@ -58,14 +58,16 @@ def recorded_id(spec: Spec, dist: Path) -> str:
 
 
 def _attachments(spec: Spec, dist: Path) -> dict[str, list[tuple[Path, str]]]:
-    """What goes beside the image: its SBOM, its provenance and verify's equivalence statement
-    (those of them in `dist`, each checked against dist/SHA256SUMS first, as the record is)."""
+    """What goes beside the image: its SBOM, its provenance, the scan's statement and verify's
+    equivalence statement (those of them in `dist`, each checked against dist/SHA256SUMS
+    first, as the record is)."""
     sbom = distnames.path(dist, spec, distnames.CONTAINER_SBOM)
     envelopes = [
         distnames.path(dist, spec, distnames.CONTAINER_PROVENANCE),
+        distnames.path(dist, spec, distnames.SCAN_ATTESTATION),
         dist / "verify" / "equivalence.intoto.jsonl",
     ]
-    listed = [f for f in (sbom, envelopes[0]) if f.is_file()]
+    listed = [f for f in (sbom, *envelopes[:2]) if f.is_file()]
     if problems := checksums.check(dist, listed):
         raise PushError(f"{problems[0]}; refusing to push it")
     return {

@@ -9,6 +9,7 @@ import datetime
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from imagebuild.errors import ImageBuildError
@@ -245,3 +246,31 @@ def gate(report: Report, fail_on: str | None) -> None:
             f"scan: {len(bad)} findings at or above {fail_on} (--fail-on): "
             + ", ".join(f"{f.advisory.id} ({f.installed.name} {f.installed.version})" for f in bad)
         )
+
+
+def option_problems(
+    dbs: list[str] | None, fail_on: str | None, max_db_age: Any, flag: str = "--db"
+) -> list[str]:
+    """What is wrong with a scan's options (`invoke scan --db`, the builds' --scan)."""
+    return [
+        p
+        for p in (
+            not dbs and f"{flag}: give at least one OSV all.zip export",
+            fail_on not in (None, *SEVERITIES)
+            and f"--fail-on: {fail_on!r} is not one of {', '.join(SEVERITIES)}",
+            not str(max_db_age).isdigit()
+            and f"--max-db-age: {max_db_age!r} is not a number of days",
+        )
+        if p
+    ]
+
+
+def run(lock: Lock, dbs: list[Path], max_db_age: int) -> Report:
+    """Load the databases (refused when older than `max_db_age` days), then scan."""
+    from imagebuild import progress, vulndb
+
+    with progress.stage("scan: read the databases"):
+        db = vulndb.load(dbs, ecosystems(lock))
+    if why := too_old(db, max_db_age, datetime.datetime.now(datetime.UTC)):
+        raise vulndb.VulnDBError(why)
+    return scan(lock, db)

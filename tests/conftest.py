@@ -245,3 +245,18 @@ def vm_built(locked_example: Path, cache_dir: Path, tmp_path_factory: pytest.Tem
     r = build_vm(locked_example, cache_dir, dist)
     assert r.returncode == 0, r.stderr[-5000:]
     return specmod.load(locked_example), dist, r
+
+
+OSV = ROOT / "tests" / "data" / "osv"  # real advisories: tests/test_scan.py says whose
+
+
+def osv_export(folder: Path, out: Path, extra: dict[str, bytes] | None = None) -> Path:
+    """An all.zip as OSV publishes it: one ID.json per record (those of `folder`, + `extra`)."""
+    import zipfile
+
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(folder.glob("*.json")):
+            zf.write(f, f.name)
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+    return out

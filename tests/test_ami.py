@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from imagebuild import provenance
 from imagebuild import spec as specmod
 from imagebuild.builders import ami, ami_stock
 from tests.conftest import build_vm, stamps
@@ -122,6 +123,28 @@ def test_the_ami_is_the_qcow2s_disk(vm_built, cache_dir: Path, aws, monkeypatch)
         else:
             h.update(zero)
     assert h.hexdigest() == record["disk_sha256"]
+    # its provenance: the AMI and the snapshot by ARN with that disk's sha256, from the qcow2
+    stmt = provenance.read_statement(dist / f"{spec.name}-{spec.version}.ami.intoto.jsonl")
+    arn = f"arn:aws:ec2:{spec.vm.ami.region}::"
+    assert stmt["subject"] == [
+        {
+            "name": f"ami {record['image_id']}",
+            "uri": f"{arn}image/{record['image_id']}",
+            "digest": {"sha256": record["disk_sha256"]},
+        },
+        {
+            "name": f"snapshot {snap}",
+            "uri": f"{arn}snapshot/{snap}",
+            "digest": {"sha256": record["disk_sha256"]},
+        },
+    ]
+    build_def = stmt["predicate"]["buildDefinition"]
+    assert build_def["buildType"] == "urn:imagebuild:buildtype:ami:v1"
+    assert build_def["resolvedDependencies"][0] == {
+        "name": record["qcow2"],
+        "digest": {"sha256": record["qcow2_sha256"]},
+    }
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=dist).returncode == 0
 
 
 @contextlib.contextmanager

@@ -32,10 +32,12 @@ from imagebuild.cache import Cache
 from imagebuild.engine import local_overlay
 from imagebuild.verify.items import WRAPPER
 from tests.conftest import (
+    OSV,
     TEMPLATE_RAN,
     TEMPLATED_ENV,
     changed,
     keys_of,
+    osv_export,
     run_invoke,
     stamps,
     tree,
@@ -202,6 +204,34 @@ def test_noop_rebuild_touches_no_container(
     r = build(locked_example, cache_dir, dist, "--sign-key", str(sign_key))
     assert r.returncode == 0 and envelope.read_bytes() == signed  # ed25519: deterministic
     assert containers() == before
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=dist).returncode == 0
+
+
+def test_a_build_with_scan_gates_first_then_writes_the_findings_beside_its_image(
+    built, locked_example: Path, cache_dir: Path, sign_key: Path, tmp_path: Path
+) -> None:
+    """--scan with --fail-on low: apt's unfixed advisory stops the build before anything runs.
+    With --fail-on medium it builds (here: nothing changed) and writes the findings beside the
+    image, the statement signed, about the image's own subjects, listed in SHA256SUMS."""
+    spec, dist, _ = built
+    db = osv_export(OSV / "debian", tmp_path / "debian-all.zip")
+    scan = ["--scan", str(db), "--max-db-age", "0"]
+    r = build(locked_example, cache_dir, dist, *scan, "--fail-on", "low")
+    assert r.returncode == 1, r.stderr
+    assert "1 findings at or above low (--fail-on): DEBIAN-CVE-2011-3374 (apt 2.6.1)" in r.stderr
+    assert "build-container: verify cache" not in r.stderr  # before anything ran
+    stem = f"{spec.name}-{spec.version}"
+    att = dist / f"{stem}.scan.intoto.jsonl"
+    assert not att.exists()
+    r = build(
+        locked_example, cache_dir, dist, *scan, "--fail-on", "medium", "--sign-key", str(sign_key)
+    )
+    assert r.returncode == 0 and "nothing changed" in r.stderr, r.stderr
+    signer = signing.load(str(sign_key))
+    assert signer is not None
+    Envelope.from_dict(json.loads(att.read_text())).verify([signer.public_key], 1)
+    about = provenance.read_statement(att)["subject"]
+    assert about == provenance.read_statement(dist / f"{stem}.container.intoto.jsonl")["subject"]
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=dist).returncode == 0
 
 

@@ -21,7 +21,7 @@ import pytest
 from imagebuild import attach, checksums, distlock, distnames
 from imagebuild import spec as specmod
 from imagebuild.cache import sha256_file
-from tests.conftest import copy_example, run_invoke, serve_registry
+from tests.conftest import OSV, copy_example, osv_export, run_invoke, serve_registry
 
 
 @pytest.fixture
@@ -37,8 +37,12 @@ def test_push_then_pull_by_digest(
 ) -> None:
     dist = tmp_path / "dist"
     common = ["--spec", str(locked_example), "--dist", str(dist)]
-    r = run_invoke("build-container", *common, "--cache-dir", str(cache_dir))
+    # scanned first (findings below medium only: it builds), its statement written beside
+    db = osv_export(OSV / "debian", tmp_path / "debian-all.zip")
+    scan = ["--scan", str(db), "--max-db-age", "0", "--fail-on", "medium"]
+    r = run_invoke("build-container", *common, "--cache-dir", str(cache_dir), *scan)
     assert r.returncode == 0, r.stderr
+    assert "DEBIAN-CVE-2011-3374" in r.stdout and "1 findings: 1 low" in r.stdout
     r = run_invoke("push", *common, "--registry", registry)
     assert r.returncode == 0, r.stderr
     spec = specmod.load(locked_example)
@@ -56,8 +60,12 @@ def test_push_then_pull_by_digest(
     image = attach.Pushed(repo, digest, 0)  # the size: for pushing only
     stem = f"{spec.name}-{spec.version}"
     sbom, prov = dist / f"{stem}.container.sbom.cdx.json", dist / f"{stem}.container.intoto.jsonl"
+    scanned = dist / f"{stem}.scan.intoto.jsonl"
     assert attach.attached(image, "sbom") == {sbom.name: f"sha256:{sha256_file(sbom)}"}
-    assert attach.attached(image, "att") == {prov.name: f"sha256:{sha256_file(prov)}"}
+    assert attach.attached(image, "att") == {
+        prov.name: f"sha256:{sha256_file(prov)}",
+        scanned.name: f"sha256:{sha256_file(scanned)}",
+    }
     assert f"attached {image.tag('att')}" in r.stdout
     other = attach.Pushed(repo, "sha256:" + "0" * 64, 1)
     assert attach.attached(other, "att") == {}

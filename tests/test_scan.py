@@ -6,9 +6,9 @@ advisories) and the example's."""
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,28 +17,17 @@ from imagebuild import lock as locking
 from imagebuild import scan, vulndb
 from imagebuild.lock import DebPackage
 from imagebuild.vulndb import Affected
-from tests.conftest import ROOT, run_invoke
+from tests.conftest import OSV, ROOT, osv_export, run_invoke
 
-OSV = ROOT / "tests" / "data" / "osv"
 FIXTURE = ROOT / "tests" / "data" / "scan" / "imagebuild.yaml"
 EXAMPLE = ROOT / "examples" / "onnx-serve" / "imagebuild.yaml"
-
-
-def export(folder: Path, out: Path, extra: dict[str, bytes] | None = None) -> Path:
-    """An all.zip as OSV publishes it: one ID.json per record."""
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-        for f in sorted(folder.glob("*.json")):
-            zf.write(f, f.name)
-        for name, data in (extra or {}).items():
-            zf.writestr(name, data)
-    return out
 
 
 @pytest.fixture
 def dbs(tmp_path: Path) -> list[Path]:
     return [
-        export(OSV / "debian", tmp_path / "debian-all.zip"),
-        export(OSV / "pypi", tmp_path / "pypi-all.zip"),
+        osv_export(OSV / "debian", tmp_path / "debian-all.zip"),
+        osv_export(OSV / "pypi", tmp_path / "pypi-all.zip"),
     ]
 
 
@@ -125,21 +114,21 @@ def _fifo(p: Path) -> Path:
         (lambda p: (p / "x.zip").write_text("not a zip") and p / "x.zip", "not an OSV all.zip"),
         (lambda p: _fifo(p / "fifo"), "not a regular file"),
         (
-            lambda p: export(OSV / "pypi", p / "x.zip", {"BAD-1.json": b"{not json"}),
+            lambda p: osv_export(OSV / "pypi", p / "x.zip", {"BAD-1.json": b"{not json"}),
             "x.zip: BAD-1.json: not JSON",
         ),
         (
-            lambda p: export(OSV / "pypi", p / "x.zip", {"BAD-2.json": b'{"affected": []}'}),
+            lambda p: osv_export(OSV / "pypi", p / "x.zip", {"BAD-2.json": b'{"affected": []}'}),
             "BAD-2.json: not an OSV record",
         ),
         (
-            lambda p: export(
+            lambda p: osv_export(
                 OSV / "pypi", p / "x.zip", {"BIG.json": b" " * (vulndb.MAX_RECORD + 1)}
             ),
             "BIG.json: 16777217 bytes, more than",
         ),
         (
-            lambda p: export(
+            lambda p: osv_export(
                 OSV / "pypi",
                 p / "x.zip",
                 {"R.json": json.dumps({"id": "R", "modified": "yesterday"}).encode()},
@@ -147,7 +136,7 @@ def _fifo(p: Path) -> Path:
             "R.json: `modified` 'yesterday' is not an RFC 3339 time",
         ),
         (
-            lambda p: export(
+            lambda p: osv_export(
                 OSV / "pypi",
                 p / "x.zip",
                 {
@@ -181,7 +170,7 @@ def test_a_hostile_database_is_refused_naming_file_and_member(
 def test_a_withdrawn_advisory_is_not_reported(tmp_path: Path) -> None:
     rec = json.loads((OSV / "pypi" / "PYSEC-2024-60.json").read_text())
     rec["withdrawn"] = "2024-08-01T00:00:00Z"
-    db = export(tmp_path / "none", tmp_path / "w.zip", {"W.json": json.dumps(rec).encode()})
+    db = osv_export(tmp_path / "none", tmp_path / "w.zip", {"W.json": json.dumps(rec).encode()})
     assert report(FIXTURE, [db]).findings == ()
 
 
@@ -279,3 +268,84 @@ def test_vex_names_the_packages_as_the_sboms_do_and_is_reproducible(
     idna = next(v for v in doc["vulnerabilities"] if v["id"] == "PYSEC-2024-60")
     assert idna["ratings"] == [{"severity": "high"}] and idna["recommendation"] == "upgrade to 3.7"
     assert idna["analysis"] == {"state": "in_triage"}
+
+
+def _built_dist(dist: Path, lock_digest: str) -> Path:
+    """A dist as build-container leaves it, as far as a scan reads it: the provenance (an
+    unsigned envelope of a statement naming its lock and subjects) and SHA256SUMS."""
+    from imagebuild import checksums, distnames, provenance
+    from imagebuild import spec as specmod
+
+    spec = specmod.load(str(FIXTURE))
+    stmt = {
+        "_type": provenance.STATEMENT_TYPE,
+        "subject": [
+            provenance.subject("scan-fixture-0.2.0.oci.tar", "a" * 64),
+            provenance.subject("local/wordcount-api:0.2.0", "b" * 64),
+        ],
+        "predicateType": provenance.PREDICATE_TYPE,
+        "predicate": {
+            "buildDefinition": {
+                "internalParameters": {"lock": provenance.subject("imagebuild.lock", lock_digest)}
+            }
+        },
+    }
+    dist.mkdir()
+    path = distnames.path(dist, spec, distnames.CONTAINER_PROVENANCE)
+    provenance.write_statement(path, stmt, None)
+    checksums.record(dist, [path], {"scan-fixture-0.2.0.oci.tar": "a" * 64})
+    return dist
+
+
+def test_scan_dist_writes_a_signed_statement_about_the_built_artifacts(
+    dbs: list[Path], tmp_path: Path, sign_key: Path
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from securesystemslib.dsse import Envelope
+    from securesystemslib.signer import SSlibKey
+
+    from imagebuild import checksums, provenance
+
+    lk = locking.read(FIXTURE.with_suffix(".lock"))
+    dist = _built_dist(tmp_path / "dist", lk.digest)
+    args = ["scan", "--spec", str(FIXTURE), "--db", str(dbs[0]), "--db", str(dbs[1])]
+    r = run_invoke(*args, "--max-db-age", "0", "--dist", str(dist), "--sign-key", str(sign_key))
+    assert r.returncode == 0, r.stderr
+    att, vex = (
+        dist / "scan-fixture-0.2.0.scan.intoto.jsonl",
+        dist / "scan-fixture-0.2.0.vex.cdx.json",
+    )
+    assert f"wrote {vex}" in r.stdout and f"wrote {att}" in r.stdout
+    assert checksums.check(dist, [att, vex]) == []
+    env = json.loads(att.read_text())
+    private = serialization.load_pem_private_key(sign_key.read_bytes(), None)
+    key = SSlibKey.from_crypto(private.public_key())  # type: ignore[arg-type]
+    assert Envelope.from_dict(dict(env)).verify([key], 1)
+    stmt = provenance.read_statement(att)
+    assert stmt["predicateType"] == "https://in-toto.io/attestation/vulns/v0.1"
+    assert [s["name"] for s in stmt["subject"]] == [
+        "local/wordcount-api:0.2.0",
+        "scan-fixture-0.2.0.oci.tar",
+    ]
+    db = stmt["predicate"]["scanner"]["db"]
+    assert db["version"].split(",") == [
+        f"sha256:{hashlib.sha256(d.read_bytes()).hexdigest()}" for d in dbs
+    ]
+    assert db["lastUpdate"] == "2024-07-11T17:21:37Z"  # the stalest export's newest record
+    ids = {x["id"]: x["severity"][0]["score"] for x in stmt["predicate"]["scanner"]["result"]}
+    assert ids == {"PYSEC-2024-38": "high", "PYSEC-2024-60": "high", "DEBIAN-CVE-2011-3374": "low"}
+
+
+def test_scan_dist_refuses_artifacts_of_another_lock_or_none(
+    dbs: list[Path], tmp_path: Path
+) -> None:
+    args = ["scan", "--spec", str(FIXTURE), "--db", str(dbs[0]), "--max-db-age", "0"]
+    dist = _built_dist(tmp_path / "dist", "c" * 64)
+    r = run_invoke(*args, "--dist", str(dist))
+    assert r.returncode == 1 and "built from another lock than" in r.stderr, r.stderr
+    assert not list(dist.glob("*.scan.intoto.jsonl")) and not list(dist.glob("*.vex.cdx.json"))
+    (tmp_path / "empty").mkdir()
+    r = run_invoke(*args, "--dist", str(tmp_path / "empty"))
+    assert r.returncode == 1 and "no artifact of scan-fixture built there" in r.stderr
+    r = run_invoke(*args, "--sign-key", "k.pem")
+    assert r.returncode == 2 and "--sign-key: only with --dist" in r.stderr

@@ -32,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from imagebuild import checksums, distnames, progress, tools
+from imagebuild import checksums, distnames, progress, provenance, tools
 from imagebuild.builders import vm
 from imagebuild.cache import atomic_file, sha256_file
 from imagebuild.errors import ImageBuildError
@@ -241,7 +241,8 @@ def build(inputs: Inputs, dist: Path, on_error: str, region: str | None = None) 
         "boot_mode": "legacy-bios",
         "root_device": ROOT_DEVICE,
     }
-    record = write_record(spec, body, dist)
+    prov = _provenance(inputs, dist, body, client.region_name)
+    record = write_record(spec, body, dist)  # last: its presence means the rest is complete
     seconds = qemu.seconds | {"ami": round(time.monotonic() - start, 1)}
     parity = qemu.parity | {
         "ami": image_id,
@@ -250,10 +251,28 @@ def build(inputs: Inputs, dist: Path, on_error: str, region: str | None = None) 
     return replace(
         qemu,
         target="ami",
-        outputs=qemu.outputs | {"ami_record": record},
+        outputs=qemu.outputs | {"ami_provenance": prov, "ami_record": record},
         seconds=seconds,
         parity=parity,
     )
+
+
+def _provenance(inputs: Inputs, dist: Path, body: dict[str, Any], region: str) -> Path:
+    """dist/NAME-VERSION.ami.intoto.jsonl: the AMI and its snapshot as subjects (by ARN), each
+    with the sha256 of the raw disk written into the snapshot; made from the qcow2."""
+    arn, disk = f"arn:aws:ec2:{region}::", {"sha256": body["disk_sha256"]}
+    subjects: list[dict[str, Any]] = [
+        {"name": f"{kind} {rid}", "uri": f"{arn}{path}/{rid}", "digest": disk}
+        for kind, path, rid in (
+            ("ami", "image", body["image_id"]),
+            ("snapshot", "snapshot", body["snapshot_id"]),
+        )
+    ]
+    dest = distnames.path(dist.resolve(), inputs.spec, distnames.AMI_PROVENANCE)
+    made_from = provenance.subject(body["qcow2"], body["qcow2_sha256"])
+    provenance.write(dest, inputs, "ami", subjects, made_from)
+    checksums.record(dist.resolve(), [dest])
+    return dest
 
 
 def write_record(spec: Spec, body: dict[str, Any], dist: Path) -> Path:
