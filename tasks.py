@@ -293,8 +293,9 @@ def build_vm(
 @cli(
     dist="Output folder of the builds (default ./dist); the report goes to DIST/verify/.",
     container="Image to verify (default: REPOSITORY:VERSION from the spec).",
-    vm="VM artifact to verify: the qcow2, the Vagrant box or the OVA (its disk is booted, and "
-    "compared with the qcow2 beside it; default: DIST/NAME-VERSION.qcow2).",
+    vm="VM artifact to verify: the qcow2, the Vagrant box, the OVA, the VHD, the GCE tarball or "
+    "the raw disk (its disk is booted, and compared with the qcow2 beside it; default: "
+    "DIST/NAME-VERSION.qcow2).",
     backend="auto (default: libvirt, else plain QEMU), libvirt or qemu.",
     libvirt_uri="libvirt to boot the VM with (default qemu:///system; qemu:///session: a user's "
     "own; it must be on this host: verify reaches the VM on 127.0.0.1).",

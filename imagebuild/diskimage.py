@@ -12,6 +12,7 @@ the format named, never probed (it opens no backing or data file): one file, the
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,9 +40,29 @@ def info(path: Path, fmt: str = "qcow2") -> dict[str, Any]:
     return json.loads(tools.run(argv).stdout)
 
 
+def _vhd_problem(path: Path) -> str | None:
+    """A fixed VHD is the raw disk then a footer; a dynamic or differencing one (which names a
+    parent file) has other structures: refused."""
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size < 512:
+            return "not a VHD (shorter than its footer)"
+        f.seek(size - 512)
+        footer = f.read(512)
+    if not footer.startswith(b"conectix"):
+        return f"not a VHD (its footer begins with {footer[:8]!r})"
+    if (kind := struct.unpack_from(">I", footer, 60)[0]) != 2:
+        return f"a VHD of disk type {kind}, not a fixed one (2)"
+    return None
+
+
 def _header_problem(path: Path, fmt: str) -> str | None:
     if not path.is_file():
         return "not a regular file"
+    if fmt == "raw":  # no header: qemu-img's word, the format named, is all there is
+        return None
+    if fmt == "vpc":
+        return _vhd_problem(path)
     with path.open("rb") as f:
         head = f.read(20)
     if fmt == "vmdk" and head.startswith(b"# Disk Descriptor"):

@@ -109,6 +109,7 @@ class Resolved:
         """The variables only vm.yml's VM plays use (on top of `playbook_vars`)."""
         return {
             "imagebuild_vm_packages": self.vm_pins,
+            "imagebuild_cloud_datasources": self.spec.vm.datasources(),
             "imagebuild_service_name": self.spec.service_name,
             "imagebuild_vm_stacks": self.vm_stacks,
             "imagebuild_sources_label": sources_label,

@@ -29,7 +29,14 @@ from imagebuild.spec_checks import (
 SUITE_PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
 
 
-VM_FORMATS = ("qcow2", "ova", "vagrant")
+# builders/formats/ has one module each (tests/test_formats.py checks the two agree)
+VM_FORMATS = ("qcow2", "ova", "vagrant", "vhd", "gce", "raw")
+DEFAULT_VM_FORMATS = ("qcow2", "ova", "vagrant")
+# cloud-init's datasources (role vm_base): every VM reads NoCloud/ConfigDrive seeds, the OVF
+# environment and EC2's metadata (the AMI); a cloud's format adds its own. ds-identify enables
+# only what the platform it boots on offers.
+COMMON_DATASOURCES = ("NoCloud", "ConfigDrive", "OVF", "Ec2")
+FORMAT_DATASOURCES = {"vhd": ("Azure",), "gce": ("GCE",)}
 
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -255,8 +262,13 @@ class Ami:
 @dataclass(frozen=True)
 class Vm:
     formats: list[str] = field(
-        default_factory=lambda: list(VM_FORMATS),
-        metadata=meta("Outputs besides the qcow2 base.", None, one_of(*VM_FORMATS)),
+        default_factory=lambda: list(DEFAULT_VM_FORMATS),
+        metadata=meta(
+            "Outputs besides the qcow2 base: qcow2, ova, vagrant (libvirt box), vhd (Azure, "
+            "fixed), gce (Compute Engine's disk.raw tar.gz), raw (sparse).",
+            None,
+            one_of(*VM_FORMATS),
+        ),
     )
     disk_gb: int = field(default=6, metadata=meta("Virtual disk size.", between(2, 2048)))
     memory_mb: int = field(default=2048, metadata=meta("Guest memory.", between(256, 1048576)))
@@ -270,6 +282,11 @@ class Vm:
         ),
     )
     ami: Ami | None = field(default=None, metadata=meta("amazon-ebs settings (`--target ami`)."))
+
+    def datasources(self) -> list[str]:
+        """cloud-init's datasource_list for a VM shipped in these formats."""
+        extra = (d for f in self.formats for d in FORMAT_DATASOURCES.get(f, ()))
+        return [*COMMON_DATASOURCES, *extra]
 
 
 @dataclass(frozen=True)

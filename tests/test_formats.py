@@ -114,3 +114,19 @@ def test_the_vagrant_box_is_reproducible_and_carries_the_convention_on_its_seed(
     assert users[0]["name"] == "vagrant" and users[0]["sudo"] == "ALL=(ALL) NOPASSWD:ALL"
     assert users[0]["ssh_authorized_keys"] == [vagrant.INSECURE_KEY]
     assert "libvirt.memory = 1024" in (out / "Vagrantfile").read_text()
+
+
+def test_the_spec_offers_every_format_there_is_a_module_for() -> None:
+    from imagebuild import spec_sections as sections
+    from imagebuild.builders.formats import FORMATS
+
+    assert set(sections.VM_FORMATS) == set(FORMATS)
+    assert set(sections.DEFAULT_VM_FORMATS) | set(sections.FORMAT_DATASOURCES) <= set(FORMATS)
+
+
+def test_a_clouds_format_adds_its_cloud_init_datasource() -> None:
+    from imagebuild.spec_sections import Vm
+
+    assert Vm().datasources() == ["NoCloud", "ConfigDrive", "OVF", "Ec2"]
+    both = Vm(formats=["qcow2", "vhd", "gce", "raw"]).datasources()
+    assert both == ["NoCloud", "ConfigDrive", "OVF", "Ec2", "Azure", "GCE"]

@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from imagebuild import provenance, vmboot
+from imagebuild import checksums, provenance, vmboot
 from imagebuild.project import Project
 from imagebuild.verify.filemeta import SPECIAL, SUMMARY, UNCHECKED
 from imagebuild.verify.items import items
@@ -503,6 +503,34 @@ def wordcount_built(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         r = run_invoke(task, *common, *(["--dist", str(dist)] if task != "fetch" else []))
         assert r.returncode == 0, (task, r.stderr[-3000:])
     return spec / "imagebuild.yaml", dist
+
+
+def test_the_cloud_formats_hold_the_verified_disk_with_their_datasources(
+    wordcount_built, tmp_path: Path
+) -> None:
+    """The VHD, the GCE tarball and the raw disk made in the same build: each taken as verify
+    --vm takes it holds the qcow2's guest-visible bytes (so the verify of the qcow2 or the OVA
+    covers it), each listed in SHA256SUMS and the VM's provenance; the guest enables the Azure
+    and GCE datasources only because those formats were asked for."""
+    from imagebuild.spec import load
+    from imagebuild.verify import vmdisk
+
+    spec_path, dist = wordcount_built
+    spec = load(spec_path)
+    stem = f"{spec.name}-{spec.version}"
+    qcow2 = dist / f"{stem}.qcow2"
+    subjects = {
+        s["name"]: s["digest"]["sha256"]
+        for s in provenance.read_statement(dist / f"{stem}.vm.intoto.jsonl")["subject"]
+    }
+    sums = checksums.read(dist)  # the build's hashes (re-hashing 8 GiB of holes: ~25 s)
+    for name in (f"{stem}.vhd", f"{stem}.gce.tar.gz", f"{stem}.raw"):
+        disk = vmdisk.bootable(dist / name, tmp_path / name, spec.vm.disk_gb, to_qcow2=False)
+        vmdisk.same_as(disk, qcow2)
+        assert subjects[name] == sums[name]
+    root = vmboot.partition_image(qcow2, tmp_path)
+    cfg = vmboot.debugfs_cat(root, "/etc/cloud/cloud.cfg.d/90-imagebuild.cfg").decode()
+    assert 'datasource_list: ["NoCloud", "ConfigDrive", "OVF", "Ec2", "Azure", "GCE"]' in cfg
 
 
 def test_a_plain_fastapi_service_verifies_green(wordcount_built) -> None:

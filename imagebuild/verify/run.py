@@ -102,9 +102,9 @@ class Handed:
 
 
 def _vm_disk(artifact: Path, work: Path, qcow2: Path, disk_gb: int) -> Path:
-    """The qcow2 to boot for --vm (a qcow2, a Vagrant box or an OVA), its headers checked; a
-    box's or an OVA's disk must hold the same bytes as the qcow2 of the same build, when it is
-    beside it."""
+    """The qcow2 to boot for --vm (any format imagebuild makes), its headers checked; another
+    format's disk must hold the same bytes as the qcow2 of the same build, when it is beside
+    it."""
     with progress.stage("verify: VM disk", f"from {artifact.name}"):
         disk = vmdisk.bootable(artifact, work, disk_gb)
     if disk.kind == "qcow2":

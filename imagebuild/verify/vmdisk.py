@@ -1,6 +1,7 @@
 """The disk verify boots, from whichever VM artifact the user ships: the qcow2 as it is, the
-Vagrant box's system disk (`box.img`), or the OVA's VMDK converted to qcow2. The box and the OVA
-hold conversions of the one disk the qcow2 is; `qemu-img compare` shows that they hold the same
+Vagrant box's system disk (`box.img`), the OVA's VMDK, the VHD, the raw disk or the GCE
+tarball's `disk.raw`, each converted to qcow2. They all hold conversions of the one disk the
+qcow2 is; `qemu-img compare` shows that they hold the same
 guest-visible bytes as the qcow2 beside them, so verifying one proves the others. Every disk
 here came from outside this run: each passes `diskimage.check` before qemu-img or QEMU reads it."""
 
@@ -26,12 +27,16 @@ class DiskError(ImageBuildError):
 class Disk:
     artifact: Path  # what the user named
     bootable: Path  # the qcow2 verify boots (the artifact itself, or taken out of it)
-    kind: str  # qcow2, vagrant or ova
+    kind: str  # a format of builders.formats
     disk_gb: int  # the virtual size its disks were checked to have (the spec's vm.disk_gb)
+    fmt: str = "qcow2"  # qemu-img's name of `bootable`'s format
 
 
 # The disk inside an archive: its member's name pattern and format.
-MEMBER = {"vagrant": ("box.img", "qcow2"), "ova": ("*.vmdk", "vmdk")}
+MEMBER = {"vagrant": ("box.img", "qcow2"), "ova": ("*.vmdk", "vmdk"), "gce": ("disk.raw", "raw")}
+# The artifacts that are the disk itself, and qemu-img's name of their format.
+DIRECT = {"qcow2": "qcow2", "vhd": "vpc", "raw": "raw"}
+ZEROS = bytes(1 << 20)
 
 
 def kind_of(artifact: Path) -> str:
@@ -61,45 +66,54 @@ def _extract(artifact: Path, pattern: str, dest: Path) -> str:
             src = tar.extractfile(member)
             assert src is not None
             with src, dest.open("wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
+                # zeros become holes: a raw disk is mostly zeros, and written sparse it costs
+                # what its data does
+                for chunk in iter(lambda: src.read(len(ZEROS)), b""):
+                    if chunk == ZEROS[: len(chunk)]:
+                        out.seek(len(chunk), os.SEEK_CUR)
+                    else:
+                        out.write(chunk)
+                out.truncate()
     except tarfile.TarError as e:
         raise DiskError(f"{artifact}: not a readable tar ({e})") from None
     return member.name
 
 
-def bootable(artifact: Path, work: Path, disk_gb: int) -> Disk:
-    """The qcow2 to boot for `artifact`, in `work` when it must be taken out of an archive."""
+def bootable(artifact: Path, work: Path, disk_gb: int, to_qcow2: bool = True) -> Disk:
+    """The qcow2 to boot for `artifact`, in `work` when it must be taken out of an archive or
+    converted (`to_qcow2=False`: the checked disk in its own format, e.g. only to compare)."""
     kind = kind_of(artifact)
     if not artifact.is_file():
         raise DiskError(f"VM disk {artifact} not found; run `invoke build-vm` or pass --vm")
-    if kind == "qcow2":
-        # Checked and booted as one inode: a link in `work` (else a copy), so a file put in its
+    work.mkdir(parents=True, exist_ok=True)
+    if kind in DIRECT:
+        # Checked and read as one inode: a link in `work` (else a copy), so a file put in its
         # place after the check is not what QEMU opens.
-        work.mkdir(parents=True, exist_ok=True)
-        disk = work / "disk.qcow2"
+        fmt = DIRECT[kind]
+        disk = work / f"disk.{fmt}"
         try:
             os.link(artifact, disk)
         except OSError:  # another filesystem
             shutil.copyfile(artifact, disk)
-        diskimage.check(disk, "qcow2", disk_gb, str(artifact))
-        return Disk(artifact, disk, kind, disk_gb)
-    pattern, fmt = MEMBER[kind]
-    work.mkdir(parents=True, exist_ok=True)
-    disk = work / f"disk.{fmt}"
-    member = _extract(artifact, pattern, disk)
-    diskimage.check(disk, fmt, disk_gb, f"{artifact}: {member}")
-    if fmt == "vmdk":  # QEMU boots (and `same_as` compares) a qcow2
-        vmdk, disk = disk, work / "ova.qcow2"
-        tools.run(["qemu-img", "convert", "-f", "vmdk", "-O", "qcow2", vmdk, disk])
-        vmdk.unlink()
-    return Disk(artifact, disk, kind, disk_gb)
+        diskimage.check(disk, fmt, disk_gb, str(artifact))
+    else:
+        pattern, fmt = MEMBER[kind]
+        disk = work / f"disk.{fmt}"
+        member = _extract(artifact, pattern, disk)
+        diskimage.check(disk, fmt, disk_gb, f"{artifact}: {member}")
+    if fmt != "qcow2" and to_qcow2:  # QEMU boots a qcow2 (an overlay on it)
+        other, disk, fmt = disk, work / f"{kind}.qcow2", "qcow2"
+        tools.run(["qemu-img", "convert", "-f", other.suffix[1:], "-O", fmt, other, disk])
+        other.unlink()
+    return Disk(artifact, disk, kind, disk_gb, fmt)
 
 
 def same_as(disk: Disk, qcow2: Path) -> None:
-    """Refuse a box or OVA whose disk is not the qcow2's (guest-visible bytes)."""
+    """Refuse an artifact whose disk is not the qcow2's (guest-visible bytes)."""
     diskimage.check(qcow2, "qcow2", disk.disk_gb, str(qcow2))
     same = tools.run(
-        ["qemu-img", "compare", "-q", "-f", "qcow2", "-F", "qcow2", disk.bootable, qcow2], ok=(0, 1)
+        ["qemu-img", "compare", "-q", "-f", disk.fmt, "-F", "qcow2", disk.bootable, qcow2],
+        ok=(0, 1),
     )
     if same.returncode:
         raise DiskError(

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Protocol
 
 from imagebuild import distnames
-from imagebuild.builders.formats import ova, qcow2, vagrant
+from imagebuild.builders.formats import gce, ova, qcow2, raw, vagrant, vhd
 from imagebuild.spec import Spec
 
 
@@ -20,7 +20,14 @@ class Format(Protocol):
     def make(self, disk: Path, dest: Path, spec: Spec, sde: int) -> None: ...
 
 
-FORMATS: dict[str, Format] = {"qcow2": qcow2, "ova": ova, "vagrant": vagrant}
+FORMATS: dict[str, Format] = {
+    "qcow2": qcow2,
+    "ova": ova,
+    "vagrant": vagrant,
+    "vhd": vhd,
+    "gce": gce,
+    "raw": raw,
+}
 
 
 def filename(fmt: str, spec: Spec) -> str:

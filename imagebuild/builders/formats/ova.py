@@ -3,6 +3,8 @@ archive with the descriptor first (OVF spec DSP0243 section 5.3)."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 import tarfile
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -93,6 +95,25 @@ OVF = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
+def pin_cid(vmdk: Path, seed: str) -> None:
+    """qemu-img writes a random content ID (`CID=` in the VMDK's embedded descriptor, which
+    VMware reads to pair a disk with its children, printed without leading zeros): one of 8 hex
+    digits derived from `seed` instead, so the same disk gives the same VMDK. The descriptor is
+    NUL-padded text in its own sectors, not checksummed."""
+    cid = hashlib.sha256(seed.encode()).hexdigest()[:8].encode()
+    with vmdk.open("r+b") as f:
+        head = f.read(64 << 10)
+        start = head.find(b"# Disk DescriptorFile")
+        end = head.find(b"\0", start)
+        text = head[start:end]
+        new, n = re.subn(rb"(?m)^CID=[0-9a-f]{1,8}$", b"CID=" + cid, text)
+        # the padding after the text must hold what the new one adds (at most 7 digits)
+        if start < 0 or n != 1 or head[end : end + 8] != bytes(8):
+            raise tools.ToolError(f"{vmdk}: no CID=<hex> line in its embedded descriptor")
+        f.seek(start)
+        f.write(new.ljust(len(text), b"\0"))
+
+
 def _add(tar: tarfile.TarFile, path: Path, sde: int) -> None:
     tarnorm.add_file(tar, path.name, path, sde)
 
@@ -117,6 +138,7 @@ def make(disk: Path, dest: Path, spec: Spec, sde: int) -> None:
                 vmdk,
             ]
         )
+        pin_cid(vmdk, f"{stem}:{sde}")
         capacity = info(disk)["virtual-size"]
         ovf = work / f"{stem}.ovf"
         ovf.write_text(
