@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from imagebuild import (
     distlock,  # noqa: E402
+    distnames,  # noqa: E402
     leftovers,  # noqa: E402
     profile,  # noqa: E402
     progress,  # noqa: E402
@@ -240,7 +241,7 @@ def build_container(
     with _prepare(p, cache_dir, "build-container", remote, dist, sign_key) as inputs:
         r = container.build(inputs, Path(dist))
         if found:
-            _write_scan(found, p, dist, inputs.signer)
+            _write_scan(found, p, dist, inputs.signer, (distnames.CONTAINER_PROVENANCE,))
     _say_registry(inputs)
     print(r.render())
 
@@ -279,12 +280,20 @@ def build_vm(
     options = Options(on_error, aws_region)
     OptionError.check(*options.problems(target))
     p = Project.named(spec)
+    stock = target == "ami" and p.spec.vm.ami is not None and p.spec.vm.ami.method == "stock"
+    OptionError.check(
+        bool(scan)
+        and stock
+        and "--scan: a stock AMI (vm.ami.method: stock) is built on AWS, from another image: "
+        "nothing built here to write the findings beside; run `invoke scan` instead"
+    )
     found = _scan_first(p, scan, fail_on, max_db_age)
     remote = (cache_from, cache_to, cache_required, cache_push)
     with _prepare(p, cache_dir, "build-vm", remote, dist, sign_key) as inputs:
         r = TARGETS[target](inputs, Path(dist), options)
         if found:
-            _write_scan(found, p, dist, inputs.signer)
+            kinds = (distnames.VM_PROVENANCE, distnames.AMI_PROVENANCE)
+            _write_scan(found, p, dist, inputs.signer, kinds)
     _say_registry(inputs)
     if text := r.render():
         print(text)
@@ -432,10 +441,20 @@ def _scan_first(
     return r
 
 
-def _write_scan(report: scanning.Report, p: Project, dist: str, signer: Signer | None) -> None:
+def _write_scan(
+    report: scanning.Report,
+    p: Project,
+    dist: str,
+    signer: Signer | None,
+    kinds: tuple[str, ...] | None = None,
+) -> None:
+    """The scan's files beside the artifacts (`kinds`: of those provenance suffixes; all)."""
     from imagebuild import scan_outputs
 
-    for path in scan_outputs.write(report, p.lock, p.spec, Path(dist), signer):
+    written = scan_outputs.write(
+        report, p.lock, p.spec, Path(dist), signer, kinds or scan_outputs.ALL
+    )
+    for path in written:
         print(f"wrote {path}")
 
 

@@ -44,11 +44,14 @@ def _vhd_problem(path: Path) -> str | None:
     """A fixed VHD is the raw disk then a footer; a dynamic or differencing one (which names a
     parent file) has other structures: refused."""
     with path.open("rb") as f:
+        front = f.read(8)
         size = f.seek(0, os.SEEK_END)
         if size < 512:
             return "not a VHD (shorter than its footer)"
         f.seek(size - 512)
         footer = f.read(512)
+    if front == b"conectix":  # QEMU reads a footer copy at the front first: a dynamic VHD's
+        return "a VHD with a footer copy at its front (a dynamic one), not a fixed one"
     if not footer.startswith(b"conectix"):
         return f"not a VHD (its footer begins with {footer[:8]!r})"
     if (kind := struct.unpack_from(">I", footer, 60)[0]) != 2:

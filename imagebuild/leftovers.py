@@ -38,11 +38,13 @@ def stop_processes(marks: list[str], programs: tuple[str, ...] = PROGRAMS) -> li
     own) are outside any process group a build can signal, and outlive it."""
     gone = []
     for pid, cmd in processes():
-        if pid != os.getpid() and any(t in cmd for t in programs) and any(m in cmd for m in marks):
-            with contextlib.suppress(ProcessLookupError):
+        # the program itself, or the script its interpreter runs (python3 .../ansible-playbook)
+        heads = [a.rsplit("/", 1)[-1] for a in cmd.split()[:2]]
+        ours = [h for h in heads if h.startswith(programs)]
+        if pid != os.getpid() and ours and any(m in cmd for m in marks):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-                program = next(a for a in cmd.split() if any(t in a for t in programs))
-                gone.append(f"{pid} ({program.rsplit('/', 1)[-1]})")
+                gone.append(f"{pid} ({ours[0]})")
     return gone
 
 
@@ -68,9 +70,11 @@ def _engine(cache: Cache, scratch: list[Path]) -> list[str]:
             c.remove(force=True)
             gone.append(f"container {c.name}")
     for d in scratch:
+        ours, tags = f"imagebuild-stage/*:{build_id(d)}-*", set()
         with contextlib.suppress(Exception):
-            ours = f"imagebuild-stage/*:{build_id(d)}-*"
-            for tag in {t for i in client.images.list(filters={"reference": ours}) for t in i.tags}:
+            tags = {t for i in client.images.list(filters={"reference": ours}) for t in i.tags}
+        for tag in sorted(tags):
+            with contextlib.suppress(Exception):  # one that cannot go does not keep the rest
                 client.images.remove(tag)
                 gone.append(f"image {tag}")
     return gone

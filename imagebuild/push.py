@@ -14,7 +14,7 @@ from pathlib import Path
 import docker.errors
 import requests
 
-from imagebuild import attach, checksums, distnames, progress
+from imagebuild import attach, checksums, distnames, progress, provenance
 from imagebuild.cache import atomic_file
 from imagebuild.engine import describe, engine
 from imagebuild.errors import ImageBuildError
@@ -70,10 +70,23 @@ def _attachments(spec: Spec, dist: Path) -> dict[str, list[tuple[Path, str]]]:
     listed = [f for f in (sbom, *envelopes[:2]) if f.is_file()]
     if problems := checksums.check(dist, listed):
         raise PushError(f"{problems[0]}; refusing to push it")
+    scanned = envelopes[1]
+    if scanned.is_file() and not _same_subjects(scanned, envelopes[0]):
+        progress.say(f"push: {scanned.name} is about another build than this image: not attached")
+        envelopes.remove(scanned)
     return {
         "sbom": [(sbom, attach.SBOM_TYPE)] if sbom.is_file() else [],
         "att": [(f, attach.DSSE_TYPE) for f in envelopes if f.is_file()],
     }
+
+
+def _same_subjects(statement: Path, built: Path) -> bool:
+    """Does `statement` speak of every subject of the image's provenance `built`?"""
+    if not built.is_file():
+        return False
+    of = {(s["name"], s["digest"]["sha256"]) for s in provenance.read_statement(built)["subject"]}
+    about = provenance.read_statement(statement)["subject"]
+    return of <= {(s["name"], s["digest"]["sha256"]) for s in about}
 
 
 def push(spec: Spec, registry: str | None, dist: Path) -> PushResult:

@@ -101,9 +101,12 @@ class Report:
 
 
 def _source(row: DebPackage) -> str:
-    """The source package: the pool folder the .deb sits in (pool/COMPONENT/PREFIX/SOURCE/)."""
+    """The source package: the pool folder the .deb sits in (pool/COMPONENT/PREFIX/SOURCE/).
+    The signed kernel's (linux-signed-amd64) binaries are linux's, at linux's version: Debian's
+    advisories name `linux`."""
     parts = row.filename.split("/")
-    return parts[3] if len(parts) == 5 and parts[0] == "pool" else row.name
+    source = parts[3] if len(parts) == 5 and parts[0] == "pool" else row.name
+    return "linux" if source.startswith("linux-signed-") else source
 
 
 def ecosystems(lock: Lock) -> tuple[str, str]:
@@ -148,25 +151,30 @@ def _parser(ecosystem: str) -> Callable[[str], Any]:
     return DebVersion
 
 
-def _hit(version: str, a: Affected, parse: Callable[[str], Any]) -> tuple[bool, str]:
-    """Whether `version` is affected (OSV's evaluation: events in version order, the last one
-    at or below the version decides), and the first fix above it. ValueError: unparsable."""
+def _hit(version: str, a: Affected, parse: Callable[[str], Any]) -> tuple[bool, str, bool]:
+    """Whether `version` is affected (listed, or inside a range by OSV's evaluation: events in
+    version order, the last one at or below the version decides), the first fix above it, and
+    whether some range could not be read (its versions do not parse: the caller says so)."""
     v = parse(version)
-    hit, fixes = version in a.versions, []
+    hit, fixes, unreadable = version in a.versions, [], False
     for events in a.events:
-        # "0" is "since the beginning", below every version of either ordering
-        ordered = sorted(events, key=lambda e: (e[1] != "0", parse(e[1]) if e[1] != "0" else 0))
+        try:
+            # "0" is "since the beginning", below every version of either ordering
+            at_ = [(kind, parse(at) if at != "0" else None) for kind, at in events]
+        except ValueError:  # packaging's InvalidVersion and python-debian's are ValueErrors
+            unreadable = True
+            continue
+        ordered = sorted(at_, key=lambda e: (e[1] is not None, e[1] if e[1] is not None else 0))
         inside = False
-        for kind, at in ordered:
-            if kind == "introduced" and (at == "0" or v >= parse(at)):
+        for kind, end in ordered:
+            if kind == "introduced" and (end is None or v >= end):
                 inside = True
-            elif kind in ("fixed", "last_affected"):
-                end = parse(at)
+            elif kind in ("fixed", "last_affected") and end is not None:
                 inside = inside and not (v >= end if kind == "fixed" else v > end)
         hit = hit or inside
         if inside:
-            fixes += [parse(at) for kind, at in ordered if kind == "fixed" and parse(at) > v]
-    return hit, str(min(fixes)) if fixes else ""
+            fixes += [e for k, e in ordered if k == "fixed" and e is not None and e > v]
+    return hit, str(min(fixes)) if fixes else "", unreadable
 
 
 def severity(advisory: Advisory, affected: Affected) -> str:
@@ -185,15 +193,18 @@ def _cvss(kind: str, vector: str) -> str:
 
     try:
         if kind == "CVSS_V3":
-            return str(cvss.CVSS3(vector).severities()[0]).lower()
-        if kind == "CVSS_V4":
-            return str(cvss.CVSS4(vector).severity).lower()
-        if kind == "CVSS_V2":
+            rated = str(cvss.CVSS3(vector).severities()[0]).lower()
+        elif kind == "CVSS_V4":
+            rated = str(cvss.CVSS4(vector).severity).lower()
+        elif kind == "CVSS_V2":
             score = float(cvss.CVSS2(vector).scores()[0])
-            return "high" if score >= 7 else "medium" if score >= 4 else "low"
+            rated = "high" if score >= 7 else "medium" if score >= 4 else "low"
+        else:
+            return ""
     except (cvss.CVSSError, ValueError, KeyError):
-        pass
-    return ""
+        return ""
+    # a base score of 0.0 is rated "None": still a record against this version, kept as low
+    return rated if rated in SEVERITIES else "low" if rated == "none" else ""
 
 
 def scan(lock: Lock, db: Database) -> Report:
@@ -212,11 +223,9 @@ def scan(lock: Lock, db: Database) -> Report:
     for p in packages:
         parse = _parser(p.ecosystem)
         for adv, a in by_name.get((p.ecosystem, p.name), []):
-            try:
-                hit, fixed = _hit(p.version, a, parse)
-            except ValueError:  # packaging's InvalidVersion and python-debian's are ValueErrors
-                unreadable.add(adv.id)
-                continue
+            hit, fixed, undecided = _hit(p.version, a, parse)
+            if undecided and not hit:
+                unreadable.add(f"{adv.id} ({p.name} {p.version})")
             if hit:
                 findings.append(Finding(p, adv, severity(adv, a), fixed))
     findings.sort(key=lambda f: (-SEVERITIES.index(f.severity), f.installed.name, f.advisory.id))
@@ -245,6 +254,11 @@ def gate(report: Report, fail_on: str | None) -> None:
         raise ScanGateError(
             f"scan: {len(bad)} findings at or above {fail_on} (--fail-on): "
             + ", ".join(f"{f.advisory.id} ({f.installed.name} {f.installed.version})" for f in bad)
+        )
+    if report.unreadable:  # an advisory that may apply is not a pass
+        raise ScanGateError(
+            "scan: not decidable (a range's versions do not parse), so --fail-on cannot pass: "
+            + ", ".join(report.unreadable)
         )
 
 

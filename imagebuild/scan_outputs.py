@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imagebuild import __version__, checksums, distnames, provenance, sbom
+from imagebuild import __version__, checksums, distnames, progress, provenance, sbom
 from imagebuild.cache import atomic_file
 from imagebuild.errors import ImageBuildError
 from imagebuild.lock import Lock
@@ -26,11 +26,17 @@ if TYPE_CHECKING:
     from securesystemslib.signer import Signer
 
 
-def subjects(dist: Path, spec: Spec, lock: Lock) -> list[dict[str, Any]]:
-    """The subjects of the provenance of every artifact built in `dist`: built from this lock
-    (else the findings would be another lock's), each file subject the one SHA256SUMS lists."""
+ALL = (distnames.CONTAINER_PROVENANCE, distnames.VM_PROVENANCE, distnames.AMI_PROVENANCE)
+
+
+def subjects(
+    dist: Path, spec: Spec, lock: Lock, kinds: tuple[str, ...] = ALL
+) -> list[dict[str, Any]]:
+    """The subjects of the provenance (`kinds`: their suffixes) of the artifacts built in
+    `dist` from this lock (another lock's are left out, saying so: their findings would be
+    another lock's), each file subject the one SHA256SUMS lists."""
     sums, found = checksums.read(dist), {}
-    for suffix in (distnames.CONTAINER_PROVENANCE, distnames.VM_PROVENANCE):
+    for suffix in kinds:
         path = distnames.path(dist, spec, suffix)
         if not path.is_file():
             continue
@@ -39,10 +45,12 @@ def subjects(dist: Path, spec: Spec, lock: Lock) -> list[dict[str, Any]]:
         stmt = provenance.read_statement(path)
         made_from = stmt["predicate"]["buildDefinition"]["internalParameters"]["lock"]
         if made_from["digest"]["sha256"] != lock.digest:
-            raise ImageBuildError(
-                f"{path}: built from another lock than {lock.path} (sha256 "
-                f"{made_from['digest']['sha256'][:12]}, this one {lock.digest[:12]}): build again"
+            progress.say(
+                f"scan: {path.name} is of an artifact built from another lock than "
+                f"{lock.path.name} (sha256 {made_from['digest']['sha256'][:12]}, this one "
+                f"{lock.digest[:12]}): not vouched for"
             )
+            continue
         for s in stmt["subject"]:
             name, sha = s["name"], s["digest"]["sha256"]
             if name in sums and sums[name] != sha:
@@ -52,8 +60,8 @@ def subjects(dist: Path, spec: Spec, lock: Lock) -> list[dict[str, Any]]:
             found[name] = provenance.subject(name, sha)
     if not found:
         raise ImageBuildError(
-            f"{dist}: no artifact of {spec.name} built there (no provenance): build it first, "
-            "or scan without --dist"
+            f"{dist}: no artifact of {spec.name} built there from {lock.path.name} (no "
+            "provenance naming it): build it first, or scan without --dist"
         )
     return [found[n] for n in sorted(found)]
 
@@ -97,9 +105,17 @@ def statement(report: Report, subjects: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def write(report: Report, lock: Lock, spec: Spec, dist: Path, signer: Signer | None) -> list[Path]:
-    """The VEX document and the signed statement in `dist`, listed in SHA256SUMS."""
-    about = subjects(dist, spec, lock)
+def write(
+    report: Report,
+    lock: Lock,
+    spec: Spec,
+    dist: Path,
+    signer: Signer | None,
+    kinds: tuple[str, ...] = ALL,
+) -> list[Path]:
+    """The VEX document and the signed statement in `dist` about the artifacts whose
+    provenance (`kinds`) is there, listed in SHA256SUMS."""
+    about = subjects(dist, spec, lock, kinds)
     vex = distnames.path(dist, spec, distnames.SCAN_VEX)
     att = distnames.path(dist, spec, distnames.SCAN_ATTESTATION)
     with atomic_file(vex) as tmp:

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ MAX_ARCHIVE = 2 << 30  # bytes of one archive as handed over (OSV's Debian expor
 MAX_RECORD = 16 << 20  # bytes of one record (the largest real ones are well under 1 MiB)
 MAX_TOTAL = 8 << 30  # uncompressed bytes of one archive
 MAX_RECORDS = 1_000_000
+# what reading a member can raise: a bad CRC or header, a broken stream, an unknown method, an
+# encrypted member
+UNREADABLE = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
 
 
 class VulnDBError(ImageBuildError):
@@ -168,15 +172,26 @@ def _records(path: Path, data: bytes) -> Any:
             where = f"{path}: {m.filename}"
             if m.file_size > MAX_RECORD:
                 raise VulnDBError(f"{where}: {m.file_size} bytes, more than {MAX_RECORD}")
-            with zf.open(m) as f:
-                data = f.read(MAX_RECORD + 1)  # the header's size is the archive's word only
+            try:
+                with zf.open(m) as f:
+                    data = f.read(MAX_RECORD + 1)  # the header's size is the archive's word only
+            # a bad CRC or header, a broken stream, an unknown method, an encrypted member
+            except (
+                zipfile.BadZipFile,
+                zlib.error,
+                EOFError,
+                NotImplementedError,
+                RuntimeError,
+            ) as e:
+                raise VulnDBError(f"{where}: cannot be read ({e})") from None
             total += len(data)
             if len(data) > MAX_RECORD or total > MAX_TOTAL:
                 raise VulnDBError(f"{where}: the archive unpacks to more than it says")
             try:
-                yield where, json.loads(data)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise VulnDBError(f"{where}: not JSON ({e})") from None
+                rec = json.loads(data)
+            except (ValueError, UnicodeDecodeError, RecursionError) as e:
+                raise VulnDBError(f"{where}: not JSON ({str(e)[:200]})") from None
+            yield where, rec
 
 
 def load(paths: list[Path], ecosystems: tuple[str, ...]) -> Database:

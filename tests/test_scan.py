@@ -9,6 +9,7 @@ import datetime
 import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,42 @@ def test_a_hostile_database_is_refused_naming_file_and_member(
     assert str(e.value).startswith(str(tmp_path)) and says in str(e.value), str(e.value)
 
 
+def _corrupt(p: Path) -> Path:
+    """An export whose one member's compressed bytes are damaged (its CRC no longer holds)."""
+    out = p / "bad.zip"
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("X.json", json.dumps({"id": "X", "modified": "2026-01-01T00:00:00Z"}) * 50)
+    data = bytearray(out.read_bytes())
+    data[60] ^= 0xFF  # inside the member's data, after its 30-byte header and name
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_a_damaged_member_is_refused_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(vulndb.VulnDBError, match="bad.zip: X.json: cannot be read"):
+        vulndb.load([_corrupt(tmp_path)], ("PyPI",))
+
+
+def test_push_attaches_only_a_scan_statement_about_this_image(
+    dbs: list[Path], tmp_path: Path
+) -> None:
+    from imagebuild import distnames, provenance, push
+    from imagebuild import spec as specmod
+
+    lk = locking.read(FIXTURE.with_suffix(".lock"))
+    dist = _built_dist(tmp_path / "dist", lk.digest)
+    args = ["scan", "--spec", str(FIXTURE), "--db", str(dbs[0]), "--max-db-age", "0"]
+    assert run_invoke(*args, "--dist", str(dist)).returncode == 0
+    spec = specmod.load(str(FIXTURE))
+    built = distnames.path(dist, spec, distnames.CONTAINER_PROVENANCE)
+    scanned = distnames.path(dist, spec, distnames.SCAN_ATTESTATION)
+    assert push._same_subjects(scanned, built)
+    stmt = provenance.read_statement(built)  # a rebuild: another image, the old statement
+    stmt["subject"][0]["digest"]["sha256"] = "d" * 64
+    provenance.write_statement(built, stmt, None)
+    assert not push._same_subjects(scanned, built)
+
+
 def test_a_withdrawn_advisory_is_not_reported(tmp_path: Path) -> None:
     rec = json.loads((OSV / "pypi" / "PYSEC-2024-60.json").read_text())
     rec["withdrawn"] = "2024-08-01T00:00:00Z"
@@ -212,7 +249,7 @@ def test_debian_version_order(
 ) -> None:
     from debian.debian_support import Version
 
-    assert scan._hit(version, _affected(*events), Version) == expected
+    assert scan._hit(version, _affected(*events), Version)[:2] == expected
 
 
 def test_a_deb_is_matched_by_its_source_and_the_source_version() -> None:
@@ -343,9 +380,50 @@ def test_scan_dist_refuses_artifacts_of_another_lock_or_none(
     dist = _built_dist(tmp_path / "dist", "c" * 64)
     r = run_invoke(*args, "--dist", str(dist))
     assert r.returncode == 1 and "built from another lock than" in r.stderr, r.stderr
+    assert "not vouched for" in r.stderr and "no artifact of scan-fixture built there" in r.stderr
     assert not list(dist.glob("*.scan.intoto.jsonl")) and not list(dist.glob("*.vex.cdx.json"))
     (tmp_path / "empty").mkdir()
     r = run_invoke(*args, "--dist", str(tmp_path / "empty"))
     assert r.returncode == 1 and "no artifact of scan-fixture built there" in r.stderr
     r = run_invoke(*args, "--sign-key", "k.pem")
     assert r.returncode == 2 and "--sign-key: only with --dist" in r.stderr
+
+
+def test_an_unreadable_range_does_not_hide_a_listed_version_nor_pass_the_gate(
+    tmp_path: Path,
+) -> None:
+    """A PyPI range whose versions are not PEP 440: the advisory still hits the exactly listed
+    version; where nothing decides, the scan says so and --fail-on refuses to pass."""
+    from packaging.version import Version
+
+    odd = Affected(
+        "PyPI", "idna", ((("introduced", "0"), ("fixed", "not a version")),), ("3.6",), ""
+    )
+    assert scan._hit("3.6", odd, Version) == (True, "", True)
+    rec = json.loads((OSV / "pypi" / "PYSEC-2024-60.json").read_text())
+    for affected in rec["affected"]:
+        affected["versions"] = []
+        for r in affected["ranges"]:
+            r["events"] = [{"introduced": "0"}, {"fixed": "not a version"}]
+    db = osv_export(tmp_path / "none", tmp_path / "u.zip", {"U.json": json.dumps(rec).encode()})
+    r = report(FIXTURE, [db])
+    assert r.findings == () and r.unreadable == ("PYSEC-2024-60 (idna 3.6)",)
+    with pytest.raises(scan.ScanGateError, match="not decidable.*PYSEC-2024-60 \\(idna 3.6\\)"):
+        scan.gate(r, "critical")
+
+
+def test_a_zero_cvss_score_is_low_not_a_crash() -> None:
+    vector = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:N/I:N/A:N"
+    assert scan._cvss("CVSS_V3", vector) == "low"
+
+
+def test_the_signed_kernel_is_matched_as_linux() -> None:
+    row = DebPackage(
+        "linux-image-6.1.0-28-cloud-amd64",
+        "6.1.119-1",
+        "amd64",
+        "0" * 64,
+        "pool/main/l/linux-signed-amd64/linux-image-6.1.0-28-cloud-amd64_6.1.119-1_amd64.deb",
+        1,
+    )
+    assert scan._source(row) == "linux"

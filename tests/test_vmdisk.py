@@ -128,3 +128,16 @@ def test_the_gce_tarball_is_what_compute_engine_reads(tmp_path: Path) -> None:
     assert (member.name, member.size, member.mtime) == ("disk.raw", GB << 30, 1_700_000_000)
     assert member.issparse() and (member.uid, member.gid, member.mode) == (0, 0, 0o644)
     assert dest.stat().st_size < 1 << 20  # 2 GiB of mostly holes
+
+
+def test_a_disk_member_larger_than_the_spec_allows_is_refused_unread(tmp_path: Path) -> None:
+    """A GCE tarball whose disk.raw says it is 3 GiB for a 2 GiB spec: refused from its header,
+    before gigabytes of holes are streamed out."""
+    raw = tmp_path / "disk.raw"
+    with raw.open("wb") as f:
+        f.truncate(3 << 30)
+    tarball = tmp_path / "demo-1.0.gce.tar.gz"
+    subprocess.run(["tar", "-S", "-czf", str(tarball), "-C", str(tmp_path), "disk.raw"], check=True)
+    with pytest.raises(vmdisk.DiskError, match="disk.raw is 3221225472 bytes, more than"):
+        vmdisk.bootable(tarball, tmp_path / "work", GB)
+    assert not (tmp_path / "work" / "disk.raw").exists()

@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from imagebuild import packer, progress
+from imagebuild import distnames, packer, progress
 from imagebuild.builders import ami, vm
 from imagebuild.builders.ami import AwsError, session
 from imagebuild.errors import ImageBuildError
@@ -98,6 +98,8 @@ def write_record(
         "imds_support": image.get("ImdsSupport"),
         "packer_manifest": json.loads(manifest.read_text()),
     }
+    # an import build's provenance speaks of another AMI: gone (and its SHA256SUMS line with it)
+    distnames.path(dist.resolve(), spec, distnames.AMI_PROVENANCE).unlink(missing_ok=True)
     return ami.write_record(spec, body, dist)
 
 

@@ -57,12 +57,17 @@ def _member(tar: tarfile.TarFile, artifact: Path, pattern: str) -> tarfile.TarIn
     return found[0]
 
 
-def _extract(artifact: Path, pattern: str, dest: Path) -> str:
-    """One disk member streamed out of the tar (never `extractall`: the name is not trusted);
-    returns its name."""
+def _extract(artifact: Path, pattern: str, dest: Path, most: int) -> str:
+    """One disk member streamed out of the tar (never `extractall`: the name is not trusted),
+    refused first when it says it is larger than `most` bytes; returns its name."""
     try:
         with tarfile.open(artifact) as tar:
             member = _member(tar, artifact, pattern)
+            if member.size > most:
+                raise DiskError(
+                    f"{artifact}: {member.name} is {member.size} bytes, more than a disk of "
+                    f"this spec's size holds ({most})"
+                )
             src = tar.extractfile(member)
             assert src is not None
             with src, dest.open("wb") as out:
@@ -99,7 +104,8 @@ def bootable(artifact: Path, work: Path, disk_gb: int, to_qcow2: bool = True) ->
     else:
         pattern, fmt = MEMBER[kind]
         disk = work / f"disk.{fmt}"
-        member = _extract(artifact, pattern, disk)
+        # a disk image holds at most its virtual size and some metadata (a raw one: exactly)
+        member = _extract(artifact, pattern, disk, (disk_gb << 30) + (disk_gb << 30) // 8)
         diskimage.check(disk, fmt, disk_gb, f"{artifact}: {member}")
     if fmt != "qcow2" and to_qcow2:  # QEMU boots a qcow2 (an overlay on it)
         other, disk, fmt = disk, work / f"{kind}.qcow2", "qcow2"
