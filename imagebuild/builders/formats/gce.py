@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from imagebuild import tools
+from imagebuild.builders.formats import raw
 from imagebuild.spec import Spec
 
 SUFFIX = ".gce.tar.gz"
@@ -20,8 +21,7 @@ MEMBER = "disk.raw"  # the one name Compute Engine reads
 
 def make(disk: Path, dest: Path, spec: Spec, sde: int) -> None:
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".gce-") as tmp:
-        raw = Path(tmp, MEMBER)
-        tools.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", disk, raw])
+        raw.make(disk, Path(tmp, MEMBER), spec, sde)  # the raw format's file, under its name
         tools.run(
             ["tar", "--format=oldgnu", "--sparse", "--sort=name", f"--mtime=@{sde}"]
             + ["--owner=0", "--group=0", "--numeric-owner", "--mode=0644"]
