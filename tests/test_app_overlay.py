@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from imagebuild.builders import app_overlay
+from imagebuild.builders import app_layer, app_overlay
 from imagebuild.builders.disk import PART_OFFSET, make_ext4_image
 from imagebuild.builders.layers import Layer
 
@@ -24,10 +24,10 @@ BELOW = {
     "usr/local/bin": ["5", 0o755, 0, 0, 0, SDE, ""],
 }
 SPEC = SimpleNamespace(app=SimpleNamespace(dest="/opt/app"))
-WRAPPER = app_overlay.WRAPPER
+WRAPPER = app_layer.WRAPPER
 
 
-def app_layer(path: Path, files: dict[str, bytes]) -> app_overlay.AppFiles:
+def made_app_layer(path: Path, files: dict[str, bytes]) -> app_layer.AppFiles:
     """An app layer as the app stage writes one (folders first, root's, the epoch's mtime)."""
     with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
         for d in ("opt", "opt/app", "usr", "usr/local", "usr/local/bin"):
@@ -38,8 +38,8 @@ def app_layer(path: Path, files: dict[str, bytes]) -> app_overlay.AppFiles:
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), 0o755 if "bin" in name else 0o644, SDE
             tar.addfile(info, io.BytesIO(data))
-    got = app_overlay.app_files(Layer(path, path.name, 0, 0), BELOW, SPEC)  # type: ignore[arg-type]
-    assert isinstance(got, app_overlay.AppFiles), got
+    got = app_layer.app_files(Layer(path, path.name, 0, 0), BELOW, SPEC)  # type: ignore[arg-type]
+    assert isinstance(got, app_layer.AppFiles), got
     return got
 
 
@@ -66,14 +66,14 @@ def prior(tmp_path: Path) -> app_overlay.Prior:
     )
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, disk], check=True)
     files = {"opt/app/old.py": b"old\n", "opt/app/keep.py": b"v1\n", WRAPPER: b"#!/bin/sh\n"}
-    old = app_layer(tmp_path / "old.tar", files)
+    old = made_app_layer(tmp_path / "old.tar", files)
     return app_overlay.Prior(disk, old, {})
 
 
 def test_the_new_app_replaces_the_old_one(prior: app_overlay.Prior, tmp_path: Path) -> None:
     new_tar = tmp_path / "new.tar"
     files = {"opt/app/keep.py": b"v2\n", "opt/app/new.py": b"new\n", WRAPPER: b"#!/bin/sh\nx\n"}
-    new = app_layer(new_tar, files)
+    new = made_app_layer(new_tar, files)
     work = tmp_path / "work"
     work.mkdir()
     out = app_overlay.apply(prior, new, new_tar, work, SDE)
@@ -90,11 +90,11 @@ def test_a_disk_unlike_its_record_is_refused(prior: app_overlay.Prior, tmp_path:
     then makes the VM in full) and leaves no raw copy behind."""
     lying = app_overlay.Prior(
         prior.disk,
-        app_overlay.AppFiles(prior.app.diff_id, [*prior.app.added, ("opt/app/gone.py", "file")]),
+        app_layer.AppFiles(prior.app.diff_id, [*prior.app.added, ("opt/app/gone.py", "file")]),
         {},
     )
     new_tar = tmp_path / "new.tar"
-    new = app_layer(new_tar, {"opt/app/keep.py": b"v2\n"})
+    new = made_app_layer(new_tar, {"opt/app/keep.py": b"v2\n"})
     work = tmp_path / "work"
     work.mkdir()
     with pytest.raises(app_overlay.OverlayError, match="gone.py|File not found"):
@@ -108,8 +108,21 @@ def test_a_layer_that_changes_more_than_the_app_is_not_overlaid(tmp_path: Path) 
         info = tarfile.TarInfo("etc/passwd")
         tar.addfile(info, io.BytesIO(b""))
     below = {**BELOW, "etc": ["5", 0o755, 0, 0, 0, SDE, ""]}
-    got = app_overlay.app_files(Layer(path, "x", 0, 0), below, SPEC)  # type: ignore[arg-type]
+    got = app_layer.app_files(Layer(path, "x", 0, 0), below, SPEC)  # type: ignore[arg-type]
     assert got == "the app stage added etc/passwd, outside /opt/app"
+
+
+@pytest.mark.parametrize(
+    "name", ["opt/app/x-1.0.dist-info/METADATA", "opt/app/lib/y.egg-info", "opt/app/z.pth"]
+)
+def test_python_distribution_metadata_is_more_than_app_files(tmp_path: Path, name: str) -> None:
+    """What importlib.metadata would list (the inventory runs in the app's folder): such an app
+    layer changes what is installed, so neither a VM overlay nor a kept inventory is taken."""
+    path = tmp_path / "x.tar"
+    with tarfile.open(path, "w") as tar:
+        tar.addfile(tarfile.TarInfo(name), io.BytesIO(b""))
+    got = app_layer.app_files(Layer(path, "x", 0, 0), BELOW, SPEC)  # type: ignore[arg-type]
+    assert got == f"the app stage added {name}: Python distribution metadata"
 
 
 def test_a_kept_vm_whose_paths_are_not_plain_is_not_used(
@@ -123,6 +136,6 @@ def test_a_kept_vm_whose_paths_are_not_plain_is_not_used(
     app_overlay.keep(cache, "a" * 64, prior.disk, sha, prior.app, {})
     found = app_overlay.find(cache, "a" * 64)
     assert found is not None and found.app == prior.app
-    hostile = app_overlay.AppFiles("x", [("opt/app/x\nrm /etc/passwd", "file")])
+    hostile = app_layer.AppFiles("x", [("opt/app/x\nrm /etc/passwd", "file")])
     app_overlay.keep(cache, "b" * 64, prior.disk, sha, hostile, {})
     assert app_overlay.find(cache, "b" * 64) is None

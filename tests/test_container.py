@@ -257,13 +257,29 @@ def test_the_provenance_names_the_image_and_verifies_with_the_key(built, sign_ke
     )
 
 
+def inventory_containers(since: int) -> int:
+    """Inventory containers the engine created from `since` (whole seconds) until now."""
+    events = docker.from_env().events(
+        since=since,
+        until=int(time.time()) + 1,
+        filters={"type": "container", "event": "create", "label": "io.imagebuild.inventory=1"},
+        decode=True,
+    )
+    return sum(1 for _ in events)
+
+
 def test_app_change_rebuilds_only_the_app_layer(built, tmp_path: Path, cache_dir: Path) -> None:
-    spec, _, _ = built
+    """Only the app layer is made again; the packages found below it are the cold build's (no
+    inventory container: the app layer only adds the app's files). An app that adds Python
+    distribution metadata does change what is installed: the inventory runs and finds it."""
+    spec, dist, _ = built
     shutil.copytree(spec.base_dir, tmp_path / "p")
     spec_path = tmp_path / "p" / spec.path.name
     (tmp_path / "p" / spec.app.src / "app" / "extra.py").write_text("# touched\n")
     before_ctr, stages = containers(), set(os.listdir(cache_dir / "stages"))
     old = inspect(f"{spec.repository}:{spec.version}")["RootFS"]["Layers"]
+    since = int(time.time()) + 1
+    time.sleep(since - time.time())  # the events API counts in whole seconds
     r = build(spec_path, cache_dir, tmp_path / "dist")
     assert r.returncode == 0, r.stderr
     new = inspect(image_id(r.stdout))["RootFS"]["Layers"]
@@ -271,6 +287,18 @@ def test_app_change_rebuilds_only_the_app_layer(built, tmp_path: Path, cache_dir
     # One stage entry made: the app's, under the new app key.
     assert set(os.listdir(cache_dir / "stages")) - stages == {keys_of(spec_path).stages["app"]}
     assert containers() == before_ctr  # stage and inventory containers removed
+    packages = f"{spec.name}-{spec.version}.container.packages.txt"
+    assert inventory_containers(since) == 0
+    assert (tmp_path / "dist" / packages).read_text() == (dist / packages).read_text()
+    sums = tmp_path / "dist"
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=sums).returncode == 0
+    meta = tmp_path / "p" / spec.app.src / "extra-1.0.dist-info"
+    meta.mkdir()
+    (meta / "METADATA").write_text("Metadata-Version: 2.1\nName: extra\nVersion: 1.0\n")
+    r = build(spec_path, cache_dir, tmp_path / "dist")
+    assert r.returncode == 0, r.stderr
+    assert inventory_containers(since) == 1
+    assert "python extra=1.0" in (tmp_path / "dist" / packages).read_text()
 
 
 # Stage changes are read from the engine's overlay upper dirs on this host, or through the

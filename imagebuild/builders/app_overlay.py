@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import shutil
 import tarfile
@@ -25,38 +24,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagebuild import progress, provenance, resolved, tools
+from imagebuild import progress, provenance, tools
 from imagebuild.builders import stages, vm_outputs
+from imagebuild.builders.app_layer import PLAIN, TYPES, AppFiles, app_files
 from imagebuild.builders.context import Build
 from imagebuild.builders.disk import PART_OFFSET
-from imagebuild.builders.layers import Layer, Manifest, load_manifest
+from imagebuild.builders.layers import Layer, load_manifest
 from imagebuild.cache import Cache
 from imagebuild.errors import ImageBuildError
-from imagebuild.spec import Spec
 
 KIND = "vms"
-PLAIN = re.compile(r"[A-Za-z0-9._+@%=,:-]+(?:/[A-Za-z0-9._+@%=,:-]+)*")  # one debugfs word
-WRAPPER = resolved.WRAPPER.lstrip("/")  # written by the app role (its template)
-TYPES = {
-    tarfile.DIRTYPE: "dir",
-    tarfile.REGTYPE: "file",
-    tarfile.AREGTYPE: "file",
-    tarfile.SYMTYPE: "link",
-}
 MODE_BITS = {"dir": 0o040000, "file": 0o100000, "link": 0o120000}
 
 
 class OverlayError(ImageBuildError):
     pass
-
-
-@dataclass(frozen=True)
-class AppFiles:
-    """What an app layer adds to the layers below it: (path, type) of each path it creates, in
-    tar order (parents first)."""
-
-    diff_id: str
-    added: list[tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -66,30 +48,6 @@ class Prior:
     disk: Path  # its shipped qcow2, in the cache
     app: AppFiles
     inventory: dict[str, Any]
-
-
-def app_files(app: Layer, below: Manifest, spec: Spec) -> AppFiles | str:
-    """The app layer's additions, or why it cannot be written over a VM's disk."""
-    dest = (spec.app.dest if spec.app else "/").strip("/")
-    added: list[tuple[str, str]] = []
-    with tarfile.open(app.path) as tar:
-        for m in tar:
-            name = m.name.rstrip("/")
-            kind = TYPES.get(m.type)
-            if kind is None:
-                return f"{name} is a hard link, device or other special entry"
-            if os.path.basename(name).startswith(".wh."):
-                return f"the app stage removed {name.replace('.wh.', '', 1)}"
-            if not PLAIN.fullmatch(name):
-                return f"{name!r} is not a plain path name"
-            if name in below:
-                if kind != "dir" or below[name][0] != tarfile.DIRTYPE.decode():
-                    return f"the app stage changed {name}, which a layer below holds"
-                continue
-            if not (name in (WRAPPER, dest) or name.startswith(dest + "/")):
-                return f"the app stage added {name}, outside {spec.app.dest if spec.app else '/'}"
-            added.append((name, kind))
-    return AppFiles(app.diff_id, added)
 
 
 def find(cache: Cache, key: str) -> Prior | None:

@@ -20,6 +20,7 @@ import json
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,13 @@ import docker.errors
 
 from imagebuild import app_tree, builder, checksums, distnames, profile, progress, provenance
 from imagebuild import inventory as inv
+from imagebuild.builders import app_layer
 from imagebuild.builders import image as img
-from imagebuild.builders.context import load_image, new_build
-from imagebuild.builders.layers import Layer
-from imagebuild.builders.stages import StageResult, build_layers
-from imagebuild.cache import atomic_file, sha256_file
+from imagebuild.builders.context import Build, load_image, new_build
+from imagebuild.builders.layers import Layer, load_manifest
+from imagebuild.builders.oci_archive import OciArchive
+from imagebuild.builders.stages import StageResult, build_layers, manifest_path
+from imagebuild.cache import atomic_file, digest
 from imagebuild.inputs import Inputs
 from imagebuild.inventory import Subject
 from imagebuild.keys import STAGES
@@ -122,6 +125,30 @@ def inventory(client: docker.DockerClient, image_ref: str, spec: Spec) -> dict[s
     return json.loads(out)
 
 
+INVENTORIES = "inventories"
+
+
+def installed(b: Build, tag: str, cfg: img.ImageConfig, layers: list[Layer]) -> dict[str, Any]:
+    """`inventory`, or what it found in an image with the same layers below the app stage and
+    the same config, when this app layer only adds the app's files (app_layer: it changes no
+    package, so neither would another app): an app-only change starts no inventory container."""
+    cache, spec, below_key = b.inputs.cache, b.inputs.spec, b.inputs.keys.stages[STAGES[-2]]
+    only_app = isinstance(
+        app_layer.app_files(layers[-1], load_manifest(manifest_path(cache, below_key)), spec),
+        app_layer.AppFiles,
+    )
+    seen = json.dumps([cfg.env, cfg.workdir, inv.target_python(spec)], sort_keys=True)
+    key = digest(below_key, seen, inv.SCRIPT)
+    if only_app and cache.intact(INVENTORIES, key):
+        with profile.step("inventory (package manifest) reused"):
+            return dict(json.loads((cache.dir(INVENTORIES, key) / "inventory.json").read_text()))
+    found = inventory(b.client, tag, spec)
+    if only_app:
+        with cache.building(INVENTORIES, key) as tmp:
+            (tmp / "inventory.json").write_text(json.dumps(found))
+    return found
+
+
 def _outputs(dist: Path, spec: Spec) -> dict[str, Path]:
     return {
         "oci": distnames.path(dist, spec, distnames.OCI),
@@ -136,10 +163,11 @@ def build(inputs: Inputs, dist: Path) -> ContainerResult:
     spec, lock = inputs.spec, inputs.lock
     tag = f"{spec.repository}:{spec.version}"
     out = _outputs(dist, spec)
-    with new_build(inputs) as b:
+    with new_build(inputs) as b, OciArchive(out["oci"]) as archive:
         client = b.client
-        layers, results = build_layers(b, "build-container")
-        config = final_config(inputs.resolved, layers).render(layers)
+        layers, results = build_layers(b, "build-container", partial(_below_app, archive))
+        cfg = final_config(inputs.resolved, layers)
+        config = cfg.render(layers)
         image_id = hashlib.sha256(config).hexdigest()
         record = out["record"]
         previous = json.loads(record.read_text()) if record.exists() else {}
@@ -165,15 +193,14 @@ def build(inputs: Inputs, dist: Path) -> ContainerResult:
                 }
                 # The inventory container runs while the archive is written (disk-bound).
                 with ThreadPoolExecutor(1) as pool:
-                    installed = pool.submit(inventory, client, tag, spec)
+                    found = pool.submit(installed, b, tag, cfg, layers)
                     with profile.step("OCI archive written"):
-                        manifest_digest = img.oci_archive(
-                            out["oci"], config, layers, spec.version, annotations
+                        manifest_digest, known[out["oci"].name] = archive.finish(
+                            config, layers, spec.version, annotations
                         )
                 digest = manifest_digest.removeprefix("sha256:")
                 subject = Subject("container", digest, image_id)
-                inv.write(installed.result(), spec, lock, subject, out["packages"], out["sbom"])
-                known[out["oci"].name] = sha256_file(out["oci"])
+                inv.write(found.result(), spec, lock, subject, out["packages"], out["sbom"])
                 subjects = [
                     provenance.subject(out["oci"].name, known[out["oci"].name]),
                     provenance.subject(tag, digest),
@@ -192,6 +219,13 @@ def build(inputs: Inputs, dist: Path) -> ContainerResult:
         else:
             checksums.record(dist, list(out.values()), known)
     return result
+
+
+def _below_app(archive: OciArchive, name: str, below: list[Layer]) -> None:
+    """The app stage is being built: the archive's blobs of the layers below it are written
+    meanwhile (on an app-only change, all but a small layer of the image)."""
+    if name == STAGES[-1]:
+        archive.begin(below)
 
 
 def _has_image(client: docker.DockerClient, tag: str, image_id: str) -> bool:

@@ -1,5 +1,6 @@
-"""Image config and archives written by hand, with fixed timestamps, so the image ID (the
-sha256 of the config) is a pure function of the layers and the spec."""
+"""The image config and the `docker load` archive, written by hand with fixed timestamps, so the
+image ID (the sha256 of the config) is a pure function of the layers and the spec (the OCI
+archive: oci_archive.py)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,7 @@ from pathlib import Path
 
 from imagebuild import tarnorm
 from imagebuild.builders.layers import Layer
-from imagebuild.cache import atomic_file
 from imagebuild.lock.lockfile import rfc3339
-
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 
 def _json(obj: object) -> bytes:
@@ -94,53 +90,3 @@ def docker_archive(
             _add(tar, f"{ly.diff_id}/layer.tar", path=ly.path)
         _add(tar, "manifest.json", _json(manifest))
     return image_id
-
-
-def oci_archive(
-    dest: Path, config: bytes, layers: list[Layer], ref: str, annotations: dict[str, str]
-) -> str:
-    """An OCI image layout as a tar (`skopeo inspect oci-archive:`); returns the manifest digest."""
-    config_digest = hashlib.sha256(config).hexdigest()
-    manifest = _json(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {
-                "mediaType": OCI_CONFIG,
-                "digest": f"sha256:{config_digest}",
-                "size": len(config),
-            },
-            "layers": [
-                {"mediaType": OCI_LAYER, "digest": f"sha256:{ly.diff_id}", "size": ly.size}
-                for ly in layers
-            ],
-            "annotations": annotations,
-        }
-    )
-    manifest_digest = hashlib.sha256(manifest).hexdigest()
-    index = _json(
-        {
-            "schemaVersion": 2,
-            "manifests": [
-                {
-                    "mediaType": OCI_MANIFEST,
-                    "digest": f"sha256:{manifest_digest}",
-                    "size": len(manifest),
-                    "annotations": {"org.opencontainers.image.ref.name": ref},
-                }
-            ],
-        }
-    )
-    with atomic_file(dest) as tmp, tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
-        _add(tar, "oci-layout", _json({"imageLayoutVersion": "1.0.0"}))
-        _add(tar, "index.json", index)
-        blobs: dict[str, tuple[bytes | None, Path | None]] = {
-            config_digest: (config, None),
-            manifest_digest: (manifest, None),
-        }
-        for ly in layers:
-            blobs[ly.diff_id] = (None, ly.path)
-        for digest in sorted(blobs):
-            data, path = blobs[digest]
-            _add(tar, f"blobs/sha256/{digest}", data, path)
-    return f"sha256:{manifest_digest}"

@@ -35,7 +35,7 @@ from imagebuild import (
     tools,
     vmboot,
 )
-from imagebuild.builders import app_overlay, context, disk, stages, vm_outputs
+from imagebuild.builders import app_layer, app_overlay, context, disk, stages, vm_outputs
 from imagebuild.builders.formats import filename
 from imagebuild.cache import atomic_file
 from imagebuild.inputs import Inputs
@@ -231,7 +231,7 @@ def build(inputs: Inputs, dist: Path, on_error: str = "cleanup") -> VmResult:
         keep = False
         try:
             done = None
-            if prior is not None and isinstance(app, app_overlay.AppFiles):
+            if prior is not None and isinstance(app, app_layer.AppFiles):
                 accel = "none (app overlay: no boot)"
                 try:
                     done = app_overlay.build(b, prior, app, layers[-1], to)
@@ -253,7 +253,7 @@ def build(inputs: Inputs, dist: Path, on_error: str = "cleanup") -> VmResult:
                 }
                 t.write_text(json.dumps(body, default=str, indent=1))
             checksums.record(dist, list(out.values()), to.known)
-            if isinstance(app, app_overlay.AppFiles) and "qcow2" in out:  # for the next app change
+            if isinstance(app, app_layer.AppFiles) and "qcow2" in out:  # for the next app change
                 sha = checksums.read(dist)[out["qcow2"].name]
                 app_overlay.keep(
                     b.inputs.cache, inputs.keys.vm_but_app, out["qcow2"], sha, app, vm_inv
