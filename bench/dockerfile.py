@@ -27,7 +27,7 @@ from imagebuild import resolved  # noqa: E402
 from imagebuild.builders import image as img  # noqa: E402
 from imagebuild.builders import stages  # noqa: E402
 from imagebuild.cache import Cache  # noqa: E402
-from imagebuild.fetch import local_sources  # noqa: E402
+from imagebuild.fetch import local_sources, requirement_files  # noqa: E402
 from imagebuild.project import Project  # noqa: E402
 from imagebuild.spec import Spec, load  # noqa: E402
 
@@ -35,8 +35,9 @@ BASE_REPO = "imagebuild-bench/base"
 UID = 10001  # numeric USER (hadolint DL3066)
 
 
-def render(spec: Spec, pins: list[str], base: str) -> str:
-    """The Dockerfile a careful user would write for the same spec (hadolint-clean)."""
+def render(spec: Spec, pins: list[str], base: str, requirements: list[str]) -> str:
+    """The Dockerfile a careful user would write for the same spec (hadolint-clean): every
+    requirements file of the wheelhouse (the spec's and its stacks') in one pip run."""
     venv = spec.python.venv if spec.python else "/opt/venv"
     assert spec.app is not None
     env = "\n".join(f'ENV {k}="{v}"' for k, v in resolved.runtime_env(spec).items())
@@ -53,7 +54,7 @@ RUN useradd --system --uid {UID} --create-home --shell /usr/sbin/nologin {spec.u
     && python3 -m venv {venv}
 RUN --mount=type=bind,source=wheels,target=/wheels \\
     {venv}/bin/pip install --no-cache-dir --no-index --no-deps --require-hashes \\
-      --find-links /wheels -r /wheels/requirements.txt
+      --find-links /wheels {" ".join(f"-r /wheels/{f}" for f in requirements)}
 COPY {spec.app.src} {spec.app.dest}
 WORKDIR {spec.app.dest}
 RUN [{q(f'"{a}"' for a in spec.app.build)}]
@@ -95,7 +96,8 @@ def prepare(spec_path: str, cache_dir: Path, ctx: Path) -> tuple[str, str]:
     shutil.copytree(fetched.wheelhouse, ctx / "wheels", copy_function=os.link)
     assert spec.app is not None
     shutil.copytree(spec.base_dir / spec.app.src, ctx / spec.app.src)
-    (ctx / "Dockerfile").write_text(render(spec, r.os_pins, base))
+    files = list(requirement_files(lock).values())
+    (ctx / "Dockerfile").write_text(render(spec, r.os_pins, base, files))
     return base, "imagebuild-bench/dockerfile:latest"
 
 

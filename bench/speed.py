@@ -60,7 +60,9 @@ class Checkout:
 
     def run(self, *args: str, profile: Path | None = None) -> tuple[float, str]:
         """Seconds and stdout of `invoke ARGS` run by this checkout's code."""
+        # Bytecode written and reused as on a user's machine (this sandbox sets the variable).
         env = {**os.environ, "PYTHONPATH": str(self.root)}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         if profile:
             env["IMAGEBUILD_PROFILE"] = str(profile)
         start = time.monotonic()

@@ -247,6 +247,12 @@ def apt_source(repo: Path, suite: str, scheme: str = "file") -> str:
     return f"deb [trusted=yes] {scheme}://{repo} {suite} main"
 
 
+def requirement_files(lock: Lock) -> dict[str, str]:
+    """The wheelhouse's requirements file of each installing role's group, python_env's first."""
+    groups = dict.fromkeys(["python", *(w.group for w in lock.python)])
+    return {g: "requirements.txt" if g == "python" else f"requirements-{g}.txt" for g in groups}
+
+
 def _wheelhouse(cache: Cache, lock: Lock) -> Path:
     key = lock.section_digest("python")
 
@@ -256,8 +262,7 @@ def _wheelhouse(cache: Cache, lock: Lock) -> Path:
         # One requirements file per installing role: python_env's, then each stack's.
         # python_env's file even when the spec's own requirements pin nothing (gpu-probe: every
         # wheel is a stack's): the role reads it in both artifacts.
-        for group in dict.fromkeys(["python", *(w.group for w in lock.python)]):
-            name = "requirements.txt" if group == "python" else f"requirements-{group}.txt"
+        for group, name in requirement_files(lock).items():
             (tmp / name).write_text(
                 "".join(
                     f"{w.name}=={w.version} --hash=sha256:{w.sha256}\n" for w in lock.wheels(group)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from imagebuild.fetch import requirement_files
 from imagebuild.project import Project
 from imagebuild.resolved import resolve
 from imagebuild.spec import load
@@ -18,7 +19,8 @@ import dockerfile  # noqa: E402
 def test_rendered_dockerfile_is_hadolint_clean(tmp_path: Path) -> None:
     spec = load(EXAMPLE / "imagebuild.yaml")
     p = Project(spec)
-    text = dockerfile.render(spec, resolve(p.req, p.lock).os_pins, "base:0123abcd")
+    files = list(requirement_files(p.lock).values())
+    text = dockerfile.render(spec, resolve(p.req, p.lock).os_pins, "base:0123abcd", files)
     (tmp_path / "Dockerfile").write_text(text)
     hadolint = Path(sys.executable).with_name("hadolint")
     r = subprocess.run(
@@ -27,6 +29,7 @@ def test_rendered_dockerfile_is_hadolint_clean(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     for pin in resolve(p.req, p.lock).os_pins:
         assert pin in text
+    assert "-r /wheels/requirements.txt -r /wheels/requirements-onnxruntime.txt" in text
 
 
 def test_the_profile_names_engine_calls_by_endpoint_without_names_or_versions() -> None:
