@@ -61,7 +61,7 @@ def test_upper_dir_whiteouts_opaque_folders_and_exclusions(tmp_path: Path) -> No
     below = {p: ["5", 0o755, 0, 0, 0, SDE, ""] for p in ("etc", "srv", "srv/data", "opt")}
     below |= {p: ["0", 0o644, 0, 0, 2, SDE, ""] for p in ("srv/data/old", "etc/gone.conf")}
 
-    stream, deleted = upper_entries(upper, below, tmp_path)
+    stream, deleted = upper_entries(upper, below, tmp_path, SDE)
     layer, manifest = diff_layer(stream, below, tmp_path / "layer.tar", SDE, deleted=deleted)
 
     assert sorted(deleted) == ["etc/gone.conf", "srv/data/old"]
@@ -71,6 +71,38 @@ def test_upper_dir_whiteouts_opaque_folders_and_exclusions(tmp_path: Path) -> No
     assert got["opt/app/main.py"].islnk() and got["opt/app/main.py"].linkname == "opt/app/alias.py"
     assert not [n for n in got if n.startswith(("tmp/", "var/lib/imagebuild"))]
     assert "srv/data/old" not in manifest and "srv/data/new" in manifest
+
+
+def test_a_stage_after_another_in_one_container_gives_only_its_own_changes(tmp_path: Path) -> None:
+    """Two stages in one container: the upper dir still holds the first stage's files. The
+    second's layer is only what it changed: a file the first made and it left alone is not
+    read again; one it removed (never in the container's image: no whiteout in the upper dir)
+    becomes a whiteout because the first stage's walk saw it."""
+    upper = tmp_path / "upper"
+    (upper / "opt/venv").mkdir(parents=True)
+    for name in ("kept.py", "gone.py", "edited.py"):
+        (upper / "opt/venv" / name).write_text("v1\n")
+        os.utime(upper / "opt/venv" / name, (SDE + 99, SDE + 99))  # clamped to SDE in a layer
+    os.utime(upper / "opt/venv", (SDE + 99, SDE + 99))
+    os.utime(upper / "opt", (SDE + 99, SDE + 99))
+    seen: set[str] = set()
+    (tmp_path / "1").mkdir(), (tmp_path / "2").mkdir()  # each stage's own scratch folder
+    stream, deleted = upper_entries(upper, {}, tmp_path / "1", SDE, seen)
+    first, below = diff_layer(stream, {}, tmp_path / "first.tar", SDE, deleted=deleted)
+    assert first.entries == 5 and seen == set(below)
+    (upper / "opt/venv/gone.py").unlink()
+    (upper / "opt/venv/edited.py").write_text("v2, longer\n")
+    stream, deleted = upper_entries(upper, below, tmp_path / "2", SDE, seen)
+    data = b"".join(stream)
+    assert b"kept.py" not in data and b"edited.py" in data  # unchanged: not read again
+    assert deleted == ["opt/venv/gone.py"] and "opt/venv/gone.py" not in seen
+    second, _ = diff_layer([data], below, tmp_path / "second.tar", SDE, deleted=deleted)
+    assert sorted(names(second.path)) == [
+        "opt",
+        "opt/venv",
+        "opt/venv/.wh.gone.py",
+        "opt/venv/edited.py",
+    ]
 
 
 def test_layer_carries_the_folders_of_its_entries(tmp_path: Path) -> None:

@@ -15,10 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from imagebuild.builders.context import Build
-from imagebuild.builders.layers import (
-    Manifest,
-    excluded,
-)
+from imagebuild.builders.layers import Manifest, excluded
 
 
 def read_file(container: Any, path: str) -> bytes:
@@ -31,13 +28,14 @@ def read_file(container: Any, path: str) -> bytes:
 
 
 def stage_changes(
-    b: Build, container: Any, below: Manifest, tmp: Path
+    b: Build, container: Any, below: Manifest, tmp: Path, seen: set[str] | None = None
 ) -> tuple[Iterable[bytes], list[str] | None]:
     """A stage's changes for `diff_layer`: from the container's upper dir when it is readable
-    here, else through the engine (a few: path by path; many: a full export)."""
+    here (`seen`: what it held after the stages run before in it, updated), else through the
+    engine (a few: path by path; many: a full export)."""
     upper = _upper_dir(b, container)
     if upper is not None:
-        return upper_entries(upper, below, tmp)
+        return upper_entries(upper, below, tmp, b.inputs.lock.source_date_epoch, seen)
     changes = container.diff() or []
     if len(changes) > SMALL_CHANGE:
         return container.export(chunk_size=1 << 20), None
@@ -119,13 +117,21 @@ def _opaque(path: Path) -> bool:
         return False
 
 
-def upper_entries(upper: Path, below: Manifest, tmp: Path) -> tuple[Iterator[bytes], list[str]]:
+def upper_entries(
+    upper: Path, below: Manifest, tmp: Path, sde: int, seen: set[str] | None = None
+) -> tuple[Iterator[bytes], list[str]]:
     """The container's changes read straight from its upper directory (what moby's own diff
     walks) instead of ~1 s of `docker diff` + archive requests: a tar of what is there, and the
     deleted paths (whiteouts: 0/0 character devices; an opaque folder hides everything below
-    it). Gives `diff_layer` the same input as the engine's API would."""
+    it). Gives `diff_layer` the same input as the engine's API would, less what it would drop
+    at once: an entry `below` already holds as it is (a stage before, run in this container,
+    left it; or a folder copied up). `seen`: the paths the upper dir held after the stages run
+    before in this container; one no longer there was removed by this stage (no whiteout marks
+    a path that was never in the container's image). Updated to what it holds now."""
     staging = tmp / "upper.tar"
     deleted: list[str] = []
+    now: set[str] = set()
+    opaque: list[str] = []
     with tarfile.open(staging, "w", format=tarfile.GNU_FORMAT) as out:
         for top, dirs, files in os.walk(upper):
             dirs.sort()
@@ -140,8 +146,11 @@ def upper_entries(upper: Path, below: Manifest, tmp: Path) -> tuple[Iterator[byt
                     if name in dirs:
                         dirs.remove(name)
                     continue
+                now.add(rel)
                 if stat.S_ISDIR(st.st_mode) and _opaque(path):
-                    deleted += [p for p in below if p.startswith(rel + "/")]
+                    opaque.append(rel)
+                if _same(path, st, below.get(rel), sde):
+                    continue
                 info = out.gettarinfo(path, rel)
                 if info is None:  # a socket: not part of an image
                     continue
@@ -150,4 +159,31 @@ def upper_entries(upper: Path, below: Manifest, tmp: Path) -> tuple[Iterator[byt
                         out.addfile(info, f)
                 else:
                     out.addfile(info)
+    # An opaque folder hides what the layers below hold in it: what the upper dir lacks there
+    # is deleted (what it holds is there, changed or not).
+    deleted += [p for p in below if p not in now and _under(p, opaque)]
+    if seen is not None:
+        deleted += sorted(seen - now)
+        seen.clear()
+        seen.update(now)
     return _drain(staging), deleted
+
+
+TYPES = {stat.S_IFREG: "0", stat.S_IFDIR: "5", stat.S_IFLNK: "2"}
+
+
+def _same(path: Path, st: os.stat_result, below: list | None, sde: int) -> bool:
+    """Whether an upper-dir entry is what the layers below hold (`diff_layer` would drop it):
+    a folder copied up, or a file a stage before, run in this container, left there. Told from
+    its stat alone (no tar header made); a hard-linked file is left to the tar's link check."""
+    kind = TYPES.get(stat.S_IFMT(st.st_mode))
+    if below is None or kind is None or (kind == "0" and st.st_nlink > 1):
+        return False
+    size = st.st_size if kind == "0" else 0
+    link = os.readlink(path) if kind == "2" else ""
+    key = [kind, st.st_mode & 0o7777, st.st_uid, st.st_gid, size, min(int(st.st_mtime), sde), link]
+    return key == below
+
+
+def _under(rel: str, folders: list[str]) -> bool:
+    return any(rel.startswith(f + "/") for f in folders)

@@ -23,6 +23,16 @@ from imagebuild.engine import describe, engine, engine_has, load_archive, local_
 from imagebuild.inputs import Inputs
 
 
+@dataclass
+class Shared:
+    """The one container a build's site.yml stages run in (stage_container.site_stage)."""
+
+    container: Any = None
+    app: bool = False  # the app archive is mounted in it
+    holds: list[str] = field(default_factory=list)  # diff_ids of the layers its files are
+    upper: set[str] = field(default_factory=set)  # its upper dir's paths after the last stage
+
+
 @dataclass(frozen=True)
 class Build:
     """What every stage of one build shares."""
@@ -39,6 +49,12 @@ class Build:
     removals: list[Future[None]] = field(default_factory=list)
     remover: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="imagebuild-remove")
+    )
+    shared: Shared = field(default_factory=Shared)
+    # Stage images being loaded while the next stage runs; every other load waits for them.
+    loads: list[Future[None]] = field(default_factory=list)
+    loader: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="imagebuild-load")
     )
 
 
@@ -61,6 +77,7 @@ def new_build(inputs: Inputs) -> Iterator[Build]:
             yield b
             _removed(b)  # a container the engine failed to remove fails the build, as before
         finally:  # also on error or Ctrl-C: no stage container or image outlives its build
+            b.loader.shutdown(wait=True, cancel_futures=True)
             b.remover.shutdown(wait=True)  # the containers first: they hold the images
             # By this build's tag pattern, not only the list: a signal between an image's load
             # and its listing must not leave it behind.
@@ -73,12 +90,24 @@ def new_build(inputs: Inputs) -> Iterator[Build]:
 
 
 def _removed(b: Build) -> None:
-    for done in b.removals:
+    for done in [*b.loads, *b.removals]:
         done.result()
 
 
+def load_later(b: Build, config: bytes, layers: list[Layer], tag: str) -> None:
+    """`load_image` in the background, in order with the other background loads."""
+    b.loads.append(b.loader.submit(_load, b, config, layers, tag))
+
+
 def load_image(b: Build, config: bytes, layers: list[Layer], tag: str) -> None:
-    """Load an image made of `layers`, writing only the layers the engine lacks."""
+    """Load an image made of `layers`, writing only the layers the engine lacks (after the
+    background loads: their layers are then the engine's)."""
+    while b.loads:
+        b.loads.pop(0).result()
+    _load(b, config, layers, tag)
+
+
+def _load(b: Build, config: bytes, layers: list[Layer], tag: str) -> None:
     archive = b.workdir / f"{tag.replace('/', '_').replace(':', '_')}.tar"
     present = engine_has(
         b.client,

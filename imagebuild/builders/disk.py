@@ -27,7 +27,7 @@ from typing import Any
 from imagebuild import diskimage, progress, tools
 from imagebuild.builders.context import Build
 from imagebuild.builders.layers import Layer
-from imagebuild.builders.stages import stage_container
+from imagebuild.builders.stage_container import stage_container
 from imagebuild.cache import sha256_file
 from imagebuild.cache_entries import DISK, Consistency, EntryKind
 from imagebuild.errors import ImageBuildError

@@ -100,6 +100,15 @@ class Layer:
     entries: int
 
 
+def _within(path: str, folders: set[str]) -> bool:
+    """Whether `path` is one of `folders` or below one (its ancestors looked up)."""
+    while path:
+        if path in folders:
+            return True
+        path = path.rpartition("/")[0]
+    return False
+
+
 def _write_sorted(staging: Path, dest: Path, sde: int) -> Layer:
     """Re-write an unsorted staging tar as the final, sorted, normalised layer. A hard-link
     group's data goes with its first name in sorted order and the others link to it: the
@@ -143,10 +152,8 @@ def diff_layer(
     costs no full export. Both give the same layer for the same change."""
     manifest: Manifest = {}
     if deleted is not None:
-        gone = [_norm(d) for d in deleted]
-        manifest = {
-            p: k for p, k in below.items() if not any(p == g or p.startswith(g + "/") for g in gone)
-        }
+        gone = {_norm(d) for d in deleted}
+        manifest = {p: k for p, k in below.items() if not _within(p, gone)}
     staged: set[str] = set()
     fd, staging = tempfile.mkstemp(suffix=".tar", dir=dest.parent)
     os.close(fd)
@@ -161,9 +168,8 @@ def diff_layer(
                     continue
                 if info.islnk():  # "./usr/bin/perl" (mmdebstrap) and "usr/bin/perl" (docker)
                     info.linkname = _norm(info.linkname)
-                # Files from lower layers carry clamped mtimes; compare like with like.
                 key = _key(info)
-                key[5] = min(key[5], sde)
+                key[5] = min(key[5], sde)  # lower layers' files carry clamped mtimes
                 manifest[path] = key
                 if below.get(path) == key:
                     continue

@@ -4,21 +4,19 @@ which Ansible runs that stage's tag."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from imagebuild import profile, progress, provision
-from imagebuild.builders import image as img
+from imagebuild import profile, progress
 from imagebuild.builders.base_layer import mmdebstrap_base, registry_base
 from imagebuild.builders.changes import read_file, stage_changes
-from imagebuild.builders.context import Build, load_image, remove_later
+from imagebuild.builders.context import Build
 from imagebuild.builders.layers import (
     Layer,
     Manifest,
@@ -27,14 +25,11 @@ from imagebuild.builders.layers import (
     load_manifest,
     save_manifest,
 )
+from imagebuild.builders.stage_container import done_stages, site_stage, stage_made
 from imagebuild.cache import Cache
 from imagebuild.cache_entries import STAGE, Consistency
-from imagebuild.engine import connection_vars
 from imagebuild.keys import STAGES
-from imagebuild.leftovers import CACHE_LABEL
-from imagebuild.lock.lockfile import Lock
 from imagebuild.obtain import obtain
-from imagebuild.resolved import APP_ARCHIVE, PATH, REPO_DIR, WHEELS_DIR
 
 
 @dataclass(frozen=True)
@@ -141,90 +136,16 @@ def _make_layer(
     return replace(layer, path=tmp / "layer.tar"), new_manifest, changed
 
 
-def _stage_config(lock: Lock, names: list[str]) -> img.ImageConfig:
-    """Config of the throw-away image a stage container starts from."""
-    return img.ImageConfig(
-        entrypoint=[],
-        cmd=[],
-        env={"PATH": PATH},
-        workdir="/",
-        user="",
-        labels={},
-        created=lock.source_date_epoch,
-        history=[f"imagebuild stage {n}" for n in names],
-    )
-
-
-@contextlib.contextmanager
-def stage_container(
-    b: Build,
-    name: str,
-    below: list[Layer],
-    tags: list[str],
-    playbook: str = "site.yml",
-    repo: Path | None = None,
-    extravars: dict[str, Any] | None = None,
-) -> Iterator[tuple[Any, provision.ProvisionResult]]:
-    """Start a `--network none` container from the layers below, with the local repo, the
-    wheelhouse and the app archive mounted read-only, run `PLAYBOOK --tags TAGS` in it and
-    yield it (paused) with Ansible's result. The container and its throw-away image are
-    removed on exit, also on error or Ctrl-C."""
-    client, spec, lock, build_id = b.client, b.inputs.spec, b.inputs.lock, b.build_id
-    tag = f"imagebuild-stage/{spec.name}:{build_id}-{name}"
-    config = _stage_config(lock, list(STAGES[: len(below)])).render(below)
-    b.stages.append(tag)  # before the load: an interrupted load is cleaned up too
-    load_image(b, config, below, tag)
-    mounts = {
-        str(repo or b.inputs.fetched.repo_shared): {"bind": REPO_DIR, "mode": "ro"},
-        str(b.inputs.fetched.wheelhouse): {"bind": WHEELS_DIR, "mode": "ro"},
-    }
-    # Only where the app role runs (the VM's base-disk stage exports its whole filesystem).
-    app_tar = "app" in tags and b.inputs.resolved.write_app_archive(b.workdir / "app.tar")
-    if app_tar:  # mounted, not uploaded: the role unpacks it in place
-        mounts[app_tar] = {"bind": APP_ARCHIVE, "mode": "ro"}
-    container = None
-    try:
-        container = client.containers.create(
-            tag,
-            entrypoint=["sleep", "infinity"],
-            name=f"imagebuild-{spec.name}-{build_id}-{name}",
-            network_mode="none",
-            labels={"io.imagebuild.build": build_id, CACHE_LABEL: str(b.inputs.cache.root)},
-            volumes=mounts,
-        )
-        container.start()
-        hostvars, ansible_env = provision.container_connection(connection_vars())
-        result = provision.run(
-            container.name,
-            hostvars,
-            {
-                **b.inputs.resolved.playbook_vars(APP_ARCHIVE if app_tar else ""),
-                **(extravars or {}),
-            },
-            tags,
-            b.workdir / f"{name}-ansible",
-            playbook,
-            ansible_env,
-        )
-        # Frozen, not killed: nothing in it writes while its changes are read (a kill waits for
-        # the engine to tear the container down, ~0.2 s; the forced removal does that later).
-        container.pause()
-        yield container, result
-    finally:
-        if container is not None:
-            remove_later(b, container)
-
-
 def _run_stage(
     b: Build, name: str, below: list[Layer], manifest: Manifest, tmp: Path
 ) -> tuple[Layer, Manifest, int]:
     """Run `site.yml --tags NAME` on the layers below; return the layer it adds, the new
     manifest and Ansible's changed count."""
     with (
-        stage_container(b, name, below, [name]) as (container, result),
+        site_stage(b, name, below) as (container, result, seen),
         profile.step("layer from a stage's changes (read, written, hashed)"),
     ):
-        stream, deleted = stage_changes(b, container, manifest, tmp)
+        stream, deleted = stage_changes(b, container, manifest, tmp, seen)
         layer, new_manifest = diff_layer(
             stream,
             manifest,
@@ -271,9 +192,23 @@ def build_layers(
     """Every stage's layer, from the stage cache (local, else the registry's) or built now;
     `starting(name, below)` is told when a stage is about to be built on the layers `below`
     (work that needs only those may run beside it)."""
-    keys, cache = b.inputs.keys.stages, b.inputs.cache
     layers: list[Layer] = []
     results: list[StageResult] = []
+    try:
+        _each_stage(b, label, starting, layers, results)
+    finally:
+        done_stages(b)  # the stages' shared container, also on error or Ctrl-C
+    return layers, results
+
+
+def _each_stage(
+    b: Build,
+    label: str,
+    starting: Starting | None,
+    layers: list[Layer],
+    results: list[StageResult],
+) -> None:
+    keys, cache = b.inputs.keys.stages, b.inputs.cache
     # The file list below the next stage, read only when a stage is built (a stage's list holds
     # every path of the image: reading five of them was most of a no-op build's own time).
     manifest: Manifest | Path = {}
@@ -289,6 +224,8 @@ def build_layers(
             cache, STAGE, key, make, label=f"{label}: {name}", rule=rule, remote=b.inputs.remote
         )
         layer = _entry_layer(cache, key)
+        if origin == "built":
+            stage_made(b, name, below, layer)  # its file in the cache, where it stays
         manifest = made.get("manifest", manifest_path(cache, key))
         layers.append(layer)
         seconds = round(time.monotonic() - start, 2)
@@ -304,4 +241,3 @@ def build_layers(
                 origin == "pulled",
             )
         )
-    return layers, results
