@@ -301,6 +301,31 @@ def test_app_change_rebuilds_only_the_app_layer(built, tmp_path: Path, cache_dir
     assert "python extra=1.0" in (tmp_path / "dist" / packages).read_text()
 
 
+def test_the_base_layer_does_not_take_the_callers_environment(
+    built, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mmdebstrap's chroot runs the packages' maintainer scripts (python3's byte-compilation
+    among them) in the environment it is given: the caller's must not reach the base layer
+    (PYTHONDONTWRITEBYTECODE=1 made python3's .pyc files hash-based: another layer)."""
+    from imagebuild.builders.base_layer import mmdebstrap_base
+    from imagebuild.fetch import local_sources
+    from imagebuild.project import Project
+
+    spec, _, _ = built
+    lock = Project.named(str(spec.path)).lock
+    key = keys_of(spec.path).stages["base"]
+    cached = json.loads((cache_dir / "stages" / key / "layer.json").read_text())["diff_id"]
+    for name, value in {
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONHASHSEED": "7",
+        "LANG": "de_DE.UTF-8",
+        "TZ": "Pacific/Chatham",
+    }.items():
+        monkeypatch.setenv(name, value)
+    layer, _ = mmdebstrap_base(lock, local_sources(lock, Cache(cache_dir)).repo_shared, tmp_path)
+    assert layer.diff_id == cached
+
+
 # Stage changes are read from the engine's overlay upper dirs on this host, or through the
 # engine's API (what a remote engine gets): both must give the same bits.
 @pytest.mark.parametrize("engine_diff", ["0", "1"], ids=["upper-dir", "engine-api"])

@@ -30,6 +30,20 @@ def sources_hook(source: str) -> str:
     return f'printf "%s\\n" {shlex.quote(source)} > "$1/etc/apt/sources.list"'
 
 
+def chroot_env(sde: int) -> dict[str, str]:
+    """mmdebstrap's environment, which its chroot's maintainer scripts inherit: fixed, not the
+    caller's (PYTHONDONTWRITEBYTECODE=1 there turned python3's byte-compiled files from
+    timestamp-based into hash-based ones: another base layer from the same lock)."""
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LC_ALL": "C.UTF-8",
+        "SOURCE_DATE_EPOCH": str(sde),
+    }
+    if "TMPDIR" in os.environ:  # where mmdebstrap's own scratch goes, nothing of the image
+        env["TMPDIR"] = os.environ["TMPDIR"]
+    return env
+
+
 def mmdebstrap_base(lock: Lock, repo: Path, tmp: Path) -> tuple[Layer, Manifest]:
     rootfs = tmp / "rootfs.tar"
     suite = str(lock.header["suite"])
@@ -48,8 +62,7 @@ def mmdebstrap_base(lock: Lock, repo: Path, tmp: Path) -> tuple[Layer, Manifest]
         str(rootfs),
         apt_source(repo, suite, "copy"),
     ]
-    env = {**os.environ, "SOURCE_DATE_EPOCH": str(lock.source_date_epoch)}
-    tools.run(cmd, env=env)
+    tools.run(cmd, env=chroot_env(lock.source_date_epoch))
     try:
         return base_layer(rootfs, tmp / "layer.tar", lock.source_date_epoch)
     finally:
