@@ -113,7 +113,13 @@ def test_a_layer_that_changes_more_than_the_app_is_not_overlaid(tmp_path: Path) 
 
 
 @pytest.mark.parametrize(
-    "name", ["opt/app/x-1.0.dist-info/METADATA", "opt/app/lib/y.egg-info", "opt/app/z.pth"]
+    "name",
+    [
+        "opt/app/x-1.0.dist-info/METADATA",
+        "opt/app/lib/y.egg-info",
+        "opt/app/z.pth",
+        "opt/app/deps/w-1.0-py3.11.egg/EGG-INFO/PKG-INFO",
+    ],
 )
 def test_python_distribution_metadata_is_more_than_app_files(tmp_path: Path, name: str) -> None:
     """What importlib.metadata would list (the inventory runs in the app's folder): such an app

@@ -78,6 +78,20 @@ def test_an_unfinished_archive_leaves_the_last_one_as_it_was(tmp_path: Path) -> 
     assert os.listdir(dest.parent) == [dest.name] and dest.stat().st_nlink == 1
 
 
+def test_a_blob_two_layers_share_is_written_once_also_early(tmp_path: Path) -> None:
+    """Two empty stages below the app (no stacks, an empty one): one blob, begun or not."""
+    ly = layers(tmp_path, b"base", b"", b"", b"python", b"app")
+    digests = []
+    for n, early in enumerate((ly[:4], [])):
+        with OciArchive(tmp_path / f"{n}.oci.tar") as archive:
+            if early:
+                archive.begin(early)
+            digests.append(archive.finish(b"{}", ly, "1", {}))
+        with tarfile.open(tmp_path / f"{n}.oci.tar") as tar:
+            assert len([m for m in tar if m.name.startswith("blobs/")]) == 4 + 2
+    assert digests[0] == digests[1]
+
+
 def test_early_blobs_of_other_layers_are_refused(tmp_path: Path) -> None:
     ly = layers(tmp_path, b"a", b"b")
     dest = tmp_path / "image.oci.tar"

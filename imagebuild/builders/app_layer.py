@@ -24,9 +24,10 @@ TYPES = {
     tarfile.AREGTYPE: "file",
     tarfile.SYMTYPE: "link",
 }
-# A distribution importlib.metadata would list: `python -c` sees its working directory (the
-# app's folder), so such a file there would change what the inventory finds.
-DISTRIBUTION = (".dist-info", ".egg-info", ".egg-link", ".pth")
+# Python distribution metadata, or what could put some on the path: `python -c` sees its
+# working directory (the app's folder), so such a file there could change what the inventory
+# finds (a .pth only counts in a site folder: refused all the same).
+DISTRIBUTION = (".dist-info", ".egg-info", ".egg-link", ".egg", ".pth", ".whl")
 
 
 @dataclass(frozen=True)

@@ -33,13 +33,14 @@ def sources_hook(source: str) -> str:
 def chroot_env(sde: int) -> dict[str, str]:
     """mmdebstrap's environment, which its chroot's maintainer scripts inherit: fixed, not the
     caller's (PYTHONDONTWRITEBYTECODE=1 there turned python3's byte-compiled files from
-    timestamp-based into hash-based ones: another base layer from the same lock)."""
+    timestamp-based into hash-based ones: another base layer from the same lock). Only TMPDIR
+    is taken from the caller: where mmdebstrap keeps its own scratch."""
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "LC_ALL": "C.UTF-8",
         "SOURCE_DATE_EPOCH": str(sde),
     }
-    if "TMPDIR" in os.environ:  # where mmdebstrap's own scratch goes, nothing of the image
+    if "TMPDIR" in os.environ:
         env["TMPDIR"] = os.environ["TMPDIR"]
     return env
 

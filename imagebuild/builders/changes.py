@@ -33,7 +33,7 @@ def stage_changes(
     """A stage's changes for `diff_layer`: from the container's upper dir when it is readable
     here (`seen`: what it held after the stages run before in it, updated), else through the
     engine (a few: path by path; many: a full export)."""
-    upper = _upper_dir(b, container)
+    upper = upper_dir(b, container)
     if upper is not None:
         return upper_entries(upper, below, tmp, b.inputs.lock.source_date_epoch, seen)
     changes = container.diff() or []
@@ -98,7 +98,8 @@ def _drain(staging: Path) -> Iterator[bytes]:
         staging.unlink()
 
 
-def _upper_dir(b: Build, container: Any) -> Path | None:
+def upper_dir(b: Build, container: Any) -> Path | None:
+    """The container's overlay upper dir, where the engine's storage is readable here."""
     if not b.local_overlay:
         return None
     driver = container.attrs.get("GraphDriver") or {}

@@ -133,7 +133,8 @@ def installed(b: Build, tag: str, cfg: img.ImageConfig, layers: list[Layer]) -> 
     the same config, when this app layer only adds the app's files (app_layer: it changes no
     package, so neither would another app): an app-only change starts no inventory container."""
     cache, spec, below_key = b.inputs.cache, b.inputs.spec, b.inputs.keys.stages[STAGES[-2]]
-    only_app = isinstance(
+    # PYTHONPATH may put any of the app's files on the path the inventory reads.
+    only_app = "PYTHONPATH" not in cfg.env and isinstance(
         app_layer.app_files(layers[-1], load_manifest(manifest_path(cache, below_key)), spec),
         app_layer.AppFiles,
     )

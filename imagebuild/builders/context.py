@@ -28,6 +28,7 @@ class Shared:
     """The one container a build's site.yml stages run in (stage_container.site_stage)."""
 
     container: Any = None
+    off: bool = False  # its upper dir is not readable here: one container per stage
     app: bool = False  # the app archive is mounted in it
     holds: list[str] = field(default_factory=list)  # diff_ids of the layers its files are
     upper: set[str] = field(default_factory=set)  # its upper dir's paths after the last stage

@@ -136,10 +136,11 @@ class OciArchive(AbstractContextManager["OciArchive"]):
         self, config: bytes, layers: list[Layer], ref: str, annotations: dict[str, str]
     ) -> tuple[str, str]:
         """Write the rest of the image and close the archive: (manifest digest, the archive's
-        sha256). Only the layers `begin` was given that are this image's first are kept."""
+        sha256). The layers `begin` was given must be this image's first (else an error)."""
         if self._begun is not None:
             self._begun.result()
-        if self._written != [ly.diff_id for ly in layers][: len(self._written)]:
+        blobs = list(dict.fromkeys(ly.diff_id for ly in layers))  # in order, each once
+        if self._written != blobs[: len(self._written)]:
             raise AssertionError("the archive's first blobs are not this image's first layers")
         self._blobs(layers)
         tar = self._open()
@@ -183,8 +184,10 @@ class OciArchive(AbstractContextManager["OciArchive"]):
         # is kept linked through the rename and unlinked in the thread, beside what follows.
         old = self.dest.with_name(f".{self.dest.name}.replaced-{os.getpid()}")
         old.unlink(missing_ok=True)
-        with suppress(FileNotFoundError):
+        with suppress(OSError):  # none there, or a filesystem without hard links: freed inline
             os.link(self.dest, old)
-        self._stack.close()  # the file closed, then renamed into place
-        self._pool.submit(old.unlink, missing_ok=True)
+        try:
+            self._stack.close()  # the file closed, then renamed into place
+        finally:
+            self._pool.submit(old.unlink, missing_ok=True)
         return f"sha256:{manifest_digest}", sha256

@@ -7,7 +7,10 @@ no cache holds up to the app) run one after another in ONE container (`site_stag
 load, container start or removal between them. A stage's changes are then what the upper dir
 holds that the layers below do not (changes.upper_entries, told the paths the stage before left
 there), and each finished layer is loaded into the engine in the background while the next
-stage runs. Through an engine's API (`docker diff`), one container per stage."""
+stage runs. Through an engine's API (`docker diff`), one container per stage; both give the
+same layers (tests/test_container.py builds both ways). What a stage leaves outside the image
+(/tmp, caches, apt's lists) the next one sees, as in the VM, where the play runs whole on one
+machine."""
 
 from __future__ import annotations
 
@@ -16,8 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker.errors
+
 from imagebuild import provision
 from imagebuild.builders import image as img
+from imagebuild.builders.changes import upper_dir
 from imagebuild.builders.context import Build, load_image, load_later, remove_later
 from imagebuild.builders.layers import Layer
 from imagebuild.engine import connection_vars
@@ -89,8 +95,9 @@ def _provision(
     has_app: bool,
     playbook: str = "site.yml",
     extravars: dict[str, Any] | None = None,
-) -> provision.ProvisionResult:
-    """Run `PLAYBOOK --tags TAGS` in the container, then freeze it."""
+) -> tuple[provision.ProvisionResult, bool]:
+    """Run `PLAYBOOK --tags TAGS` in the container, then freeze it; whether it could be frozen
+    (else it was stopped)."""
     hostvars, ansible_env = provision.container_connection(connection_vars())
     result = provision.run(
         container.name,
@@ -101,8 +108,19 @@ def _provision(
         playbook,
         ansible_env,
     )
-    container.pause()
-    return result
+    return result, _freeze(container)
+
+
+def _freeze(container: Any) -> bool:
+    """Pause the container: nothing in it writes while its changes are read. Where the runtime
+    cannot (no cgroup freezer: some rootless engines, gVisor), kill it: its changes stay, only
+    the next stage needs a container of its own."""
+    try:
+        container.pause()
+        return True
+    except docker.errors.APIError:
+        container.kill()  # PID 1 is `sleep infinity`: SIGTERM would only wait for the timeout
+        return False
 
 
 @contextlib.contextmanager
@@ -119,7 +137,7 @@ def stage_container(
     (paused) with Ansible's result; removed on exit, also on error or Ctrl-C."""
     container, has_app = _start(b, name, below, "app" in tags, repo)
     try:
-        yield container, _provision(b, container, name, tags, has_app, playbook, extravars)
+        yield container, _provision(b, container, name, tags, has_app, playbook, extravars)[0]
     finally:
         remove_later(b, container)
 
@@ -131,20 +149,26 @@ def site_stage(
     """Stage `name` of site.yml run on the layers below: yields its container (paused), Ansible's
     result and the paths its upper dir held before this stage (None: a container of its own,
     read through the engine). The container stays for the next stage until `done_stages`."""
-    if not b.local_overlay:
+    shared = b.shared
+    if not b.local_overlay or shared.off:
         with stage_container(b, name, below, [name]) as (container, result):
             yield container, result, None
         return
-    shared = b.shared
     if shared.container is not None and shared.holds == [ly.diff_id for ly in below]:
         shared.container.unpause()
     else:
         done_stages(b)
         shared.container, shared.app = _start(b, name, below, True, None)
         shared.holds, shared.upper = [ly.diff_id for ly in below], set()
+        # Its upper dir must be readable here (not where this runs in a container given the
+        # engine's socket): `docker diff` does not see a path a stage before made and this one
+        # removed. Else this container serves this stage only, and each stage gets its own.
+        shared.off = upper_dir(b, shared.container) is None
     try:
-        result = _provision(b, shared.container, name, [name], shared.app)
-        yield shared.container, result, shared.upper
+        result, frozen = _provision(b, shared.container, name, [name], shared.app)
+        yield shared.container, result, None if shared.off else shared.upper
+        if shared.off or not frozen:
+            done_stages(b)
     except BaseException:
         done_stages(b)
         raise
