@@ -14,7 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from imagebuild import tools
@@ -43,9 +43,17 @@ class Booted:
     serial_log: Path
     seconds_to_ssh: float
     user: str = "root"
+    # Where the first connection that answers stays open for the next commands (a ControlPath:
+    # each handshake with an emulated guest costs a second or more).
+    control: str | None = None
 
     def ssh_argv(self) -> list[str]:
-        opts = [arg for k, v in SSH_OPTIONS.items() for arg in ("-o", f"{k}={v}")]
+        options = SSH_OPTIONS | (
+            {"ControlMaster": "auto", "ControlPath": self.control, "ControlPersist": "60"}
+            if self.control
+            else {}
+        )
+        opts = [arg for k, v in options.items() for arg in ("-o", f"{k}={v}")]
         login = f"{self.user}@127.0.0.1"
         return ["ssh", "-q", "-i", str(self.key), "-p", str(self.port), *opts, login]
 
@@ -168,8 +176,8 @@ def wait_for_ssh(booted: Booted, start: float, timeout: float, alive: Callable[[
             log = booted.serial_log
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise BootError(f"no SSH after {timeout:.0f}s; serial console:\n{tail}")
-        time.sleep(2)
-    return Booted(booted.port, booted.key, booted.serial_log, round(time.monotonic() - start, 1))
+        time.sleep(0.5)  # a refused try costs little: the next one comes soon
+    return replace(booted, seconds_to_ssh=round(time.monotonic() - start, 1))
 
 
 @contextmanager

@@ -13,7 +13,6 @@ import os
 import pwd
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -24,11 +23,11 @@ import testinfra
 from imagebuild.cache import Cache, sha256_file
 from imagebuild.errors import Terminated
 from imagebuild.lock.lockfile import DebPackage, Lock
-from imagebuild.verify import diskhygiene, filebytes, filemeta, interpreter, model
+from imagebuild.verify import diskread, filebytes, filemeta, interpreter, model
 from imagebuild.verify import facts as factsmod
 from imagebuild.verify.filemeta import MORE, SPECIAL, SUMMARY, UNCHECKED, Listing
 from imagebuild.verify.run import Interrupt
-from tests.conftest import ROOT
+from tests.conftest import ROOT, qcow2_disk
 
 
 def load_file(path: Path, name: str) -> ModuleType:
@@ -455,12 +454,13 @@ def test_the_suite_collects_once_and_writes_no_report_when_interrupted(
     conftest = load_file(ROOT / "imagebuild" / "verify" / "suite" / "conftest.py", "suite_conftest")
     calls = []
 
-    def collect(path: str, project: object) -> dict[str, Any]:
+    def collect(path: str, project: object, disk: object) -> dict[str, Any]:
         calls.append(path)
         raise Terminated
 
     monkeypatch.setattr(conftest, "_collect", collect)
     monkeypatch.setattr(conftest, "_project", lambda config, path: None)
+    monkeypatch.setattr(conftest, "_handed", lambda config, name: None)
     ctx = str(tmp_path / "context.json")
     config = SimpleNamespace(getoption=lambda _: ctx)
     for _ in range(2):
@@ -485,18 +485,7 @@ def disk_image(tmp_path: Path) -> Path:
     (rootfs / "root" / ".ssh" / "authorized_keys").write_text("ssh-ed25519 AAAA left\n")
     (rootfs / "var" / "lib" / "dkms").mkdir(parents=True)
     (rootfs / "var" / "lib" / "dkms" / "mok.key").write_text("-----BEGIN PRIVATE KEY-----\n")
-    fs = tmp_path / "fs.img"
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(rootfs), str(fs), "16M"], check=True)
-    raw = tmp_path / "disk.raw"
-    with raw.open("wb") as out:
-        out.truncate(1 << 20)
-        out.seek(1 << 20)
-        out.write(fs.read_bytes())
-    qcow2 = tmp_path / "disk.qcow2"
-    subprocess.run(
-        ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)], check=True
-    )
-    return qcow2
+    return qcow2_disk(rootfs, tmp_path)
 
 
 def children() -> set[str]:
@@ -508,20 +497,20 @@ def test_the_disk_hygiene_is_read_and_the_copy_never_outlives_an_interrupt(
     tmp_path: Path,
 ) -> None:
     qcow2 = disk_image(tmp_path)
-    with diskhygiene.disk_reading(qcow2) as read:
-        assert read is not None
-        got = read()
+    want = {"venv": None, "app": "/nonexistent", "skip": []}
+    with diskread.DiskRead(qcow2, tmp_path / "read", filebytes.SCRIPT, want) as reading:
+        got = reading.hygiene()
     assert got["authorized SSH keys (disk image)"] == "authorized_keys"
     assert got["root password (disk image)"] == "locked"
     assert got["/etc/machine-id content (disk image)"] == ""
     assert got["DKMS module-signing private key (disk image)"] == "/var/lib/dkms/mok.key"
     assert got.keys() == model.DISK_HYGIENE.keys()  # every row verify expects, read
     before = children()
-    folders = set(Path(tempfile.gettempdir()).glob("imagebuild-hygiene-*"))
-    with pytest.raises(Terminated), diskhygiene.disk_reading(qcow2):
+    mine = f"{diskread.SCRATCH}{os.getpid()}-*"
+    with pytest.raises(Terminated), diskread.DiskRead(qcow2, tmp_path / "r2", "", want):
         raise Terminated  # SIGTERM while the copy runs
     assert children() == before
-    assert set(Path(tempfile.gettempdir()).glob("imagebuild-hygiene-*")) == folders
+    assert not list(diskread.SHM.glob(mine)) and not (tmp_path / "r2").exists()
 
 
 def test_a_mode_or_group_the_package_sets_itself_is_its_own() -> None:

@@ -10,7 +10,6 @@ import re
 import shlex
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from packaging.utils import canonicalize_name
@@ -20,7 +19,8 @@ from imagebuild.lock.lockfile import Lock
 from imagebuild.requested import Requested
 from imagebuild.spec import Spec
 from imagebuild.verify import filebytes, gpu, interpreter
-from imagebuild.verify.diskhygiene import disk_reading
+from imagebuild.verify.background import in_background, timed
+from imagebuild.verify.diskread import DiskRead
 from imagebuild.verify.filemeta import Listing
 from imagebuild.verify.interpreter import Interpreters, ScriptFailed, text, texts
 from imagebuild.verify.items import (
@@ -92,9 +92,15 @@ def _env_pairs(pairs: list[str]) -> dict[str, str]:
 
 
 def collect(
-    host: Any, artifact: str, req: Requested, lock: Lock, config: dict[str, Any], disk: Path | None
+    host: Any,
+    artifact: str,
+    req: Requested,
+    lock: Lock,
+    config: dict[str, Any],
+    disk: DiskRead | None,
 ) -> tuple[Facts, Listing | None]:
-    """`artifact` is "container" (config = the image config) or "vm" (disk = the qcow2).
+    """`artifact` is "container" (config = the image config) or "vm" (disk = its disk image,
+    read on this host: the hygiene rows and the file digests, see diskread).
     `seconds`: each group's time (the digest script runs behind the others). Also the listing
     of what every file is (filemeta.judge compares the two), None where the script failed.
     What needs the artifact's Python is read with the first of its interpreters that runs;
@@ -102,16 +108,18 @@ def collect(
     spec = req.spec
     laps = Laps()
     pythons = interpreter.probe(host, interpreter.candidates(spec, lock))
-    hashing = filebytes.start(host, spec, pythons.working) if pythons.working else None
+    digests = disk if disk is not None and disk.digesting else None
+    parts = ("meta",) if digests else filebytes.PARTS
+    hashing = filebytes.start(host, spec, pythons.working, parts) if pythons.working else None
     laps.lap("interpreter")
-    # The disk image's hygiene is read on this host (qemu-img + debugfs): beside the VM's checks.
-    with disk_reading(disk) as image:
-        facts, run_as = _collect(host, artifact, req, lock, config, laps, pythons)
-        if image is not None:
-            facts["hygiene"] |= image()
-    laps.lap("the rest of the disk image's hygiene")
+    facts, run_as = _collect(host, artifact, req, lock, config, laps, pythons)
+    if disk is not None:
+        facts["hygiene"] |= disk.hygiene()
+        laps.lap("the rest of the disk image's hygiene")
     more, listing = (
-        filebytes.finish(hashing) if hashing else (filebytes.unread(pythons.problem()), None)
+        filebytes.finish(hashing, disk=digests)
+        if hashing
+        else (filebytes.unread(pythons.problem()), None)
     )
     merge(facts, more)
     laps.lap("bytes: what the digest script still needed")
@@ -168,39 +176,29 @@ def _collect(
     pythons: Interpreters,
 ) -> tuple[Facts, str]:
     """The facts read over the host's own commands, and the prefix that runs a command as the
-    runtime user there."""
+    runtime user there. The inventory runs beside the others: each waits on its own commands
+    (the VM's a guest CPU each)."""
     spec = req.spec
-    raw, unread = _inventory(host, req, pythons)
-    laps.lap("inventory: packages, imports, libraries")
-    deb, python = raw["deb"], raw["python"]
-    # The VM's own section is locked too, for the VM only.
-    locked_debs = {p.name for p in [*lock.shared, *(lock.vm if artifact == "vm" else [])]}
-    locked_py = {w.name for w in lock.python}
+    inventoried = in_background(lambda: timed(_inventory, host, req, pythons), "verify-inventory")
     wrapper = host.file(WRAPPER)
-    facts: Facts = {
-        "deb": deb,
-        "deb-unlocked": {UNLOCKED_DEBS: json.dumps(sorted(set(deb) - locked_debs))},
-        "python": python,
-        "python-unlocked": {
-            VENV_TOOLING: " ".join(
-                sorted(f"{n}=={v}" for n, v in python.items() if n not in locked_py)
-            )
-        },
-        "import": raw["import"],
-        "lib": raw["lib"],
-        "entrypoint": {WRAPPER_SHA: wrapper.sha256sum if wrapper.exists else ABSENT},
-        "interpreter": interpreter.rows(pythons),
-        "unread": unread,
-    }
     start = STARTS[artifact](host, spec, config, wrapper)
-    facts["entrypoint"] |= {ARGV: start.argv, STARTED_BY: start.started_by}
+    facts: Facts = {
+        "entrypoint": {
+            WRAPPER_SHA: wrapper.sha256sum if wrapper.exists else ABSENT,
+            ARGV: start.argv,
+            STARTED_BY: start.started_by,
+        },
+        "interpreter": interpreter.rows(pythons),
+    }
     user, env, run_as = start.user, start.env, start.run_as
     laps.lap("entrypoint, user, env")
-    smoke = host.run(f"env {smoke_command(spec, run_as)}")
-    facts["smoke"] = {
-        smoke_command(spec): smoke.stdout.strip() if smoke.rc == 0 else smoke.stderr.strip()[-200:],
-        f"{smoke_command(spec)}: exit status": str(smoke.rc),
-    }
+    if not spec.verify.commands:  # the smoke rows stand in for the behaviour rows
+        smoke = host.run(f"env {smoke_command(spec, run_as)}")
+        out = smoke.stdout.strip() if smoke.rc == 0 else smoke.stderr.strip()[-200:]
+        facts["smoke"] = {
+            smoke_command(spec): out,
+            f"{smoke_command(spec)}: exit status": str(smoke.rc),
+        }
     facts["behaviour"] = {}
     for cmd in behaviour_commands(spec):
         r = host.run(f"env {smoke_command(spec, run_as, cmd)}")
@@ -216,6 +214,26 @@ def _collect(
         **start.hygiene,
     }
     laps.lap("setuid scan")
+    (raw, unread), seconds = inventoried.result()
+    laps.lap("inventory: what it still needed")
+    laps.laps["inventory: packages, imports, libraries (beside the above)"] = f"{seconds:.1f}"
+    deb, python = raw["deb"], raw["python"]
+    # The VM's own section is locked too, for the VM only.
+    locked_debs = {p.name for p in [*lock.shared, *(lock.vm if artifact == "vm" else [])]}
+    locked_py = {w.name for w in lock.python}
+    facts |= {
+        "deb": deb,
+        "deb-unlocked": {UNLOCKED_DEBS: json.dumps(sorted(set(deb) - locked_debs))},
+        "python": python,
+        "python-unlocked": {
+            VENV_TOOLING: " ".join(
+                sorted(f"{n}=={v}" for n, v in python.items() if n not in locked_py)
+            )
+        },
+        "import": raw["import"],
+        "lib": raw["lib"],
+        "unread": unread,
+    }
     return facts, run_as
 
 
@@ -278,13 +296,20 @@ class Laps:
 
 
 SETUID_SCRIPT = r"""
+unowned() {
+  dpkg -S "$@" 2>&1 >/dev/null | sed -n 's/^dpkg-query: no path found matching pattern //p'
+}
 files=$(find / -xdev -type f \( -perm -4000 -o -perm -2000 \) 2>/dev/null)
 [ -n "$files" ] || exit 0
-# dpkg knows merged-/usr files by the path their package ships (/bin/su, not /usr/bin/su).
-miss=$(dpkg -S $files 2>&1 >/dev/null | sed -n 's/^dpkg-query: no path found matching pattern //p')
+miss=$(unowned $files)
+[ -n "$miss" ] || exit 0
+# dpkg knows merged-/usr files by the path their package ships (/bin/su, not /usr/bin/su): those
+# asked again, in one call (each dpkg -S reads every package's file list: seconds under TCG).
+alts=$(for f in $miss; do [ "${f#/usr}" != "$f" ] && echo "${f#/usr}"; done)
+still=$(if [ -n "$alts" ]; then unowned $alts; fi)
 for f in $miss; do
   alt=${f#/usr}
-  [ "$alt" != "$f" ] && dpkg -S "$alt" >/dev/null 2>&1 || echo "$f"
+  [ "$alt" != "$f" ] && ! printf '%s\n' $still | grep -qxF -- "$alt" || echo "$f"
 done
 """
 
