@@ -85,7 +85,7 @@ def main() -> None:
         t = statistics.median(r[k] for r in runs["this"])
         ratio = f"{t / b:.2f}x" if k == "total" and b else ""
         rows.append((f"{k} (median of {args.runs})", f"{b:.1f}", f"{t:.1f} {ratio}".strip()))
-    table(rows, last="this checkout (target: total <= 1.5x)", value=f"baseline {args.baseline}")
+    table(rows, last="this checkout (#25 target: total <= 45 s)", value=f"baseline {args.baseline}")
 
 
 if __name__ == "__main__":
