@@ -130,25 +130,6 @@ def http_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[s
         srv.shutdown()
 
 
-def qcow2_disk(rootfs: Path, tmp_path: Path, change: str | None = None) -> Path:
-    """A qcow2 whose root partition (at 1 MiB, as the base disk has it) is a real ext4 holding
-    `rootfs`; `change`: a `debugfs -w` request applied to it first (a damaged filesystem)."""
-    fs = tmp_path / "fs.img"
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(rootfs), str(fs), "16M"], check=True)
-    if change:
-        subprocess.run(["debugfs", "-w", "-R", change, str(fs)], check=True, capture_output=True)
-    raw = tmp_path / "disk.raw"
-    with raw.open("wb") as out:
-        out.truncate(1 << 20)
-        out.seek(1 << 20)
-        out.write(fs.read_bytes())
-    qcow2 = tmp_path / "disk.qcow2"
-    subprocess.run(
-        ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)], check=True
-    )
-    return qcow2
-
-
 def tree(path: Path) -> set[str]:
     return {str(p.relative_to(path)) for p in path.rglob("*")} if path.exists() else set()
 

@@ -13,6 +13,7 @@ import os
 import pwd
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -23,11 +24,11 @@ import testinfra
 from imagebuild.cache import Cache, sha256_file
 from imagebuild.errors import Terminated
 from imagebuild.lock.lockfile import DebPackage, Lock
-from imagebuild.verify import diskread, filebytes, filemeta, interpreter, model
+from imagebuild.verify import diskhygiene, filebytes, filemeta, interpreter, model
 from imagebuild.verify import facts as factsmod
 from imagebuild.verify.filemeta import MORE, SPECIAL, SUMMARY, UNCHECKED, Listing
 from imagebuild.verify.run import Interrupt
-from tests.conftest import ROOT, qcow2_disk
+from tests.conftest import ROOT
 
 
 def load_file(path: Path, name: str) -> ModuleType:
@@ -124,17 +125,23 @@ def test_the_scripts_output_is_what_verify_reads(
     (app / "main.py").write_text("print('hi')\n")
     (app / "main.py").chmod(0o644)
     real_popen = subprocess.Popen
+    dpkg = ["true"]
 
     def popen(argv: list[str], **kw: Any) -> subprocess.Popen[str]:
-        return real_popen(["true"] if argv[:2] == ["dpkg", "--verify"] else argv, **kw)
+        return real_popen(dpkg if argv[:2] == ["dpkg", "--verify"] else argv, **kw)
 
     monkeypatch.setattr(SCRIPT.subprocess, "Popen", popen)
-    out = json.loads(json.dumps(SCRIPT.main({"venv": None, "app": str(app), "skip": []})))
+    want = {"venv": None, "app": str(app), "skip": []}
+    out = json.loads(json.dumps(SCRIPT.main(want)))
     meta = Listing.from_json(out["meta"])
     assert meta.trees[str(app / "main.py")] == f"file 0644 {ME}"
     assert meta.packages["dpkg"][1]["/usr/bin/dpkg"] == "file 0755 root:root"
     assert "/proc" in meta.mounts and "/" not in meta.mounts
     assert out["deb"] == "none" and set(out["app"]) == {"main.py"}
+    # A dpkg that dies printed no finding either: that is a failure, never "none".
+    dpkg[:] = ["sh", "-c", "kill -9 $$"]
+    with pytest.raises(SystemExit, match="dpkg --verify failed: exit -9"):
+        SCRIPT.main(want)
 
 
 # --- judging two listings ---------------------------------------------------------------------
@@ -454,13 +461,12 @@ def test_the_suite_collects_once_and_writes_no_report_when_interrupted(
     conftest = load_file(ROOT / "imagebuild" / "verify" / "suite" / "conftest.py", "suite_conftest")
     calls = []
 
-    def collect(path: str, project: object, disk: object) -> dict[str, Any]:
+    def collect(path: str, project: object) -> dict[str, Any]:
         calls.append(path)
         raise Terminated
 
     monkeypatch.setattr(conftest, "_collect", collect)
     monkeypatch.setattr(conftest, "_project", lambda config, path: None)
-    monkeypatch.setattr(conftest, "_handed", lambda config, name: None)
     ctx = str(tmp_path / "context.json")
     config = SimpleNamespace(getoption=lambda _: ctx)
     for _ in range(2):
@@ -485,7 +491,18 @@ def disk_image(tmp_path: Path) -> Path:
     (rootfs / "root" / ".ssh" / "authorized_keys").write_text("ssh-ed25519 AAAA left\n")
     (rootfs / "var" / "lib" / "dkms").mkdir(parents=True)
     (rootfs / "var" / "lib" / "dkms" / "mok.key").write_text("-----BEGIN PRIVATE KEY-----\n")
-    return qcow2_disk(rootfs, tmp_path)
+    fs = tmp_path / "fs.img"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(rootfs), str(fs), "16M"], check=True)
+    raw = tmp_path / "disk.raw"
+    with raw.open("wb") as out:
+        out.truncate(1 << 20)
+        out.seek(1 << 20)
+        out.write(fs.read_bytes())
+    qcow2 = tmp_path / "disk.qcow2"
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)], check=True
+    )
+    return qcow2
 
 
 def children() -> set[str]:
@@ -497,20 +514,20 @@ def test_the_disk_hygiene_is_read_and_the_copy_never_outlives_an_interrupt(
     tmp_path: Path,
 ) -> None:
     qcow2 = disk_image(tmp_path)
-    want = {"venv": None, "app": "/nonexistent", "skip": []}
-    with diskread.DiskRead(qcow2, tmp_path / "read", filebytes.SCRIPT, want) as reading:
-        got = reading.hygiene()
+    with diskhygiene.disk_reading(qcow2) as read:
+        assert read is not None
+        got = read()
     assert got["authorized SSH keys (disk image)"] == "authorized_keys"
     assert got["root password (disk image)"] == "locked"
     assert got["/etc/machine-id content (disk image)"] == ""
     assert got["DKMS module-signing private key (disk image)"] == "/var/lib/dkms/mok.key"
     assert got.keys() == model.DISK_HYGIENE.keys()  # every row verify expects, read
     before = children()
-    mine = f"{diskread.SCRATCH}{os.getpid()}-*"
-    with pytest.raises(Terminated), diskread.DiskRead(qcow2, tmp_path / "r2", "", want):
+    folders = set(Path(tempfile.gettempdir()).glob("imagebuild-hygiene-*"))
+    with pytest.raises(Terminated), diskhygiene.disk_reading(qcow2):
         raise Terminated  # SIGTERM while the copy runs
     assert children() == before
-    assert not list(diskread.SHM.glob(mine)) and not (tmp_path / "r2").exists()
+    assert set(Path(tempfile.gettempdir()).glob("imagebuild-hygiene-*")) == folders
 
 
 def test_a_mode_or_group_the_package_sets_itself_is_its_own() -> None:

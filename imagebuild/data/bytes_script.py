@@ -14,13 +14,7 @@ JSON:
   entries), `mounts` (mount points: the engine's and the boot's, not the image's),
   `overrides` (dpkg-statoverride: path -> "MODE USER:GROUP").
 
-Argument: JSON `{"venv": PATH or null, "app": PATH, "skip": [paths that are ours]}`, and
-optionally `"parts"`: `["digests"]` (deb, conffiles, record, venv-extra, venv, app, unlocked) or
-`["meta"]` (meta), both by default; `"root"` + `"tools"`: read the files of a disk image dumped
-at `root` on the host that verifies it, confined there (chroot: every path, link and `..`
-resolves inside it, as in the booted VM) and running the host's own dpkg copied to `tools`
-inside it (never a program of the image). Only the digests are read that way: no user or group
-names (glibc's NSS would load the image's modules).
+Argument: JSON `{"venv": PATH or null, "app": PATH, "skip": [paths that are ours]}`.
 """
 
 import base64
@@ -95,7 +89,7 @@ def with_package(paths):
     shown = sorted(paths)[:LIMIT]
     bare = [p.removesuffix(" (missing)") for p in shown]
     r = (
-        subprocess.run([*DPKG["dpkg-query"], "-S", *bare], capture_output=True, text=True)
+        subprocess.run(["dpkg-query", "-S", *bare], capture_output=True, text=True)
         if bare
         else None
     )
@@ -139,17 +133,15 @@ def b64(digest):
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def survey(top, parts=("digests", "meta")):
+def survey(top):
     """One walk below `top` (links not followed, byte-code caches aside: root's imports write
     them in one artifact and not the other): {path: sha256} of the regular files and
-    {path: description} of every entry, `top` included (each only where `parts` names it)."""
+    {path: description} of every entry, `top` included."""
     digests: dict[str, bytes] = {}
     meta: dict[str, str] = {}
     if not os.path.isdir(top):
         return digests, meta
-    hashing, describing = "digests" in parts, "meta" in parts
-    if describing:
-        meta[top] = describe(top)
+    meta[top] = describe(top)
     for root, dirs, files in os.walk(top):
         dirs[:] = [d for d in dirs if d != "__pycache__"]
         for name in dirs + [f for f in files if not f.endswith(".pyc")]:
@@ -158,24 +150,19 @@ def survey(top, parts=("digests", "meta")):
                 st = os.lstat(path)
             except OSError:
                 continue
-            if describing:
-                meta[path] = describe(path, st)
-            if hashing and stat.S_ISREG(st.st_mode):
+            meta[path] = describe(path, st)
+            if stat.S_ISREG(st.st_mode):
                 digests[path] = sha256(path)
     return digests, meta
 
 
 NAMES: dict[tuple[str, int], str] = {}
-DPKG = {"dpkg": ["dpkg"], "dpkg-query": ["dpkg-query"]}  # the host's, by `tools`, when confined
-CONFINED: list[str] = []  # the root when confined: no name lookups then
 
 
 def name_of(kind, number):
     """A user's or group's name in this artifact (the numbers of system users differ between
     the container and the VM, their names do not); the number where it has none."""
     key = (kind, number)
-    if CONFINED:
-        raise RuntimeError("no user or group names in a dumped image: NSS would load its modules")
     if key not in NAMES:
         try:
             NAMES[key] = (pwd.getpwuid if kind == "user" else grp.getgrgid)(number)[0]
@@ -219,7 +206,7 @@ def package_lists():
 def installed():
     """{package (as its .list file is named): version} of what is installed."""
     fmt = "${db:Status-Abbrev}\t${binary:Package}\t${Version}\n"
-    r = subprocess.run([*DPKG["dpkg-query"], "-W", "-f", fmt], capture_output=True, text=True)
+    r = subprocess.run(["dpkg-query", "-W", "-f", fmt], capture_output=True, text=True)
     rows = (line.split("\t") for line in r.stdout.splitlines())
     # Status-Abbrev: wanted, state, error; state `i` is installed (held ones too)
     return {row[1]: row[2] for row in rows if len(row) == 3 and row[0][1:2] == "i"}
@@ -269,8 +256,7 @@ def owned(lists):
     return paths
 
 
-def unlocked(skip, mine, preload=None):
-    """`preload`: whether /etc/ld.so.preload exists, where `confine` had to remove it."""
+def unlocked(skip, mine):
     found = []
     for top in ("/usr/bin", "/usr/sbin", "/usr/local"):
         for root, _, files in os.walk(top):
@@ -282,58 +268,34 @@ def unlocked(skip, mine, preload=None):
                 if os.path.islink(path) and os.readlink(path).startswith("/etc/alternatives/"):
                     continue
                 found.append(path)
-    if os.path.exists("/etc/ld.so.preload") if preload is None else preload:
+    if os.path.exists("/etc/ld.so.preload"):
         found.append("/etc/ld.so.preload")
     return found
 
 
-def confine(root, tools):
-    """Enter the dumped image (see the module's doc); returns whether it has /etc/ld.so.preload,
-    which is then removed from the dump: the dynamic loader that runs the host's dpkg in there
-    would load what it names."""
-    hashlib.md5(b"").digest()  # OpenSSL reads its configuration on first use: the host's, now
-    hashlib.sha256(b"").digest()
-    os.chroot(root)
-    os.chdir("/")
-    sys.path.clear()  # a late import must not find the image's modules
-    CONFINED.append(root)
-    loader = [f"{tools}/ld.so", "--library-path", tools]
-    DPKG.update({name: [*loader, f"{tools}/{name}"] for name in DPKG})
-    preload = os.path.exists("/etc/ld.so.preload")
-    with contextlib.suppress(OSError):
-        os.unlink("/etc/ld.so.preload")
-    return preload
-
-
 def main(want):
-    parts = want.get("parts", ["digests", "meta"])
-    preload = confine(want["root"], want["tools"]) if want.get("root") else None
     # dpkg hashes the packages' files while this process hashes the venv's: two CPUs busy.
-    dpkg = None
-    if "digests" in parts:
-        dpkg = subprocess.Popen([*DPKG["dpkg"], "--verify"], stdout=subprocess.PIPE, text=True)
+    dpkg = subprocess.Popen(["dpkg", "--verify"], stdout=subprocess.PIPE, text=True)
     lists = package_lists()
-    out = {}
-    venv, venv_meta = survey(want["venv"], parts) if want.get("venv") else ({}, {})
-    app, app_meta = survey(want["app"], parts)
-    if "meta" in parts:
-        out["meta"] = {
-            "packages": packages_meta(lists),
-            "trees": venv_meta | app_meta,
-            "mounts": mount_points(),
-            "overrides": stat_overrides(),
-        }
-    if dpkg is not None:
-        out["unlocked"] = listed(unlocked(want["skip"], owned(lists), preload))
-        if want.get("venv"):
-            changed, extra, whole = venv_record(want["venv"], venv)
-            out |= {"record": listed(changed), "venv-extra": listed(extra), "venv": whole}
-        out["app"] = {os.path.relpath(p, want["app"]): d.hex() for p, d in app.items()}
-        found = dpkg.communicate()[0]
-        if dpkg.returncode != 0:  # findings exit 0 too: this one did not check (a dead dpkg)
-            sys.exit(f"dpkg --verify failed: exit {dpkg.returncode}")
-        plain, conf = dpkg_verify(found)
-        out |= {"deb": listed(plain), "conffiles": listed(conf)}
+    out = {"unlocked": listed(unlocked(want["skip"], owned(lists)))}
+    trees = {}
+    if want.get("venv"):
+        digests, trees = survey(want["venv"])
+        changed, extra, whole = venv_record(want["venv"], digests)
+        out |= {"record": listed(changed), "venv-extra": listed(extra), "venv": whole}
+    app, app_meta = survey(want["app"])
+    out["app"] = {os.path.relpath(p, want["app"]): d.hex() for p, d in app.items()}
+    out["meta"] = {
+        "packages": packages_meta(lists),
+        "trees": trees | app_meta,
+        "mounts": mount_points(),
+        "overrides": stat_overrides(),
+    }
+    found = dpkg.communicate()[0]
+    if dpkg.returncode != 0:  # findings exit 0 too: this one did not check (a dead dpkg)
+        sys.exit(f"dpkg --verify failed: exit {dpkg.returncode}")
+    plain, conf = dpkg_verify(found)
+    out |= {"deb": listed(plain), "conffiles": listed(conf)}
     return out
 
 

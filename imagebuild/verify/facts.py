@@ -10,6 +10,7 @@ import re
 import shlex
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from packaging.utils import canonicalize_name
@@ -19,8 +20,7 @@ from imagebuild.lock.lockfile import Lock
 from imagebuild.requested import Requested
 from imagebuild.spec import Spec
 from imagebuild.verify import filebytes, gpu, interpreter
-from imagebuild.verify.background import in_background, timed
-from imagebuild.verify.diskread import DiskRead
+from imagebuild.verify.diskhygiene import disk_reading
 from imagebuild.verify.filemeta import Listing
 from imagebuild.verify.interpreter import Interpreters, ScriptFailed, text, texts
 from imagebuild.verify.items import (
@@ -92,15 +92,9 @@ def _env_pairs(pairs: list[str]) -> dict[str, str]:
 
 
 def collect(
-    host: Any,
-    artifact: str,
-    req: Requested,
-    lock: Lock,
-    config: dict[str, Any],
-    disk: DiskRead | None,
+    host: Any, artifact: str, req: Requested, lock: Lock, config: dict[str, Any], disk: Path | None
 ) -> tuple[Facts, Listing | None]:
-    """`artifact` is "container" (config = the image config) or "vm" (disk = its disk image,
-    read on this host: the hygiene rows and the file digests, see diskread).
+    """`artifact` is "container" (config = the image config) or "vm" (disk = the qcow2).
     `seconds`: each group's time (the digest script runs behind the others). Also the listing
     of what every file is (filemeta.judge compares the two), None where the script failed.
     What needs the artifact's Python is read with the first of its interpreters that runs;
@@ -108,18 +102,16 @@ def collect(
     spec = req.spec
     laps = Laps()
     pythons = interpreter.probe(host, interpreter.candidates(spec, lock))
-    digests = disk if disk is not None and disk.digesting else None
-    parts = ("meta",) if digests else filebytes.PARTS
-    hashing = filebytes.start(host, spec, pythons.working, parts) if pythons.working else None
+    hashing = filebytes.start(host, spec, pythons.working) if pythons.working else None
     laps.lap("interpreter")
-    facts, run_as = _collect(host, artifact, req, lock, config, laps, pythons)
-    if disk is not None:
-        facts["hygiene"] |= disk.hygiene()
-        laps.lap("the rest of the disk image's hygiene")
+    # The disk image's hygiene is read on this host (qemu-img + debugfs): beside the VM's checks.
+    with disk_reading(disk) as image:
+        facts, run_as = _collect(host, artifact, req, lock, config, laps, pythons)
+        if image is not None:
+            facts["hygiene"] |= image()
+    laps.lap("the rest of the disk image's hygiene")
     more, listing = (
-        filebytes.finish(hashing, disk=digests)
-        if hashing
-        else (filebytes.unread(pythons.problem()), None)
+        filebytes.finish(hashing) if hashing else (filebytes.unread(pythons.problem()), None)
     )
     merge(facts, more)
     laps.lap("bytes: what the digest script still needed")
@@ -176,23 +168,35 @@ def _collect(
     pythons: Interpreters,
 ) -> tuple[Facts, str]:
     """The facts read over the host's own commands, and the prefix that runs a command as the
-    runtime user there. The inventory runs beside the others: each waits on its own commands
-    (the VM's a guest CPU each)."""
+    runtime user there."""
     spec = req.spec
-    inventoried = in_background(lambda: timed(_inventory, host, req, pythons), "verify-inventory")
+    raw, unread = _inventory(host, req, pythons)
+    laps.lap("inventory: packages, imports, libraries")
+    deb, python = raw["deb"], raw["python"]
+    # The VM's own section is locked too, for the VM only.
+    locked_debs = {p.name for p in [*lock.shared, *(lock.vm if artifact == "vm" else [])]}
+    locked_py = {w.name for w in lock.python}
     wrapper = host.file(WRAPPER)
-    start = STARTS[artifact](host, spec, config, wrapper)
     facts: Facts = {
-        "entrypoint": {
-            WRAPPER_SHA: wrapper.sha256sum if wrapper.exists else ABSENT,
-            ARGV: start.argv,
-            STARTED_BY: start.started_by,
+        "deb": deb,
+        "deb-unlocked": {UNLOCKED_DEBS: json.dumps(sorted(set(deb) - locked_debs))},
+        "python": python,
+        "python-unlocked": {
+            VENV_TOOLING: " ".join(
+                sorted(f"{n}=={v}" for n, v in python.items() if n not in locked_py)
+            )
         },
+        "import": raw["import"],
+        "lib": raw["lib"],
+        "entrypoint": {WRAPPER_SHA: wrapper.sha256sum if wrapper.exists else ABSENT},
         "interpreter": interpreter.rows(pythons),
+        "unread": unread,
     }
+    start = STARTS[artifact](host, spec, config, wrapper)
+    facts["entrypoint"] |= {ARGV: start.argv, STARTED_BY: start.started_by}
     user, env, run_as = start.user, start.env, start.run_as
     laps.lap("entrypoint, user, env")
-    if not spec.verify.commands:  # the smoke rows stand in for the behaviour rows
+    if not spec.verify.commands:  # only then are the smoke rows asked for (items.py)
         smoke = host.run(f"env {smoke_command(spec, run_as)}")
         out = smoke.stdout.strip() if smoke.rc == 0 else smoke.stderr.strip()[-200:]
         facts["smoke"] = {
@@ -214,26 +218,6 @@ def _collect(
         **start.hygiene,
     }
     laps.lap("setuid scan")
-    (raw, unread), seconds = inventoried.result()
-    laps.lap("inventory: what it still needed")
-    laps.laps["inventory: packages, imports, libraries (beside the above)"] = f"{seconds:.1f}"
-    deb, python = raw["deb"], raw["python"]
-    # The VM's own section is locked too, for the VM only.
-    locked_debs = {p.name for p in [*lock.shared, *(lock.vm if artifact == "vm" else [])]}
-    locked_py = {w.name for w in lock.python}
-    facts |= {
-        "deb": deb,
-        "deb-unlocked": {UNLOCKED_DEBS: json.dumps(sorted(set(deb) - locked_debs))},
-        "python": python,
-        "python-unlocked": {
-            VENV_TOOLING: " ".join(
-                sorted(f"{n}=={v}" for n, v in python.items() if n not in locked_py)
-            )
-        },
-        "import": raw["import"],
-        "lib": raw["lib"],
-        "unread": unread,
-    }
     return facts, run_as
 
 

@@ -10,7 +10,6 @@ import json
 import shlex
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ import testinfra
 
 from imagebuild import inventory, resolved, roles
 from imagebuild.spec import Spec
-from imagebuild.verify.diskread import DiskRead
 from imagebuild.verify.filemeta import Listing
 from imagebuild.verify.interpreter import ScriptFailed, parse, texts
 from imagebuild.verify.items import WRAPPER
@@ -38,12 +36,8 @@ ROWS = [
     ("programs and /usr/local files no package owns, /etc/ld.so.preload", "unlocked", "none", True),
 ]
 APP_TREE = "app folder sha256 (every file)"
-# What the script's output gives: its digests' kinds and its listing's (all of it unread when it
-# gives nothing).
-DIGEST_KINDS = ("bytes", "app-file")
-META_KINDS = ("files", "file-meta")
-KINDS = DIGEST_KINDS + META_KINDS
-PARTS = ("digests", "meta")
+# What the script's output gives: all of it is unread when it gives nothing.
+KINDS = ("bytes", "app-file", "files", "file-meta")
 
 
 def as_root(host: Any) -> Any:
@@ -76,26 +70,16 @@ def ours(spec: Spec) -> list[str]:
     return sorted(paths)
 
 
-def want(spec: Spec) -> dict[str, Any]:
-    """The script's argument for this spec."""
-    return {
+def start(host: Any, spec: Spec, python: str) -> Running:
+    """Start the script in the background: it hashes every package and venv file (about 20 s
+    on the VM under TCG) while verify collects the other facts over many short round trips.
+    `python`: an interpreter of the artifact that runs (interpreter.probe); it needs only the
+    standard library."""
+    arg = {
         "venv": spec.python.venv if spec.python else None,
         "app": spec.app.dest if spec.app else "/nonexistent",
         "skip": ours(spec),
     }
-
-
-def reading(disk: Path, work: Path, spec: Spec) -> DiskRead:
-    """The VM's disk read on this host (see diskread), started now."""
-    return DiskRead(disk, work, SCRIPT, want(spec))
-
-
-def start(host: Any, spec: Spec, python: str, parts: tuple[str, ...] = PARTS) -> Running:
-    """Start the script in the background: it hashes every package and venv file (about 30 s
-    of an emulated CPU on the VM under TCG: there, `parts` leaves the digests to diskread) while
-    verify collects the other facts over many short round trips. `python`: an interpreter of
-    the artifact that runs (interpreter.probe); it needs only the standard library."""
-    arg = want(spec) | {"parts": list(parts)}
     out = f"/tmp/imagebuild-verify-bytes-{uuid.uuid4().hex[:8]}.json"
     cmd = f"{shlex.quote(python)} -c {shlex.quote(SCRIPT)} {shlex.quote(json.dumps(arg))}"
     job = f'{cmd} > {out}.part 2> {out}.err; echo "exit $?" >> {out}.err; mv {out}.part {out}'
@@ -109,60 +93,29 @@ def unread(why: str) -> dict[str, dict[str, str]]:
     return {"unread": dict.fromkeys(KINDS, why), "bytes": {}, "app-file": {}}
 
 
-def _result(run: Running, timeout: float) -> dict[str, Any]:
-    """What the script printed in the artifact; ScriptFailed says why there is nothing."""
+def finish(run: Running, timeout: float = 900) -> tuple[dict[str, dict[str, str]], Listing | None]:
+    """The rows, and the listing of what every path is (None where the script failed: its
+    rows then say why, by `unread`)."""
     deadline = time.monotonic() + timeout
     while (r := run.host.run(f"cat {run.out}")).rc != 0:
         if time.monotonic() > deadline:
-            raise ScriptFailed(f"the file digest script gave no result in {timeout:.0f}s")
+            return unread(f"the file digest script gave no result in {timeout:.0f}s"), None
         time.sleep(1)
     err = run.host.run(f"cat {run.out}.err; rm -f {run.out} {run.out}.err").stdout
     stderr, _, code = err.rstrip().rpartition("exit ")
-    return parse(_what(run), int(code) if code.isdigit() else -1, r.stdout, stderr)
-
-
-def _what(run: Running) -> str:
-    return f"the file digest script ({run.python})"
-
-
-def _attempt(get: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
+    what = f"the file digest script ({run.python})"
     try:
-        return get(), None
+        raw = parse(what, int(code) if code.isdigit() else -1, r.stdout, stderr)
+        rows = texts({row: raw[key] for row, key, _, _ in ROWS if key in raw})
+        app = texts(raw["app"])
+        listing = Listing.from_json(raw["meta"])
     except ScriptFailed as e:
-        return {}, str(e)
-
-
-def _digest_rows(raw: dict[str, Any]) -> dict[str, dict[str, str]]:
-    rows = texts({row: raw[key] for row, key, _, _ in ROWS if key in raw})
-    app = texts(raw["app"])
+        return unread(str(e)), None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        return unread(f"{what} printed another shape: {e!r}"), None
     whole = hashlib.sha256("".join(f"{p}\0{d}\n" for p, d in sorted(app.items())).encode())
     rows[APP_TREE] = f"{whole.hexdigest()} ({len(app)} files)"
-    return {"bytes": rows, "app-file": app}
-
-
-def finish(
-    run: Running, timeout: float = 900, disk: DiskRead | None = None
-) -> tuple[dict[str, dict[str, str]], Listing | None]:
-    """The rows, and the listing of what every path is (None where the script failed: its
-    rows then say why, by `unread`). With `disk`, the digests are the disk's (started with
-    parts=("meta",) in the artifact)."""
-    shape = (KeyError, TypeError, ValueError, AttributeError)
-    raw, why = _attempt(lambda: _result(run, timeout))
-    sums, sums_why = _attempt(disk.digests) if disk else (raw, why)
-    facts: dict[str, dict[str, str]] = {"unread": {}, "bytes": {}, "app-file": {}}
-    listing = None
-    try:
-        listing = None if why else Listing.from_json(raw["meta"])
-    except shape as e:
-        why = f"{_what(run)} printed another shape: {e!r}"
-    try:
-        facts |= {} if sums_why else _digest_rows(sums)
-    except shape as e:
-        who = _what(run) if disk is None else "the file digest script over the disk"
-        sums_why = f"{who} printed another shape: {e!r}"
-    facts["unread"] |= dict.fromkeys(META_KINDS, why) if why else {}
-    facts["unread"] |= dict.fromkeys(DIGEST_KINDS, sums_why) if sums_why else {}
-    return facts, listing
+    return {"bytes": rows, "app-file": app}, listing
 
 
 def items(spec: Spec, container_app_files: list[str]) -> list[Item]:

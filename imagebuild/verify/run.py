@@ -20,8 +20,7 @@ from imagebuild.builders.formats import filename
 from imagebuild.cache import default_root
 from imagebuild.errors import ImageBuildError
 from imagebuild.project import Project
-from imagebuild.verify import attestation, filebytes, hosts, vmdisk
-from imagebuild.verify.diskread import DiskRead
+from imagebuild.verify import attestation, hosts, vmdisk
 
 if TYPE_CHECKING:
     from securesystemslib.signer import Signer
@@ -96,12 +95,10 @@ class Interrupt:
 
 
 class Handed:
-    """The task's project and the VM disk's reading, handed to the suite
-    (imagebuild/verify/suite/conftest.py)."""
+    """The task's project, handed to the suite (imagebuild/verify/suite/conftest.py)."""
 
-    def __init__(self, project: Project, disk: DiskRead) -> None:
+    def __init__(self, project: Project) -> None:
         self.imagebuild_project = project
-        self.imagebuild_disk = disk
 
 
 def _vm_disk(artifact: Path, work: Path, qcow2: Path, disk_gb: int) -> Path:
@@ -150,8 +147,6 @@ def verify(
                 if problems := checksums.check(dist, [artifact]):
                     raise VerifyFailed("; ".join(problems) + " (rebuild it, or pass --vm)")
         disk = _vm_disk(artifact, work / "disk", artifact.with_name(qcow2), spec.vm.disk_gb)
-        # Read on this host beside the boot, which leaves a core idle under TCG (diskread).
-        reading = up.enter_context(filebytes.reading(disk, work / "disk-read", spec))
         with progress.stage("verify: container up", f"{ref}, --network none") as st:
             c = up.enter_context(hosts.container(ref, service=spec.verify.service is not None))
             seconds["container start"] = c.seconds
@@ -203,7 +198,7 @@ def verify(
                     str(ctx),
                     f"--junitxml={ctx.parent / 'junit.xml'}",
                 ],
-                plugins=[interrupt, Handed(project, reading)],
+                plugins=[interrupt, Handed(project)],
             )
             if interrupt.caught is not None:
                 raise interrupt.caught

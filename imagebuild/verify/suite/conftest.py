@@ -7,10 +7,10 @@ collected by the same code, one parametrised test per item of imagebuild.verify.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import tempfile
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,6 @@ from imagebuild.cache import Cache
 from imagebuild.project import Project
 from imagebuild.verify import facts as factsmod
 from imagebuild.verify import filebytes, filemeta, interpreter, service
-from imagebuild.verify.background import in_background
-from imagebuild.verify.diskread import DiskRead
 from imagebuild.verify.items import items
 
 
@@ -39,8 +37,7 @@ def _ctx(config: pytest.Config) -> dict[str, Any]:
     path = config.getoption("--ib-context")
     if path not in _CONTEXTS:
         try:
-            disk = _handed(config, "imagebuild_disk")
-            _CONTEXTS[path] = _collect(path, _project(config, path), disk)
+            _CONTEXTS[path] = _collect(path, _project(config, path))
         except BaseException as e:
             _CONTEXTS[path] = e
             raise
@@ -51,46 +48,23 @@ def _ctx(config: pytest.Config) -> dict[str, Any]:
 
 
 def _project(config: pytest.Config, path: str) -> Project:
-    """The project `invoke verify` loaded; read from the context's spec path only when the
-    suite is run on its own."""
-    got = _handed(config, "imagebuild_project")
-    return (
-        got
-        if isinstance(got, Project)
-        else Project.named(json.loads(Path(path).read_text())["spec"])
-    )
-
-
-def _handed(config: pytest.Config, name: str) -> Any:
-    """What `invoke verify` handed over as a plugin's attribute (this suite runs in its
-    process); None when the suite is run on its own."""
+    """The project `invoke verify` loaded, handed over as a plugin (this suite runs in its
+    process); read from the context's spec path only when the suite is run on its own."""
     for plugin in config.pluginmanager.get_plugins():
-        if (got := getattr(plugin, name, None)) is not None:
+        if isinstance(got := getattr(plugin, "imagebuild_project", None), Project):
             return got
-    return None
+    return Project.named(json.loads(Path(path).read_text())["spec"])
 
 
-def _collect(path: str, project: Project, disk: DiskRead | None) -> dict[str, Any]:
-    """`disk`: the VM's disk as verify reads it on this host since before the boot; read from
-    the context's disk path here when the suite is run on its own."""
+def _collect(path: str, project: Project) -> dict[str, Any]:
     ctx = json.loads(Path(path).read_text())
-    with contextlib.ExitStack() as stack:
-        if disk is None:
-            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="imagebuild-disk-"))
-            disk = stack.enter_context(
-                filebytes.reading(Path(ctx["disk"]), Path(tmp), project.spec)
-            )
-        return _collect_with(ctx, project, disk)
-
-
-def _collect_with(ctx: dict[str, Any], project: Project, disk: DiskRead) -> dict[str, Any]:
     spec, req, lock = project.spec, project.req, project.lock
 
     def one(artifact: str) -> tuple[dict[str, Any], Any]:
         h = ctx["hosts"][artifact]
         host = testinfra.get_host(h["url"])
-        on_disk = disk if artifact == "vm" else None
-        found, listing = factsmod.collect(host, artifact, req, lock, h["config"], on_disk)
+        disk = Path(ctx["disk"]) if artifact == "vm" else None
+        found, listing = factsmod.collect(host, artifact, req, lock, h["config"], disk)
         if h["service_url"]:
             laps = factsmod.Laps()
             found |= service.facts(testinfra.get_host(h["service_url"]), artifact, spec)
@@ -100,8 +74,18 @@ def _collect_with(ctx: dict[str, Any], project: Project, disk: DiskRead) -> dict
 
     # Both artifacts at once: each side mostly waits on its own commands (docker exec, ssh to an
     # emulated guest), so the container's facts cost no wall time beside the VM's. The VM's stay
-    # on this thread; the container's run on a daemon thread (in_background).
-    done = in_background(lambda: one("container"), "verify-container-facts")
+    # on this thread (its disk copy is killed at once when verify unwinds); the container's run
+    # on a daemon thread, which nothing waits for on Ctrl-C or SIGTERM (an executor's threads
+    # are joined at exit: a poll still running there would hold the exit up).
+    done: Future[tuple[dict[str, Any], Any]] = Future()
+
+    def container() -> None:
+        try:
+            done.set_result(one("container"))
+        except BaseException as e:  # handed to the waiting thread, raised there
+            done.set_exception(e)
+
+    threading.Thread(target=container, name="verify-container-facts", daemon=True).start()
     collected = {"vm": one("vm"), "container": done.result()}
     facts = {artifact: collected[artifact][0] for artifact in ("container", "vm")}
     listings = {artifact: collected[artifact][1] for artifact in ("container", "vm")}
