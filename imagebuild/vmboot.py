@@ -43,17 +43,9 @@ class Booted:
     serial_log: Path
     seconds_to_ssh: float
     user: str = "root"
-    # Where the first connection that answers stays open for the next commands (a ControlPath:
-    # each handshake with an emulated guest costs a second or more).
-    control: str | None = None
 
     def ssh_argv(self) -> list[str]:
-        options = SSH_OPTIONS | (
-            {"ControlMaster": "auto", "ControlPath": self.control, "ControlPersist": "60"}
-            if self.control
-            else {}
-        )
-        opts = [arg for k, v in options.items() for arg in ("-o", f"{k}={v}")]
+        opts = [arg for k, v in SSH_OPTIONS.items() for arg in ("-o", f"{k}={v}")]
         login = f"{self.user}@127.0.0.1"
         return ["ssh", "-q", "-i", str(self.key), "-p", str(self.port), *opts, login]
 

@@ -218,10 +218,7 @@ def _libvirt_vm(
     setup, start = round(time.monotonic() - start, 1), time.monotonic()
     try:
         booted = vmboot.wait_for_ssh(
-            vmboot.Booted(port, key, serial, 0.0, control=control_path(work)),
-            start,
-            300,
-            lambda: dom.isActive() == 1,
+            vmboot.Booted(port, key, serial, 0.0), start, 300, lambda: dom.isActive() == 1
         )
         host = _ssh_host(booted, work, f"libvirt {conn.getURI()} (domain type qemu)")
         yield replace(host, setup_seconds=setup, service_url=host.url)
@@ -231,17 +228,12 @@ def _libvirt_vm(
         overlay.unlink(missing_ok=True)
 
 
-def control_path(work: Path) -> str:
-    """The SSH connection shared by the boot's last probe and the suite's commands."""
-    return str(work / "ssh-%C")
-
-
 def _ssh_host(booted: vmboot.Booted, work: Path, how: str) -> Host:
     config = work / "ssh_config"
     # One SSH connection for the whole run (testinfra asks for ControlMaster=auto, but without a
     # ControlPath ssh makes none): each command then costs a round trip, not a handshake with
     # an emulated guest (the VM's facts: 43 s -> see README's verify figures).
-    options = vmboot.SSH_OPTIONS | {"ControlPath": control_path(work)}
+    options = vmboot.SSH_OPTIONS | {"ControlPath": str(work / "ssh-%C")}
     config.write_text("Host *\n" + "".join(f"  {k} {v}\n" for k, v in options.items()))
     url = (
         f"ssh://root@127.0.0.1:{booted.port}?ssh_identity_file={booted.key}"
