@@ -288,13 +288,13 @@ files=$(find / -xdev -type f \( -perm -4000 -o -perm -2000 \) 2>/dev/null)
 miss=$(unowned $files)
 [ -n "$miss" ] || exit 0
 # dpkg knows merged-/usr files by the path their package ships (/bin/su, not /usr/bin/su): those
-# asked again, in one call (each dpkg -S reads every package's file list: seconds under TCG).
-alts=$(for f in $miss; do [ "${f#/usr}" != "$f" ] && echo "${f#/usr}"; done)
-still=$(if [ -n "$alts" ]; then unowned $alts; fi)
+# asked again without /usr, in one call (each dpkg -S reads every package's file list: seconds
+# under TCG); what is still unowned then is named by its /usr path.
+alts=""
 for f in $miss; do
-  alt=${f#/usr}
-  [ "$alt" != "$f" ] && ! printf '%s\n' $still | grep -qxF -- "$alt" || echo "$f"
+  if [ "${f#/usr/}" != "$f" ]; then alts="$alts ${f#/usr}"; else echo "$f"; fi
 done
+[ -z "$alts" ] || for a in $(unowned $alts); do echo "/usr$a"; done
 """
 
 
