@@ -329,35 +329,6 @@ def _hostile_caller() -> tuple[dict[str, str], tuple[str, ...]]:
     return hostile, flip
 
 
-def test_clean_rebuild_gives_the_same_image_id(
-    built, locked_example: Path, cache_dir: Path, tmp_path: Path
-) -> None:
-    """Stage changes read through the engine's API (`docker diff`: what a remote engine gets)
-    give the same bits as the upper dirs the session's build read. The upper-dir path's own
-    clean rebuild is test_exported_blobs_build_the_same_image_without_the_network's."""
-    spec, _, first_run = built
-    ref = f"{spec.repository}:{spec.version}"
-    first = image_id(first_run.stdout)
-    # Empty stage cache (same verified downloads), image removed from the engine.
-    cache = tmp_path / "cache"
-    shutil.copytree(cache_dir, cache, ignore=shutil.ignore_patterns("stages", "disks", "logs"))
-    docker.from_env().images.remove(ref, force=True)
-    hostile, flip = _hostile_caller()
-    r = run_invoke(
-        "build-container",
-        "--spec",
-        str(locked_example),
-        "--cache-dir",
-        str(cache),
-        "--dist",
-        str(tmp_path / "dist"),
-        env={"IMAGEBUILD_ENGINE_DIFF": "1", **hostile},
-        prefix=flip,
-    )
-    assert r.returncode == 0, r.stderr
-    assert image_id(r.stdout) == first == inspect(ref)["Id"]
-
-
 def test_corrupt_deb_in_cache_is_refused(
     tmp_path: Path, locked_example: Path, cache_dir: Path
 ) -> None:
@@ -538,18 +509,26 @@ def test_import_refuses_bytes_that_are_not_what_the_lock_says(
     )
 
 
-def test_two_builds_on_one_cache_at_once(
+def test_two_clean_builds_at_once_give_the_same_image_id_through_the_engine_api(
     built, locked_example: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
-    """Two cold builds of one spec started together on one cache: one waits for the other
-    (saying so), both succeed with the same image ID, nothing corrupt in the cache."""
+    """Two cold builds of one spec started together on one cache, in another caller's
+    environment, the image removed from the engine: one waits for the other (saying so), both
+    succeed with the session build's image ID, nothing corrupt in the cache. The one that builds
+    reads its stages' changes through the engine's API (`docker diff`: what a remote engine
+    gets): the same bits as the upper dirs the session's build read (the upper-dir path's clean
+    rebuild is test_exported_blobs_build_the_same_image_without_the_network's)."""
     spec, _, first_run = built
+    ref = f"{spec.repository}:{spec.version}"
     cache = tmp_path / "cache"
     shutil.copytree(cache_dir, cache, ignore=shutil.ignore_patterns("stages", "disks", "logs"))
+    docker.from_env().images.remove(ref, force=True)
+    hostile, flip = _hostile_caller()
     invoke = str(Path(sys.executable).with_name("invoke"))
     procs = [
         subprocess.Popen(
             [
+                *flip,
                 invoke,
                 "build-container",
                 "--spec",
@@ -562,12 +541,14 @@ def test_two_builds_on_one_cache_at_once(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, "IMAGEBUILD_ENGINE_DIFF": "1", **hostile},
         )
         for n in (1, 2)
     ]
     outs = [p.communicate(timeout=1200) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
-    assert image_id(outs[0][0]) == image_id(outs[1][0]) == image_id(first_run.stdout)
+    first = image_id(first_run.stdout)
+    assert image_id(outs[0][0]) == image_id(outs[1][0]) == first == inspect(ref)["Id"]
     assert any("waiting for imagebuild build-container (pid" in err for _, err in outs)
 
 

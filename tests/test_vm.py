@@ -251,40 +251,34 @@ def test_virt_v2v_reads_the_ova_as_the_spec_asked(vm_built) -> None:
     assert disks[0] == "0" and len(nics) == 1, r.stdout
 
 
-def test_nocloud_seed_logs_in_its_user_on_every_clone(vm_built, tmp_path: Path) -> None:
+def test_nocloud_seed_logs_in_its_user_on_a_clone(vm_built, tmp_path: Path) -> None:
     """The qcow2 as a libvirt or OpenStack user boots it: under libvirt, with a NoCloud seed made
-    by cloud-localds carrying a user and key made here. cloud-init creates the user, SSH as that
-    user works, the service runs. A second clone (a new instance) is a first boot again: the
-    shipped image holds no instance of its own, so cloud-init runs again."""
+    by cloud-localds carrying a user, key and hostname made here. cloud-init creates the user,
+    SSH as that user works, the service runs, and the seed's instance is the only one: the
+    shipped image holds none of its own (Packer's boot left none), so every clone is a first
+    boot. (A second clone booted a second overlay of the same bytes: nothing more to see; the
+    disk's own /var/lib/cloud is also a hygiene row of verify.)"""
     spec, dist, _ = vm_built
     disk = dist / f"{_stem(spec)}.qcow2"
-    for n in (1, 2):
-        key, name = make_key(tmp_path / f"key{n}"), f"clouduser{n}"
-        iso = seed.nocloud(
-            tmp_path / f"seed{n}.iso",
-            instance_id=f"iid-clone-{n}",
-            hostname=f"clone-{n}",
-            cloud_config={"users": [seed.user(name, Path(f"{key}.pub").read_text())]},
+    key, name = make_key(tmp_path / "key"), "clouduser"
+    iso = seed.nocloud(
+        tmp_path / "seed.iso",
+        instance_id="iid-clone-1",
+        hostname="clone-1",
+        cloud_config={"users": [seed.user(name, Path(f"{key}.pub").read_text())]},
+    )
+    work = tmp_path / "vm"
+    with hosts.vm(disk, work, spec.vm.memory_mb, spec.vm.cpus, "libvirt", iso) as host:
+        port = urlsplit(host.url).port
+        assert port is not None
+        as_user = Booted(port, key, work / "serial.log", 0.0, user=name)
+        probe = (
+            "id -un; hostname; cloud-init status --wait | tail -1; ls /var/lib/cloud/instances;"
+            f" sudo -n systemctl is-active {spec.service_name}"
         )
-        work = tmp_path / f"vm{n}"
-        with hosts.vm(disk, work, spec.vm.memory_mb, spec.vm.cpus, "libvirt", iso) as host:
-            port = urlsplit(host.url).port
-            assert port is not None
-            as_user = Booted(port, key, work / "serial.log", 0.0, user=name)
-            probe = (
-                "id -un; hostname; cloud-init status --wait | tail -1; ls /var/lib/cloud/instances;"
-                f" sudo -n systemctl is-active {spec.service_name}"
-            )
-            r = as_user.ssh(probe, timeout=600)
-            assert r.returncode == 0, r.stderr + work.joinpath("serial.log").read_text()[-3000:]
-            assert r.stdout.split() == [
-                name,
-                f"clone-{n}",
-                "status:",
-                "done",
-                f"iid-clone-{n}",
-                "active",
-            ]
+        r = as_user.ssh(probe, timeout=600)
+        assert r.returncode == 0, r.stderr + work.joinpath("serial.log").read_text()[-3000:]
+        assert r.stdout.split() == [name, "clone-1", "status:", "done", "iid-clone-1", "active"]
 
 
 def _libvirt_state(conn: Any) -> tuple[set[str], set[str], set[str]]:
