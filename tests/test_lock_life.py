@@ -169,8 +169,8 @@ class _Snapshot(http.server.BaseHTTPRequestHandler):
         parts = self.path.split("/", 4)  # '', 'archive', 'debian', timestamp, rest
         self.seen.append(parts[4] if len(parts) == 5 else self.path)
         try:
-            if parts[-1] in self.cached:
-                body = self.cached[parts[-1]].read_bytes()
+            if len(parts) == 5 and parts[4] in self.cached:
+                body = self.cached[parts[4]].read_bytes()
             else:
                 with urllib.request.urlopen(f"{self.upstream}/{parts[4]}", timeout=60) as r:
                     body = r.read()
@@ -192,7 +192,8 @@ def test_a_snapshot_lock_is_resolved_and_fetched_from_the_snapshot(
     _Snapshot.seen = []
     session = locking.read(locked_example.with_suffix(".lock"))
     source = Cache(cache_dir)
-    _Snapshot.cached = {p.filename: source.blob(p.sha256) for p in session.shared + session.vm}
+    blobs = {p.filename: source.blob(p.sha256) for p in session.shared + session.vm}
+    _Snapshot.cached = {name: blob for name, blob in blobs.items() if blob.is_file()}
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Snapshot)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
