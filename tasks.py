@@ -475,6 +475,33 @@ def push(c, spec=DEFAULT_SPEC, cache_dir=None, registry=None, dist="dist"):
         print(f"attached {tag}")
 
 
+@cli(
+    dist="Folder of the builds to check (default ./dist): its SHA256SUMS says what each artifact "
+    "must be.",
+    check="Compare the rebuilt artifacts with DIST's (rebuild only checks; it never replaces "
+    "them). Exit 1 naming each that differs and, for a disk, its differing files.",
+    reuse_layers="Take the container's stage layers from this cache (each checked against its "
+    "key) and rebuild only the VM's base disk and formats.",
+)
+def rebuild(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", check=False, reuse_layers=False):
+    """What an independent rebuilder runs: build the spec again from its lock in a private cache
+    (the downloads linked, nothing a build derived) and compare the OCI archive and every VM
+    format with DIST/SHA256SUMS. Packer's pass is not rerun: nothing it writes ships."""
+    from imagebuild.builders import rebuild as rebuilding
+
+    OptionError.check(not check and "--check: required (rebuild compares; the builds build)")
+    p = Project.named(spec)
+    with distlock.exclusive(Path(dist), "rebuild"):
+        found = rebuilding.check(p, _cache(cache_dir), Path(dist), reuse_layers)
+    for f in found:
+        print(f.render())
+    if differ := [f.name for f in found if not f.same]:
+        raise rebuilding.RebuildError(
+            f"rebuild --check: {len(differ)} of {len(found)} artifacts differ from {dist}: "
+            + ", ".join(differ)
+        )
+
+
 @cli()
 def all(c, spec=DEFAULT_SPEC, cache_dir=None):  # noqa: A001 - the task's name on the CLI
     """The main job: fetch, plan, build-container, build-vm, verify, from the lock as it is (a
@@ -491,4 +518,4 @@ def all(c, spec=DEFAULT_SPEC, cache_dir=None):  # noqa: A001 - the task's name o
         step(c, spec=p, cache_dir=cache_dir)
 
 
-ns = Collection(lock, fetch, plan, build_container, build_vm, verify, push, scan, all)
+ns = Collection(lock, fetch, plan, build_container, build_vm, verify, rebuild, push, scan, all)

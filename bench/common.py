@@ -72,12 +72,15 @@ def private_example(
 
 
 def cold_cache(cache_dir: str, dest: Path) -> Path:
-    """Downloads and repos linked, no stage/disk caches: a cold build without network time."""
+    """Downloads and repos linked, nothing a build derives (stages, disks, the app overlay's VMs,
+    inventories): a cold build without network time."""
     shutil.copytree(
         cache_dir,
         dest,
         copy_function=os.link,
-        ignore=shutil.ignore_patterns("stages", "disks", "apt", "logs", "imagebuild-*"),
+        ignore=shutil.ignore_patterns(
+            "stages", "disks", "vms", "inventories", "apt", "logs", "imagebuild-*"
+        ),
     )
     return dest
 

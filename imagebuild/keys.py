@@ -16,7 +16,7 @@ from imagebuild.requested import BASE_PACKAGES
 from imagebuild.resolved import Resolved
 
 STAGES = ("base", "os", "python", "stacks", "app")
-DISK_LAYOUT = "2"  # bump when builders/disk.py's layout code changes
+DISK_LAYOUT = "3"  # bump when builders/disk.py, disk_tree.py or ext4.py change what they write
 # Part of every stage key: bump when builders/layers.py makes different layers from the same
 # input (2: folders of every entry included, hard links compared without "./", etc/mtab excluded).
 LAYER_FORMAT = "2"

@@ -183,3 +183,20 @@ def shared_changed(lines: list[str], spec: Spec) -> list[str]:
     comes from the container's layers, anything here means the two diverged."""
     shared = (*SHARED_ROLES, *spec.stacks)
     return [t for t in changed_tasks(lines) if t.split(" : ")[0] in shared]
+
+
+# Roles the Packer pass runs for itself: the sources mount and the trace removal change a
+# booted guest by design; everything else was done when the base disk was made.
+PASS_ROLES = ("vm_sources", "vm_finalize")
+
+
+def check_converged(lines: list[str]) -> None:
+    """The VM ships the base disk, not the disk Packer's pass booted: a task of that pass that
+    changed anything (other than PASS_ROLES) made a guest the shipped disk is not."""
+    changed = [t for t in changed_tasks(lines) if t.split(" : ")[0] not in PASS_ROLES]
+    if changed:
+        raise ProvisionError(
+            "Packer's pass over the base disk changed what the base disk should already have "
+            f"(the shipped disk would lack it): {', '.join(changed)}; make these tasks "
+            "idempotent (`changed_when`), or let the base disk's `--tags vm` run do them"
+        )

@@ -32,7 +32,7 @@ variable "output_dir" {
 
 variable "base_disk" {
   type        = string
-  description = "The base disk (qcow2) imagebuild made from the container's layers."
+  description = "A throw-away qcow2 overlay of the base disk imagebuild made from the container's layers: the pass checks and inventories it; the outputs are made from the base disk itself."
 }
 
 variable "base_disk_sha256" {

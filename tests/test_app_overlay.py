@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 from imagebuild.builders import app_layer, app_overlay
-from imagebuild.builders.disk import PART_OFFSET, make_ext4_image
+from imagebuild.builders.disk import PART_OFFSET
+from imagebuild.builders.ext4 import make_image
 from imagebuild.builders.layers import Layer
 
 SDE = 1_700_000_000
@@ -61,7 +62,7 @@ def prior(tmp_path: Path) -> app_overlay.Prior:
     (tree / "opt/app/keep.py").write_text("v1\n")
     (tree / "usr/local/bin/imagebuild-entrypoint").write_text("#!/bin/sh\n")
     raw, disk = tmp_path / "disk.raw", tmp_path / "disk.qcow2"
-    make_ext4_image(
+    make_image(
         tree, raw, 64 << 20, "root", "2b5c3c3e-0000-4000-8000-000000000001", SDE, PART_OFFSET
     )
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, disk], check=True)

@@ -23,6 +23,7 @@ LOCK = SimpleNamespace(source_date_epoch=0)
 
 def packer_disk(tmp_path: Path) -> Path:
     """An uncompressed qcow2 holding 16 MiB of very compressible data, as Packer leaves it."""
+    tmp_path.mkdir(exist_ok=True)
     raw = tmp_path / "disk.raw"
     raw.write_bytes(b"imagebuild " * ((16 << 20) // 11))
     disk = tmp_path / "packer-out" / "vm.qcow2"
@@ -54,9 +55,12 @@ def test_formats_read_the_right_disk_and_the_shipped_one_is_compressed(
     vm_outputs.make_formats(written, made, None, LOCK)  # type: ignore[arg-type]
     assert seen["a.out"] == (written, size)
     disk_b, size_b = seen["b.out"]
-    assert disk_b == written.with_name("compressed.qcow2") and size_b < size // 4
+    assert disk_b == tmp_path / "compressed.qcow2" and size_b < size // 4  # beside the outputs
     assert not written.exists()  # read by then; not carried to the end of the build
     assert all(p.read_text() == "made" for p in made.values())
+    base = packer_disk(tmp_path / "cache")  # the cached base disk the qemu target ships
+    vm_outputs.make_formats(base, made, None, LOCK, keep=True)  # type: ignore[arg-type]
+    assert base.exists() and base.stat().st_size == size
 
 
 def test_a_failing_format_stops_the_compression(tmp_path: Path, monkeypatch) -> None:

@@ -389,6 +389,55 @@ def test_second_build_reuses_everything(vm_built, locked_example: Path, cache_di
     assert time.monotonic() - start < 30
 
 
+def _planted(qcow2: Path, dest: Path, tmp: Path) -> None:
+    """`qcow2` with one more file, /etc/imagebuild-planted, written as a new qcow2 `dest`."""
+    raw = tmp / "planted.raw"
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", qcow2, raw], check=True)
+    (tmp / "planted").write_text("built at 10:30\n")
+    fs = f"{raw}?offset={1 << 20}"
+    cmd = f"write {tmp / 'planted'} /etc/imagebuild-planted"
+    subprocess.run(["debugfs", "-w", "-R", cmd, fs], check=True, capture_output=True)
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, dest], check=True)
+
+
+def test_a_rebuild_gives_the_same_bytes_and_names_a_planted_file(
+    vm_built, locked_example: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """`rebuild --check`: the VM's base disk made again in a private cache (the container's
+    layers reused: rebuilding those is test_container's) gives the OCI archive, OVA and box the
+    dist holds, byte for byte (the box holds the qcow2's bytes); a copy of the dist whose qcow2
+    has one file more (its SHA256SUMS updated) is named, with that file."""
+    spec, dist, _ = vm_built
+    copy = tmp_path / "dist"
+    copy.mkdir()
+    for f in dist.iterdir():
+        if f.is_file() and f.name != checksums.NAME:
+            os.link(f, copy / f.name)
+    qcow2 = f"{_stem(spec)}.qcow2"
+    (copy / qcow2).unlink()
+    _planted(dist / qcow2, copy / qcow2, tmp_path)
+    sums = checksums.read(dist)
+    planted = sums | {qcow2: sha256_file(copy / qcow2)}
+    (copy / checksums.NAME).write_text("".join(f"{d}  {n}\n" for n, d in sorted(planted.items())))
+    before = stamps(cache_dir / "stages", cache_dir / "disks")
+    r = run_invoke(
+        "rebuild",
+        "--check",
+        "--reuse-layers",
+        *("--spec", str(locked_example), "--cache-dir", str(cache_dir), "--dist", str(copy)),
+    )
+    assert r.returncode == 1, r.stderr[-3000:]
+    for name in (f"{_stem(spec)}.oci.tar", f"{_stem(spec)}.ova", f"{_stem(spec)}.libvirt.box"):
+        assert f"same    {name} sha256:{sums[name][:12]}" in r.stdout, r.stdout
+    assert (
+        f"DIFFERS {qcow2} shipped sha256:{planted[qcow2][:12]} rebuilt sha256:{sums[qcow2][:12]}; "
+        "differing files: /etc/imagebuild-planted (only in the shipped one)"
+    ) in r.stdout, r.stdout
+    assert f"1 of 4 artifacts differ from {copy}: {qcow2}" in r.stderr
+    assert changed(before, stamps(cache_dir / "stages", cache_dir / "disks")) == set()
+    assert not list(cache_dir.glob("imagebuild-*"))  # the private cache is gone
+
+
 def _build_qemu(spec: specmod.Spec) -> list[str]:
     """QEMU processes of build-vm (Packer names them imagebuild-NAME-...)."""
     out = subprocess.run(["pgrep", "-a", "qemu-system"], capture_output=True, text=True).stdout

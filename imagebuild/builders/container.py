@@ -150,6 +150,14 @@ def installed(b: Build, tag: str, cfg: img.ImageConfig, layers: list[Layer]) -> 
     return found
 
 
+def oci_annotations(spec: Spec) -> dict[str, str]:
+    """The OCI archive's index annotations."""
+    return {
+        "org.opencontainers.image.title": spec.name,
+        "org.opencontainers.image.version": spec.version,
+    }
+
+
 def _outputs(dist: Path, spec: Spec) -> dict[str, Path]:
     return {
         "oci": distnames.path(dist, spec, distnames.OCI),
@@ -166,7 +174,7 @@ def build(inputs: Inputs, dist: Path) -> ContainerResult:
     out = _outputs(dist, spec)
     with new_build(inputs) as b, OciArchive(out["oci"]) as archive:
         client = b.client
-        layers, results = build_layers(b, "build-container", partial(_below_app, archive))
+        layers, results = build_layers(b, "build-container", partial(below_app, archive))
         cfg = final_config(inputs.resolved, layers)
         config = cfg.render(layers)
         image_id = hashlib.sha256(config).hexdigest()
@@ -188,16 +196,12 @@ def build(inputs: Inputs, dist: Path) -> ContainerResult:
             with progress.stage("build-container: load", tag):
                 load_image(b, config, layers, tag)
             with progress.stage("build-container: outputs", str(dist)):
-                annotations = {
-                    "org.opencontainers.image.title": spec.name,
-                    "org.opencontainers.image.version": spec.version,
-                }
                 # The inventory container runs while the archive is written (disk-bound).
                 with ThreadPoolExecutor(1) as pool:
                     found = pool.submit(installed, b, tag, cfg, layers)
                     with profile.step("OCI archive written"):
                         manifest_digest, known[out["oci"].name] = archive.finish(
-                            config, layers, spec.version, annotations
+                            config, layers, spec.version, oci_annotations(spec)
                         )
                 digest = manifest_digest.removeprefix("sha256:")
                 subject = Subject("container", digest, image_id)
@@ -222,7 +226,7 @@ def build(inputs: Inputs, dist: Path) -> ContainerResult:
     return result
 
 
-def _below_app(archive: OciArchive, name: str, below: list[Layer]) -> None:
+def below_app(archive: OciArchive, name: str, below: list[Layer]) -> None:
     """The app stage is being built: the archive's blobs of the layers below it are written
     meanwhile (on an app-only change, all but a small layer of the image)."""
     if name == STAGES[-1]:

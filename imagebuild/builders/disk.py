@@ -6,7 +6,10 @@ container on top, exported into a folder, then laid out as a bootable BIOS disk:
 sparse file, `mkfs.ext4 -d` into the partition's offset, GRUB's boot.img + core.img (from the
 locked grub-pc-bin inside the rootfs) written in front of it, `qemu-img convert` to qcow2.
 Parity with the container therefore holds by construction, and Packer's Ansible pass over the
-booted VM finds the shared roles converged. Cached under the hash of every input.
+booted VM finds every role converged. Before mkfs the tree loses every instance's state and
+any time past the lock's source date (builders.disk_tree), so the same inputs give the same
+bytes: this disk is what the VM formats are made from; Packer boots a throw-away overlay of it.
+Cached under the hash of every input.
 
 Also here: the sources disk, a read-only ext4 image of the local apt repo + wheelhouse the build
 VM mounts (the cloud kernel has no 9p), made the same way.
@@ -14,8 +17,8 @@ VM mounts (the cloud kernel has no 9p), made the same way.
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from imagebuild import diskimage, progress, tools
+from imagebuild.builders import disk_tree, ext4
 from imagebuild.builders.context import Build
 from imagebuild.builders.layers import Layer
 from imagebuild.builders.stage_container import stage_container
@@ -34,7 +38,6 @@ from imagebuild.errors import ImageBuildError
 from imagebuild.keys import STAGES, sources_disk_key
 from imagebuild.obtain import obtain
 
-BLOCK = 4096  # ext4's block size, and the base disk's qcow2 cluster size (see _assemble)
 PART_OFFSET = 1 << 20  # first partition at 1 MiB; GRUB's core.img lives in the gap before it
 ROOT_LABEL, SOURCES_LABEL = "imagebuild-root", "imagebuild-src"
 GRUB_MODULES = ["biosdisk", "part_msdos", "ext2", "normal", "linux", "configfile", "search"]
@@ -88,71 +91,48 @@ def _extract(chunks: object, rootfs: Path) -> None:
             raise DiskError(f"extracting the VM rootfs failed:\n{err[-2000:]}")
 
 
-def _configure(rootfs: Path, hostname: str, root_uuid: str) -> str:
+def _configure(rootfs: Path, hostname: str, root_uuid: str, sde: int) -> str:
     """Files that belong to the disk, not to provisioning (Docker bind-mounts /etc/hostname,
-    /etc/hosts, /etc/resolv.conf in a container, so a role could not write them). Returns the
-    kernel version the disk boots."""
-    kernels = sorted(p.name.removeprefix("vmlinuz-") for p in rootfs.glob("boot/vmlinuz-*"))
+    /etc/hosts, /etc/resolv.conf in a container, so a role could not write them), no instance's
+    state, times clamped (builders.disk_tree). Returns the kernel version the disk boots."""
+    boot = disk_tree.inside(rootfs, "boot/x").parent
+    kernels = sorted(p.name.removeprefix("vmlinuz-") for p in boot.glob("vmlinuz-*"))
     if not kernels:
         raise DiskError("no /boot/vmlinuz-* in the VM rootfs: vm.packages needs a linux-image")
     kernel = kernels[-1]
-    if not (rootfs / f"boot/initrd.img-{kernel}").exists():
+    if not (boot / f"initrd.img-{kernel}").exists():
         raise DiskError(f"no /boot/initrd.img-{kernel}: vm.packages needs initramfs-tools")
-    (rootfs / "etc/fstab").write_text(f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")
-    (rootfs / "etc/hostname").write_text(hostname + "\n")
-    (rootfs / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {hostname}\n")
-    (rootfs / "etc/resolv.conf").unlink(missing_ok=True)  # dhclient writes it at boot
-    grub = rootfs / "boot/grub"
-    grub.mkdir(parents=True, exist_ok=True)
-    (grub / "grub.cfg").write_text(
+    gone = disk_tree.sysprep(rootfs)
+    progress.say(f"build-vm: base disk: removed instance state: {' '.join(gone) or 'none'}")
+    write = functools.partial(disk_tree.write_file, rootfs)
+    write("etc/fstab", f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")
+    write("etc/hostname", hostname + "\n")
+    write("etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {hostname}\n")
+    disk_tree.inside(rootfs, "etc/resolv.conf").unlink(missing_ok=True)  # dhclient writes it
+    write(
+        "boot/grub/grub.cfg",
         "set timeout=0\n"
         f"search --no-floppy --fs-uuid --set=root {root_uuid}\n"
         f"linux /boot/vmlinuz-{kernel} root=UUID={root_uuid} {BOOT_ARGS}\n"
         f"initrd /boot/initrd.img-{kernel}\n"
-        "boot\n"
+        "boot\n",
     )
+    disk_tree.clamp_times(rootfs, sde)
     return kernel
-
-
-def make_ext4_image(
-    src: Path, dest: Path, size: int, label: str, fs_uuid: str, sde: int, offset: int = 0
-) -> None:
-    """`mkfs.ext4 -d`: a filesystem holding `src`, at `offset` in `dest`, without mounting."""
-    ext = f"offset={offset},root_owner=0:0,hash_seed={fs_uuid}"
-    if not dest.exists():
-        with dest.open("wb") as f:
-            f.truncate(size)
-    tools.run(
-        [
-            "mkfs.ext4",
-            "-q",
-            "-F",
-            "-b",
-            str(BLOCK),
-            "-L",
-            label,
-            "-U",
-            fs_uuid,
-            "-E",
-            ext,
-            "-d",
-            str(src),
-            str(dest),
-            f"{(size - offset) // 1024}k",
-        ],
-        env={**os.environ, "E2FSPROGS_FAKE_TIME": str(sde)},
-    )
 
 
 def _assemble(rootfs: Path, out: Path, size: int, root_uuid: str, sde: int) -> None:
     raw = out.with_suffix(".raw")
     with raw.open("wb") as f:
         f.truncate(size)
-    layout = f"label: dos\nstart={PART_OFFSET // 512}, type=83, bootable\n"
+    # The MBR's disk identifier from the root filesystem's UUID (sfdisk draws a random one).
+    layout = (
+        f"label: dos\nlabel-id: 0x{root_uuid[:8]}\nstart={PART_OFFSET // 512}, type=83, bootable\n"
+    )
     tools.run(["sfdisk", "--quiet", str(raw)], input=layout)
-    make_ext4_image(rootfs, raw, size, ROOT_LABEL, root_uuid, sde, PART_OFFSET)
-    grub_dir = rootfs / "usr/lib/grub/i386-pc"
-    if not (grub_dir / "boot.img").exists():
+    ext4.make_image(rootfs, raw, size, ROOT_LABEL, root_uuid, sde, PART_OFFSET)
+    grub_dir = disk_tree.inside(rootfs, "usr/lib/grub/i386-pc/boot.img").parent
+    if not (grub_dir / "boot.img").is_file() or (grub_dir / "boot.img").is_symlink():
         raise DiskError("no GRUB i386-pc modules in the VM rootfs: vm.packages needs grub-pc-bin")
     core = out.parent / "core.img"
     tools.run(
@@ -189,7 +169,7 @@ def _assemble(rootfs: Path, out: Path, size: int, root_uuid: str, sde: int) -> N
             "-O",
             "qcow2",
             "-o",
-            f"cluster_size={BLOCK}",
+            f"cluster_size={ext4.BLOCK}",
             str(raw),
             str(out),
         ]
@@ -273,7 +253,7 @@ def _make(b: Build, layers: list[Layer], key: str, tmp: Path) -> str:
             st["note"] = f"ansible changed={result.changed}"
             _extract(container.export(chunk_size=1 << 20), rootfs)
         with progress.stage("build-vm: base disk: assemble", f"{spec.vm.disk_gb} GiB") as st:
-            kernel = _configure(rootfs, spec.name, root_uuid)
+            kernel = _configure(rootfs, spec.name, root_uuid, b.inputs.resolved.sde)
             disk = tmp / "disk.qcow2"
             _assemble(rootfs, disk, spec.vm.disk_gb << 30, root_uuid, b.inputs.resolved.sde)
             sha = sha256_file(disk)
@@ -305,7 +285,7 @@ def sources_disk(b: Build) -> Path:
             size = (used * 13 // 10 + (64 << 20)) // (1 << 20) << 20  # room for ext4 metadata
             fs_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"imagebuild:{key}"))
             epoch = b.inputs.lock.source_date_epoch
-            make_ext4_image(tree, tmp / "sources.img", size, SOURCES_LABEL, fs_uuid, epoch)
+            ext4.make_image(tree, tmp / "sources.img", size, SOURCES_LABEL, fs_uuid, epoch)
             shutil.rmtree(tree)
             st["note"] = f"{used / 1e6:.0f} MB"
 

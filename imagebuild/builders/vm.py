@@ -37,7 +37,7 @@ from imagebuild import (
 )
 from imagebuild.builders import app_layer, app_overlay, context, disk, stages, vm_outputs
 from imagebuild.builders.formats import filename
-from imagebuild.cache import atomic_file
+from imagebuild.cache import atomic_file, sha256_file
 from imagebuild.inputs import Inputs
 from imagebuild.obtain import told
 from imagebuild.resolved import SOURCES_DIR, Resolved
@@ -277,18 +277,22 @@ def _packer_qemu(
     on_error: str,
     to: vm_outputs.Delivery,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Packer's pass over the base disk, then the outputs; (parity, the VM's inventory)."""
+    """Packer's pass over a throw-away overlay of the base disk (the check that every role is
+    converged on it, and the VM's inventory from inside), then the outputs, made from the base
+    disk itself: the guest's boot never reaches the shipped bytes, so the same inputs give the
+    same disk. (parity, the VM's inventory)."""
     staging = to.staging
     spec, work = b.inputs.spec, b.workdir
     make_build_key(work)
     inventory_out = work / "inventory.json"
     vars_file = ansible_vars_file(b.inputs.resolved, disk.SOURCES_LABEL, inventory_out)
+    booted = vmboot.overlay(base.path, work)  # Packer copies this (kilobytes), never the base
     values = packer_values(
         spec,
         work,
         output_dir=str(staging / "packer-out"),
-        base_disk=str(base.path),
-        base_disk_sha256=base.sha256,
+        base_disk=str(booted),
+        base_disk_sha256=sha256_file(booted),
         sources_disk=str(sources),
         accelerator=accel,
         ansible_vars_file=str(vars_file),
@@ -310,13 +314,15 @@ def _packer_qemu(
     finally:
         if on_error != "abort":
             _stop_strays(values["qemu_name"], work)
+    lines = [ln for _, ln in timeline]
+    provision.check_converged(lines)
+    shutil.rmtree(staging / "packer-out")  # the booted overlay: what it holds is not shipped
     vm_inv = json.loads(inventory_out.read_text())
-    written = staging / "packer-out" / values["vm_name"]
     manifest = (work / "packer-manifest.json").read_bytes()
     made_from = provenance.subject("base disk", base.sha256)
-    parity = vm_outputs.ship(written, manifest, vm_inv, made_from, b.inputs, to)
+    parity = vm_outputs.ship(base.path, manifest, vm_inv, made_from, b.inputs, to, keep=True)
     # The base disk is the container's filesystem: the shared roles must find nothing to do.
-    parity["shared_roles_changed"] = provision.shared_changed([ln for _, ln in timeline], spec)
+    parity["shared_roles_changed"] = provision.shared_changed(lines, spec)
     return parity, vm_inv
 
 

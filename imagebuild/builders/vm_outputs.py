@@ -40,16 +40,18 @@ def ship(
     made_from: dict[str, Any],
     inputs: Inputs,
     to: Delivery,
+    keep: bool = False,
 ) -> dict[str, Any]:
-    """Make every output in `to.staging` from the disk `written` (removed once read), move them
-    into place (the record aside: the caller writes it last), and return the parity.
-    `made_from`: what the disk was made from, as the provenance names it."""
+    """Make every output in `to.staging` from the disk `written` (removed once read unless
+    `keep`: the cached base disk), move them into place (the record aside: the caller writes it
+    last), and return the parity. `made_from`: what the disk was made from, as the provenance
+    names it."""
     spec, lock = inputs.spec, inputs.lock
     staging, out, known = to.staging, to.out, to.known
     start = time.monotonic()
     with progress.stage("build-vm: outputs", ", ".join(spec.vm.formats)):
         made = {fmt: staging / out[fmt].name for fmt in spec.vm.formats}
-        make_formats(written, made, spec, lock)
+        make_formats(written, made, spec, lock, keep)
         (staging / out["packer_manifest"].name).write_bytes(packer_manifest)
         known |= {made[f].name: sha256_file(made[f]) for f in spec.vm.formats}
         # The VM's digest: its qcow2 when made, else the first format asked for.
@@ -69,13 +71,15 @@ def ship(
     return inv.parity_with_container(packages, container, lock)
 
 
-def make_formats(written: Path, made: dict[str, Path], spec: Spec, lock: Lock) -> None:
+def make_formats(
+    written: Path, made: dict[str, Path], spec: Spec, lock: Lock, keep: bool = False
+) -> None:
     """Compress Packer's disk while the formats that read it uncompressed are made: qemu-img
     compresses on one thread, so on two cores the OVA costs no extra wall time (Packer's
     convert + outputs: 32 s -> 19-21 s here). Then the formats that ship the compressed qcow2.
-    `written` is removed once read."""
+    `written` is removed once read unless `keep`."""
     sde = lock.source_date_epoch
-    compressed = written.with_name("compressed.qcow2")
+    compressed = next(iter(made.values())).with_name("compressed.qcow2")
     first = [f for f in made if not FORMATS[f].COMPRESSED_INPUT]
     then = [f for f in made if FORMATS[f].COMPRESSED_INPUT]
     proc = qcow2.start_compress(written, compressed) if then else None
@@ -89,6 +93,7 @@ def make_formats(written: Path, made: dict[str, Path], spec: Spec, lock: Lock) -
         raise
     if proc is not None:
         tools.wait(proc)
-    written.unlink()
+    if not keep:
+        written.unlink()
     for f in then:
         FORMATS[f].make(compressed, made[f], spec, sde)

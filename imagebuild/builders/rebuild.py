@@ -1,0 +1,133 @@
+"""`invoke rebuild --check`: what an independent rebuilder runs. The spec is built again from its
+lock in a private cache (inside this one, so that a killed rebuild is swept like any scratch
+folder): the lock's downloads and local repos are linked from this cache (content-addressed,
+every blob's sha256 checked again), nothing a build derives is (no stage unless
+`reuse_layers`, no disk). It makes the container's OCI archive and every VM format from a base
+disk of its own, into a private folder, and compares each with the sha256 DIST/SHA256SUMS
+lists. Packer's pass is not run: it boots a throw-away overlay and writes nothing that ships.
+Nothing is loaded into the engine or tagged. A disk that differs is read file by file
+(builders.disk_diff) and its differing files named."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from imagebuild import checksums, distnames, progress
+from imagebuild import fetch as fetching
+from imagebuild.builders import container, context, disk, disk_diff, stages, vm_outputs
+from imagebuild.builders.formats import filename
+from imagebuild.builders.oci_archive import OciArchive
+from imagebuild.cache import Cache, sha256_file
+from imagebuild.errors import ImageBuildError
+from imagebuild.inputs import Inputs, prepare
+from imagebuild.leftovers import SCRATCH
+from imagebuild.project import Project
+
+SIDES = ("the shipped one", "the rebuilt one")
+DERIVED = ("stages", "disks", "vms", "inventories", "apt", "logs")  # made by builds, never linked
+
+
+class RebuildError(ImageBuildError):
+    pass
+
+
+@dataclass(frozen=True)
+class Compared:
+    name: str
+    shipped: str  # sha256 in DIST/SHA256SUMS
+    rebuilt: str
+    files: tuple[str, ...] | None = None  # a read disk's differing files, first ones
+
+    @property
+    def same(self) -> bool:
+        return self.shipped == self.rebuilt
+
+    def render(self) -> str:
+        if self.same:
+            return f"same    {self.name} sha256:{self.shipped[:12]}"
+        where = ""
+        if self.files is not None:
+            where = "; differing files: " + (
+                ", ".join(self.files)
+                or "none (the filesystem's own metadata differs: inode times, allocation)"
+            )
+        return (
+            f"DIFFERS {self.name} shipped sha256:{self.shipped[:12]} "
+            f"rebuilt sha256:{self.rebuilt[:12]}{where}"
+        )
+
+
+def artifacts(dist: Path, p: Project) -> dict[str, str]:
+    """The files a rebuild remakes, with the sha256 DIST/SHA256SUMS gives each."""
+    spec = p.spec
+    names = [distnames.path(dist, spec, distnames.OCI).name]
+    names += [filename(f, spec) for f in spec.vm.formats]
+    sums = checksums.read(dist)
+    missing = [n for n in names if n not in sums]
+    if missing:
+        raise RebuildError(
+            f"{dist / checksums.NAME} lists no {', '.join(missing)}: build them there first "
+            "(build-container, build-vm), then check them"
+        )
+    return {n: sums[n] for n in names}
+
+
+@contextmanager
+def private_cache(cache: Cache, reuse_layers: bool) -> Iterator[Cache]:
+    """A cache of the downloads alone (hard links), removed afterwards."""
+    skip = DERIVED if not reuse_layers else tuple(d for d in DERIVED if d != "stages")
+    root = Path(tempfile.mkdtemp(prefix=SCRATCH.rstrip("*") + "rebuild-", dir=cache.root))
+    try:
+        for entry in sorted(cache.root.iterdir()):
+            if entry.name in skip or entry.name.startswith(SCRATCH.rstrip("*")):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, root / entry.name, symlinks=True, copy_function=os.link)
+            elif entry.is_file() and not entry.is_symlink():
+                os.link(entry, root / entry.name)
+        yield Cache(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def rebuild(inputs: Inputs, out: Path) -> dict[str, Path]:
+    """The OCI archive and every VM format of `inputs`, made in `out` (nothing else)."""
+    spec, lock = inputs.spec, inputs.lock
+    oci = distnames.path(out, spec, distnames.OCI)
+    with context.new_build(inputs) as b, OciArchive(oci) as archive:
+        layers, _ = stages.build_layers(b, "rebuild", partial(container.below_app, archive))
+        config = container.final_config(inputs.resolved, layers).render(layers)
+        archive.finish(config, layers, spec.version, container.oci_annotations(spec))
+        base = disk.base_disk(b, layers)
+        made = {f: out / filename(f, spec) for f in spec.vm.formats}
+        with progress.stage("rebuild: VM formats", ", ".join(made)):
+            vm_outputs.make_formats(base.path, made, spec, lock, keep=True)
+    return {oci.name: oci} | {p.name: p for p in made.values()}
+
+
+def check(p: Project, cache: Cache, dist: Path, reuse_layers: bool = False) -> list[Compared]:
+    """Rebuild `p` privately and compare each artifact with DIST's; the differing disks read."""
+    shipped = artifacts(dist, p)
+    with cache.exclusive("rebuild"), private_cache(cache, reuse_layers) as own:
+        with progress.stage("rebuild: verify cache"):
+            fetched = fetching.local_sources(p.lock, own)
+        inputs = prepare(p.req, p.lock, own, fetched)
+        out = own.root / "out"
+        out.mkdir()
+        rebuilt = rebuild(inputs, out)
+        found = []
+        for name, sha in shipped.items():
+            new = sha256_file(rebuilt[name])
+            files = None
+            if new != sha and disk_diff.readable(dist / name):
+                with progress.stage("rebuild: compare files", name):
+                    files = tuple(disk_diff.differing(dist / name, rebuilt[name], own.root, SIDES))
+            found.append(Compared(name, sha, new, files))
+    return found
