@@ -79,8 +79,8 @@ def cold_cache(cache_dir: str, dest: Path) -> Path:
         dest,
         copy_function=os.link,
         ignore=shutil.ignore_patterns(
-            "stages", "disks", "vms", "inventories", "apt", "logs", "imagebuild-*"
-        ),
+            "stages", "disks", "vms", "inventories", "apt", "logs", "imagebuild-*", ".lock*"
+        ),  # .lock*: linked, a build here would hold (and wait on) the source cache's lock
     )
     return dest
 

@@ -111,8 +111,7 @@ def sysprep(rootfs: Path) -> list[str]:
             _remove(p)
             gone.append("/" + str(p.relative_to(rootfs)))
     for rel in EMPTY:
-        if inside(rootfs, rel).exists() or inside(rootfs, rel).is_symlink():
-            write_file(rootfs, rel, "")
+        write_file(rootfs, rel, "")
     for logs in _matches(rootfs, LOGS):
         if logs.is_symlink() or not logs.is_dir():
             continue

@@ -86,7 +86,9 @@ def private_cache(cache: Cache, reuse_layers: bool) -> Iterator[Cache]:
     root = Path(tempfile.mkdtemp(prefix=SCRATCH.rstrip("*") + "rebuild-", dir=cache.root))
     try:
         for entry in sorted(cache.root.iterdir()):
-            if entry.name in skip or entry.name.startswith(SCRATCH.rstrip("*")):
+            # not the cache's lock files (one inode: the rebuild would wait on itself) nor a
+            # scratch or half-made entry
+            if entry.name in skip or entry.name.startswith((SCRATCH.rstrip("*"), ".")):
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.copytree(entry, root / entry.name, symlinks=True, copy_function=os.link)
