@@ -88,9 +88,14 @@ def sweep(cache: Cache, task: str) -> list[str]:
     scratch = [p for p in cache.root.glob(SCRATCH) if p.is_dir()]
     # Packer runs in its own session and outlives a killed build; its QEMU is named after the
     # scratch folder, and Packer's arguments name files in it.
-    marks = [str(p) for p in scratch] + [f"-{p.name}" for p in scratch]
+    # a rebuild's private cache is a scratch folder holding builds' scratch folders of its own
+    nested = {p: [q for q in p.glob(SCRATCH) if q.is_dir()] for p in scratch}
+    every = scratch + [q for qs in nested.values() for q in qs]
+    marks = [str(p) for p in scratch] + [f"-{p.name}" for p in every]
     gone += [f"process {p}" for p in stop_processes(marks)]
     gone += _engine(cache, scratch)
+    for p, qs in nested.items():
+        gone += _engine(Cache(p), qs)
     half_made = [p for p in cache.root.glob("*/.*-*") if p.is_dir()]
     half_made += [p for p in cache.root.glob("blobs/sha256/.*") if p.is_file()]
     for p in scratch + half_made:

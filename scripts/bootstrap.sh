@@ -16,6 +16,7 @@ APT_PACKAGES=(
   vagrant vagrant-libvirt                           # `vagrant up` of the built box
   cloud-image-utils virt-v2v                        # a NoCloud seed; a third-party OVA reader
   dosfstools mtools                                 # the Vagrant box's seed, reproducible
+  bubblewrap                                        # rebuild --check reads a shipped disk jailed
   openssh-client curl ca-certificates git
 )
 

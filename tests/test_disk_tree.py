@@ -90,6 +90,24 @@ def test_links_in_the_tree_are_never_followed(tmp_path: Path) -> None:
     assert not (host / "grub").exists()
 
 
+def test_files_made_and_copied_out_ignore_umask_and_links(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "usr/lib/grub/i386-pc").mkdir(parents=True)
+    grub = root / "usr/lib/grub/i386-pc"
+    (grub / "boot.img").write_bytes(b"boot")
+    (grub / "lzma_decompress.img").symlink_to("/etc/shadow")
+    os.mkfifo(grub / "fifo")
+    got = disk_tree.copy_files(root, "usr/lib/grub/i386-pc", tmp_path / "copy")
+    assert sorted(p.name for p in got.iterdir()) == ["boot.img"]  # no link, no fifo opened
+    old = os.umask(0o077)
+    try:
+        disk_tree.write_file(root, "boot/grub/grub.cfg", "x")
+    finally:
+        os.umask(old)
+    assert (root / "boot/grub/grub.cfg").stat().st_mode & 0o777 == 0o644
+    assert (root / "boot").stat().st_mode & 0o777 == 0o755
+
+
 def test_clamp_times_leaves_nothing_newer_than_the_source_date(tmp_path: Path) -> None:
     root = tree(tmp_path / "root")
     old = root / "etc/ssh/sshd_config"
@@ -157,11 +175,16 @@ def test_disk_diff_names_the_files_two_disks_differ_by(tmp_path: Path) -> None:
             (src / "etc/planted").write_text("built at 10:30\n")
         disk_tree.clamp_times(src, SDE)
         raw = tmp_path / f"d{n}.raw"
-        ext4.make_image(src, raw, 40 << 20, "t", UUID, SDE, PART_OFFSET)
+        ext4.make_image(src, raw, 1 << 30, "t", UUID, SDE, PART_OFFSET)  # sparse: 1 GiB
         disks.append(raw)
     assert disk_diff.readable(disks[0]) and not disk_diff.readable(tmp_path / "x.ova")
-    assert disk_diff.differing(disks[0], disks[0], tmp_path) == []
-    assert disk_diff.differing(disks[0], disks[1], tmp_path) == [
+    assert disk_diff.differing(disks[0], disks[0], tmp_path, 1) == []
+    assert disk_diff.differing(disks[0], disks[1], tmp_path, 1, limit=2) == [
+        "/etc/planted (only in d2.raw)",
+        "/etc/ssh/sshd_config",
+        "...",
+    ]
+    assert disk_diff.differing(disks[0], disks[1], tmp_path, 1) == [
         "/etc/planted (only in d2.raw)",
         "/etc/ssh/sshd_config",
         "/home/ml/notes.txt",

@@ -108,7 +108,7 @@ def _configure(rootfs: Path, hostname: str, root_uuid: str, sde: int) -> str:
     write("etc/fstab", f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")
     write("etc/hostname", hostname + "\n")
     write("etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {hostname}\n")
-    disk_tree.inside(rootfs, "etc/resolv.conf").unlink(missing_ok=True)  # dhclient writes it
+    disk_tree.remove(rootfs, "etc/resolv.conf")  # dhclient writes it
     write(
         "boot/grub/grub.cfg",
         "set timeout=0\n"
@@ -131,8 +131,9 @@ def _assemble(rootfs: Path, out: Path, size: int, root_uuid: str, sde: int) -> N
     )
     tools.run(["sfdisk", "--quiet", str(raw)], input=layout)
     ext4.make_image(rootfs, raw, size, ROOT_LABEL, root_uuid, sde, PART_OFFSET)
-    grub_dir = disk_tree.inside(rootfs, "usr/lib/grub/i386-pc/boot.img").parent
-    if not (grub_dir / "boot.img").is_file() or (grub_dir / "boot.img").is_symlink():
+    # GRUB's images and modules from the tree, each a regular file (not a link to this host's)
+    grub_dir = disk_tree.copy_files(rootfs, "usr/lib/grub/i386-pc", out.parent / "grub-i386-pc")
+    if not (grub_dir / "boot.img").is_file():
         raise DiskError("no GRUB i386-pc modules in the VM rootfs: vm.packages needs grub-pc-bin")
     core = out.parent / "core.img"
     tools.run(
@@ -156,10 +157,9 @@ def _assemble(rootfs: Path, out: Path, size: int, root_uuid: str, sde: int) -> N
         f.seek(512)
         f.write(core.read_bytes())
     core.unlink()
-    # Clusters of ext4's block size: every block the build VM frees and trims (vm_finalize's
-    # fstrim, the drive's discard=unmap) is a whole cluster, so QEMU drops it and no deleted
-    # journal, lease or key stays readable in the shipped image (64 KiB clusters keep a freed
-    # block whenever a live one shares its cluster).
+    shutil.rmtree(grub_dir)
+    # Clusters of ext4's block size: the cached disk holds the filesystem's used blocks and no
+    # more (the formats are converted from it, with their own cluster sizes).
     tools.run(
         [
             "qemu-img",

@@ -1,8 +1,14 @@
-"""Which files of two VM disks differ, in the spirit of diffoscope: each disk's root partition
-copied out (qemu-img, as verify reads it), each filesystem dumped by debugfs (no mount, no loop
+"""Which files of two VM disks differ, in the spirit of diffoscope: each disk checked to be one
+self-contained disk of the spec's size (diskimage: no backing or data file), its root partition
+copied out (qemu-img, as verify reads it), its filesystem dumped by debugfs (no mount, no loop
 device) into a private folder, then compared entry by entry: type, mode, owner, size,
 modification time, link target and bytes. Used by `rebuild --check` to say where two builds of
-one disk part."""
+one disk part.
+
+The shipped disk is anyone's: its names may hold `/` or `..`, and a link and a file may share a
+name, so debugfs's dump, which writes each entry under the name the disk gives it, runs in
+bubblewrap with this host read-only but for the dump's own folder (and no network). The
+comparison never follows a link."""
 
 from __future__ import annotations
 
@@ -12,20 +18,22 @@ import stat
 import tempfile
 from pathlib import Path
 
-from imagebuild import tools, vmboot
+from imagebuild import diskimage, tools, vmboot
 from imagebuild.builders.disk import PART_OFFSET
 
 LIMIT = 20  # differing paths named at most
+FORMATS = {".qcow2": "qcow2", ".raw": "raw"}
 
 
 def readable(path: Path) -> bool:
     """A disk this module reads (the qcow2 and the raw disk; the other formats hold the same
     guest-visible bytes, which verify --vm checks)."""
-    return path.suffix in (".qcow2", ".raw")
+    return path.suffix in FORMATS
 
 
-def _root(disk: Path, tmp: Path, name: str) -> Path:
+def _root(disk: Path, tmp: Path, name: str, disk_gb: int) -> Path:
     """`disk`'s root filesystem as a folder (debugfs rdump keeps modes, owners and times)."""
+    diskimage.check(disk, FORMATS[disk.suffix], disk_gb, disk.name)
     if disk.suffix == ".qcow2":
         (tmp / f"{name}-part").mkdir()
         fs = str(vmboot.partition_image(disk, tmp / f"{name}-part"))
@@ -33,14 +41,15 @@ def _root(disk: Path, tmp: Path, name: str) -> Path:
         fs = f"{disk}?offset={PART_OFFSET}"
     tree = tmp / name
     tree.mkdir()
-    tools.run(["debugfs", "-R", f"rdump / {tree}", fs])
+    jail = ["bwrap", "--ro-bind", "/", "/", "--bind", str(tree), str(tree), "--dev", "/dev"]
+    jail += ["--proc", "/proc", "--unshare-all", "--die-with-parent"]
+    tools.run([*jail, "debugfs", "-R", f'rdump / "{tree}"', fs])
     return tree
 
 
 def _row(path: str) -> tuple[int, int, int, int, int, str]:
     """What is compared of an entry. debugfs's dump dates a regular file as the disk does, but
-    not a link (no call sets a link's time here) nor a folder (its files, written after, move
-    it): their times are left out."""
+    not a link (it sets no link's time): a link's and a folder's times are left out."""
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
         return (st.st_mode, st.st_uid, st.st_gid, 0, 0, os.readlink(path))
@@ -59,26 +68,43 @@ def _entries(tree: Path) -> dict[str, str]:
     return found
 
 
+def shown(name: str) -> str:
+    """A name from a disk as printed: escaped unless plainly printable (no forged lines)."""
+    return name if name.isprintable() else ascii(name)
+
+
 def differing(
-    a: Path, b: Path, work: Path, sides: tuple[str, str] = ("", ""), limit: int = LIMIT
+    a: Path,
+    b: Path,
+    work: Path,
+    disk_gb: int,
+    sides: tuple[str, str] = ("", ""),
+    limit: int = LIMIT,
 ) -> list[str]:
-    """The first `limit` paths (sorted) whose entry differs between disks `a` and `b`; a path
-    on one disk only is named with `(only in SIDE)` (`sides`: what to call them; their file
-    names by default)."""
+    """The first `limit` paths (sorted) whose entry differs between disks `a` and `b` of
+    `disk_gb` GiB, then `...` if there are more; a path on one disk only is named once, with
+    `(only in SIDE)`, not what is below it (`sides`: what to call them; file names by default)."""
     sides = (sides[0] or a.name, sides[1] or b.name)
     with tempfile.TemporaryDirectory(prefix="disk-diff-", dir=work) as t:
         tmp = Path(t)
-        left, right = _entries(_root(a, tmp, "a")), _entries(_root(b, tmp, "b"))
-        out = []
+        left = _entries(_root(a, tmp, "a", disk_gb))
+        right = _entries(_root(b, tmp, "b", disk_gb))
+        out: list[str] = []
+        alone = ""  # the last path found on one side only: what is below it is not named
         for path in sorted(left.keys() | right.keys()):
+            if alone and path.startswith(alone + "/"):
+                continue
             if path not in right or path not in left:
-                out.append(f"{path} (only in {sides[0] if path in left else sides[1]})")
+                alone = path
+                out.append(f"{shown(path)} (only in {sides[0] if path in left else sides[1]})")
             elif _row(left[path]) != _row(right[path]) or (
                 os.path.isfile(left[path])
                 and not os.path.islink(left[path])
                 and not filecmp.cmp(left[path], right[path], shallow=False)
             ):
-                out.append(path)
-            if len(out) == limit:
-                break
+                out.append(shown(path))
+            else:
+                continue
+            if len(out) > limit:
+                return [*out[:limit], "..."]
         return out

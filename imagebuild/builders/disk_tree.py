@@ -27,6 +27,8 @@ REMOVE = (
     "var/lib/dbus/machine-id",
     "var/lib/systemd/random-seed",
     "var/lib/dhcp/*",
+    "var/lib/imagebuild",  # the sources mount point (resolved.SOURCES_DIR)
+    "var/cache/apt/archives/*.deb",
     "var/lib/cloud/instance",
     "var/lib/cloud/instances",
     "var/lib/cloud/data",
@@ -69,14 +71,42 @@ def inside(rootfs: Path, rel: str) -> Path:
 
 
 def write_file(rootfs: Path, rel: str, text: str) -> None:
-    """Write `rootfs/rel` as a new regular file (a link or file already there is replaced)."""
+    """Write `rootfs/rel` as a new regular file, mode 0644 (a link or file already there is
+    replaced; missing folders made 0755: never the builder's umask)."""
     path = inside(rootfs, rel)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_symlink() or path.exists():
-        _remove(path)
+    missing = [p for p in reversed(path.parents) if not p.exists() and not p.is_symlink()]
+    for folder in missing:
+        folder.mkdir()
+        folder.chmod(0o755)
+    remove(rootfs, rel)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    os.fchmod(fd, 0o644)
     with os.fdopen(fd, "w") as f:
         f.write(text)
+
+
+def remove(rootfs: Path, rel: str) -> None:
+    """Remove `rootfs/rel` if there is anything there (a link as a link)."""
+    path = inside(rootfs, rel)
+    if path.is_symlink() or path.exists():
+        _remove(path)
+
+
+def copy_files(rootfs: Path, rel: str, dest: Path) -> Path:
+    """The regular files of the tree's folder `rel` copied into `dest` (made), for a host tool
+    to read: a link there is left out, never followed to a file of this host."""
+    folder = inside(rootfs, rel + "/x").parent
+    dest.mkdir()
+    if folder.is_symlink() or not folder.is_dir():
+        return dest
+    for entry in sorted(folder.iterdir()):
+        if not stat.S_ISREG(os.lstat(entry).st_mode):
+            continue  # a link, a device node, a fifo: never opened
+        fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as src:
+            if stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+                (dest / entry.name).write_bytes(src.read())
+    return dest
 
 
 def _remove(path: Path) -> None:
@@ -115,7 +145,7 @@ def sysprep(rootfs: Path) -> list[str]:
     for logs in _matches(rootfs, LOGS):
         if logs.is_symlink() or not logs.is_dir():
             continue
-        for folder, _, files in os.walk(logs):  # os.walk does not enter linked folders
+        for folder, _, files in os.walk(logs, onerror=_raise):  # never enters a linked folder
             for name in files:
                 path = os.path.join(folder, name)
                 if stat.S_ISREG(os.lstat(path).st_mode):
@@ -125,11 +155,15 @@ def sysprep(rootfs: Path) -> list[str]:
     return gone
 
 
+def _raise(e: OSError) -> None:
+    raise TreeError(f"reading the VM's tree: {e}")
+
+
 def clamp_times(rootfs: Path, sde: int) -> None:
     """Every entry's modification (and access) time no later than `sde`, as the container's
     layers have them (a package script's files carry the build's time otherwise). The change
     times mkfs copies are the kernel's; imagebuild.builders.ext4 pins those in the filesystem."""
-    for folder, dirs, files in os.walk(rootfs):
+    for folder, dirs, files in os.walk(rootfs, onerror=_raise):
         for name in (*dirs, *files):
             path = os.path.join(folder, name)
             m = min(int(os.lstat(path).st_mtime), sde)

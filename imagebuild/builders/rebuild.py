@@ -10,6 +10,7 @@ Nothing is loaded into the engine or tagged. A disk that differs is read file by
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from imagebuild import checksums, distnames, progress
+from imagebuild import checksums, distnames, leftovers, progress
 from imagebuild import fetch as fetching
 from imagebuild.builders import container, context, disk, disk_diff, stages, vm_outputs
 from imagebuild.builders.formats import filename
@@ -27,7 +28,6 @@ from imagebuild.builders.oci_archive import OciArchive
 from imagebuild.cache import Cache, sha256_file
 from imagebuild.errors import ImageBuildError
 from imagebuild.inputs import Inputs, prepare
-from imagebuild.leftovers import SCRATCH
 from imagebuild.project import Project
 
 SIDES = ("the shipped one", "the rebuilt one")
@@ -64,10 +64,11 @@ class Compared:
         )
 
 
-def artifacts(dist: Path, p: Project) -> dict[str, str]:
-    """The files a rebuild remakes, with the sha256 DIST/SHA256SUMS gives each."""
+def artifacts(dist: Path, p: Project, reuse_layers: bool) -> dict[str, str]:
+    """The files a rebuild remakes, with the sha256 DIST/SHA256SUMS gives each (no OCI
+    archive from reused layers: it would be theirs again, which proves nothing)."""
     spec = p.spec
-    names = [distnames.path(dist, spec, distnames.OCI).name]
+    names = [] if reuse_layers else [distnames.path(dist, spec, distnames.OCI).name]
     names += [filename(f, spec) for f in spec.vm.formats]
     sums = checksums.read(dist)
     missing = [n for n in names if n not in sums]
@@ -83,12 +84,12 @@ def artifacts(dist: Path, p: Project) -> dict[str, str]:
 def private_cache(cache: Cache, reuse_layers: bool) -> Iterator[Cache]:
     """A cache of the downloads alone (hard links), removed afterwards."""
     skip = DERIVED if not reuse_layers else tuple(d for d in DERIVED if d != "stages")
-    root = Path(tempfile.mkdtemp(prefix=SCRATCH.rstrip("*") + "rebuild-", dir=cache.root))
+    root = Path(tempfile.mkdtemp(prefix=leftovers.SCRATCH.rstrip("*") + "rebuild-", dir=cache.root))
     try:
         for entry in sorted(cache.root.iterdir()):
             # not the cache's lock files (one inode: the rebuild would wait on itself) nor a
             # scratch or half-made entry
-            if entry.name in skip or entry.name.startswith((SCRATCH.rstrip("*"), ".")):
+            if entry.name in skip or entry.name.startswith((leftovers.SCRATCH.rstrip("*"), ".")):
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.copytree(entry, root / entry.name, symlinks=True, copy_function=os.link)
@@ -99,37 +100,56 @@ def private_cache(cache: Cache, reuse_layers: bool) -> Iterator[Cache]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def rebuild(inputs: Inputs, out: Path) -> dict[str, Path]:
-    """The OCI archive and every VM format of `inputs`, made in `out` (nothing else)."""
+def rebuild(inputs: Inputs, out: Path, oci: bool) -> dict[str, Path]:
+    """Every VM format of `inputs`, and the OCI archive if `oci`, made in `out` (nothing else)."""
     spec, lock = inputs.spec, inputs.lock
-    oci = distnames.path(out, spec, distnames.OCI)
-    with context.new_build(inputs) as b, OciArchive(oci) as archive:
-        layers, _ = stages.build_layers(b, "rebuild", partial(container.below_app, archive))
-        config = container.final_config(inputs.resolved, layers).render(layers)
-        archive.finish(config, layers, spec.version, container.oci_annotations(spec))
+    made: dict[str, Path] = {}
+    with context.new_build(inputs) as b, contextlib.ExitStack() as stack:
+        below = None
+        if oci:
+            path = distnames.path(out, spec, distnames.OCI)
+            archive = stack.enter_context(OciArchive(path))
+            below = partial(container.below_app, archive)
+        layers, _ = stages.build_layers(b, "rebuild", below)
+        if oci:
+            config = container.final_config(inputs.resolved, layers).render(layers)
+            archive.finish(config, layers, spec.version, container.oci_annotations(spec))
+            made["oci"] = path
         base = disk.base_disk(b, layers)
-        made = {f: out / filename(f, spec) for f in spec.vm.formats}
-        with progress.stage("rebuild: VM formats", ", ".join(made)):
-            vm_outputs.make_formats(base.path, made, spec, lock, keep=True)
-    return {oci.name: oci} | {p.name: p for p in made.values()}
+        formats = {f: out / filename(f, spec) for f in spec.vm.formats}
+        with progress.stage("rebuild: VM formats", ", ".join(formats)):
+            vm_outputs.make_formats(base.path, formats, spec, lock, keep=True)
+    return {p.name: p for p in (made | formats).values()}
 
 
 def check(p: Project, cache: Cache, dist: Path, reuse_layers: bool = False) -> list[Compared]:
     """Rebuild `p` privately and compare each artifact with DIST's; the differing disks read."""
-    shipped = artifacts(dist, p)
-    with cache.exclusive("rebuild"), private_cache(cache, reuse_layers) as own:
+    shipped = artifacts(dist, p, reuse_layers)
+    with cache.exclusive("rebuild"):
+        leftovers.sweep(cache, "rebuild")  # what a killed rebuild (or build) left
+        found = _check(p, cache, dist, shipped, reuse_layers)
+    return found
+
+
+def _check(
+    p: Project, cache: Cache, dist: Path, shipped: dict[str, str], reuse_layers: bool
+) -> list[Compared]:
+    with private_cache(cache, reuse_layers) as own:
         with progress.stage("rebuild: verify cache"):
             fetched = fetching.local_sources(p.lock, own)
         inputs = prepare(p.req, p.lock, own, fetched)
         out = own.root / "out"
         out.mkdir()
-        rebuilt = rebuild(inputs, out)
+        rebuilt = rebuild(inputs, out, oci=not reuse_layers)
         found = []
         for name, sha in shipped.items():
             new = sha256_file(rebuilt[name])
             files = None
             if new != sha and disk_diff.readable(dist / name):
                 with progress.stage("rebuild: compare files", name):
-                    files = tuple(disk_diff.differing(dist / name, rebuilt[name], own.root, SIDES))
+                    gb = p.spec.vm.disk_gb
+                    files = tuple(
+                        disk_diff.differing(dist / name, rebuilt[name], own.root, gb, SIDES)
+                    )
             found.append(Compared(name, sha, new, files))
     return found
