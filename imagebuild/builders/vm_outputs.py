@@ -74,7 +74,7 @@ def ship(
 def make_formats(
     written: Path, made: dict[str, Path], spec: Spec, lock: Lock, keep: bool = False
 ) -> None:
-    """Compress Packer's disk while the formats that read it uncompressed are made: qemu-img
+    """Compress the finished disk while the formats that read it uncompressed are made: qemu-img
     compresses on one thread, so on two cores the OVA costs no extra wall time (Packer's
     convert + outputs: 32 s -> 19-21 s here). Then the formats that ship the compressed qcow2.
     `written` is removed once read unless `keep`."""

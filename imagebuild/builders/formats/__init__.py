@@ -1,7 +1,7 @@
 """One module per VM output format, behind a small factory (as KIWI does): each makes its file
-from a qcow2, either the disk Packer left (uncompressed: fast to read, so such a format runs
-while the disk is compressed) or the compressed one (what the format ships). A new format is
-one new module + one line in FORMATS."""
+from a qcow2, either the finished disk (the base disk, or an app overlay's; uncompressed: fast
+to read, so such a format runs while the disk is compressed) or the compressed one (what the
+format ships). A new format is one new module + one line in FORMATS."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from imagebuild.spec import Spec
 
 class Format(Protocol):
     SUFFIX: str
-    COMPRESSED_INPUT: bool  # made from the compressed qcow2 (else from Packer's disk)
+    COMPRESSED_INPUT: bool  # made from the compressed qcow2 (else from the finished disk)
 
     def make(self, disk: Path, dest: Path, spec: Spec, sde: int) -> None: ...
 

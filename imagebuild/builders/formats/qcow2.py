@@ -1,4 +1,4 @@
-"""qcow2: Packer's disk, compressed (`qemu-img convert -c`, which also drops unused clusters)."""
+"""qcow2: the finished disk, compressed (`qemu-img convert -c`, which drops unused clusters)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from imagebuild import tools
 from imagebuild.spec import Spec
 
 SUFFIX = ".raw"
-COMPRESSED_INPUT = False  # bytes are bytes: read Packer's disk, the faster one
+COMPRESSED_INPUT = False  # bytes are bytes: read the finished disk, the faster one
 
 
 def make(disk: Path, dest: Path, spec: Spec, sde: int) -> None:
