@@ -18,6 +18,8 @@ from imagebuild.cache import Cache
 CACHE_LABEL = "io.imagebuild.cache"  # on every container a build starts: whose cache it is
 SCRATCH = "imagebuild-*"  # a build's scratch folder in the cache root (tempfile prefix)
 PROGRAMS = ("qemu-system", "packer", "ansible")  # what a build starts that can outlive it
+# what build-vm's formats run, beside Packer: each names the staging folder it writes into
+FORMAT_TOOLS = ("qemu-img", "tar", "gzip", "mkfs.fat", "mcopy", "cloud-localds")
 
 
 def processes() -> list[tuple[int, str]]:
@@ -115,6 +117,7 @@ def sweep_staging(dist: Path, cache: Cache, task: str) -> list[str]:
     for d in dist.glob(".imagebuild-vm-*"):
         with contextlib.suppress(OSError):
             if (d / ".owner").read_text().strip() == str(cache.root):
+                gone += [f"process {p}" for p in stop_processes([str(d)], FORMAT_TOOLS)]
                 shutil.rmtree(d, ignore_errors=True)
                 gone.append(str(d))
     if gone:

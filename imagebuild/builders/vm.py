@@ -17,6 +17,7 @@ import json
 import re
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -304,23 +305,30 @@ def _packer_qemu(
     strategy = provision.ssh_strategy()[0]
     what = f"qemu/{accel}: boot, vm.yml (Ansible strategy {strategy}), shutdown"
     log = packer.log_file(b.inputs.cache.root, spec.name)
-    try:
-        timeline = packer.build(values, work, "qemu.vm", on_error, log, what)
-        to.seconds |= {f"packer {k}": v for k, v in packer.phases(timeline).items()}
-    except BaseException:
-        if on_error == "abort":
-            _keep_for_login(values, work, staging)
-        raise
-    finally:
-        if on_error != "abort":
-            _stop_strays(values["qemu_name"], work)
+    # The formats need only the base disk: made while Packer boots (TCG leaves a core to
+    # qemu-img now and then: 10 s less here), and stopped with the build if it fails.
+    with ThreadPoolExecutor(1) as pool:
+        made = pool.submit(vm_outputs.formats, base.path, b.inputs, to, True)
+        try:
+            timeline = packer.build(values, work, "qemu.vm", on_error, log, what)
+            to.seconds |= {f"packer {k}": v for k, v in packer.phases(timeline).items()}
+        except BaseException:
+            while not wait([made], timeout=0.5).done:  # a tool started after a kill: again
+                vm_outputs.stop_formats(to)
+            if on_error == "abort":
+                _keep_for_login(values, work, staging)
+            raise
+        finally:
+            if on_error != "abort":
+                _stop_strays(values["qemu_name"], work)
+        made.result()
     lines = [ln for _, ln in timeline]
     provision.check_converged(lines)
     shutil.rmtree(staging / "packer-out")  # the booted overlay: what it holds is not shipped
     vm_inv = json.loads(inventory_out.read_text())
     manifest = (work / "packer-manifest.json").read_bytes()
     made_from = provenance.subject("base disk", base.sha256)
-    parity = vm_outputs.ship(base.path, manifest, vm_inv, made_from, b.inputs, to, keep=True)
+    parity = vm_outputs.ship(None, manifest, vm_inv, made_from, b.inputs, to)
     # The base disk is the container's filesystem: the shared roles must find nothing to do.
     parity["shared_roles_changed"] = provision.shared_changed(lines, spec)
     return parity, vm_inv

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from imagebuild import inventory as inv
-from imagebuild import progress, provenance, tools
+from imagebuild import leftovers, progress, provenance, tools
 from imagebuild.builders.formats import FORMATS, qcow2
 from imagebuild.cache import sha256_file
 from imagebuild.inputs import Inputs
@@ -33,29 +33,45 @@ class Delivery:
     known: dict[str, str] = field(default_factory=dict)
 
 
+def formats(written: Path, inputs: Inputs, to: Delivery, keep: bool = False) -> None:
+    """Every format the spec asks for, made in `to.staging` from the disk `written` (removed
+    once read unless `keep`: the cached base disk) and hashed into `to.known`."""
+    spec = inputs.spec
+    start = time.monotonic()
+    with progress.stage("build-vm: formats", ", ".join(spec.vm.formats)):
+        made = {fmt: to.staging / to.out[fmt].name for fmt in spec.vm.formats}
+        make_formats(written, made, spec, inputs.lock, keep)
+        to.known |= {made[f].name: sha256_file(made[f]) for f in spec.vm.formats}
+    to.seconds["formats"] = round(time.monotonic() - start, 1)
+
+
+def stop_formats(to: Delivery) -> None:
+    """Kill the tools `formats` runs in another thread (each names the staging folder), so that
+    it ends at once when the build does."""
+    leftovers.stop_processes([str(to.staging)], leftovers.FORMAT_TOOLS)
+
+
 def ship(
-    written: Path,
+    written: Path | None,
     packer_manifest: bytes,
     inventory: dict[str, Any],
     made_from: dict[str, Any],
     inputs: Inputs,
     to: Delivery,
-    keep: bool = False,
 ) -> dict[str, Any]:
-    """Make every output in `to.staging` from the disk `written` (removed once read unless
-    `keep`: the cached base disk), move them into place (the record aside: the caller writes it
-    last), and return the parity. `made_from`: what the disk was made from, as the provenance
-    names it."""
+    """The formats from the disk `written` (unless None: `formats` made them already), then
+    Packer's manifest, the VM's package manifest, SBOM and provenance; every output moved into
+    place (the record aside: the caller writes it last). Returns the parity. `made_from`: what
+    the disk was made from, as the provenance names it."""
     spec, lock = inputs.spec, inputs.lock
     staging, out, known = to.staging, to.out, to.known
+    if written is not None:
+        formats(written, inputs, to)
     start = time.monotonic()
-    with progress.stage("build-vm: outputs", ", ".join(spec.vm.formats)):
-        made = {fmt: staging / out[fmt].name for fmt in spec.vm.formats}
-        make_formats(written, made, spec, lock, keep)
+    with progress.stage("build-vm: outputs", "manifests, SBOM, provenance"):
         (staging / out["packer_manifest"].name).write_bytes(packer_manifest)
-        known |= {made[f].name: sha256_file(made[f]) for f in spec.vm.formats}
         # The VM's digest: its qcow2 when made, else the first format asked for.
-        disk = made["qcow2" if "qcow2" in made else spec.vm.formats[0]].name
+        disk = out["qcow2" if "qcow2" in out else spec.vm.formats[0]].name
         files = {n: known[n] for n in sorted(known)}
         subject = Subject("vm", known[disk], f"sha256:{known[disk]}", files)
         bom, packages = staging / out["sbom"].name, staging / out["packages"].name
