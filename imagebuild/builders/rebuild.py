@@ -5,8 +5,9 @@ every blob's sha256 checked again), nothing a build derives is (no stage unless
 `reuse_layers`, no disk). It makes the container's OCI archive and every VM format from a base
 disk of its own, into a private folder, and compares each with the sha256 DIST/SHA256SUMS
 lists. Packer's pass is not run: it boots a throw-away overlay and writes nothing that ships.
-Nothing is loaded into the engine or tagged. A disk that differs is read file by file
-(builders.disk_diff) and its differing files named."""
+No image is left in the engine nor tagged under the spec's name (the stages' working tags
+go with the rebuild; a killed one's are swept on the next run). A disk that differs is read
+file by file (builders.disk_diff) and its differing files named."""
 
 from __future__ import annotations
 
