@@ -30,7 +30,7 @@ SUITE_PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
 
 
 # builders/formats/ has one module each (tests/test_formats.py checks the two agree)
-VM_FORMATS = ("qcow2", "ova", "vagrant", "vhd", "gce", "raw")
+VM_FORMATS = ("qcow2", "ova", "vagrant", "virtualbox", "vmware", "vhd", "gce", "raw")
 DEFAULT_VM_FORMATS = ("qcow2", "ova", "vagrant")
 # cloud-init's datasources (role vm_base): every VM reads NoCloud/ConfigDrive seeds, the OVF
 # environment and EC2's metadata (the AMI); a cloud's format adds its own. ds-identify enables
@@ -264,8 +264,9 @@ class Vm:
     formats: list[str] = field(
         default_factory=lambda: list(DEFAULT_VM_FORMATS),
         metadata=meta(
-            "Outputs besides the qcow2 base: qcow2, ova, vagrant (libvirt box), vhd (Azure, "
-            "fixed), gce (Compute Engine's disk.raw tar.gz), raw (sparse).",
+            "Outputs besides the qcow2 base: qcow2, ova (VMware hardware), vagrant (libvirt "
+            "box), virtualbox and vmware (Vagrant boxes), vhd (Azure, fixed), gce (Compute "
+            "Engine's disk.raw tar.gz), raw (sparse).",
             None,
             one_of(*VM_FORMATS),
         ),

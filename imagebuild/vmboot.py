@@ -12,7 +12,7 @@ import shlex
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -63,7 +63,39 @@ class Booted:
 LOGIN_CREDENTIAL = "io.systemd.credential:ssh.authorized_keys.root"
 
 
-def guest_args(port: int | str, public_key: str) -> list[str]:
+@dataclass(frozen=True)
+class Hardware:
+    """The disk controller and NIC a format declares to its hypervisor (the OVF's, the VMX's),
+    as QEMU emulates them: verify boots a format's disk on them, so a kernel without their
+    drivers fails there, not on the user's hypervisor."""
+
+    disk_bus: str = "virtio"  # virtio | virtio-scsi | pvscsi | ide
+    nic: str = "virtio"  # virtio | vmxnet3
+
+    def __str__(self) -> str:
+        return f"disk on {self.disk_bus}, NIC {self.nic}"
+
+
+VIRTIO = Hardware()
+NIC_DEVICES = {"virtio": "virtio-net-pci", "vmxnet3": "vmxnet3"}
+SCSI_DEVICES = {"virtio-scsi": "virtio-scsi-pci", "pvscsi": "pvscsi"}
+
+
+def drive_args(disk: Path, hardware: Hardware) -> list[str]:
+    """QEMU's arguments for the system disk (qcow2) on `hardware`'s controller."""
+    if hardware.disk_bus in ("virtio", "ide"):
+        return ["-drive", f"file={_opt(disk)},if={hardware.disk_bus},format=qcow2"]
+    return [
+        "-device",
+        f"{SCSI_DEVICES[hardware.disk_bus]},id=scsi0",
+        "-drive",
+        f"file={_opt(disk)},if=none,id=disk0,format=qcow2",
+        "-device",
+        "scsi-hd,drive=disk0,bus=scsi0.0",
+    ]
+
+
+def guest_args(port: int | str, public_key: str, nic: str = "virtio") -> list[str]:
     """The QEMU arguments every boot of an image shares (Packer's, verify's, the tests'): user
     networking that forwards only SSH, on 127.0.0.1 (restrict=on: the guest reaches nothing
     else, so builds stay hermetic), and the login key as systemd's credential."""
@@ -73,7 +105,7 @@ def guest_args(port: int | str, public_key: str) -> list[str]:
         "-netdev",
         f"user,id=ibnet0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-device",
-        "virtio-net-pci,netdev=ibnet0,addr=0x10",
+        f"{NIC_DEVICES[nic]},netdev=ibnet0,addr=0x10",
         "-smbios",
         f"type=11,value={LOGIN_CREDENTIAL}={public_key.strip()}",
     ]
@@ -182,9 +214,12 @@ def boot(
     name: str = "imagebuild-boot",
     timeout: float = 300,
     keep: bool = False,
+    hardware: Hardware = VIRTIO,
+    extra: Sequence[str] = (),
 ) -> Iterator[Booted]:
     """Boot `disk` on an overlay; with `keep`, power the guest off cleanly at the end and leave
-    the overlay (workdir/overlay.qcow2, backed by `disk`) as a modified copy."""
+    the overlay (workdir/overlay.qcow2, backed by `disk`) as a modified copy. `extra`: more
+    QEMU arguments (a second disk)."""
     key, disk_overlay = make_key(workdir), overlay(disk, workdir)
     port, serial = free_port(), workdir / "serial.log"
     cmd = [
@@ -201,9 +236,9 @@ def boot(
         "-nodefaults",
         "-serial",
         f"file:{serial}",
-        "-drive",
-        f"file={_opt(disk_overlay)},if=virtio,format=qcow2",
-        *guest_args(port, Path(f"{key}.pub").read_text()),
+        *drive_args(disk_overlay, hardware),
+        *extra,
+        *guest_args(port, Path(f"{key}.pub").read_text(), hardware.nic),
     ]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -4,6 +4,7 @@ format reads, that the shipped qcow2 is compressed, and that a failure stops eve
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tarfile
 import time
@@ -13,8 +14,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from imagebuild import vmboot
 from imagebuild.builders import vm_outputs
-from imagebuild.builders.formats import qcow2, vagrant
+from imagebuild.builders.formats import box, qcow2, vagrant
 from imagebuild.cache import sha256_file
 from imagebuild.errors import ImageBuildError
 
@@ -116,7 +118,7 @@ def test_the_vagrant_box_is_reproducible_and_carries_the_convention_on_its_seed(
     ).stdout
     users = yaml.safe_load(user_data)["users"]
     assert users[0]["name"] == "vagrant" and users[0]["sudo"] == "ALL=(ALL) NOPASSWD:ALL"
-    assert users[0]["ssh_authorized_keys"] == [vagrant.INSECURE_KEY]
+    assert users[0]["ssh_authorized_keys"] == [box.INSECURE_KEY]
     assert "libvirt.memory = 1024" in (out / "Vagrantfile").read_text()
 
 
@@ -134,3 +136,76 @@ def test_a_clouds_format_adds_its_cloud_init_datasource() -> None:
     assert Vm().datasources() == ["NoCloud", "ConfigDrive", "OVF", "Ec2"]
     both = Vm(formats=["qcow2", "vhd", "gce", "raw"]).datasources()
     assert both == ["NoCloud", "ConfigDrive", "OVF", "Ec2", "Azure", "GCE"]
+
+
+def _seed_key(seed_vmdk: Path, tmp_path: Path) -> str:
+    raw = tmp_path / "seed.raw"
+    subprocess.run(["qemu-img", "convert", "-f", "vmdk", "-O", "raw", seed_vmdk, raw], check=True)
+    user_data = subprocess.run(
+        ["mtype", "-i", str(raw), "::user-data"], capture_output=True, text=True, check=True
+    ).stdout
+    return yaml.safe_load(user_data)["users"][0]["ssh_authorized_keys"][0]
+
+
+def _print_source(*args: str) -> tuple[list[str], str]:
+    """virt-v2v's reading of a VM description: its disks' buses and its NIC line."""
+    r = subprocess.run(
+        ["virt-v2v", "--print-source", *args], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stdout + r.stderr
+    disks = r.stdout.split("disks:")[1].split("removable media:")[0].split()
+    return disks, r.stdout.split("NICs:")[1].strip()
+
+
+@pytest.mark.parametrize("fmt", ["virtualbox", "vmware"])
+def test_the_virtualbox_and_vmware_boxes_are_what_their_tools_read(
+    fmt: str, tmp_path: Path
+) -> None:
+    """Box format v2 for each provider: metadata.json names it; its descriptor (VirtualBox's OVF,
+    VMware's VMX), as virt-v2v reads it, attaches the system disk and the seed on the controller
+    and NIC the image's cloud kernel drives (which verify boots it on); each disk is one
+    self-contained VMDK, the system one the input's bytes, the seed with Vagrant's key; the real
+    `vagrant box add` takes the box for its provider."""
+    from imagebuild import diskimage
+    from imagebuild.builders.formats import FORMATS, virtualbox, vmware
+
+    disk = packer_disk(tmp_path)
+    spec = SimpleNamespace(name="demo", version="1.0", vm=SimpleNamespace(memory_mb=1024, cpus=2))
+    made = tmp_path / f"demo-1.0{FORMATS[fmt].SUFFIX}"
+    FORMATS[fmt].make(disk, made, spec, 1_700_000_000)  # type: ignore[arg-type]
+    out = tmp_path / "unpacked"
+    with tarfile.open(made) as tar:
+        names = tar.getnames()
+        tar.extractall(out)  # our own plain members
+    if fmt == "virtualbox":
+        provider, system, seed = "virtualbox", virtualbox.SYSTEM, virtualbox.SEED
+        assert names == ["metadata.json", "Vagrantfile", "box.ovf", system, seed]
+        disks, nic = _print_source("-i", "ova", str(out))
+        assert disks == ["0", "[ide]", "1", "[ide]"] and nic == 'Bridge "NAT" [virtio-net]'
+        assert vmboot.Hardware("ide", "virtio") == FORMATS[fmt].HARDWARE
+        vmdk_type = "streamOptimized"
+    else:
+        provider, system, seed = "vmware_desktop", vmware.SYSTEM, vmware.SEED
+        assert names == ["metadata.json", "Vagrantfile", "box.vmx", system, seed]
+        disks, nic = _print_source("-i", "vmx", str(out / "box.vmx"))
+        assert disks == ["0", "[scsi]", "1", "[scsi]"] and nic == 'Network "ethernet0" [vmxnet3]'
+        assert 'scsi0.virtualDev = "pvscsi"' in (out / "box.vmx").read_text()
+        assert vmboot.Hardware("pvscsi", "vmxnet3") == FORMATS[fmt].HARDWARE
+        vmdk_type = "monolithicSparse"
+    assert json.loads((out / "metadata.json").read_text()) == {"provider": provider}
+    for name in (system, seed):
+        assert diskimage.info(out / name, "vmdk")["format-specific"]["data"]["create-type"] == (
+            vmdk_type
+        )
+    same = ["qemu-img", "compare", "-q", "-f", "vmdk", "-F", "qcow2", out / system, disk]
+    assert subprocess.run(same).returncode == 0
+    assert _seed_key(out / seed, tmp_path) == box.INSECURE_KEY
+    env = {**os.environ, "VAGRANT_HOME": str(tmp_path / "vagrant.d")}
+    r = subprocess.run(
+        ["vagrant", "box", "add", "--name", "demo", str(made)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert r.returncode == 0 and f"for '{provider}'" in r.stdout, r.stdout + r.stderr

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -508,7 +509,8 @@ def wordcount_built(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_the_cloud_formats_hold_the_verified_disk_with_their_datasources(
     wordcount_built, tmp_path: Path
 ) -> None:
-    """The VHD, the GCE tarball and the raw disk made in the same build: each taken as verify
+    """The VHD, the GCE tarball, the raw disk and the VirtualBox and VMware boxes made in the
+    same build: each taken as verify
     --vm takes it holds the qcow2's guest-visible bytes (so the verify of the qcow2 or the OVA
     covers it), each listed in SHA256SUMS and the VM's provenance; the guest enables the Azure
     and GCE datasources only because those formats were asked for."""
@@ -524,13 +526,60 @@ def test_the_cloud_formats_hold_the_verified_disk_with_their_datasources(
         for s in provenance.read_statement(dist / f"{stem}.vm.intoto.jsonl")["subject"]
     }
     sums = checksums.read(dist)  # the build's hashes (re-hashing 8 GiB of holes: ~25 s)
-    for name in (f"{stem}.vhd", f"{stem}.gce.tar.gz", f"{stem}.raw"):
+    for name in (
+        f"{stem}.vhd",
+        f"{stem}.gce.tar.gz",
+        f"{stem}.raw",
+        f"{stem}.virtualbox.box",
+        f"{stem}.vmware.box",
+    ):
         disk = vmdisk.bootable(dist / name, tmp_path / name, spec.vm.disk_gb, to_qcow2=False)
         vmdisk.same_as(disk, qcow2)
         assert subjects[name] == sums[name]
     root = vmboot.partition_image(qcow2, tmp_path)
     cfg = vmboot.debugfs_cat(root, "/etc/cloud/cloud.cfg.d/90-imagebuild.cfg").decode()
     assert 'datasource_list: ["NoCloud", "ConfigDrive", "OVF", "Ec2", "Azure", "GCE"]' in cfg
+
+
+def test_the_virtualbox_box_boots_on_its_hardware_and_logs_in_vagrant(
+    wordcount_built, tmp_path: Path
+) -> None:
+    """What `vagrant up` with VirtualBox attaches, as QEMU emulates it: the box's system disk on
+    the PIIX4 IDE controller and its seed disk beside it, a virtio NIC (the OVF's hardware, no
+    virtio disk). The cloud kernel drives them, and cloud-init makes Vagrant's convention from
+    the seed: `vagrant` logs in with Vagrant's own insecure key and has passwordless sudo. (The
+    OVA's VMware hardware, paravirtual SCSI and VMXNET3, is booted by the verify below.)"""
+    from imagebuild.builders.formats import box, virtualbox
+    from imagebuild.spec import load
+    from imagebuild.verify import vmdisk
+
+    spec_path, dist = wordcount_built
+    spec = load(spec_path)
+    made = dist / f"{spec.name}-{spec.version}{virtualbox.SUFFIX}"
+    disk = vmdisk.bootable(made, tmp_path / "disk", spec.vm.disk_gb)
+    seed = tmp_path / virtualbox.SEED
+    with tarfile.open(made) as tar:
+        src = tar.extractfile(virtualbox.SEED)
+        assert src is not None
+        seed.write_bytes(src.read())
+    key = tmp_path / "vagrant-insecure"
+    gems = Path("/usr/share/rubygems-integration/all/gems")  # Debian's vagrant package
+    shutil.copyfile(next(gems.glob("vagrant-*/keys/vagrant")), key)
+    key.chmod(0o600)
+    public = subprocess.run(["ssh-keygen", "-y", "-f", key], capture_output=True, text=True)
+    assert public.stdout.split()[:2] == box.INSECURE_KEY.split()[:2]
+    seed_drive = f"file={seed},if=ide,index=1,format=vmdk,snapshot=on"  # IDE has no read-only
+    with vmboot.boot(
+        disk.bootable, tmp_path / "vm", hardware=virtualbox.HARDWARE, extra=["-drive", seed_drive]
+    ) as b:
+        as_vagrant = vmboot.Booted(b.port, key, b.serial_log, 0.0, user="vagrant")
+        deadline = time.monotonic() + 120  # cloud-init makes the user after sshd is up
+        while (r := as_vagrant.ssh("sudo -n lsmod")).returncode != 0:
+            assert time.monotonic() < deadline, r.stderr
+            time.sleep(2)
+        modules = {line.split()[0] for line in r.stdout.splitlines()[1:]}
+        assert {"ata_piix", "virtio_net"} <= modules and "virtio_blk" not in modules
+        assert b.ssh("findmnt -no SOURCE /").stdout.strip() == "/dev/sda1"
 
 
 def test_a_plain_fastapi_service_verifies_green(wordcount_built) -> None:

@@ -56,7 +56,7 @@ def test_what_is_not_a_vm_artifact_is_named(tmp_path: Path) -> None:
         vmdisk.bootable(box, tmp_path / "work", GB)
 
 
-@pytest.mark.parametrize("fmt", ["vhd", "gce", "raw", "ova"])
+@pytest.mark.parametrize("fmt", ["vhd", "gce", "raw", "ova", "virtualbox", "vmware"])
 def test_every_format_is_the_qcow2s_disk_and_reproducible(fmt: str, tmp_path: Path) -> None:
     """Each format made twice from one qcow2 gives the same bytes (the VHD footer's time and
     UUID, the VMDK's CID and the tar and gzip headers fixed); verify --vm takes it, and its disk

@@ -108,8 +108,8 @@ DOMAIN_XML = """<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domai
     <disk type='file' device='disk'>
       <driver name='qemu' type='qcow2'/>
       <source file={disk}/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
+      {target}
+    </disk>{controller}
     <serial type='file'><source path={serial}/><target port='0'/></serial>{seed}
   </devices>
   <qemu:commandline>
@@ -129,6 +129,14 @@ SEED_XML = """
       <readonly/>
     </disk>"""
 
+
+# libvirt's words for vmboot.Hardware's disk buses: the target, and the controller it needs.
+DISK_TARGETS = {
+    "virtio": ("<target dev='vda' bus='virtio'/>", ""),
+    "ide": ("<target dev='hda' bus='ide'/>", ""),
+    "pvscsi": ("<target dev='sda' bus='scsi'/>", "vmpvscsi"),
+    "virtio-scsi": ("<target dev='sda' bus='scsi'/>", "virtio-scsi"),
+}
 
 SYSTEM_URI = "qemu:///system"
 
@@ -196,12 +204,21 @@ def kvm_device_for_libvirt(dev: Path = Path("/dev/kvm")) -> None:
 
 @contextlib.contextmanager
 def _libvirt_vm(
-    conn: Any, disk: Path, work: Path, memory: int, cpus: int, seed: Path | None
+    conn: Any,
+    disk: Path,
+    work: Path,
+    memory: int,
+    cpus: int,
+    seed: Path | None,
+    hardware: vmboot.Hardware,
 ) -> Iterator[Host]:
     key = vmboot.make_key(work)
     overlay = vmboot.overlay(disk, work)
     port, serial = vmboot.free_port(), work / "serial.log"
+    target, controller = DISK_TARGETS[hardware.disk_bus]
     xml = DOMAIN_XML.format(
+        target=target,
+        controller=f"\n    <controller type='scsi' model='{controller}'/>" if controller else "",
         name=f"imagebuild-verify-{uuid.uuid4().hex[:8]}",
         memory=memory,
         cpus=cpus,
@@ -210,7 +227,7 @@ def _libvirt_vm(
         seed=SEED_XML.format(iso=quoteattr(str(seed.resolve()))) if seed else "",
         qemu_args="\n".join(
             f"    <qemu:arg value={quoteattr(a)}/>"
-            for a in vmboot.guest_args(port, Path(f"{key}.pub").read_text())
+            for a in vmboot.guest_args(port, Path(f"{key}.pub").read_text(), hardware.nic)
         ),
     )
     start = time.monotonic()
@@ -251,8 +268,10 @@ def vm(
     backend: str = "auto",
     seed: Path | None = None,
     libvirt_uri: str = SYSTEM_URI,
+    hardware: vmboot.Hardware = vmboot.VIRTIO,
 ) -> Iterator[Host]:
-    """`seed`: a NoCloud seed ISO to boot with (libvirt only), as a libvirt user would attach it."""
+    """`seed`: a NoCloud seed ISO to boot with (libvirt only), as a libvirt user would attach it.
+    `hardware`: the disk controller and NIC the artifact's format declares."""
     if not disk.exists():
         raise HostError(f"VM disk {disk} not found; run `invoke build-vm` or pass --vm")
     if seed is not None and not seed.is_file():
@@ -262,11 +281,13 @@ def vm(
         raise HostError(f"libvirt ({libvirt_uri}) is not usable here; try --backend qemu")
     if conn is not None:
         try:
-            with _libvirt_vm(conn, disk, work, memory, cpus, seed) as host:
+            with _libvirt_vm(conn, disk, work, memory, cpus, seed, hardware) as host:
                 yield host
         finally:
             conn.close()
         return
-    with vmboot.boot(disk, work, memory_mb=memory, cpus=cpus, name="imagebuild-verify") as b:
+    with vmboot.boot(
+        disk, work, memory_mb=memory, cpus=cpus, name="imagebuild-verify", hardware=hardware
+    ) as b:
         host = _ssh_host(b, work, "plain QEMU (libvirt unavailable)")
         yield replace(host, service_url=host.url)

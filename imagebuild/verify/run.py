@@ -101,20 +101,20 @@ class Handed:
         self.imagebuild_project = project
 
 
-def _vm_disk(artifact: Path, work: Path, qcow2: Path, disk_gb: int) -> Path:
+def _vm_disk(artifact: Path, work: Path, qcow2: Path, disk_gb: int) -> vmdisk.Disk:
     """The qcow2 to boot for --vm (any format imagebuild makes), its headers checked; another
     format's disk must hold the same bytes as the qcow2 of the same build, when it is beside
     it."""
     with progress.stage("verify: VM disk", f"from {artifact.name}"):
         disk = vmdisk.bootable(artifact, work, disk_gb)
     if disk.kind == "qcow2":
-        return disk.bootable  # the checked inode (a link beside the run), not the path again
+        return disk  # its bootable: the checked inode (a link beside the run), not the path again
     if qcow2.is_file():
         with progress.stage("verify: same disk as", qcow2.name):
             vmdisk.same_as(disk, qcow2)
     else:
         progress.say(f"verify: no {qcow2.name} beside {artifact.name}: not compared")
-    return disk.bootable
+    return disk
 
 
 def verify(
@@ -151,10 +151,17 @@ def verify(
             c = up.enter_context(hosts.container(ref, service=spec.verify.service is not None))
             seconds["container start"] = c.seconds
             st["note"] = c.url
-        with progress.stage("verify: VM boot to SSH", str(disk)) as st:
+        with progress.stage("verify: VM boot to SSH", f"{disk.bootable} ({disk.hardware})") as st:
             v = up.enter_context(
                 hosts.vm(
-                    disk, work / "vm", spec.vm.memory_mb, spec.vm.cpus, backend, seed, libvirt_uri
+                    disk.bootable,
+                    work / "vm",
+                    spec.vm.memory_mb,
+                    spec.vm.cpus,
+                    backend,
+                    seed,
+                    libvirt_uri,
+                    disk.hardware,
                 )
             )
             seconds["vm start (libvirt)"] = v.setup_seconds
@@ -166,7 +173,7 @@ def verify(
             json.dumps(
                 {
                     "spec": str(spec.path),
-                    "disk": str(disk),
+                    "disk": str(disk.bootable),
                     "cache": str(cache_root or default_root()),
                     "hosts": {
                         name: {

@@ -14,7 +14,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagebuild import diskimage, tools
+from imagebuild import diskimage, tools, vmboot
 from imagebuild.builders.formats import FORMATS
 from imagebuild.errors import ImageBuildError
 
@@ -31,9 +31,20 @@ class Disk:
     disk_gb: int  # the virtual size its disks were checked to have (the spec's vm.disk_gb)
     fmt: str = "qcow2"  # qemu-img's name of `bootable`'s format
 
+    @property
+    def hardware(self) -> vmboot.Hardware:
+        """The disk controller and NIC its format declares (verify boots it on them)."""
+        return FORMATS[self.kind].HARDWARE
+
 
 # The disk inside an archive: its member's name pattern and format.
-MEMBER = {"vagrant": ("box.img", "qcow2"), "ova": ("*.vmdk", "vmdk"), "gce": ("disk.raw", "raw")}
+MEMBER = {
+    "vagrant": ("box.img", "qcow2"),
+    "virtualbox": ("box-disk001.vmdk", "vmdk"),
+    "vmware": ("disk.vmdk", "vmdk"),
+    "ova": ("*.vmdk", "vmdk"),
+    "gce": ("disk.raw", "raw"),
+}
 # The artifacts that are the disk itself, and qemu-img's name of their format.
 DIRECT = {"qcow2": "qcow2", "vhd": "vpc", "raw": "raw"}
 ZEROS = bytes(1 << 20)

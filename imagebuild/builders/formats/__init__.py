@@ -8,14 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from imagebuild import distnames
-from imagebuild.builders.formats import gce, ova, qcow2, raw, vagrant, vhd
+from imagebuild import distnames, vmboot
+from imagebuild.builders.formats import gce, ova, qcow2, raw, vagrant, vhd, virtualbox, vmware
 from imagebuild.spec import Spec
 
 
 class Format(Protocol):
     SUFFIX: str
     COMPRESSED_INPUT: bool  # made from the compressed qcow2 (else from the finished disk)
+    HARDWARE: vmboot.Hardware  # the disk controller and NIC it declares (verify boots on them)
 
     def make(self, disk: Path, dest: Path, spec: Spec, sde: int) -> None: ...
 
@@ -24,6 +25,8 @@ FORMATS: dict[str, Format] = {
     "qcow2": qcow2,
     "ova": ova,
     "vagrant": vagrant,
+    "virtualbox": virtualbox,
+    "vmware": vmware,
     "vhd": vhd,
     "gce": gce,
     "raw": raw,

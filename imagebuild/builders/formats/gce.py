@@ -10,12 +10,13 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from imagebuild import tools
+from imagebuild import tools, vmboot
 from imagebuild.builders.formats import raw
 from imagebuild.spec import Spec
 
 SUFFIX = ".gce.tar.gz"
 COMPRESSED_INPUT = False
+HARDWARE = vmboot.Hardware("virtio-scsi", "virtio")  # Compute Engine's default
 MEMBER = "disk.raw"  # the one name Compute Engine reads
 
 

@@ -1,15 +1,18 @@
 """OVA: an OVF 1.0 descriptor, one streamOptimized VMDK and a SHA256 manifest, in a ustar
-archive with the descriptor first (OVF spec DSP0243 section 5.3)."""
+archive with the descriptor first (OVF spec DSP0243 section 5.3). Its hardware is VMware's
+paravirtual SCSI and VMXNET3 (the drivers the image's cloud kernel has); the VirtualBox box
+(`virtualbox.py`) writes the same descriptor with VirtualBox's."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from imagebuild import tarnorm, tools
+from imagebuild import tarnorm, tools, vmboot
 from imagebuild.cache import sha256_file
 from imagebuild.diskimage import info
 from imagebuild.spec import Spec
@@ -23,13 +26,11 @@ OVF = """<?xml version="1.0" encoding="UTF-8"?>
   xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
   xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData">
   <References>
-    <File ovf:id="file1" ovf:href="{vmdk}" ovf:size="{vmdk_size}"/>
+{files}
   </References>
   <DiskSection>
     <Info>Virtual disks</Info>
-    <Disk ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:capacity="{capacity}"
-      ovf:capacityAllocationUnits="byte"
-      ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>
+{disks}
   </DiskSection>
   <NetworkSection>
     <Info>Logical networks</Info>
@@ -48,7 +49,7 @@ OVF = """<?xml version="1.0" encoding="UTF-8"?>
         <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>
         <vssd:InstanceID>0</vssd:InstanceID>
         <vssd:VirtualSystemIdentifier>{name}</vssd:VirtualSystemIdentifier>
-        <vssd:VirtualSystemType>vmx-10 virtualbox-2.2</vssd:VirtualSystemType>
+        <vssd:VirtualSystemType>{system_type}</vssd:VirtualSystemType>
       </System>
       <Item>
         <rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits>
@@ -68,31 +69,85 @@ OVF = """<?xml version="1.0" encoding="UTF-8"?>
       </Item>
       <Item>
         <rasd:Address>0</rasd:Address>
-        <rasd:ElementName>SCSI controller</rasd:ElementName>
+        <rasd:ElementName>{controller} controller</rasd:ElementName>
         <rasd:InstanceID>3</rasd:InstanceID>
-        <rasd:ResourceSubType>lsilogic</rasd:ResourceSubType>
-        <rasd:ResourceType>6</rasd:ResourceType>
+        <rasd:ResourceSubType>{controller}</rasd:ResourceSubType>
+        <rasd:ResourceType>{controller_type}</rasd:ResourceType>
       </Item>
-      <Item>
-        <rasd:AddressOnParent>0</rasd:AddressOnParent>
-        <rasd:ElementName>disk1</rasd:ElementName>
-        <rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource>
-        <rasd:InstanceID>4</rasd:InstanceID>
-        <rasd:Parent>3</rasd:Parent>
-        <rasd:ResourceType>17</rasd:ResourceType>
-      </Item>
+{disk_items}
       <Item>
         <rasd:AutomaticAllocation>true</rasd:AutomaticAllocation>
         <rasd:Connection>NAT</rasd:Connection>
         <rasd:ElementName>ethernet0</rasd:ElementName>
-        <rasd:InstanceID>5</rasd:InstanceID>
-        <rasd:ResourceSubType>E1000</rasd:ResourceSubType>
+        <rasd:InstanceID>{nic_id}</rasd:InstanceID>
+        <rasd:ResourceSubType>{nic}</rasd:ResourceSubType>
         <rasd:ResourceType>10</rasd:ResourceType>
       </Item>
     </VirtualHardwareSection>
   </VirtualSystem>
 </Envelope>
 """
+FILE = '    <File ovf:id="file{n}" ovf:href="{href}" ovf:size="{size}"/>'
+DISK = """    <Disk ovf:diskId="vmdisk{n}" ovf:fileRef="file{n}" ovf:capacity="{capacity}"
+      ovf:capacityAllocationUnits="byte"
+      ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>"""
+DISK_ITEM = """      <Item>
+        <rasd:AddressOnParent>{address}</rasd:AddressOnParent>
+        <rasd:ElementName>disk{n}</rasd:ElementName>
+        <rasd:HostResource>ovf:/disk/vmdisk{n}</rasd:HostResource>
+        <rasd:InstanceID>{id}</rasd:InstanceID>
+        <rasd:Parent>3</rasd:Parent>
+        <rasd:ResourceType>17</rasd:ResourceType>
+      </Item>"""
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """What a hypervisor's importer reads from the descriptor and the image's cloud kernel
+    drives (it has neither the LSI Logic SCSI nor the E1000 drivers, the usual OVF defaults)."""
+
+    system_type: str
+    controller: str  # rasd:ResourceSubType of the disk controller
+    controller_type: int  # rasd:ResourceType: 5 IDE, 6 SCSI
+    nic: str  # rasd:ResourceSubType of the NIC
+    hardware: vmboot.Hardware  # the same, as QEMU emulates it (verify boots on it)
+
+
+# VMware (vSphere, Workstation, Fusion): paravirtual SCSI and VMXNET3.
+VMWARE = Flavour("vmx-10", "VirtualSCSI", 6, "VmxNet3", vmboot.Hardware("pvscsi", "vmxnet3"))
+HARDWARE = VMWARE.hardware
+
+
+def descriptor(spec: Spec, flavour: Flavour, disks: list[tuple[Path, int]]) -> str:
+    """The OVF for `disks` (each VMDK and its virtual size), attached in that order."""
+    n = range(1, len(disks) + 1)
+    return OVF.format(
+        files="\n".join(
+            FILE.format(n=i, href=escape(p.name), size=p.stat().st_size)
+            for i, (p, _) in zip(n, disks, strict=True)
+        ),
+        disks="\n".join(DISK.format(n=i, capacity=c) for i, (_, c) in zip(n, disks, strict=True)),
+        disk_items="\n".join(DISK_ITEM.format(n=i, address=i - 1, id=3 + i) for i in n),
+        nic_id=4 + len(disks),
+        name=escape(spec.name),
+        version=escape(spec.version),
+        cpus=spec.vm.cpus,
+        memory=spec.vm.memory_mb,
+        system_type=flavour.system_type,
+        controller=flavour.controller,
+        controller_type=flavour.controller_type,
+        nic=flavour.nic,
+    )
+
+
+def stream_vmdk(disk: Path, dest: Path, seed: str, fmt: str = "qcow2") -> Path:
+    """`disk` as a streamOptimized VMDK (what OVF packages carry), its CID derived from `seed`."""
+    tools.run(
+        ["qemu-img", "convert", "-f", fmt, "-O", "vmdk", "-o", "subformat=streamOptimized"]
+        + [disk, dest]
+    )
+    pin_cid(dest, seed)
+    return dest
 
 
 def pin_cid(vmdk: Path, seed: str) -> None:
@@ -123,35 +178,9 @@ def make(disk: Path, dest: Path, spec: Spec, sde: int) -> None:
     work = dest.parent / f".{stem}.ova.d"
     work.mkdir()
     try:
-        vmdk = work / f"{stem}-disk1.vmdk"
-        tools.run(
-            [
-                "qemu-img",
-                "convert",
-                "-f",
-                "qcow2",
-                "-O",
-                "vmdk",
-                "-o",
-                "subformat=streamOptimized",
-                disk,
-                vmdk,
-            ]
-        )
-        pin_cid(vmdk, f"{stem}:{sde}")
-        capacity = info(disk)["virtual-size"]
+        vmdk = stream_vmdk(disk, work / f"{stem}-disk1.vmdk", f"{stem}:{sde}")
         ovf = work / f"{stem}.ovf"
-        ovf.write_text(
-            OVF.format(
-                vmdk=vmdk.name,
-                vmdk_size=vmdk.stat().st_size,
-                capacity=capacity,
-                name=escape(spec.name),
-                version=escape(spec.version),
-                cpus=spec.vm.cpus,
-                memory=spec.vm.memory_mb,
-            )
-        )
+        ovf.write_text(descriptor(spec, VMWARE, [(vmdk, info(disk)["virtual-size"])]))
         mf = work / f"{stem}.mf"
         mf.write_text("".join(f"SHA256({p.name})= {sha256_file(p)}\n" for p in (ovf, vmdk)))
         with tarfile.open(dest, "w", format=tarfile.USTAR_FORMAT) as tar:

@@ -6,11 +6,12 @@ import os
 import subprocess
 from pathlib import Path
 
-from imagebuild import tools
+from imagebuild import tools, vmboot
 from imagebuild.spec import Spec
 
 SUFFIX = ".qcow2"
 COMPRESSED_INPUT = True
+HARDWARE = vmboot.VIRTIO
 COMPRESSION = ["-c"]  # zlib, which every qemu reads (zstd would need qemu >= 5.1)
 
 

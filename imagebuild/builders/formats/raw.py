@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imagebuild import tools
+from imagebuild import tools, vmboot
 from imagebuild.spec import Spec
 
 SUFFIX = ".raw"
 COMPRESSED_INPUT = False  # bytes are bytes: read the finished disk, the faster one
+HARDWARE = vmboot.VIRTIO
 
 
 def make(disk: Path, dest: Path, spec: Spec, sde: int) -> None:
