@@ -32,7 +32,7 @@ from imagebuild import fetch as fetching  # noqa: E402
 from imagebuild import lock as locking  # noqa: E402
 from imagebuild import scan as scanning  # noqa: E402
 from imagebuild.cache import Cache, default_root  # noqa: E402
-from imagebuild.errors import ImageBuildError, OptionError, Terminated  # noqa: E402
+from imagebuild.errors import ImageBuildError, OptionError, SpecError, Terminated  # noqa: E402
 from imagebuild.inputs import Inputs, prepare  # noqa: E402
 from imagebuild.project import Project  # noqa: E402
 from imagebuild.registry_cache import RegistryCache  # noqa: E402
@@ -248,8 +248,9 @@ def build_container(
 
 @cli(
     dist="Output folder (default ./dist).",
-    target="qemu (default: qcow2/OVA/Vagrant box, built here) or ami (the same qcow2 as an "
-    "EBS snapshot + AMI, vm.ami; needs AWS credentials from the standard chain).",
+    target="qemu (default: vm.formats, built here), ami (the same qcow2 as an EBS snapshot + "
+    "AMI, vm.ami; needs AWS credentials from the standard chain) or gce (the gce format "
+    "uploaded to vm.gce.bucket + the images.insert request written; Google's standard chain).",
     on_error="cleanup (default) or abort: keep the failed VM and its disk, as Packer's "
     "-on-error=abort.",
     aws_region="--target ami: AWS region (default vm.ami.region).",
@@ -275,11 +276,13 @@ def build_vm(
 ):
     """Build the VM images with Packer (qemu, TCG unless KVM works) from the spec and its lock,
     provisioned by the container's playbook."""
-    from imagebuild.builders.targets import TARGETS, Options
+    from imagebuild.builders.targets import TARGETS, Options, spec_problems
 
     options = Options(on_error, aws_region)
     OptionError.check(*options.problems(target))
     p = Project.named(spec)
+    if problems := spec_problems(target, p.spec):
+        raise SpecError.many(problems)
     stock = target == "ami" and p.spec.vm.ami is not None and p.spec.vm.ami.method == "stock"
     OptionError.check(
         bool(scan)

@@ -74,14 +74,12 @@ def private_example(
 def cold_cache(cache_dir: str, dest: Path) -> Path:
     """Downloads and repos linked, nothing a build derives (stages, disks, the app overlay's VMs,
     inventories): a cold build without network time."""
-    shutil.copytree(
-        cache_dir,
-        dest,
-        copy_function=os.link,
-        ignore=shutil.ignore_patterns(
-            "stages", "disks", "vms", "inventories", "apt", "logs", "imagebuild-*", ".lock*"
-        ),  # .lock*: linked, a build here would hold (and wait on) the source cache's lock
-    )
+    from imagebuild.builders.rebuild import DERIVED  # what `rebuild --check` leaves out too
+    from imagebuild.leftovers import SCRATCH
+
+    # ".*": the lock files, linked, would make a build here hold (and wait on) the source's lock
+    ignore = shutil.ignore_patterns(*DERIVED, SCRATCH, ".*")
+    shutil.copytree(cache_dir, dest, copy_function=os.link, ignore=ignore)
     return dest
 
 

@@ -16,7 +16,7 @@ from imagebuild.keys import STAGES
 from imagebuild.lock.lockfile import DebPackage, Wheel
 from imagebuild.project import Project
 from imagebuild.resolved import resolve
-from imagebuild.spec_sections import Ami
+from imagebuild.spec_clouds import Ami
 
 
 @dataclass
@@ -83,6 +83,11 @@ def make_plan(project: Project, cache: Cache, dist: Path) -> Plan:
     )
     if spec.vm.ami:
         plan.add(f"ami       {ami_line(spec.vm.ami)}")
+    if spec.vm.gce:
+        plan.add(
+            f"gce       gs://{spec.vm.gce.bucket}/ <- the gce format; images.insert in project "
+            f"{spec.vm.gce.project} written, not sent (--target gce, needs Google credentials)"
+        )
     return plan
 
 

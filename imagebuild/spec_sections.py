@@ -7,10 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from imagebuild.spec_checks import (
-    AWS_REGION,
     ENV_NAME,
     REGISTRY_REPO,
-    USER_NAME,
     abs_path,
     between,
     debian_name,
@@ -21,9 +19,9 @@ from imagebuild.spec_checks import (
     non_empty,
     one_of,
     pattern,
-    public_cidr,
     valid_regex,
 )
+from imagebuild.spec_clouds import Ami, Gce
 
 # Debian's own python3 is what every image runs, so the suite fixes the target interpreter.
 SUITE_PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
@@ -202,64 +200,6 @@ class BuildCache:
 
 
 @dataclass(frozen=True)
-class Ami:
-    method: str = field(
-        default="import",
-        metadata=meta(
-            "import: this build's qcow2 disk becomes the AMI (EBS direct APIs + RegisterImage); "
-            "stock: Packer's amazon-ebs provisions `source_ami` (its own packages stay).",
-            one_of("import", "stock"),
-        ),
-    )
-    region: str = field(
-        default="eu-west-1",
-        metadata=meta(
-            "AWS region (`build-vm --aws-region` overrides it).",
-            pattern(AWS_REGION, "an AWS region like eu-west-1"),
-        ),
-    )
-    instance_type: str = field(
-        default="t3.large",
-        metadata=meta(
-            "method stock: builder instance type.",
-            pattern(r"[a-z0-9]+\.[a-z0-9]+", "an instance type"),
-        ),
-    )
-    source_ami: str = field(
-        default="",
-        metadata=meta(
-            "method stock: the Debian AMI to start from.",
-            pattern(r"(ami-[0-9a-f]{8,17})?", "an AMI id"),
-        ),
-    )
-    ssh_username: str = field(
-        default="admin",
-        metadata=meta(
-            "method stock: login user of the source AMI.",
-            lambda v, _: None if USER_NAME.fullmatch(v) else f"{v!r} is not a user name",
-        ),
-    )
-    encrypt_boot: bool = field(
-        default=True, metadata=meta("Encrypt the AMI's snapshot (EBS default key).")
-    )
-    force_deregister: bool = field(
-        default=False,
-        metadata=meta(
-            "method import: replace an AMI of the same name (names are unique per build)."
-        ),
-    )
-    ssh_cidrs: list[str] = field(
-        default_factory=list,
-        metadata=meta(
-            "method stock: who may reach the builder's SSH port; empty = the caller's public "
-            "IP/32 (asked from checkip.amazonaws.com at build time, as Packer's option does).",
-            None,
-            public_cidr,
-        ),
-    )
-
-
-@dataclass(frozen=True)
 class Vm:
     formats: list[str] = field(
         default_factory=lambda: list(DEFAULT_VM_FORMATS),
@@ -283,6 +223,9 @@ class Vm:
         ),
     )
     ami: Ami | None = field(default=None, metadata=meta("amazon-ebs settings (`--target ami`)."))
+    gce: Gce | None = field(
+        default=None, metadata=meta("Compute Engine settings (`--target gce`).")
+    )
 
     def datasources(self) -> list[str]:
         """cloud-init's datasource_list for a VM shipped in these formats."""

@@ -26,8 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "onnx-serve"
 
 
-# Measured peak of a full run (VM disks, OCI archives, images, wheel caches): 13.3 GB.
-NEEDS_GB = 16
+# What a full run adds to the disk (VM disks and formats, OCI archives, engine images, wheel
+# caches; pytest keeps its temp folders, so the end is the peak): `/` grew 53.6 -> 80.5 GB
+# during the CI run of 51d02f2 (sampled every 5 s), before the VirtualBox and VMware boxes.
+NEEDS_GB = 32
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -89,33 +91,51 @@ def run_invoke(
     )
 
 
-@contextlib.contextmanager
-def serve_registry(root: Path) -> Iterator[str]:
-    """A real registry (Debian's docker-registry) on 127.0.0.1, storing under `root/store`;
-    yields its HOST:PORT and stops it on exit."""
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = root / "registry.yml"
-    config.write_text(
-        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: "
-        f"{root / 'store'}\nhttp:\n  addr: 127.0.0.1:{port}\n"
-    )
-    proc = subprocess.Popen(
-        ["docker-registry", "serve", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(argv: list[str], port: int) -> Iterator[None]:
+    """`argv`, a server on 127.0.0.1:`port`, running until the block ends (ready: it accepts)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(50):
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.2)
-        yield f"127.0.0.1:{port}"
+        yield
     finally:
         proc.terminate()
         proc.wait()
+
+
+@contextlib.contextmanager
+def serve_registry(root: Path) -> Iterator[str]:
+    """A real registry (Debian's docker-registry) on 127.0.0.1, storing under `root/store`;
+    yields its HOST:PORT and stops it on exit."""
+    port = free_port()
+    config = root / "registry.yml"
+    config.write_text(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: "
+        f"{root / 'store'}\nhttp:\n  addr: 127.0.0.1:{port}\n"
+    )
+    with serving(["docker-registry", "serve", str(config)], port):
+        yield f"127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def serve_gcs(bucket: str) -> Iterator[dict[str, str]]:
+    """A local Cloud Storage API (gcp-storage-emulator, in memory) on 127.0.0.1 holding `bucket`;
+    yields the environment that points Google's client at it (and at nothing else)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1"]
+    argv += [f"--port={port}", "--in-memory", f"--default-bucket={bucket}"]
+    with serving(argv, port):
+        yield {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}"}
 
 
 @contextlib.contextmanager

@@ -209,3 +209,35 @@ def test_the_virtualbox_and_vmware_boxes_are_what_their_tools_read(
         timeout=300,
     )
     assert r.returncode == 0 and f"for '{provider}'" in r.stdout, r.stdout + r.stderr
+
+
+def test_the_virtualbox_box_copies_the_ovas_vmdk_instead_of_compressing_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same disk, same CID seed: the OVA's VMDK is the box's system disk, byte for byte; made
+    after the OVA, the box copies it out of the OVA (checked against the OVA's manifest digest)
+    instead of running qemu-img's compression a second time."""
+    from imagebuild import tools
+    from imagebuild.builders.formats import ova, virtualbox
+
+    disk = packer_disk(tmp_path)
+    spec = SimpleNamespace(name="demo", version="1.0", vm=SimpleNamespace(memory_mb=1024, cpus=2))
+    ova.make(disk, tmp_path / "demo-1.0.ova", spec, 1_700_000_000)  # type: ignore[arg-type]
+    converted: list[list[str]] = []
+    run = tools.run
+
+    def recording(argv: list[str], **kw: object) -> object:
+        converted.append([str(a) for a in argv])
+        return run(argv, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tools, "run", recording)
+    virtualbox.make(disk, tmp_path / "demo-1.0.virtualbox.box", spec, 1_700_000_000)  # type: ignore[arg-type]
+    assert not [a for a in converted if str(disk) in a]  # only the seed was converted
+    with (
+        tarfile.open(tmp_path / "demo-1.0.ova") as a,
+        tarfile.open(tmp_path / "demo-1.0.virtualbox.box") as b,
+    ):
+        ova_vmdk = a.extractfile("demo-1.0-disk1.vmdk")
+        box_vmdk = b.extractfile(virtualbox.SYSTEM)
+        assert ova_vmdk is not None and box_vmdk is not None
+        assert ova_vmdk.read() == box_vmdk.read()

@@ -142,12 +142,13 @@ def test_build_vm_options_are_checked_once_naming_the_option() -> None:
 
     assert Options().problems("qemu") == [] and Options("abort", "us-east-2").problems("ami") == []
     assert Options(region="eu-west-1").problems("qemu") == ["--aws-region: for --target ami only"]
+    assert Options(region="eu-west-1").problems("gce") == ["--aws-region: for --target ami only"]
     assert Options(region="eu-west-1; rm -rf /").problems("ami") == [
         "--aws-region: 'eu-west-1; rm -rf /' is not an AWS region like eu-west-1 "
         "(spec field vm.ami.region)"
     ]
-    assert Options(on_error="ask").problems("gce") == [
-        "--target: 'gce' is not one of qemu, ami",
+    assert Options(on_error="ask").problems("azure") == [
+        "--target: 'azure' is not one of qemu, ami, gce",
         "--on-error: 'ask' is not one of cleanup, abort",
     ]
 

@@ -19,10 +19,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from imagebuild import checksums, provenance, vmboot
+from imagebuild.cache import sha256_file
 from imagebuild.project import Project
 from imagebuild.verify.filemeta import SPECIAL, SUMMARY, UNCHECKED
 from imagebuild.verify.items import items
-from tests.conftest import ROOT, TEMPLATE_RAN, TEMPLATED_ENV, run_invoke
+from tests.conftest import ROOT, TEMPLATE_RAN, TEMPLATED_ENV, run_invoke, serve_gcs
 
 pytestmark = [pytest.mark.network, pytest.mark.engine, pytest.mark.vm]
 
@@ -541,6 +542,42 @@ def test_the_cloud_formats_hold_the_verified_disk_with_their_datasources(
     assert 'datasource_list: ["NoCloud", "ConfigDrive", "OVF", "Ec2", "Azure", "GCE"]' in cfg
 
 
+def test_target_gce_uploads_the_built_tarball_and_writes_the_image_request(
+    wordcount_built, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`build-vm --target gce` on the built example against a local Cloud Storage API: nothing
+    is rebuilt, the gce format's bytes are the object's, the images.insert request names that
+    object, record and request are in SHA256SUMS; a second run finds the object there."""
+    from google.cloud import storage
+
+    from imagebuild.spec import load
+
+    spec_path, dist = wordcount_built
+    spec = load(spec_path)
+    assert spec.vm.gce is not None
+    stem = f"{spec.name}-{spec.version}"
+    args = ["--spec", str(spec_path), "--cache-dir", str(cache_dir), "--dist", str(dist)]
+    with serve_gcs(spec.vm.gce.bucket) as env:
+        for how in ("uploaded", "already there"):
+            r = run_invoke("build-vm", *args, "--target", "gce", env=env)
+            assert r.returncode == 0, r.stderr[-3000:]
+            assert "build-vm: nothing changed" in r.stderr and f"{how}, generation" in r.stderr
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        bucket = storage.Client(project=spec.vm.gce.project).bucket(spec.vm.gce.bucket)
+        bucket.blob(f"{stem}.gce.tar.gz").download_to_filename(str(tmp_path / "from-gcs"))
+    sums = checksums.read(dist)
+    assert sha256_file(tmp_path / "from-gcs") == sums[f"{stem}.gce.tar.gz"]
+    record = json.loads((dist / f"{stem}.gce.json").read_text())
+    assert record["tarball_sha256"] == sums[f"{stem}.gce.tar.gz"] and not record["request_sent"]
+    request = json.loads((dist / f"{stem}.gce-image.json").read_text())
+    assert request["body"]["rawDisk"]["source"] == (
+        f"https://storage.googleapis.com/{spec.vm.gce.bucket}/{stem}.gce.tar.gz"
+    )
+    assert request["body"]["family"] == spec.vm.gce.family
+    assert {f"{stem}.gce.json", f"{stem}.gce-image.json"} <= set(sums)
+
+
 def test_the_virtualbox_box_boots_on_its_hardware_and_logs_in_vagrant(
     wordcount_built, tmp_path: Path
 ) -> None:
@@ -579,7 +616,9 @@ def test_the_virtualbox_box_boots_on_its_hardware_and_logs_in_vagrant(
             time.sleep(2)
         modules = {line.split()[0] for line in r.stdout.splitlines()[1:]}
         assert {"ata_piix", "virtio_net"} <= modules and "virtio_blk" not in modules
-        assert b.ssh("findmnt -no SOURCE /").stdout.strip() == "/dev/sda1"
+        # the root file system's disk hangs off the ATA bus (named sda or sdb: probe order)
+        root = b.ssh("readlink -f /sys/class/block/$(basename $(findmnt -no SOURCE /))").stdout
+        assert "/ata" in root, root
 
 
 def test_a_plain_fastapi_service_verifies_green(wordcount_built) -> None:

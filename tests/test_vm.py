@@ -398,6 +398,7 @@ def _planted(qcow2: Path, dest: Path, tmp: Path) -> None:
     cmd = f"write {tmp / 'planted'} /etc/imagebuild-planted"
     subprocess.run(["debugfs", "-w", "-R", cmd, fs], check=True, capture_output=True)
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, dest], check=True)
+    raw.unlink()  # a 6 GiB sparse file, ~1 GB of it data
 
 
 def test_a_rebuild_gives_the_same_bytes_and_names_a_planted_file(

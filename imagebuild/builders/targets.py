@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from imagebuild.builders import ami, ami_stock, vm
+from imagebuild.builders import ami, ami_stock, gce_image, vm
+from imagebuild.errors import SpecError
 from imagebuild.inputs import Inputs
-from imagebuild.spec import option_problem
+from imagebuild.spec import Spec, option_problem
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,28 @@ def _qemu(inputs: Inputs, dist: Path, options: Options) -> vm.VmResult:
     return vm.build(inputs, dist, options.on_error)
 
 
+def spec_problems(target: str, spec: Spec) -> list[SpecError]:
+    """What `target` needs of the spec and it lacks, each at its field's line (empty: all
+    good); the task exits 2 on any, before the cache is read or anything is built."""
+    if target == "ami" and spec.vm.ami is None:
+        return [spec.error("vm.ami", "missing; `--target ami` needs vm.ami (at least region)")]
+    if target != "gce":
+        return []
+    if spec.vm.gce is None:
+        return [spec.error("vm.gce", "missing; `--target gce` needs vm.gce (bucket, project)")]
+    if "gce" not in spec.vm.formats:
+        return [spec.error("vm.formats", "`--target gce` uploads the gce format: add gce")]
+    return []
+
+
 def _ami(inputs: Inputs, dist: Path, options: Options) -> vm.VmResult:
-    spec = inputs.spec
-    if spec.vm.ami is None:
-        raise spec.error("vm.ami", "missing; `--target ami` needs vm.ami (at least region)")
-    method = ami_stock.build if spec.vm.ami.method == "stock" else ami.build
+    assert inputs.spec.vm.ami is not None  # spec_problems
+    method = ami_stock.build if inputs.spec.vm.ami.method == "stock" else ami.build
     return method(inputs, dist, options.on_error, options.region)
 
 
-TARGETS: dict[str, Target] = {"qemu": _qemu, "ami": _ami}
+def _gce(inputs: Inputs, dist: Path, options: Options) -> vm.VmResult:
+    return gce_image.build(inputs, dist, options.on_error)
+
+
+TARGETS: dict[str, Target] = {"qemu": _qemu, "ami": _ami, "gce": _gce}
