@@ -102,11 +102,13 @@ def serving(argv: list[str], port: int) -> Iterator[None]:
     """`argv`, a server on 127.0.0.1:`port`, running until the block ends (ready: it accepts)."""
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(50):
+        for _ in range(150):
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.2)
+        else:
+            raise RuntimeError(f"{argv[0]} {' '.join(argv[1:3])}: no answer on port {port} in 30 s")
         yield
     finally:
         proc.terminate()

@@ -40,7 +40,9 @@ def test_the_tarball_is_uploaded_once_and_never_overwritten(gcs, tmp_path: Path)
     assert again["how"] == "already there" and again["generation"] == first["generation"]
     other = tmp_path / "other" / tarball.name
     other.parent.mkdir()
-    other.write_bytes(b"another build")
+    data = bytearray(tarball.read_bytes())
+    data[1000] ^= 0xFF  # the same size, one byte different
+    other.write_bytes(data)
     with pytest.raises(gce_image.GcpError, match="exists and is not this build's"):
         gce_image.upload(gcs, other)
     assert gcs.get_blob(tarball.name).generation == first["generation"]
@@ -54,7 +56,7 @@ def test_a_missing_bucket_is_named_before_anything_is_built(gcs) -> None:
 
 @pytest.mark.parametrize(
     ("name", "version", "image"),
-    [("demo", "1.0.2", "demo-1-0-2"), ("wordcount-api", "0.2.0+b1", "wordcount-api-0-2-0-b1")],
+    [("demo", "1.0.2", "demo-1-0-2"), ("wordcount-api", "0.2.0_rc1", "wordcount-api-0-2-0-rc1")],
 )
 def test_the_image_request_is_images_insert_of_the_uploaded_tarball(
     name: str, version: str, image: str

@@ -3,8 +3,8 @@
 The qemu target runs (or is reused when nothing changed); its `.gce.tar.gz` (format `gce`:
 `disk.raw` in a sparse tar, what Compute Engine imports) is uploaded to gs://BUCKET/ under its
 own name with Google's client (google-cloud-storage: a resumable upload whose CRC32C the client
-checks; the stored object's CRC32C and size are checked again here). An object of that name
-already there is taken only if it holds the same bytes, never overwritten (a precondition on
+checks; the stored object's CRC32C, MD5 and size are checked again here). An object of that
+name already there is taken only if those are the file's, never overwritten (a precondition on
 generation 0). Then the images.insert request that makes the image from it is written beside it,
 as the REST call Google's client sends (dist/NAME-VERSION.gce-image.json), and not sent: no
 Compute Engine emulator exists to test it against (README: what has never run). Endpoint and
@@ -15,6 +15,7 @@ Credentials); without them nothing is built.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import time
@@ -51,22 +52,23 @@ def image_name(spec: Spec) -> str:
     return name
 
 
-def crc32c_b64(path: Path) -> str:
-    """The file's CRC32C as Cloud Storage reports it (base64 of the big-endian value)."""
+def digests(path: Path) -> tuple[str, str]:
+    """The file's CRC32C and MD5 as Cloud Storage reports them (base64 of the raw values)."""
     import google_crc32c
 
-    checksum = google_crc32c.Checksum()
+    crc, md5 = google_crc32c.Checksum(), hashlib.md5()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
-            checksum.update(chunk)
-    return base64.b64encode(checksum.digest()).decode()
+            crc.update(chunk)
+            md5.update(chunk)
+    return base64.b64encode(crc.digest()).decode(), base64.b64encode(md5.digest()).decode()
 
 
 def bucket(settings: Gce) -> Any:
     """The bucket, reached with the standard chain's credentials; refused early (nothing built)
     without credentials or without the bucket."""
     from google.api_core import exceptions
-    from google.auth.exceptions import DefaultCredentialsError
+    from google.auth.exceptions import DefaultCredentialsError, GoogleAuthError
     from google.cloud import storage
 
     try:
@@ -74,7 +76,8 @@ def bucket(settings: Gce) -> Any:
         found = client.lookup_bucket(settings.bucket)
     except DefaultCredentialsError as e:
         raise GcpError(f"--target gce: no Google Cloud credentials ({e})") from None
-    except exceptions.GoogleAPIError as e:
+    # OSError: requests' connection errors (an unreachable endpoint)
+    except (exceptions.GoogleAPIError, GoogleAuthError, OSError) as e:
         raise GcpError(f"--target gce: gs://{settings.bucket}: {e}") from None
     if found is None:
         raise GcpError(f"--target gce: bucket gs://{settings.bucket} not found (vm.gce.bucket)")
@@ -82,31 +85,40 @@ def bucket(settings: Gce) -> Any:
 
 
 def upload(target: Any, tarball: Path) -> dict[str, Any]:
-    """`tarball` as the object of its own name; an existing one only if it is the same bytes
-    (looked up first; the upload's precondition, generation 0, also refuses one made since)."""
+    """`tarball` as the object of its own name; an existing one only if its CRC32C, MD5 and
+    size are the file's (CRC32C alone can be forged: it is linear; a composite object has no
+    MD5 and is refused). Looked up first; the upload's precondition, generation 0, also refuses
+    an object made since. Whoever may write to the bucket can still replace the object before
+    the image is made from it: the bucket is trusted as far as that."""
     from google.api_core import exceptions
+    from google.auth.exceptions import GoogleAuthError
+    from google.cloud.storage.exceptions import DataCorruption
 
-    crc, size = crc32c_b64(tarball), tarball.stat().st_size
-    blob = target.get_blob(tarball.name)
-    how = "already there"
+    crc, md5 = digests(tarball)
+    size = tarball.stat().st_size
+    where = f"gs://{target.name}/{tarball.name}"
     try:
+        blob = target.get_blob(tarball.name)
+        how = "already there"
         if blob is None:
             blob = target.blob(tarball.name, chunk_size=CHUNK)
             blob.upload_from_filename(str(tarball), if_generation_match=0, checksum="crc32c")
             blob.reload()
             how = "uploaded"
-    except (exceptions.GoogleAPIError, ValueError) as e:  # ValueError: a checksum mismatch
-        raise GcpError(f"gs://{target.name}/{tarball.name}: upload failed ({e})") from None
-    if (blob.crc32c, blob.size) != (crc, size):
+    # DataCorruption: the client's CRC32C of what arrived differs (it deletes the object)
+    except (exceptions.GoogleAPIError, GoogleAuthError, DataCorruption, OSError) as e:
+        raise GcpError(f"{where}: upload failed ({e})") from None
+    if (blob.crc32c, blob.md5_hash, blob.size) != (crc, md5, size):
         raise GcpError(
-            f"gs://{target.name}/{tarball.name} exists and is not this build's {tarball.name} "
-            f"(crc32c {blob.crc32c}, {blob.size} bytes; this one {crc}, {size}): delete it, or "
-            "build another version"
+            f"{where} exists and is not this build's {tarball.name} (crc32c {blob.crc32c}, "
+            f"md5 {blob.md5_hash}, {blob.size} bytes; this one {crc}, {md5}, {size}): delete "
+            "it, or build another version"
         )
     return {
         "object": blob.name,
         "generation": blob.generation,
         "crc32c": crc,
+        "md5": md5,
         "size": size,
         "how": how,
     }
@@ -140,10 +152,15 @@ def build(inputs: Inputs, dist: Path, on_error: str) -> vm.VmResult:
     qemu = vm.build(inputs, dist, on_error)
     tarball = vm.outputs(dist.resolve(), spec)["gce"]
     start = time.monotonic()
+    request = distnames.path(dist.resolve(), spec, distnames.GCE_REQUEST)
+    record = distnames.path(dist.resolve(), spec, distnames.GCE_RECORD)
+    # a last run's record and request describe its upload, not this one: gone until it is done
+    for stale in (record, request):
+        stale.unlink(missing_ok=True)
+    checksums.record(dist.resolve(), [])  # drops their lines
     with progress.stage("build-vm: gce: upload", f"gs://{settings.bucket}/{tarball.name}") as st:
         stored = upload(target, tarball)
         st["note"] = f"{stored['how']}, generation {stored['generation']}"
-    request = distnames.path(dist.resolve(), spec, distnames.GCE_REQUEST)
     body = {
         "image": name,
         "project": settings.project,
@@ -155,7 +172,6 @@ def build(inputs: Inputs, dist: Path, on_error: str) -> vm.VmResult:
         "request_sent": False,
     }
     _write(request, image_request(spec, lock, settings, stored["object"]))
-    record = distnames.path(dist.resolve(), spec, distnames.GCE_RECORD)
     _write(record, body)  # last: its presence means the rest is complete
     checksums.record(dist.resolve(), [request, record])
     return replace(

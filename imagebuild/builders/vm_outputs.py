@@ -13,7 +13,7 @@ from typing import Any
 
 from imagebuild import inventory as inv
 from imagebuild import leftovers, progress, provenance, tools
-from imagebuild.builders.formats import FORMATS, qcow2
+from imagebuild.builders.formats import FORMATS, ova, qcow2
 from imagebuild.cache import sha256_file
 from imagebuild.inputs import Inputs
 from imagebuild.inventory import Subject
@@ -96,12 +96,14 @@ def make_formats(
     `written` is removed once read unless `keep`."""
     sde = lock.source_date_epoch
     compressed = next(iter(made.values())).with_name("compressed.qcow2")
-    first = [f for f in made if not FORMATS[f].COMPRESSED_INPUT]
+    # the OVA first: a VirtualBox box then copies its VMDK (ova.sharing)
+    first = sorted((f for f in made if not FORMATS[f].COMPRESSED_INPUT), key=lambda f: f != "ova")
     then = [f for f in made if FORMATS[f].COMPRESSED_INPUT]
     proc = qcow2.start_compress(written, compressed) if then else None
     try:
-        for f in first:
-            FORMATS[f].make(written, made[f], spec, sde)
+        with ova.sharing():
+            for f in first:
+                FORMATS[f].make(written, made[f], spec, sde)
     except BaseException:  # a failed format or Ctrl-C: the compression must not outlive it
         if proc is not None:
             proc.kill()

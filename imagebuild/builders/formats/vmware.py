@@ -38,7 +38,12 @@ ethernet0.present = "TRUE"
 ethernet0.virtualDev = "vmxnet3"
 ethernet0.connectionType = "nat"
 ethernet0.addressType = "generated"
-"""
+pciBridge0.present = "TRUE"
+""" + "".join(  # the PCIe root ports pvscsi and vmxnet3 sit on, as Workstation writes them
+    f'pciBridge{n}.present = "TRUE"\npciBridge{n}.virtualDev = "pcieRootPort"\n'
+    f'pciBridge{n}.functions = "8"\n'
+    for n in range(4, 8)
+)
 
 PROVIDER = """\
   config.vm.provider :vmware_desktop do |v|
