@@ -105,3 +105,40 @@ def test_the_target_needs_vm_gce_and_the_gce_format_named_at_their_lines(tmp_pat
     (wordcount / "imagebuild.yaml").write_text(text.replace(", gce, raw]", ", raw]"))
     (no_format,) = spec_problems("gce", load(wordcount / "imagebuild.yaml"))
     assert no_format.field == "vm.formats" and "imagebuild.yaml:32:" in str(no_format)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("bucket", '"images\\nx"'),
+        ("bucket", '"im\'ages"'),
+        ("bucket", "../images"),
+        ("bucket", "/etc/passwd"),
+        ("project", "x" * 5000),
+        ("family", '"a b; rm -rf /"'),
+        ("project", "99999999999999999999"),
+    ],
+)
+def test_hostile_vm_gce_values_are_refused_at_their_line(
+    field: str, value: str, tmp_path: Path
+) -> None:
+    """A newline, a quote, `..`, an absolute path, a huge value or a number in vm.gce: a spec
+    error naming the field and line (they reach a URL, the request JSON and labels otherwise)."""
+    import shutil
+
+    from imagebuild.errors import SpecError
+    from imagebuild.spec import load
+    from tests.conftest import ROOT
+
+    spec = tmp_path / "wordcount-api"
+    shutil.copytree(ROOT / "examples" / "wordcount-api", spec)
+    text = (spec / "imagebuild.yaml").read_text()
+    good = "gce: {bucket: wordcount-images, project: imagebuild-demo, family: wordcount-api}"
+    settings = {"bucket": "wordcount-images", "project": "imagebuild-demo"}
+    settings["family"] = "wordcount-api"
+    settings[field] = value
+    bad = "gce: {" + ", ".join(f"{k}: {v}" for k, v in settings.items()) + "}"
+    assert good in text
+    (spec / "imagebuild.yaml").write_text(text.replace(good, bad))
+    with pytest.raises(SpecError, match=rf"imagebuild.yaml:\d+: vm\.gce\.{field}"):
+        load(spec / "imagebuild.yaml")
