@@ -275,6 +275,15 @@ def partition_argv(disk: Path, out: Path, offset: int = 1 << 20) -> list[str]:
     return ["qemu-img", "convert", "--image-opts", opts, "-O", "raw", str(out)]
 
 
+def dump_argv(fs: str, tree: Path) -> list[str]:
+    """debugfs dumping filesystem image `fs` into the empty folder `tree`. The disk is anyone's:
+    its names may hold `/` or `..` and debugfs writes each entry under the name the disk gives
+    it, so it runs in bubblewrap with this host read-only but for `tree` (and no network)."""
+    jail = ["bwrap", "--ro-bind", "/", "/", "--bind", str(tree), str(tree), "--dev", "/dev"]
+    jail += ["--proc", "/proc", "--unshare-all", "--die-with-parent"]
+    return [*jail, "debugfs", "-R", f'rdump / "{tree}"', fs]
+
+
 def debugfs_cat(fs_image: Path, path: str) -> bytes:
     r = subprocess.run(
         ["debugfs", "-R", f"cat {shlex.quote(path)}", str(fs_image)], capture_output=True

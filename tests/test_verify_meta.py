@@ -7,6 +7,7 @@ qemu-img, mkfs.ext4, debugfs). The same cases on built artifacts: tests/test_ver
 from __future__ import annotations
 
 import grp
+import hashlib
 import importlib.util
 import json
 import os
@@ -24,7 +25,7 @@ import testinfra
 from imagebuild.cache import Cache, sha256_file
 from imagebuild.errors import Terminated
 from imagebuild.lock.lockfile import DebPackage, Lock
-from imagebuild.verify import diskhygiene, filebytes, filemeta, interpreter, model
+from imagebuild.verify import diskread, filebytes, filemeta, interpreter, model
 from imagebuild.verify import facts as factsmod
 from imagebuild.verify.filemeta import MORE, SPECIAL, SUMMARY, UNCHECKED, Listing
 from imagebuild.verify.run import Interrupt
@@ -142,6 +143,14 @@ def test_the_scripts_output_is_what_verify_reads(
     dpkg[:] = ["sh", "-c", "kill -9 $$"]
     with pytest.raises(SystemExit, match="dpkg --verify failed: exit -9"):
         SCRIPT.main(want)
+    # Without contents (a VM's are read from its disk image): the same listing, no file
+    # hashed, no dpkg started (this one would fail the run).
+    dpkg[:] = ["sh", "-c", "kill -9 $$"]
+    opened: list[str] = []
+    monkeypatch.setattr(SCRIPT, "sha256", lambda path: opened.append(path))
+    bare = json.loads(json.dumps(SCRIPT.main(want | {"contents": False})))
+    assert opened == [] and set(bare) == {"unlocked", "meta"}
+    assert Listing.from_json(bare["meta"]).trees == meta.trees
 
 
 # --- judging two listings ---------------------------------------------------------------------
@@ -461,7 +470,7 @@ def test_the_suite_collects_once_and_writes_no_report_when_interrupted(
     conftest = load_file(ROOT / "imagebuild" / "verify" / "suite" / "conftest.py", "suite_conftest")
     calls = []
 
-    def collect(path: str, project: object) -> dict[str, Any]:
+    def collect(path: str, project: object, config: object) -> dict[str, Any]:
         calls.append(path)
         raise Terminated
 
@@ -478,7 +487,7 @@ def test_the_suite_collects_once_and_writes_no_report_when_interrupted(
     assert calls == [ctx] and not (tmp_path / "report.json").exists()
 
 
-# --- the disk image's hygiene: read as before, killed on unwinding -----------------------------
+# --- the disk image read on this host: hygiene and file contents, killed on unwinding ---------
 
 
 def disk_image(tmp_path: Path) -> Path:
@@ -491,6 +500,8 @@ def disk_image(tmp_path: Path) -> Path:
     (rootfs / "root" / ".ssh" / "authorized_keys").write_text("ssh-ed25519 AAAA left\n")
     (rootfs / "var" / "lib" / "dkms").mkdir(parents=True)
     (rootfs / "var" / "lib" / "dkms" / "mok.key").write_text("-----BEGIN PRIVATE KEY-----\n")
+    (rootfs / "opt" / "app").mkdir(parents=True)
+    (rootfs / "opt" / "app" / "main.py").write_text("print(1)\n")
     fs = tmp_path / "fs.img"
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(rootfs), str(fs), "16M"], check=True)
     raw = tmp_path / "disk.raw"
@@ -514,20 +525,25 @@ def test_the_disk_hygiene_is_read_and_the_copy_never_outlives_an_interrupt(
     tmp_path: Path,
 ) -> None:
     qcow2 = disk_image(tmp_path)
-    with diskhygiene.disk_reading(qcow2) as read:
-        assert read is not None
-        got = read()
+    want = {"venv": None, "app": "/opt/app", "skip": []}
+    with diskread.disk_reading(qcow2, want) as reading:
+        assert reading is not None
+        got = reading.hygiene()
+        # its files dumped (debugfs in bubblewrap) and hashed by diskbytes.py, no mount
+        contents = reading.contents()
+    assert contents["app"] == {"main.py": hashlib.sha256(b"print(1)\n").hexdigest()}
+    assert contents["deb"] == "none"  # no dpkg database on this disk: nothing recorded
     assert got["authorized SSH keys (disk image)"] == "authorized_keys"
     assert got["root password (disk image)"] == "locked"
     assert got["/etc/machine-id content (disk image)"] == ""
     assert got["DKMS module-signing private key (disk image)"] == "/var/lib/dkms/mok.key"
     assert got.keys() == model.DISK_HYGIENE.keys()  # every row verify expects, read
     before = children()
-    folders = set(Path(tempfile.gettempdir()).glob("imagebuild-hygiene-*"))
-    with pytest.raises(Terminated), diskhygiene.disk_reading(qcow2):
+    folders = set(Path(tempfile.gettempdir()).glob("imagebuild-disk-*"))
+    with pytest.raises(Terminated), diskread.disk_reading(qcow2, want):
         raise Terminated  # SIGTERM while the copy runs
     assert children() == before
-    assert set(Path(tempfile.gettempdir()).glob("imagebuild-hygiene-*")) == folders
+    assert set(Path(tempfile.gettempdir()).glob("imagebuild-disk-*")) == folders
 
 
 def test_a_mode_or_group_the_package_sets_itself_is_its_own() -> None:

@@ -6,9 +6,8 @@ modification time, link target and bytes. Used by `rebuild --check` to say where
 one disk part.
 
 The shipped disk is anyone's: its names may hold `/` or `..`, and a link and a file may share a
-name, so debugfs's dump, which writes each entry under the name the disk gives it, runs in
-bubblewrap with this host read-only but for the dump's own folder (and no network). The
-comparison never follows a link."""
+name, so debugfs's dump runs in bubblewrap (vmboot.dump_argv). The comparison never follows a
+link."""
 
 from __future__ import annotations
 
@@ -41,9 +40,7 @@ def _root(disk: Path, tmp: Path, name: str, disk_gb: int) -> Path:
         fs = f"{disk}?offset={PART_OFFSET}"
     tree = tmp / name
     tree.mkdir()
-    jail = ["bwrap", "--ro-bind", "/", "/", "--bind", str(tree), str(tree), "--dev", "/dev"]
-    jail += ["--proc", "/proc", "--unshare-all", "--die-with-parent"]
-    tools.run([*jail, "debugfs", "-R", f'rdump / "{tree}"', fs])
+    tools.run(vmboot.dump_argv(fs, tree))
     return tree
 
 

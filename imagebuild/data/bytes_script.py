@@ -14,7 +14,9 @@ JSON:
   entries), `mounts` (mount points: the engine's and the boot's, not the image's),
   `overrides` (dpkg-statoverride: path -> "MODE USER:GROUP").
 
-Argument: JSON `{"venv": PATH or null, "app": PATH, "skip": [paths that are ours]}`.
+Argument: JSON `{"venv": PATH or null, "app": PATH, "skip": [paths that are ours],
+"contents": false}` (optional; false: no file is read, only `unlocked` and `meta`: verify reads
+a VM's file contents from its disk image on the host: imagebuild/verify/diskbytes.py).
 """
 
 import base64
@@ -31,6 +33,7 @@ import subprocess
 import sys
 
 LIMIT = 20  # files named per finding; the count says how many there are
+RECORD = re.compile(r"/lib/python3[^/]*/site-packages/[^/]*\.dist-info/RECORD")
 KINDS = {
     stat.S_IFREG: "file",
     stat.S_IFDIR: "dir",
@@ -84,31 +87,35 @@ def dpkg_verify(output):
     return with_package(plain), with_package(conf)
 
 
-def with_package(paths):
-    """`path (package)` for the paths that will be shown: which package to look at."""
+def with_package(paths, owner=None):
+    """`path (package)` for the paths that will be shown: which package to look at (`owner`:
+    path -> package where the caller knows it, else dpkg-query's)."""
     shown = sorted(paths)[:LIMIT]
     bare = [p.removesuffix(" (missing)") for p in shown]
-    r = (
-        subprocess.run(["dpkg-query", "-S", *bare], capture_output=True, text=True)
-        if bare
-        else None
-    )
-    owner: dict[str, str] = {}
-    for line in r.stdout.splitlines() if r else []:
-        pkg, _, path = line.partition(": ")
-        owner.setdefault(path, pkg)
+    if owner is None:
+        r = (
+            subprocess.run(["dpkg-query", "-S", *bare], capture_output=True, text=True)
+            if bare
+            else None
+        )
+        owner = {}
+        for line in r.stdout.splitlines() if r else []:
+            pkg, _, path = line.partition(": ")
+            owner.setdefault(path, pkg)
     return [f"{p} ({owner.get(b, '?')})" for p, b in zip(shown, bare, strict=True)] + sorted(paths)[
         LIMIT:
     ]
 
 
-def venv_record(venv, digests):
+def venv_record(venv, digests, here=None):
     """The files RECORDs list whose bytes differ (or are gone), the files none lists, and one
-    digest over the whole venv (byte-code caches aside: root's imports write them)."""
+    digest over the whole venv (byte-code caches aside: root's imports write them). `here`:
+    where the venv is read if not at `venv` (a copy of the artifact's; paths stay `venv`'s)."""
     changed, listed_files = [], set()
-    for record in glob.glob(f"{venv}/lib/python3*/site-packages/*.dist-info/RECORD"):
+    records = [p for p in digests if RECORD.fullmatch(p[len(venv) :]) and p.startswith(venv)]
+    for record in sorted(records):  # found by the walk: no link followed to reach one
         site = os.path.dirname(os.path.dirname(record))
-        with open(record) as f:
+        with open((here or venv) + record[len(venv) :]) as f:
             for row in f:
                 parts = row.rstrip("\n").rsplit(",", 2)
                 if len(parts) != 3:
@@ -133,15 +140,17 @@ def b64(digest):
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def survey(top):
+def survey(top, hashing=True, describing=True):
     """One walk below `top` (links not followed, byte-code caches aside: root's imports write
-    them in one artifact and not the other): {path: sha256} of the regular files and
-    {path: description} of every entry, `top` included."""
+    them in one artifact and not the other): {path: sha256} of the regular files (unless not
+    `hashing`) and {path: description} of every entry, `top` included (unless not
+    `describing`)."""
     digests: dict[str, bytes] = {}
     meta: dict[str, str] = {}
     if not os.path.isdir(top):
         return digests, meta
-    meta[top] = describe(top)
+    if describing:
+        meta[top] = describe(top)
     for root, dirs, files in os.walk(top):
         dirs[:] = [d for d in dirs if d != "__pycache__"]
         for name in dirs + [f for f in files if not f.endswith(".pyc")]:
@@ -150,8 +159,9 @@ def survey(top):
                 st = os.lstat(path)
             except OSError:
                 continue
-            meta[path] = describe(path, st)
-            if stat.S_ISREG(st.st_mode):
+            if describing:
+                meta[path] = describe(path, st)
+            if hashing and stat.S_ISREG(st.st_mode):
                 digests[path] = sha256(path)
     return digests, meta
 
@@ -274,23 +284,32 @@ def unlocked(skip, mine):
 
 
 def main(want):
+    contents = want.get("contents", True)
     # dpkg hashes the packages' files while this process hashes the venv's: two CPUs busy.
-    dpkg = subprocess.Popen(["dpkg", "--verify"], stdout=subprocess.PIPE, text=True)
+    dpkg = (
+        subprocess.Popen(["dpkg", "--verify"], stdout=subprocess.PIPE, text=True)
+        if contents
+        else None
+    )
     lists = package_lists()
     out = {"unlocked": listed(unlocked(want["skip"], owned(lists)))}
     trees = {}
     if want.get("venv"):
-        digests, trees = survey(want["venv"])
-        changed, extra, whole = venv_record(want["venv"], digests)
-        out |= {"record": listed(changed), "venv-extra": listed(extra), "venv": whole}
-    app, app_meta = survey(want["app"])
-    out["app"] = {os.path.relpath(p, want["app"]): d.hex() for p, d in app.items()}
+        digests, trees = survey(want["venv"], hashing=contents)
+        if contents:
+            changed, extra, whole = venv_record(want["venv"], digests)
+            out |= {"record": listed(changed), "venv-extra": listed(extra), "venv": whole}
+    app, app_meta = survey(want["app"], hashing=contents)
+    if contents:
+        out["app"] = {os.path.relpath(p, want["app"]): d.hex() for p, d in app.items()}
     out["meta"] = {
         "packages": packages_meta(lists),
         "trees": trees | app_meta,
         "mounts": mount_points(),
         "overrides": stat_overrides(),
     }
+    if dpkg is None:
+        return out
     found = dpkg.communicate()[0]
     if dpkg.returncode != 0:  # findings exit 0 too: this one did not check (a dead dpkg)
         sys.exit(f"dpkg --verify failed: exit {dpkg.returncode}")

@@ -1,42 +1,14 @@
 """The VM's hygiene read from its disk image itself, as shipped (never booted: the booted copy
-makes its own machine-id, keys and leases): qemu-img copies the root partition out, debugfs
-reads it. No loop device, no mount."""
+makes its own machine-id, keys and leases): debugfs reads the root partition's copy
+(diskread.py makes it)."""
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
-import tempfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from imagebuild import tools, vmboot
+from imagebuild import vmboot
 from imagebuild.verify import model as row
-
-
-@contextlib.contextmanager
-def disk_reading(disk: Path | None) -> Iterator[Callable[[], dict[str, str]] | None]:
-    """Start copying the disk image's root partition out (qemu-img, seconds of I/O) while the
-    other facts are read; the function given waits for it and reads the hygiene facts (None
-    without a disk). Started here, not in a thread, so that an unwinding verify (Ctrl-C,
-    SIGTERM) kills it at once instead of waiting for the copy to end."""
-    if disk is None:
-        yield None
-        return
-    with tempfile.TemporaryDirectory(prefix="imagebuild-hygiene-") as tmp:
-        part = Path(tmp) / "root.raw"
-        copy = tools.start(vmboot.partition_argv(disk, part))
-
-        def read() -> dict[str, str]:
-            tools.wait(copy)
-            return disk_hygiene(part)
-
-        try:
-            yield read
-        finally:
-            if copy.poll() is None:
-                copy.kill()  # a half-written copy in a folder about to go: nothing to clean
-                copy.wait()
 
 
 def disk_hygiene(part: Path) -> dict[str, str]:

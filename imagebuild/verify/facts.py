@@ -10,7 +10,6 @@ import re
 import shlex
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from packaging.utils import canonicalize_name
@@ -20,7 +19,7 @@ from imagebuild.lock.lockfile import Lock
 from imagebuild.requested import Requested
 from imagebuild.spec import Spec
 from imagebuild.verify import filebytes, gpu, interpreter
-from imagebuild.verify.diskhygiene import disk_reading
+from imagebuild.verify.diskread import DiskReadError, DiskReading
 from imagebuild.verify.filemeta import Listing
 from imagebuild.verify.interpreter import Interpreters, ScriptFailed, text, texts
 from imagebuild.verify.items import (
@@ -92,9 +91,15 @@ def _env_pairs(pairs: list[str]) -> dict[str, str]:
 
 
 def collect(
-    host: Any, artifact: str, req: Requested, lock: Lock, config: dict[str, Any], disk: Path | None
+    host: Any,
+    artifact: str,
+    req: Requested,
+    lock: Lock,
+    config: dict[str, Any],
+    image: DiskReading | None,
 ) -> tuple[Facts, Listing | None]:
-    """`artifact` is "container" (config = the image config) or "vm" (disk = the qcow2).
+    """`artifact` is "container" (config = the image config) or "vm" (image = its disk image,
+    being read on this host: hygiene and file contents; None: the contents read inside).
     `seconds`: each group's time (the digest script runs behind the others). Also the listing
     of what every file is (filemeta.judge compares the two), None where the script failed.
     What needs the artifact's Python is read with the first of its interpreters that runs;
@@ -102,23 +107,40 @@ def collect(
     spec = req.spec
     laps = Laps()
     pythons = interpreter.probe(host, interpreter.candidates(spec, lock))
-    hashing = filebytes.start(host, spec, pythons.working) if pythons.working else None
-    laps.lap("interpreter")
-    # The disk image's hygiene is read on this host (qemu-img + debugfs): beside the VM's checks.
-    with disk_reading(disk) as image:
-        facts, run_as = _collect(host, artifact, req, lock, config, laps, pythons)
-        if image is not None:
-            facts["hygiene"] |= image()
-    laps.lap("the rest of the disk image's hygiene")
-    more, listing = (
-        filebytes.finish(hashing) if hashing else (filebytes.unread(pythons.problem()), None)
+    hashing = (
+        filebytes.start(host, spec, pythons.working, contents=image is None)
+        if pythons.working
+        else None
     )
+    laps.lap("interpreter")
+    facts, run_as = _collect(host, artifact, req, lock, config, laps, pythons)
+    if image is not None:
+        facts["hygiene"] |= image.hygiene()
+    laps.lap("the rest of the disk image's hygiene")
+    contents = _contents(image)
+    laps.lap("bytes: the disk image's files")
+    if isinstance(contents, str):
+        more, listing = filebytes.unread(contents), None
+    elif hashing:
+        more, listing = filebytes.finish(hashing, contents)
+    else:
+        more, listing = filebytes.unread(pythons.problem()), None
     merge(facts, more)
     laps.lap("bytes: what the digest script still needed")
     if spec.gpu:
         merge(facts, gpu.facts(host, req, run_as, WRAPPER, facts["env"]))
         laps.lap("gpu")
     return facts | {"seconds": laps.laps}, listing
+
+
+def _contents(image: DiskReading | None) -> dict[str, Any] | str | None:
+    """The disk image's file contents (None: read in the artifact; a text: why unread)."""
+    if image is None:
+        return None
+    try:
+        return image.contents()
+    except DiskReadError as e:
+        return str(e)
 
 
 def merge(facts: Facts, more: Facts) -> None:
@@ -248,7 +270,7 @@ def _container_start(host: Any, spec: Spec, config: dict[str, Any], wrapper: Any
 
 def _vm_start(host: Any, spec: Spec, config: dict[str, Any], wrapper: Any) -> Start:
     """From the app's systemd unit and the wrapper it runs; the disk image's hygiene is read
-    beside these checks (diskhygiene)."""
+    beside these checks (diskread)."""
     unit = f"{spec.service_name}.service"
     # `{ path=... ; argv[]=PROG ARGS ; ignore_errors=no ; ... }`: the command line it runs
     started = _unit(host, unit, "ExecStart").partition("argv[]=")[2].partition(" ;")[0] or "none"

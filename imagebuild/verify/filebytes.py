@@ -70,16 +70,22 @@ def ours(spec: Spec) -> list[str]:
     return sorted(paths)
 
 
-def start(host: Any, spec: Spec, python: str) -> Running:
-    """Start the script in the background: it hashes every package and venv file (about 20 s
-    on the VM under TCG) while verify collects the other facts over many short round trips.
-    `python`: an interpreter of the artifact that runs (interpreter.probe); it needs only the
-    standard library."""
-    arg = {
+def argument(spec: Spec) -> dict[str, Any]:
+    """The script's argument (diskbytes.py takes it too)."""
+    return {
         "venv": spec.python.venv if spec.python else None,
         "app": spec.app.dest if spec.app else "/nonexistent",
         "skip": ours(spec),
     }
+
+
+def start(host: Any, spec: Spec, python: str, contents: bool = True) -> Running:
+    """Start the script in the background while verify collects the other facts over many
+    short round trips. `python`: an interpreter of the artifact that runs (interpreter.probe);
+    it needs only the standard library. Not `contents`: the script reads no file's bytes (the
+    VM's are read from its disk image on this host: hashing them in the guest took ~20 s of
+    its emulated CPUs)."""
+    arg = argument(spec) | {"contents": contents}
     out = f"/tmp/imagebuild-verify-bytes-{uuid.uuid4().hex[:8]}.json"
     cmd = f"{shlex.quote(python)} -c {shlex.quote(SCRIPT)} {shlex.quote(json.dumps(arg))}"
     job = f'{cmd} > {out}.part 2> {out}.err; echo "exit $?" >> {out}.err; mv {out}.part {out}'
@@ -93,9 +99,12 @@ def unread(why: str) -> dict[str, dict[str, str]]:
     return {"unread": dict.fromkeys(KINDS, why), "bytes": {}, "app-file": {}}
 
 
-def finish(run: Running, timeout: float = 900) -> tuple[dict[str, dict[str, str]], Listing | None]:
+def finish(
+    run: Running, contents: dict[str, Any] | None = None, timeout: float = 900
+) -> tuple[dict[str, dict[str, str]], Listing | None]:
     """The rows, and the listing of what every path is (None where the script failed: its
-    rows then say why, by `unread`)."""
+    rows then say why, by `unread`). `contents`: the content keys read elsewhere (the disk
+    image's: diskbytes.contents) for a script started without them."""
     deadline = time.monotonic() + timeout
     while (r := run.host.run(f"cat {run.out}")).rc != 0:
         if time.monotonic() > deadline:
@@ -105,7 +114,7 @@ def finish(run: Running, timeout: float = 900) -> tuple[dict[str, dict[str, str]
     stderr, _, code = err.rstrip().rpartition("exit ")
     what = f"the file digest script ({run.python})"
     try:
-        raw = parse(what, int(code) if code.isdigit() else -1, r.stdout, stderr)
+        raw = parse(what, int(code) if code.isdigit() else -1, r.stdout, stderr) | (contents or {})
         rows = texts({row: raw[key] for row, key, _, _ in ROWS if key in raw})
         app = texts(raw["app"])
         listing = Listing.from_json(raw["meta"])

@@ -20,7 +20,8 @@ from imagebuild.builders.formats import filename
 from imagebuild.cache import default_root
 from imagebuild.errors import ImageBuildError
 from imagebuild.project import Project
-from imagebuild.verify import attestation, hosts, vmdisk
+from imagebuild.verify import attestation, filebytes, hosts, vmdisk
+from imagebuild.verify.diskread import DiskReading, disk_reading
 
 if TYPE_CHECKING:
     from securesystemslib.signer import Signer
@@ -95,10 +96,12 @@ class Interrupt:
 
 
 class Handed:
-    """The task's project, handed to the suite (imagebuild/verify/suite/conftest.py)."""
+    """The task's project and the VM disk's reading (started before the boot), handed to the
+    suite (imagebuild/verify/suite/conftest.py)."""
 
-    def __init__(self, project: Project) -> None:
+    def __init__(self, project: Project, reading: DiskReading | None = None) -> None:
         self.imagebuild_project = project
+        self.imagebuild_disk_reading = reading
 
 
 def _vm_disk(artifact: Path, work: Path, qcow2: Path, disk_gb: int) -> vmdisk.Disk:
@@ -147,6 +150,8 @@ def verify(
                 if problems := checksums.check(dist, [artifact]):
                     raise VerifyFailed("; ".join(problems) + " (rebuild it, or pass --vm)")
         disk = _vm_disk(artifact, work / "disk", artifact.with_name(qcow2), spec.vm.disk_gb)
+        # Read on this host beside the boot: the disk's hygiene and file contents (diskread).
+        reading = up.enter_context(disk_reading(disk.bootable, filebytes.argument(spec)))
         with progress.stage("verify: container up", f"{ref}, --network none") as st:
             c = up.enter_context(hosts.container(ref, service=spec.verify.service is not None))
             seconds["container start"] = c.seconds
@@ -205,7 +210,7 @@ def verify(
                     str(ctx),
                     f"--junitxml={ctx.parent / 'junit.xml'}",
                 ],
-                plugins=[interrupt, Handed(project)],
+                plugins=[interrupt, Handed(project, reading)],
             )
             if interrupt.caught is not None:
                 raise interrupt.caught

@@ -7,6 +7,7 @@ collected by the same code, one parametrised test per item of imagebuild.verify.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
@@ -21,6 +22,7 @@ from imagebuild.cache import Cache
 from imagebuild.project import Project
 from imagebuild.verify import facts as factsmod
 from imagebuild.verify import filebytes, filemeta, interpreter, service
+from imagebuild.verify.diskread import DiskReading, disk_reading
 from imagebuild.verify.items import items
 
 
@@ -37,7 +39,7 @@ def _ctx(config: pytest.Config) -> dict[str, Any]:
     path = config.getoption("--ib-context")
     if path not in _CONTEXTS:
         try:
-            _CONTEXTS[path] = _collect(path, _project(config, path))
+            _CONTEXTS[path] = _collect(path, _project(config, path), config)
         except BaseException as e:
             _CONTEXTS[path] = e
             raise
@@ -47,24 +49,43 @@ def _ctx(config: pytest.Config) -> dict[str, Any]:
     return got
 
 
-def _project(config: pytest.Config, path: str) -> Project:
-    """The project `invoke verify` loaded, handed over as a plugin (this suite runs in its
-    process); read from the context's spec path only when the suite is run on its own."""
+def _handed(config: pytest.Config, name: str) -> Any:
+    """What `invoke verify` handed over as a plugin (this suite runs in its process)."""
     for plugin in config.pluginmanager.get_plugins():
-        if isinstance(got := getattr(plugin, "imagebuild_project", None), Project):
+        if (got := getattr(plugin, name, None)) is not None:
             return got
+    return None
+
+
+def _project(config: pytest.Config, path: str) -> Project:
+    """The project `invoke verify` loaded; read from the context's spec path only when the
+    suite is run on its own."""
+    if isinstance(got := _handed(config, "imagebuild_project"), Project):
+        return got
     return Project.named(json.loads(Path(path).read_text())["spec"])
 
 
-def _collect(path: str, project: Project) -> dict[str, Any]:
+def _collect(path: str, project: Project, config: pytest.Config) -> dict[str, Any]:
     ctx = json.loads(Path(path).read_text())
+    handed = _handed(config, "imagebuild_disk_reading")
+    with contextlib.ExitStack() as stack:
+        # started by verify before the boot; begun here when the suite runs on its own
+        reading = handed or stack.enter_context(
+            disk_reading(Path(ctx["disk"]), filebytes.argument(project.spec))
+        )
+        return _collect_with(ctx, project, reading)
+
+
+def _collect_with(
+    ctx: dict[str, Any], project: Project, reading: DiskReading | None
+) -> dict[str, Any]:
     spec, req, lock = project.spec, project.req, project.lock
 
     def one(artifact: str) -> tuple[dict[str, Any], Any]:
         h = ctx["hosts"][artifact]
         host = testinfra.get_host(h["url"])
-        disk = Path(ctx["disk"]) if artifact == "vm" else None
-        found, listing = factsmod.collect(host, artifact, req, lock, h["config"], disk)
+        image = reading if artifact == "vm" else None
+        found, listing = factsmod.collect(host, artifact, req, lock, h["config"], image)
         if h["service_url"]:
             laps = factsmod.Laps()
             found |= service.facts(testinfra.get_host(h["service_url"]), artifact, spec)

@@ -1,0 +1,218 @@
+"""A VM's file contents read from its disk image on this host, not in the emulated guest: the
+digests behind the `bytes:*` rows (dpkg's recorded MD5s, the venv's wheel RECORDs, the app
+folder) at this CPU's speed instead of TCG's (~20 s of the guest's two emulated CPUs).
+
+Input: the root filesystem dumped by debugfs into a private folder (diskread.py, as
+`rebuild --check` dumps it). The disk is anyone's, so every path of it is resolved inside that
+folder as the guest's kernel would resolve it (`inside`): a link on the disk, absolute or with
+`..`, never leads to this host's files, and nothing is read through a link that leaves the dump.
+What the dump does not keep (debugfs's chown clears setuid bits; owners, capabilities, devices)
+is still read in the booted guest: data/bytes_script.py without contents.
+
+`dpkg --verify` is not run here (its `--root` follows the disk's absolute links into this host):
+`deb_verify` checks what it checks, from the disk's dpkg database (tested against the real
+dpkg on a database of the same shape: tests/test_diskbytes.py).
+
+Run as `python -m imagebuild.verify.diskbytes TREE WANT` (WANT: the script's JSON argument):
+prints the script's content keys as JSON, so that verify can kill it at once."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import stat
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+LINKS = 40  # links followed in one path at most, as Linux's MAXSYMLINKS
+
+
+def _script() -> ModuleType:
+    """data/bytes_script.py as a module: the same digests, RECORD and listing rules as in the
+    artifact."""
+    path = Path(__file__).parent.parent / "data" / "bytes_script.py"
+    spec = importlib.util.spec_from_file_location("imagebuild_bytes_script", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+S = _script()
+
+
+def _parts(path: str) -> list[str]:
+    return [p for p in path.split("/") if p not in ("", ".")]
+
+
+def inside(root: str, path: str) -> str | None:
+    """Where the disk's absolute `path` is in its dump at `root`: every link followed inside
+    the dump (an absolute target restarts at `root`, `..` stops there); None where it leads
+    nowhere (missing, a loop, a file where a folder should be). Each component of the result
+    is a real folder of the dump, so opening it follows no link."""
+    todo, done, hops = _parts(path), list[str](), 0
+    while todo:
+        name = todo.pop(0)
+        if name == "..":
+            if done:
+                done.pop()
+            continue
+        here = os.path.join(root, *done, name)
+        try:
+            st = os.lstat(here)
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > LINKS:
+                return None
+            target = os.readlink(here)
+            done = [] if target.startswith("/") else done
+            todo = _parts(target) + todo
+            continue
+        if todo and not stat.S_ISDIR(st.st_mode):
+            return None
+        done.append(name)
+    return os.path.join(root, *done)
+
+
+def _md5(root: str, path: str) -> str | None:
+    """The MD5 of the disk's file at `path`, "missing" where there is none; None where it is
+    not a regular file or cannot be read (dpkg: `?`, no finding)."""
+    here = inside(root, path)
+    if here is None:
+        return "missing"
+    try:
+        fd = os.open(here, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return "missing"
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return hashlib.file_digest(f, "md5").hexdigest()
+
+
+@dataclass
+class Package:
+    name: str  # as dpkg's info files are named: `name` or `name:arch` (Multi-Arch: same)
+    conffiles: dict[str, str] = field(default_factory=dict)  # path -> recorded MD5
+
+
+def _paragraphs(text: str) -> list[dict[str, str]]:
+    """deb822 paragraphs: field -> value (continuation lines joined by newlines)."""
+    out: list[dict[str, str]] = []
+    for block in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        last = ""
+        for line in block.splitlines():
+            if line[:1] in (" ", "\t") and last:
+                fields[last] += "\n" + line.strip()
+            elif ":" in line:
+                last, _, value = line.partition(":")
+                fields[last] = value.strip()
+        if fields:
+            out.append(fields)
+    return out
+
+
+def installed(status: str) -> list[Package]:
+    """The installed packages of dpkg's status file (state `installed`, held ones too), each
+    with the conffiles dpkg checks."""
+    out = []
+    for p in _paragraphs(status):
+        words = p.get("Status", "").split()
+        if len(words) != 3 or words[2] != "installed" or not p.get("Package"):
+            continue
+        name = p["Package"]
+        if p.get("Multi-Arch") == "same" and p.get("Architecture"):
+            name += ":" + p["Architecture"]
+        conf = {}
+        for line in p.get("Conffiles", "").splitlines():
+            row = line.split()
+            # obsolete: no longer the package's; remove-on-upgrade: to go (dpkg skips both)
+            if len(row) >= 2 and not {"obsolete", "remove-on-upgrade"} & set(row[2:]):
+                conf[row[0]] = row[1]
+        out.append(Package(name, conf))
+    return out
+
+
+def diversions(text: str) -> dict[str, tuple[str, str]]:
+    """dpkg's diversions file (three lines each: from, to, by package or `:` for the admin):
+    from -> (to, by)."""
+    lines = text.splitlines()
+    return {lines[i]: (lines[i + 1], lines[i + 2]) for i in range(0, len(lines) - 2, 3)}
+
+
+def _read(root: str, path: str) -> str:
+    here = inside(root, path)
+    if here is None or not os.path.isfile(here) or os.path.islink(here):
+        return ""
+    return Path(here).read_text(errors="replace")
+
+
+def deb_verify(root: str) -> tuple[list[str], list[str], dict[str, str]]:
+    """What `dpkg --verify` finds on the disk dumped at `root`: paths of regular files whose
+    MD5 is not the recorded one (`PATH (missing)` where there is none), plain files and
+    conffiles apart, and each path's package. A file another package (or the admin) diverted
+    is not checked, as dpkg does not check it."""
+    info = "/var/lib/dpkg/info"
+    diverted = diversions(_read(root, "/var/lib/dpkg/diversions"))
+    plain: list[str] = []
+    conf: list[str] = []
+    owner: dict[str, str] = {}
+    for pkg in installed(_read(root, "/var/lib/dpkg/status")):
+        sums = {}
+        for line in _read(root, f"{info}/{pkg.name}.md5sums").splitlines():
+            digest, _, rel = line.partition("  ")
+            if rel:
+                sums[os.path.normpath("/" + rel)] = digest
+        bare = pkg.name.partition(":")[0]
+        for path, want in sorted({**sums, **pkg.conffiles}.items()):
+            if diverted.get(path, ("", bare))[1] != bare:
+                continue  # another package's (or the admin's) diversion: dpkg skips it
+            got = _md5(root, path)
+            if got is None or got == want:
+                continue
+            (conf if path in pkg.conffiles else plain).append(
+                f"{path} (missing)" if got == "missing" else path
+            )
+            owner.setdefault(path, pkg.name)  # as dpkg-query -S names it
+    return plain, conf, owner
+
+
+def _tree(root: str, top: str) -> tuple[str | None, dict[str, bytes]]:
+    """The dump's folder for the disk's `top` and {disk path: sha256} of the files below it."""
+    here = inside(root, top)
+    if here is None or not os.path.isdir(here):
+        return None, {}
+    digests, _ = S.survey(here, describing=False)
+    return here, {top + p[len(here) :]: d for p, d in digests.items()}
+
+
+def contents(root: str, want: dict[str, Any]) -> dict[str, Any]:
+    """The script's content keys (`deb`, `conffiles`, `record`, `venv-extra`, `venv`, `app`)
+    for the disk dumped at `root`; `want` as the script's argument."""
+    plain, conf, owner = deb_verify(root)
+    out: dict[str, Any] = {
+        "deb": S.listed(S.with_package(plain, owner)),
+        "conffiles": S.listed(S.with_package(conf, owner)),
+    }
+    if venv := want.get("venv"):
+        here, digests = _tree(root, venv)
+        changed, extra, whole = S.venv_record(venv, digests, here)
+        out |= {"record": S.listed(changed), "venv-extra": S.listed(extra), "venv": whole}
+    app = want["app"]
+    _, files = _tree(root, app)
+    out["app"] = {os.path.relpath(p, app): d.hex() for p, d in files.items()}
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(contents(sys.argv[1], json.loads(sys.argv[2]))))
