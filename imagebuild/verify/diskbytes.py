@@ -30,6 +30,7 @@ from types import ModuleType
 from typing import Any
 
 LINKS = 40  # links followed in one path at most, as Linux's MAXSYMLINKS
+DATABASE_FILE = 256 << 20  # a status file of every Debian package is ~60 MB
 
 
 def _script() -> ModuleType:
@@ -88,7 +89,7 @@ def _md5(root: str, path: str) -> str | None:
     if here is None:
         return "missing"
     try:
-        fd = os.open(here, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(here, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a FIFO never waits
     except FileNotFoundError:
         return "missing"
     except OSError:
@@ -151,9 +152,12 @@ def diversions(text: str) -> dict[str, tuple[str, str]]:
 
 
 def _read(root: str, path: str) -> str:
+    """A file of dpkg's database ("" where there is none), at most DATABASE_FILE bytes."""
     here = inside(root, path)
-    if here is None or not os.path.isfile(here) or os.path.islink(here):
+    if here is None or not os.path.isfile(here):
         return ""
+    if (size := os.path.getsize(here)) > DATABASE_FILE:
+        raise ValueError(f"{path} holds {size} bytes, more than dpkg's database ever needs")
     return Path(here).read_text(errors="replace")
 
 
