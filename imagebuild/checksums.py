@@ -9,7 +9,9 @@ read-modify-write waits, so no line is lost). verify checks the files it reads.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from imagebuild import distlock
 from imagebuild.cache import atomic_file, sha256_file
@@ -50,6 +52,15 @@ def record(dist: Path, files: list[Path], known: dict[str, str] | None = None) -
         with atomic_file(path) as tmp:
             tmp.write_text("".join(f"{sums[n]}  {n}\n" for n in sorted(sums)))
     return path
+
+
+def write_records(dist: Path, records: dict[Path, dict[str, Any]]) -> None:
+    """JSON records (a target's request and record) written whole, in the order given (the
+    last one's presence says the rest is complete), then listed here."""
+    for path, body in records.items():
+        with atomic_file(path) as t:
+            t.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
+    record(dist, list(records))
 
 
 def check(dist: Path, files: list[Path]) -> list[str]:

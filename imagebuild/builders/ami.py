@@ -34,7 +34,7 @@ from typing import Any
 
 from imagebuild import checksums, distnames, progress, provenance, tools
 from imagebuild.builders import vm
-from imagebuild.cache import atomic_file, sha256_file
+from imagebuild.cache import sha256_file
 from imagebuild.errors import ImageBuildError
 from imagebuild.inputs import Inputs
 from imagebuild.lock.lockfile import Lock
@@ -279,7 +279,5 @@ def write_record(spec: Spec, body: dict[str, Any], dist: Path) -> Path:
     """dist/NAME-VERSION.ami.json (either method's), written whole, listed in SHA256SUMS."""
     record = distnames.path(dist.resolve(), spec, distnames.AMI_RECORD)
     record.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(record) as t:
-        t.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
-    checksums.record(dist.resolve(), [record])
+    checksums.write_records(dist.resolve(), {record: body})
     return record

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import re
 import time
 from dataclasses import replace
@@ -25,7 +24,6 @@ from typing import Any
 
 from imagebuild import checksums, distnames, progress
 from imagebuild.builders import vm
-from imagebuild.cache import atomic_file, sha256_file
 from imagebuild.errors import ImageBuildError
 from imagebuild.inputs import Inputs
 from imagebuild.lock.lockfile import Lock
@@ -52,16 +50,19 @@ def image_name(spec: Spec) -> str:
     return name
 
 
-def digests(path: Path) -> tuple[str, str]:
-    """The file's CRC32C and MD5 as Cloud Storage reports them (base64 of the raw values)."""
+def digests(path: Path) -> tuple[str, str, str]:
+    """The file's CRC32C and MD5 as Cloud Storage reports them (base64 of the raw values), and
+    its sha256 (hex, for the record): one read for the three."""
     import google_crc32c
 
-    crc, md5 = google_crc32c.Checksum(), hashlib.md5()
+    crc, md5, sha = google_crc32c.Checksum(), hashlib.md5(), hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
             crc.update(chunk)
             md5.update(chunk)
-    return base64.b64encode(crc.digest()).decode(), base64.b64encode(md5.digest()).decode()
+            sha.update(chunk)
+    b64 = [base64.b64encode(h.digest()).decode() for h in (crc, md5)]
+    return b64[0], b64[1], sha.hexdigest()
 
 
 def bucket(settings: Gce) -> Any:
@@ -94,7 +95,7 @@ def upload(target: Any, tarball: Path) -> dict[str, Any]:
     from google.auth.exceptions import GoogleAuthError
     from google.cloud.storage.exceptions import DataCorruption
 
-    crc, md5 = digests(tarball)
+    crc, md5, sha256 = digests(tarball)
     size = tarball.stat().st_size
     where = f"gs://{target.name}/{tarball.name}"
     try:
@@ -121,6 +122,7 @@ def upload(target: Any, tarball: Path) -> dict[str, Any]:
         "md5": md5,
         "size": size,
         "how": how,
+        "sha256": sha256,
     }
 
 
@@ -165,15 +167,15 @@ def build(inputs: Inputs, dist: Path, on_error: str) -> vm.VmResult:
         "image": name,
         "project": settings.project,
         "bucket": settings.bucket,
-        **{k: v for k, v in stored.items() if k != "how"},
+        **{k: v for k, v in stored.items() if k not in ("how", "sha256")},
         "tarball": tarball.name,
-        "tarball_sha256": sha256_file(tarball),
+        "tarball_sha256": stored["sha256"],
         "request": request.name,
         "request_sent": False,
     }
-    _write(request, image_request(spec, lock, settings, stored["object"]))
-    _write(record, body)  # last: its presence means the rest is complete
-    checksums.record(dist.resolve(), [request, record])
+    requested = image_request(spec, lock, settings, stored["object"])
+    # the record last: its presence means the rest is complete
+    checksums.write_records(dist.resolve(), {request: requested, record: body})
     return replace(
         qemu,
         target="gce",
@@ -181,8 +183,3 @@ def build(inputs: Inputs, dist: Path, on_error: str) -> vm.VmResult:
         seconds=qemu.seconds | {"gce": round(time.monotonic() - start, 1)},
         parity=qemu.parity | {"gce image": f"{name}: the qcow2's disk ({tarball.name})"},
     )
-
-
-def _write(path: Path, data: dict[str, Any]) -> None:
-    with atomic_file(path) as t:
-        t.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")

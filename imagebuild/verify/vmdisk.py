@@ -37,16 +37,14 @@ class Disk:
         return FORMATS[self.kind].HARDWARE
 
 
-# The disk inside an archive: its member's name pattern and format.
+# The disk inside an archive: its member's name pattern and format (as each format says).
 MEMBER = {
-    "vagrant": ("box.img", "qcow2"),
-    "virtualbox": ("box-disk001.vmdk", "vmdk"),
-    "vmware": ("disk.vmdk", "vmdk"),
-    "ova": ("*.vmdk", "vmdk"),
-    "gce": ("disk.raw", "raw"),
+    k: (m.SYSTEM_DISK[0], m.SYSTEM_DISK[1])
+    for k, m in FORMATS.items()
+    if m.SYSTEM_DISK[0] is not None
 }
 # The artifacts that are the disk itself, and qemu-img's name of their format.
-DIRECT = {"qcow2": "qcow2", "vhd": "vpc", "raw": "raw"}
+DIRECT = {k: m.SYSTEM_DISK[1] for k, m in FORMATS.items() if m.SYSTEM_DISK[0] is None}
 ZEROS = bytes(1 << 20)
 
 

@@ -17,6 +17,9 @@ class Format(Protocol):
     SUFFIX: str
     COMPRESSED_INPUT: bool  # made from the compressed qcow2 (else from the finished disk)
     HARDWARE: vmboot.Hardware  # the disk controller and NIC it declares (verify boots on them)
+    # The system disk: its member's name pattern in the archive (None: the file is the disk)
+    # and qemu-img's name of its format (verify.vmdisk takes it out and boots it).
+    SYSTEM_DISK: tuple[str | None, str]
 
     def make(self, disk: Path, dest: Path, spec: Spec, sde: int) -> None: ...
 

@@ -18,6 +18,7 @@ SUFFIX = ".gce.tar.gz"
 COMPRESSED_INPUT = False
 HARDWARE = vmboot.Hardware("virtio-scsi", "virtio")  # Compute Engine's default
 MEMBER = "disk.raw"  # the one name Compute Engine reads
+SYSTEM_DISK: tuple[str | None, str] = (MEMBER, "raw")
 
 
 def make(disk: Path, dest: Path, spec: Spec, sde: int) -> None:

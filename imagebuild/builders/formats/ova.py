@@ -119,6 +119,7 @@ class Flavour:
 # VMware (vSphere, Workstation, Fusion): paravirtual SCSI and VMXNET3.
 VMWARE = Flavour("vmx-10", "VirtualSCSI", 6, "VmxNet3", vmboot.Hardware("pvscsi", "vmxnet3"))
 HARDWARE = VMWARE.hardware
+SYSTEM_DISK: tuple[str | None, str] = ("*.vmdk", "vmdk")  # the one disk the OVF names
 
 
 def descriptor(spec: Spec, flavour: Flavour, disks: list[tuple[Path, int]]) -> str:
@@ -191,14 +192,17 @@ def remember(disk: Path, seed: str, archive: Path, member: str, sha256: str) -> 
 
 def _copy_out(made: tuple[Path, int, int, str], dest: Path) -> bool:
     archive, offset, size, sha256 = made
+    digest, left = hashlib.sha256(), size
     try:
         with archive.open("rb") as src, dest.open("wb") as out:
             src.seek(offset)
-            for chunk in iter(lambda: src.read(min(CHUNK, size - out.tell())), b""):
+            while left and (chunk := src.read(min(CHUNK, left))):
+                digest.update(chunk)  # checked as it is copied: one read
                 out.write(chunk)
+                left -= len(chunk)
     except OSError:
         return False
-    if dest.stat().st_size == size and sha256_file(dest) == sha256:
+    if left == 0 and digest.hexdigest() == sha256:
         return True
     dest.unlink()
     return False

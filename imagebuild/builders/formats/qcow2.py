@@ -12,6 +12,7 @@ from imagebuild.spec import Spec
 SUFFIX = ".qcow2"
 COMPRESSED_INPUT = True
 HARDWARE = vmboot.VIRTIO
+SYSTEM_DISK: tuple[str | None, str] = (None, "qcow2")  # the artifact is the disk
 COMPRESSION = ["-c"]  # zlib, which every qemu reads (zstd would need qemu >= 5.1)
 
 

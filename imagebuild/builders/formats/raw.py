@@ -11,6 +11,7 @@ from imagebuild.spec import Spec
 SUFFIX = ".raw"
 COMPRESSED_INPUT = False  # bytes are bytes: read the finished disk, the faster one
 HARDWARE = vmboot.VIRTIO
+SYSTEM_DISK: tuple[str | None, str] = (None, "raw")
 
 
 def make(disk: Path, dest: Path, spec: Spec, sde: int) -> None:

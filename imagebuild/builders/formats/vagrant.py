@@ -14,6 +14,7 @@ from imagebuild.spec import Spec
 SUFFIX = ".libvirt.box"
 COMPRESSED_INPUT = True  # box.img is the shipped qcow2
 HARDWARE = vmboot.VIRTIO
+SYSTEM_DISK: tuple[str | None, str] = ("box.img", "qcow2")
 
 PROVIDER = """\
   config.vm.provider :libvirt do |libvirt|

@@ -17,6 +17,7 @@ from imagebuild.spec import Spec
 SUFFIX = ".vhd"
 COMPRESSED_INPUT = False
 HARDWARE = vmboot.VIRTIO  # Azure's are Hyper-V's synthetic devices, which QEMU has not
+SYSTEM_DISK: tuple[str | None, str] = (None, "vpc")  # qemu-img's name of the VHD format
 FOOTER = 512
 VHD_EPOCH = 946684800  # 2000-01-01T00:00:00Z, where a VHD's clock starts
 _UUIDS = uuid.UUID("2d6c3b43-8a55-4a3e-9f0c-7f1e2b9c4d11")

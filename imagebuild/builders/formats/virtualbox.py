@@ -24,6 +24,7 @@ VIRTUALBOX = ova.Flavour(
 )
 HARDWARE = VIRTUALBOX.hardware
 SYSTEM, SEED = "box-disk001.vmdk", "box-disk002.vmdk"
+SYSTEM_DISK: tuple[str | None, str] = (SYSTEM, "vmdk")
 
 PROVIDER = """\
   config.vm.provider :virtualbox do |vb|

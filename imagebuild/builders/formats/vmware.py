@@ -17,6 +17,7 @@ SUFFIX = ".vmware.box"
 COMPRESSED_INPUT = False  # the VMDK is written anew: read the uncompressed disk
 HARDWARE = ova.VMWARE.hardware
 SYSTEM, SEED = "disk.vmdk", "seed.vmdk"
+SYSTEM_DISK: tuple[str | None, str] = (SYSTEM, "vmdk")
 
 # virtualHW 14: Workstation 14 / Fusion 10 and later; BIOS firmware (no `firmware` key). The
 # name is the spec's (a-z, 0-9, -).
