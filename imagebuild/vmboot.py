@@ -275,13 +275,18 @@ def partition_argv(disk: Path, out: Path, offset: int = 1 << 20) -> list[str]:
     return ["qemu-img", "convert", "--image-opts", opts, "-O", "raw", str(out)]
 
 
+def jail(*binds: str) -> list[str]:
+    """bubblewrap for a tool reading a disk that is anyone's: this host read-only but for
+    `binds`, no network, no namespace shared, a session of its own (no terminal to write to)."""
+    out = ["bwrap", "--ro-bind", "/", "/", *binds, "--dev", "/dev", "--proc", "/proc"]
+    return [*out, "--unshare-all", "--die-with-parent", "--new-session"]
+
+
 def dump_argv(fs: str, tree: Path) -> list[str]:
-    """debugfs dumping filesystem image `fs` into the empty folder `tree`. The disk is anyone's:
-    its names may hold `/` or `..` and debugfs writes each entry under the name the disk gives
-    it, so it runs in bubblewrap with this host read-only but for `tree` (and no network)."""
-    jail = ["bwrap", "--ro-bind", "/", "/", "--bind", str(tree), str(tree), "--dev", "/dev"]
-    jail += ["--proc", "/proc", "--unshare-all", "--die-with-parent"]
-    return [*jail, "debugfs", "-R", f'rdump / "{tree}"', fs]
+    """debugfs dumping filesystem image `fs` into the empty folder `tree`. Its names may hold
+    `/` or `..` and debugfs writes each entry under the name the disk gives it: in the jail,
+    only `tree` is writable."""
+    return [*jail("--bind", str(tree), str(tree)), "debugfs", "-R", f'rdump / "{tree}"', fs]
 
 
 def debugfs_cat(fs_image: Path, path: str) -> bytes:

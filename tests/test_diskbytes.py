@@ -50,7 +50,7 @@ def _dpkg(root: Path, *args: str) -> str:
 def _real_verify(root: Path) -> tuple[set[str], set[str]]:
     """`dpkg --verify`'s findings, as the in-artifact script reads them (digest or missing)."""
     plain, conf = set(), set()
-    for line in _dpkg(root, "--verify").splitlines():
+    for line in _dpkg(root, "--verify").split("\n")[:-1]:  # a path may hold U+2028
         flags, conffile, path = line[:9], line[10:11] == "c", line[12:]
         if flags.startswith("missing"):
             path += " (missing)"
@@ -96,6 +96,36 @@ def test_what_it_finds_is_what_dpkg_verify_finds(installed: Path) -> None:
     assert plain == ["/usr/share/a/one", "/usr/share/a/two (missing)", "/usr/share/b/three"]
     assert conf == ["/etc/a.conf"]
     assert owner["/usr/share/b/three"] == "pkg-b"
+
+
+def test_a_taken_over_file_an_unpacked_package_and_odd_names_as_dpkg_sees_them(
+    installed: Path, tmp_path: Path
+) -> None:
+    """pkg-d takes over pkg-a's file (Replaces: dpkg drops it from pkg-a's .list, not from its
+    md5sums); pkg-e is only unpacked (dpkg --verify checks it); a conffile whose path holds a
+    space; names that are not UTF-8 or hold a line separator other than newline."""
+    tmp = tmp_path / "more"
+    tmp.mkdir()
+    d = _deb(tmp, "pkg-d", {"usr/share/a/one": "mine\n"})
+    control = (tmp / "pkg-d-src/DEBIAN/control").read_text()
+    (tmp / "pkg-d-src/DEBIAN/control").write_text(control + "Replaces: pkg-a\n")
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(tmp / "pkg-d-src"), str(d)])
+    odd = {"usr/share/e/line\u2028sep": "1\n", "etc/e e.conf": "c\n"}
+    e = _deb(tmp, "pkg-e", odd, ("/etc/e e.conf",))
+    _dpkg(installed, "--force-all", "-i", str(d))
+    _dpkg(installed, "--force-all", "--unpack", str(e))
+    (installed / "usr/share/a/one").write_text("changed\n")  # pkg-d's now
+    (installed / "usr/share/e/line\u2028sep").write_text("2\n")
+    (installed / "etc/e e.conf").write_text("d\n")
+    plain, conf, owner = diskbytes.deb_verify(str(installed))
+    assert (set(plain), set(conf)) == _real_verify(installed)
+    assert plain == ["/usr/share/a/one", "/usr/share/e/line\u2028sep"]
+    assert conf == ["/etc/e e.conf"] and owner["/usr/share/a/one"] == "pkg-d"
+
+
+def test_a_disk_without_dpkgs_database_is_an_error_not_none(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="/var/lib/dpkg/status: none on the disk"):
+        diskbytes.deb_verify(str(tmp_path))
 
 
 def test_the_script_runs_on_a_dump_and_names_each_file_with_its_package(installed: Path) -> None:
@@ -145,5 +175,6 @@ def test_a_link_on_the_disk_never_leads_to_this_hosts_files(tmp_path: Path) -> N
     status = "Package: p\nStatus: install ok installed\nVersion: 1\nArchitecture: all\n"
     (root / "var/lib/dpkg/status").write_text(status)
     (info / "p.md5sums").write_text(f"{md5}  usr/share/abs\n{md5}  usr/share/up\n")
+    (info / "p.list").write_text("/usr/share/abs\n/usr/share/up\n")
     plain, _, _ = diskbytes.deb_verify(str(root))
     assert plain == ["/usr/share/abs (missing)", "/usr/share/up (missing)"]

@@ -490,7 +490,7 @@ def test_the_suite_collects_once_and_writes_no_report_when_interrupted(
 # --- the disk image read on this host: hygiene and file contents, killed on unwinding ---------
 
 
-def disk_image(tmp_path: Path) -> Path:
+def disk_image(tmp_path: Path, tamper: tuple[str, ...] = ()) -> Path:
     """A qcow2 whose root partition (at 1 MiB, as the base disk has it) is a real ext4."""
     rootfs = tmp_path / "rootfs"
     (rootfs / "etc").mkdir(parents=True)
@@ -501,9 +501,13 @@ def disk_image(tmp_path: Path) -> Path:
     (rootfs / "var" / "lib" / "dkms").mkdir(parents=True)
     (rootfs / "var" / "lib" / "dkms" / "mok.key").write_text("-----BEGIN PRIVATE KEY-----\n")
     (rootfs / "opt" / "app").mkdir(parents=True)
+    (rootfs / "var" / "lib" / "dpkg").mkdir(parents=True)
+    (rootfs / "var" / "lib" / "dpkg" / "status").write_text("")  # a database of no package
     (rootfs / "opt" / "app" / "main.py").write_text("print(1)\n")
     fs = tmp_path / "fs.img"
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(rootfs), str(fs), "16M"], check=True)
+    for command in tamper:  # what a hostile disk holds: debugfs writes it into the image
+        subprocess.run(["debugfs", "-w", "-R", command, str(fs)], check=True, capture_output=True)
     raw = tmp_path / "disk.raw"
     with raw.open("wb") as out:
         out.truncate(1 << 20)
@@ -532,7 +536,7 @@ def test_the_disk_hygiene_is_read_and_the_copy_never_outlives_an_interrupt(
         # its files dumped (debugfs in bubblewrap) and hashed by diskbytes.py, no mount
         contents = reading.contents()
     assert contents["app"] == {"main.py": hashlib.sha256(b"print(1)\n").hexdigest()}
-    assert contents["deb"] == "none"  # no dpkg database on this disk: nothing recorded
+    assert contents["deb"] == "none"
     assert got["authorized SSH keys (disk image)"] == "authorized_keys"
     assert got["root password (disk image)"] == "locked"
     assert got["/etc/machine-id content (disk image)"] == ""
@@ -544,6 +548,39 @@ def test_the_disk_hygiene_is_read_and_the_copy_never_outlives_an_interrupt(
         raise Terminated  # SIGTERM while the copy runs
     assert children() == before
     assert set(Path(tempfile.gettempdir()).glob("imagebuild-disk-*")) == folders
+
+
+@pytest.mark.parametrize(
+    ("tamper", "refused"),
+    [
+        # a folder linked into itself: the dump would never end
+        (("ln /opt /opt/app/loop",), "e2fsck -fn"),
+        # a journal the guest's kernel would replay and debugfs does not
+        (("feature needs_recovery",), "journal needs recovery"),
+    ],
+)
+def test_a_disk_the_dump_would_misread_is_refused(
+    tmp_path: Path, tamper: tuple[str, ...], refused: str
+) -> None:
+    qcow2 = disk_image(tmp_path, tamper)
+    want = {"venv": None, "app": "/opt/app", "skip": []}
+    with diskread.disk_reading(qcow2, want) as reading:
+        assert reading is not None
+        with pytest.raises(diskread.DiskReadError, match=refused):
+            reading.contents()
+
+
+def test_a_sparse_file_cannot_fill_this_host(tmp_path: Path) -> None:
+    """512 MiB of holes on a 16 MiB disk: the dump writes them out, into a tmpfs the size of
+    the used blocks and some slack, which it fills; that is named, nothing else is written."""
+    sparse = tmp_path / "sparse"
+    with sparse.open("wb") as f:
+        f.truncate(512 << 20)
+    qcow2 = disk_image(tmp_path, (f"write {sparse} holes",))
+    with diskread.disk_reading(qcow2, {"venv": None, "app": "/opt/app", "skip": []}) as reading:
+        assert reading is not None
+        with pytest.raises(diskread.DiskReadError, match="No space left on device"):
+            reading.contents()
 
 
 def test_a_mode_or_group_the_package_sets_itself_is_its_own() -> None:

@@ -115,7 +115,7 @@ def venv_record(venv, digests, here=None):
     records = [p for p in digests if RECORD.fullmatch(p[len(venv) :]) and p.startswith(venv)]
     for record in sorted(records):  # found by the walk: no link followed to reach one
         site = os.path.dirname(os.path.dirname(record))
-        with open((here or venv) + record[len(venv) :]) as f:
+        with open((venv if here is None else here) + record[len(venv) :]) as f:
             for row in f:
                 parts = row.rstrip("\n").rsplit(",", 2)
                 if len(parts) != 3:

@@ -22,8 +22,10 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import stat
 import sys
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -56,9 +58,11 @@ def inside(root: str, path: str) -> str | None:
     the dump (an absolute target restarts at `root`, `..` stops there); None where it leads
     nowhere (missing, a loop, a file where a folder should be). Each component of the result
     is a real folder of the dump, so opening it follows no link."""
-    todo, done, hops = _parts(path), list[str](), 0
+    if "\0" in path:
+        return None  # no path of a disk holds one
+    todo, done, hops = deque(_parts(path)), list[str](), 0
     while todo:
-        name = todo.pop(0)
+        name = todo.popleft()
         if name == "..":
             if done:
                 done.pop()
@@ -73,8 +77,10 @@ def inside(root: str, path: str) -> str | None:
             if hops > LINKS:
                 return None
             target = os.readlink(here)
+            if "\0" in target:
+                return None
             done = [] if target.startswith("/") else done
-            todo = _parts(target) + todo
+            todo.extendleft(reversed(_parts(target)))
             continue
         if todo and not stat.S_ISDIR(st.st_mode):
             return None
@@ -106,81 +112,102 @@ class Package:
     conffiles: dict[str, str] = field(default_factory=dict)  # path -> recorded MD5
 
 
+def _lines(text: str) -> list[str]:
+    """dpkg's files are lines ended by `\n` only (a path may hold any other byte)."""
+    return text.split("\n")
+
+
 def _paragraphs(text: str) -> list[dict[str, str]]:
     """deb822 paragraphs: field -> value (continuation lines joined by newlines)."""
     out: list[dict[str, str]] = []
     for block in text.split("\n\n"):
         fields: dict[str, str] = {}
         last = ""
-        for line in block.splitlines():
+        for line in _lines(block):
             if line[:1] in (" ", "\t") and last:
-                fields[last] += "\n" + line.strip()
+                fields[last] += "\n" + line.strip(" \t")
             elif ":" in line:
                 last, _, value = line.partition(":")
-                fields[last] = value.strip()
+                fields[last] = value.strip(" \t")
         if fields:
             out.append(fields)
     return out
 
 
-def installed(status: str) -> list[Package]:
-    """The installed packages of dpkg's status file (state `installed`, held ones too), each
-    with the conffiles dpkg checks."""
+def conffile(line: str) -> tuple[str, str] | None:
+    """` PATH MD5 [FLAG]` of a Conffiles field (PATH may hold spaces): (PATH, MD5), or None
+    for one dpkg does not check (obsolete: no longer the package's; remove-on-upgrade: to
+    go)."""
+    words = line.strip(" ").rsplit(" ", 2)
+    if len(words) == 3 and words[2] in ("obsolete", "remove-on-upgrade"):
+        return None
+    if len(words) == 3 and re.fullmatch(r"[0-9a-f]{32}|newconffile", words[2]):
+        words = [f"{words[0]} {words[1]}", words[2]]  # no flag: the path held a space
+    if len(words) == 3:
+        words = [words[0], words[1]]  # another flag: dpkg checks it
+    return (words[0], words[1]) if len(words) == 2 and words[0].startswith("/") else None
+
+
+def packages(status: str) -> list[Package]:
+    """Every package of dpkg's status file but the not-installed ones (dpkg --verify checks
+    unpacked and half-configured ones too), each with the conffiles dpkg checks."""
     out = []
     for p in _paragraphs(status):
         words = p.get("Status", "").split()
-        if len(words) != 3 or words[2] != "installed" or not p.get("Package"):
+        if len(words) != 3 or words[2] == "not-installed" or not p.get("Package"):
             continue
         name = p["Package"]
         if p.get("Multi-Arch") == "same" and p.get("Architecture"):
             name += ":" + p["Architecture"]
-        conf = {}
-        for line in p.get("Conffiles", "").splitlines():
-            row = line.split()
-            # obsolete: no longer the package's; remove-on-upgrade: to go (dpkg skips both)
-            if len(row) >= 2 and not {"obsolete", "remove-on-upgrade"} & set(row[2:]):
-                conf[row[0]] = row[1]
-        out.append(Package(name, conf))
+        rows = (conffile(line) for line in _lines(p.get("Conffiles", "")) if line.strip())
+        out.append(Package(name, dict(r for r in rows if r is not None)))
     return out
 
 
 def diversions(text: str) -> dict[str, tuple[str, str]]:
     """dpkg's diversions file (three lines each: from, to, by package or `:` for the admin):
     from -> (to, by)."""
-    lines = text.splitlines()
+    lines = _lines(text)
     return {lines[i]: (lines[i + 1], lines[i + 2]) for i in range(0, len(lines) - 2, 3)}
 
 
-def _read(root: str, path: str) -> str:
-    """A file of dpkg's database ("" where there is none), at most DATABASE_FILE bytes."""
+def _read(root: str, path: str, needed: bool = False) -> str:
+    """A file of dpkg's database ("" where there is none, unless `needed`), at most
+    DATABASE_FILE bytes; a name that is not UTF-8 kept byte for byte (surrogateescape, as
+    the file system's names are)."""
     here = inside(root, path)
     if here is None or not os.path.isfile(here):
+        if needed:
+            raise ValueError(f"{path}: none on the disk (no dpkg database to check against)")
         return ""
     if (size := os.path.getsize(here)) > DATABASE_FILE:
         raise ValueError(f"{path} holds {size} bytes, more than dpkg's database ever needs")
-    return Path(here).read_text(errors="replace")
+    return Path(here).read_bytes().decode("utf-8", "surrogateescape")
 
 
 def deb_verify(root: str) -> tuple[list[str], list[str], dict[str, str]]:
     """What `dpkg --verify` finds on the disk dumped at `root`: paths of regular files whose
     MD5 is not the recorded one (`PATH (missing)` where there is none), plain files and
-    conffiles apart, and each path's package. A file another package (or the admin) diverted
-    is not checked, as dpkg does not check it."""
+    conffiles apart, and each path's package. As dpkg: each package's files are its `.list`
+    (a file another package took over is no longer in it), with the digest its md5sums or
+    its Conffiles record; a file another package (or the admin) diverted is not checked."""
     info = "/var/lib/dpkg/info"
     diverted = diversions(_read(root, "/var/lib/dpkg/diversions"))
     plain: list[str] = []
     conf: list[str] = []
     owner: dict[str, str] = {}
-    for pkg in installed(_read(root, "/var/lib/dpkg/status")):
+    for pkg in packages(_read(root, "/var/lib/dpkg/status", needed=True)):
         sums = {}
-        for line in _read(root, f"{info}/{pkg.name}.md5sums").splitlines():
+        for line in _lines(_read(root, f"{info}/{pkg.name}.md5sums")):
             digest, _, rel = line.partition("  ")
             if rel:
                 sums[os.path.normpath("/" + rel)] = digest
+        listed = {os.path.normpath(p) for p in _lines(_read(root, f"{info}/{pkg.name}.list")) if p}
         bare = pkg.name.partition(":")[0]
-        for path, want in sorted({**sums, **pkg.conffiles}.items()):
-            if diverted.get(path, ("", bare))[1] != bare:
-                continue  # another package's (or the admin's) diversion: dpkg skips it
+        for path in sorted(listed):
+            want = pkg.conffiles.get(path) or sums.get(path)
+            if want is None or diverted.get(path, ("", bare))[1] != bare:
+                continue  # no digest recorded; or another's (or the admin's) diversion
             got = _md5(root, path)
             if got is None or got == want:
                 continue

@@ -1,13 +1,21 @@
 """The VM's disk image read on this host while the booted guest answers verify's other checks:
-its root partition copied out (qemu-img), its hygiene read by debugfs (diskhygiene.py), its
-file contents dumped by debugfs in bubblewrap and hashed by diskbytes.py in a process of its
-own (this host's CPU, not the emulated one). No loop device, no mount."""
+its root partition copied out (qemu-img), its hygiene read by debugfs (diskhygiene.py), its file
+contents dumped by debugfs and hashed by diskbytes.py (this host's CPU, not the emulated one).
+No loop device, no mount.
+
+The disk is anyone's. Before anything is dumped, e2fsck's own read-only check must find the
+filesystem clean (a name holding `/`, two entries of one name, a folder linked twice: what would
+make the dump differ from what the guest's kernel sees, or never end) and its journal must need
+no recovery (debugfs does not replay it; the guest's kernel would). The dump and the hashing then
+run in one bubblewrap jail, into a tmpfs no larger than the filesystem's used blocks and some
+slack (sparse files and hard links are written out whole: a disk cannot fill this host), under a
+time limit; debugfs's own errors fail the reading."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import shutil
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -20,19 +28,39 @@ from imagebuild import tools, vmboot
 from imagebuild.errors import ImageBuildError
 from imagebuild.verify.diskhygiene import disk_hygiene
 
+SLACK = 256 << 20  # the tmpfs beyond the used blocks: folders, small sparse files
+TIMEOUT = 600  # seconds for one step: the example's dump and hashing take ~3
+DUMP = "/mnt"  # the jail's tmpfs (a folder every Debian host has)
+# debugfs cannot give a dumped file an owner the jail's user namespace does not map: not a
+# problem (the owners are read in the guest), every other message is
+HARMLESS = "^debugfs [0-9]|while changing ownership of "  # grep -E
+
 
 class DiskReadError(ImageBuildError):
     pass
 
 
+def dump_and_hash_argv(part: str, size: int, want: dict[str, Any]) -> list[str]:
+    """One jail: debugfs dumps the filesystem into a tmpfs of `size` bytes, its messages are
+    checked, diskbytes.py hashes the dump (its JSON on stdout)."""
+    tree, err = f"{DUMP}/root", f"{DUMP}/debugfs.err"
+    hashing = [sys.executable, "-m", "imagebuild.verify.diskbytes", tree, json.dumps(want)]
+    script = (
+        f"mkdir {tree} && debugfs -R {shlex.quote(f'rdump / {tree}')} {shlex.quote(part)}"
+        f" 2> {err} || exit 3; "
+        f"if grep -Ev {shlex.quote(HARMLESS)} {err} >&2; then exit 4; fi; "
+        f"exec {shlex.join(hashing)}"
+    )
+    return [*vmboot.jail("--size", str(size), "--tmpfs", DUMP), "sh", "-c", script]
+
+
 class DiskReading:
-    """copy -> (hygiene when asked) and copy -> dump -> digests, on a thread that only waits
-    for its processes: `stop` kills the one running, so an unwinding verify (Ctrl-C, SIGTERM)
-    does not wait for a copy or a hash to end."""
+    """copy -> (hygiene when asked) and copy -> check -> dump and digests, on a thread that only
+    waits for its processes: `stop` kills the one running, so an unwinding verify (Ctrl-C,
+    SIGTERM) does not wait for a copy or a hash to end."""
 
     def __init__(self, disk: Path, tmp: Path, want: dict[str, Any]) -> None:
         self._part = tmp / "root.raw"
-        self._tree = tmp / "tree"
         self._want = want
         self._lock = threading.Lock()
         self._stopped = False
@@ -44,35 +72,57 @@ class DiskReading:
         self._thread = threading.Thread(target=self._run, name="disk-read", daemon=True)
         self._thread.start()
 
-    def _start(self, argv: list[str]) -> subprocess.Popen[bytes]:
-        with self._lock:
-            if self._stopped:
-                raise DiskReadError("stopped")
-            self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            return self._proc
-
     def _run(self) -> None:
         try:
             try:
                 tools.wait(self._copy)
+            except BaseException as e:
+                self._error = e  # before the event: hygiene() reports it
+                raise
             finally:
                 self._copied.set()
-            self._tree.mkdir()
-            self._finish(self._start(vmboot.dump_argv(str(self._part), self._tree)), "debugfs")
-            hashing = [sys.executable, "-m", "imagebuild.verify.diskbytes", str(self._tree)]
-            out = self._finish(self._start([*hashing, json.dumps(self._want)]), "diskbytes")
-            self._result = json.loads(out)
+            size = self._check(str(self._part))
+            argv = dump_and_hash_argv(str(self._part), size, self._want)
+            self._result = json.loads(self._step(argv, "the dump and its digests"))
         except BaseException as e:  # handed to whoever asks for the result
-            self._error = e
-        finally:
-            # ~2 s for its 30k files: here, beside the guest's checks, not at verify's end
-            shutil.rmtree(self._tree, ignore_errors=True)
+            self._error = self._error or e
 
-    def _finish(self, proc: subprocess.Popen[bytes], what: str) -> bytes:
-        out, err = proc.communicate()
+    def _check(self, part: str) -> int:
+        """e2fsck's verdict and the journal's state; the tmpfs size the dump may fill."""
+        self._step([*vmboot.jail(), "e2fsck", "-fn", part], "e2fsck -fn (the disk's filesystem)")
+        head = self._step([*vmboot.jail(), "dumpe2fs", "-h", part], "dumpe2fs -h").decode()
+        fields = dict(ln.split(":", 1) for ln in head.splitlines() if ":" in ln)
+        if "needs_recovery" in fields.get("Filesystem features", "").split():
+            raise DiskReadError(
+                "its filesystem's journal needs recovery (it was not cleanly unmounted): "
+                "debugfs would not read what the guest's kernel sees"
+            )
+        try:
+            blocks = int(fields["Block count"]) - int(fields["Free blocks"])
+            return blocks * int(fields["Block size"]) + SLACK
+        except (KeyError, ValueError) as e:
+            raise DiskReadError(f"dumpe2fs -h gave no block counts: {e!r}") from None
+
+    def _step(self, argv: list[str], what: str) -> bytes:
+        with self._lock:
+            if self._stopped:
+                raise DiskReadError("stopped")
+            try:
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+                )
+            except OSError as e:
+                raise DiskReadError(f"{what}: {argv[0]} could not start ({e})") from None
+            self._proc = proc
+        try:
+            out, err = proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise DiskReadError(f"{what}: no result in {TIMEOUT}s") from None
         if proc.returncode != 0:
-            tail = err.decode(errors="replace").strip().splitlines()[-3:]
-            raise DiskReadError(f"{what} exited {proc.returncode}: {' | '.join(tail)}")
+            said = (err or out).decode(errors="replace").strip().splitlines()[-3:]
+            raise DiskReadError(f"{what}: exit {proc.returncode}: {' | '.join(said)}")
         return out
 
     def hygiene(self) -> dict[str, str]:

@@ -119,10 +119,10 @@ def collect(
     laps.lap("the rest of the disk image's hygiene")
     contents = _contents(image)
     laps.lap("bytes: the disk image's files")
-    if isinstance(contents, str):
-        more, listing = filebytes.unread(contents), None
-    elif hashing:
+    if hashing:
         more, listing = filebytes.finish(hashing, contents)
+    elif isinstance(contents, str):
+        more, listing = filebytes.unread(contents), None
     else:
         more, listing = filebytes.unread(pythons.problem()), None
     merge(facts, more)

@@ -1,7 +1,8 @@
 """Parity by bytes: names and versions agreeing is not enough, the files behind them must be the
 bytes their packages recorded. One run of data/bytes_script.py per artifact, as root (dpkg's
 digests, the venv's wheel RECORDs, the app folder's files, what no package owns, and what every
-path is: filemeta.py judges that part)."""
+path is: filemeta.py judges that part). The VM's file contents are read from its disk image
+on this host instead (diskread.py, diskbytes.py): there the script only lists."""
 
 from __future__ import annotations
 
@@ -100,11 +101,12 @@ def unread(why: str) -> dict[str, dict[str, str]]:
 
 
 def finish(
-    run: Running, contents: dict[str, Any] | None = None, timeout: float = 900
+    run: Running, contents: dict[str, Any] | str | None = None, timeout: float = 900
 ) -> tuple[dict[str, dict[str, str]], Listing | None]:
     """The rows, and the listing of what every path is (None where the script failed: its
     rows then say why, by `unread`). `contents`: the content keys read elsewhere (the disk
-    image's: diskbytes.contents) for a script started without them."""
+    image's: diskbytes.contents) for a script started without them; a text where they could
+    not be read: the rows they feed say it, the listing stays."""
     deadline = time.monotonic() + timeout
     while (r := run.host.run(f"cat {run.out}")).rc != 0:
         if time.monotonic() > deadline:
@@ -114,10 +116,14 @@ def finish(
     stderr, _, code = err.rstrip().rpartition("exit ")
     what = f"the file digest script ({run.python})"
     try:
-        raw = parse(what, int(code) if code.isdigit() else -1, r.stdout, stderr) | (contents or {})
+        raw = parse(what, int(code) if code.isdigit() else -1, r.stdout, stderr)
+        listing = Listing.from_json(raw["meta"])
+        if isinstance(contents, str):
+            unread_rows = {"bytes": contents, "app-file": contents}
+            return {"unread": unread_rows, "bytes": {}, "app-file": {}}, listing
+        raw |= contents or {}
         rows = texts({row: raw[key] for row, key, _, _ in ROWS if key in raw})
         app = texts(raw["app"])
-        listing = Listing.from_json(raw["meta"])
     except ScriptFailed as e:
         return unread(str(e)), None
     except (KeyError, TypeError, ValueError, AttributeError) as e:

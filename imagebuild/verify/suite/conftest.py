@@ -95,7 +95,8 @@ def _collect_with(
 
     # Both artifacts at once: each side mostly waits on its own commands (docker exec, ssh to an
     # emulated guest), so the container's facts cost no wall time beside the VM's. The VM's stay
-    # on this thread (its disk copy is killed at once when verify unwinds); the container's run
+    # on this thread (where Ctrl-C and SIGTERM arrive: the disk reading's owner then kills its
+    # copy, dump and hashing at once, diskread.py); the container's run
     # on a daemon thread, which nothing waits for on Ctrl-C or SIGTERM (an executor's threads
     # are joined at exit: a poll still running there would hold the exit up).
     done: Future[tuple[dict[str, Any], Any]] = Future()
