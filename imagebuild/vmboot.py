@@ -275,18 +275,32 @@ def partition_argv(disk: Path, out: Path, offset: int = 1 << 20) -> list[str]:
     return ["qemu-img", "convert", "--image-opts", opts, "-O", "raw", str(out)]
 
 
-def jail(*binds: str) -> list[str]:
-    """bubblewrap for a tool reading a disk that is anyone's: this host read-only but for
-    `binds`, no network, no namespace shared, a session of its own (no terminal to write to)."""
-    out = ["bwrap", "--ro-bind", "/", "/", *binds, "--dev", "/dev", "--proc", "/proc"]
+def jail(reads: Sequence[str | Path], *binds: str) -> list[str]:
+    """bubblewrap for a tool reading a disk that is anyone's (should its parser be fooled): it
+    sees only this host's programs and libraries (/usr, the merged-/usr links, the linker's
+    cache) and `reads`, read-only, then `binds`; no network, no namespace shared, a session of
+    its own (no terminal to write to)."""
+    out = ["bwrap", "--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            out += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            out += ["--ro-bind", top, top]
+    for path in ["/etc/ld.so.cache", *map(str, reads)]:
+        out += ["--ro-bind-try", path, path]
+    out += [*binds, "--dev", "/dev", "--proc", "/proc", "--chdir", "/"]
     return [*out, "--unshare-all", "--die-with-parent", "--new-session"]
 
 
 def dump_argv(fs: str, tree: Path) -> list[str]:
-    """debugfs dumping filesystem image `fs` into the empty folder `tree`. Its names may hold
-    `/` or `..` and debugfs writes each entry under the name the disk gives it: in the jail,
-    only `tree` is writable."""
-    return [*jail("--bind", str(tree), str(tree)), "debugfs", "-R", f'rdump / "{tree}"', fs]
+    """debugfs dumping filesystem image `fs` (a path, `?offset=N` allowed) into the empty
+    folder `tree`. Its names may hold `/` or `..` and debugfs writes each entry under the name
+    the disk gives it: in the jail, only `tree` is writable."""
+    image = fs.partition("?")[0]
+    return [
+        *jail([image], "--bind", str(tree), str(tree)),
+        *["debugfs", "-R", f'rdump / "{tree}"', fs],
+    ]
 
 
 def debugfs_cat(fs_image: Path, path: str) -> bytes:

@@ -570,6 +570,22 @@ def test_a_disk_the_dump_would_misread_is_refused(
             reading.contents()
 
 
+def test_the_jail_sees_only_the_systems_programs_and_what_it_is_given(tmp_path: Path) -> None:
+    """What debugfs, e2fsck and the hashing run in: should a hostile filesystem fool their
+    parser, this host's other files (keys, credentials, /etc/shadow) are not there to read."""
+    from imagebuild import vmboot
+
+    secret = tmp_path / "secret"
+    secret.write_text("key\n")
+    cat = ["sh", "-c", f"cat {secret}; cat /etc/shadow; ls /root"]
+    r = subprocess.run([*vmboot.jail([]), *cat], capture_output=True, text=True)
+    assert r.returncode != 0 and "key" not in r.stdout and "root:" not in r.stdout, r
+    r = subprocess.run([*vmboot.jail([secret]), "cat", str(secret)], capture_output=True)
+    assert r.stdout == b"key\n", r
+    r = subprocess.run([*vmboot.jail([secret]), "sh", "-c", f"echo x >> {secret}"])
+    assert r.returncode != 0 and secret.read_text() == "key\n"  # given read-only
+
+
 def test_a_sparse_file_cannot_fill_this_host(tmp_path: Path) -> None:
     """512 MiB of holes on a 16 MiB disk: the dump writes them out, into a tmpfs the size of
     the used blocks and some slack, which it fills; that is named, nothing else is written."""

@@ -51,7 +51,9 @@ def dump_and_hash_argv(part: str, size: int, want: dict[str, Any]) -> list[str]:
         f"if grep -Ev {shlex.quote(HARMLESS)} {err} >&2; then exit 4; fi; "
         f"exec {shlex.join(hashing)}"
     )
-    return [*vmboot.jail("--size", str(size), "--tmpfs", DUMP), "sh", "-c", script]
+    # what the hashing's Python reads: its environment and the imagebuild package
+    reads = [part, sys.prefix, str(Path(__file__).resolve().parents[1])]
+    return [*vmboot.jail(reads, "--size", str(size), "--tmpfs", DUMP), "sh", "-c", script]
 
 
 class DiskReading:
@@ -89,8 +91,8 @@ class DiskReading:
 
     def _check(self, part: str) -> int:
         """e2fsck's verdict and the journal's state; the tmpfs size the dump may fill."""
-        self._step([*vmboot.jail(), "e2fsck", "-fn", part], "e2fsck -fn (the disk's filesystem)")
-        head = self._step([*vmboot.jail(), "dumpe2fs", "-h", part], "dumpe2fs -h").decode()
+        self._step([*vmboot.jail([part]), "e2fsck", "-fn", part], "e2fsck -fn (the disk's fs)")
+        head = self._step([*vmboot.jail([part]), "dumpe2fs", "-h", part], "dumpe2fs -h").decode()
         fields = dict(ln.split(":", 1) for ln in head.splitlines() if ":" in ln)
         if "needs_recovery" in fields.get("Filesystem features", "").split():
             raise DiskReadError(
