@@ -25,7 +25,7 @@ import testinfra
 from imagebuild.cache import Cache, sha256_file
 from imagebuild.errors import Terminated
 from imagebuild.lock.lockfile import DebPackage, Lock
-from imagebuild.verify import diskread, filebytes, filemeta, interpreter, model
+from imagebuild.verify import diskbytes, diskread, filebytes, filemeta, interpreter, model
 from imagebuild.verify import facts as factsmod
 from imagebuild.verify.filemeta import MORE, SPECIAL, SUMMARY, UNCHECKED, Listing
 from imagebuild.verify.run import Interrupt
@@ -41,7 +41,7 @@ def load_file(path: Path, name: str) -> ModuleType:
     return module
 
 
-SCRIPT = load_file(ROOT / "imagebuild" / "data" / "bytes_script.py", "bytes_script")
+SCRIPT = diskbytes.S  # the script as verify loads it
 ME = f"{pwd.getpwuid(os.getuid())[0]}:{grp.getgrgid(os.getgid())[0]}"
 
 

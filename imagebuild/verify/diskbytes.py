@@ -2,9 +2,9 @@
 digests behind the `bytes:*` rows (dpkg's recorded MD5s, the venv's wheel RECORDs, the app
 folder) at this CPU's speed instead of TCG's (~20 s of the guest's two emulated CPUs).
 
-Input: the root filesystem dumped by debugfs into a private folder (diskread.py, as
+Input: the root filesystem dumped by debugfs into the jail's tmpfs (diskread.py, as
 `rebuild --check` dumps it). The disk is anyone's, so every path of it is resolved inside that
-folder as the guest's kernel would resolve it (`inside`): a link on the disk, absolute or with
+dump as the guest's kernel would resolve it (`inside`): a link on the disk, absolute or with
 `..`, never leads to this host's files, and nothing is read through a link that leaves the dump.
 What the dump does not keep (debugfs's chown clears setuid bits; owners, capabilities, devices)
 is still read in the booted guest: data/bytes_script.py without contents.
