@@ -105,9 +105,13 @@ def lock(c, spec=DEFAULT_SPEC, cache_dir=None, check=False, update=None, dry_run
     p = Project.named(spec)
     if check:
         lk = p.lock
+        counts = [
+            f"{a}: {len(s.shared)} shared, {len(s.vm)} VM-only, {len(s.python)} Python"
+            for a, s in lk.foreign.items()
+        ]
         print(
             f"{lk.path}: up to date ({len(lk.shared)} shared, {len(lk.vm)} VM-only, "
-            f"{len(lk.python)} Python)"
+            f"{len(lk.python)} Python{''.join(f'; {c}' for c in counts)})"
         )
         return
     names = None
@@ -212,6 +216,11 @@ def _prepare(
         leftovers.sweep(cache, label)
         with progress.stage(f"{label}: verify cache"):
             fetched = fetching.local_sources(lk, cache)
+        if lk.foreign:
+            progress.say(
+                f"{label}: {', '.join(lk.foreign)}: locked and fetched, not built "
+                f"(this host builds {lk.header['arch']} only)"
+            )
         if registry.pull_from or registry.push_to:
             progress.say(f"{label}: {registry.describe()}")
         yield prepare(p.req, lk, cache, fetched, registry, signer)

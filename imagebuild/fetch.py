@@ -273,10 +273,12 @@ def _wheelhouse(cache: Cache, lock: Lock) -> Path:
     return cache.dir("wheelhouses", key)
 
 
-def missing(cache: Cache, lock: Lock, repair: bool = True) -> list[DebPackage | Wheel]:
-    """Locked items not (validly) in the cache; hashes every present blob that changed since
-    its last good hash."""
-    items = lock.files
+def missing(
+    cache: Cache, lock: Lock, repair: bool = True, items: list[DebPackage | Wheel] | None = None
+) -> list[DebPackage | Wheel]:
+    """Locked items (default: every file of the lock) not (validly) in the cache; hashes every
+    present blob that changed since its last good hash."""
+    items = lock.files if items is None else items
     with cache.verified() as memo, ThreadPoolExecutor(2) as pool:
         present = list(pool.map(lambda i: verify_blob(cache, i, repair, memo), items))
     return [i for i, ok in zip(items, present, strict=True) if not ok]
@@ -292,9 +294,11 @@ def source_dirs(cache: Cache, lock: Lock) -> tuple[Path, Path, Path]:
 
 
 def local_sources(lock: Lock, cache: Cache) -> FetchResult:
-    """For builds: the repos and wheelhouse of a completed fetch, every blob re-verified, or an
-    error saying to run `invoke fetch`. Builds never download."""
-    bad = missing(cache, lock, repair=False)
+    """For builds: the repos and wheelhouse of a completed fetch, every blob they hold
+    re-verified (the host's sections: what is built), or an error saying to run `invoke fetch`.
+    Builds never download."""
+    built: list[DebPackage | Wheel] = [*lock.shared, *lock.vm, *lock.python]
+    bad = missing(cache, lock, repair=False, items=built)
     paths = source_dirs(cache, lock)
     if bad:
         raise FetchError(
@@ -306,13 +310,13 @@ def local_sources(lock: Lock, cache: Cache) -> FetchResult:
         # The folder exists only once complete (renamed into place); its seal says the rest.
         if problem := cache.seal_problem(path.parent.name, path.name, anchor):
             raise FetchError(f"{path} {problem}; run `invoke fetch` (it makes it again)")
-    return FetchResult(0, len(lock.shared) + len(lock.vm) + len(lock.python), 0, *paths)
+    return FetchResult(0, len(built), 0, *paths)
 
 
 def fetch(lock: Lock, cache: Cache) -> FetchResult:
     with progress.stage("fetch: verify cache", str(cache.root)) as st:
         todo = missing(cache, lock)
-        total = len(lock.shared) + len(lock.vm) + len(lock.python)
+        total = len(lock.files)  # every architecture's (base.architectures)
         st["note"] = f"{total - len(todo)}/{total} present"
     downloaded = 0
     if todo:

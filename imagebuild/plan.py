@@ -18,6 +18,8 @@ from imagebuild.project import Project
 from imagebuild.resolved import resolve
 from imagebuild.spec_clouds import Ami
 
+LABELS = {"os_shared": "os shared", "os_vm_only": "os vm-only", "python": "python"}
+
 
 @dataclass
 class Plan:
@@ -55,10 +57,10 @@ def make_plan(project: Project, cache: Cache, dist: Path) -> Plan:
         f"lock      {lock.path}  fresh; {h['suite']} from {h['mirror']}, "
         f"SOURCE_DATE_EPOCH={h['source_date_epoch']}"
     )
+    # Another architecture's sections (base.architectures) are fetched too, not built.
     sections: list[tuple[str, Sequence[DebPackage | Wheel]]] = [
-        ("os shared", lock.shared),
-        ("os vm-only", lock.vm),
-        ("python", lock.python),
+        (" ".join([LABELS[title.partition(".")[0]], *title.split(".")[1:]]), rows)
+        for title, _, rows in lock.sections()
     ]
     for label, items in sections:
         have = [i for i in items if cache.has_blob(i.sha256, i.size)]

@@ -22,6 +22,19 @@ REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 SPEC_GROUP = "python"  # the spec's own requirement set; the others are named by their role
 
 
+# The VM's architecture-bound packages, named as amd64 has them (the default `vm.packages`, the
+# stack roles), stand for these in another architecture's section: a fixed table, no patterns.
+FOREIGN_NAMES = {
+    "arm64": {
+        "linux-image-cloud-amd64": "linux-image-cloud-arm64",
+        "linux-image-amd64": "linux-image-arm64",
+        "linux-headers-cloud-amd64": "linux-headers-cloud-arm64",
+        "linux-headers-amd64": "linux-headers-arm64",
+        "grub-pc-bin": "grub-efi-arm64-bin",  # BIOS GRUB has no arm64 build: UEFI there
+    }
+}
+
+
 @dataclass(frozen=True)
 class Requested:
     spec: Spec
@@ -38,6 +51,11 @@ class Requested:
         """What the container's closure is resolved from: the base's packages and `packages`."""
         return (*BASE_PACKAGES, *self.packages)
 
+    def vm_for(self, arch: str) -> tuple[str, ...]:
+        """The VM-only names as `arch`'s section resolves them (FOREIGN_NAMES)."""
+        names = FOREIGN_NAMES.get(arch, {})
+        return tuple(names.get(n, n) for n in self.vm)
+
     @property
     def names(self) -> set[str]:
         """Every name asked of the lock, as `--update` takes them: the Debian packages of both
@@ -48,7 +66,8 @@ class Requested:
             for line in lines
             if (m := REQ_NAME.match(line))
         }
-        return {*self.shared, *self.vm, *python}
+        foreign = {n for a in self.spec.base.architectures[1:] for n in self.vm_for(a)}
+        return {*self.shared, *self.vm, *foreign, *python}
 
     @property
     def imports(self) -> list[str]:
@@ -62,9 +81,11 @@ class Requested:
     def cuda_libs(self) -> list[str]:
         return sorted({lib for r in self.stacks for lib in r.cuda_libs})
 
-    def package_error(self, name: str, message: str) -> SpecError:
-        """`message` about Debian package `name`, at the spec line (or stack) that asked for it."""
+    def package_error(self, name: str, message: str, arch: str = "") -> SpecError:
+        """`message` about Debian package `name` (as `arch`'s section names it: FOREIGN_NAMES),
+        at the spec line (or stack) that asked for it."""
         spec = self.spec
+        name = {b: a for a, b in FOREIGN_NAMES.get(arch, {}).items()}.get(name, name)
         for field_name, items in (("packages", spec.packages), ("vm.packages", spec.vm.packages)):
             if name in items:
                 return spec.error(f"{field_name}[{items.index(name)}]", f"{name!r}: {message}")
@@ -72,6 +93,14 @@ class Requested:
             if name in r.packages + r.vm_packages:
                 return spec.error(f"stacks[{i}]", f"role {r.name!r} needs {name!r}: {message}")
         return spec.error("base", f"{name!r}: {message}")
+
+
+def same_package(names: set[str], arch: str) -> set[str]:
+    """`names` with each one's twin in `arch`'s section and in the host's (FOREIGN_NAMES), so
+    `lock --update linux-image-cloud-amd64` moves arm64's kernel too, and the other way round."""
+    table = FOREIGN_NAMES.get(arch, {})
+    back = {b: a for a, b in table.items()}
+    return names | {table[n] for n in names if n in table} | {back[n] for n in names if n in back}
 
 
 def requirement_lines(spec: Spec) -> list[str]:

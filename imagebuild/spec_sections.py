@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from imagebuild.spec_checks import (
     ENV_NAME,
     REGISTRY_REPO,
+    Context,
     abs_path,
     between,
     debian_name,
@@ -22,6 +23,18 @@ from imagebuild.spec_checks import (
     valid_regex,
 )
 from imagebuild.spec_clouds import Ami, Gce
+
+# Debian's architecture names; the host's is the one every artifact is built for.
+HOST_ARCH = "amd64"
+ARCHITECTURES = (HOST_ARCH, "arm64")
+
+
+def architectures(v: list[str], _: Context) -> str | None:
+    if not v or v[0] != HOST_ARCH:
+        return f"must start with {HOST_ARCH!r}, the architecture this host builds"
+    twice = [a for i, a in enumerate(v) if a in v[:i]]
+    return f"{twice[0]!r} is given twice" if twice else None
+
 
 # Debian's own python3 is what every image runs, so the suite fixes the target interpreter.
 SUITE_PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
@@ -80,6 +93,16 @@ class Base:
             "Archive components, e.g. `[main, non-free, non-free-firmware]` for NVIDIA.",
             non_empty,
             one_of("main", "contrib", "non-free", "non-free-firmware"),
+        ),
+    )
+    architectures: list[str] = field(
+        default_factory=lambda: [HOST_ARCH],
+        metadata=meta(
+            "Debian architectures to lock, amd64 first (what this host builds): `[amd64, arm64]` "
+            "adds an arm64 section of every OS closure and wheel to the lock, fetched and "
+            "exported with it. Only amd64 is built so far.",
+            architectures,
+            one_of(*ARCHITECTURES),
         ),
     )
     snapshot: str | None = field(

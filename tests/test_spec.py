@@ -122,6 +122,27 @@ BAD = [
         "non-free",
     ),
     (
+        "arch-host-not-first",
+        swap("base", "base: {architectures: [arm64, amd64]}"),
+        "base.architectures",
+        3,
+        "must start with 'amd64'",
+    ),
+    (
+        "arch-twice",
+        swap("base", "base: {architectures: [amd64, arm64, arm64]}"),
+        "base.architectures",
+        3,
+        "'arm64' is given twice",
+    ),
+    (
+        "arch-unknown",
+        swap("base", "base: {architectures: [amd64, arm46]}"),
+        "base.architectures[1]",
+        3,
+        "did you mean 'arm64'",
+    ),
+    (
         "snapshot-format",
         swap("base", "base: {snapshot: yesterday}"),
         "base.snapshot",

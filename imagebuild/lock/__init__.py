@@ -10,23 +10,25 @@ from pathlib import Path
 from imagebuild import progress
 from imagebuild.cache import Cache, digest
 from imagebuild.errors import ImageBuildError, SpecError
+from imagebuild.lock.freshness import load_fresh, stale_reasons
 from imagebuild.lock.lockfile import (
+    ArchSection,
     DebPackage,
     Lock,
     Wheel,
-    load_fresh,
     make,
     moves,
     path_for,
     read,
     render,
-    stale_reasons,
+    rfc3339,
     stamped,
     write,
 )
 from imagebuild.lock.python import lock_python
-from imagebuild.requested import Requested
+from imagebuild.requested import Requested, same_package
 from imagebuild.spec import Spec
+from imagebuild.spec_sections import HOST_ARCH
 
 __all__ = [
     "Lock",
@@ -44,21 +46,22 @@ DEBIAN_PYTHON = "/usr/bin/python3"  # python3-apt imports only under Debian's in
 
 
 def resolve_os(
-    req: Requested, cache: Cache, keep: dict[str, str] | None = None
+    req: Requested, cache: Cache, keep: dict[str, str] | None = None, arch: str = HOST_ARCH
 ) -> tuple[list[DebPackage], list[DebPackage], int]:
     spec = req.spec
-    key = digest(spec.base.effective_mirror, spec.base.suite, *spec.base.components)[:16]
+    other = [arch] if arch != HOST_ARCH else []  # the host's apt root keeps its old key
+    key = digest(spec.base.effective_mirror, spec.base.suite, *spec.base.components, *other)[:16]
     request = {
         "root": str(cache.dir("apt", key)),
         "mirror": spec.base.effective_mirror,
         "suite": spec.base.suite,
         "components": spec.base.components,
-        "arch": "amd64",
+        "arch": arch,
         "snapshot": spec.base.snapshot,
         "keep": keep or {},
         "groups": [
             {"name": "shared", "essential": True, "packages": list(req.shared)},
-            {"name": "vm", "packages": list(req.vm)},
+            {"name": "vm", "packages": list(req.vm_for(arch))},
         ],
     }
     if not Path(DEBIAN_PYTHON).exists():
@@ -75,8 +78,13 @@ def resolve_os(
     if "fatal" in answer:
         raise SpecError(spec.where("base.mirror"), "base.mirror", answer["fatal"])
     if answer["errors"]:
+
+        def said(e: dict[str, str]) -> str:
+            on = "" if arch == HOST_ARCH else f"for {arch} (as {e['package']!r}): "
+            return on + e["message"]
+
         raise SpecError.many(
-            [req.package_error(e["package"], e["message"]) for e in answer["errors"]]
+            [req.package_error(e["package"], said(e), arch) for e in answer["errors"]]
         )
     return (
         [DebPackage(**r) for r in answer["groups"]["shared"]],
@@ -111,22 +119,36 @@ def resolve(
     """Resolve everything; nothing is written (the caller writes the lock on success). With an
     `old` lock and `update` names, every other package prefers its locked version, so only the
     named ones and what they drag in move."""
-    keep_os = keep_py = None
-    if old is not None and update is not None:
-        keep_os = {p.name: p.version for p in [*old.shared, *old.vm] if p.name not in update}
-        keep_py = {w.name: w.version for w in old.python if w.name not in update}
     spec = req.spec
-    with progress.stage(
-        "lock: OS packages", f"{spec.base.suite} from {spec.base.effective_mirror}"
-    ) as st:
-        shared, vm, epoch = resolve_os(req, cache, keep_os)
-        check_gpu_versions(spec, {p.name: p.version for p in vm})
-        st["note"] = f"{len(shared)} shared, {len(vm)} VM-only"
-    with progress.stage("lock: Python", f"cp{spec.python_version} wheels") as st:
-        wheels = [Wheel(**w) for w in lock_python(req, keep_py)]
-        check_gpu_versions(spec, {w.name: w.version for w in wheels})
-        st["note"] = f"{len(wheels)} distributions"
-    return make(req, shared, vm, wheels, epoch)
+    sections: dict[str, ArchSection] = {}
+    epoch = 0
+    for arch in spec.base.architectures:
+        prev = None if old is None else old.section(arch)
+        keep_os = keep_py = None
+        if prev is not None and update is not None:
+            moving = same_package(update, arch)
+            keep_os = {p.name: p.version for p in [*prev.shared, *prev.vm] if p.name not in moving}
+            keep_py = {w.name: w.version for w in prev.python if w.name not in moving}
+        at = "" if arch == HOST_ARCH else f" ({arch})"
+        with progress.stage(
+            f"lock: OS packages{at}", f"{spec.base.suite} from {spec.base.effective_mirror}"
+        ) as st:
+            shared, vm, released = resolve_os(req, cache, keep_os, arch)
+            check_gpu_versions(spec, {p.name: p.version for p in vm})
+            st["note"] = f"{len(shared)} shared, {len(vm)} VM-only"
+        with progress.stage(f"lock: Python{at}", f"cp{spec.python_version} wheels") as st:
+            wheels = [Wheel(**w) for w in lock_python(req, keep_py, arch)]
+            check_gpu_versions(spec, {w.name: w.version for w in wheels})
+            st["note"] = f"{len(wheels)} distributions"
+        if epoch and released and released != epoch:  # one lock, one state of the mirror
+            raise ImageBuildError(
+                f"lock: the mirror's {spec.base.suite} Release changed while {arch} was "
+                f"resolved ({rfc3339(epoch)} -> {rfc3339(released)}); run `invoke lock` again"
+            )
+        epoch = epoch or released  # the suite's Release date (also SOURCE_DATE_EPOCH)
+        sections[arch] = ArchSection(shared, vm, wheels)
+    host = sections.pop(HOST_ARCH)
+    return make(req, host.shared, host.vm, host.python, epoch, sections)
 
 
 def unknown_names(req: Requested, names: set[str]) -> list[str]:

@@ -22,6 +22,7 @@ from imagebuild.lock import schema
 from imagebuild.lock.python import INDEX, platform_tag
 from imagebuild.requested import BASE_PACKAGES, Requested
 from imagebuild.spec import Spec
+from imagebuild.spec_sections import HOST_ARCH
 
 FORMAT = 1
 
@@ -52,13 +53,24 @@ class Wheel:
 
 
 @dataclass(frozen=True)
-class Lock:
-    header: dict[str, Any]
-    inputs: dict[str, Any]
+class ArchSection:
+    """Another architecture's closures and wheels (spec `base.architectures`), resolved from
+    the same inputs: its rows are `os_shared.<arch>`, `os_vm_only.<arch>`, `python.<arch>`."""
+
     shared: list[DebPackage]
     vm: list[DebPackage]
     python: list[Wheel]
+
+
+@dataclass(frozen=True)
+class Lock:
+    header: dict[str, Any]
+    inputs: dict[str, Any]
+    shared: list[DebPackage]  # the host's architecture (header `arch`): what is built
+    vm: list[DebPackage]
+    python: list[Wheel]
     path: Path = field(default=Path("imagebuild.lock"), compare=False)
+    foreign: dict[str, ArchSection] = field(default_factory=dict)
 
     @property
     def source_date_epoch(self) -> int:
@@ -70,8 +82,29 @@ class Lock:
 
     @property
     def files(self) -> list[DebPackage | Wheel]:
-        """Every locked file: the shared and VM-only .debs, then the wheels."""
-        return [*self.shared, *self.vm, *self.python]
+        """Every locked file, once: the shared and VM-only .debs, the wheels, then each other
+        architecture's (an `all` package or a pure-Python wheel is in several sections)."""
+        once: dict[str, DebPackage | Wheel] = {}
+        for _, _, rows in self.sections():
+            for r in rows:
+                once.setdefault(r.sha256, r)
+        return list(once.values())
+
+    def sections(self) -> list[tuple[str, str, list[Any]]]:
+        """(title in the file, architecture, rows) of every section, in the file's order."""
+        out = []
+        for arch, sec, at in [
+            (HOST_ARCH, self, ""),
+            *((a, s, f".{a}") for a, s in self.foreign.items()),
+        ]:
+            out += [(title + at, arch, getattr(sec, attr)) for title, attr in SECTIONS.items()]
+        return out
+
+    def section(self, arch: str) -> ArchSection | None:
+        """`arch`'s closures and wheels; None where the lock has no section for it."""
+        if arch == HOST_ARCH:
+            return ArchSection(self.shared, self.vm, self.python)
+        return self.foreign.get(arch)
 
     def section_digest(self, section: str) -> str:
         """Content key of one section (shared, vm, python): names build stages and repos."""
@@ -96,8 +129,8 @@ class Lock:
         """Where `item` is, as the lock's own errors say it: `LOCK:LINE: section[i]`."""
         title, i = next(
             (title, i)
-            for title, attr in SECTIONS.items()
-            for i, r in enumerate(getattr(self, attr))
+            for title, _, rows in self.sections()
+            for i, r in enumerate(rows)
             if r == item
         )
         try:
@@ -118,12 +151,15 @@ def path_for(spec: Spec) -> Path:
 def inputs_for(req: Requested) -> dict[str, Any]:
     """Everything in the spec (and in files it names) that the lock's content depends on."""
     spec = req.spec
+    # Recorded only beyond the default, so a one-architecture lock keeps its bytes and keys.
+    arches = {"architectures": spec.base.architectures} if spec.base.architectures[1:] else {}
     return {
         "base": {
             "distro": spec.base.distro,
             "suite": spec.base.suite,
             "mirror": spec.base.effective_mirror,
             "components": spec.base.components,
+            **arches,
         },
         "packages": sorted({*BASE_PACKAGES, *spec.packages}),
         "stacks": {
@@ -161,14 +197,13 @@ def render(lock: Lock) -> str:
         body = ",\n".join("    " + _canon(dataclasses.asdict(i)) for i in items)
         return "[\n" + body + "\n  ]"
 
+    sections = "".join(f',\n  "{title}": {rows(items)}' for title, _, items in lock.sections())
     return (
         "{\n"
         f'  "format": {FORMAT},\n'
         f'  "header": {json.dumps(lock.header, sort_keys=True)},\n'
-        f'  "inputs": {_canon(lock.inputs)},\n'
-        f'  "os_shared": {rows(lock.shared)},\n'
-        f'  "os_vm_only": {rows(lock.vm)},\n'
-        f'  "python": {rows(lock.python)}\n'
+        f'  "inputs": {_canon(lock.inputs)}'
+        f"{sections}\n"
         "}\n"
     )
 
@@ -179,6 +214,7 @@ def make(
     vm: list[DebPackage],
     python: list[Wheel],
     source_date_epoch: int,
+    foreign: dict[str, ArchSection] | None = None,
 ) -> Lock:
     spec = req.spec
     inputs = inputs_for(req)
@@ -190,14 +226,14 @@ def make(
         "suite": spec.base.suite,
         "components": spec.base.components,
         "snapshot": spec.base.snapshot,
-        "arch": "amd64",
+        "arch": HOST_ARCH,
         "source_date_epoch": source_date_epoch,
         # The mirror state resolved against: the suite's Release date (also SOURCE_DATE_EPOCH).
         "index_date": rfc3339(source_date_epoch),
         "python": spec.python_version,
         "pypi_index": INDEX,
     }
-    return Lock(header, inputs, shared, vm, python, path_for(spec))
+    return Lock(header, inputs, shared, vm, python, path_for(spec), foreign or {})
 
 
 SECTIONS = {"os_shared": "shared", "os_vm_only": "vm", "python": "python"}
@@ -207,9 +243,11 @@ def moves(old: Lock, new: Lock) -> list[str]:
     """What a re-resolution moved, per lock section: `+ name version`, `- name version`,
     `name old -> new`; empty when nothing did."""
     out: list[str] = []
-    for title, attr in SECTIONS.items():
-        before = {p.name: p.version for p in getattr(old, attr)}
-        after = {p.name: p.version for p in getattr(new, attr)}
+    olds = {title: rows for title, _, rows in old.sections()}
+    news = {title: rows for title, _, rows in new.sections()}
+    for title in dict.fromkeys([*news, *olds]):  # a dropped architecture: all its rows gone
+        before = {p.name: p.version for p in olds.get(title, [])}
+        after = {p.name: p.version for p in news.get(title, [])}
         lines = [f"  + {n} {after[n]}" for n in sorted(set(after) - set(before))]
         lines += [f"  - {n} {before[n]}" for n in sorted(set(before) - set(after))]
         lines += [
@@ -252,64 +290,19 @@ def read(path: Path) -> Lock:
                 "re-run `invoke lock`"
             )
         schema.check(data, text, str(path))
+
+        def section(arch: str = "") -> ArchSection:
+            at = f".{arch}" if arch else ""
+            return ArchSection(
+                [DebPackage(**r) for r in data[f"os_shared{at}"]],
+                [DebPackage(**r) for r in data[f"os_vm_only{at}"]],
+                [Wheel(**r) for r in data[f"python{at}"]],
+            )
+
+        host = section()
+        foreign = {a: section(a) for a in schema.foreign_arches(data)}
         return Lock(
-            data["header"],
-            data["inputs"],
-            [DebPackage(**r) for r in data["os_shared"]],
-            [DebPackage(**r) for r in data["os_vm_only"]],
-            [Wheel(**r) for r in data["python"]],
-            path,
+            data["header"], data["inputs"], host.shared, host.vm, host.python, path, foreign
         )
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise StaleLockError(f"{path}: not a valid lock file ({e}); re-run `invoke lock`") from None
-
-
-def _list_change(key: str, old: list[Any], new: list[Any]) -> list[str]:
-    added = [x for x in new if x not in old]
-    removed = [x for x in old if x not in new]
-    parts = [f"added {', '.join(map(repr, added))}"] if added else []
-    parts += [f"removed {', '.join(map(repr, removed))}"] if removed else []
-    return (
-        [f"{key}: {'; '.join(parts)}"]
-        if parts
-        else ([f"{key}: order changed"] if old != new else [])
-    )
-
-
-def differences(old: Any, new: Any, key: str = "") -> list[str]:
-    """Human-readable differences between two `inputs` trees, naming the spec field."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new)):
-            sub = f"{key}.{k}" if key else k
-            if k not in old:
-                out.append(f"{sub}: added")
-            elif k not in new:
-                out.append(f"{sub}: removed")
-            else:
-                out += differences(old[k], new[k], sub)
-        return out
-    if isinstance(old, list) and isinstance(new, list):
-        return _list_change(key, old, new)
-    return [] if old == new else [f"{key}: {old!r} -> {new!r}"]
-
-
-def stale_reasons(req: Requested, lock: Lock) -> list[str]:
-    now = inputs_for(req)
-    reasons = differences(lock.inputs, now)
-    if not reasons and lock.header.get("inputs_sha256") != inputs_digest(lock.inputs):
-        reasons.append("the lock's inputs section was edited by hand (digest mismatch)")
-    return reasons
-
-
-def load_fresh(req: Requested) -> Lock:
-    """The lock for this spec, or StaleLockError naming every difference (fail closed)."""
-    lock = read(path_for(req.spec))
-    reasons = stale_reasons(req, lock)
-    if reasons:
-        raise StaleLockError(
-            f"{lock.path} is stale; the spec changed since `invoke lock`:\n  "
-            + "\n  ".join(reasons)
-            + "\nrun `invoke lock` to update it"
-        )
-    return lock

@@ -1,6 +1,7 @@
 """Lock the Python requirements: uv resolves pins with hashes, then one wheel per pin is chosen
-for the target interpreter (Debian's python3 of the suite, manylinux x86_64) and recorded with
-its URL and sha256, so `fetch` downloads exactly that file and nothing is resolved again later."""
+for the target interpreter (Debian's python3 of the suite, manylinux of the architecture) and
+recorded with its URL and sha256, so `fetch` downloads exactly that file and nothing is resolved
+again later."""
 
 from __future__ import annotations
 
@@ -23,16 +24,20 @@ from imagebuild.spec import Spec
 
 INDEX = "https://pypi.org/simple"
 GLIBC_MINOR = {"bookworm": 36, "trixie": 41}  # the glibc of each suite bounds the manylinux tag
+MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}  # Debian's architecture -> the wheel tags'
+# The legacy manylinux aliases each machine has (PEP 600): 2014 = 2_17, 2010 = 2_12, 1 = 2_5.
+LEGACY = {"x86_64": (2014, 2010, 1), "aarch64": (2014,)}
 
 
-def platform_tag(spec: Spec) -> str:
-    return f"manylinux_2_{GLIBC_MINOR[spec.base.suite]}_x86_64"
+def platform_tag(spec: Spec, arch: str = "amd64") -> str:
+    return f"manylinux_2_{GLIBC_MINOR[spec.base.suite]}_{MACHINE[arch]}"
 
 
-def target_tags(spec: Spec) -> list[Tag]:
+def target_tags(spec: Spec, arch: str = "amd64") -> list[Tag]:
     major, minor = (int(x) for x in spec.python_version.split("."))
-    platforms = [f"manylinux_2_{m}_x86_64" for m in range(GLIBC_MINOR[spec.base.suite], 4, -1)]
-    platforms += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+    machine = MACHINE[arch]
+    platforms = [f"manylinux_2_{m}_{machine}" for m in range(GLIBC_MINOR[spec.base.suite], 4, -1)]
+    platforms += [f"manylinux{year}_{machine}" for year in LEGACY[machine]]
     return [
         *cpython_tags((major, minor), platforms=platforms),
         *compatible_tags((major, minor), platforms=platforms),
@@ -86,7 +91,7 @@ def _blame_stacks(req: Requested, message: str) -> SpecError | None:
 
 
 def compile_pins(
-    req: Requested, lines: list[str], keep: dict[str, str] | None = None
+    req: Requested, lines: list[str], keep: dict[str, str] | None = None, arch: str = "amd64"
 ) -> dict[str, tuple[str, set[str]]]:
     """{name: (version, {sha256...})} from `uv pip compile --generate-hashes`. With `keep`
     ({name: version} of a lock being updated), uv prefers those versions (its output-file
@@ -109,7 +114,7 @@ def compile_pins(
             "--python-version",
             spec.python_version,
             "--python-platform",
-            platform_tag(spec),
+            platform_tag(spec, arch),
             "--only-binary",
             ":all:",
             "--index-url",
@@ -134,18 +139,18 @@ def compile_pins(
 
 
 def pin_groups(
-    req: Requested, keep: dict[str, str] | None = None
+    req: Requested, keep: dict[str, str] | None = None, arch: str = "amd64"
 ) -> tuple[dict[str, tuple[str, set[str]]], dict[str, str]]:
     """The pins of everything, and which group installs each: the first group whose cumulative
     resolution needs it (so a stack's layer holds only what the layers below lack)."""
     sets = req.requirement_sets
     lines = [ln for _, group_lines in sets for ln in group_lines]
-    pins = compile_pins(req, lines, keep)
+    pins = compile_pins(req, lines, keep, arch)
     owner: dict[str, str] = {}
     upto: list[str] = []
     for i, (group, group_lines) in enumerate(sets):
         upto += group_lines
-        names = pins if i == len(sets) - 1 else compile_pins(req, upto, keep)
+        names = pins if i == len(sets) - 1 else compile_pins(req, upto, keep, arch)
         for name in names:
             owner.setdefault(name, group)
     return pins, owner
@@ -159,9 +164,11 @@ def _index_files(name: str) -> list[dict]:
     return json.loads(body)["files"]
 
 
-def choose_wheels(spec: Spec, pins: dict[str, tuple[str, set[str]]]) -> list[dict]:
+def choose_wheels(
+    spec: Spec, pins: dict[str, tuple[str, set[str]]], arch: str = "amd64"
+) -> list[dict]:
     """One wheel per pin: the best tag match for the target, whose sha256 uv also listed."""
-    rank = {t: i for i, t in enumerate(target_tags(spec))}
+    rank = {t: i for i, t in enumerate(target_tags(spec, arch))}
 
     def pick(name: str) -> dict:
         version, hashes = pins[name]
@@ -182,7 +189,7 @@ def choose_wheels(spec: Spec, pins: dict[str, tuple[str, set[str]]]) -> list[dic
             raise _blame(
                 spec,
                 f"{name}=={version}: no wheel for cp{spec.python_version} "
-                f"{platform_tag(spec)} (sdists are not built here)",
+                f"{platform_tag(spec, arch)} (sdists are not built here)",
             )
         f = best[1]
         return {
@@ -198,9 +205,11 @@ def choose_wheels(spec: Spec, pins: dict[str, tuple[str, set[str]]]) -> list[dic
         return sorted(pool.map(pick, pins), key=lambda r: r["name"])
 
 
-def lock_python(req: Requested, keep: dict[str, str] | None = None) -> list[dict]:
+def lock_python(
+    req: Requested, keep: dict[str, str] | None = None, arch: str = "amd64"
+) -> list[dict]:
     if not req.requirement_sets:
         return []
-    pins, owner = pin_groups(req, keep)
-    wheels = choose_wheels(req.spec, pins)
+    pins, owner = pin_groups(req, keep, arch)
+    wheels = choose_wheels(req.spec, pins, arch)
     return [{**w, "group": owner.get(w["name"], SPEC_GROUP)} for w in wheels]

@@ -11,16 +11,16 @@ import re
 import urllib.parse
 from typing import Any
 
-from packaging.utils import canonicalize_name
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from imagebuild.errors import StaleLockError
-from imagebuild.lock.python import INDEX
+from imagebuild.lock.python import INDEX, MACHINE
+from imagebuild.spec_sections import ARCHITECTURES, HOST_ARCH
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 DEB_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # Debian policy 5.6.1
 DEB_VERSION = re.compile(r"(\d+:)?\d[A-Za-z0-9.+~-]*")  # [epoch:]upstream[-revision]
-DEB_ARCH = {"amd64", "all"}
 POOL_PATH = re.compile(r"pool/[a-z0-9-]+(/[A-Za-z0-9+._~-]+)+\.deb")
 WHEEL_FILE = re.compile(r"[A-Za-z0-9._+-]+\.whl")
 GROUP = re.compile(r"[a-z0-9_]+")
@@ -42,21 +42,35 @@ def _url(value: Any, schemes: set[str]) -> str | None:
     return None
 
 
-def _deb(row: dict[str, Any]) -> list[tuple[str, str]]:
+def _deb(row: dict[str, Any], arch: str) -> list[tuple[str, str]]:
     bad = []
     if not isinstance(row.get("name"), str) or not DEB_NAME.fullmatch(row["name"]):
         bad.append(("name", "not a Debian package name"))
     if not isinstance(row.get("version"), str) or not DEB_VERSION.fullmatch(row["version"]):
         bad.append(("version", "not a Debian version"))
-    if row.get("arch") not in DEB_ARCH:
-        bad.append(("arch", f"not one of {', '.join(sorted(DEB_ARCH))}"))
+    if row.get("arch") not in (arch, "all"):
+        bad.append(("arch", f"not {arch} or all (the section's architecture)"))
     fn = row.get("filename")
     if not isinstance(fn, str) or not POOL_PATH.fullmatch(fn) or "/../" in f"/{fn}/":
         bad.append(("filename", "not a pool/... .deb path"))
+    elif not fn.endswith(f"_{row.get('arch')}.deb"):  # the pool names every file's architecture
+        bad.append(("filename", f"not a {row.get('arch')} .deb (the row's arch)"))
     return bad
 
 
-def _wheel(row: dict[str, Any]) -> list[tuple[str, str]]:
+def _machine(fn: str, arch: str) -> str | None:
+    """None if wheel `fn` runs on `arch` (each tag's platform `any` or that machine's)."""
+    machine = MACHINE[arch]
+    try:
+        platforms = {t.platform for t in parse_wheel_filename(fn)[3]}
+    except InvalidWheelFilename:
+        return "not a wheel file name"
+    if all(p == "any" or p.endswith(f"_{machine}") for p in platforms):
+        return None
+    return f"not a wheel for {arch} ({machine}): {', '.join(sorted(platforms))}"
+
+
+def _wheel(row: dict[str, Any], arch: str) -> list[tuple[str, str]]:
     bad = []
     name = row.get("name")
     if not isinstance(name, str) or canonicalize_name(name) != name or not name:
@@ -68,6 +82,8 @@ def _wheel(row: dict[str, Any]) -> list[tuple[str, str]]:
     fn = row.get("filename")
     if not isinstance(fn, str) or not WHEEL_FILE.fullmatch(fn) or fn.startswith("."):
         bad.append(("filename", "not a plain wheel file name"))
+    elif problem := _machine(fn, arch):
+        bad.append(("filename", problem))
     problem = _url(row.get("url"), {"https"})
     host = urllib.parse.urlsplit(str(row.get("url"))).hostname
     if problem is None and host not in WHEEL_HOSTS:
@@ -114,8 +130,8 @@ def _header(header: dict[str, Any], inputs: Any) -> list[tuple[str, str]]:
     comps = header.get("components")
     if not isinstance(comps, list) or not comps or not set(comps) <= COMPONENTS:
         bad.append(("components", f"not a list of {', '.join(sorted(COMPONENTS))}"))
-    if header.get("arch") != "amd64":
-        bad.append(("arch", "not amd64"))
+    if header.get("arch") != HOST_ARCH:
+        bad.append(("arch", f"not {HOST_ARCH}"))
     epoch = header.get("source_date_epoch")
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
         bad.append(("source_date_epoch", "not a Unix time"))
@@ -154,27 +170,93 @@ def _twice(text: str, sections: list[tuple[str, list[Any]]]) -> list[tuple[int, 
     return out
 
 
+def _arches(data: dict[str, Any]) -> tuple[list[str], str | None]:
+    """The architectures besides the host's whose sections the lock holds (its inputs', the
+    spec's `base.architectures`), or [] and the problem with them."""
+    inputs = data.get("inputs")
+    base = inputs.get("base") if isinstance(inputs, dict) else None
+    arches = base.get("architectures", [HOST_ARCH]) if isinstance(base, dict) else [HOST_ARCH]
+    if (
+        not isinstance(arches, list)
+        or arches[:1] != [HOST_ARCH]
+        or not all(isinstance(a, str) and a in ARCHITECTURES for a in arches)
+        or len(set(arches)) < len(arches)
+    ):
+        return [], (
+            f"{arches!r} is not {HOST_ARCH} then others of {', '.join(ARCHITECTURES)}, each once"
+        )
+    return list(arches[1:]), None
+
+
+def foreign_arches(data: dict[str, Any]) -> list[str]:
+    """`_arches` of a lock `check` passed."""
+    return _arches(data)[0]
+
+
+def _same_file(text: str, sections: list[tuple[str, list[Any]]]) -> list[tuple[int, str]]:
+    """(line, problem) for a sha256 whose rows disagree on the file (its basename or size):
+    fetch keeps one blob per sha256, so both rows must name the same file."""
+    first: dict[str, tuple[str, int, Any]] = {}
+    out = []
+    for section, rows in sections:
+        for i, row in enumerate(rows):
+            sha = row.get("sha256")
+            if not isinstance(sha, str):
+                continue
+            file = (str(row.get("filename")).rsplit("/", 1)[-1], row.get("size"))
+            if sha not in first:
+                first[sha] = (section, i, file)
+            elif first[sha][2] != file:
+                s, j, _ = first[sha]
+                msg = f"has the sha256 of {s}[{j}] (line {line(text, s, j)}), another file or size"
+                out.append((line(text, section, i), f"{section}[{i}]: {msg}"))
+    return out
+
+
+KINDS = {"os_shared": "deb", "os_vm_only": "deb", "python": "wheel"}
+
+
 def check(data: dict[str, Any], text: str, path: str) -> None:
     """Raise StaleLockError (exit 3) naming `PATH:LINE: field: problem` for every bad field."""
     problems: list[str] = []
     for field, msg in _header(data["header"], data.get("inputs")):
         problems.append(f"{path}:{line(text, 'header', None)}: header.{field}: {msg}")
-    for section, rows, kind in (
-        ("os_shared", data["os_shared"], "deb"),
-        ("os_vm_only", data["os_vm_only"], "deb"),
-        ("python", data["python"], "wheel"),
-    ):
-        for i, row in enumerate(rows):
-            if not isinstance(row, dict):
-                problems.append(f"{path}:{line(text, section, i)}: {section}[{i}]: not a row")
-                continue
-            bad = _common(row) + (_deb(row) if kind == "deb" else _wheel(row))
+    foreign, problem = _arches(data)
+    if problem:
+        where = f"{path}:{line(text, 'inputs', None)}: inputs.base.architectures"
+        problems.append(f"{where}: {problem}")
+    arches = {"": HOST_ARCH} | {f".{a}": a for a in foreign}
+    known = {"format", "header", "inputs"} | {k + at for k in KINDS for at in arches}
+    problems += [
+        f"{path}:{line(text, key, None)}: {key}: not a section of this lock (its architectures: "
+        f"{', '.join(arches.values())})"
+        for key in data
+        if key not in known
+    ]
+    every: list[tuple[str, list[Any]]] = []
+    for at, arch in arches.items():
+        if bad_sections := [t + at for t in KINDS if not isinstance(data.get(t + at), list)]:
             problems += [
-                f"{path}:{line(text, section, i)}: {section}[{i}].{f}: {m}" for f, m in bad
+                f"{path}:{line(text, t, None)}: {t}: not a list of rows"
+                if t in data
+                else f"{path}: {t}: missing (the rows for {arch})"
+                for t in bad_sections
             ]
-    twice = _twice(text, [("os_shared", data["os_shared"]), ("os_vm_only", data["os_vm_only"])])
-    twice += _twice(text, [("python", data["python"])])
-    problems += [f"{path}:{n}: {msg}" for n, msg in twice]
+            continue
+        for title, kind in KINDS.items():
+            section = title + at
+            for i, row in enumerate(data[section]):
+                where = f"{path}:{line(text, section, i)}: {section}[{i}]"
+                if not isinstance(row, dict):
+                    problems.append(f"{where}: not a row")
+                    continue
+                bad = _common(row) + (_deb(row, arch) if kind == "deb" else _wheel(row, arch))
+                problems += [f"{where}.{f}: {m}" for f, m in bad]
+            every.append((section, [r if isinstance(r, dict) else {} for r in data[section]]))
+        debs = [(s + at, data[s + at]) for s in ("os_shared", "os_vm_only")]
+        twice = _twice(text, debs) + _twice(text, [("python" + at, data["python" + at])])
+        problems += [f"{path}:{n}: {msg}" for n, msg in twice]
+    problems += [f"{path}:{n}: {msg}" for n, msg in _same_file(text, every)]
     if problems:
         raise StaleLockError(
             "the lock is not what it claims to be; refusing it:\n  " + "\n  ".join(problems)
