@@ -222,7 +222,13 @@ def pin_cid(vmdk: Path, seed: str) -> None:
         new, n = re.subn(rb"(?m)^CID=[0-9a-f]{1,8}$", b"CID=" + cid, text)
         # the padding after the text must hold what the new one adds (at most 7 digits)
         if start < 0 or n != 1 or head[end : end + 8] != bytes(8):
-            raise tools.ToolError(f"{vmdk}: no CID=<hex> line in its embedded descriptor")
+            # what was there, so a rare failure (seen once in CI, not reproduced) says why
+            found = "no descriptor" if start < 0 else f"{n} CID lines in {text[:160]!r}"
+            after = head[end : end + 8] if start >= 0 else b""
+            raise tools.ToolError(
+                f"{vmdk}: no CID=<hex> line in its embedded descriptor ({found}; "
+                f"after it {after!r}, {vmdk.stat().st_size} bytes)"
+            )
         f.seek(start)
         f.write(new.ljust(len(text), b"\0"))
 
