@@ -59,8 +59,8 @@ def make_plan(project: Project, cache: Cache, dist: Path) -> Plan:
     )
     # Another architecture's sections (base.architectures) are fetched too, not built.
     sections: list[tuple[str, Sequence[DebPackage | Wheel]]] = [
-        (" ".join([LABELS[title.partition(".")[0]], *title.split(".")[1:]]), rows)
-        for title, _, rows in lock.sections()
+        (LABELS[title.partition(".")[0]] + ("" if arch == h["arch"] else f" {arch}"), rows)
+        for title, arch, rows in lock.sections()
     ]
     for label, items in sections:
         have = [i for i in items if cache.has_blob(i.sha256, i.size)]

@@ -85,7 +85,7 @@ class Requested:
         """`message` about Debian package `name` (as `arch`'s section names it: FOREIGN_NAMES),
         at the spec line (or stack) that asked for it."""
         spec = self.spec
-        name = {b: a for a, b in FOREIGN_NAMES.get(arch, {}).items()}.get(name, name)
+        name = host_names(arch).get(name, name)
         for field_name, items in (("packages", spec.packages), ("vm.packages", spec.vm.packages)):
             if name in items:
                 return spec.error(f"{field_name}[{items.index(name)}]", f"{name!r}: {message}")
@@ -95,11 +95,15 @@ class Requested:
         return spec.error("base", f"{name!r}: {message}")
 
 
+def host_names(arch: str) -> dict[str, str]:
+    """`arch`'s own name -> the host's, of each package in FOREIGN_NAMES."""
+    return {b: a for a, b in FOREIGN_NAMES.get(arch, {}).items()}
+
+
 def same_package(names: set[str], arch: str) -> set[str]:
     """`names` with each one's twin in `arch`'s section and in the host's (FOREIGN_NAMES), so
     `lock --update linux-image-cloud-amd64` moves arm64's kernel too, and the other way round."""
-    table = FOREIGN_NAMES.get(arch, {})
-    back = {b: a for a, b in table.items()}
+    table, back = FOREIGN_NAMES.get(arch, {}), host_names(arch)
     return names | {table[n] for n in names if n in table} | {back[n] for n in names if n in back}
 
 
