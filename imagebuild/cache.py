@@ -87,14 +87,18 @@ def exclusive(path: Path, task: str, what: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             try:
-                who = owner.read_text().strip()
+                who = owner.read_text().strip() or "another process"
             except OSError:
                 who = "another process"
             progress.say(f"{task}: waiting for {who}, which is using {what}")
             fcntl.flock(f, fcntl.LOCK_EX)
-        fd = os.open(owner, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        # Written beside and renamed over: a waiter reading it meanwhile sees the old holder or
+        # the new one, never an empty file (seen once in CI: "waiting for , which is ...").
+        mine = owner.with_name(f"{owner.name}.{os.getpid()}")
+        fd = os.open(mine, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "w") as o:
             o.write(f"imagebuild {task} (pid {os.getpid()})\n")
+        os.replace(mine, owner)  # replaces a link planted there, never follows it
         try:
             yield
         finally:
