@@ -10,7 +10,7 @@ import functools
 import inspect
 import signal
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from imagebuild import (
     distlock,  # noqa: E402
     distnames,  # noqa: E402
+    emulation,  # noqa: E402
     leftovers,  # noqa: E402
     profile,  # noqa: E402
     progress,  # noqa: E402
@@ -36,7 +37,8 @@ from imagebuild.errors import ImageBuildError, OptionError, SpecError, Terminate
 from imagebuild.inputs import Inputs, prepare  # noqa: E402
 from imagebuild.project import Project  # noqa: E402
 from imagebuild.registry_cache import RegistryCache  # noqa: E402
-from imagebuild.spec import option_problem  # noqa: E402
+from imagebuild.spec import Spec, option_problem  # noqa: E402
+from imagebuild.spec_sections import HOST_ARCH  # noqa: E402
 
 if TYPE_CHECKING:  # securesystemslib is imported only when a key is used
     from securesystemslib.signer import Signer
@@ -203,35 +205,58 @@ def _prepare(
     remote: tuple[str | None, str | None, bool, str],
     dist: str,
     sign_key: str | None = None,
-) -> Iterator[Inputs]:
+    arches: Sequence[str] = (HOST_ARCH,),
+) -> Iterator[list[Inputs]]:
     """What every build starts from, resolved once (spec, fresh lock, what the roles add, every
-    key, the cache, the registry cache, the verified local sources); the dist folder, then the
-    cache, are this build's alone until the body returns (a second build, verify or push waits)."""
+    key, the cache, the registry cache, the verified local sources), one per architecture of
+    `arches`; the dist folder, then the cache, are this build's alone until the body returns (a
+    second build, verify or push waits)."""
     signer = signing.load(sign_key)  # a key that cannot sign is refused before anything runs
     p = Project.named(spec)
     s, lk = p.spec, p.lock
     cache = _cache(cache_dir)
     registry = RegistryCache.chosen(s.cache, *remote)
     with distlock.exclusive(Path(dist), label), cache.exclusive(label):
+        for arch in arches:  # before anything runs
+            emulation.require(arch)
         leftovers.sweep(cache, label)
+        views = [lk.for_arch(a) for a in arches]
         with progress.stage(f"{label}: verify cache"):
-            fetched = fetching.local_sources(lk, cache)
-        if lk.foreign:
-            progress.say(
-                f"{label}: {', '.join(lk.foreign)}: locked and fetched, not built "
-                f"(this host builds {lk.header['arch']} only)"
-            )
+            fetched = [fetching.local_sources(v, cache) for v in views]
+        if unbuilt := [a for a in s.base.architectures if a not in arches]:
+            progress.say(f"{label}: {', '.join(unbuilt)}: locked and fetched, not built")
         if registry.pull_from or registry.push_to:
             progress.say(f"{label}: {registry.describe()}")
-        yield prepare(p.req, lk, cache, fetched, registry, signer)
+        pairs = zip(views, fetched, strict=True)
+        yield [prepare(p.req, v, cache, f, registry, signer) for v, f in pairs]
 
 
-@cli(dist="Output folder (default ./dist).", shared=BUILD_HELP, iterable=("scan",))
+ARCH_HELP = "Build only this one of base.architectures (default: each of them)."
+
+
+def _arches(spec: Spec, arch: str | None) -> tuple[str, ...]:
+    """The architectures a container build makes: `--arch`, else every one the spec lists."""
+    if arch is None:
+        return tuple(spec.base.architectures)
+    OptionError.check(
+        arch not in spec.base.architectures
+        and f"--arch {arch!r}: not one of base.architectures {spec.base.architectures}"
+    )
+    return (arch,)
+
+
+@cli(
+    dist="Output folder (default ./dist; another architecture's outputs: DIST/ARCH/).",
+    arch=ARCH_HELP,
+    shared=BUILD_HELP,
+    iterable=("scan",),
+)
 def build_container(
     c,
     spec=DEFAULT_SPEC,
     cache_dir=None,
     dist="dist",
+    arch=None,
     cache_from=None,
     cache_to=None,
     cache_required=False,
@@ -241,18 +266,20 @@ def build_container(
     fail_on=None,
     max_db_age=7,
 ):
-    """Build the layered, reproducible Docker image from the spec and its lock."""
+    """Build the layered, reproducible Docker image from the spec and its lock (each
+    architecture of base.architectures; another than this host's under emulation)."""
     from imagebuild.builders import container
 
     p = Project.named(spec)
+    arches = _arches(p.spec, arch)
     found = _scan_first(p, scan, fail_on, max_db_age)
     remote = (cache_from, cache_to, cache_required, cache_push)
-    with _prepare(p, cache_dir, "build-container", remote, dist, sign_key) as inputs:
-        r = container.build(inputs, Path(dist))
+    with _prepare(p, cache_dir, "build-container", remote, dist, sign_key, arches) as every:
+        made = [container.build(i, distnames.arch_dir(Path(dist), i.lock.arch)) for i in every]
         if found:
-            _write_scan(found, p, dist, inputs.signer, (distnames.CONTAINER_PROVENANCE,))
-    _say_registry(inputs)
-    print(r.render())
+            _write_scan(found, p, dist, every[0].signer, (distnames.CONTAINER_PROVENANCE,))
+    _say_registry(every[0])
+    print("\n".join(r.render() for r in made))
 
 
 @cli(
@@ -301,7 +328,7 @@ def build_vm(
     )
     found = _scan_first(p, scan, fail_on, max_db_age)
     remote = (cache_from, cache_to, cache_required, cache_push)
-    with _prepare(p, cache_dir, "build-vm", remote, dist, sign_key) as inputs:
+    with _prepare(p, cache_dir, "build-vm", remote, dist, sign_key) as (inputs,):
         r = TARGETS[target](inputs, Path(dist), options)
         if found:
             kinds = (distnames.VM_PROVENANCE, distnames.AMI_PROVENANCE)

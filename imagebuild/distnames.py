@@ -1,12 +1,14 @@
-"""The names of the files in `dist/`: `NAME-VERSION` and one suffix per file. The one place they
-are spelled: the builders, push, verify and the tests ask here (a VM format's suffix lives in its
-format module, `imagebuild.builders.formats`, and is joined here too)."""
+"""The names of the files in `dist/`: `NAME-VERSION` and one suffix per file, and of the image
+in the engine. The one place they are spelled: the builders, push, verify and the tests ask here
+(a VM format's suffix lives in its format module, `imagebuild.builders.formats`, and is joined
+here too)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from imagebuild.spec import Spec
+from imagebuild.spec_sections import HOST_ARCH
 
 OCI = ".oci.tar"
 CONTAINER_PACKAGES = ".container.packages.txt"
@@ -37,3 +39,15 @@ def name(spec: Spec, suffix: str) -> str:
 
 def path(dist: Path, spec: Spec, suffix: str) -> Path:
     return dist / name(spec, suffix)
+
+
+def arch_dir(dist: Path, arch: str) -> Path:
+    """Where a build of `arch` writes: `dist` for the host's, `dist/ARCH/` (the same names) for
+    another architecture's (base.architectures)."""
+    return dist if arch == HOST_ARCH else dist / arch
+
+
+def image_tag(spec: Spec, arch: str = HOST_ARCH) -> str:
+    """The image's tag in the engine: REPOSITORY:VERSION; another architecture's (run there
+    under emulation) with `-ARCH` appended, as Docker's own per-architecture tags have it."""
+    return f"{spec.repository}:{spec.version}" + ("" if arch == HOST_ARCH else f"-{arch}")

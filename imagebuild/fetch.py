@@ -196,15 +196,15 @@ def _link_all(cache: Cache, items: list, dest: Path, name: Callable[[Any], str])
         os.link(cache.blob(item.sha256), dest / name(item))
 
 
-def _release(suite: str, packages: Path, epoch: int) -> str:
+def _release(suite: str, arch: str, packages: Path, epoch: int) -> str:
     """A minimal Release file: enough for apt (trusted=yes) and for mmdebstrap's essential
     detection, which looks for suite/component/arch index targets (a flat repo has none)."""
     data = packages.read_bytes()
-    rel = "main/binary-amd64/Packages"
+    rel = f"main/binary-{arch}/Packages"
     date = email.utils.formatdate(epoch, usegmt=True)
     return (
         f"Origin: imagebuild\nSuite: {suite}\nCodename: {suite}\nDate: {date}\n"
-        "Architectures: amd64\n"
+        f"Architectures: {arch}\n"
         f"Components: main\nSHA256:\n {hashlib.sha256(data).hexdigest()} {len(data)} {rel}\n"
     )
 
@@ -220,7 +220,8 @@ def _wheel_hashes(lock: Lock) -> dict[str, str]:
 
 
 def _apt_repo(cache: Cache, lock: Lock, section: str) -> Path:
-    """An apt repo (`deb [trusted=yes] file:DIR SUITE main`) holding exactly one lock section."""
+    """An apt repo (`deb [trusted=yes] file:DIR SUITE main`) holding exactly one lock section
+    (of `lock.arch`: each architecture's repo is its own)."""
     key = lock.section_digest(section)
     items = lock.shared + (lock.vm if section == "vm" else [])
     suite = str(lock.header["suite"])
@@ -228,14 +229,14 @@ def _apt_repo(cache: Cache, lock: Lock, section: str) -> Path:
     def build(tmp: Path, known: dict[str, str]) -> None:
         _link_all(cache, items, tmp / "pool", lambda i: i.basename)
         known |= _pool_hashes(items)  # verified blobs, linked: not hashed again
-        index = tmp / "dists" / suite / "main" / "binary-amd64" / "Packages"
+        index = tmp / "dists" / suite / "main" / f"binary-{lock.arch}" / "Packages"
         index.parent.mkdir(parents=True)
         with index.open("w") as out:
             tools.run(
                 ["dpkg-scanpackages", "--multiversion", "pool", "/dev/null"], cwd=tmp, stdout=out
             )
         (tmp / "dists" / suite / "Release").write_text(
-            _release(suite, index, lock.source_date_epoch)
+            _release(suite, lock.arch, index, lock.source_date_epoch)
         )
 
     obtain(cache, "repos", key, build, expect=_pool_hashes(items))
@@ -295,8 +296,8 @@ def source_dirs(cache: Cache, lock: Lock) -> tuple[Path, Path, Path]:
 
 def local_sources(lock: Lock, cache: Cache) -> FetchResult:
     """For builds: the repos and wheelhouse of a completed fetch, every blob they hold
-    re-verified (the host's sections: what is built), or an error saying to run `invoke fetch`.
-    Builds never download."""
+    re-verified (`lock`'s sections: the host's, or `Lock.for_arch`'s view of another
+    architecture), or an error saying to run `invoke fetch`. Builds never download."""
     built: list[DebPackage | Wheel] = [*lock.shared, *lock.vm, *lock.python]
     bad = missing(cache, lock, repair=False, items=built)
     paths = source_dirs(cache, lock)
@@ -325,12 +326,11 @@ def fetch(lock: Lock, cache: Cache) -> FetchResult:
                 downloaded = sum(pool.map(lambda i: _download(cache, lock, i), todo))
             st["note"] = f"{downloaded / 1e6:.1f} MB"
     with progress.stage("fetch: local apt repos + wheelhouse"):
-        result = FetchResult(
-            len(todo),
-            total - len(todo),
-            downloaded,
-            _apt_repo(cache, lock, "shared"),
-            _apt_repo(cache, lock, "vm"),
-            _wheelhouse(cache, lock),
-        )
-    return result
+        for arch in lock.foreign:  # each architecture builds from its own (Lock.for_arch)
+            _sources(cache, lock.for_arch(arch))
+        return FetchResult(len(todo), total - len(todo), downloaded, *_sources(cache, lock))
+
+
+def _sources(cache: Cache, lock: Lock) -> tuple[Path, Path, Path]:
+    """`source_dirs`, made (or found made) from the cache's verified blobs."""
+    return _apt_repo(cache, lock, "shared"), _apt_repo(cache, lock, "vm"), _wheelhouse(cache, lock)

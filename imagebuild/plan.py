@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imagebuild import distnames
 from imagebuild import keys as keying
 from imagebuild.builders.vm import up_to_date
 from imagebuild.cache import Cache
@@ -57,7 +58,7 @@ def make_plan(project: Project, cache: Cache, dist: Path) -> Plan:
         f"lock      {lock.path}  fresh; {h['suite']} from {h['mirror']}, "
         f"SOURCE_DATE_EPOCH={h['source_date_epoch']}"
     )
-    # Another architecture's sections (base.architectures) are fetched too, not built.
+    # Another architecture's sections (base.architectures): fetched, and built as a container.
     sections: list[tuple[str, Sequence[DebPackage | Wheel]]] = [
         (LABELS[title.partition(".")[0]] + ("" if arch == h["arch"] else f" {arch}"), rows)
         for title, arch, rows in lock.sections()
@@ -68,15 +69,18 @@ def make_plan(project: Project, cache: Cache, dist: Path) -> Plan:
         plan.add(
             f"  {label:<11} {len(items):>4} items  {_mb(size):>10}  cached {len(have)}/{len(items)}"
         )
-    # Made, as every cache entry, under a temporary name and renamed once complete.
-    shared, vm, wh = (
-        _state(cache.has(d.parent.name, d.name), "make") for d in source_dirs(cache, lock)
-    )
-    plan.add(f"fetch     apt repo shared: {shared}, vm: {vm}; wheelhouse: {wh}")
+    for arch in spec.base.architectures:
+        view = lock.for_arch(arch)
+        at = "" if arch == h["arch"] else f"{arch} "
+        # Made, as every cache entry, under a temporary name and renamed once complete.
+        shared, vm, wh = (
+            _state(cache.has(d.parent.name, d.name), "make") for d in source_dirs(cache, view)
+        )
+        plan.add(f"fetch     {at}apt repo shared: {shared}, vm: {vm}; wheelhouse: {wh}")
+        st = keying.compute(resolve(project.req, view)).stages
+        layers = " ".join(f"{n}:{_state(cache.has('stages', st[n]), 'build')}" for n in STAGES)
+        plan.add(f"container {distnames.image_tag(spec, arch)}  layers {layers}")
     keys = keying.compute(resolve(project.req, lock))
-    st = keys.stages
-    layers = " ".join(f"{n}:{_state(cache.has('stages', st[n]), 'build')}" for n in STAGES)
-    plan.add(f"container {spec.repository}:{spec.version}  layers {layers}")
     state = "nothing to do" if up_to_date(dist, spec, keys.vm) else "packer build"
     plan.add(
         f"vm        {', '.join(spec.vm.formats)}; {spec.vm.cpus} vCPU, {spec.vm.memory_mb} MiB, "

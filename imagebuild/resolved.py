@@ -128,7 +128,7 @@ def resolve(req: Requested, lock: Lock) -> Resolved:
         spec=spec,
         lock=lock,
         os_pins=_pins(shared, req.packages),
-        vm_pins=_pins(both, req.vm),
+        vm_pins=_pins(both, req.vm_for(lock.arch)),
         vm_stacks=[s for s in spec.stacks if (roles.ROLES_DIR / s / "tasks" / "vm.yml").is_file()],
         exec_argv=exec_argv(spec),
         runtime_env=runtime_env(spec),

@@ -98,9 +98,10 @@ class Base:
     architectures: list[str] = field(
         default_factory=lambda: [HOST_ARCH],
         metadata=meta(
-            "Debian architectures to lock, amd64 first (what this host builds): `[amd64, arm64]` "
+            "Debian architectures to lock and build, amd64 first (this host's): `[amd64, arm64]` "
             "adds an arm64 section of every OS closure and wheel to the lock, fetched and "
-            "exported with it. Only amd64 is built so far.",
+            "exported with it, and `build-container` builds the arm64 image too (under "
+            "qemu-user emulation, into DIST/arm64/). The VM is built for amd64 only so far.",
             architectures,
             one_of(*ARCHITECTURES),
         ),

@@ -17,6 +17,7 @@ APT_PACKAGES=(
   cloud-image-utils virt-v2v                        # a NoCloud seed; a third-party OVA reader
   dosfstools mtools                                 # the Vagrant box's seed, reproducible
   bubblewrap                                        # rebuild --check reads a shipped disk jailed
+  qemu-user-static binfmt-support arch-test         # base.architectures: arm64 built under emulation
   openssh-client curl ca-certificates git
 )
 
@@ -56,6 +57,16 @@ if ! "$VENV/bin/python" -c 'import docker; docker.from_env().ping()' >/dev/null 
   done
   "$VENV/bin/python" -c 'import docker; docker.from_env().ping()' >/dev/null \
     || { log "dockerd did not come up; see /var/log/imagebuild-dockerd.log"; exit 1; }
+fi
+
+# arm64's binaries run through qemu-user-static: its binfmt_misc entry (F flag: usable inside
+# containers). binfmt-support's own service needs systemd, absent here. Not fatal: where the
+# kernel refuses, only a build of another architecture is refused (imagebuild/emulation.py).
+if [[ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]]; then
+  { mountpoint -q /proc/sys/fs/binfmt_misc \
+      || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; } 2>/dev/null \
+    && update-binfmts --enable qemu-aarch64 2>/dev/null \
+    || log "binfmt_misc unavailable: builds of arm64 (base.architectures) will be refused"
 fi
 
 cd "$ROOT"

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 from packaging.utils import parse_wheel_filename
 
+from imagebuild import fetch as fetching
 from imagebuild import requested
 from imagebuild import spec as specmod
+from imagebuild.cache import Cache
 from imagebuild.errors import SpecError, StaleLockError
 from imagebuild.lock import python as pylock
 from imagebuild.lock import schema
@@ -81,6 +83,35 @@ def test_an_arm64_section_round_trips_and_each_file_is_listed_once(tmp_path: Pat
     # One architecture: the text is what it was (every committed lock reads back byte for byte).
     for committed in EXAMPLE.parent.glob("*/imagebuild.lock"):
         assert render(read(committed)) == committed.read_text()
+
+
+def test_a_build_of_arm64_reads_a_view_of_its_section(tmp_path: Path) -> None:
+    """`Lock.for_arch`: the arm64 rows as shared/vm/python (what its repo, keys and build read),
+    while the digest, the rendering and the rows' lines stay the file's."""
+    lk = read(write(tmp_path, render(two_arch_lock(tmp_path))))
+    arm = lk.for_arch("arm64")
+    sec = lk.foreign["arm64"]
+    assert (arm.arch, arm.shared, arm.vm, arm.python) == ("arm64", sec.shared, sec.vm, sec.python)
+    assert lk.for_arch("amd64") is lk and lk.arch == "amd64"
+    assert arm.digest == lk.digest and render(arm) == render(lk)
+    assert arm.section("amd64") == lk.section("amd64") and arm.section("arm64") == sec
+    assert arm.section_digest("shared") != lk.section_digest("shared")
+    own = next(p for p in arm.shared if p.arch == "arm64")
+    where = arm.row(own)
+    line = int(where.split(":")[1])
+    assert where.endswith(f"os_shared.arm64[{arm.shared.index(own)}]")
+    assert f'"sha256":"{own.sha256}"' in lk.path.read_text().splitlines()[line - 1]
+    with pytest.raises(KeyError):
+        lk.for_arch("riscv64")
+
+
+def test_an_architecture_repo_index_names_its_architecture(tmp_path: Path) -> None:
+    from imagebuild.fetch import _release
+
+    packages = tmp_path / "Packages"
+    packages.write_text("Package: x\n")
+    text = _release("bookworm", "arm64", packages, 0)
+    assert "Architectures: arm64\n" in text and " main/binary-arm64/Packages\n" in text
 
 
 def test_moves_name_the_architecture_section(tmp_path: Path) -> None:
@@ -288,6 +319,13 @@ def test_arm64_is_locked_fetched_exported_and_imported(tmp_path: Path, cache_dir
         held = {Path(m.name).name for m in tar.getmembers() if m.isfile()}
     assert held == {f.sha256 for f in lk.files}
     assert {p.sha256 for p in arm.shared + arm.vm + arm.python} <= held
+    # arm64's own apt repo and wheelhouse, which its build installs from (Lock.for_arch).
+    repo, vm_repo, wheels = fetching.source_dirs(Cache(cache_dir), lk.for_arch("arm64"))
+    for at, rows in ((repo, arm.shared), (vm_repo, arm.shared + arm.vm)):
+        index = (at / "dists/bookworm/main/binary-arm64/Packages").read_text()
+        listed = {ln.split(": ")[1] for ln in index.splitlines() if ln.startswith("SHA256: ")}
+        assert listed == {p.sha256 for p in rows}
+    assert {f.name for f in wheels.glob("*.whl")} == {w.filename for w in arm.python}
     fresh = tmp_path / "fresh-cache"
     r = run_invoke(
         "fetch", "--spec", str(spec), "--cache-dir", str(fresh), "--import", str(archive)

@@ -22,6 +22,7 @@ from imagebuild.fetch import apt_source
 from imagebuild.leftovers import CACHE_LABEL
 from imagebuild.lock.lockfile import Lock
 from imagebuild.requested import BASE_PACKAGES
+from imagebuild.spec_sections import HOST_ARCH
 
 
 def sources_hook(source: str) -> str:
@@ -59,6 +60,8 @@ def mmdebstrap_base(lock: Lock, repo: Path, tmp: Path) -> tuple[Layer, Manifest]
         "--format=tar",
         '--aptopt=Acquire::Languages "none"',
         f"--customize-hook={sources_hook(source)}",
+        # Another architecture (Lock.for_arch): its maintainer scripts run under qemu-user.
+        *([f"--architectures={lock.arch}"] if lock.arch != HOST_ARCH else []),
         suite,
         str(rootfs),
         apt_source(repo, suite, "copy"),

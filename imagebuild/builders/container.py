@@ -27,7 +27,16 @@ from typing import Any
 import docker
 import docker.errors
 
-from imagebuild import app_tree, builder, checksums, distnames, profile, progress, provenance
+from imagebuild import (
+    app_tree,
+    builder,
+    checksums,
+    distnames,
+    emulation,
+    profile,
+    progress,
+    provenance,
+)
 from imagebuild import inventory as inv
 from imagebuild.builders import app_layer
 from imagebuild.builders import image as img
@@ -43,6 +52,7 @@ from imagebuild.lock.lockfile import rfc3339
 from imagebuild.obtain import told
 from imagebuild.resolved import Resolved
 from imagebuild.spec import Spec
+from imagebuild.spec_sections import HOST_ARCH
 
 
 @dataclass(frozen=True)
@@ -107,10 +117,13 @@ def final_config(r: Resolved, layers: list[Layer]) -> img.ImageConfig:
             else "imagebuild stage base: mmdebstrap (locked Essential set)"
             for n in STAGES
         ],
+        architecture=lock.arch,
     )
 
 
-def inventory(client: docker.DockerClient, image_ref: str, spec: Spec) -> dict[str, Any]:
+def inventory(
+    client: docker.DockerClient, image_ref: str, spec: Spec, arch: str = HOST_ARCH
+) -> dict[str, Any]:
     """What is really installed in the image (imagebuild.inventory's script, run as root)."""
     with profile.step("inventory container (package manifest)"):
         out = client.containers.run(
@@ -121,6 +134,7 @@ def inventory(client: docker.DockerClient, image_ref: str, spec: Spec) -> dict[s
             network_mode="none",
             remove=True,
             labels={"io.imagebuild.inventory": "1"},
+            **emulation.container_options(arch),
         )
     return json.loads(out)
 
@@ -143,7 +157,7 @@ def installed(b: Build, tag: str, cfg: img.ImageConfig, layers: list[Layer]) -> 
     if only_app and cache.intact(INVENTORIES, key):
         with profile.step("inventory (package manifest) reused"):
             return dict(json.loads((cache.dir(INVENTORIES, key) / "inventory.json").read_text()))
-    found = inventory(b.client, tag, spec)
+    found = inventory(b.client, tag, spec, b.inputs.lock.arch)
     if only_app:
         with cache.building(INVENTORIES, key) as tmp:
             (tmp / "inventory.json").write_text(json.dumps(found))
@@ -169,8 +183,9 @@ def _outputs(dist: Path, spec: Spec) -> dict[str, Path]:
 
 
 def build(inputs: Inputs, dist: Path) -> ContainerResult:
+    """The image of `inputs.lock.arch` (a `Lock.for_arch` view for another architecture)."""
     spec, lock = inputs.spec, inputs.lock
-    tag = f"{spec.repository}:{spec.version}"
+    tag = distnames.image_tag(spec, lock.arch)
     out = _outputs(dist, spec)
     with new_build(inputs) as b, OciArchive(out["oci"]) as archive:
         client = b.client

@@ -13,6 +13,7 @@ from pathlib import Path
 from imagebuild import tarnorm
 from imagebuild.builders.layers import Layer
 from imagebuild.lock.lockfile import rfc3339
+from imagebuild.spec_sections import HOST_ARCH
 
 
 def _json(obj: object) -> bytes:
@@ -31,12 +32,13 @@ class ImageConfig:
     labels: dict[str, str]
     history: list[str]
     created: int
+    architecture: str = HOST_ARCH  # Debian's and OCI's names agree for amd64 and arm64
 
     def render(self, layers: list[Layer]) -> bytes:
         when = rfc3339(self.created)
         return _json(
             {
-                "architecture": "amd64",
+                "architecture": self.architecture,
                 "os": "linux",
                 "created": when,
                 "config": {

@@ -21,7 +21,7 @@ from typing import Any
 
 import docker.errors
 
-from imagebuild import provision
+from imagebuild import emulation, provision
 from imagebuild.builders import image as img
 from imagebuild.builders.changes import upper_dir
 from imagebuild.builders.context import Build, load_image, load_later, remove_later
@@ -44,6 +44,7 @@ def _stage_config(lock: Lock, names: list[str]) -> img.ImageConfig:
         labels={},
         created=lock.source_date_epoch,
         history=[f"imagebuild stage {n}" for n in names],
+        architecture=lock.arch,
     )
 
 
@@ -78,6 +79,7 @@ def _start(
         network_mode="none",
         labels={"io.imagebuild.build": b.build_id, CACHE_LABEL: str(b.inputs.cache.root)},
         volumes=mounts,
+        **emulation.container_options(b.inputs.lock.arch),
     )
     try:
         container.start()

@@ -71,6 +71,8 @@ class Lock:
     python: list[Wheel]
     path: Path = field(default=Path("imagebuild.lock"), compare=False)
     foreign: dict[str, ArchSection] = field(default_factory=dict)
+    # Set on `for_arch`'s view: the file it is a view of (what `render`, `digest`, `row` read).
+    whole: Lock | None = field(default=None, compare=False, repr=False)
 
     @property
     def source_date_epoch(self) -> int:
@@ -79,6 +81,30 @@ class Lock:
     @property
     def mirror(self) -> str:
         return str(self.header["mirror"])
+
+    @property
+    def arch(self) -> str:
+        """The architecture of `shared`, `vm` and `python` (the host's, or a view's)."""
+        return str(self.header["arch"])
+
+    def for_arch(self, arch: str) -> Lock:
+        """What a build of `arch` reads: that section as `shared`, `vm`, `python` and `arch`;
+        its `digest`, `row` and rendering stay the file's. A view: never written itself."""
+        sec = self.section(arch)
+        if sec is None:
+            raise KeyError(f"{self.path}: no {arch} section")
+        if arch == self.arch:
+            return self
+        head = {**self.header, "arch": arch}
+        return dataclasses.replace(
+            self,
+            header=head,
+            shared=sec.shared,
+            vm=sec.vm,
+            python=sec.python,
+            foreign={},
+            whole=self.whole or self,
+        )
 
     @property
     def files(self) -> list[DebPackage | Wheel]:
@@ -94,7 +120,7 @@ class Lock:
         """(title in the file, architecture, rows) of every section, in the file's order."""
         out = []
         for arch, sec, at in [
-            (HOST_ARCH, self, ""),
+            (self.arch, self, ""),
             *((a, s, f".{a}") for a, s in self.foreign.items()),
         ]:
             out += [(title + at, arch, getattr(sec, attr)) for title, attr in SECTIONS.items()]
@@ -102,8 +128,10 @@ class Lock:
 
     def section(self, arch: str) -> ArchSection | None:
         """`arch`'s closures and wheels; None where the lock has no section for it."""
-        if arch == HOST_ARCH:
+        if arch == self.arch:
             return ArchSection(self.shared, self.vm, self.python)
+        if self.whole is not None:
+            return self.whole.section(arch)
         return self.foreign.get(arch)
 
     def section_digest(self, section: str) -> str:
@@ -127,6 +155,8 @@ class Lock:
 
     def row(self, item: DebPackage | Wheel) -> str:
         """Where `item` is, as the lock's own errors say it: `LOCK:LINE: section[i]`."""
+        if self.whole is not None:
+            return self.whole.row(item)
         title, i = next(
             (title, i)
             for title, _, rows in self.sections()
@@ -191,6 +221,8 @@ def inputs_digest(inputs: dict[str, Any]) -> str:
 
 
 def render(lock: Lock) -> str:
+    lock = lock.whole or lock  # a view renders (and hashes) as its file
+
     def rows(items: list[Any]) -> str:
         if not items:
             return "[]"

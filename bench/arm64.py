@@ -1,0 +1,83 @@
+"""Benchmark: arm64 from the same spec (issue #30), built here under emulation: lock + fetch of
+both architectures, each stage's time for arm64 beside amd64's, the image ID of two clean arm64
+builds, a no-op and an app change, and the arm64 image's own `--check` run under qemu-user.
+
+    .venv/bin/python bench/arm64.py [--cache-dir DIR]
+
+A private copy of examples/onnx-serve with `base.architectures: [amd64, arm64]` (so its lock is
+re-resolved: amd64's pins kept where the mirror still has them). Needs qemu-user-static's binfmt
+entry (`bash scripts/bootstrap.sh true` registers it). About 10 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import docker
+from common import bench, cold_cache, table, timed
+
+from imagebuild import emulation
+
+
+def both(spec: Path) -> None:
+    text = spec.read_text().replace(
+        "  components: [main]\n", "  components: [main]\n  architectures: [amd64, arm64]\n", 1
+    )
+    assert "architectures" in text, f"{spec}: no components line"
+    spec.write_text(text)
+
+
+def stages(stdout: str) -> dict[str, str]:
+    """`layer NAME ... built in S s` lines of a build, as NAME -> seconds."""
+    return {m[1]: m[2] for m in re.finditer(r"(?m)^layer (\w+) .* built in ([\d.]+)s", stdout)}
+
+
+def image(stdout: str) -> tuple[str, str]:
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("image "))
+    return line.split()[1], line.split()[2]
+
+
+def main() -> None:
+    start = time.monotonic()
+    with bench(__doc__, "ib-bench-arm64-", both) as (cache_dir, work, spec, common):
+        lock_fetch = time.monotonic() - start
+        amd_s, amd = timed("build-container", *common, "--arch", "amd64")
+        arm_s, arm = timed("build-container", *common, "--arch", "arm64")
+        noop_s, _ = timed("build-container", *common, "--arch", "arm64")
+        again = [*common[:2], "--cache-dir", str(cold_cache(cache_dir, work / "cache2"))]
+        again += ["--dist", str(work / "dist2")]
+        arm2_s, arm2 = timed("build-container", *again, "--arch", "arm64")
+        app = Path(spec).parent / "app" / "app" / "__init__.py"
+        app.write_text(app.read_text() + "\n# bench: an app change\n")
+        app_s, _ = timed("build-container", *common, "--arch", "arm64")
+        tag, arm_id = image(arm.stdout)
+        out = docker.from_env().containers.run(
+            tag,
+            ["--check"],
+            network_mode="none",
+            remove=True,
+            **emulation.container_options("arm64"),
+        )
+        a, b = stages(amd.stdout), stages(arm.stdout)
+        rows = [
+            ("lock + fetch, both architectures", f"{lock_fetch:.0f} s", ""),
+            *((f"stage {n}: amd64 / arm64", f"{a.get(n, '?')} s / {b[n]} s", "") for n in b),
+            ("build-container cold, amd64", f"{amd_s:.0f} s", ""),
+            ("build-container cold, arm64 (emulated)", f"{arm_s:.0f} s", f"{arm_s / amd_s:.1f}x"),
+            ("arm64, nothing changed", f"{noop_s:.1f} s", ""),
+            ("arm64, one app file changed", f"{app_s:.1f} s", ""),
+            (
+                "arm64 image ID, two clean builds",
+                f"{arm_id[7:19]} / {image(arm2.stdout)[1][7:19]}",
+                "same" if arm_id == image(arm2.stdout)[1] else "DIFFER",
+            ),
+            ("arm64 second clean build", f"{arm2_s:.0f} s", ""),
+            ("arm64 image's --check (qemu-user)", out.decode().strip()[:60], ""),
+        ]
+        table(rows, last="note")
+
+
+if __name__ == "__main__":
+    main()
