@@ -276,7 +276,7 @@ def build_container(
     remote = (cache_from, cache_to, cache_required, cache_push)
     with _prepare(p, cache_dir, "build-container", remote, dist, sign_key, arches) as every:
         made = [container.build(i, distnames.arch_dir(Path(dist), i.lock.arch)) for i in every]
-        if found:
+        if found and HOST_ARCH in arches:  # beside the host's image: the gate reads its sections
             _write_scan(found, p, dist, every[0].signer, (distnames.CONTAINER_PROVENANCE,))
     _say_registry(every[0])
     print("\n".join(r.render() for r in made))

@@ -4,6 +4,7 @@ reuses the verified downloads (hard links) but none of the build caches, a Markd
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import re
 import shutil
@@ -77,8 +78,19 @@ def cold_cache(cache_dir: str, dest: Path) -> Path:
     from imagebuild.builders.rebuild import DERIVED  # what `rebuild --check` leaves out too
     from imagebuild.leftovers import SCRATCH
 
-    # ".*": the lock files, linked, would make a build here hold (and wait on) the source's lock
-    ignore = shutil.ignore_patterns(*DERIVED, SCRATCH, ".*")
+    root = Path(cache_dir)
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        # The cache's lock files, linked, would make a build here hold (and wait on) the
+        # source's lock; every other dot file stays (an entry's .seal.json: without it the
+        # repos and wheelhouse are refused).
+        top = Path(folder) == root
+        return {
+            n
+            for n in names
+            if fnmatch.fnmatch(n, SCRATCH) or (top and (n in DERIVED or n.startswith(".lock")))
+        }
+
     shutil.copytree(cache_dir, dest, copy_function=os.link, ignore=ignore)
     return dest
 

@@ -49,5 +49,6 @@ def require(arch: str, binfmt: Path = BINFMT) -> None:
     if arch != HOST_ARCH and (why := problem(arch, binfmt)):
         raise EmulationError(
             f"building {arch} on this {HOST_ARCH} host needs its binaries emulated: {why}; "
-            "`bash scripts/bootstrap.sh true` sets it up"
+            "`bash scripts/bootstrap.sh true` sets it up (or build only this host's "
+            f"architecture: --arch {HOST_ARCH})"
         )

@@ -14,6 +14,7 @@ from imagebuild.cache_entries import ENTRY_FORMAT
 from imagebuild.lock.lockfile import Lock
 from imagebuild.requested import BASE_PACKAGES
 from imagebuild.resolved import Resolved
+from imagebuild.spec_sections import HOST_ARCH
 
 STAGES = ("base", "os", "python", "stacks", "app")
 DISK_LAYOUT = "3"  # bump when builders/disk.py, disk_tree.py or ext4.py change what they write
@@ -37,6 +38,8 @@ class Keys:
 def stage_keys(r: Resolved) -> dict[str, str]:
     spec, lock = r.spec, r.lock
     common = [__version__, LAYER_FORMAT, ENTRY_FORMAT, str(lock.source_date_epoch)]
+    if lock.arch != HOST_ARCH:  # another architecture's stages never share a key with the host's
+        common.append(lock.arch)
     own = {
         # A registry base is named by its digest; a local one by the packages it is made of.
         "base": [spec.base.image]

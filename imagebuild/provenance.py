@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from imagebuild import __version__, app_tree, builder, checksums, profile, roles
 from imagebuild.cache import atomic_file, sha256_file
 from imagebuild.inputs import Inputs
+from imagebuild.spec_sections import HOST_ARCH
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
@@ -81,6 +82,8 @@ def statement(
                 "externalParameters": {
                     "spec": subject(spec.path.name, sha256_file(spec.path)),
                     "target": kind,
+                    # Another architecture's (base.architectures); the host's statement as before.
+                    **({} if lock.arch == HOST_ARCH else {"architecture": lock.arch}),
                 },
                 "internalParameters": {
                     "lock": subject(lock.path.name, lock.digest),

@@ -180,6 +180,13 @@ def _cross_checks(spec: Spec, ctx: Context) -> None:
             "entrypoint[0]",
             f"{spec.entrypoint[0]!r} must be an absolute path (exec form, no shell)",
         )
+    if spec.base.image and spec.base.architectures[1:]:
+        fail(
+            "base.image",
+            f"a registry base is one platform's image (pulled for {spec.base.architectures[0]}):"
+            f" base.architectures {spec.base.architectures} needs the base built from the lock "
+            "(remove base.image)",
+        )
     if spec.gpu and "non-free" not in spec.base.components:
         fail("base.components", "gpu: needs the 'non-free' component for the NVIDIA driver")
     if spec.vm.ami and spec.vm.ami.method == "stock" and not spec.vm.ami.source_ami:

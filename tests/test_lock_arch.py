@@ -15,6 +15,7 @@ import pytest
 from packaging.utils import parse_wheel_filename
 
 from imagebuild import fetch as fetching
+from imagebuild import keys as keying
 from imagebuild import requested
 from imagebuild import spec as specmod
 from imagebuild.cache import Cache
@@ -22,15 +23,18 @@ from imagebuild.errors import SpecError, StaleLockError
 from imagebuild.lock import python as pylock
 from imagebuild.lock import schema
 from imagebuild.lock.lockfile import ArchSection, DebPackage, Lock, Wheel, moves, read, render
+from imagebuild.resolved import resolve
 from imagebuild.spec_sections import DEFAULT_VM_PACKAGES
 from tests.conftest import EXAMPLE, copy_example, run_invoke
 
 
 def arm64_of(rows: list[DebPackage]) -> list[DebPackage]:
     """The rows as an arm64 section would hold them (same names, arm64 files)."""
+    names = requested.FOREIGN_NAMES["arm64"]
     return [
         dataclasses.replace(
             p,
+            name=names.get(p.name, p.name),
             arch="arm64" if p.arch == "amd64" else p.arch,
             filename=p.filename.replace("_amd64.deb", "_arm64.deb"),
             sha256=p.sha256 if p.arch == "all" else p.sha256[::-1],
@@ -93,6 +97,7 @@ def test_a_build_of_arm64_reads_a_view_of_its_section(tmp_path: Path) -> None:
     sec = lk.foreign["arm64"]
     assert (arm.arch, arm.shared, arm.vm, arm.python) == ("arm64", sec.shared, sec.vm, sec.python)
     assert lk.for_arch("amd64") is lk and lk.arch == "amd64"
+    assert arm.for_arch("amd64") is lk and arm.for_arch("arm64") == arm  # a view's, the file's
     assert arm.digest == lk.digest and render(arm) == render(lk)
     assert arm.section("amd64") == lk.section("amd64") and arm.section("arm64") == sec
     assert arm.section_digest("shared") != lk.section_digest("shared")
@@ -103,6 +108,14 @@ def test_a_build_of_arm64_reads_a_view_of_its_section(tmp_path: Path) -> None:
     assert f'"sha256":"{own.sha256}"' in lk.path.read_text().splitlines()[line - 1]
     with pytest.raises(KeyError):
         lk.for_arch("riscv64")
+    # No stage of arm64 shares a key with amd64's (its layers are other bytes), even were every
+    # input of a stage the same in both sections (the architecture is part of each key).
+    req = requested.of(specmod.load(EXAMPLE / "imagebuild.yaml"))
+    host, other = (keying.compute(resolve(req, v)).stages for v in (lk, arm))
+    assert host == keying.compute(resolve(req, read(EXAMPLE / "imagebuild.lock"))).stages
+    assert not set(host.values()) & set(other.values())
+    same_base = dataclasses.replace(arm, shared=lk.shared)  # the base's own input made equal
+    assert keying.compute(resolve(req, same_base)).stages["base"] != host["base"]
 
 
 def test_an_architecture_repo_index_names_its_architecture(tmp_path: Path) -> None:
@@ -117,12 +130,12 @@ def test_an_architecture_repo_index_names_its_architecture(tmp_path: Path) -> No
 def test_moves_name_the_architecture_section(tmp_path: Path) -> None:
     lk = two_arch_lock(tmp_path)
     sec = lk.foreign["arm64"]
-    kernel = next(i for i, p in enumerate(sec.vm) if p.name == "linux-image-cloud-amd64")
+    kernel = next(i for i, p in enumerate(sec.vm) if p.name == "linux-image-cloud-arm64")
     vm = list(sec.vm)
     vm[kernel] = dataclasses.replace(vm[kernel], version="9.9")
     moved = dataclasses.replace(lk, foreign={"arm64": dataclasses.replace(sec, vm=vm)})
     said = moves(lk, moved)
-    assert said[0] == "os_vm_only.arm64:" and "linux-image-cloud-amd64" in said[1]
+    assert said[0] == "os_vm_only.arm64:" and "linux-image-cloud-arm64" in said[1]
     assert said[1].endswith("-> 9.9")
     dropped = moves(lk, dataclasses.replace(lk, foreign={}))  # arm64 taken out of the spec
     assert "os_shared.arm64:" in dropped and any(ln.startswith("  - ") for ln in dropped)

@@ -143,6 +143,17 @@ BAD = [
         "did you mean 'arm64'",
     ),
     (
+        "arch-with-registry-base",
+        swap(
+            "base",
+            "base: {image: '127.0.0.1:5000/debian@sha256:" + "a" * 64 + "', "
+            "architectures: [amd64, arm64]}",
+        ),
+        "base.image",
+        3,
+        "a registry base is one platform's image",
+    ),
+    (
         "snapshot-format",
         swap("base", "base: {snapshot: yesterday}"),
         "base.snapshot",

@@ -14,7 +14,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from imagebuild import leftovers, profile, progress
+from imagebuild import distnames, leftovers, profile, progress
 from imagebuild.builders import image as img
 from imagebuild.builders.layers import (
     Layer,
@@ -113,7 +113,7 @@ def _load(b: Build, config: bytes, layers: list[Layer], tag: str) -> None:
     present = engine_has(
         b.client,
         [ly.diff_id for ly in layers],
-        [f"{b.inputs.spec.repository}:{b.inputs.spec.version}", *b.stages],
+        [distnames.image_tag(b.inputs.spec, b.inputs.lock.arch), *b.stages],
     )
     with profile.step("docker archive written"):
         img.docker_archive(archive, config, layers, tag, present)

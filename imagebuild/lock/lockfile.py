@@ -90,6 +90,8 @@ class Lock:
     def for_arch(self, arch: str) -> Lock:
         """What a build of `arch` reads: that section as `shared`, `vm`, `python` and `arch`;
         its `digest`, `row` and rendering stay the file's. A view: never written itself."""
+        if self.whole is not None:
+            return self.whole.for_arch(arch)
         sec = self.section(arch)
         if sec is None:
             raise KeyError(f"{self.path}: no {arch} section")
@@ -103,7 +105,7 @@ class Lock:
             vm=sec.vm,
             python=sec.python,
             foreign={},
-            whole=self.whole or self,
+            whole=self,
         )
 
     @property
