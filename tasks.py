@@ -509,7 +509,12 @@ def push(c, spec=DEFAULT_SPEC, cache_dir=None, registry=None, dist="dist"):
     s = Project.named(spec).spec
     with distlock.exclusive(Path(dist), "push"):
         r = pushing(s, registry, Path(dist))
-    print(f"pushed {r.reference} (image {r.image_id})")
+    if r.platforms:  # several architectures: their index, then each one's image
+        print(f"pushed {r.reference} (image index: {', '.join(r.platforms)})")
+        for arch, ref in r.platforms.items():
+            print(f"  {arch}: {ref}")
+    else:
+        print(f"pushed {r.reference} (image {r.image_id})")
     for tag in r.attached:
         print(f"attached {tag}")
 

@@ -27,6 +27,7 @@ GCE_REQUEST = ".gce-image.json"  # images.insert, written, not sent
 PUSH_RECORD = ".push.json"
 SCAN_VEX = ".vex.cdx.json"  # invoke scan --dist
 SCAN_ATTESTATION = ".scan.intoto.jsonl"
+LOCK_LABEL = "io.imagebuild.lock.sha256"  # the image's label naming the lock it was built from
 
 
 def stem(spec: Spec) -> str:

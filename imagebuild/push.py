@@ -6,19 +6,22 @@ exactly the bytes `build-container` made (same layers, same config)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import docker.errors
 import requests
 
-from imagebuild import attach, checksums, distnames, progress, provenance
+from imagebuild import attach, checksums, distnames, platform_index, progress, provenance
 from imagebuild.cache import atomic_file
 from imagebuild.engine import describe, engine
 from imagebuild.errors import ImageBuildError
 from imagebuild.spec import Spec
+from imagebuild.spec_sections import HOST_ARCH
 
 
 class PushError(ImageBuildError):
@@ -27,9 +30,11 @@ class PushError(ImageBuildError):
 
 @dataclass(frozen=True)
 class PushResult:
-    reference: str  # REGISTRY/REPO@sha256:...
-    image_id: str
+    reference: str  # REGISTRY/REPO@sha256:... (with several architectures: their index's)
+    image_id: str  # the host's image
     attached: list[str]  # the SBOM's and attestations' tags (imagebuild.attach)
+    # With several architectures (base.architectures): each one's image, REGISTRY/REPO@sha256.
+    platforms: dict[str, str] = field(default_factory=dict)
 
 
 def remote_repository(spec: Spec, registry: str) -> str:
@@ -95,18 +100,83 @@ def push(spec: Spec, registry: str | None, dist: Path) -> PushResult:
         raise spec.error(
             "container.registry", "not set; give it in the spec or with --registry HOST:PORT"
         )
-    image_id = recorded_id(spec, dist)
-    extras = _attachments(spec, dist)  # checked before anything is pushed
+    # The host's image, then each other architecture's built beside it (DIST/ARCH/).
+    built = [
+        (a, d)
+        for a in spec.base.architectures
+        if (d := distnames.arch_dir(dist, a)) == dist
+        or distnames.path(d, spec, distnames.CONTAINER_RECORD).is_file()
+    ]
+    if missing := [a for a in spec.base.architectures if a not in dict(built)]:
+        progress.say(
+            f"push: {', '.join(missing)}: no image built in {dist} "
+            f"(build-container --arch {missing[0]}); pushing {', '.join(dict(built))} only"
+        )
+    ids = {a: recorded_id(spec, d) for a, d in built}
+    extras = {a: _attachments(spec, d) for a, d in built}  # checked before anything is pushed
     client = engine()
     progress.say(f"push: engine {describe(client)}")
+    found = {a: _in_engine(client, ids[a], d, a) for a, d in built}  # all, before any push
+    if len({i.labels.get(distnames.LOCK_LABEL) for i in found.values()}) > 1:
+        raise PushError(
+            f"the images in {dist} and {', '.join(str(d) for _, d in built[1:])} were built from "
+            "different locks; run `invoke build-container` (every architecture) again"
+        )
+    remote = remote_repository(spec, registry)
+    # Several architectures: each under VERSION-ARCH, so VERSION changes only when their index
+    # is put (a push that fails halfway leaves it as it was).
+    several = len(built) > 1
+    images: list[tuple[str, attach.Pushed]] = []
+    tags: list[str] = []
+    for arch, _ in built:
+        vehicle = f"{spec.version}-{arch}" if several else spec.version
+        pushed = _push_image(client, spec, registry, found[arch], arch, vehicle)
+        with progress.stage("push: SBOM and attestations", f"referring to {pushed.digest[:19]}"):
+            try:
+                tags += attach.attach(pushed, extras[arch])
+            except (requests.RequestException, ValueError, OSError) as e:
+                raise PushError(
+                    f"pushed {remote}@{pushed.digest}, not its SBOM/attestations: {e}"
+                ) from None
+        images.append((arch, pushed))
+    reference, platforms = f"{remote}@{images[0][1].digest}", {}
+    if len(images) > 1:  # REPOSITORY:VERSION becomes the index of every architecture's image
+        with progress.stage("push: image index", f"{remote}:{spec.version}") as st:
+            try:
+                index = platform_index.put(remote, spec.version, images)
+            except (requests.RequestException, ValueError, ImageBuildError) as e:
+                raise PushError(
+                    f"pushed each architecture's image ({remote}:{spec.version}-ARCH), not "
+                    f"their index: {remote}:{spec.version} is left as it was: {e}"
+                ) from None
+            st["note"] = ", ".join(a for a, _ in images)
+        reference = f"{remote}@{index.digest}"
+        platforms = {a: f"{remote}@{p.digest}" for a, p in images}
+    result = PushResult(reference, ids[HOST_ARCH], tags, platforms)
+    with atomic_file(distnames.path(dist, spec, distnames.PUSH_RECORD)) as t:
+        t.write_text(json.dumps(result.__dict__, indent=1))
+    return result
+
+
+def _in_engine(client: docker.DockerClient, image_id: str, dist: Path, arch: str) -> Any:
+    """The engine's image `image_id`, which build-container recorded in `dist` for `arch`."""
     try:
-        image = client.images.get(image_id)
+        return client.images.get(image_id)
     except docker.errors.ImageNotFound:
+        again = "" if arch == HOST_ARCH else f" --arch {arch}"
         raise PushError(
             f"{image_id} (recorded in {dist}) is not in this engine; run "
-            "`invoke build-container` again"
+            f"`invoke build-container{again}` again"
         ) from None
-    local = f"{spec.repository}:{spec.version}"
+
+
+def _push_image(
+    client: docker.DockerClient, spec: Spec, registry: str, image: Any, arch: str, vehicle: str
+) -> attach.Pushed:
+    """Push `image` (the one build-container recorded for `arch`) under the tag `vehicle`; the
+    manifest the registry has."""
+    image_id = image.id
+    local = distnames.image_tag(spec, arch)
     try:
         tagged = client.images.get(local).id
     except docker.errors.ImageNotFound:
@@ -116,11 +186,11 @@ def push(spec: Spec, registry: str | None, dist: Path) -> PushResult:
             f"push: {local} now points to {tagged}, not the built {image_id}; pushing the built one"
         )
     remote = remote_repository(spec, registry)
-    image.tag(remote, spec.version)
     digest, size = "", 0
     try:
-        with progress.stage("push", f"{remote}:{spec.version} ({image_id[:19]})"):
-            for line in client.api.push(remote, spec.version, stream=True, decode=True):
+        image.tag(remote, vehicle)
+        with progress.stage("push", f"{remote}:{vehicle} ({image_id[:19]})"):
+            for line in client.api.push(remote, vehicle, stream=True, decode=True):
                 if "error" in line:
                     raise PushError(f"push to {registry} failed: {line['error']}")
                 digest = line.get("aux", {}).get("Digest", digest)
@@ -136,18 +206,11 @@ def push(spec: Spec, registry: str | None, dist: Path) -> PushResult:
         if digest not in pushed:
             raise PushError(
                 f"push to {registry}: {remote}@{digest} is not {image_id} (was "
-                f"{remote}:{spec.version} re-tagged during the push?)"
+                f"{remote}:{vehicle} re-tagged during the push?)"
             )
     except docker.errors.APIError as e:
         raise PushError(f"push to {registry} failed: {e.explanation or e}") from None
     finally:
-        client.api.remove_image(f"{remote}:{spec.version}", noprune=True)
-    with progress.stage("push: SBOM and attestations", f"referring to {digest[:19]}"):
-        try:
-            tags = attach.attach(attach.Pushed(remote, digest, size), extras)
-        except (requests.RequestException, ValueError, OSError) as e:
-            raise PushError(f"pushed {remote}@{digest}, not its SBOM/attestations: {e}") from None
-    result = PushResult(f"{remote}@{digest}", image.id, tags)
-    with atomic_file(distnames.path(dist, spec, distnames.PUSH_RECORD)) as t:
-        t.write_text(json.dumps(result.__dict__, indent=1))
-    return result
+        with contextlib.suppress(docker.errors.ImageNotFound):  # the tag itself failed
+            client.api.remove_image(f"{remote}:{vehicle}", noprune=True)
+    return attach.Pushed(remote, digest, size)

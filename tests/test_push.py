@@ -4,6 +4,7 @@ what it pushes is the image ID build-container recorded in dist/, not what the t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -17,8 +18,9 @@ from pathlib import Path
 
 import docker
 import pytest
+import requests
 
-from imagebuild import attach, checksums, distlock, distnames
+from imagebuild import attach, checksums, distlock, distnames, platform_index
 from imagebuild import spec as specmod
 from imagebuild.cache import sha256_file
 from tests.conftest import OSV, copy_example, osv_export, run_invoke, serve_registry
@@ -154,13 +156,17 @@ def _spec_and_record(tmp_path: Path, image_id: str) -> tuple[specmod.Spec, Path,
     path.write_text(path.read_text().replace("local/onnx-serve", repo))
     spec = specmod.load(path)
     dist = tmp_path / "dist"
-    dist.mkdir()
-    record = distnames.path(dist, spec, distnames.CONTAINER_RECORD)
-    record.write_text(
-        json.dumps({"tag": f"{repo}:{spec.version}", "image_id": image_id.removeprefix("sha256:")})
-    )
-    checksums.record(dist, [record])
+    _record(dist, spec, image_id)
     return spec, path, dist
+
+
+def _record(dist: Path, spec: specmod.Spec, image_id: str) -> None:
+    """A container record naming `image_id` in `dist`, listed in SHA256SUMS."""
+    dist.mkdir(parents=True)
+    record = distnames.path(dist, spec, distnames.CONTAINER_RECORD)
+    tag = f"{spec.repository}:{spec.version}"
+    record.write_text(json.dumps({"tag": tag, "image_id": image_id.removeprefix("sha256:")}))
+    checksums.record(dist, [record])
 
 
 @pytest.mark.engine
@@ -187,6 +193,101 @@ def test_push_sends_the_recorded_image_even_when_the_tag_moved(
     finally:
         for image in (built, other):
             client.images.remove(image, force=True)
+
+
+def _loaded_image(content: bytes, arch: str, tmp_path: Path, lock: str = "") -> str:
+    """An image of one small file whose config names `arch`, written by imagebuild's own image
+    writer and `docker load`ed (`docker import --platform` is ignored by this engine): its ID.
+    Labelled as ours, as `_tiny_image`'s."""
+    from imagebuild.builders import image as img
+    from imagebuild.builders.layers import Layer
+
+    tar_path = tmp_path / f"{arch}.layer.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        info = tarfile.TarInfo("hello")
+        info.size = len(content)
+        tar.addfile(info, io.BytesIO(content))
+    layer = Layer(tar_path, sha256_file(tar_path), tar_path.stat().st_size, 1)
+    labels = {"io.imagebuild.test": "push"} | ({distnames.LOCK_LABEL: lock} if lock else {})
+    cfg = img.ImageConfig([], [], {}, "/", "", labels, ["test layer"], 0, architecture=arch)
+    config = cfg.render([layer])
+    archive = tmp_path / f"{arch}.docker.tar"
+    # Tagged (an untagged load would be gone with nothing naming it); removed by ID, tags too.
+    tag = f"local/imagebuild-push-{arch}-{secrets.token_hex(4)}:x"
+    image_id = img.docker_archive(archive, config, [layer], tag)
+    subprocess.run(["docker", "load", "-i", str(archive)], capture_output=True, check=True)
+    return f"sha256:{image_id}"
+
+
+@pytest.mark.engine
+def test_two_architectures_are_pushed_under_one_index(registry: str, tmp_path: Path) -> None:
+    """A spec with base.architectures [amd64, arm64] and both images recorded (dist/ and
+    dist/arm64/): each is pushed, then REPOSITORY:VERSION becomes an OCI image index of the two,
+    by their digests; a pull of it on this amd64 host gets amd64's image, with --platform
+    linux/arm64 arm64's. With arm64 not built, amd64 alone is pushed, as before, and said."""
+    client = docker.from_env()
+    amd, arm = _tiny_image(b"amd64\n"), _loaded_image(b"arm64\n", "arm64", tmp_path)
+    made = [amd, arm]
+    spec, path, dist = _spec_and_record(tmp_path, amd)
+    path.write_text(
+        path.read_text().replace(
+            "  components: [main]\n", "  components: [main]\n  architectures: [amd64, arm64]\n"
+        )
+    )
+    _record(dist / "arm64", spec, arm)
+    args = ["push", "--spec", str(path), "--dist", str(dist), "--registry", registry]
+    try:
+        r = run_invoke(*args)
+        assert r.returncode == 0, r.stderr
+        record = json.loads(distnames.path(dist, spec, distnames.PUSH_RECORD).read_text())
+        repo, _, index_digest = record["reference"].partition("@")
+        assert set(record["platforms"]) == {"amd64", "arm64"} and record["image_id"] == amd
+        assert f"pushed {record['reference']} (image index: amd64, arm64)" in r.stdout
+        name = repo.partition("/")[2]
+        got = requests.get(
+            f"http://{registry}/v2/{name}/manifests/{spec.version}",
+            headers={"Accept": platform_index.INDEX_TYPE},
+            timeout=10,
+        )
+        assert got.headers["Content-Type"] == platform_index.INDEX_TYPE
+        assert f"sha256:{hashlib.sha256(got.content).hexdigest()}" == index_digest
+        entries = {m["platform"]["architecture"]: m for m in got.json()["manifests"]}
+        assert list(entries) == ["amd64", "arm64"]
+        for arch, entry in entries.items():
+            assert record["platforms"][arch] == f"{repo}@{entry['digest']}"
+        # Each pulled back into an engine without it (the index's digest names one local image
+        # at a time): the config, and so the image ID, is the one built. (The untagged amd64
+        # image went with its vehicle tag.)
+        for image in (amd, arm):
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                client.images.remove(image, force=True)
+        assert client.images.pull(record["reference"]).id == amd
+        client.images.remove(amd, force=True)
+        assert client.images.pull(record["reference"], platform="linux/arm64").id == arm
+        assert client.images.get(arm).attrs["Architecture"] == "arm64"
+        assert client.images.pull(record["platforms"]["amd64"]).id == amd
+        for vehicle in (f"{spec.version}-amd64", f"{spec.version}-arm64"):  # gone here
+            with pytest.raises(docker.errors.ImageNotFound):
+                client.images.get(f"{repo}:{vehicle}")
+        # arm64 not built: amd64 pushed alone, by its own digest, and the missing one named.
+        shutil.rmtree(dist / "arm64")
+        r = run_invoke(*args)
+        assert r.returncode == 0 and "arm64: no image built in" in r.stderr, r.stderr
+        record = json.loads(distnames.path(dist, spec, distnames.PUSH_RECORD).read_text())
+        assert record["platforms"] == {}
+        assert record["reference"] == f"{repo}@{entries['amd64']['digest']}"
+        # arm64 built from another lock than amd64 (a stale dist/arm64/): refused before any push.
+        client.images.pull(record["reference"])  # amd64's, gone again with its vehicle tag
+        made.append(_loaded_image(b"stale\n", "arm64", tmp_path, lock="0" * 64))
+        stale = made[-1]
+        _record(dist / "arm64", spec, stale)
+        r = run_invoke(*args)
+        assert r.returncode == 1 and "were built from different locks" in r.stderr, r.stderr
+        assert "push: " + repo not in r.stderr  # nothing pushed
+    finally:
+        for image in made:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                client.images.remove(image, force=True)
 
 
 def test_push_refuses_a_missing_or_edited_record(tmp_path: Path) -> None:

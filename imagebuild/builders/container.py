@@ -100,7 +100,7 @@ def final_config(r: Resolved, layers: list[Layer]) -> img.ImageConfig:
         "org.opencontainers.image.revision": _revision(spec),
         "org.opencontainers.image.created": rfc3339(lock.source_date_epoch),
         "org.opencontainers.image.base.digest": f"sha256:{layers[0].diff_id}",
-        "io.imagebuild.lock.sha256": lock.digest,
+        distnames.LOCK_LABEL: lock.digest,
         "io.imagebuild.spec": spec.path.name,
     }
     return img.ImageConfig(
