@@ -158,6 +158,9 @@ class Spec:
         return SpecError(self.where(path), path, message)
 
 
+TAG_MAX = 128  # Docker's limit on a tag
+
+
 def _cross_checks(spec: Spec, ctx: Context) -> None:
     """Rules that span fields; reported at the line of the field they blame."""
 
@@ -186,6 +189,14 @@ def _cross_checks(spec: Spec, ctx: Context) -> None:
             f"a registry base is one platform's image (pulled for {spec.base.architectures[0]}):"
             f" base.architectures {spec.base.architectures} needs the base built from the lock "
             "(remove base.image)",
+        )
+    if (foreign := spec.base.architectures[1:]) and len(spec.version) + max(
+        len(f"-{a}") for a in foreign
+    ) > TAG_MAX:
+        fail(
+            "version",
+            f"{len(spec.version)} characters: with base.architectures {spec.base.architectures} "
+            f"the image is also tagged VERSION-ARCH, which Docker limits to {TAG_MAX} characters",
         )
     if spec.gpu and "non-free" not in spec.base.components:
         fail("base.components", "gpu: needs the 'non-free' component for the NVIDIA driver")

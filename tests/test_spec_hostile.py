@@ -60,6 +60,14 @@ HOSTILE = [
     ("name", "ssh-hostkeys", "would replace imagebuild's own unit"),
     ("project_root", "/etc/ssh", "is inside the system folder /etc"),
     ("project_root", "/var/lib/docker/volumes", "is inside the system folder /var/lib/docker"),
+    # Written into the resolver's sources.list and apt options only after this check.
+    ("base.architectures", ["amd64", "arm64\n"], "control character"),
+    ("base.architectures", ["amd64", "arm64] trusted=yes"], "is not one of amd64, arm64"),
+    ("base.architectures", ["amd64", "../../etc"], "is not one of amd64, arm64"),
+    ("base.architectures", ["amd64", "/abs"], "is not one of amd64, arm64"),
+    ("base.architectures", ["amd64", 10**30], "must be a string"),
+    ("base.architectures", ["amd64", "arm64'"], "did you mean 'arm64'"),
+    ("base.architectures", "arm64", "must be a list"),
 ]
 
 
@@ -81,6 +89,15 @@ def _example(proj: Path, **fields: object) -> Path:
         _set(data, path, value)
     spec.write_text(yaml.safe_dump(data, sort_keys=False))
     return spec
+
+
+def test_a_version_too_long_for_another_architecture_s_tag(tmp_path: Path) -> None:
+    """VERSION-arm64 must still be a tag Docker takes: refused at `version`, before a build."""
+    fields = {"base.architectures": ["amd64", "arm64"], "version": "1" * 123}
+    spec = _example(tmp_path / "proj", **fields)
+    r = run_invoke("lock", "--spec", str(spec), "--cache-dir", str(tmp_path / "cache"))
+    assert r.returncode == 2 and f"{spec}:" in r.stderr and "version: 123 characters" in r.stderr
+    assert "limits to 128 characters" in r.stderr and not (tmp_path / "cache").exists()
 
 
 @pytest.mark.parametrize(
