@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -212,25 +213,27 @@ def pin_cid(vmdk: Path, seed: str) -> None:
     """qemu-img writes a random content ID (`CID=` in the VMDK's embedded descriptor, which
     VMware reads to pair a disk with its children, printed without leading zeros): one of 8 hex
     digits derived from `seed` instead, so the same disk gives the same VMDK. The descriptor is
-    NUL-padded text in its own sectors, not checksummed."""
+    NUL-terminated text in its own sectors (the header's desc_offset/desc_size), not
+    checksummed. The whole region is rewritten: qemu's own CID update (vmdk_write_cid) leaves
+    the old text's last bytes after the new terminator when the new CID prints shorter, so what
+    follows the text there is not zeros, and differs between runs (a CI failure, once in a few
+    hundred conversions)."""
     cid = hashlib.sha256(seed.encode()).hexdigest()[:8].encode()
     with vmdk.open("r+b") as f:
-        head = f.read(64 << 10)
-        start = head.find(b"# Disk DescriptorFile")
-        end = head.find(b"\0", start)
-        text = head[start:end]
+        header = f.read(512)
+        offset, sectors = struct.unpack_from("<QQ", header, 28) if len(header) == 512 else (0, 0)
+        f.seek(offset * 512)
+        region = f.read(sectors * 512) if header[:4] == b"KDMV" and 0 < sectors <= 128 else b""
+        text = region.split(b"\0", 1)[0]
         new, n = re.subn(rb"(?m)^CID=[0-9a-f]{1,8}$", b"CID=" + cid, text)
-        # the padding after the text must hold what the new one adds (at most 7 digits)
-        if start < 0 or n != 1 or head[end : end + 8] != bytes(8):
-            # what was there, so a rare failure (seen once in CI, not reproduced) says why
-            found = "no descriptor" if start < 0 else f"{n} CID lines in {text[:160]!r}"
-            after = head[end : end + 8] if start >= 0 else b""
+        if not text.startswith(b"# Disk DescriptorFile") or n != 1 or len(new) >= len(region):
+            found = f"{n} CID lines in {text[:160]!r}" if region else "no descriptor"
             raise tools.ToolError(
                 f"{vmdk}: no CID=<hex> line in its embedded descriptor ({found}; "
-                f"after it {after!r}, {vmdk.stat().st_size} bytes)"
+                f"{vmdk.stat().st_size} bytes)"
             )
-        f.seek(start)
-        f.write(new.ljust(len(text), b"\0"))
+        f.seek(offset * 512)
+        f.write(new.ljust(len(region), b"\0"))
 
 
 def _add(tar: tarfile.TarFile, path: Path, sde: int) -> None:
