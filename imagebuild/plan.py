@@ -69,7 +69,10 @@ def make_plan(project: Project, cache: Cache, dist: Path) -> Plan:
         plan.add(
             f"  {label:<11} {len(items):>4} items  {_mb(size):>10}  cached {len(have)}/{len(items)}"
         )
-    for arch in spec.base.architectures:
+    every = {
+        a: keying.compute(resolve(project.req, lock.for_arch(a))) for a in spec.base.architectures
+    }
+    for arch, arch_keys in every.items():
         view = lock.for_arch(arch)
         at = "" if arch == h["arch"] else f"{arch} "
         # Made, as every cache entry, under a temporary name and renamed once complete.
@@ -77,10 +80,10 @@ def make_plan(project: Project, cache: Cache, dist: Path) -> Plan:
             _state(cache.has(d.parent.name, d.name), "make") for d in source_dirs(cache, view)
         )
         plan.add(f"fetch     {at}apt repo shared: {shared}, vm: {vm}; wheelhouse: {wh}")
-        st = keying.compute(resolve(project.req, view)).stages
+        st = arch_keys.stages
         layers = " ".join(f"{n}:{_state(cache.has('stages', st[n]), 'build')}" for n in STAGES)
         plan.add(f"container {distnames.image_tag(spec, arch)}  layers {layers}")
-    keys = keying.compute(resolve(project.req, lock))
+    keys = every[h["arch"]]  # the VM is the host's
     state = "nothing to do" if up_to_date(dist, spec, keys.vm) else "packer build"
     plan.add(
         f"vm        {', '.join(spec.vm.formats)}; {spec.vm.cpus} vCPU, {spec.vm.memory_mb} MiB, "
