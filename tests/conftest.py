@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.server
 import json
 import os
@@ -282,3 +283,43 @@ def osv_export(folder: Path, out: Path, extra: dict[str, bytes] | None = None) -
         for name, data in (extra or {}).items():
             zf.writestr(name, data)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class AppChanged:
+    spec: Path  # a copy of the session's example with one app file changed, tagged local/ov
+    dist: Path
+    build_vm: subprocess.CompletedProcess[str]
+    changed_file: Path
+    packer_ran: bool  # a Packer log appeared while its VM was built
+
+
+@pytest.fixture(scope="session")
+def app_changed(
+    vm_built,
+    locked_example: Path,
+    cache_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    sign_key: Path,
+) -> AppChanged:
+    """The example with one app file changed, built as both artifacts after vm_built (so the VM
+    comes from the app overlay over vm_built's VM), its provenance signed with the key from the
+    environment. Checked by test_vm (how the VM was made) and verified by test_verify (one VM
+    boot for both)."""
+    root = tmp_path_factory.mktemp("app-changed")
+    shutil.copytree(locked_example.parent, root / "p")
+    spec_file = root / "p" / locked_example.name
+    # its own tag: the session's image stays the one the other tests verify
+    text = spec_file.read_text()
+    spec_file.write_text(text.replace("repository: local/onnx-serve", "repository: local/ov"))
+    assert spec_file.read_text() != text
+    init = root / "p" / "app" / "app" / "__init__.py"
+    init.write_text(init.read_text() + "# an app-only change\n")
+    dist, logs = root / "dist", cache_dir / "logs"
+    packer_logs = set(logs.glob("*.packer.log"))
+    args = ["--spec", str(spec_file), "--cache-dir", str(cache_dir), "--dist", str(dist)]
+    r = run_invoke("build-container", *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = build_vm(spec_file, cache_dir, dist, env={"IMAGEBUILD_SIGN_KEY": str(sign_key)})
+    assert r.returncode == 0, r.stderr[-4000:]
+    return AppChanged(spec_file, dist, r, init, set(logs.glob("*.packer.log")) != packer_logs)

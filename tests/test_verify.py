@@ -18,12 +18,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from imagebuild import checksums, provenance, vmboot
+from imagebuild import spec as specmod
 from imagebuild.builders.formats import FORMATS
 from imagebuild.cache import sha256_file
 from imagebuild.project import Project
+from imagebuild.verify import orphans
 from imagebuild.verify.filemeta import SPECIAL, SUMMARY, UNCHECKED
 from imagebuild.verify.items import items
-from tests.conftest import ROOT, TEMPLATE_RAN, TEMPLATED_ENV, run_invoke, serve_gcs
+from tests.conftest import ROOT, TEMPLATE_RAN, TEMPLATED_ENV, AppChanged, run_invoke, serve_gcs
 
 pytestmark = [pytest.mark.network, pytest.mark.engine, pytest.mark.vm]
 
@@ -41,20 +43,22 @@ def verify(spec: Path, dist: Path, *extra: str) -> subprocess.CompletedProcess[s
     return run_invoke("verify", "--spec", str(spec), "--dist", str(dist), *extra)
 
 
-def leftovers() -> list[str]:
-    """Anything verify may have started: containers, libvirt domains, QEMU processes."""
-    out = [
-        c.name
-        for c in docker.from_env().containers.list(
-            all=True, filters={"label": "io.imagebuild.verify"}
-        )
-    ]
+def _containers() -> list[str]:
+    label = {"label": orphans.CONTAINER_LABEL}
+    return [c.name for c in docker.from_env().containers.list(all=True, filters=label)]
+
+
+def _domains() -> list[str]:
     doms = subprocess.run(
         ["virsh", "-c", "qemu:///system", "list", "--name"], capture_output=True, text=True
     ).stdout
-    out += [d for d in doms.split() if d.startswith("imagebuild-verify")]
+    return [d for d in doms.split() if d.startswith("imagebuild-verify")]
+
+
+def leftovers() -> list[str]:
+    """Anything verify may have started: containers, libvirt domains, QEMU processes."""
     ps = subprocess.run(["pgrep", "-a", "qemu-system"], capture_output=True, text=True).stdout
-    return out + [ln for ln in ps.splitlines() if "imagebuild-verify" in ln]
+    return _containers() + _domains() + [ln for ln in ps.splitlines() if "imagebuild-verify" in ln]
 
 
 def public_pem(private: Path, dest: Path) -> Path:
@@ -83,26 +87,31 @@ def check_attestation(
 
 
 def test_verify_passes_on_the_built_example(
-    vm_built, locked_example: Path, sign_key: Path, tmp_path: Path
+    app_changed: AppChanged, sign_key: Path, tmp_path: Path
 ) -> None:
-    spec, dist, _ = vm_built
-    r = verify(locked_example, dist, "--sign-key", str(sign_key))
+    """The example as its users change it: one app file changed after a full build, so its VM
+    is the app overlay over the last one (test_vm checks how it was made). Every row passes.
+    (The full build's own rows are those the sabotage tests below leave passing: each allows
+    only the rows its sabotage names to fail.)"""
+    spec_file, dist = app_changed.spec, app_changed.dist
+    spec = specmod.load(spec_file)
+    r = verify(spec_file, dist, "--sign-key", str(sign_key))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     # The equivalence attestation: signed, both artifacts, PASSED; checked offline by the task,
     # and refused with another key or when the disk is not the one verified.
     statement = tmp_path / "equivalence.intoto.jsonl"
     shutil.copy(dist / "verify" / "equivalence.intoto.jsonl", statement)
     public = public_pem(sign_key, tmp_path / "pub.pem")
-    ok = check_attestation(locked_example, dist, statement, public)
+    ok = check_attestation(spec_file, dist, statement, public)
     assert ok.returncode == 0 and ": PASSED, " in ok.stdout, ok.stderr
     qcow2 = f"{spec.name}-{spec.version}.qcow2"
     assert f"{spec.repository}:{spec.version}, {qcow2}" in ok.stdout
     other = public_pem(_new_key(tmp_path / "other.pem"), tmp_path / "other.pub")
-    bad = check_attestation(locked_example, dist, statement, other)
+    bad = check_attestation(spec_file, dist, statement, other)
     assert bad.returncode == 1 and "not signed by key" in bad.stderr, bad.stderr
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / qcow2).write_bytes(b"another disk")
-    bad = check_attestation(locked_example, tmp_path / "d", statement, public)
+    bad = check_attestation(spec_file, tmp_path / "d", statement, public)
     assert bad.returncode == 1 and "the statement says" in bad.stderr, bad.stderr
     stmt = provenance.read_statement(statement)
     assert stmt["predicate"]["result"] == "PASSED" and not stmt["predicate"]["failedTests"]
@@ -457,6 +466,40 @@ def test_sigterm_stops_verify_within_seconds_and_leaves_nothing(
     assert "terminated (SIGTERM)" in err
     assert leftovers() == []
     assert {p for pattern in ours for p in tmp.glob(pattern)} == before
+
+
+def test_a_killed_verify_leaves_nothing_after_the_next_one(
+    vm_built, locked_example: Path, tmp_path: Path
+) -> None:
+    """kill -9 runs no clean-up: verify's libvirt domain, its containers and its work folder
+    stay. The next verify removes them before anything else and names them (here one that then
+    stops at a missing disk)."""
+    _, dist, _ = vm_built
+    tmp = Path(tempfile.gettempdir())
+    before = set(tmp.glob("imagebuild-verify-*"))
+    invoke = str(Path(sys.executable).with_name("invoke"))
+    argv = [invoke, "verify", "--spec", str(locked_example), "--dist", str(dist)]
+    proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "verify: VM boot to SSH" in line:
+                break
+        deadline = time.monotonic() + 60
+        while not _domains():
+            assert time.monotonic() < deadline and proc.poll() is None, "no domain started"
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    domains, containers = _domains(), _containers()
+    assert domains and containers and set(tmp.glob("imagebuild-verify-*")) - before
+    (tmp_path / "empty").mkdir()
+    r = verify(locked_example, tmp_path / "empty")
+    assert r.returncode == 1 and "removed what a killed verify left: " in r.stderr, r.stderr
+    for name in domains + containers:
+        assert name in r.stderr, name
+    assert leftovers() == [] and set(tmp.glob("imagebuild-verify-*")) == before
 
 
 def test_sha256sums_list_every_artifact_and_verify_checks_the_disk(

@@ -16,7 +16,7 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import docker
 import pytest
@@ -34,14 +34,13 @@ from imagebuild.project import Project
 from imagebuild.verify import hosts
 from imagebuild.vmboot import (
     Booted,
-    boot,
     debugfs_cat,
     free_port,
     image_info,
     make_key,
     partition_image,
 )
-from tests.conftest import ROOT, build_vm, changed, run_invoke, stamps, tree
+from tests.conftest import ROOT, AppChanged, build_vm, changed, run_invoke, stamps, tree
 
 pytestmark = [pytest.mark.network, pytest.mark.engine, pytest.mark.vm]
 
@@ -50,11 +49,91 @@ def _stem(spec: specmod.Spec) -> str:
     return f"{spec.name}-{spec.version}"
 
 
-@pytest.fixture(scope="module")
-def booted(vm_built, tmp_path_factory: pytest.TempPathFactory):
+CLOUD_USER = "clouduser"
+
+
+@pytest.fixture(scope="class")
+def clone(vm_built, tmp_path_factory: pytest.TempPathFactory):
+    """The qcow2 booted once as a libvirt or OpenStack user boots it: under libvirt, with a
+    NoCloud seed made by cloud-localds carrying a user, key and hostname made here; returned
+    once cloud-init is done, as (root over imagebuild's login credential, the seed's user). One
+    boot for every test that needs a running VM (each boot is ~25 s under TCG)."""
     spec, dist, _ = vm_built
-    with boot(dist / f"{_stem(spec)}.qcow2", tmp_path_factory.mktemp("boot")) as vm:
-        yield vm
+    tmp = tmp_path_factory.mktemp("clone")
+    key = make_key(tmp / "key")
+    iso = seed.nocloud(
+        tmp / "seed.iso",
+        instance_id="iid-clone-1",
+        hostname="clone-1",
+        cloud_config={"users": [seed.user(CLOUD_USER, Path(f"{key}.pub").read_text())]},
+    )
+    work = tmp / "vm"
+    disk = dist / f"{_stem(spec)}.qcow2"
+    with hosts.vm(disk, work, spec.vm.memory_mb, spec.vm.cpus, "libvirt", iso) as host:
+        url = urlsplit(host.url)
+        assert url.port is not None
+        serial = work / "serial.log"
+        root_key = Path(parse_qs(url.query)["ssh_identity_file"][0])
+        user = Booted(url.port, key, serial, 0.0, user=CLOUD_USER)
+        # cloud-init replaces the host keys and restarts sshd: nothing logs in before it is done
+        r = user.ssh("cloud-init status --wait | tail -1", timeout=600)
+        assert r.returncode == 0, r.stderr + serial.read_text()[-3000:]
+        yield Booted(url.port, root_key, serial, 0.0), user, r.stdout.split()
+
+
+@pytest.fixture(scope="class")
+def booted(clone) -> Booted:
+    return clone[0]
+
+
+class TestOneClone:
+    """The tests that need the VM running share one boot (`clone`), shut down after them."""
+
+    def test_vm_boots_and_runs_the_entrypoint_service(self, booted: Booted, vm_built) -> None:
+        spec, _, _ = vm_built
+        assert booted.ssh("systemctl is-active " + spec.service_name).stdout.strip() == "active"
+        unit = booted.ssh(f"systemctl show -p User -p ExecStart {spec.service_name}").stdout
+        assert f"User={spec.user}" in unit and "/usr/local/bin/imagebuild-entrypoint" in unit
+        out = booted.ssh(
+            f"runuser -u {spec.user} -- /usr/local/bin/imagebuild-entrypoint --version"
+        )
+        assert out.stdout.strip() == f"{spec.name} {spec.version}"
+        env = booted.ssh(f"systemctl show -p Environment {spec.service_name}").stdout
+        for k, v in spec.runtime_env.items():
+            assert f"{k}={v}" in env
+
+    def test_the_guest_reaches_nothing_but_its_forwarded_port(self, booted: Booted) -> None:
+        """QEMU user networking with restrict=on: a port listening on the host's loopback (what
+        the guest's 10.0.2.2 would reach) stays out of reach; only the SSH forward works."""
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen()
+            port = server.getsockname()[1]
+            probe = (
+                f"timeout 10 bash -c '</dev/tcp/10.0.2.2/{port}' && echo reached || echo blocked"
+            )
+            assert booted.ssh(probe).stdout.strip() == "blocked"
+
+    def test_container_and_vm_entrypoints_agree(self, vm_built, booted: Booted) -> None:
+        spec, _, _ = vm_built
+        cfg = docker.from_env().api.inspect_image(f"{spec.repository}:{spec.version}")["Config"]
+        wrapper = booted.ssh("cat /usr/local/bin/imagebuild-entrypoint").stdout
+        assert "exec " + " ".join(cfg["Entrypoint"]) in wrapper.replace("'", "")
+        assert " ".join(cfg["Cmd"]) in wrapper.replace("'", "")
+
+    def test_nocloud_seed_logs_in_its_user_on_a_clone(self, clone, vm_built) -> None:
+        """cloud-init creates the seed's user, SSH as that user works, the service runs, and
+        the seed's instance is the only one: the shipped image holds none of its own (Packer's
+        boot left none), so every clone is a first boot. (A second clone booted a second overlay
+        of the same bytes: nothing more to see; the disk's own /var/lib/cloud is also a hygiene
+        row of verify.)"""
+        spec, _, _ = vm_built
+        _, as_user, status = clone
+        assert status == ["status:", "done"]
+        probe = "id -un; hostname; ls /var/lib/cloud/instances; sudo -n systemctl is-active "
+        r = as_user.ssh(probe + spec.service_name)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == [CLOUD_USER, "clone-1", "iid-clone-1", "active"]
 
 
 def test_outputs_and_progress(vm_built) -> None:
@@ -114,37 +193,6 @@ def test_the_sbom_is_valid_cyclonedx_naming_the_disks_it_describes(vm_built) -> 
     assert deps[0] == {"name": "base disk", "digest": {"sha256": record["base_disk"]["sha256"]}}
     assert {p.basename for p in Project(spec).lock.vm} <= {d["name"] for d in deps}  # VM-only too
     assert json.loads((dist / f"{_stem(spec)}.vm.intoto.jsonl").read_text())["signatures"] == []
-
-
-def test_vm_boots_and_runs_the_entrypoint_service(booted: Booted, vm_built) -> None:
-    spec, _, _ = vm_built
-    assert booted.ssh("systemctl is-active " + spec.service_name).stdout.strip() == "active"
-    unit = booted.ssh(f"systemctl show -p User -p ExecStart {spec.service_name}").stdout
-    assert f"User={spec.user}" in unit and "/usr/local/bin/imagebuild-entrypoint" in unit
-    out = booted.ssh(f"runuser -u {spec.user} -- /usr/local/bin/imagebuild-entrypoint --version")
-    assert out.stdout.strip() == f"{spec.name} {spec.version}"
-    env = booted.ssh(f"systemctl show -p Environment {spec.service_name}").stdout
-    for k, v in spec.runtime_env.items():
-        assert f"{k}={v}" in env
-
-
-def test_the_guest_reaches_nothing_but_its_forwarded_port(booted: Booted) -> None:
-    """QEMU user networking with restrict=on: a port listening on the host's loopback (what
-    the guest's 10.0.2.2 would reach) stays out of reach; only the SSH forward works."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        port = server.getsockname()[1]
-        probe = f"timeout 10 bash -c '</dev/tcp/10.0.2.2/{port}' && echo reached || echo blocked"
-        assert booted.ssh(probe).stdout.strip() == "blocked"
-
-
-def test_container_and_vm_entrypoints_agree(vm_built, booted: Booted) -> None:
-    spec, _, _ = vm_built
-    cfg = docker.from_env().api.inspect_image(f"{spec.repository}:{spec.version}")["Config"]
-    wrapper = booted.ssh("cat /usr/local/bin/imagebuild-entrypoint").stdout
-    assert "exec " + " ".join(cfg["Entrypoint"]) in wrapper.replace("'", "")
-    assert " ".join(cfg["Cmd"]) in wrapper.replace("'", "")
 
 
 def test_image_has_no_build_traces(vm_built, tmp_path: Path) -> None:
@@ -251,36 +299,6 @@ def test_virt_v2v_reads_the_ova_as_the_spec_asked(vm_built) -> None:
     assert disks[0] == "0" and len(nics) == 1, r.stdout
 
 
-def test_nocloud_seed_logs_in_its_user_on_a_clone(vm_built, tmp_path: Path) -> None:
-    """The qcow2 as a libvirt or OpenStack user boots it: under libvirt, with a NoCloud seed made
-    by cloud-localds carrying a user, key and hostname made here. cloud-init creates the user,
-    SSH as that user works, the service runs, and the seed's instance is the only one: the
-    shipped image holds none of its own (Packer's boot left none), so every clone is a first
-    boot. (A second clone booted a second overlay of the same bytes: nothing more to see; the
-    disk's own /var/lib/cloud is also a hygiene row of verify.)"""
-    spec, dist, _ = vm_built
-    disk = dist / f"{_stem(spec)}.qcow2"
-    key, name = make_key(tmp_path / "key"), "clouduser"
-    iso = seed.nocloud(
-        tmp_path / "seed.iso",
-        instance_id="iid-clone-1",
-        hostname="clone-1",
-        cloud_config={"users": [seed.user(name, Path(f"{key}.pub").read_text())]},
-    )
-    work = tmp_path / "vm"
-    with hosts.vm(disk, work, spec.vm.memory_mb, spec.vm.cpus, "libvirt", iso) as host:
-        port = urlsplit(host.url).port
-        assert port is not None
-        as_user = Booted(port, key, work / "serial.log", 0.0, user=name)
-        probe = (
-            "id -un; hostname; cloud-init status --wait | tail -1; ls /var/lib/cloud/instances;"
-            f" sudo -n systemctl is-active {spec.service_name}"
-        )
-        r = as_user.ssh(probe, timeout=600)
-        assert r.returncode == 0, r.stderr + work.joinpath("serial.log").read_text()[-3000:]
-        assert r.stdout.split() == [name, "clone-1", "status:", "done", "iid-clone-1", "active"]
-
-
 def _libvirt_state(conn: Any) -> tuple[set[str], set[str], set[str]]:
     pool = conn.storagePoolLookupByName("default") if "default" in conn.listStoragePools() else None
     volumes = set(pool.listVolumes()) if pool is not None else set()
@@ -336,40 +354,26 @@ def test_vagrant_up_boots_the_box_with_a_plain_vagrantfile(vm_built, tmp_path: P
 
 
 def test_an_app_change_is_written_over_the_last_vm_without_packer(
-    vm_built, locked_example: Path, cache_dir: Path, tmp_path: Path, sign_key: Path
+    app_changed: AppChanged, cache_dir: Path, tmp_path: Path, sign_key: Path
 ) -> None:
     """One changed app file: build-vm writes the new app files over the VM built before (kept
     under the key of the VM but its app) instead of a new base disk and a Packer boot; the
-    result holds the new file, and verify finds it the container's twin. Its provenance is
-    signed with the key from the environment and names what the VM was made from."""
-    shutil.copytree(locked_example.parent, tmp_path / "p")
-    spec_file = tmp_path / "p" / locked_example.name
-    # its own tag: the session's image stays the one the other tests verify
-    text = spec_file.read_text()
-    spec_file.write_text(text.replace("repository: local/onnx-serve", "repository: local/ov"))
-    assert spec_file.read_text() != text
-    init = tmp_path / "p" / "app" / "app" / "__init__.py"
-    init.write_text(init.read_text() + "# an app-only change\n")
-    dist, logs = tmp_path / "dist", cache_dir / "logs"
-    packer_logs = set(logs.glob("*.packer.log"))
-    args = ["--spec", str(spec_file), "--cache-dir", str(cache_dir), "--dist", str(dist)]
-    assert run_invoke("build-container", *args).returncode == 0
-    keyed = {"IMAGEBUILD_SIGN_KEY": str(sign_key)}
-    r = build_vm(spec_file, cache_dir, dist, env=keyed)
-    assert r.returncode == 0, r.stderr[-4000:]
+    result holds the new file (test_verify_passes_on_the_built_example verifies it against its
+    container). Its provenance is signed with the key from the environment and names what the
+    VM was made from."""
+    r, dist = app_changed.build_vm, app_changed.dist
     assert "build-vm: app overlay: done" in r.stderr and "packer build" not in r.stderr
-    assert set(logs.glob("*.packer.log")) == packer_logs  # Packer never ran
-    spec = specmod.load(spec_file)
+    assert not app_changed.packer_ran
+    spec = specmod.load(app_changed.spec)
     part = partition_image(dist / f"{_stem(spec)}.qcow2", tmp_path)
-    assert debugfs_cat(part, "/opt/app/app/__init__.py") == init.read_bytes()
+    assert debugfs_cat(part, "/opt/app/app/__init__.py") == app_changed.changed_file.read_bytes()
     part.unlink()
     # Built again, nothing changed: no base disk is made for it (the overlay needed none).
     before = stamps(dist, cache_dir / "disks", cache_dir / "vms")
-    again = build_vm(spec_file, cache_dir, dist, env=keyed)
+    keyed = {"IMAGEBUILD_SIGN_KEY": str(sign_key)}
+    again = build_vm(app_changed.spec, cache_dir, dist, env=keyed)
     assert again.returncode == 0 and "vm: nothing changed" in again.stdout, again.stderr[-2000:]
     assert changed(before, stamps(dist, cache_dir / "disks", cache_dir / "vms")) == set()
-    v = run_invoke("verify", "--spec", str(spec_file), "--dist", str(dist))
-    assert v.returncode == 0, v.stdout[-3000:] + v.stderr[-3000:]
     envelope = dist / f"{_stem(spec)}.vm.intoto.jsonl"
     signer = signing.load(str(sign_key))
     assert signer is not None

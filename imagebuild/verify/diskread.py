@@ -151,12 +151,16 @@ class DiskReading:
 
 
 @contextlib.contextmanager
-def disk_reading(disk: Path | None, want: dict[str, Any]) -> Iterator[DiskReading | None]:
-    """Start reading `disk` (None: nothing to read); `want`: the digest script's argument."""
+def disk_reading(
+    disk: Path | None, want: dict[str, Any], under: Path | None = None
+) -> Iterator[DiskReading | None]:
+    """Start reading `disk` (None: nothing to read); `want`: the digest script's argument; its
+    copy of the partition in a folder under `under` (verify's work folder: a killed verify's is
+    removed with it)."""
     if disk is None:
         yield None
         return
-    with tempfile.TemporaryDirectory(prefix="imagebuild-disk-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="imagebuild-disk-", dir=under) as tmp:
         reading = DiskReading(disk, Path(tmp), want)
         try:
             yield reading

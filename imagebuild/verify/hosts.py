@@ -30,6 +30,7 @@ import docker.errors
 from imagebuild import progress, vmboot
 from imagebuild.engine import engine
 from imagebuild.errors import ImageBuildError
+from imagebuild.verify import orphans
 
 
 class HostError(ImageBuildError):
@@ -48,9 +49,10 @@ class Host:
 
 
 @contextlib.contextmanager
-def container(ref: str, service: bool = False) -> Iterator[Host]:
+def container(ref: str, work: Path, service: bool = False) -> Iterator[Host]:
     """With `service`, a second container runs the image as it ships (its own ENTRYPOINT + CMD,
-    still `--network none`): verify requests the app's port inside it."""
+    still `--network none`): verify requests the app's port inside it. Both are labelled with
+    verify's work folder (orphans: a killed verify's are removed by the next)."""
     client = engine()
     try:
         image = client.images.get(ref)
@@ -60,7 +62,7 @@ def container(ref: str, service: bool = False) -> Iterator[Host]:
         ) from None
     start = time.monotonic()
     name = f"imagebuild-verify-{uuid.uuid4().hex[:8]}"
-    labels = {"io.imagebuild.verify": "1"}
+    labels = {orphans.CONTAINER_LABEL: str(work)}
     started = []
     try:
         if service:

@@ -20,7 +20,7 @@ from imagebuild.builders.formats import filename
 from imagebuild.cache import default_root
 from imagebuild.errors import ImageBuildError
 from imagebuild.project import Project
-from imagebuild.verify import attestation, filebytes, hosts, vmdisk
+from imagebuild.verify import attestation, filebytes, hosts, orphans, vmdisk
 from imagebuild.verify.diskread import DiskReading, disk_reading
 
 if TYPE_CHECKING:
@@ -140,20 +140,26 @@ def verify(
     artifact = (vm_disk or dist / qcow2).resolve()
     out_dir = dist / "verify"
     seconds: dict[str, float] = {}
+    orphans.sweep(libvirt_uri)
     with (
-        tempfile.TemporaryDirectory(prefix="imagebuild-verify-") as tmp,
+        tempfile.TemporaryDirectory(prefix=orphans.WORK_PREFIX) as tmp,
         contextlib.ExitStack() as up,
     ):
         work = Path(tmp)
+        orphans.claim(work)
         if (dist / checksums.NAME).is_file() and artifact.parent == dist.resolve():
             with progress.stage("verify: SHA256SUMS", artifact.name):
                 if problems := checksums.check(dist, [artifact]):
                     raise VerifyFailed("; ".join(problems) + " (rebuild it, or pass --vm)")
         disk = _vm_disk(artifact, work / "disk", artifact.with_name(qcow2), spec.vm.disk_gb)
         # Read on this host beside the boot: the disk's hygiene and file contents (diskread).
-        reading = up.enter_context(disk_reading(disk.bootable, filebytes.argument(spec)))
+        reading = up.enter_context(
+            disk_reading(disk.bootable, filebytes.argument(spec), under=work)
+        )
         with progress.stage("verify: container up", f"{ref}, --network none") as st:
-            c = up.enter_context(hosts.container(ref, service=spec.verify.service is not None))
+            c = up.enter_context(
+                hosts.container(ref, work, service=spec.verify.service is not None)
+            )
             seconds["container start"] = c.seconds
             st["note"] = c.url
         with progress.stage("verify: VM boot to SSH", f"{disk.bootable} ({disk.hardware})") as st:
