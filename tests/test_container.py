@@ -440,15 +440,20 @@ def test_ctrl_c_during_a_stage_leaves_nothing(
     assert not list(cache_dir.glob("imagebuild-*")) and not list(cache_dir.glob("stages/.*"))
 
 
-def test_exported_blobs_build_the_same_image_without_the_network(
+def test_exported_blobs_build_the_same_image_without_the_network_two_at_once(
     built, locked_example: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
     """`fetch --export` then `--import` into an empty cache with every download blocked (proxy
-    on a closed port): nothing is fetched, and the cold build, in another caller's environment,
-    with stage changes read from the engine's upper dirs, gives the same image ID."""
+    on a closed port): nothing is fetched. A CI cancel during the cold build's mmdebstrap leaves
+    nothing mounted. Then two cold builds of the spec started together on that cache, in another
+    caller's environment, the image removed from the engine: one waits for the other (saying
+    so), both succeed with the session build's image ID, nothing corrupt in the cache. The one
+    that builds reads its stages' changes through the engine's API (`docker diff`: what a remote
+    engine gets): the same bits as the upper dirs the session's first, cold build read."""
     spec, _, first_run = built
-    # else the build would take the API path and the upper dirs' clean rebuild go untested
+    # else the session's build would have taken the API path and the upper dirs' gone untested
     assert local_overlay(docker.from_env()), "this engine's upper dirs are not readable"
+    assert "stage changes read from its overlay upper dirs" in first_run.stderr
     archive = tmp_path / "blobs.tar"
     args = ["--spec", str(locked_example)]
     r = run_invoke("fetch", *args, "--cache-dir", str(cache_dir), "--export", str(archive))
@@ -461,14 +466,16 @@ def test_exported_blobs_build_the_same_image_without_the_network(
     assert r.returncode == 0, r.stderr
     assert "fetched 0 (0.0 MB)" in r.stdout and "imported " in r.stdout
     # the image must not be in the engine for the cold build (another test may have removed it)
+    ref = f"{spec.repository}:{spec.version}"
     with contextlib.suppress(docker.errors.ImageNotFound):
-        docker.from_env().images.remove(f"{spec.repository}:{spec.version}", force=True)
-    build = ["build-container", *args, "--cache-dir", cache, "--dist", str(tmp_path / "d")]
+        docker.from_env().images.remove(ref, force=True)
+    invoke = str(Path(sys.executable).with_name("invoke"))
+    build = [invoke, "build-container", *args, "--cache-dir", cache]
     # First a CI cancel (SIGTERM) while mmdebstrap has its chroot's /proc, /sys, /dev mounted:
     # it gets to unmount them and remove its temp folder before the build exits.
     temp_before = set(Path("/tmp").glob("mmdebstrap.*"))
     proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("invoke")), *build],
+        [*build, "--dist", str(tmp_path / "d")],
         env={**os.environ, **blocked},
         text=True,
         stdout=subprocess.DEVNULL,
@@ -482,11 +489,25 @@ def test_exported_blobs_build_the_same_image_without_the_network(
     assert proc.communicate(timeout=120)[1] and proc.returncode == 143
     assert mmdebstrap_mounts() == [] and set(Path("/tmp").glob("mmdebstrap.*")) == temp_before
     hostile, flip = _hostile_caller()
-    r = run_invoke(*build, env={**blocked, **hostile}, prefix=flip)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "stage changes read from its overlay upper dirs" in r.stderr, r.stderr[-3000:]
-    ref = f"{spec.repository}:{spec.version}"
-    assert image_id(r.stdout) == image_id(first_run.stdout) == inspect(ref)["Id"]
+    env = {**os.environ, **blocked, "IMAGEBUILD_ENGINE_DIFF": "1", **hostile}
+    procs = [
+        subprocess.Popen(
+            [*flip, *build, "--dist", str(tmp_path / f"dist{n}")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for n in (1, 2)
+    ]
+    outs = [p.communicate(timeout=1200) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    first = image_id(first_run.stdout)
+    assert image_id(outs[0][0]) == image_id(outs[1][0]) == first == inspect(ref)["Id"]
+    assert any("waiting for imagebuild build-container (pid" in err for _, err in outs)
+    # the one that built said which path it took; neither read the upper dirs
+    assert any("stage changes read through its API" in err for _, err in outs), outs[0][1]
+    assert not any("overlay upper dirs" in err for _, err in outs)
 
 
 def test_import_refuses_bytes_that_are_not_what_the_lock_says(
@@ -509,53 +530,6 @@ def test_import_refuses_bytes_that_are_not_what_the_lock_says(
     assert (
         not (tmp_path / "outside").exists() and not Cache(cache).blob(lk.shared[0].sha256).exists()
     )
-
-
-def test_two_clean_builds_at_once_give_the_same_image_id_through_the_engine_api(
-    built, locked_example: Path, cache_dir: Path, tmp_path: Path
-) -> None:
-    """Two cold builds of one spec started together on one cache, in another caller's
-    environment, the image removed from the engine: one waits for the other (saying so), both
-    succeed with the session build's image ID, nothing corrupt in the cache. The one that builds
-    reads its stages' changes through the engine's API (`docker diff`: what a remote engine
-    gets): the same bits as the upper dirs the session's build read (the upper-dir path's clean
-    rebuild is test_exported_blobs_build_the_same_image_without_the_network's)."""
-    spec, _, first_run = built
-    ref = f"{spec.repository}:{spec.version}"
-    cache = tmp_path / "cache"
-    shutil.copytree(cache_dir, cache, ignore=shutil.ignore_patterns("stages", "disks", "logs"))
-    with contextlib.suppress(docker.errors.ImageNotFound):  # another test may have removed it
-        docker.from_env().images.remove(ref, force=True)
-    hostile, flip = _hostile_caller()
-    invoke = str(Path(sys.executable).with_name("invoke"))
-    procs = [
-        subprocess.Popen(
-            [
-                *flip,
-                invoke,
-                "build-container",
-                "--spec",
-                str(locked_example),
-                "--cache-dir",
-                str(cache),
-                "--dist",
-                str(tmp_path / f"dist{n}"),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "IMAGEBUILD_ENGINE_DIFF": "1", **hostile},
-        )
-        for n in (1, 2)
-    ]
-    outs = [p.communicate(timeout=1200) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
-    first = image_id(first_run.stdout)
-    assert image_id(outs[0][0]) == image_id(outs[1][0]) == first == inspect(ref)["Id"]
-    assert any("waiting for imagebuild build-container (pid" in err for _, err in outs)
-    # the one that built said which path it took; neither read the upper dirs
-    assert any("stage changes read through its API" in err for _, err in outs), outs[0][1]
-    assert not any("overlay upper dirs" in err for _, err in outs)
 
 
 def test_leftovers_of_a_killed_build_are_removed_by_the_next_run(
