@@ -33,6 +33,16 @@ def processes() -> list[tuple[int, str]]:
     return out
 
 
+def start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks after boot, proc(5) stat field 22): with the pid,
+    who it is (a pid is reused, its start time not); None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # after the command name, which may hold spaces
+
+
 def stop_processes(marks: list[str], programs: tuple[str, ...] = PROGRAMS) -> list[str]:
     """SIGKILL every process running one of `programs` whose command line names one of `marks`
     (a build's own scratch paths: nothing of another build matches); returns `PID (program)`.

@@ -69,18 +69,16 @@ def make_plan(project: Project, cache: Cache, dist: Path) -> Plan:
         plan.add(
             f"  {label:<11} {len(items):>4} items  {_mb(size):>10}  cached {len(have)}/{len(items)}"
         )
-    every = {
-        a: keying.compute(resolve(project.req, lock.for_arch(a))) for a in spec.base.architectures
-    }
-    for arch, arch_keys in every.items():
-        view = lock.for_arch(arch)
+    views = {a: lock.for_arch(a) for a in spec.base.architectures}
+    every = {a: keying.compute(resolve(project.req, view)) for a, view in views.items()}
+    for arch, view in views.items():
         at = "" if arch == h["arch"] else f"{arch} "
         # Made, as every cache entry, under a temporary name and renamed once complete.
         shared, vm, wh = (
             _state(cache.has(d.parent.name, d.name), "make") for d in source_dirs(cache, view)
         )
         plan.add(f"fetch     {at}apt repo shared: {shared}, vm: {vm}; wheelhouse: {wh}")
-        st = arch_keys.stages
+        st = every[arch].stages
         layers = " ".join(f"{n}:{_state(cache.has('stages', st[n]), 'build')}" for n in STAGES)
         plan.add(f"container {distnames.image_tag(spec, arch)}  layers {layers}")
     keys = every[h["arch"]]  # the VM is the host's

@@ -134,8 +134,9 @@ def _parse(stamp: str) -> float:
 
 def _process_age() -> float:
     """Seconds since this process started (its start time in /proc, in clock ticks since boot)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    started = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+    from imagebuild.leftovers import start_time
+
+    started = int(start_time(os.getpid()) or 0) / os.sysconf("SC_CLK_TCK")
     return float(Path("/proc/uptime").read_text().split()[0]) - started
 
 

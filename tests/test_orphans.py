@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from imagebuild import leftovers
 from imagebuild.verify import orphans
 
 URI = "test:///default"  # libvirt's own test driver: no daemon, none of its domains is ours
@@ -30,7 +31,7 @@ def _folder(tmp: Path, name: str, owner: str | None) -> Path:
 def _gone_owner() -> str:
     """The owner line of a process that has exited (its start time read while it ran)."""
     proc = subprocess.Popen(["sleep", "30"])
-    start = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    start = leftovers.start_time(proc.pid)
     proc.kill()
     proc.wait()
     return f"{proc.pid} {start}\n"
@@ -75,4 +76,4 @@ def test_this_process_is_its_own_owner() -> None:
     assert me is not None
     pid, start = me.split()
     assert int(pid) > 1 and start.isdigit()
-    assert orphans._start_time(int(pid)) == start
+    assert leftovers.start_time(int(pid)) == start

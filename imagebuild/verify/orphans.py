@@ -21,17 +21,8 @@ OWNER = ".owner"  # in the work folder: "PID START"
 CONTAINER_LABEL = "io.imagebuild.verify"  # on verify's containers: their work folder
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time (clock ticks after boot, proc(5) stat field 22), None if gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]  # after the command name, which may hold spaces
-
-
 def me() -> str | None:
-    start = _start_time(os.getpid())
+    start = leftovers.start_time(os.getpid())
     return f"{os.getpid()} {start}" if start else None
 
 
@@ -48,7 +39,7 @@ def _dead(work: Path) -> bool:
     verify that has only just made its folder, or one of another version), so left alone."""
     try:
         pid, start = (work / OWNER).read_text().split()
-        return _start_time(int(pid)) != start
+        return leftovers.start_time(int(pid)) != start
     except (OSError, ValueError):
         return False
 
@@ -60,9 +51,9 @@ def _containers(folders: list[Path]) -> list[str]:
         found = docker.from_env().containers.list(all=True, filters={"label": CONTAINER_LABEL})
     except Exception:  # no engine here: nothing of a verify's can be running in it
         return []
-    gone = []
+    gone, dead = [], {str(f) for f in folders}
     for c in found:
-        if c.labels.get(CONTAINER_LABEL) in {str(f) for f in folders}:
+        if c.labels.get(CONTAINER_LABEL) in dead:
             with contextlib.suppress(Exception):
                 c.remove(force=True)
                 gone.append(f"container {c.name}")
