@@ -272,11 +272,11 @@ def build_container(
 
     p = Project.named(spec)
     arches = _arches(p.spec, arch)
-    found = _scan_first(p, scan, fail_on, max_db_age)
+    found = _scan_first(p, scan, fail_on, max_db_age, arches)
     remote = (cache_from, cache_to, cache_required, cache_push)
     with _prepare(p, cache_dir, "build-container", remote, dist, sign_key, arches) as every:
         made = [container.build(i, distnames.arch_dir(Path(dist), i.lock.arch)) for i in every]
-        if found and HOST_ARCH in arches:  # beside the host's image: the gate reads its sections
+        if found:  # beside each architecture's image, of its own lock section
             _write_scan(found, p, dist, every[0].signer, (distnames.CONTAINER_PROVENANCE,))
     _say_registry(every[0])
     print("\n".join(r.render() for r in made))
@@ -290,6 +290,8 @@ def build_container(
     on_error="cleanup (default) or abort: keep the failed VM and its disk, as Packer's "
     "-on-error=abort.",
     aws_region="--target ami: AWS region (default vm.ami.region).",
+    arch="The VM's architecture, one of base.architectures (default: this host's; another one "
+    "is booted under full-system emulation and written to DIST/ARCH/).",
     shared=BUILD_HELP,
     iterable=("scan",),
 )
@@ -301,6 +303,7 @@ def build_vm(
     target="qemu",
     on_error="cleanup",
     aws_region=None,
+    arch=None,
     cache_from=None,
     cache_to=None,
     cache_required=False,
@@ -317,7 +320,8 @@ def build_vm(
     options = Options(on_error, aws_region)
     OptionError.check(*options.problems(target))
     p = Project.named(spec)
-    if problems := spec_problems(target, p.spec):
+    arches = _arches(p.spec, arch or HOST_ARCH)
+    if problems := spec_problems(target, p.spec, arches[0]):
         raise SpecError.many(problems)
     stock = target == "ami" and p.spec.vm.ami is not None and p.spec.vm.ami.method == "stock"
     OptionError.check(
@@ -326,10 +330,10 @@ def build_vm(
         and "--scan: a stock AMI (vm.ami.method: stock) is built on AWS, from another image: "
         "nothing built here to write the findings beside; run `invoke scan` instead"
     )
-    found = _scan_first(p, scan, fail_on, max_db_age)
+    found = _scan_first(p, scan, fail_on, max_db_age, arches)
     remote = (cache_from, cache_to, cache_required, cache_push)
-    with _prepare(p, cache_dir, "build-vm", remote, dist, sign_key) as (inputs,):
-        r = TARGETS[target](inputs, Path(dist), options)
+    with _prepare(p, cache_dir, "build-vm", remote, dist, sign_key, arches) as (inputs,):
+        r = TARGETS[target](inputs, distnames.arch_dir(Path(dist), arches[0]), options)
         if found:
             kinds = (distnames.VM_PROVENANCE, distnames.AMI_PROVENANCE)
             _write_scan(found, p, dist, inputs.signer, kinds)
@@ -355,6 +359,9 @@ def build_vm(
     "disk in DIST (or --vm): signature (--public-key), both digests, and that it says PASSED.",
     public_key="With --attestation: the PEM public key (ed25519 or ECDSA P-256) it must be "
     "signed with.",
+    arch="The architecture to verify, one of base.architectures (default: this host's): its "
+    "image (REPOSITORY:VERSION-ARCH), its VM and report in DIST/ARCH/, both against its own lock "
+    "section; another than this host's runs under emulation (the VM under plain QEMU).",
 )
 def verify(
     c,
@@ -369,6 +376,7 @@ def verify(
     sign_key=None,
     attestation=None,
     public_key=None,
+    arch=None,
 ):
     """Prove the container and the VM are the same where it matters: one testinfra suite over
     docker:// and ssh://, a parity table, report.json + junit.xml and a (signed) equivalence
@@ -389,11 +397,12 @@ def verify(
         (problem := local_uri_problem(libvirt_uri)) and f"--libvirt-uri: {problem}",
     )
     p = Project.named(spec)
+    (one,) = _arches(p.spec, arch or HOST_ARCH)
     p.check()  # a stale lock is refused before anything boots
     with distlock.exclusive(Path(dist), "verify"):
         r = verifying.verify(
-            p,
-            Path(dist),
+            p.for_arch(one),
+            distnames.arch_dir(Path(dist), one),
             container,
             Path(vm) if vm else None,
             backend,
@@ -430,6 +439,8 @@ def _check_attestation(statement: str, public_key: str, dist: Path, vm: Path | N
     "NAME-VERSION.scan.intoto.jsonl (the findings as an in-toto vulns statement about them, "
     "signed with --sign-key; push attaches it).",
     sign_key=signing.HELP.replace("the provenance", "the scan's statement (with --dist)"),
+    arch="The lock section to scan, one of base.architectures (default: this host's); with "
+    "--dist, its findings go beside that architecture's artifacts (DIST/ARCH/).",
 )
 def scan(
     c,
@@ -440,6 +451,7 @@ def scan(
     vex=None,
     dist=None,
     sign_key=None,
+    arch=None,
 ):
     """The offline CVE gate: every locked .deb (by source package, Debian's version order) and
     wheel (PEP 440) against the --db files; prints each finding (package, installed, fixed in,
@@ -451,50 +463,56 @@ def scan(
     )
     signer = signing.load(sign_key) if dist else None
     p = Project.named(spec)
-    r = scanning.run(p.lock, [Path(d) for d in db], int(max_db_age))
+    (one,) = _arches(p.spec, arch or HOST_ARCH)
+    lock = p.for_arch(one).lock
+    r = scanning.run(lock, [Path(d) for d in db], int(max_db_age))
     print(r.render())
     if vex:
         from imagebuild import sbom
         from imagebuild.cache import atomic_file
 
         with atomic_file(Path(vex)) as tmp:
-            tmp.write_text(sbom.vex(r, p.lock))
+            tmp.write_text(sbom.vex(r, lock))
         print(f"vex: {vex}")
     if dist:
         with distlock.exclusive(Path(dist), "scan"):
-            _write_scan(r, p, dist, signer)
+            _write_scan({one: r}, p, dist, signer)
     scanning.gate(r, fail_on)
 
 
 def _scan_first(
-    p: Project, dbs: list[str], fail_on: str | None, max_db_age: Any
-) -> scanning.Report | None:
-    """A build's --scan: the lock scanned before anything runs; --fail-on stops it there."""
+    p: Project, dbs: list[str], fail_on: str | None, max_db_age: Any, arches: Sequence[str]
+) -> dict[str, scanning.Report]:
+    """A build's --scan: each built architecture's lock section scanned before anything runs;
+    --fail-on stops it there (after every one is printed)."""
     if not dbs:
         OptionError.check(fail_on and "--fail-on: only with --scan")
-        return None
+        return {}
     OptionError.check(*scanning.option_problems(dbs, fail_on, max_db_age, "--scan"))
-    r = scanning.run(p.lock, [Path(d) for d in dbs], int(max_db_age))
-    print(r.render())
-    scanning.gate(r, fail_on)
-    return r
+    found = {}
+    for arch in arches:
+        found[arch] = scanning.run(p.for_arch(arch).lock, [Path(d) for d in dbs], int(max_db_age))
+        print(found[arch].render())
+    for r in found.values():
+        scanning.gate(r, fail_on)
+    return found
 
 
 def _write_scan(
-    report: scanning.Report,
+    reports: Mapping[str, scanning.Report],
     p: Project,
     dist: str,
     signer: Signer | None,
     kinds: tuple[str, ...] | None = None,
 ) -> None:
-    """The scan's files beside the artifacts (`kinds`: of those provenance suffixes; all)."""
+    """Each architecture's findings beside its artifacts (DIST, another's DIST/ARCH/;
+    `kinds`: of those provenance suffixes; all)."""
     from imagebuild import scan_outputs
 
-    written = scan_outputs.write(
-        report, p.lock, p.spec, Path(dist), signer, kinds or scan_outputs.ALL
-    )
-    for path in written:
-        print(f"wrote {path}")
+    for arch, report in reports.items():
+        lock, to = p.for_arch(arch).lock, distnames.arch_dir(Path(dist), arch)
+        for path in scan_outputs.write(report, lock, p.spec, to, signer, kinds or scan_outputs.ALL):
+            print(f"wrote {path}")
 
 
 @cli(

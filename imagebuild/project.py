@@ -3,6 +3,7 @@ and its lock, checked fresh on first use. `all` hands the one it loaded to each 
 
 from __future__ import annotations
 
+import copy
 from functools import cached_property
 
 from imagebuild import lock as locking
@@ -26,6 +27,13 @@ class Project:
     def lock(self) -> locking.Lock:
         """The spec's lock, refused when stale (StaleLockError names every difference)."""
         return locking.load_fresh(self.req)
+
+    def for_arch(self, arch: str) -> Project:
+        """The project as a build of `arch` reads it: its lock is that section's view
+        (Lock.for_arch), checked fresh as the file's."""
+        view = copy.copy(self)
+        view.__dict__["lock"] = self.lock.for_arch(arch)
+        return view
 
     def check(self) -> locking.Lock:
         """The lock, read and checked now: a stale one is refused before anything runs."""

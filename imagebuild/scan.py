@@ -14,6 +14,7 @@ from typing import Any
 
 from imagebuild.errors import ImageBuildError
 from imagebuild.lock import DebPackage, Lock
+from imagebuild.spec_sections import HOST_ARCH
 from imagebuild.vulndb import Advisory, Affected, Database
 
 SEVERITIES = ("unknown", "low", "medium", "high", "critical")  # --fail-on's order
@@ -53,6 +54,7 @@ class Report:
     installed: tuple[Installed, ...]
     findings: tuple[Finding, ...]
     unreadable: tuple[str, ...]  # advisories with a range whose versions do not parse
+    arch: str = HOST_ARCH  # the lock section scanned (base.architectures)
 
     def at_least(self, severity: str) -> list[Finding]:
         floor = SEVERITIES.index(severity)
@@ -60,8 +62,9 @@ class Report:
 
     def render(self) -> str:
         debs = [i for i in self.installed if i.ecosystem != PYPI]
+        section = "" if self.arch == HOST_ARCH else f" {self.arch}'s lock section:"
         lines = [
-            f"scan: {len(debs)} Debian source packages "
+            f"scan:{section} {len(debs)} Debian source packages "
             f"({sum(len(i.rows) for i in debs)} .debs) and "
             f"{len(self.installed) - len(debs)} wheels against "
             + ", ".join(
@@ -229,7 +232,7 @@ def scan(lock: Lock, db: Database) -> Report:
             if hit:
                 findings.append(Finding(p, adv, severity(adv, a), fixed))
     findings.sort(key=lambda f: (-SEVERITIES.index(f.severity), f.installed.name, f.advisory.id))
-    return Report(db, tuple(packages), tuple(findings), tuple(sorted(unreadable)))
+    return Report(db, tuple(packages), tuple(findings), tuple(sorted(unreadable)), lock.arch)
 
 
 def too_old(db: Database, max_days: int, now: datetime.datetime) -> str:

@@ -101,7 +101,8 @@ class Base:
             "Debian architectures to lock and build, amd64 first (this host's): `[amd64, arm64]` "
             "adds an arm64 section of every OS closure and wheel to the lock, fetched and "
             "exported with it, and `build-container` builds the arm64 image too (under "
-            "qemu-user emulation, into DIST/arm64/). The VM is built for amd64 only so far.",
+            "qemu-user emulation, into DIST/arm64/); `build-vm --arch arm64` makes its UEFI VM "
+            "(qcow2, raw, vhd; booted under TCG) and `verify --arch arm64` checks the two.",
             architectures,
             one_of(*ARCHITECTURES),
         ),

@@ -20,6 +20,7 @@ from pathlib import Path
 from imagebuild import tools
 from imagebuild.diskimage import info as image_info
 from imagebuild.errors import ImageBuildError
+from imagebuild.machines import HOST, Machine
 
 
 class BootError(ImageBuildError):
@@ -117,8 +118,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def probe_accelerator() -> tuple[str, str]:
+def probe_accelerator(arch: str = HOST.arch) -> tuple[str, str]:
     """KVM only where it can really run a guest; else TCG. $IMAGEBUILD_ACCEL overrides."""
+    if arch != HOST.arch:
+        return "tcg", f"an {arch} guest on this {HOST.arch} host: full-system emulation"
     forced = os.environ.get("IMAGEBUILD_ACCEL")
     if forced in ("kvm", "tcg"):
         return forced, "forced by IMAGEBUILD_ACCEL"
@@ -151,11 +154,6 @@ def probe_accelerator() -> tuple[str, str]:
     finally:
         probe.kill()
         probe.wait()
-
-
-def accel_args(accel: str) -> list[str]:
-    # TCG's default CPU lacks SSE4.2/AVX, which numpy and onnxruntime wheels need.
-    return ["-machine", f"pc,accel={accel}", "-cpu", "host" if accel == "kvm" else "max"]
 
 
 def _opt(path: Path) -> str:
@@ -216,6 +214,7 @@ def boot(
     keep: bool = False,
     hardware: Hardware = VIRTIO,
     extra: Sequence[str] = (),
+    machine: Machine = HOST,
 ) -> Iterator[Booted]:
     """Boot `disk` on an overlay; with `keep`, power the guest off cleanly at the end and leave
     the overlay (workdir/overlay.qcow2, backed by `disk`) as a modified copy. `extra`: more
@@ -223,10 +222,10 @@ def boot(
     key, disk_overlay = make_key(workdir), overlay(disk, workdir)
     port, serial = free_port(), workdir / "serial.log"
     cmd = [
-        "qemu-system-x86_64",
+        machine.qemu,
         "-name",
         name,
-        *accel_args(accel),
+        *machine.accel_args(accel),
         "-m",
         str(memory_mb),
         "-smp",

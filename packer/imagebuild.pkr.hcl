@@ -65,6 +65,21 @@ variable "cpus" {
   description = "Guest CPUs."
 }
 
+variable "qemu_binary" {
+  type        = string
+  description = "The system emulator of the VM's architecture (imagebuild.machines)."
+}
+
+variable "machine_type" {
+  type        = string
+  description = "QEMU's board: pc (amd64) or virt (arm64)."
+}
+
+variable "machine_qemuargs" {
+  type        = list(list(string))
+  description = "The CPU model (-cpu max under TCG: the default lacks what numpy needs) and the firmware ROM (arm64: UEFI)."
+}
+
 variable "accelerator" {
   type        = string
   description = "QEMU accelerator imagebuild probed: kvm or tcg."
@@ -163,6 +178,8 @@ source "qemu" "vm" {
   # single-threaded qemu-img per core (Packer's own convert took ~15 s before any format).
   skip_compaction  = true
   disk_compression = false
+  qemu_binary      = var.qemu_binary
+  machine_type     = var.machine_type
   accelerator      = var.accelerator
   headless         = true
   vnc_bind_address = "127.0.0.1"
@@ -183,11 +200,10 @@ source "qemu" "vm" {
   # interface) do not apply. guest_qemuargs (the same as every other boot of the image): SSH on
   # 127.0.0.1 only and nothing else (restrict=on: the build is hermetic), the build key as
   # systemd's login credential. Also: discard=unmap, so vm_finalize's fstrim drops the blocks
-  # of what it deleted from the disk file; the sources disk read-only; -cpu max because TCG's
-  # default CPU lacks what numpy needs.
+  # of what it deleted from the disk file; the sources disk read-only.
   qemuargs = concat([
     ["-name", var.qemu_name],
-    ["-cpu", "max"],
+  ], var.machine_qemuargs, [
     ["-drive", "file={{ .OutputDir }}/{{ .Name }},if=virtio,cache=writeback,discard=unmap,detect-zeroes=unmap,format=qcow2"],
     ["-drive", "file=${var.sources_disk},if=virtio,format=raw,readonly=on"],
     ["-serial", "file:${var.serial_log}"],

@@ -18,6 +18,7 @@ APT_PACKAGES=(
   dosfstools mtools                                 # the Vagrant box's seed, reproducible
   bubblewrap                                        # rebuild --check reads a shipped disk jailed
   qemu-user-static binfmt-support arch-test         # base.architectures: arm64 built under emulation
+  qemu-system-arm qemu-efi-aarch64                  # build-vm --arch arm64: its board and UEFI
   openssh-client curl ca-certificates git
 )
 

@@ -14,7 +14,7 @@ import pytest
 from ansible.parsing.dataloader import DataLoader
 from packaging.version import Version
 
-from imagebuild import packer, provision, requested, roles
+from imagebuild import machines, packer, provision, requested, roles
 from imagebuild.builders import ami, ami_stock, vm
 from imagebuild.cache import Cache
 from imagebuild.errors import ImageBuildError
@@ -78,7 +78,7 @@ def test_strings_are_escaped_for_hcl(tmp_path: Path) -> None:
     assert '"a \\"quoted\\" $${not_interpolated} %%{nor_this} back\\\\slash"' in text
 
 
-def _values(tmp_path: Path, **overrides: str) -> dict[str, object]:
+def _values(tmp_path: Path, **overrides: object) -> dict[str, object]:
     spec = load(EXAMPLE / "imagebuild.yaml")
     vm.make_build_key(tmp_path)  # Packer reads the key at validate time
     for name in ("base.qcow2", "vars.json"):
@@ -98,7 +98,7 @@ def _values(tmp_path: Path, **overrides: str) -> dict[str, object]:
     return values
 
 
-def _validate(tmp_path: Path, only: str, **overrides: str) -> subprocess.CompletedProcess[str]:
+def _validate(tmp_path: Path, only: str, **overrides: object) -> subprocess.CompletedProcess[str]:
     values = _values(tmp_path, **overrides)
     packer.write_vars(values, tmp_path / "v.pkrvars.hcl")
     tdir = packer.stage_template(tmp_path / "t")
@@ -115,6 +115,22 @@ def _validate(tmp_path: Path, only: str, **overrides: str) -> subprocess.Complet
 def test_packer_validate_passes_offline(tmp_path: Path, only: str) -> None:
     r = _validate(tmp_path, only)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_packer_validate_takes_the_arm64_machine(tmp_path: Path) -> None:
+    """The architecture is variables only (board, emulator, CPU and firmware as qemuargs, which
+    Packer 1.6.6 reads: its qemu builder has no `firmware` option)."""
+    arm = machines.MACHINES["arm64"]
+    values = {
+        "qemu_binary": arm.qemu,
+        "machine_type": arm.board,
+        "machine_qemuargs": [["-cpu", arm.tcg_cpu], ["-bios", arm.firmware]],
+    }
+    r = _validate(tmp_path, "qemu.vm", **values)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with (tmp_path / "v.pkrvars.hcl").open() as f:
+        rows = hcl2.load(f)["machine_qemuargs"]
+    assert [[v.strip('"') for v in row] for row in rows] == values["machine_qemuargs"]
 
 
 def test_packer_validate_catches_a_bad_value(tmp_path: Path) -> None:

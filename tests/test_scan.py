@@ -427,3 +427,46 @@ def test_the_signed_kernel_is_matched_as_linux() -> None:
         1,
     )
     assert scan._source(row) == "linux"
+
+
+def test_scan_arch_reads_that_architectures_lock_section(tmp_path: Path, dbs: list[Path]) -> None:
+    """`--arch arm64` scans arm64's section (here its fastapi is planted at a version with an
+    advisory; amd64's is not) and says which section it read; the gate follows it."""
+    import dataclasses
+    import shutil
+
+    from imagebuild.lock.lockfile import inputs_digest, render
+    from tests.test_lock_arch import two_arch_lock
+
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    spec = tmp_path / "examples" / "onnx-serve" / "imagebuild.yaml"
+    line = "  components: [main]\n"
+    spec.write_text(spec.read_text().replace(line, line + "  architectures: [amd64, arm64]\n"))
+    lk = two_arch_lock(tmp_path)
+    arm = lk.foreign["arm64"]
+    old = [
+        dataclasses.replace(
+            w,
+            version="0.109.0",
+            filename="fastapi-0.109.0-py3-none-any.whl",
+            url=w.url.replace(w.filename, "fastapi-0.109.0-py3-none-any.whl"),
+            sha256=w.sha256[::-1],
+        )
+        if w.name == "fastapi"
+        else w
+        for w in arm.python
+    ]
+    lk = dataclasses.replace(
+        lk,
+        header={**lk.header, "inputs_sha256": inputs_digest(lk.inputs)},
+        foreign={"arm64": dataclasses.replace(arm, python=old)},
+    )
+    spec.with_suffix(".lock").write_text(render(lk))
+    args = ["scan", "--spec", str(spec), "--db", str(dbs[0]), "--db", str(dbs[1])]
+    args += ["--max-db-age", "0", "--fail-on", "high"]
+    host = run_invoke(*args)
+    assert host.returncode == 0 and "PYSEC-2024-38" not in host.stdout, host.stderr
+    assert host.stdout.startswith("scan: 150 Debian source packages")
+    r = run_invoke(*args, "--arch", "arm64")
+    assert r.stdout.startswith("scan: arm64's lock section: 150 Debian source packages"), r.stdout
+    assert r.returncode == 1 and "PYSEC-2024-38 (fastapi" in r.stderr, r.stderr

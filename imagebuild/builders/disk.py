@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagebuild import diskimage, progress, tools
-from imagebuild.builders import disk_tree, ext4
+from imagebuild import diskimage, machines, progress, tools
+from imagebuild.builders import bootloader, disk_tree, ext4
+from imagebuild.builders.bootloader import PART_OFFSET
 from imagebuild.builders.context import Build
 from imagebuild.builders.layers import Layer
 from imagebuild.builders.stage_container import stage_container
@@ -38,10 +39,7 @@ from imagebuild.errors import ImageBuildError
 from imagebuild.keys import STAGES, sources_disk_key
 from imagebuild.obtain import obtain
 
-PART_OFFSET = 1 << 20  # first partition at 1 MiB; GRUB's core.img lives in the gap before it
 ROOT_LABEL, SOURCES_LABEL = "imagebuild-root", "imagebuild-src"
-GRUB_MODULES = ["biosdisk", "part_msdos", "ext2", "normal", "linux", "configfile", "search"]
-BOOT_ARGS = "ro console=tty0 console=ttyS0,115200 net.ifnames=0"
 
 
 class DiskError(ImageBuildError):
@@ -91,7 +89,7 @@ def _extract(chunks: object, rootfs: Path) -> None:
             raise DiskError(f"extracting the VM rootfs failed:\n{err[-2000:]}")
 
 
-def _configure(rootfs: Path, hostname: str, root_uuid: str, sde: int) -> str:
+def _configure(rootfs: Path, hostname: str, root_uuid: str, sde: int, arch: str) -> str:
     """Files that belong to the disk, not to provisioning (Docker bind-mounts /etc/hostname,
     /etc/hosts, /etc/resolv.conf in a container, so a role could not write them), no instance's
     state, times clamped (builders.disk_tree). Returns the kernel version the disk boots."""
@@ -113,7 +111,8 @@ def _configure(rootfs: Path, hostname: str, root_uuid: str, sde: int) -> str:
         "boot/grub/grub.cfg",
         "set timeout=0\n"
         f"search --no-floppy --fs-uuid --set=root {root_uuid}\n"
-        f"linux /boot/vmlinuz-{kernel} root=UUID={root_uuid} {BOOT_ARGS}\n"
+        f"linux /boot/vmlinuz-{kernel} root=UUID={root_uuid} ro console=tty0 "
+        f"console={machines.MACHINES[arch].console},115200 net.ifnames=0\n"
         f"initrd /boot/initrd.img-{kernel}\n"
         "boot\n",
     )
@@ -121,43 +120,14 @@ def _configure(rootfs: Path, hostname: str, root_uuid: str, sde: int) -> str:
     return kernel
 
 
-def _assemble(rootfs: Path, out: Path, size: int, root_uuid: str, sde: int) -> None:
+def _assemble(rootfs: Path, out: Path, size: int, root_uuid: str, sde: int, arch: str) -> None:
     raw = out.with_suffix(".raw")
     with raw.open("wb") as f:
         f.truncate(size)
-    # The MBR's disk identifier from the root filesystem's UUID (sfdisk draws a random one).
-    layout = (
-        f"label: dos\nlabel-id: 0x{root_uuid[:8]}\nstart={PART_OFFSET // 512}, type=83, bootable\n"
-    )
-    tools.run(["sfdisk", "--quiet", str(raw)], input=layout)
-    ext4.make_image(rootfs, raw, size, ROOT_LABEL, root_uuid, sde, PART_OFFSET)
-    # GRUB's images and modules from the tree, each a regular file (not a link to this host's)
-    grub_dir = disk_tree.copy_files(rootfs, "usr/lib/grub/i386-pc", out.parent / "grub-i386-pc")
-    if not (grub_dir / "boot.img").is_file():
-        raise DiskError("no GRUB i386-pc modules in the VM rootfs: vm.packages needs grub-pc-bin")
-    core = out.parent / "core.img"
-    tools.run(
-        [
-            "grub-mkimage",
-            "-O",
-            "i386-pc",
-            "-d",
-            str(grub_dir),
-            "-o",
-            str(core),
-            "-p",
-            "(hd0,msdos1)/boot/grub",
-            *GRUB_MODULES,
-        ],
-    )
-    if core.stat().st_size > PART_OFFSET - 512:
-        raise DiskError(f"GRUB core.img ({core.stat().st_size} bytes) does not fit before 1 MiB")
-    with raw.open("r+b") as f:
-        f.write((grub_dir / "boot.img").read_bytes()[:440])  # keep the partition table
-        f.seek(512)
-        f.write(core.read_bytes())
-    core.unlink()
-    shutil.rmtree(grub_dir)
+    boot = bootloader.for_arch(arch)
+    boot.partition(raw, root_uuid)
+    ext4.make_image(rootfs, raw, boot.root_end(size), ROOT_LABEL, root_uuid, sde, PART_OFFSET)
+    boot.install(rootfs, raw, root_uuid, sde)
     # Clusters of ext4's block size: the cached disk holds the filesystem's used blocks and no
     # more (the formats are converted from it, with their own cluster sizes).
     tools.run(
@@ -253,9 +223,10 @@ def _make(b: Build, layers: list[Layer], key: str, tmp: Path) -> str:
             st["note"] = f"ansible changed={result.changed}"
             _extract(container.export(chunk_size=1 << 20), rootfs)
         with progress.stage("build-vm: base disk: assemble", f"{spec.vm.disk_gb} GiB") as st:
-            kernel = _configure(rootfs, spec.name, root_uuid, b.inputs.resolved.sde)
+            sde, arch = b.inputs.resolved.sde, b.inputs.lock.arch
+            kernel = _configure(rootfs, spec.name, root_uuid, sde, arch)
             disk = tmp / "disk.qcow2"
-            _assemble(rootfs, disk, spec.vm.disk_gb << 30, root_uuid, b.inputs.resolved.sde)
+            _assemble(rootfs, disk, spec.vm.disk_gb << 30, root_uuid, sde, arch)
             sha = sha256_file(disk)
             st["note"] = f"kernel {kernel}, {disk.stat().st_size / 1e6:.0f} MB qcow2"
         meta = {

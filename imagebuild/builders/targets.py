@@ -12,6 +12,7 @@ from imagebuild.builders import ami, ami_stock, gce_image, vm
 from imagebuild.errors import SpecError
 from imagebuild.inputs import Inputs
 from imagebuild.spec import Spec, option_problem
+from imagebuild.spec_sections import HOST_ARCH
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,11 @@ def _qemu(inputs: Inputs, dist: Path, options: Options) -> vm.VmResult:
     return vm.build(inputs, dist, options.on_error)
 
 
-def spec_problems(target: str, spec: Spec) -> list[SpecError]:
+def spec_problems(target: str, spec: Spec, arch: str = HOST_ARCH) -> list[SpecError]:
     """What `target` needs of the spec and it lacks, each at its field's line (empty: all
     good); the task exits 2 on any, before the cache is read or anything is built."""
+    if arch != HOST_ARCH:
+        return _foreign_problems(target, spec, arch)
     if target == "ami" and spec.vm.ami is None:
         return [spec.error("vm.ami", "missing; `--target ami` needs vm.ami (at least region)")]
     if target != "gce":
@@ -57,6 +60,25 @@ def spec_problems(target: str, spec: Spec) -> list[SpecError]:
         return [spec.error("vm.gce", "missing; `--target gce` needs vm.gce (bucket, project)")]
     if "gce" not in spec.vm.formats:
         return [spec.error("vm.formats", "`--target gce` uploads the gce format: add gce")]
+    return []
+
+
+# The formats that are the disk alone; the others describe amd64 hardware (OVF, VMX, the box's
+# libvirt domain: BIOS firmware, a PC board) and would not boot another architecture's disk.
+DISK_ONLY = ("qcow2", "raw", "vhd")
+
+
+def _foreign_problems(target: str, spec: Spec, arch: str) -> list[SpecError]:
+    if target != "qemu":
+        return [spec.error("base.architectures", f"an {arch} VM is built by --target qemu only")]
+    if other := [f for f in spec.vm.formats if f not in DISK_ONLY]:
+        return [
+            spec.error(
+                "vm.formats",
+                f"{', '.join(other)}: describe {HOST_ARCH} hardware; an {arch} VM is made as "
+                f"{', '.join(DISK_ONLY)}",
+            )
+        ]
     return []
 
 

@@ -28,6 +28,7 @@ from imagebuild import (
     checksums,
     distnames,
     leftovers,
+    machines,
     packer,
     progress,
     provenance,
@@ -156,6 +157,7 @@ def packer_values(spec: Spec, work: Path, **overrides: Any) -> dict[str, Any]:
         "disk_size": f"{spec.vm.disk_gb * 1024}M",
         "memory": spec.vm.memory_mb,
         "cpus": spec.vm.cpus,
+        **machines.HOST.packer_values("tcg"),
         "accelerator": "tcg",
         "ssh_private_key_file": str(work / "build_key"),
         "guest_qemuargs": [],
@@ -204,6 +206,7 @@ def build(inputs: Inputs, dist: Path, on_error: str = "cleanup") -> VmResult:
     """The qemu target: the qcow2 and the formats made from it (builders.targets)."""
     dist = dist.resolve()  # Packer runs in the template folder: every path must be absolute
     spec, key = inputs.spec, inputs.keys.vm
+    machine = machines.of(inputs.lock.arch)  # refused before anything runs if it cannot boot
     out = outputs(dist, spec)
     seconds: dict[str, float] = {}
     with context.new_build(inputs) as b:
@@ -244,9 +247,9 @@ def build(inputs: Inputs, dist: Path, on_error: str = "cleanup") -> VmResult:
                 base = disk.base_disk(b, layers)
                 seconds["base disk"] = round(time.monotonic() - start, 1)
                 sources = disk.sources_disk(b)
-                accel, why = vmboot.probe_accelerator()
+                accel, why = vmboot.probe_accelerator(machine.arch)
                 progress.say(f"build-vm: accelerator {accel} ({why})")
-                parity, vm_inv = _packer_qemu(b, base, sources, accel, on_error, to)
+                parity, vm_inv = _packer_qemu(b, base, sources, (machine, accel), on_error, to)
             result = VmResult("qemu", accel, key, base, out, seconds, parity)
             with atomic_file(record) as t:  # last: its presence means every output is complete
                 body = asdict(result) | {
@@ -274,7 +277,7 @@ def _packer_qemu(
     b: context.Build,
     base: disk.BaseDisk,
     sources: Path,
-    accel: str,
+    boots_on: tuple[machines.Machine, str],
     on_error: str,
     to: vm_outputs.Delivery,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -282,6 +285,7 @@ def _packer_qemu(
     converged on it, and the VM's inventory from inside), then the outputs, made from the base
     disk itself: the guest's boot never reaches the shipped bytes, so the same inputs give the
     same disk. (parity, the VM's inventory)."""
+    machine, accel = boots_on
     staging = to.staging
     spec, work = b.inputs.spec, b.workdir
     make_build_key(work)
@@ -295,6 +299,7 @@ def _packer_qemu(
         base_disk=str(booted),
         base_disk_sha256=sha256_file(booted),
         sources_disk=str(sources),
+        **machine.packer_values(accel),
         accelerator=accel,
         ansible_vars_file=str(vars_file),
         serial_log=str(staging / "serial.log"),  # kept with the VM by --on-error=abort

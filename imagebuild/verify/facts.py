@@ -30,6 +30,7 @@ from imagebuild.verify.items import (
 )
 from imagebuild.verify.model import (
     ABSENT,
+    ARCHITECTURE,
     ARGV,
     DISK_HYGIENE,
     RUNS_AS_ROOT,
@@ -233,6 +234,7 @@ def _collect(
         facts["behaviour"][f"{key}: stdout"] = comparable(r.stdout, spec.verify.ignore)
     laps.lap("smoke and behaviour commands")
     facts["user"] = {RUNTIME_USER: user}
+    facts["arch"] = {ARCHITECTURE: host.run(ARCHITECTURE).stdout.strip()}
     facts["env"] = env
     facts["hygiene"] = {
         RUNS_AS_ROOT: "yes" if user in ("root", "0") else "no",

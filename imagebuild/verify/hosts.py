@@ -27,9 +27,10 @@ from xml.sax.saxutils import quoteattr
 import docker
 import docker.errors
 
-from imagebuild import progress, vmboot
+from imagebuild import emulation, machines, progress, vmboot
 from imagebuild.engine import engine
 from imagebuild.errors import ImageBuildError
+from imagebuild.spec_sections import HOST_ARCH
 from imagebuild.verify import orphans
 
 
@@ -49,10 +50,11 @@ class Host:
 
 
 @contextlib.contextmanager
-def container(ref: str, work: Path, service: bool = False) -> Iterator[Host]:
+def container(ref: str, work: Path, service: bool = False, arch: str = HOST_ARCH) -> Iterator[Host]:
     """With `service`, a second container runs the image as it ships (its own ENTRYPOINT + CMD,
     still `--network none`): verify requests the app's port inside it. Both are labelled with
-    verify's work folder (orphans: a killed verify's are removed by the next)."""
+    verify's work folder (orphans: a killed verify's are removed by the next). Another
+    architecture's image runs under emulation, as its build's containers did."""
     client = engine()
     try:
         image = client.images.get(ref)
@@ -63,23 +65,19 @@ def container(ref: str, work: Path, service: bool = False) -> Iterator[Host]:
     start = time.monotonic()
     name = f"imagebuild-verify-{uuid.uuid4().hex[:8]}"
     labels = {orphans.CONTAINER_LABEL: str(work)}
+    options = {"network_mode": "none", "detach": True, "labels": labels}
+    options |= emulation.container_options(arch)
     started = []
     try:
         if service:
-            started.append(
-                client.containers.run(
-                    ref, name=f"{name}-service", network_mode="none", detach=True, labels=labels
-                )
-            )
+            started.append(client.containers.run(ref, name=f"{name}-service", **options))
         started.append(
             client.containers.run(
                 ref,
                 entrypoint=["sleep", "infinity"],
                 command=[],
                 name=name,
-                network_mode="none",
-                detach=True,
-                labels=labels,
+                **options,
             )
         )
         seconds, url = round(time.monotonic() - start, 2), f"docker://{name}"
@@ -271,14 +269,19 @@ def vm(
     seed: Path | None = None,
     libvirt_uri: str = SYSTEM_URI,
     hardware: vmboot.Hardware = vmboot.VIRTIO,
+    machine: machines.Machine = machines.HOST,
 ) -> Iterator[Host]:
     """`seed`: a NoCloud seed ISO to boot with (libvirt only), as a libvirt user would attach it.
-    `hardware`: the disk controller and NIC the artifact's format declares."""
+    `hardware`: the disk controller and NIC the artifact's format declares. Another
+    architecture's `machine` boots under plain QEMU (the domain below is a PC's)."""
     if not disk.exists():
         raise HostError(f"VM disk {disk} not found; run `invoke build-vm` or pass --vm")
     if seed is not None and not seed.is_file():
         raise HostError(f"NoCloud seed {seed} not found")
-    conn = libvirt_connection(libvirt_uri) if backend in ("auto", "libvirt") else None
+    if machine != machines.HOST and (backend == "libvirt" or seed is not None):
+        raise HostError(f"an {machine.arch} VM is booted by plain QEMU only (--backend qemu)")
+    own = machine == machines.HOST
+    conn = libvirt_connection(libvirt_uri) if own and backend in ("auto", "libvirt") else None
     if conn is None and (backend == "libvirt" or seed is not None):
         raise HostError(f"libvirt ({libvirt_uri}) is not usable here; try --backend qemu")
     if conn is not None:
@@ -289,7 +292,15 @@ def vm(
             conn.close()
         return
     with vmboot.boot(
-        disk, work, memory_mb=memory, cpus=cpus, name="imagebuild-verify", hardware=hardware
+        disk,
+        work,
+        memory_mb=memory,
+        cpus=cpus,
+        name="imagebuild-verify",
+        hardware=hardware,
+        machine=machine,
+        timeout=300 if own else 900,  # a foreign guest's TCG boot: minutes
     ) as b:
-        host = _ssh_host(b, work, "plain QEMU (libvirt unavailable)")
+        why = "libvirt unavailable" if own else f"{machine.arch}: {machine.qemu}"
+        host = _ssh_host(b, work, f"plain QEMU ({why})")
         yield replace(host, service_url=host.url)

@@ -54,6 +54,8 @@ def items(req: Requested, lock: Lock, container_libs: list[str]) -> list[Item]:
             shared=False,
         ),
         Item("user", row.RUNTIME_USER, spec.user, spec.user),
+        # Each architecture's artifacts against its own lock section (Project.for_arch).
+        Item("arch", row.ARCHITECTURE, lock.arch, lock.arch),
     ]
     if spec.verify.commands:
         # Behaviour: the same command gives the same exit status and stdout in both.

@@ -16,6 +16,7 @@ ARGV = "ENTRYPOINT+CMD / wrapper"
 WRAPPER_SHA = "wrapper sha256"
 STARTED_BY = "what starts it"
 RUNTIME_USER = "runtime user"
+ARCHITECTURE = "dpkg --print-architecture"
 RUNS_AS_ROOT = "runs as root"
 SETUID_ROW = "setuid/setgid files no package owns"
 

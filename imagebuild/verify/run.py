@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from imagebuild import checksums, progress, provenance
+from imagebuild import checksums, distnames, machines, progress, provenance
 from imagebuild.builders.formats import filename
 from imagebuild.cache import default_root
 from imagebuild.errors import ImageBuildError
@@ -132,10 +132,12 @@ def verify(
     signer: Signer | None = None,
 ) -> VerifyResult:
     """`cache_root`: where the locked .debs are (default: the default cache), for the special
-    files' modes (filemeta). The suite reads `project` (spec, request, lock) as loaded here.
-    The equivalence attestation is signed by `signer` (unsigned without one)."""
-    spec = project.spec
-    ref = container_ref or f"{spec.repository}:{spec.version}"
+    files' modes (filemeta). The suite reads `project` (spec, request, lock) as loaded here:
+    another architecture's (Project.for_arch) verifies that architecture's image and VM against
+    its lock section. The equivalence attestation is signed by `signer` (unsigned without one)."""
+    spec, arch = project.spec, project.lock.arch
+    machine = machines.of(arch)  # refused before anything starts if it cannot boot here
+    ref = container_ref or distnames.image_tag(spec, arch)
     qcow2 = filename("qcow2", spec)
     artifact = (vm_disk or dist / qcow2).resolve()
     out_dir = dist / "verify"
@@ -157,9 +159,7 @@ def verify(
             disk_reading(disk.bootable, filebytes.argument(spec), under=work)
         )
         with progress.stage("verify: container up", f"{ref}, --network none") as st:
-            c = up.enter_context(
-                hosts.container(ref, work, service=spec.verify.service is not None)
-            )
+            c = up.enter_context(hosts.container(ref, work, spec.verify.service is not None, arch))
             seconds["container start"] = c.seconds
             st["note"] = c.url
         with progress.stage("verify: VM boot to SSH", f"{disk.bootable} ({disk.hardware})") as st:
@@ -173,6 +173,7 @@ def verify(
                     seed,
                     libvirt_uri,
                     disk.hardware,
+                    machine,
                 )
             )
             seconds["vm start (libvirt)"] = v.setup_seconds

@@ -1,0 +1,88 @@
+"""The QEMU machine a VM of each architecture boots on, in one table: Packer's build, verify's
+boots (plain QEMU and libvirt) and the disk's kernel console all read it, so an architecture is
+one row here (and its firmware's boot layout in builders.bootloader).
+
+amd64: the PC machine, SeaBIOS, the console on the first UART. arm64: QEMU's `virt` board with
+Debian's EDK2 build (qemu-efi-aarch64) as its firmware, loaded as a ROM with `-bios` (no
+variable store: it boots the disk's removable-media path, EFI/BOOT/BOOTAA64.EFI), the console on
+the PL011 UART. Under TCG, `-cpu max` with QEMU's own pointer-authentication algorithm
+(`pauth-impdef`): the architected one costs emulation time and nothing here needs it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from imagebuild.errors import ImageBuildError
+from imagebuild.spec_sections import HOST_ARCH
+
+
+class MachineError(ImageBuildError):
+    pass
+
+
+@dataclass(frozen=True)
+class Machine:
+    arch: str  # Debian's name
+    qemu: str  # the system emulator
+    board: str  # QEMU's -machine type
+    tcg_cpu: str
+    console: str  # the kernel's serial console device
+    libvirt_arch: str
+    firmware: str = ""  # a ROM loaded with -bios ("": the emulator's default BIOS)
+    packages: tuple[str, ...] = ()  # Debian packages that hold `qemu` and `firmware`
+
+    def accel_args(self, accel: str) -> list[str]:
+        """-machine, -cpu and the firmware for `accel` (kvm only for this host's architecture)."""
+        return ["-machine", f"{self.board},accel={accel}", *self.cpu_args(accel)]
+
+    def cpu_args(self, accel: str) -> list[str]:
+        """-cpu and the firmware (Packer's template gives -machine its own way)."""
+        # TCG's default x86 CPU lacks SSE4.2/AVX, which numpy and onnxruntime wheels need.
+        cpu = "host" if accel == "kvm" else self.tcg_cpu
+        return ["-cpu", cpu, *(["-bios", self.firmware] if self.firmware else [])]
+
+    def packer_values(self, accel: str) -> dict[str, Any]:
+        """The Packer template's machine variables (qemuargs rows: `-opt value` pairs)."""
+        args = self.cpu_args(accel)
+        rows = [args[i : i + 2] for i in range(0, len(args), 2)]
+        return {"qemu_binary": self.qemu, "machine_type": self.board, "machine_qemuargs": rows}
+
+    def problem(self) -> str | None:
+        """Why this host cannot boot the machine (None: it can)."""
+        missing = [
+            p for p in (f"/usr/bin/{self.qemu}", self.firmware) if p and not os.path.exists(p)
+        ]
+        if not missing:
+            return None
+        return (
+            f"booting an {self.arch} VM needs {' and '.join(missing)} "
+            f"(Debian packages {', '.join(self.packages)}; `bash scripts/bootstrap.sh true` "
+            "installs them)"
+        )
+
+
+MACHINES = {
+    "amd64": Machine("amd64", "qemu-system-x86_64", "pc", "max", "ttyS0", "x86_64"),
+    "arm64": Machine(
+        "arm64",
+        "qemu-system-aarch64",
+        "virt",
+        "max,pauth-impdef=on",
+        "ttyAMA0",
+        "aarch64",
+        firmware="/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
+        packages=("qemu-system-arm", "qemu-efi-aarch64"),
+    ),
+}
+HOST = MACHINES[HOST_ARCH]
+
+
+def of(arch: str) -> Machine:
+    """`arch`'s machine, refused where this host cannot boot it."""
+    machine = MACHINES[arch]
+    if why := machine.problem():
+        raise MachineError(why)
+    return machine

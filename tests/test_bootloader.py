@@ -1,0 +1,105 @@
+"""The boot layouts and the machines behind them, on sparse files with the real sfdisk: each
+architecture's partition table (the root at 1 MiB on both, so what reads the root needs no
+architecture), the same bytes twice, and the QEMU arguments each machine boots with."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from imagebuild import machines
+from imagebuild.builders import bootloader
+from imagebuild.builders.targets import spec_problems
+from imagebuild.spec import load
+from tests.conftest import EXAMPLE
+
+ROOT_UUID = "14005cd1-7048-5040-a4ca-3a72b8526f39"
+SIZE = 64 << 20
+
+
+def _table(arch: str, tmp_path: Path, name: str = "disk.raw") -> tuple[dict, str]:
+    raw = tmp_path / name
+    with raw.open("wb") as f:
+        f.truncate(SIZE)
+    bootloader.for_arch(arch).partition(raw, ROOT_UUID)
+    dump = subprocess.run(["sfdisk", "--json", str(raw)], capture_output=True, text=True)
+    assert dump.returncode == 0, dump.stderr
+    return json.loads(dump.stdout)["partitiontable"], hashlib.sha256(raw.read_bytes()).hexdigest()
+
+
+def test_bios_layout_is_one_mbr_partition_at_1_mib(tmp_path: Path) -> None:
+    table, _ = _table("amd64", tmp_path)
+    assert table["label"] == "dos" and table["id"] == f"0x{ROOT_UUID[:8]}"
+    (root,) = table["partitions"]
+    assert (root["start"], root["type"], root.get("bootable")) == (2048, "83", True)
+    assert bootloader.for_arch("amd64").root_end(SIZE) == SIZE
+
+
+def test_uefi_layout_puts_the_esp_before_the_root_and_leaves_the_backup_gpt(tmp_path: Path) -> None:
+    table, digest = _table("arm64", tmp_path)
+    assert table["label"] == "gpt" and table["id"].lower() == ROOT_UUID
+    root, esp = table["partitions"]
+    assert root["node"].endswith("1") and root["start"] == bootloader.PART_OFFSET // 512
+    assert root["type"] == "0FC63DAF-8483-4772-8E79-3D69D8477DE4"  # Linux filesystem
+    assert esp["type"] == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"  # EFI system
+    assert esp["start"] == 34 and esp["start"] + esp["size"] == root["start"]
+    end = bootloader.for_arch("arm64").root_end(SIZE)
+    assert (root["start"] + root["size"]) * 512 == end and end < SIZE - 33 * 512
+    # Random GUIDs nowhere: the same table from the same root UUID, byte for byte.
+    assert _table("arm64", tmp_path, "again.raw")[1] == digest
+
+
+def test_uefi_without_grubs_arm64_modules_names_the_package(tmp_path: Path) -> None:
+    raw = tmp_path / "disk.raw"
+    with raw.open("wb") as f:
+        f.truncate(SIZE)
+    (tmp_path / "rootfs").mkdir()
+    with pytest.raises(bootloader.BootloaderError, match="vm.packages needs grub-efi-arm64-bin"):
+        bootloader.for_arch("arm64").install(tmp_path / "rootfs", raw, ROOT_UUID, 0)
+    assert not (tmp_path / "esp").exists()
+
+
+def test_each_machine_boots_with_its_board_cpu_and_firmware() -> None:
+    amd, arm = machines.MACHINES["amd64"], machines.MACHINES["arm64"]
+    assert amd.accel_args("tcg") == ["-machine", "pc,accel=tcg", "-cpu", "max"]
+    assert amd.accel_args("kvm") == ["-machine", "pc,accel=kvm", "-cpu", "host"]
+    assert arm.accel_args("tcg") == [
+        "-machine",
+        "virt,accel=tcg",
+        "-cpu",
+        "max,pauth-impdef=on",
+        "-bios",
+        "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
+    ]
+
+
+def test_a_machine_this_host_cannot_boot_is_refused_naming_its_packages(tmp_path: Path) -> None:
+    absent = replace(machines.MACHINES["arm64"], firmware=str(tmp_path / "QEMU_EFI.fd"))
+    why = absent.problem()
+    assert why is not None and str(tmp_path / "QEMU_EFI.fd") in why
+    assert "qemu-system-arm, qemu-efi-aarch64" in why
+
+
+def test_another_architectures_vm_is_qemu_and_disk_only_formats(tmp_path: Path) -> None:
+    spec = load(EXAMPLE / "imagebuild.yaml")
+    (formats,) = spec_problems("qemu", spec, "arm64")
+    assert formats.field == "vm.formats" and "ova, vagrant: describe amd64 hardware" in str(formats)
+    (target,) = spec_problems("ami", spec, "arm64")
+    assert target.field == "base.architectures" and "--target qemu only" in str(target)
+    assert spec_problems("qemu", spec) == []
+
+
+def test_another_architectures_vm_is_refused_by_libvirt_naming_plain_qemu(tmp_path: Path) -> None:
+    from imagebuild.verify import hosts
+
+    disk = tmp_path / "d.qcow2"
+    disk.touch()
+    arm = machines.MACHINES["arm64"]
+    booting = hosts.vm(disk, tmp_path, 512, 1, "libvirt", machine=arm)
+    with pytest.raises(hosts.HostError, match=r"arm64 VM is booted by plain QEMU only"):
+        booting.__enter__()
