@@ -44,6 +44,12 @@ def image(stdout: str) -> tuple[str, str]:
     return line.split()[1], line.split()[2]
 
 
+def qcow2_sha(dist: Path) -> str:
+    """The qcow2's sha256 as the build's SHA256SUMS lists it."""
+    sums = (dist / "SHA256SUMS").read_text().splitlines()
+    return next(ln.split()[0] for ln in sums if ln.endswith(".qcow2"))
+
+
 def main() -> None:
     start = time.monotonic()
     with bench(__doc__, "ib-bench-arm64-", both) as (cache_dir, work, spec, common):
@@ -59,6 +65,10 @@ def main() -> None:
         app_s, _ = timed("build-container", *common, "--arch", "arm64")
         vm_s, vm = timed("build-vm", *common, "--arch", "arm64")
         verify_s, verify = timed("verify", *common, "--arch", "arm64")
+        # The same inputs from the second clean cache (its stages and base disk its own): the
+        # same disk bytes?
+        timed("build-vm", *again, "--arch", "arm64")
+        disks = [qcow2_sha(d / "arm64") for d in (work / "dist", work / "dist2")]
         tag, arm_id = image(arm.stdout)
         out = docker.from_env().containers.run(
             tag,
@@ -85,6 +95,11 @@ def main() -> None:
             ("build-vm --arch arm64 (stages cached)", f"{vm_s:.0f} s", ""),
             *((f"  {k}", f"{v} s", "") for k, v in stage_seconds(vm.stdout).items()),
             ("verify --arch arm64", f"{verify_s:.0f} s", verify.stdout.strip().splitlines()[-1]),
+            (
+                "arm64 qcow2, two clean caches",
+                f"{disks[0][:12]} / {disks[1][:12]}",
+                "same" if disks[0] == disks[1] else "DIFFER",
+            ),
         ]
         table(rows, last="note")
 
