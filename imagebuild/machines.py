@@ -33,6 +33,7 @@ class Machine:
     libvirt_arch: str
     firmware: str = ""  # a ROM loaded with -bios ("": the emulator's default BIOS)
     packages: tuple[str, ...] = ()  # Debian packages that hold `qemu` and `firmware`
+    aws: tuple[str, str] = ("x86_64", "legacy-bios")  # RegisterImage's Architecture, BootMode
 
     def accel_args(self, accel: str) -> list[str]:
         """-machine, -cpu and the firmware for `accel` (kvm only for this host's architecture)."""
@@ -75,6 +76,7 @@ MACHINES = {
         "aarch64",
         firmware="/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
         packages=("qemu-system-arm", "qemu-efi-aarch64"),
+        aws=("arm64", "uefi"),
     ),
 }
 HOST = MACHINES[HOST_ARCH]

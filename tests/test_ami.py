@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild import provenance
+from imagebuild import machines, provenance
 from imagebuild import spec as specmod
 from imagebuild.builders import ami, ami_stock
 from tests.conftest import build_vm, stamps
@@ -232,6 +232,10 @@ def test_register_asks_for_imdsv2_ena_and_tags(tmp_path: Path, aws, monkeypatch)
     assert reg["BlockDeviceMapping.1.Ebs.SnapshotId"] == [sid]
     assert reg["TagSpecification.1.Tag.1.Key"] == ["imagebuild:spec"]
     assert image_id.startswith("ami-")
+    with recorded(aws) as bodies:  # an arm64 disk: its architecture and UEFI
+        ami.register(session, spec, "t-arm64", sid, tags, machines.MACHINES["arm64"])
+    reg = next(b for b in bodies if b.get("Action") == ["RegisterImage"])
+    assert (reg["Architecture"], reg["BootMode"]) == (["arm64"], ["uefi"])
 
     with pytest.raises(ami.AwsError, match="force_deregister"):
         ami.register(session, spec, "t-1", sid, tags)

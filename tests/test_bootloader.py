@@ -89,8 +89,10 @@ def test_another_architectures_vm_is_qemu_and_disk_only_formats(tmp_path: Path) 
     spec = load(EXAMPLE / "imagebuild.yaml")
     (formats,) = spec_problems("qemu", spec, "arm64")
     assert formats.field == "vm.formats" and "ova, vagrant: describe amd64 hardware" in str(formats)
-    (target,) = spec_problems("ami", spec, "arm64")
-    assert target.field == "base.architectures" and "--target qemu only" in str(target)
+    (target,) = spec_problems("gce", spec, "arm64")
+    assert target.field == "base.architectures" and "--target qemu or ami" in str(target)
+    assert spec.vm.ami is not None and spec.vm.ami.method == "import"
+    assert [p.field for p in spec_problems("ami", spec, "arm64")] == ["vm.formats"]
     assert spec_problems("qemu", spec) == []
 
 

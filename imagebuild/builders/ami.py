@@ -32,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from imagebuild import checksums, distnames, progress, provenance, tools
+from imagebuild import checksums, distnames, machines, progress, provenance, tools
 from imagebuild.builders import vm
 from imagebuild.cache import sha256_file
 from imagebuild.errors import ImageBuildError
@@ -149,9 +149,17 @@ def write_snapshot(
     return sid, len(written)
 
 
-def register(client: Any, spec: Spec, name: str, sid: str, tags: list[dict[str, str]]) -> str:
-    """RegisterImage of the snapshot as an HVM, legacy-BIOS AMI with IMDSv2 required and ENA;
-    an AMI of this name is replaced only with vm.ami.force_deregister."""
+def register(
+    client: Any,
+    spec: Spec,
+    name: str,
+    sid: str,
+    tags: list[dict[str, str]],
+    machine: machines.Machine = machines.HOST,
+) -> str:
+    """RegisterImage of the snapshot as an HVM AMI of the disk's architecture and firmware
+    (amd64: x86_64, legacy BIOS; arm64: arm64, UEFI) with IMDSv2 required and ENA; an AMI of
+    this name is replaced only with vm.ami.force_deregister."""
     assert spec.vm.ami is not None
     ec2 = client.client("ec2")
     same = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])
@@ -166,9 +174,9 @@ def register(client: Any, spec: Spec, name: str, sid: str, tags: list[dict[str, 
     return ec2.register_image(
         Name=name,
         Description=f"imagebuild {spec.name} {spec.version}",
-        Architecture="x86_64",
+        Architecture=machine.aws[0],
         VirtualizationType="hvm",
-        BootMode="legacy-bios",
+        BootMode=machine.aws[1],
         RootDeviceName=ROOT_DEVICE,
         EnaSupport=True,
         SriovNetSupport="simple",
@@ -221,7 +229,7 @@ def build(inputs: Inputs, dist: Path, on_error: str, region: str | None = None) 
             sid, blocks = write_snapshot(client, raw, size_gib, tags, spec.vm.ami.encrypt_boot)
             st["note"] = f"{sid}, {blocks} blocks of {BLOCK // 1024} KiB"
     with progress.stage("build-vm: ami: register", name) as st:
-        image_id = register(client, spec, name, sid, tags)
+        image_id = register(client, spec, name, sid, tags, machines.MACHINES[lock.arch])
         st["note"] = image_id
     body = {
         "image_id": image_id,

@@ -69,8 +69,15 @@ DISK_ONLY = ("qcow2", "raw", "vhd")
 
 
 def _foreign_problems(target: str, spec: Spec, arch: str) -> list[SpecError]:
+    if target == "ami" and spec.vm.ami is not None and spec.vm.ami.method == "import":
+        target = "qemu"  # the qcow2's disk registered as the AMI (ami.register: its firmware)
     if target != "qemu":
-        return [spec.error("base.architectures", f"an {arch} VM is built by --target qemu only")]
+        return [
+            spec.error(
+                "base.architectures",
+                f"an {arch} VM is built by --target qemu or ami (vm.ami.method: import) only",
+            )
+        ]
     if other := [f for f in spec.vm.formats if f not in DISK_ONLY]:
         return [
             spec.error(
