@@ -25,6 +25,7 @@ from imagebuild import (
     distnames,  # noqa: E402
     emulation,  # noqa: E402
     leftovers,  # noqa: E402
+    machines,  # noqa: E402
     profile,  # noqa: E402
     progress,  # noqa: E402
     signing,  # noqa: E402
@@ -315,7 +316,7 @@ def build_vm(
 ):
     """Build the VM images with Packer (qemu, TCG unless KVM works) from the spec and its lock,
     provisioned by the container's playbook."""
-    from imagebuild.builders.targets import TARGETS, Options, spec_problems
+    from imagebuild.builders.targets import TARGETS, Options, made_as, spec_problems
 
     options = Options(on_error, aws_region)
     OptionError.check(*options.problems(target))
@@ -323,6 +324,15 @@ def build_vm(
     arches = _arches(p.spec, arch or HOST_ARCH)
     if problems := spec_problems(target, p.spec, arches[0]):
         raise SpecError.many(problems)
+    if arches != (HOST_ARCH,):
+        machines.of(arches[0])  # refused before anything runs if this host cannot boot it
+        kept, skipped = made_as(p.spec, arches[0])
+        if skipped:
+            progress.say(
+                f"build-vm: {arches[0]}: vm.formats {', '.join(skipped)} describe "
+                f"{HOST_ARCH} hardware: made as {', '.join(kept.vm.formats)} only"
+            )
+            p = Project(kept)
     stock = target == "ami" and p.spec.vm.ami is not None and p.spec.vm.ami.method == "stock"
     OptionError.check(
         bool(scan)
@@ -344,10 +354,11 @@ def build_vm(
 
 @cli(
     dist="Output folder of the builds (default ./dist); the report goes to DIST/verify/.",
-    container="Image to verify (default: REPOSITORY:VERSION from the spec).",
+    container="Image to verify (default: REPOSITORY:VERSION from the spec; with --arch A: "
+    "REPOSITORY:VERSION-A).",
     vm="VM artifact to verify: the qcow2, the Vagrant box, the OVA, the VHD, the GCE tarball or "
     "the raw disk (its disk is booted, and compared with the qcow2 beside it; default: "
-    "DIST/NAME-VERSION.qcow2).",
+    "DIST/NAME-VERSION.qcow2; with --arch A: DIST/A/NAME-VERSION.qcow2).",
     backend="auto (default: libvirt, else plain QEMU), libvirt or qemu.",
     libvirt_uri="libvirt to boot the VM with (default qemu:///system; qemu:///session: a user's "
     "own; it must be on this host: verify reaches the VM on 127.0.0.1).",
@@ -384,25 +395,30 @@ def verify(
     from imagebuild.verify import run as verifying
     from imagebuild.verify.hosts import local_uri_problem
 
-    if attestation or public_key:
-        OptionError.check(
-            not (attestation and public_key) and "--attestation and --public-key go together"
-        )
-        _check_attestation(attestation, public_key, Path(dist), Path(vm) if vm else None)
-        return
-    signer = signing.load(sign_key)
-
     OptionError.check(
         backend not in BACKENDS and f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}",
         (problem := local_uri_problem(libvirt_uri)) and f"--libvirt-uri: {problem}",
     )
     p = Project.named(spec)
     (one,) = _arches(p.spec, arch or HOST_ARCH)
+    at = distnames.arch_dir(Path(dist), one)
+    if attestation or public_key:
+        OptionError.check(
+            not (attestation and public_key) and "--attestation and --public-key go together"
+        )
+        _check_attestation(attestation, public_key, at, Path(vm) if vm else None)
+        return
+    signer = signing.load(sign_key)
+    foreign = one != HOST_ARCH and f"an {one} VM is booted by plain QEMU (the domain is a PC's)"
+    OptionError.check(
+        foreign and backend == "libvirt" and f"--backend libvirt: {foreign}",
+        foreign and vm_seed and f"--vm-seed: libvirt only, and {foreign}",
+    )
     p.check()  # a stale lock is refused before anything boots
     with distlock.exclusive(Path(dist), "verify"):
         r = verifying.verify(
             p.for_arch(one),
-            distnames.arch_dir(Path(dist), one),
+            at,
             container,
             Path(vm) if vm else None,
             backend,

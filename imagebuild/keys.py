@@ -17,7 +17,9 @@ from imagebuild.resolved import Resolved
 from imagebuild.spec_sections import HOST_ARCH
 
 STAGES = ("base", "os", "python", "stacks", "app")
-DISK_LAYOUT = "3"  # bump when builders/disk.py, disk_tree.py or ext4.py change what they write
+# Bump when builders/disk.py, bootloader.py, disk_tree.py, ext4.py or a machine's console
+# (machines.py) change what the base disk holds.
+DISK_LAYOUT = "3"
 # Part of every stage key: bump when builders/layers.py makes different layers from the same
 # input (2: folders of every entry included, hard links compared without "./", etc/mtab excluded).
 LAYER_FORMAT = "2"

@@ -1,6 +1,7 @@
 """The QEMU machine a VM of each architecture boots on, in one table: Packer's build, verify's
-boots (plain QEMU and libvirt) and the disk's kernel console all read it, so an architecture is
-one row here (and its firmware's boot layout in builders.bootloader).
+plain-QEMU boot, the AMI's registration and the disk's kernel console all read it, so an
+architecture is one row here (and its firmware's boot layout in builders.bootloader). verify's
+libvirt domain is this host's PC (verify.hosts): another architecture boots under plain QEMU.
 
 amd64: the PC machine, SeaBIOS, the console on the first UART. arm64: QEMU's `virt` board with
 Debian's EDK2 build (qemu-efi-aarch64) as its firmware, loaded as a ROM with `-bios` (no
@@ -12,6 +13,7 @@ the PL011 UART. Under TCG, `-cpu max` with QEMU's own pointer-authentication alg
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +32,6 @@ class Machine:
     board: str  # QEMU's -machine type
     tcg_cpu: str
     console: str  # the kernel's serial console device
-    libvirt_arch: str
     firmware: str = ""  # a ROM loaded with -bios ("": the emulator's default BIOS)
     packages: tuple[str, ...] = ()  # Debian packages that hold `qemu` and `firmware`
     aws: tuple[str, str] = ("x86_64", "legacy-bios")  # RegisterImage's Architecture, BootMode
@@ -53,9 +54,9 @@ class Machine:
 
     def problem(self) -> str | None:
         """Why this host cannot boot the machine (None: it can)."""
-        missing = [
-            p for p in (f"/usr/bin/{self.qemu}", self.firmware) if p and not os.path.exists(p)
-        ]
+        missing = [] if shutil.which(self.qemu) else [self.qemu]
+        if self.firmware and not os.path.exists(self.firmware):
+            missing.append(self.firmware)
         if not missing:
             return None
         return (
@@ -66,14 +67,13 @@ class Machine:
 
 
 MACHINES = {
-    "amd64": Machine("amd64", "qemu-system-x86_64", "pc", "max", "ttyS0", "x86_64"),
+    "amd64": Machine("amd64", "qemu-system-x86_64", "pc", "max", "ttyS0"),
     "arm64": Machine(
         "arm64",
         "qemu-system-aarch64",
         "virt",
         "max,pauth-impdef=on",
         "ttyAMA0",
-        "aarch64",
         firmware="/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
         packages=("qemu-system-arm", "qemu-efi-aarch64"),
         aws=("arm64", "uefi"),

@@ -58,7 +58,8 @@ def make_plan(project: Project, cache: Cache, dist: Path) -> Plan:
         f"lock      {lock.path}  fresh; {h['suite']} from {h['mirror']}, "
         f"SOURCE_DATE_EPOCH={h['source_date_epoch']}"
     )
-    # Another architecture's sections (base.architectures): fetched, and built as a container.
+    # Another architecture's sections (base.architectures): fetched, built as a container (and
+    # as a VM by `build-vm --arch`).
     sections: list[tuple[str, Sequence[DebPackage | Wheel]]] = [
         (LABELS[title.partition(".")[0]] + ("" if arch == h["arch"] else f" {arch}"), rows)
         for title, arch, rows in lock.sections()

@@ -4,9 +4,12 @@ architecture), the same bytes twice, and the QEMU arguments each machine boots w
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 import subprocess
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import pytest
 
 from imagebuild import machines
 from imagebuild.builders import bootloader
-from imagebuild.builders.targets import spec_problems
+from imagebuild.builders.targets import made_as, spec_problems
 from imagebuild.spec import load
 from tests.conftest import EXAMPLE
 
@@ -64,6 +67,35 @@ def test_uefi_without_grubs_arm64_modules_names_the_package(tmp_path: Path) -> N
     assert not (tmp_path / "esp").exists()
 
 
+def check_uefi_install(deb: Path, tmp_path: Path) -> None:
+    """Uefi.install over a tree holding the locked grub-efi-arm64-bin (`deb`): the same bytes
+    made twice a clock second apart, and the ESP (FAT, at sector 34) holding GRUB as the
+    removable path, an arm64 PE image. Called where arm64's .debs are fetched
+    (tests/test_lock_arch.py)."""
+    rootfs = tmp_path / "uefi-rootfs"
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(rootfs)], check=True)
+    boot, digests = bootloader.for_arch("arm64"), []
+    for name in ("a.raw", "b.raw"):
+        raw = tmp_path / name
+        with raw.open("wb") as f:
+            f.truncate(SIZE)
+        boot.partition(raw, ROOT_UUID)
+        boot.install(rootfs, raw, ROOT_UUID, 1700000000)
+        digests.append(hashlib.sha256(raw.read_bytes()).hexdigest())
+        time.sleep(1.1)
+    assert digests[0] == digests[1]
+    esp = f"{tmp_path / 'a.raw'}@@{bootloader.Uefi.ESP_START * 512}"
+    image = subprocess.run(
+        ["mcopy", "-n", "-i", esp, "::/EFI/BOOT/BOOTAA64.EFI", "-"],
+        capture_output=True,
+        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
+    )
+    assert image.returncode == 0, image.stderr
+    pe = int.from_bytes(image.stdout[0x3C:0x40], "little")
+    assert image.stdout[:2] == b"MZ" and image.stdout[pe : pe + 4] == b"PE\0\0"
+    assert int.from_bytes(image.stdout[pe + 4 : pe + 6], "little") == 0xAA64  # arm64
+
+
 def test_each_machine_boots_with_its_board_cpu_and_firmware() -> None:
     amd, arm = machines.MACHINES["amd64"], machines.MACHINES["arm64"]
     assert amd.accel_args("tcg") == ["-machine", "pc,accel=tcg", "-cpu", "max"]
@@ -87,12 +119,17 @@ def test_a_machine_this_host_cannot_boot_is_refused_naming_its_packages(tmp_path
 
 def test_another_architectures_vm_is_qemu_and_disk_only_formats(tmp_path: Path) -> None:
     spec = load(EXAMPLE / "imagebuild.yaml")
-    (formats,) = spec_problems("qemu", spec, "arm64")
-    assert formats.field == "vm.formats" and "ova, vagrant: describe amd64 hardware" in str(formats)
+    assert spec.vm.formats == ["qcow2", "ova", "vagrant"]
+    assert spec_problems("qemu", spec, "arm64") == [] and made_as(spec, "amd64") == (spec, [])
+    kept, skipped = made_as(spec, "arm64")
+    assert (kept.vm.formats, skipped) == (["qcow2"], ["ova", "vagrant"])
     (target,) = spec_problems("gce", spec, "arm64")
     assert target.field == "base.architectures" and "--target qemu or ami" in str(target)
     assert spec.vm.ami is not None and spec.vm.ami.method == "import"
-    assert [p.field for p in spec_problems("ami", spec, "arm64")] == ["vm.formats"]
+    assert spec_problems("ami", spec, "arm64") == []
+    none = dataclasses.replace(spec, vm=dataclasses.replace(spec.vm, formats=["ova"]))
+    (formats,) = spec_problems("qemu", none, "arm64")
+    assert formats.field == "vm.formats" and "ova: describe amd64 hardware" in str(formats)
     assert spec_problems("qemu", spec) == []
 
 
@@ -105,3 +142,27 @@ def test_another_architectures_vm_is_refused_by_libvirt_naming_plain_qemu(tmp_pa
     booting = hosts.vm(disk, tmp_path, 512, 1, "libvirt", machine=arm)
     with pytest.raises(hosts.HostError, match=r"arm64 VM is booted by plain QEMU only"):
         booting.__enter__()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--backend", "libvirt"], "--backend libvirt: an arm64 VM is booted by plain QEMU"),
+        (["--vm-seed", "seed.iso"], "--vm-seed: libvirt only, and an arm64 VM is booted by"),
+    ],
+)
+def test_verify_of_another_architecture_refuses_libvirt_before_anything(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    import shutil
+
+    from tests.conftest import run_invoke
+
+    shutil.copytree(EXAMPLE, tmp_path / "ex", ignore=shutil.ignore_patterns("*.lock"))
+    spec = tmp_path / "ex" / "imagebuild.yaml"
+    line = "  components: [main]\n"
+    spec.write_text(spec.read_text().replace(line, line + "  architectures: [amd64, arm64]\n"))
+    dist = tmp_path / "dist"
+    r = run_invoke("verify", "--spec", str(spec), "--dist", str(dist), "--arch", "arm64", *args)
+    assert r.returncode == 2 and says in r.stderr, r.stderr
+    assert not dist.exists()

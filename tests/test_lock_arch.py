@@ -26,6 +26,7 @@ from imagebuild.lock.lockfile import ArchSection, DebPackage, Lock, Wheel, moves
 from imagebuild.resolved import resolve
 from imagebuild.spec_sections import DEFAULT_VM_PACKAGES
 from tests.conftest import EXAMPLE, copy_example, run_invoke
+from tests.test_bootloader import check_uefi_install
 
 
 def arm64_of(rows: list[DebPackage]) -> list[DebPackage]:
@@ -339,6 +340,8 @@ def test_arm64_is_locked_fetched_exported_and_imported(tmp_path: Path, cache_dir
         listed = {ln.split(": ")[1] for ln in index.splitlines() if ln.startswith("SHA256: ")}
         assert listed == {p.sha256 for p in rows}
     assert {f.name for f in wheels.glob("*.whl")} == {w.filename for w in arm.python}
+    # arm64's disk boots UEFI from the locked GRUB: its ESP made from that .deb (bootloader.py).
+    check_uefi_install(next(vm_repo.glob("pool/grub-efi-arm64-bin_*.deb")), tmp_path)
     fresh = tmp_path / "fresh-cache"
     r = run_invoke(
         "fetch", "--spec", str(spec), "--cache-dir", str(fresh), "--import", str(archive)

@@ -120,12 +120,11 @@ def test_packer_validate_passes_offline(tmp_path: Path, only: str) -> None:
 def test_packer_validate_takes_the_arm64_machine(tmp_path: Path) -> None:
     """The architecture is variables only (board, emulator, CPU and firmware as qemuargs, which
     Packer 1.6.6 reads: its qemu builder has no `firmware` option)."""
-    arm = machines.MACHINES["arm64"]
-    values = {
-        "qemu_binary": arm.qemu,
-        "machine_type": arm.board,
-        "machine_qemuargs": [["-cpu", arm.tcg_cpu], ["-bios", arm.firmware]],
-    }
+    values = machines.MACHINES["arm64"].packer_values("tcg")
+    assert values["machine_qemuargs"] == [
+        ["-cpu", "max,pauth-impdef=on"],
+        ["-bios", "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd"],
+    ]
     r = _validate(tmp_path, "qemu.vm", **values)
     assert r.returncode == 0, r.stdout + r.stderr
     with (tmp_path / "v.pkrvars.hcl").open() as f:

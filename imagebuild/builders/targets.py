@@ -4,6 +4,7 @@ anything runs. A new target (another cloud) is one new module and one line here.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -68,6 +69,17 @@ def spec_problems(target: str, spec: Spec, arch: str = HOST_ARCH) -> list[SpecEr
 DISK_ONLY = ("qcow2", "raw", "vhd")
 
 
+def made_as(spec: Spec, arch: str) -> tuple[Spec, list[str]]:
+    """The spec a VM of `arch` is built from: another architecture's has the disk-only formats
+    of vm.formats (its key, outputs and cloud-init datasources follow them), and the formats
+    left out."""
+    if arch == HOST_ARCH:
+        return spec, []
+    kept = [f for f in spec.vm.formats if f in DISK_ONLY]
+    vm_section = dataclasses.replace(spec.vm, formats=kept)
+    return dataclasses.replace(spec, vm=vm_section), [f for f in spec.vm.formats if f not in kept]
+
+
 def _foreign_problems(target: str, spec: Spec, arch: str) -> list[SpecError]:
     if target == "ami" and spec.vm.ami is not None and spec.vm.ami.method == "import":
         target = "qemu"  # the qcow2's disk registered as the AMI (ami.register: its firmware)
@@ -78,12 +90,12 @@ def _foreign_problems(target: str, spec: Spec, arch: str) -> list[SpecError]:
                 f"an {arch} VM is built by --target qemu or ami (vm.ami.method: import) only",
             )
         ]
-    if other := [f for f in spec.vm.formats if f not in DISK_ONLY]:
+    if not set(spec.vm.formats) & set(DISK_ONLY):
         return [
             spec.error(
                 "vm.formats",
-                f"{', '.join(other)}: describe {HOST_ARCH} hardware; an {arch} VM is made as "
-                f"{', '.join(DISK_ONLY)}",
+                f"{', '.join(spec.vm.formats)}: describe {HOST_ARCH} hardware; an {arch} VM is "
+                f"made as {', '.join(DISK_ONLY)}: list one of them",
             )
         ]
     return []

@@ -206,7 +206,6 @@ def build(inputs: Inputs, dist: Path, on_error: str = "cleanup") -> VmResult:
     """The qemu target: the qcow2 and the formats made from it (builders.targets)."""
     dist = dist.resolve()  # Packer runs in the template folder: every path must be absolute
     spec, key = inputs.spec, inputs.keys.vm
-    machine = machines.of(inputs.lock.arch)  # refused before anything runs if it cannot boot
     out = outputs(dist, spec)
     seconds: dict[str, float] = {}
     with context.new_build(inputs) as b:
@@ -247,6 +246,7 @@ def build(inputs: Inputs, dist: Path, on_error: str = "cleanup") -> VmResult:
                 base = disk.base_disk(b, layers)
                 seconds["base disk"] = round(time.monotonic() - start, 1)
                 sources = disk.sources_disk(b)
+                machine = machines.of(inputs.lock.arch)
                 accel, why = vmboot.probe_accelerator(machine.arch)
                 progress.say(f"build-vm: accelerator {accel} ({why})")
                 parity, vm_inv = _packer_qemu(b, base, sources, (machine, accel), on_error, to)

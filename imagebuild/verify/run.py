@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from imagebuild import checksums, distnames, machines, progress, provenance
+from imagebuild import checksums, distnames, emulation, machines, progress, provenance
 from imagebuild.builders.formats import filename
 from imagebuild.cache import default_root
 from imagebuild.errors import ImageBuildError
@@ -137,6 +137,7 @@ def verify(
     its lock section. The equivalence attestation is signed by `signer` (unsigned without one)."""
     spec, arch = project.spec, project.lock.arch
     machine = machines.of(arch)  # refused before anything starts if it cannot boot here
+    emulation.require(arch)  # nor can another architecture's image run without qemu-user
     ref = container_ref or distnames.image_tag(spec, arch)
     qcow2 = filename("qcow2", spec)
     artifact = (vm_disk or dist / qcow2).resolve()
