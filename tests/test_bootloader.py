@@ -130,6 +130,10 @@ def test_another_architectures_vm_is_qemu_and_disk_only_formats(tmp_path: Path) 
     none = dataclasses.replace(spec, vm=dataclasses.replace(spec.vm, formats=["ova"]))
     (formats,) = spec_problems("qemu", none, "arm64")
     assert formats.field == "vm.formats" and "ova: describe amd64 hardware" in str(formats)
+    wide = dataclasses.replace(spec, vm=dataclasses.replace(spec.vm, cpus=16))
+    (cpus,) = spec_problems("qemu", wide, "arm64")
+    assert cpus.field == "vm.cpus" and "8 CPUs at most" in str(cpus)
+    assert spec_problems("qemu", wide) == []
     assert spec_problems("qemu", spec) == []
 
 

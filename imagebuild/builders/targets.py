@@ -90,6 +90,8 @@ def _foreign_problems(target: str, spec: Spec, arch: str) -> list[SpecError]:
                 f"an {arch} VM is built by --target qemu or ami (vm.ami.method: import) only",
             )
         ]
+    if arch == "arm64" and spec.vm.cpus > 8:  # QEMU's virt board: GICv2, 8 CPUs at most
+        return [spec.error("vm.cpus", f"{spec.vm.cpus}: an arm64 VM boots with 8 CPUs at most")]
     if not set(spec.vm.formats) & set(DISK_ONLY):
         return [
             spec.error(
