@@ -354,11 +354,11 @@ def build_vm(
 
 @cli(
     dist="Output folder of the builds (default ./dist); the report goes to DIST/verify/.",
-    container="Image to verify (default: REPOSITORY:VERSION from the spec; with --arch A: "
-    "REPOSITORY:VERSION-A).",
+    container="Image to verify (default: REPOSITORY:VERSION from the spec; with --arch A of "
+    "another architecture: REPOSITORY:VERSION-A).",
     vm="VM artifact to verify: the qcow2, the Vagrant box, the OVA, the VHD, the GCE tarball or "
     "the raw disk (its disk is booted, and compared with the qcow2 beside it; default: "
-    "DIST/NAME-VERSION.qcow2; with --arch A: DIST/A/NAME-VERSION.qcow2).",
+    "DIST/NAME-VERSION.qcow2; another architecture's: DIST/A/NAME-VERSION.qcow2).",
     backend="auto (default: libvirt, else plain QEMU), libvirt or qemu.",
     libvirt_uri="libvirt to boot the VM with (default qemu:///system; qemu:///session: a user's "
     "own; it must be on this host: verify reaches the VM on 127.0.0.1).",
@@ -395,6 +395,15 @@ def verify(
     from imagebuild.verify import run as verifying
     from imagebuild.verify.hosts import local_uri_problem
 
+    if attestation or public_key:  # needs no spec, unless --arch names another DIST folder
+        OptionError.check(
+            not (attestation and public_key) and "--attestation and --public-key go together"
+        )
+        if arch is not None:
+            (arch,) = _arches(Project.named(spec).spec, arch)
+        at = distnames.arch_dir(Path(dist), arch or HOST_ARCH)
+        _check_attestation(attestation, public_key, at, Path(vm) if vm else None)
+        return
     OptionError.check(
         backend not in BACKENDS and f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}",
         (problem := local_uri_problem(libvirt_uri)) and f"--libvirt-uri: {problem}",
@@ -402,12 +411,6 @@ def verify(
     p = Project.named(spec)
     (one,) = _arches(p.spec, arch or HOST_ARCH)
     at = distnames.arch_dir(Path(dist), one)
-    if attestation or public_key:
-        OptionError.check(
-            not (attestation and public_key) and "--attestation and --public-key go together"
-        )
-        _check_attestation(attestation, public_key, at, Path(vm) if vm else None)
-        return
     signer = signing.load(sign_key)
     foreign = one != HOST_ARCH and f"an {one} VM is booted by plain QEMU (the domain is a PC's)"
     OptionError.check(

@@ -32,9 +32,10 @@ class Machine:
     board: str  # QEMU's -machine type
     tcg_cpu: str
     console: str  # the kernel's serial console device
+    aws: tuple[str, str]  # RegisterImage's Architecture and BootMode
+    max_cpus: int = 255  # what the board takes (arm64's virt: GICv2 here, 8)
     firmware: str = ""  # a ROM loaded with -bios ("": the emulator's default BIOS)
     packages: tuple[str, ...] = ()  # Debian packages that hold `qemu` and `firmware`
-    aws: tuple[str, str] = ("x86_64", "legacy-bios")  # RegisterImage's Architecture, BootMode
 
     def accel_args(self, accel: str) -> list[str]:
         """-machine, -cpu and the firmware for `accel` (kvm only for this host's architecture)."""
@@ -67,16 +68,19 @@ class Machine:
 
 
 MACHINES = {
-    "amd64": Machine("amd64", "qemu-system-x86_64", "pc", "max", "ttyS0"),
+    "amd64": Machine(
+        "amd64", "qemu-system-x86_64", "pc", "max", "ttyS0", ("x86_64", "legacy-bios")
+    ),
     "arm64": Machine(
         "arm64",
         "qemu-system-aarch64",
         "virt",
         "max,pauth-impdef=on",
         "ttyAMA0",
+        ("arm64", "uefi"),
+        max_cpus=8,
         firmware="/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
         packages=("qemu-system-arm", "qemu-efi-aarch64"),
-        aws=("arm64", "uefi"),
     ),
 }
 HOST = MACHINES[HOST_ARCH]

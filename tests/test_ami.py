@@ -207,7 +207,7 @@ def test_register_asks_for_imdsv2_ena_and_tags(tmp_path: Path, aws, monkeypatch)
     sid = ec2.create_snapshot(VolumeId=vol)["SnapshotId"]
     tags = [{"Key": "imagebuild:spec", "Value": spec.name}]
     with recorded(aws) as bodies:
-        image_id = ami.register(session, spec, "t-1", sid, tags)
+        image_id = ami.register(session, spec, "t-1", sid, tags, machines.HOST)
     reg = next(b for b in bodies if b.get("Action") == ["RegisterImage"])
     assert {
         k: reg[k][0]
@@ -238,14 +238,14 @@ def test_register_asks_for_imdsv2_ena_and_tags(tmp_path: Path, aws, monkeypatch)
     assert (reg["Architecture"], reg["BootMode"]) == (["arm64"], ["uefi"])
 
     with pytest.raises(ami.AwsError, match="force_deregister"):
-        ami.register(session, spec, "t-1", sid, tags)
+        ami.register(session, spec, "t-1", sid, tags, machines.HOST)
     forced = dataclasses.replace(
         spec,
         vm=dataclasses.replace(
             spec.vm, ami=dataclasses.replace(spec.vm.ami, force_deregister=True)
         ),
     )
-    again = ami.register(session, forced, "t-1", sid, tags)
+    again = ami.register(session, forced, "t-1", sid, tags, machines.HOST)
     assert again != image_id
     assert [
         i["ImageId"]

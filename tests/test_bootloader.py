@@ -132,8 +132,12 @@ def test_another_architectures_vm_is_qemu_and_disk_only_formats(tmp_path: Path) 
     assert formats.field == "vm.formats" and "ova: describe amd64 hardware" in str(formats)
     wide = dataclasses.replace(spec, vm=dataclasses.replace(spec.vm, cpus=16))
     (cpus,) = spec_problems("qemu", wide, "arm64")
-    assert cpus.field == "vm.cpus" and "8 CPUs at most" in str(cpus)
+    assert cpus.field == "vm.cpus" and "an arm64 VM boots 8 at most" in str(cpus)
     assert spec_problems("qemu", wide) == []
+    both = dataclasses.replace(spec, vm=dataclasses.replace(spec.vm, cpus=16, formats=["ova"]))
+    assert [p.field for p in spec_problems("qemu", both, "arm64")] == ["vm.cpus", "vm.formats"]
+    no_ami = dataclasses.replace(spec, vm=dataclasses.replace(spec.vm, ami=None))
+    assert [p.field for p in spec_problems("ami", no_ami, "arm64")] == ["vm.ami"]
     assert spec_problems("qemu", spec) == []
 
 

@@ -133,3 +133,13 @@ def test_a_key_that_cannot_sign_stops_the_build_before_anything(task: str, tmp_p
         r.returncode == 2 and f"error: $IMAGEBUILD_SIGN_KEY: {tmp_path}: not a regular" in r.stderr
     )
     assert not dist.exists() and "Traceback" not in r.stderr
+
+
+def test_checking_an_attestation_reads_no_spec_unless_arch_is_given() -> None:
+    """A consumer with only the attestation, the public key and DIST needs no spec; `--arch`
+    (which DIST/ARCH/ to read) is checked against the spec's architectures."""
+    args = ["verify", "--attestation", "/nonexistent.jsonl", "--public-key", "/nonexistent.pem"]
+    r = run_invoke(*args, "--spec", "/nonexistent.yaml")
+    assert r.returncode == 2 and "--public-key: /nonexistent.pem" in r.stderr, r.stderr
+    r = run_invoke(*args, "--spec", "/nonexistent.yaml", "--arch", "arm64")
+    assert r.returncode == 2 and "/nonexistent.yaml: spec file not found" in r.stderr, r.stderr

@@ -155,7 +155,7 @@ def register(
     name: str,
     sid: str,
     tags: list[dict[str, str]],
-    machine: machines.Machine = machines.HOST,
+    machine: machines.Machine,
 ) -> str:
     """RegisterImage of the snapshot as an HVM AMI of the disk's architecture and firmware
     (amd64: x86_64, legacy BIOS; arm64: arm64, UEFI) with IMDSv2 required and ENA; an AMI of

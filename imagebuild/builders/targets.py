@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from imagebuild import machines
 from imagebuild.builders import ami, ami_stock, gce_image, vm
 from imagebuild.errors import SpecError
 from imagebuild.inputs import Inputs
@@ -81,6 +82,8 @@ def made_as(spec: Spec, arch: str) -> tuple[Spec, list[str]]:
 
 
 def _foreign_problems(target: str, spec: Spec, arch: str) -> list[SpecError]:
+    if target == "ami" and spec.vm.ami is None:
+        return [spec.error("vm.ami", "missing; `--target ami` needs vm.ami (at least region)")]
     if target == "ami" and spec.vm.ami is not None and spec.vm.ami.method == "import":
         target = "qemu"  # the qcow2's disk registered as the AMI (ami.register: its firmware)
     if target != "qemu":
@@ -90,17 +93,18 @@ def _foreign_problems(target: str, spec: Spec, arch: str) -> list[SpecError]:
                 f"an {arch} VM is built by --target qemu or ami (vm.ami.method: import) only",
             )
         ]
-    if arch == "arm64" and spec.vm.cpus > 8:  # QEMU's virt board: GICv2, 8 CPUs at most
-        return [spec.error("vm.cpus", f"{spec.vm.cpus}: an arm64 VM boots with 8 CPUs at most")]
+    found = []
+    if spec.vm.cpus > (most := machines.MACHINES[arch].max_cpus):
+        found.append(spec.error("vm.cpus", f"{spec.vm.cpus}: an {arch} VM boots {most} at most"))
     if not set(spec.vm.formats) & set(DISK_ONLY):
-        return [
+        found.append(
             spec.error(
                 "vm.formats",
                 f"{', '.join(spec.vm.formats)}: describe {HOST_ARCH} hardware; an {arch} VM is "
                 f"made as {', '.join(DISK_ONLY)}: list one of them",
             )
-        ]
-    return []
+        )
+    return found
 
 
 def _ami(inputs: Inputs, dist: Path, options: Options) -> vm.VmResult:

@@ -76,11 +76,10 @@ class VmResult:
 
 def _build_qemu(name: str) -> list[tuple[int, str]]:
     """This build's QEMU processes (Packer names them with `-name NAME`)."""
-    qemu = ("qemu-system", "/usr/bin/qemu-system")
     return [
         (pid, cmd)
         for pid, cmd in leftovers.processes()
-        if cmd.startswith(qemu) and f" {name} " in cmd
+        if cmd.split(" ", 1)[0].rpartition("/")[2].startswith("qemu-system") and f" {name} " in cmd
     ]
 
 
