@@ -43,20 +43,29 @@ def start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]  # after the command name, which may hold spaces
 
 
+def matching(marks: list[str], programs: tuple[str, ...]) -> list[tuple[int, str, str]]:
+    """(pid, command line, program) of every other process running one of `programs` (by
+    name, wherever it lies) whose command line names one of `marks`."""
+    found = []
+    for pid, cmd in processes():
+        # the program itself, or the script its interpreter runs (python3 .../ansible-playbook)
+        heads = [a.rsplit("/", 1)[-1] for a in cmd.split()[:2]]
+        ours = [h for h in heads if h.startswith(programs)]
+        if pid != os.getpid() and ours and any(m in cmd for m in marks):
+            found.append((pid, cmd, ours[0]))
+    return found
+
+
 def stop_processes(marks: list[str], programs: tuple[str, ...] = PROGRAMS) -> list[str]:
     """SIGKILL every process running one of `programs` whose command line names one of `marks`
     (a build's own scratch paths: nothing of another build matches); returns `PID (program)`.
     Packer and Mitogen's multiplexer (forked by ansible-playbook, then in a session of its
     own) are outside any process group a build can signal, and outlive it."""
     gone = []
-    for pid, cmd in processes():
-        # the program itself, or the script its interpreter runs (python3 .../ansible-playbook)
-        heads = [a.rsplit("/", 1)[-1] for a in cmd.split()[:2]]
-        ours = [h for h in heads if h.startswith(programs)]
-        if pid != os.getpid() and ours and any(m in cmd for m in marks):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-                gone.append(f"{pid} ({ours[0]})")
+    for pid, _, program in matching(marks, programs):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            gone.append(f"{pid} ({program})")
     return gone
 
 

@@ -35,6 +35,8 @@ class BootloaderError(ImageBuildError):
 
 class Bootloader(Protocol):
     package: str  # the locked package whose GRUB modules it needs
+    target: str  # GRUB's platform (grub-mkimage -O)
+    modules: list[str]  # what its image holds besides COMMON_MODULES
 
     def root_end(self, size: int) -> int:
         """Where the root filesystem of a `size`-byte disk ends."""
@@ -49,24 +51,23 @@ class Bootloader(Protocol):
         ...
 
 
-def _grub_image(rootfs: Path, target: str, package: str, out: Path, prefix: str) -> Path:
-    """GRUB's image for `target` from the tree's modules; returns the modules' folder copy."""
+def _grub_image(rootfs: Path, boot: Bootloader, out: Path, prefix: str) -> Path:
+    """`boot`'s GRUB image from the tree's modules; returns the modules' folder copy."""
+    target = boot.target
     grub_dir = disk_tree.copy_files(rootfs, f"usr/lib/grub/{target}", out.parent / f"grub-{target}")
     if not (grub_dir / "normal.mod").is_file():
         shutil.rmtree(grub_dir, ignore_errors=True)
         raise BootloaderError(
-            f"no GRUB {target} modules in the VM rootfs: vm.packages needs {package}"
+            f"no GRUB {target} modules in the VM rootfs: vm.packages needs {boot.package}"
         )
-    part = "part_msdos" if target == "i386-pc" else "part_gpt"
-    more = ["biosdisk"] if target == "i386-pc" else []
-    modules = [*more, part, *COMMON_MODULES]
     argv = ["grub-mkimage", "-O", target, "-d", str(grub_dir), "-o", str(out), "-p", prefix]
-    tools.run([*argv, *modules])
+    tools.run([*argv, *boot.modules, *COMMON_MODULES])
     return grub_dir
 
 
 class Bios:
-    package = "grub-pc-bin"
+    package, target = "grub-pc-bin", "i386-pc"
+    modules = ["biosdisk", "part_msdos"]
 
     def root_end(self, size: int) -> int:
         return size
@@ -81,7 +82,7 @@ class Bios:
 
     def install(self, rootfs: Path, raw: Path, root_uuid: str, sde: int) -> None:
         core = raw.parent / "core.img"
-        grub_dir = _grub_image(rootfs, "i386-pc", self.package, core, "(hd0,msdos1)/boot/grub")
+        grub_dir = _grub_image(rootfs, self, core, "(hd0,msdos1)/boot/grub")
         if core.stat().st_size > PART_OFFSET - SECTOR:
             raise BootloaderError(
                 f"GRUB core.img ({core.stat().st_size} bytes) does not fit before 1 MiB"
@@ -95,9 +96,11 @@ class Bios:
 
 
 class Uefi:
-    package = "grub-efi-arm64-bin"
-    target, removable = "arm64-efi", "BOOTAA64.EFI"
+    package, target = "grub-efi-arm64-bin", "arm64-efi"
+    modules = ["part_gpt"]
+    removable = "BOOTAA64.EFI"
     ESP_START = 34  # the first sector after the primary GPT's 128 entries
+    ESP_SECTORS = PART_OFFSET // SECTOR - ESP_START  # up to the root partition
 
     def root_end(self, size: int) -> int:
         return size - PART_OFFSET  # the backup GPT at the disk's end: a MiB kept free
@@ -109,29 +112,27 @@ class Uefi:
             return uuid.uuid5(uuid.UUID(root_uuid), name)
 
         root_sectors = (self.root_end(size) - PART_OFFSET) // SECTOR
-        esp_sectors = PART_OFFSET // SECTOR - self.ESP_START
         # Partition 1 (root) first in the table, the ESP (sfdisk's type U) as 2 before it.
         layout = (
             f"label: gpt\nlabel-id: {root_uuid}\nfirst-lba: {self.ESP_START}\n"
             f"start={PART_OFFSET // SECTOR}, size={root_sectors}, type=L, "
             f"uuid={part_uuid('root')}, name=root\n"
-            f"start={self.ESP_START}, size={esp_sectors}, type=U, uuid={part_uuid('esp')}, "
+            f"start={self.ESP_START}, size={self.ESP_SECTORS}, type=U, uuid={part_uuid('esp')}, "
             "name=esp\n"
         )
         tools.run(["sfdisk", "--quiet", str(raw)], input=layout)
 
     def install(self, rootfs: Path, raw: Path, root_uuid: str, sde: int) -> None:
-        esp_sectors = PART_OFFSET // SECTOR - self.ESP_START
         work = raw.parent / "esp"
         work.mkdir()
         try:
             efi = work / self.removable
-            grub_dir = _grub_image(rootfs, self.target, self.package, efi, "(hd0,gpt1)/boot/grub")
+            grub_dir = _grub_image(rootfs, self, efi, "(hd0,gpt1)/boot/grub")
             shutil.rmtree(grub_dir)
             os.utime(efi, (sde, sde))
             esp = work / "esp.img"
             with esp.open("wb") as f:
-                f.truncate(esp_sectors * SECTOR)
+                f.truncate(self.ESP_SECTORS * SECTOR)
             volume_id = root_uuid.replace("-", "")[:8]
             tools.run(["mkfs.vfat", "--invariant", "-i", volume_id, "-n", "EFI", str(esp)])
             env = {**os.environ, "SOURCE_DATE_EPOCH": str(sde), "MTOOLS_SKIP_CHECK": "1"}

@@ -76,11 +76,7 @@ class VmResult:
 
 def _build_qemu(name: str) -> list[tuple[int, str]]:
     """This build's QEMU processes (Packer names them with `-name NAME`)."""
-    return [
-        (pid, cmd)
-        for pid, cmd in leftovers.processes()
-        if cmd.split(" ", 1)[0].rpartition("/")[2].startswith("qemu-system") and f" {name} " in cmd
-    ]
+    return [(pid, cmd) for pid, cmd, _ in leftovers.matching([f" {name} "], ("qemu-system",))]
 
 
 def _stop_strays(name: str, work: Path) -> None:
