@@ -90,6 +90,11 @@ variable "ssh_private_key_file" {
   description = "Per-build SSH key (vm_finalize removes its public half from the image)."
 }
 
+variable "ssh_host_port" {
+  type        = number
+  description = "The one host port Packer connects to; imagebuild.sshgate forwards it once the guest's sshd answers."
+}
+
 variable "guest_qemuargs" {
   type        = list(list(string))
   description = "imagebuild.vmboot.guest_args: SSH-only user networking + the key as systemd credential."
@@ -189,6 +194,8 @@ source "qemu" "vm" {
   ssh_username     = "root"
   ssh_private_key_file = var.ssh_private_key_file
   ssh_timeout      = "15m"
+  host_port_min    = var.ssh_host_port
+  host_port_max    = var.ssh_host_port
   # After vm_finalize removed the per-instance state, power off without stopping services:
   # an orderly stop would write it again (systemd saves a random seed, journald flushes,
   # ifdown's DHCP release rewrites the lease file). --force still kills every process and
@@ -199,8 +206,10 @@ source "qemu" "vm" {
   # The whole device list is given here, so Packer's defaults (SSH forwarded on every
   # interface) do not apply. guest_qemuargs (the same as every other boot of the image): SSH on
   # 127.0.0.1 only and nothing else (restrict=on: the build is hermetic), the build key as
-  # systemd's login credential. Also: discard=unmap, so vm_finalize's fstrim drops the blocks
-  # of what it deleted from the disk file; the sources disk read-only.
+  # systemd's login credential; and QEMU's monitor, through which imagebuild forwards Packer's
+  # port only once sshd answers (imagebuild/sshgate.py: no handshake stuck in QEMU's back-off).
+  # Also: discard=unmap, so vm_finalize's fstrim drops the blocks of what it deleted from the
+  # disk file; the sources disk read-only.
   qemuargs = concat([
     ["-name", var.qemu_name],
   ], var.machine_qemuargs, [

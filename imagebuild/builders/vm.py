@@ -34,6 +34,7 @@ from imagebuild import (
     provenance,
     provision,
     roles,
+    sshgate,
     tools,
     vmboot,
 )
@@ -155,6 +156,7 @@ def packer_values(spec: Spec, work: Path, **overrides: Any) -> dict[str, Any]:
         **machines.HOST.packer_values("tcg"),
         "accelerator": "tcg",
         "ssh_private_key_file": str(work / "build_key"),
+        "ssh_host_port": 2222,  # the qemu source's; Gate.new picks one per build
         "guest_qemuargs": [],
         "serial_log": str(work / "serial.log"),
         "ansible_dir": str(roles.ANSIBLE_DIR),
@@ -287,6 +289,7 @@ def _packer_qemu(
     inventory_out = work / "inventory.json"
     vars_file = ansible_vars_file(b.inputs.resolved, disk.SOURCES_LABEL, inventory_out)
     booted = vmboot.overlay(base.path, work)  # Packer copies this (kilobytes), never the base
+    gate = sshgate.Gate.new(work)
     values = packer_values(
         spec,
         work,
@@ -298,9 +301,8 @@ def _packer_qemu(
         accelerator=accel,
         ansible_vars_file=str(vars_file),
         serial_log=str(staging / "serial.log"),  # kept with the VM by --on-error=abort
-        guest_qemuargs=_pairs(
-            vmboot.guest_args("{{ .SSHHostPort }}", (work / "build_key.pub").read_text())
-        ),
+        ssh_host_port=gate.port,
+        guest_qemuargs=_pairs(gate.qemu_args((work / "build_key.pub").read_text())),
     )
     strategy = provision.ssh_strategy()[0]
     what = f"qemu/{accel}: boot, vm.yml (Ansible strategy {strategy}), shutdown"
@@ -310,7 +312,8 @@ def _packer_qemu(
     with ThreadPoolExecutor(1) as pool:
         made = pool.submit(vm_outputs.formats, base.path, b.inputs, to, True)
         try:
-            timeline = packer.build(values, work, "qemu.vm", on_error, log, what)
+            with sshgate.opened_when_up(gate):
+                timeline = packer.build(values, work, "qemu.vm", on_error, log, what)
             to.seconds |= {f"packer {k}": v for k, v in packer.phases(timeline).items()}
         except BaseException:
             while not wait([made], timeout=0.5).done:  # a tool started after a kill: again
