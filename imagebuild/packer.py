@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from functools import cache
@@ -112,11 +113,18 @@ def log_file(cache_root: Path, name: str) -> Path:
 
 
 def build(
-    values: dict[str, Any], work: Path, only: str, on_error: str, log: Path, what: str
+    values: dict[str, Any],
+    work: Path,
+    only: str,
+    on_error: str,
+    log: Path,
+    what: str,
+    abort: threading.Event | None = None,
 ) -> list[tuple[float, str]]:
     """The one way every target runs Packer: its variables written and checked, the template
     staged for this Packer, `packer validate` (offline), then `packer build -on-error=...`, both
-    logged to `log`. Returns the build's timeline (`phases`)."""
+    logged to `log`; stopped as on Ctrl-C once `abort` is set. Returns the build's timeline
+    (`phases`)."""
     from imagebuild import progress
 
     pkrvars = work / "build.pkrvars.hcl"
@@ -126,10 +134,16 @@ def build(
     with progress.stage("build-vm: packer validate", f"{only}, Packer {version()}"):
         run(["validate", *args], tdir, work, log)
     with progress.stage("build-vm: packer build", what):
-        return run(["build", f"-on-error={on_error}", *args], tdir, work, log)
+        return run(["build", f"-on-error={on_error}", *args], tdir, work, log, abort)
 
 
-def run(args: list[str], template_dir: Path, workdir: Path, log: Path) -> list[tuple[float, str]]:
+def run(
+    args: list[str],
+    template_dir: Path,
+    workdir: Path,
+    log: Path,
+    abort: threading.Event | None = None,
+) -> list[tuple[float, str]]:
     """Run `packer ARGS .` in the template folder, streaming its lines as progress and to
     `log`; return every line with its time since start (for the per-phase timings). On Ctrl-C,
     Packer gets SIGINT (its own clean-up: stop QEMU, delete output) and a minute to finish
@@ -149,6 +163,8 @@ def run(args: list[str], template_dir: Path, workdir: Path, log: Path) -> list[t
         start_new_session=True,  # the terminal's Ctrl-C reaches us, we forward it
     )
     assert proc.stdout is not None
+    if abort is not None:
+        threading.Thread(target=_stop_on, args=(abort, proc), daemon=True).start()
     try:
         with log.open("a") as out:
             for line in proc.stdout:
@@ -185,6 +201,13 @@ def phases(timeline: list[tuple[float, str]]) -> dict[str, float]:
     if timeline:
         out["shutdown"] = round(timeline[-1][0] - last, 1)
     return out
+
+
+def _stop_on(abort: threading.Event, proc: subprocess.Popen[str]) -> None:
+    while proc.poll() is None:
+        if abort.wait(0.5):
+            stop(proc)
+            return
 
 
 def stop(proc: subprocess.Popen[str]) -> None:

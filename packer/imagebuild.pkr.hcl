@@ -97,7 +97,7 @@ variable "ssh_host_port" {
 
 variable "guest_qemuargs" {
   type        = list(list(string))
-  description = "imagebuild.vmboot.guest_args: SSH-only user networking + the key as systemd credential."
+  description = "imagebuild.sshgate.Gate.qemu_args: SSH-only user networking (a probe port), the key as systemd credential, QEMU's monitor."
 }
 
 variable "serial_log" {

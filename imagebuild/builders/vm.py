@@ -312,8 +312,8 @@ def _packer_qemu(
     with ThreadPoolExecutor(1) as pool:
         made = pool.submit(vm_outputs.formats, base.path, b.inputs, to, True)
         try:
-            with sshgate.opened_when_up(gate):
-                timeline = packer.build(values, work, "qemu.vm", on_error, log, what)
+            with sshgate.opened_when_up(gate) as abort:
+                timeline = packer.build(values, work, "qemu.vm", on_error, log, what, abort)
             to.seconds |= {f"packer {k}": v for k, v in packer.phases(timeline).items()}
         except BaseException:
             while not wait([made], timeout=0.5).done:  # a tool started after a kill: again
