@@ -8,6 +8,7 @@ plugin and rejects that block. `template_files` is where that difference lives.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -211,11 +212,15 @@ def _stop_on(abort: threading.Event, proc: subprocess.Popen[str]) -> None:
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
+    """SIGINT to Packer's group (its own clean-up), SIGKILL after a minute. Two threads may
+    call it (an abort and a Ctrl-C): a group the other one reaped already is not an error."""
     if proc.poll() is not None:
         return
-    os.killpg(proc.pid, signal.SIGINT)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
     try:
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

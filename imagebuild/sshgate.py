@@ -52,7 +52,9 @@ class Gate:
                 except OSError:
                     continue
             return cls(work, vmboot.free_port(), port)
-        raise GateError(f"no free port on 127.0.0.1 in {PACKER_PORTS.start}-{PACKER_PORTS.stop}")
+        raise GateError(
+            f"no free port on 127.0.0.1 in {PACKER_PORTS.start}-{PACKER_PORTS.stop - 1}"
+        )
 
     def qemu_args(self, public_key: str) -> list[str]:
         return [*vmboot.guest_args(self.probe_port, public_key), *monitor_args(self.work)]
@@ -120,6 +122,10 @@ def opened_when_up(
         problems.append(problem)
         abort.set()
 
+    def forwarded() -> bool:
+        rows = [ln.split() for ln in monitor_command(monitor, "info usernet").splitlines()]
+        return any("HOST_FORWARD" in r[0] and r[2:4] == ["127.0.0.1", str(g.port)] for r in rows)
+
     def forward() -> None:
         command, error = f"hostfwd_add {NETDEV} tcp:127.0.0.1:{g.port}-:22", ""
         for _ in range(3):  # a monitor busy for 10 s is asked again, not taken for a refusal
@@ -127,6 +133,12 @@ def opened_when_up(
                 said = monitor_command(monitor, command)
             except (OSError, GateError) as e:
                 error = str(e) or type(e).__name__
+                try:  # the command may have reached QEMU before the reply timed out
+                    if forwarded():
+                        return
+                except (OSError, GateError):
+                    pass
+                time.sleep(1)
                 continue
             if said:
                 give_up(f"QEMU did not forward SSH to port {g.port}: {said}")
@@ -145,11 +157,19 @@ def opened_when_up(
             if sshd_answers(g.probe_port) or time.monotonic() - started > fail_open_s:
                 return forward()
 
-    thread = threading.Thread(target=gate, name="imagebuild-ssh-gate", daemon=True)
+    def guarded() -> None:
+        try:
+            gate()
+        except BaseException as e:  # never a silent end: Packer would wait out its timeout
+            give_up(f"the SSH gate failed: {e!r}")
+
+    thread = threading.Thread(target=guarded, name="imagebuild-ssh-gate", daemon=True)
     thread.start()
     try:
         yield abort
     except Exception as e:
+        stop.set()
+        thread.join()  # a reason given at the moment Packer failed is still read
         if problems:
             raise GateError("; ".join([*problems, str(e)])) from e
         raise

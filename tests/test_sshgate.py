@@ -4,10 +4,12 @@ probe port, a stand-in for the guest's sshd (its banner is all the gate reads)."
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
-import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,14 +42,14 @@ def qemu(work: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 
 @contextmanager
-def sshd_after(seconds: float) -> Iterator[int]:
-    """A port that refuses until `seconds` have passed, then greets as sshd does."""
+def sshd_on(start: threading.Event) -> Iterator[int]:
+    """A port that refuses until `start` is set, then greets as sshd does."""
     port = vmboot.free_port()
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 
     def serve() -> None:
-        time.sleep(seconds)
+        start.wait()
         server.bind(("127.0.0.1", port))
         server.listen()
         while True:
@@ -62,6 +64,9 @@ def sshd_after(seconds: float) -> Iterator[int]:
     try:
         yield port
     finally:
+        start.set()
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)
         server.close()
 
 
@@ -83,22 +88,25 @@ def until(check: Callable[[], bool], seconds: float = 15) -> None:
 
 
 def test_the_port_is_forwarded_only_once_sshd_answers(tmp_path: Path) -> None:
-    with qemu(tmp_path) as proc, sshd_after(1.5) as probe:
-        gate = sshgate.Gate.new(tmp_path)
-        gate = sshgate.Gate(tmp_path, probe, gate.port)
+    up = threading.Event()
+    with qemu(tmp_path) as proc, sshd_on(up) as probe:
+        gate = sshgate.Gate(tmp_path, probe, sshgate.Gate.new(tmp_path).port)
         assert gate.port in sshgate.PACKER_PORTS
         with sshgate.opened_when_up(gate) as abort:
-            time.sleep(0.8)
+            time.sleep(1.5)  # the gate has probed, and found nothing
             assert not forwarded(tmp_path, gate.port)
             with pytest.raises(ConnectionRefusedError):
                 socket.create_connection(("127.0.0.1", gate.port), timeout=2).close()
+            up.set()
             until(lambda: bool(forwarded(tmp_path, gate.port)))
             assert forwarded(tmp_path, gate.port)[4:6] == ["10.0.2.15", "22"]
         assert proc.poll() is None and not abort.is_set()
 
 
 def test_a_forward_qemu_refuses_stops_packer_and_the_build_says_why(tmp_path: Path) -> None:
-    with qemu(tmp_path), sshd_after(0) as probe, socket.socket() as taken:
+    up = threading.Event()
+    up.set()
+    with qemu(tmp_path), sshd_on(up) as probe, socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))  # Packer's port, held by someone else
         gate = sshgate.Gate(tmp_path, probe, taken.getsockname()[1])
         with pytest.raises(sshgate.GateError) as e, sshgate.opened_when_up(gate) as abort:
@@ -106,9 +114,8 @@ def test_a_forward_qemu_refuses_stops_packer_and_the_build_says_why(tmp_path: Pa
             raise RuntimeError("packer build failed (exit 1)")
     said = str(e.value)
     assert f"QEMU did not forward SSH to port {gate.port}: Could not set up" in said
-    assert said.endswith("; packer build failed (exit 1)") and isinstance(
-        e.value.__cause__, RuntimeError
-    )
+    assert said.endswith("; packer build failed (exit 1)")
+    assert isinstance(e.value.__cause__, RuntimeError)
 
 
 def test_a_guest_that_never_answers_gets_the_forward_anyway(tmp_path: Path) -> None:
@@ -122,20 +129,33 @@ def test_a_guest_that_never_answers_gets_the_forward_anyway(tmp_path: Path) -> N
 
 def test_a_qemu_that_never_starts_stops_packer(tmp_path: Path) -> None:
     gate = sshgate.Gate.new(tmp_path)
-    never = pytest.raises(sshgate.GateError, match=r"QEMU did not start within 1 s \(port")
-    with never, sshgate.opened_when_up(gate, qemu_start_s=1) as abort:
+    never = pytest.raises(sshgate.GateError, match=r"^QEMU did not start within 1 s \(port")
+    with never as e, sshgate.opened_when_up(gate, qemu_start_s=1) as abort:
         assert abort.wait(10)
         raise RuntimeError("packer build failed (exit 1)")
+    assert str(e.value).endswith("; packer build failed (exit 1)") and abort.is_set()
 
 
-def test_packer_is_stopped_once_abort_is_set(tmp_path: Path) -> None:
+def test_packer_is_stopped_once_abort_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """packer.run on a stand-in `packer` that would wait a minute: stopped as on Ctrl-C."""
+    fake = tmp_path / "bin" / "packer"
+    fake.parent.mkdir()
+    fake.write_text(
+        f"#!{sys.executable}\nimport signal, time\n"
+        "signal.signal(signal.SIGINT, signal.SIG_DFL)  # as Go's signal.Notify does\n"
+        "print('started', flush=True)\ntime.sleep(60)\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
     abort = threading.Event()
-    proc = subprocess.Popen(["sleep", "60"], start_new_session=True, text=True)
-    threading.Thread(target=packer._stop_on, args=(abort, proc), daemon=True).start()
-    time.sleep(1)
-    assert proc.poll() is None
-    abort.set()
-    assert proc.wait(timeout=10) == -signal.SIGINT
+    threading.Timer(1, abort.set).start()
+    start = time.monotonic()
+    with pytest.raises(packer.PackerError, match=r"packer build failed \(exit -2\)"):
+        packer.run(["build"], tmp_path, tmp_path, tmp_path / "packer.log", abort)
+    assert time.monotonic() - start < 10
+    assert "started" in (tmp_path / "packer.log").read_text()
 
 
 def test_a_socket_path_qemu_cannot_bind_is_refused_naming_the_cache(tmp_path: Path) -> None:
