@@ -563,17 +563,33 @@ def push(c, spec=DEFAULT_SPEC, cache_dir=None, registry=None, dist="dist"):
     "them). Exit 1 naming each that differs and, for a disk, its differing files.",
     reuse_layers="Take the container's stage layers from this cache (each checked against its "
     "key) and rebuild only the VM's base disk and formats.",
+    arch="Which of base.architectures to rebuild (default this host's; another's artifacts are "
+    "those in DIST/ARCH/, its VM formats the disk-only ones build-vm made).",
 )
-def rebuild(c, spec=DEFAULT_SPEC, cache_dir=None, dist="dist", check=False, reuse_layers=False):
+def rebuild(
+    c,
+    spec=DEFAULT_SPEC,
+    cache_dir=None,
+    dist="dist",
+    check=False,
+    reuse_layers=False,
+    arch=None,
+):
     """What an independent rebuilder runs: build the spec again from its lock in a private cache
     (the downloads linked, nothing a build derived) and compare the OCI archive and every VM
     format with DIST/SHA256SUMS. Packer's pass is not rerun: nothing it writes ships."""
     from imagebuild.builders import rebuild as rebuilding
+    from imagebuild.builders.targets import made_as
 
     OptionError.check(not check and "--check: required (rebuild compares; the builds build)")
     p = Project.named(spec)
+    (one,) = _arches(p.spec, arch or HOST_ARCH)
+    if one != HOST_ARCH:
+        emulation.require(one)  # before anything runs: its stages run under qemu-user
+        p = Project(made_as(p.spec, one)[0])
     with distlock.exclusive(Path(dist), "rebuild"):
-        found = rebuilding.check(p, _cache(cache_dir), Path(dist), reuse_layers)
+        at = distnames.arch_dir(Path(dist), one)
+        found = rebuilding.check(p, _cache(cache_dir), at, reuse_layers, one)
     for f in found:
         print(f.render())
     if differ := [f.name for f in found if not f.same]:

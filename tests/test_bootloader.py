@@ -174,3 +174,28 @@ def test_verify_of_another_architecture_refuses_libvirt_before_anything(
     r = run_invoke("verify", "--spec", str(spec), "--dist", str(dist), "--arch", "arm64", *args)
     assert r.returncode == 2 and says in r.stderr, r.stderr
     assert not dist.exists()
+
+
+def test_rebuild_of_another_architecture_reads_its_folder_and_its_formats(tmp_path: Path) -> None:
+    """`rebuild --check --arch arm64` compares DIST/arm64/ (what build-container and build-vm
+    --arch arm64 wrote there): the OCI archive and the disk-only formats build-vm made."""
+    import shutil
+
+    from imagebuild import emulation
+    from tests.conftest import run_invoke
+
+    if why := emulation.problem("arm64"):
+        pytest.skip(f"arm64's binaries cannot run here: {why}")
+
+    shutil.copytree(EXAMPLE, tmp_path / "ex", ignore=shutil.ignore_patterns("*.lock"))
+    spec = tmp_path / "ex" / "imagebuild.yaml"
+    line = "  components: [main]\n"
+    spec.write_text(spec.read_text().replace(line, line + "  architectures: [amd64, arm64]\n"))
+    dist = tmp_path / "dist"
+    (dist / "arm64").mkdir(parents=True)
+    args = ["--spec", str(spec), "--dist", str(dist), "--cache-dir", str(tmp_path / "cache")]
+    r = run_invoke("rebuild", "--check", *args, "--arch", "arm64")
+    assert r.returncode == 1, r.stderr
+    names = "onnx-serve-0.1.0.oci.tar, onnx-serve-0.1.0.qcow2"  # not the OVA or the box
+    assert f"{dist / 'arm64' / 'SHA256SUMS'} lists no {names}:" in r.stderr, r.stderr
+    assert sorted(p.name for p in dist.rglob("*")) == ["arm64"]

@@ -100,6 +100,10 @@ def test_cache_push_never_overrides_the_spec() -> None:
             "error: --arch 'arm64': not one of base.architectures ['amd64']",
         ),
         (
+            ["rebuild", "--check", "--arch", "arm64"],
+            "error: --arch 'arm64': not one of base.architectures ['amd64']",
+        ),
+        (
             ["build-vm", "--target", "ami", "--aws-region", "$(id)"],
             "error: --aws-region: '$(id)' is not an AWS region like eu-west-1 "
             "(spec field vm.ami.region)",

@@ -30,6 +30,7 @@ from imagebuild.cache import Cache, sha256_file
 from imagebuild.errors import ImageBuildError
 from imagebuild.inputs import Inputs, prepare
 from imagebuild.project import Project
+from imagebuild.spec_sections import HOST_ARCH
 
 SIDES = ("the shipped one", "the rebuilt one")
 DERIVED = ("stages", "disks", "vms", "inventories", "apt", "logs")  # made by builds, never linked
@@ -123,12 +124,15 @@ def rebuild(inputs: Inputs, out: Path, oci: bool) -> dict[str, Path]:
     return {p.name: p for p in (made | formats).values()}
 
 
-def check(p: Project, cache: Cache, dist: Path, reuse_layers: bool = False) -> list[Compared]:
-    """Rebuild `p` privately and compare each artifact with DIST's; the differing disks read."""
+def check(
+    p: Project, cache: Cache, dist: Path, reuse_layers: bool = False, arch: str = HOST_ARCH
+) -> list[Compared]:
+    """Rebuild `p` for `arch` privately and compare each artifact with DIST's (that
+    architecture's folder); the differing disks read."""
     shipped = artifacts(dist, p, reuse_layers)
     with cache.exclusive("rebuild"):
         leftovers.sweep(cache, "rebuild")  # what a killed rebuild (or build) left
-        found = _check(p, cache, dist, shipped, reuse_layers)
+        found = _check(p.for_arch(arch), cache, dist, shipped, reuse_layers)
     return found
 
 
