@@ -235,6 +235,20 @@ def _prepare(
 ARCH_HELP = "Build only this one of base.architectures (default: each of them)."
 
 
+def _made_as(p: Project, arch: str, task: str) -> Project:
+    """Another architecture's VM, as it is made: its disk-only formats (said when some are
+    left out)."""
+    from imagebuild.builders.targets import made_as
+
+    kept, skipped = made_as(p.spec, arch)
+    if skipped:
+        progress.say(
+            f"{task}: {arch}: vm.formats {', '.join(skipped)} describe "
+            f"{HOST_ARCH} hardware: made as {', '.join(kept.vm.formats)} only"
+        )
+    return Project(kept)
+
+
 def _arches(spec: Spec, arch: str | None) -> tuple[str, ...]:
     """The architectures a container build makes: `--arch`, else every one the spec lists."""
     if arch is None:
@@ -316,7 +330,7 @@ def build_vm(
 ):
     """Build the VM images with Packer (qemu, TCG unless KVM works) from the spec and its lock,
     provisioned by the container's playbook."""
-    from imagebuild.builders.targets import TARGETS, Options, made_as, spec_problems
+    from imagebuild.builders.targets import TARGETS, Options, spec_problems
 
     options = Options(on_error, aws_region)
     OptionError.check(*options.problems(target))
@@ -326,13 +340,7 @@ def build_vm(
         raise SpecError.many(problems)
     if arches != (HOST_ARCH,):
         machines.of(arches[0])  # refused before anything runs if this host cannot boot it
-        kept, skipped = made_as(p.spec, arches[0])
-        if skipped:
-            progress.say(
-                f"build-vm: {arches[0]}: vm.formats {', '.join(skipped)} describe "
-                f"{HOST_ARCH} hardware: made as {', '.join(kept.vm.formats)} only"
-            )
-            p = Project(kept)
+        p = _made_as(p, arches[0], "build-vm")
     stock = target == "ami" and p.spec.vm.ami is not None and p.spec.vm.ami.method == "stock"
     OptionError.check(
         bool(scan)
@@ -579,14 +587,16 @@ def rebuild(
     (the downloads linked, nothing a build derived) and compare the OCI archive and every VM
     format with DIST/SHA256SUMS. Packer's pass is not rerun: nothing it writes ships."""
     from imagebuild.builders import rebuild as rebuilding
-    from imagebuild.builders.targets import made_as
+    from imagebuild.builders.targets import spec_problems
 
     OptionError.check(not check and "--check: required (rebuild compares; the builds build)")
     p = Project.named(spec)
     (one,) = _arches(p.spec, arch or HOST_ARCH)
+    if problems := spec_problems("qemu", p.spec, one):  # what build-vm refuses is not rebuilt
+        raise SpecError.many(problems)
     if one != HOST_ARCH:
         emulation.require(one)  # before anything runs: its stages run under qemu-user
-        p = Project(made_as(p.spec, one)[0])
+        p = _made_as(p, one, "rebuild")
     with distlock.exclusive(Path(dist), "rebuild"):
         at = distnames.arch_dir(Path(dist), one)
         found = rebuilding.check(p, _cache(cache_dir), at, reuse_layers, one)
@@ -594,7 +604,7 @@ def rebuild(
         print(f.render())
     if differ := [f.name for f in found if not f.same]:
         raise rebuilding.RebuildError(
-            f"rebuild --check: {len(differ)} of {len(found)} artifacts differ from {dist}: "
+            f"rebuild --check: {len(differ)} of {len(found)} artifacts differ from {at}: "
             + ", ".join(differ)
         )
 

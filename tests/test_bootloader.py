@@ -199,3 +199,47 @@ def test_rebuild_of_another_architecture_reads_its_folder_and_its_formats(tmp_pa
     names = "onnx-serve-0.1.0.oci.tar, onnx-serve-0.1.0.qcow2"  # not the OVA or the box
     assert f"{dist / 'arm64' / 'SHA256SUMS'} lists no {names}:" in r.stderr, r.stderr
     assert sorted(p.name for p in dist.rglob("*")) == ["arm64"]
+
+
+def test_rebuild_of_another_architecture_wants_its_disk_only_formats_built_with_arch(
+    tmp_path: Path,
+) -> None:
+    """What rebuild compares for arm64, read without running anything: its OCI archive and
+    the disk-only formats, and the hint names the builds' --arch (plain ones fill DIST/)."""
+    from imagebuild.builders import rebuild as rebuilding
+    from imagebuild.project import Project
+
+    at = tmp_path / "dist" / "arm64"
+    at.mkdir(parents=True)
+    arm = Project(made_as(load(EXAMPLE / "imagebuild.yaml"), "arm64")[0])
+    with pytest.raises(rebuilding.RebuildError) as e:
+        rebuilding.artifacts(at, arm, False, "arm64")
+    assert str(e.value) == (
+        f"{at / 'SHA256SUMS'} lists no onnx-serve-0.1.0.oci.tar, onnx-serve-0.1.0.qcow2: build "
+        "them there first (build-container --arch arm64, build-vm --arch arm64), then check them"
+    )
+    with pytest.raises(rebuilding.RebuildError, match=r"\(build-container, build-vm\)"):
+        rebuilding.artifacts(tmp_path / "dist", arm, True)
+
+
+def test_rebuild_of_another_architecture_without_a_disk_only_format_is_refused(
+    tmp_path: Path,
+) -> None:
+    """build-vm --arch arm64 refuses vm.formats with no disk-only format, so rebuild does too
+    (exit 2, naming the field) instead of comparing nothing and passing."""
+    import shutil
+
+    from tests.conftest import run_invoke
+
+    shutil.copytree(EXAMPLE, tmp_path / "ex", ignore=shutil.ignore_patterns("*.lock"))
+    spec = tmp_path / "ex" / "imagebuild.yaml"
+    line = "  components: [main]\n"
+    text = spec.read_text().replace(line, line + "  architectures: [amd64, arm64]\n")
+    text = text.replace("formats: [qcow2, ova, vagrant]", "formats: [ova, vagrant]")
+    spec.write_text(text.split("  ami:\n")[0])  # no AMI: it is made from the qcow2
+    dist = tmp_path / "dist"
+    args = ["--spec", str(spec), "--dist", str(dist), "--cache-dir", str(tmp_path / "cache")]
+    r = run_invoke("rebuild", "--check", *args, "--arch", "arm64", "--reuse-layers")
+    assert r.returncode == 2, r.stderr
+    assert "vm.formats: ova, vagrant: describe amd64 hardware" in r.stderr, r.stderr
+    assert not dist.exists() and not (tmp_path / "cache").exists()

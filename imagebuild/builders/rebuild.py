@@ -66,7 +66,7 @@ class Compared:
         )
 
 
-def artifacts(dist: Path, p: Project, reuse_layers: bool) -> dict[str, str]:
+def artifacts(dist: Path, p: Project, reuse_layers: bool, arch: str = HOST_ARCH) -> dict[str, str]:
     """The files a rebuild remakes, with the sha256 DIST/SHA256SUMS gives each (no OCI
     archive from reused layers: it would be theirs again, which proves nothing)."""
     spec = p.spec
@@ -75,9 +75,10 @@ def artifacts(dist: Path, p: Project, reuse_layers: bool) -> dict[str, str]:
     sums = checksums.read(dist)
     missing = [n for n in names if n not in sums]
     if missing:
+        flag = "" if arch == HOST_ARCH else f" --arch {arch}"
         raise RebuildError(
             f"{dist / checksums.NAME} lists no {', '.join(missing)}: build them there first "
-            "(build-container, build-vm), then check them"
+            f"(build-container{flag}, build-vm{flag}), then check them"
         )
     return {n: sums[n] for n in names}
 
@@ -128,8 +129,9 @@ def check(
     p: Project, cache: Cache, dist: Path, reuse_layers: bool = False, arch: str = HOST_ARCH
 ) -> list[Compared]:
     """Rebuild `p` for `arch` privately and compare each artifact with DIST's (that
-    architecture's folder); the differing disks read."""
-    shipped = artifacts(dist, p, reuse_layers)
+    architecture's folder); the differing disks read. Another architecture's `p` is the spec as
+    its VM is made (targets.made_as: the disk-only formats), as build-vm made it."""
+    shipped = artifacts(dist, p, reuse_layers, arch)
     with cache.exclusive("rebuild"):
         leftovers.sweep(cache, "rebuild")  # what a killed rebuild (or build) left
         found = _check(p.for_arch(arch), cache, dist, shipped, reuse_layers)
