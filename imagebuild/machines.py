@@ -1,13 +1,16 @@
 """The QEMU machine a VM of each architecture boots on, in one table: Packer's build, verify's
 plain-QEMU boot, the AMI's registration and the disk's kernel console all read it, so an
-architecture is one row here (and its firmware's boot layout in builders.bootloader). verify's
-libvirt domain is this host's PC (verify.hosts): another architecture boots under plain QEMU.
+architecture is one row here (and its firmware's boot layout in builders.bootloader); verify's
+libvirt domain (verify.hosts) reads its libvirt columns.
 
 amd64: the PC machine, SeaBIOS, the console on the first UART. arm64: QEMU's `virt` board with
 Debian's EDK2 build (qemu-efi-aarch64) as its firmware, loaded as a ROM with `-bios` (no
 variable store: it boots the disk's removable-media path, EFI/BOOT/BOOTAA64.EFI), the console on
 the PL011 UART. Under TCG, `-cpu max` with QEMU's own pointer-authentication algorithm
-(`pauth-impdef`): the architected one costs emulation time and nothing here needs it.
+(`pauth-impdef`): the architected one costs emulation time and nothing here needs it. Under
+libvirt the same EDK2 build is its 64 MiB flash image (AAVMF_CODE.fd, same package) with a
+variable store made from AAVMF_VARS.fd: libvirt 9.0 refuses ACPI on arm64 unless the firmware
+is flash it knows as UEFI, and the store starts empty, so it boots the same removable path.
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ class Machine:
     max_cpus: int = 255  # what the board takes (arm64's virt: GICv2 here, 8)
     firmware: str = ""  # a ROM loaded with -bios ("": the emulator's default BIOS)
     packages: tuple[str, ...] = ()  # Debian packages that hold `qemu` and `firmware`
+    # libvirt's domain: its <features>, the QOM type of tcg_cpu's model (its properties go to
+    # -global: <cpu mode='maximum'/> names the model alone), the UEFI flash and variables template
+    libvirt_features: str = "<acpi/><apic/>"
+    qom_cpu: str = "max-x86_64-cpu"
+    flash: tuple[str, str] | None = None
 
     def accel_args(self, accel: str) -> list[str]:
         """-machine, -cpu and the firmware for `accel` (kvm only for this host's architecture)."""
@@ -53,11 +61,17 @@ class Machine:
         rows = [args[i : i + 2] for i in range(0, len(args), 2)]
         return {"qemu_binary": self.qemu, "machine_type": self.board, "machine_qemuargs": rows}
 
+    def libvirt_cpu_args(self) -> list[str]:
+        """tcg_cpu's properties as QEMU -global options (the domain's CPU is its model)."""
+        _, *props = self.tcg_cpu.split(",")
+        return [a for prop in props for a in ("-global", f"{self.qom_cpu}.{prop}")]
+
     def problem(self) -> str | None:
         """Why this host cannot boot the machine (None: it can)."""
         missing = [] if shutil.which(self.qemu) else [self.qemu]
-        if self.firmware and not os.path.exists(self.firmware):
-            missing.append(self.firmware)
+        for firmware in (self.firmware, *(self.flash or ())):
+            if firmware and not os.path.exists(firmware):
+                missing.append(firmware)
         if not missing:
             return None
         return (
@@ -81,6 +95,9 @@ MACHINES = {
         max_cpus=8,
         firmware="/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
         packages=("qemu-system-arm", "qemu-efi-aarch64"),
+        libvirt_features="<acpi/><gic version='2'/>",
+        qom_cpu="max-arm-cpu",
+        flash=("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"),
     ),
 }
 HOST = MACHINES[HOST_ARCH]

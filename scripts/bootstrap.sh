@@ -13,6 +13,7 @@ APT_PACKAGES=(
   packer qemu-system-x86 qemu-utils                 # VM builds
   grub-pc-bin fdisk e2fsprogs                       # bootable disk without loop mounts
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-dev pkg-config  # verify + libvirt-python
+  libxml2-utils                                     # virt-xml-validate's xmllint: domains checked
   vagrant vagrant-libvirt                           # `vagrant up` of the built box
   cloud-image-utils virt-v2v                        # a NoCloud seed; a third-party OVA reader
   dosfstools mtools                                 # the Vagrant box's seed, reproducible

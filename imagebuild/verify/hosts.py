@@ -3,9 +3,10 @@
 Container: `--network none`, entrypoint replaced by `sleep infinity`, the image's own USER;
 testinfra's `docker://` backend reaches it with `docker exec` (no IP traffic).
 VM: a throw-away overlay on the qcow2, booted through libvirt (`qemu:///system`, domain type
-qemu; libvirtd/virtlogd started if they are not running) or, if libvirt is unusable, plain QEMU
-(imagebuild.vmboot). Either way: user networking with SSH forwarded on 127.0.0.1 only and a
-fresh key passed as systemd's login credential (vmboot.guest_args); testinfra's `ssh://`.
+qemu, the architecture's machine: a PC, or arm64's virt board with UEFI flash; libvirtd/virtlogd
+started if they are not running) or, if libvirt is unusable, plain QEMU (imagebuild.vmboot).
+Either way: user networking with SSH forwarded on 127.0.0.1 only and a fresh key passed as
+systemd's login credential (vmboot.guest_args); testinfra's `ssh://`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape, quoteattr
 
 import docker
 import docker.errors
@@ -98,13 +99,13 @@ DOMAIN_XML = """<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domai
   <name>{name}</name>
   <memory unit='MiB'>{memory}</memory>
   <vcpu>{cpus}</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
-  <features><acpi/><apic/></features>
+  <os><type arch={arch} machine={board}>hvm</type>{flash}<boot dev='hd'/></os>
+  <features>{features}</features>
   <cpu mode='maximum' check='none'/>
   <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>
   <on_poweroff>destroy</on_poweroff>
   <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <emulator>{emulator}</emulator>
     <disk type='file' device='disk'>
       <driver name='qemu' type='qcow2'/>
       <source file={disk}/>
@@ -117,6 +118,13 @@ DOMAIN_XML = """<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domai
   </qemu:commandline>
 </domain>
 """
+
+SERIAL = "serial.log"
+# UEFI as flash (code read-only, the variables a copy of the template in the VM's work folder):
+# the firmware libvirt knows as UEFI (machines: arm64's ACPI needs it).
+FLASH_XML = (
+    "<loader readonly='yes' type='pflash'>{code}</loader><nvram template={template}>{vars}</nvram>"
+)
 
 
 # The seed as a second, read-only disk, as OpenStack attaches its config drive: cloud-init finds
@@ -202,42 +210,69 @@ def kvm_device_for_libvirt(dev: Path = Path("/dev/kvm")) -> None:
     )
 
 
-@contextlib.contextmanager
-def _libvirt_vm(
-    conn: Any,
-    disk: Path,
-    work: Path,
-    memory: int,
-    cpus: int,
-    seed: Path | None,
-    hardware: vmboot.Hardware,
-) -> Iterator[Host]:
-    key = vmboot.make_key(work)
-    overlay = vmboot.overlay(disk, work)
-    port, serial = vmboot.free_port(), work / "serial.log"
-    target, controller = DISK_TARGETS[hardware.disk_bus]
-    xml = DOMAIN_XML.format(
+@dataclass(frozen=True)
+class Guest:
+    """A VM verify boots: its disk, working folder, size, seed, and the hardware and machine
+    it is made for."""
+
+    disk: Path
+    work: Path
+    memory: int
+    cpus: int
+    seed: Path | None = None
+    hardware: vmboot.Hardware = vmboot.VIRTIO
+    machine: machines.Machine = machines.HOST
+
+
+def domain_xml(guest: Guest, overlay: Path, args: list[str]) -> str:
+    """A transient libvirt domain of the guest's machine booting `overlay` (on its disk) with
+    QEMU `args`."""
+    machine, work, seed = guest.machine, guest.work, guest.seed
+    target, controller = DISK_TARGETS[guest.hardware.disk_bus]
+    flash = ""
+    if machine.flash:
+        code, template = machine.flash
+        flash = FLASH_XML.format(
+            code=escape(code), template=quoteattr(template), vars=escape(str(work / "VARS.fd"))
+        )
+    return DOMAIN_XML.format(
+        arch=quoteattr(machine.qemu.removeprefix("qemu-system-")),
+        board=quoteattr(machine.board),
+        flash=flash,
+        features=machine.libvirt_features,
+        emulator=escape(shutil.which(machine.qemu) or machine.qemu),
         target=target,
         controller=f"\n    <controller type='scsi' model='{controller}'/>" if controller else "",
         name=f"imagebuild-verify-{uuid.uuid4().hex[:8]}",
-        memory=memory,
-        cpus=cpus,
+        memory=guest.memory,
+        cpus=guest.cpus,
         disk=quoteattr(str(overlay)),
-        serial=quoteattr(str(serial)),
+        serial=quoteattr(str(work / SERIAL)),
         seed=SEED_XML.format(iso=quoteattr(str(seed.resolve()))) if seed else "",
-        qemu_args="\n".join(
-            f"    <qemu:arg value={quoteattr(a)}/>"
-            for a in vmboot.guest_args(port, Path(f"{key}.pub").read_text(), hardware.nic)
-        ),
+        qemu_args="\n".join(f"    <qemu:arg value={quoteattr(a)}/>" for a in args),
     )
+
+
+@contextlib.contextmanager
+def _libvirt_vm(conn: Any, guest: Guest, timeout: int) -> Iterator[Host]:
+    machine, work = guest.machine, guest.work
+    key = vmboot.make_key(work)
+    overlay = vmboot.overlay(guest.disk, work)
+    port = vmboot.free_port()
+    login = vmboot.guest_args(port, Path(f"{key}.pub").read_text(), guest.hardware.nic)
+    xml = domain_xml(guest, overlay, [*machine.libvirt_cpu_args(), *login])
     start = time.monotonic()
     dom = conn.createXML(xml, 0)  # transient: gone from libvirt once destroyed
     setup, start = round(time.monotonic() - start, 1), time.monotonic()
     try:
         booted = vmboot.wait_for_ssh(
-            vmboot.Booted(port, key, serial, 0.0), start, 300, lambda: dom.isActive() == 1
+            vmboot.Booted(port, key, work / SERIAL, 0.0),
+            start,
+            timeout,
+            lambda: dom.isActive() == 1,
         )
-        host = _ssh_host(booted, work, f"libvirt {conn.getURI()} (domain type qemu)")
+        how = f"libvirt {conn.getURI()} (domain type qemu, {machine.arch}: {machine.board})"
+        host = _ssh_host(booted, work, how)
         yield replace(host, setup_seconds=setup, service_url=host.url)
     finally:
         with contextlib.suppress(Exception):
@@ -272,21 +307,20 @@ def vm(
     machine: machines.Machine = machines.HOST,
 ) -> Iterator[Host]:
     """`seed`: a NoCloud seed ISO to boot with (libvirt only), as a libvirt user would attach it.
-    `hardware`: the disk controller and NIC the artifact's format declares. Another
-    architecture's `machine` boots under plain QEMU (the domain below is a PC's)."""
+    `hardware`: the disk controller and NIC the artifact's format declares. `machine`: the
+    architecture's (another's boots under TCG, in minutes)."""
     if not disk.exists():
         raise HostError(f"VM disk {disk} not found; run `invoke build-vm` or pass --vm")
     if seed is not None and not seed.is_file():
         raise HostError(f"NoCloud seed {seed} not found")
-    if machine != machines.HOST and (backend == "libvirt" or seed is not None):
-        raise HostError(f"an {machine.arch} VM is booted by plain QEMU only (--backend qemu)")
-    own = machine == machines.HOST
-    conn = libvirt_connection(libvirt_uri) if own and backend in ("auto", "libvirt") else None
+    timeout = 300 if machine == machines.HOST else 900
+    conn = libvirt_connection(libvirt_uri) if backend in ("auto", "libvirt") else None
     if conn is None and (backend == "libvirt" or seed is not None):
         raise HostError(f"libvirt ({libvirt_uri}) is not usable here; try --backend qemu")
     if conn is not None:
         try:
-            with _libvirt_vm(conn, disk, work, memory, cpus, seed, hardware) as host:
+            guest = Guest(disk, work, memory, cpus, seed, hardware, machine)
+            with _libvirt_vm(conn, guest, timeout) as host:
                 yield host
         finally:
             conn.close()
@@ -299,8 +333,8 @@ def vm(
         name="imagebuild-verify",
         hardware=hardware,
         machine=machine,
-        timeout=300 if own else 900,  # a foreign guest's TCG boot: minutes
+        timeout=timeout,
     ) as b:
-        why = "libvirt unavailable" if own else f"{machine.arch}: {machine.qemu}"
+        why = "libvirt unavailable" if backend == "auto" else "--backend qemu"
         host = _ssh_host(b, work, f"plain QEMU ({why})")
         yield replace(host, service_url=host.url)
