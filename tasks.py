@@ -415,6 +415,10 @@ def verify(
     OptionError.check(
         backend not in BACKENDS and f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}",
         (problem := local_uri_problem(libvirt_uri)) and f"--libvirt-uri: {problem}",
+        vm_seed
+        and backend == "qemu"
+        and "--vm-seed: attached through libvirt only (--backend "
+        "auto or libvirt), not with --backend qemu",
     )
     p = Project.named(spec)
     (one,) = _arches(p.spec, arch or HOST_ARCH)

@@ -8,9 +8,10 @@ Debian's EDK2 build (qemu-efi-aarch64) as its firmware, loaded as a ROM with `-b
 variable store: it boots the disk's removable-media path, EFI/BOOT/BOOTAA64.EFI), the console on
 the PL011 UART. Under TCG, `-cpu max` with QEMU's own pointer-authentication algorithm
 (`pauth-impdef`): the architected one costs emulation time and nothing here needs it. Under
-libvirt the same EDK2 build is its 64 MiB flash image (AAVMF_CODE.fd, same package) with a
-variable store made from AAVMF_VARS.fd: libvirt 9.0 refuses ACPI on arm64 unless the firmware
-is flash it knows as UEFI, and the store starts empty, so it boots the same removable path.
+libvirt the same package's flash build (AAVMF_CODE.fd, 64 MiB; it can do Secure Boot) with a
+variable store made from the empty AAVMF_VARS.fd: libvirt 9.0 refuses ACPI on arm64 unless the
+firmware is flash it knows as UEFI; the empty store leaves Secure Boot off and boots the same
+removable path.
 """
 
 from __future__ import annotations

@@ -104,6 +104,11 @@ def test_cache_push_never_overrides_the_spec() -> None:
             "error: --arch 'arm64': not one of base.architectures ['amd64']",
         ),
         (
+            ["verify", "--vm-seed", "seed.iso", "--backend", "qemu"],
+            "error: --vm-seed: attached through libvirt only (--backend auto or libvirt), not "
+            "with --backend qemu",
+        ),
+        (
             ["build-vm", "--target", "ami", "--aws-region", "$(id)"],
             "error: --aws-region: '$(id)' is not an AWS region like eu-west-1 "
             "(spec field vm.ami.region)",

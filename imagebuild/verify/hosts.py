@@ -39,6 +39,10 @@ class HostError(ImageBuildError):
     pass
 
 
+class DomainRefused(HostError):
+    """libvirt answered but would not start the domain (`auto` then boots plain QEMU)."""
+
+
 @dataclass(frozen=True)
 class Host:
     url: str  # testinfra host spec
@@ -240,7 +244,7 @@ def domain_xml(guest: Guest, overlay: Path, args: list[str]) -> str:
         board=quoteattr(machine.board),
         flash=flash,
         features=machine.libvirt_features,
-        emulator=escape(shutil.which(machine.qemu) or machine.qemu),
+        emulator=escape(f"/usr/bin/{machine.qemu}"),  # Debian's, not whatever PATH has first
         target=target,
         controller=f"\n    <controller type='scsi' model='{controller}'/>" if controller else "",
         name=f"imagebuild-verify-{uuid.uuid4().hex[:8]}",
@@ -262,7 +266,13 @@ def _libvirt_vm(conn: Any, guest: Guest, timeout: int) -> Iterator[Host]:
     login = vmboot.guest_args(port, Path(f"{key}.pub").read_text(), guest.hardware.nic)
     xml = domain_xml(guest, overlay, [*machine.libvirt_cpu_args(), *login])
     start = time.monotonic()
-    dom = conn.createXML(xml, 0)  # transient: gone from libvirt once destroyed
+    import libvirt  # importable: `conn` is one of its connections
+
+    try:
+        dom = conn.createXML(xml, 0)  # transient: gone from libvirt once destroyed
+    except libvirt.libvirtError as e:
+        overlay.unlink(missing_ok=True)
+        raise DomainRefused(f"libvirt refused the {machine.arch} domain: {e}") from e
     setup, start = round(time.monotonic() - start, 1), time.monotonic()
     try:
         booted = vmboot.wait_for_ssh(
@@ -313,18 +323,26 @@ def vm(
         raise HostError(f"VM disk {disk} not found; run `invoke build-vm` or pass --vm")
     if seed is not None and not seed.is_file():
         raise HostError(f"NoCloud seed {seed} not found")
+    if seed is not None and backend == "qemu":
+        raise HostError("a NoCloud seed is attached through libvirt only (--backend auto)")
     timeout = 300 if machine == machines.HOST else 900
     conn = libvirt_connection(libvirt_uri) if backend in ("auto", "libvirt") else None
     if conn is None and (backend == "libvirt" or seed is not None):
         raise HostError(f"libvirt ({libvirt_uri}) is not usable here; try --backend qemu")
+    why = "libvirt unavailable" if backend == "auto" else "--backend qemu"
     if conn is not None:
         try:
             guest = Guest(disk, work, memory, cpus, seed, hardware, machine)
             with _libvirt_vm(conn, guest, timeout) as host:
                 yield host
+            return
+        except DomainRefused as e:  # raised before the domain exists: nothing yielded yet
+            if backend != "auto" or seed is not None:
+                raise
+            why = str(e)
+            progress.say(f"verify: {why}: booting it with plain QEMU")
         finally:
             conn.close()
-        return
     with vmboot.boot(
         disk,
         work,
@@ -335,6 +353,5 @@ def vm(
         machine=machine,
         timeout=timeout,
     ) as b:
-        why = "libvirt unavailable" if backend == "auto" else "--backend qemu"
         host = _ssh_host(b, work, f"plain QEMU ({why})")
         yield replace(host, service_url=host.url)
