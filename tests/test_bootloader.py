@@ -151,14 +151,14 @@ def test_each_machines_libvirt_domain_is_valid_to_libvirts_own_schema(
     import shutil
     import xml.etree.ElementTree as ET
 
-    from imagebuild.verify import hosts
+    from imagebuild.verify import domain
 
     if not shutil.which("virt-xml-validate"):
         pytest.skip("no virt-xml-validate (libvirt-clients) and xmllint (libxml2-utils) here")
     machine = machines.MACHINES[arch]
     args = [*machine.libvirt_cpu_args(), "-smbios", "type=11,value=a&b<c>"]
-    guest = hosts.Guest(tmp_path / "d.qcow2", tmp_path, 512, 2, machine=machine)
-    xml = hosts.domain_xml(guest, tmp_path / "o.qcow2", args)
+    guest = domain.Guest(tmp_path / "d.qcow2", tmp_path, 512, 2, machine=machine)
+    xml = domain.domain_xml(guest, tmp_path / "o.qcow2", args)
     (tmp_path / "domain.xml").write_text(xml)
     r = subprocess.run(
         ["virt-xml-validate", str(tmp_path / "domain.xml"), "domain"],
